@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "UVRPC",
+    products: [
+        .library(name: "UVLoop", targets: ["UVLoop"]),
+    ],
+    targets: [
+        // libuv itself, through pkg-config; Debian/Ubuntu ship it as libuv1-dev.
+        .systemLibrary(
+            name: "CLibUV",
+            path: "Sources/CLibUV",
+            pkgConfig: "libuv",
+            providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
+        ),
+        // The event-loop networking layer: loop, timers, TCP / Unix sockets, ring-buffer reads.
+        .target(
+            name: "UVLoop",
+            dependencies: ["CLibUV"]
+        ),
+        // A small loopback echo demo; `make bench` runs it until the benchmark exists.
+        .executableTarget(
+            name: "uvloop-echo",
+            dependencies: ["UVLoop"]
+        ),
+        .testTarget(
+            name: "UVLoopTests",
+            dependencies: ["UVLoop", "CLibUV"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

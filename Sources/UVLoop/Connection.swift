@@ -1,0 +1,504 @@
+import CLibUV
+
+/// A byte stream over TCP or a Unix domain socket, bound to one ``EventLoop``.
+///
+/// Reads land in a per-connection ``RingBuffer`` through libuv's alloc
+/// callback (no allocation per read). ``onRead`` gets the readable bytes as
+/// a borrowed view, returns how many it consumed, and the rest stays for the
+/// next read. Writes are copied into an outgoing buffer and flushed once per
+/// loop turn (`uv_try_write` first, `uv_write` for what the socket did not
+/// take); ``pendingWriteBytes`` and ``isWritable`` give backpressure.
+///
+/// Loop-bound: every method must be called on the loop's thread.
+///
+/// The connection ends exactly once; ``onClose`` then says why: `nil` for a
+/// local ``close()`` / ``abort()`` / loop shutdown, or a ``ConnectionError``
+/// (end of stream, reset, read or write failure). Writes that had not reached
+/// the socket by then have their completions failed; nothing is dropped silently.
+public final class Connection: HandleOwner {
+    /// The name used in errors and logs; the peer address unless set.
+    public var label: String
+    /// Whether this is a TCP or a Unix domain socket connection.
+    public let isUnixDomain: Bool
+    /// The peer's address (for Unix sockets, the path).
+    public internal(set) var remoteAddress: SocketAddress?
+    /// This end's address (for Unix sockets, the path).
+    public internal(set) var localAddress: SocketAddress?
+    /// The settings this connection was made with.
+    public let options: ConnectionOptions
+
+    /// Called with the readable bytes (a view valid only during the call);
+    /// returns how many bytes it consumed (0...count). Unconsumed bytes are
+    /// offered again, with more, after the next read.
+    public var onRead: ((UnsafeRawBufferPointer) -> Int)?
+    /// Called once when the connection has closed: `nil` when closed locally,
+    /// else the error that ended it.
+    public var onClose: ((ConnectionError?) -> Void)?
+    /// Called when ``isWritable`` changes (false above the high-water mark,
+    /// true again below the low-water mark).
+    public var onWritabilityChanged: ((Bool) -> Void)?
+
+    /// The read buffer.
+    let ring: RingBuffer
+
+    private enum State { case connecting, open, closing, closed }
+    private var state: State = .connecting
+    private var reading = false
+    private var wantsReading = true
+    private var processingReads = false
+    /// Why the connection is ending; nil means closed locally.
+    private var closeReason: ConnectionError?
+
+    // Writes.
+    private var pending = OutgoingBuffer()
+    private var inFlight = OutgoingBuffer()
+    private var writeInFlight = false
+    private var writeRequest: UnsafeMutablePointer<uv_write_t>?
+    private var shutdownRequest: UnsafeMutablePointer<uv_shutdown_t>?
+    private var closeTimer: LoopTimer?
+    /// Total bytes accepted by write(), and total handed to the kernel.
+    private var bytesQueued: UInt64 = 0
+    private var bytesWritten: UInt64 = 0
+    private var completions: [(end: UInt64, callback: (Result<Void, ConnectionError>) -> Void)] = []
+    private var completionsHead = 0
+    var flushScheduled = false
+    /// See ``isWritable``.
+    public private(set) var isWritable = true
+
+    init(loop: EventLoop, unixDomain: Bool, options: ConnectionOptions, label: String) throws(UVError) {
+        self.isUnixDomain = unixDomain
+        self.options = options
+        self.label = label
+        self.ring = RingBuffer(initialCapacity: options.initialReadBufferCapacity,
+                               maximumCapacity: options.maximumReadBufferCapacity)
+        super.init(loop: loop, type: unixDomain ? UV_NAMED_PIPE : UV_TCP)
+        if unixDomain {
+            try UVError.check(uv_pipe_init(loop.uvLoop, UnsafeMutablePointer(OpaquePointer(handle)), 0), "uv_pipe_init", label)
+        } else {
+            try UVError.check(uv_tcp_init(loop.uvLoop, UnsafeMutablePointer(OpaquePointer(handle))), "uv_tcp_init", label)
+        }
+        adoptHandle()
+    }
+
+    var tcpHandle: UnsafeMutablePointer<uv_tcp_t> {
+        // Safe: only used when !isUnixDomain, where the handle is a uv_tcp_t.
+        UnsafeMutablePointer(OpaquePointer(handle))
+    }
+
+    /// True while the connection can be written to (not closing or closed).
+    public var isOpen: Bool { state == .open }
+
+    /// Bytes accepted by ``write(_:completion:)`` that have not reached the socket yet.
+    public var pendingWriteBytes: Int { Int(bytesQueued - bytesWritten) }
+
+    /// Bytes read but not consumed by ``onRead`` yet.
+    public var unconsumedReadBytes: Int { ring.readableCount }
+
+    /// Current read buffer capacity (grows for large unconsumed data, shrinks back).
+    public var readBufferCapacity: Int { ring.capacity }
+
+    // MARK: Opening
+
+    /// Called by the listener or connector once the stream is connected.
+    func didConnect() {
+        state = .open
+        if !isUnixDomain {
+            if options.noDelay { uv_tcp_nodelay(tcpHandle, 1) }
+            remoteAddress = SocketAddress.of(tcp: tcpHandle, peer: true)
+            localAddress = SocketAddress.of(tcp: tcpHandle, peer: false)
+        }
+        wantsReading = options.autoRead
+    }
+
+    /// Called after the user's accept/connect callback returned.
+    func startIfWanted() {
+        if state == .open && wantsReading { startReading() }
+    }
+
+    // MARK: Reading
+
+    /// Starts (or resumes) delivering reads to ``onRead``. Bytes already
+    /// buffered are offered at once.
+    public func resumeReading() {
+        loop.preconditionInEventLoop("Connection.resumeReading()")
+        wantsReading = true
+        guard state == .open else { return }
+        if ring.readableCount > 0 { processReadable() }
+        startReading()
+    }
+
+    /// Stops reading from the socket (read-side backpressure: the peer's
+    /// writes then back up in the kernel). Buffered bytes stay buffered.
+    public func pauseReading() {
+        loop.preconditionInEventLoop("Connection.pauseReading()")
+        wantsReading = false
+        stopReading()
+    }
+
+    private func startReading() {
+        guard !reading, wantsReading, state == .open else { return }
+        let rc = uv_read_start(uvStream, connectionAllocCallback, connectionReadCallback)
+        if rc < 0 { fail(.readFailed(UVError(code: rc, operation: "uv_read_start", target: label))) }
+        else { reading = true }
+    }
+
+    private func stopReading() {
+        guard reading else { return }
+        reading = false
+        uv_read_stop(uvStream)
+    }
+
+    /// The buffer libuv should read into: the ring's contiguous free span.
+    fileprivate func readBuffer() -> uv_buf_t {
+        var region = ring.writableRegion()
+        if region.isEmpty, ring.grow(toFit: ring.capacity * 2) {
+            region = ring.writableRegion()
+        }
+        // Empty when the ring is full at its maximum: libuv then reports UV_ENOBUFS.
+        return uv_buf_t(base: region.baseAddress?.assumingMemoryBound(to: CChar.self), len: region.count)
+    }
+
+    fileprivate func didRead(_ nread: Int) {
+        if nread > 0 {
+            ring.didWrite(nread)
+            processReadable()
+        } else if nread < 0 {
+            let code = Int32(nread)
+            switch code {
+            case UV_EOF.rawValue:
+                closeReason = closeReason ?? .endOfStream(connection: label)
+                stopReading()
+                // Flush what we still owe the peer, then close.
+                close()
+            case UV_ECONNRESET.rawValue, UV_EPIPE.rawValue:
+                fail(.reset(connection: label))
+            case UV_ENOBUFS.rawValue:
+                fail(.readBufferLimitExceeded(connection: label, limit: ring.capacity))
+            default:
+                fail(.readFailed(UVError(code: code, operation: "read", target: label)))
+            }
+        }
+    }
+
+    /// Offers the readable bytes to `onRead` until it stops consuming.
+    private func processReadable() {
+        guard !processingReads else { return } // the outer call keeps going
+        processingReads = true
+        defer { processingReads = false }
+        while ring.readableCount > 0, wantsReading, state == .open || state == .closing,
+              let onRead {
+            let region = ring.firstReadableRegion
+            let consumed = onRead(region)
+            precondition(consumed >= 0 && consumed <= region.count,
+                         "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
+            if isHandleClosed { return }
+            ring.consume(consumed)
+            if consumed > 0 { continue }
+            // Nothing consumed: the handler needs more bytes than the first
+            // contiguous run. Make them contiguous once if they wrap; else wait.
+            if ring.isWrapped { ring.linearize(); continue }
+            break
+        }
+        if ring.readableCount == 0 { ring.shrinkIfPossible() }
+    }
+
+    // MARK: Writing
+
+    /// Queues `bytes` to be written (copied; the caller may reuse its buffer
+    /// at once). They are flushed at the end of this loop turn.
+    /// - Parameter completion: called once the bytes reached the socket, or
+    ///   with the error that kept them from it.
+    /// - Throws: ``ConnectionError/closed(connection:)`` when the connection
+    ///   is closing or closed (the bytes are not queued).
+    public func write(_ bytes: UnsafeRawBufferPointer,
+                      completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
+        loop.preconditionInEventLoop("Connection.write(_:completion:)")
+        guard state == .open else { throw closeReason ?? .closed(connection: label) }
+        pending.append(bytes)
+        didQueue(bytes.count, completion: completion)
+    }
+
+    /// Queues `bytes` to be written; see ``write(_:completion:)-(UnsafeRawBufferPointer,_)``.
+    public func write(_ bytes: [UInt8],
+                      completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
+        loop.preconditionInEventLoop("Connection.write(_:completion:)")
+        guard state == .open else { throw closeReason ?? .closed(connection: label) }
+        bytes.withUnsafeBytes { pending.append($0) }
+        didQueue(bytes.count, completion: completion)
+    }
+
+    /// Lets `body` write up to `maximumCount` bytes straight into the
+    /// outgoing buffer (no intermediate copy); `body` returns how many it wrote.
+    public func write(reservingCapacity maximumCount: Int,
+                      _ body: (UnsafeMutableRawBufferPointer) -> Int) throws(ConnectionError) {
+        loop.preconditionInEventLoop("Connection.write(reservingCapacity:_:)")
+        guard state == .open else { throw closeReason ?? .closed(connection: label) }
+        let n = pending.append(reserving: maximumCount, body)
+        didQueue(n, completion: nil)
+    }
+
+    private func didQueue(_ count: Int, completion: ((Result<Void, ConnectionError>) -> Void)?) {
+        bytesQueued += UInt64(count)
+        if let completion { completions.append((bytesQueued, completion)) }
+        if !flushScheduled {
+            flushScheduled = true
+            loop.pendingFlush.append(self)
+        }
+        if isWritable && pendingWriteBytes > options.writeHighWaterMark {
+            isWritable = false
+            onWritabilityChanged?(false)
+        }
+    }
+
+    /// Writes queued bytes now instead of at the end of the loop turn.
+    public func flush() {
+        loop.preconditionInEventLoop("Connection.flush()")
+        flushNow()
+    }
+
+    /// Called by the loop's per-turn hook.
+    func flushScheduledWrites() {
+        flushScheduled = false
+        flushNow()
+    }
+
+    private func flushNow() {
+        guard state == .open || state == .closing, !isHandleClosing else { return }
+        if !writeInFlight && pending.readableCount > 0 {
+            var buf = uv_buf_t(base: pending.readPointer, len: pending.readableCount)
+            let n = uv_try_write(uvStream, &buf, 1)
+            if n > 0 {
+                pending.consume(Int(n))
+                bytesWritten += UInt64(n)
+            } else if n < 0 && n != UV_EAGAIN.rawValue {
+                fail(writeError(n))
+                return
+            }
+            if pending.readableCount > 0 {
+                // The socket is full: hand the rest to libuv, which writes it when it can.
+                swap(&pending, &inFlight)
+                if writeRequest == nil { writeRequest = .allocate(capacity: 1) }
+                uv_req_set_data(UnsafeMutableRawPointer(writeRequest!).assumingMemoryBound(to: uv_req_t.self),
+                                Unmanaged.passUnretained(self).toOpaque())
+                buf = uv_buf_t(base: inFlight.readPointer, len: inFlight.readableCount)
+                let rc = uv_write(writeRequest, uvStream, &buf, 1, connectionWriteCallback)
+                if rc < 0 { fail(writeError(rc)); return }
+                writeInFlight = true
+            } else {
+                pending.reset()
+            }
+        }
+        writeProgressed()
+    }
+
+    fileprivate func writeCompleted(status: Int32) {
+        writeInFlight = false
+        if status < 0 {
+            // UV_ECANCELED: the handle is closing; completions fail in handleDidClose.
+            if status != UV_ECANCELED.rawValue { fail(writeError(status)) }
+            return
+        }
+        bytesWritten += UInt64(inFlight.readableCount)
+        inFlight.reset()
+        flushNow()
+    }
+
+    private func writeError(_ code: some BinaryInteger) -> ConnectionError {
+        let c = Int32(code)
+        if c == UV_EPIPE.rawValue || c == UV_ECONNRESET.rawValue { return .reset(connection: label) }
+        return .writeFailed(UVError(code: c, operation: "write", target: label))
+    }
+
+    /// Runs completions of bytes that reached the socket, updates writability,
+    /// and finishes a graceful close once everything is out.
+    private func writeProgressed() {
+        while completionsHead < completions.count, completions[completionsHead].end <= bytesWritten {
+            let callback = completions[completionsHead].callback
+            completionsHead += 1
+            callback(.success(()))
+        }
+        if completionsHead == completions.count {
+            completions.removeAll(keepingCapacity: true)
+            completionsHead = 0
+        }
+        if !isWritable && pendingWriteBytes < options.writeLowWaterMark {
+            isWritable = true
+            onWritabilityChanged?(true)
+        }
+        if state == .closing && pendingWriteBytes == 0 && !writeInFlight { shutdownAndClose() }
+    }
+
+    // MARK: Closing
+
+    /// Closes gracefully: stops reading, flushes pending writes (for at most
+    /// ``ConnectionOptions/gracefulCloseTimeout``), shuts down the write side,
+    /// then closes. Idempotent; ``onClose`` reports the end.
+    public func close() {
+        loop.preconditionInEventLoop("Connection.close()")
+        guard state == .open || state == .connecting else { return }
+        state = .closing
+        stopReading()
+        if pendingWriteBytes == 0 && !writeInFlight {
+            shutdownAndClose()
+        } else {
+            flushNow()
+            if state == .closing && !isHandleClosing {
+                closeTimer = loop.scheduleTimer(after: options.gracefulCloseTimeout) { [unowned self] in
+                    self.fail(.closeTimedOut(connection: self.label, pendingBytes: self.pendingWriteBytes))
+                }
+            }
+        }
+    }
+
+    /// Closes at once: pending writes are dropped (their completions fail)
+    /// and a TCP peer gets a reset. Idempotent.
+    public func abort() {
+        loop.preconditionInEventLoop("Connection.abort()")
+        terminate(reason: nil, reset: true)
+    }
+
+    /// Ends the connection because of `error` (reported to ``onClose``).
+    func fail(_ error: ConnectionError) {
+        terminate(reason: error, reset: false)
+    }
+
+    private func shutdownAndClose() {
+        guard !isHandleClosing, shutdownRequest == nil else { return }
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        shutdownRequest = request
+        uv_req_set_data(UnsafeMutableRawPointer(request).assumingMemoryBound(to: uv_req_t.self),
+                        Unmanaged.passUnretained(self).toOpaque())
+        let rc = uv_shutdown(request, uvStream) { request, _ in
+            // Safe: the request's data is its connection, alive while the handle is open
+            // (libuv calls this before the handle's close callback).
+            let connection = Unmanaged<Connection>.fromOpaque(uv_req_get_data(
+                UnsafeMutableRawPointer(request!).assumingMemoryBound(to: uv_req_t.self))!).takeUnretainedValue()
+            request!.deallocate()
+            connection.shutdownRequest = nil
+            connection.closeHandle()
+        }
+        if rc < 0 {
+            request.deallocate()
+            shutdownRequest = nil
+            closeHandle()
+        }
+    }
+
+    private func terminate(reason: ConnectionError?, reset: Bool) {
+        guard !isHandleClosing else { return }
+        if closeReason == nil { closeReason = reason }
+        state = .closing
+        stopReading()
+        closeHandle(reset: reset && !isUnixDomain)
+    }
+
+    override func closeForShutdown() {
+        terminate(reason: nil, reset: false)
+    }
+
+    override func handleDidClose() {
+        state = .closed
+        closeTimer?.cancel()
+        closeTimer = nil
+        let error = closeReason ?? .closed(connection: label)
+        // Fail every write that did not reach the socket.
+        let unfinished = completions[completionsHead...].map(\.callback)
+        completions.removeAll()
+        completionsHead = 0
+        bytesWritten = bytesQueued
+        pending.release()
+        inFlight.release()
+        writeRequest?.deallocate()
+        writeRequest = nil
+        ring.releaseStorageIfEmpty()
+        for callback in unfinished { callback(.failure(error)) }
+        let onClose = self.onClose
+        self.onRead = nil
+        self.onClose = nil
+        self.onWritabilityChanged = nil
+        onClose?(closeReason)
+    }
+}
+
+// MARK: libuv callbacks
+
+private let connectionAllocCallback: uv_alloc_cb = { handle, _, buf in
+    // Safe: the handle's data is its Connection until its close callback.
+    let connection = unsafeDowncast(HandleOwner.owner(of: handle).takeUnretainedValue(), to: Connection.self)
+    buf!.pointee = connection.readBuffer()
+}
+
+private let connectionReadCallback: uv_read_cb = { stream, nread, _ in
+    // Safe: the handle's data is its Connection until its close callback.
+    let owner = HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream))).takeUnretainedValue()
+    unsafeDowncast(owner, to: Connection.self).didRead(nread)
+}
+
+private let connectionWriteCallback: uv_write_cb = { request, status in
+    // Safe: the request's data is its Connection, which libuv calls back before
+    // the handle's close callback releases it.
+    let raw = uv_req_get_data(UnsafeMutableRawPointer(request!).assumingMemoryBound(to: uv_req_t.self))!
+    Unmanaged<Connection>.fromOpaque(raw).takeUnretainedValue().writeCompleted(status: status)
+}
+
+/// A growable outgoing byte buffer with read and write indices.
+struct OutgoingBuffer {
+    /// Invariant: `storage` holds `capacity` bytes owned by this buffer (freed by `release`).
+    private var storage: UnsafeMutableRawPointer?
+    private var capacity = 0
+    private var readIndex = 0
+    private var writeIndex = 0
+
+    var readableCount: Int { writeIndex - readIndex }
+    var readPointer: UnsafeMutablePointer<CChar>? {
+        storage.map { ($0 + readIndex).assumingMemoryBound(to: CChar.self) }
+    }
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        reserve(bytes.count)
+        (storage! + writeIndex).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        writeIndex += bytes.count
+    }
+
+    mutating func append(reserving count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        reserve(count)
+        let n = body(UnsafeMutableRawBufferPointer(start: storage! + writeIndex, count: count))
+        precondition(n >= 0 && n <= count, "write(reservingCapacity:) body wrote \(n) of at most \(count) bytes")
+        writeIndex += n
+        return n
+    }
+
+    mutating func consume(_ n: Int) { readIndex += n }
+
+    mutating func reset() { readIndex = 0; writeIndex = 0 }
+
+    mutating func release() {
+        storage?.deallocate()
+        storage = nil
+        capacity = 0
+        reset()
+    }
+
+    private mutating func reserve(_ extra: Int) {
+        if writeIndex + extra <= capacity { return }
+        // Compact first; grow (doubling) only if that is not enough.
+        if readIndex > 0 && readableCount + extra <= capacity {
+            storage!.copyMemory(from: storage! + readIndex, byteCount: readableCount)
+            writeIndex = readableCount
+            readIndex = 0
+            return
+        }
+        var newCapacity = max(capacity * 2, 4096)
+        while newCapacity < readableCount + extra { newCapacity *= 2 }
+        let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        if let storage {
+            newStorage.copyMemory(from: storage + readIndex, byteCount: readableCount)
+            storage.deallocate()
+        }
+        writeIndex = readableCount
+        readIndex = 0
+        storage = newStorage
+        capacity = newCapacity
+    }
+}

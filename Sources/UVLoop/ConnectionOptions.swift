@@ -1,0 +1,23 @@
+/// Settings of a ``Connection``; the defaults suit request/response traffic.
+public struct ConnectionOptions: Sendable {
+    /// Disable Nagle's algorithm (`TCP_NODELAY`) on TCP connections. Default true.
+    public var noDelay = true
+    /// Read buffer (``RingBuffer``) capacity at start and after shrinking. Default 8 KiB.
+    public var initialReadBufferCapacity = 8192
+    /// Largest the read buffer may grow to hold bytes the read handler has
+    /// not consumed. Reaching it closes the connection with
+    /// ``ConnectionError/readBufferLimitExceeded(connection:limit:)``. Default 4 MiB.
+    public var maximumReadBufferCapacity = 4 << 20
+    /// Pending outgoing bytes above which ``Connection/isWritable`` turns false. Default 1 MiB.
+    public var writeHighWaterMark = 1 << 20
+    /// Pending outgoing bytes below which ``Connection/isWritable`` turns true again. Default 256 KiB.
+    public var writeLowWaterMark = 256 << 10
+    /// How long a graceful ``Connection/close()`` may take to flush pending
+    /// writes before the connection is aborted. Default 10 s.
+    public var gracefulCloseTimeout: Duration = .seconds(10)
+    /// Start reading as soon as the accept or connect callback returned. Default true.
+    public var autoRead = true
+
+    /// The defaults.
+    public init() {}
+}

@@ -1,0 +1,334 @@
+import CLibUV
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One libuv loop (`uv_loop_t`) driven by one thread.
+///
+/// Everything that touches a connection, listener or timer of a loop runs on
+/// that loop's thread; calling such an API from another thread stops the
+/// program with a message naming the API and both threads (the reference
+/// efro.rpc refuses foreign threads the same way). Other threads hand work
+/// over with ``execute(_:)``.
+///
+/// Run it on the calling thread with ``run()`` (blocks until shutdown) or on a
+/// thread of its own with ``start()``. ``shutdown()`` closes every handle
+/// (listeners, connections, timers), runs their close callbacks and closes
+/// the libuv loop; ``loopCloseStatus`` then holds what `uv_loop_close`
+/// returned (0 when nothing leaked).
+public final class EventLoop: @unchecked Sendable {
+    // Sendable invariant: `uvLoop` and every field under "loop-thread state" are
+    // touched only on the loop thread (or before it runs / after it stopped, when
+    // no other thread can reach them); `jobs` is guarded by its Mutex;
+    // `threadID` and `state` are atomics.
+
+    /// The loop's name, used for its thread and in error messages.
+    public let name: String
+    /// The libuv loop. Owned; freed in deinit after `uv_loop_close`.
+    let uvLoop: UnsafeMutablePointer<uv_loop_t>
+
+    private struct JobQueue {
+        var jobs: [@Sendable () -> Void] = []
+        var accepting = true
+    }
+    private let jobs = Mutex(JobQueue())
+    /// pthread_t of the thread inside `run()`, or 0.
+    private let threadID = Atomic<UInt>(0)
+    private enum State: UInt8 { case idle = 0, running = 1, stopping = 2, stopped = 3 }
+    private let state = Atomic<UInt8>(State.idle.rawValue)
+    private let stoppedSignal = DispatchSemaphore(value: 0)
+    private let closeStatus = Mutex<Int32?>(nil)
+
+    // MARK: loop-thread state
+    private var wakeup: LoopWakeup!
+    private var flushHooks: [LoopTurnHook] = []
+    private var spareJobs: [@Sendable () -> Void] = []
+    private var shutdownStarted = false
+    /// Connections with bytes to flush at the end of this loop turn.
+    var pendingFlush: [Connection] = []
+    private var spareFlush: [Connection] = []
+
+    /// Creates the loop (not yet running).
+    ///
+    /// The first loop of a process sets `SIGPIPE` to be ignored: libuv writes
+    /// with `write(2)`, and a write to a socket the peer closed would otherwise
+    /// kill the process instead of failing with `EPIPE` (Node.js does the same).
+    public init(name: String = "uvloop") throws(UVError) {
+        _ = EventLoop.ignoreSIGPIPE
+        self.name = name
+        uvLoop = .allocate(capacity: 1)
+        let rc = uv_loop_init(uvLoop)
+        if rc != 0 {
+            uvLoop.deallocate()
+            throw UVError(code: rc, operation: "uv_loop_init", target: "event loop \(name)")
+        }
+        wakeup = try LoopWakeup(loop: self)
+        // Flush written bytes once per loop turn: after I/O callbacks (check) and
+        // before blocking in poll (prepare, for bytes written by timers).
+        flushHooks = [try LoopTurnHook(hookOn: self, type: UV_CHECK), try LoopTurnHook(hookOn: self, type: UV_PREPARE)]
+    }
+
+    private static let ignoreSIGPIPE: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
+
+    deinit {
+        if State(rawValue: state.load(ordering: .acquiring)) == .idle {
+            // Never ran: close the internal handles and the loop on this thread.
+            beginShutdown()
+            finishRun()
+        }
+        uvLoop.deallocate()
+    }
+
+    // MARK: Threads
+
+    /// True when called on this loop's thread while it runs.
+    public var inEventLoop: Bool {
+        let id = threadID.load(ordering: .relaxed)
+        return id != 0 && pthread_equal(pthread_t(id), pthread_self()) != 0
+    }
+
+    /// Stops the program unless called on this loop's thread. `api` names the
+    /// caller in the message.
+    @inline(__always)
+    public func preconditionInEventLoop(_ api: StaticString = #function,
+                                        file: StaticString = #fileID, line: UInt = #line) {
+        if !inEventLoop { failNotInEventLoop(api, file: file, line: line) }
+    }
+
+    @inline(never)
+    private func failNotInEventLoop(_ api: StaticString, file: StaticString, line: UInt) -> Never {
+        let running = threadID.load(ordering: .relaxed)
+        let loopThread = running == 0 ? "no thread (the loop is not running)" : "thread \(running)"
+        preconditionFailure(
+            "\(api) must be called on event loop '\(name)' (\(loopThread)), but was called on thread \(UInt(pthread_self()))",
+            file: file, line: line)
+    }
+
+    /// Runs the loop on the calling thread until ``shutdown()`` completes.
+    /// Returns after every handle is closed and `uv_loop_close` ran; throws if
+    /// `uv_loop_close` failed (a handle leaked).
+    public func run() throws(UVError) {
+        let ok = state.compareExchange(expected: State.idle.rawValue, desired: State.running.rawValue,
+                                       ordering: .acquiringAndReleasing).exchanged
+        precondition(ok, "EventLoop '\(name)': run() called on a loop that already ran")
+        threadID.store(UInt(pthread_self()), ordering: .releasing)
+        while true {
+            uv_run(uvLoop, UV_RUN_DEFAULT)
+            if shutdownStarted { break }
+        }
+        let rc = finishRun()
+        threadID.store(0, ordering: .releasing)
+        state.store(State.stopped.rawValue, ordering: .releasing)
+        stoppedSignal.signal()
+        if rc != 0 { throw UVError(code: rc, operation: "uv_loop_close", target: "event loop \(name)") }
+    }
+
+    /// Starts the loop on a new thread named after the loop and returns at once.
+    public func start() {
+        let box = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            // Balanced: start() passed a retained reference to this thread.
+            let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
+            uvrpc_set_thread_name(String(loop.name.prefix(15)))
+            do { try loop.run() } catch {
+                // Recorded in loopCloseStatus; the waiter reports it.
+            }
+            return nil
+        }, box)
+        precondition(rc == 0, "EventLoop '\(name)': pthread_create failed with \(rc)")
+        pthread_detach(thread)
+    }
+
+    /// Asks the loop to shut down; callable from any thread, returns at once.
+    /// Jobs already submitted still run; later ``execute(_:)`` calls are refused.
+    public func shutdown() {
+        let wasRunning = jobs.withLock { queue -> Bool in
+            guard queue.accepting else { return false }
+            queue.accepting = false
+            return true
+        }
+        guard wasRunning else { return }
+        // accepting was true under the lock, so the wakeup handle is still open.
+        wakeup.requestShutdown()
+    }
+
+    /// Shuts the loop down and waits (at most `timeout`) until it stopped.
+    /// Must not be called on the loop's own thread.
+    /// - Returns: what `uv_loop_close` returned (0: every handle was closed),
+    ///   or nil when the loop did not stop within `timeout`.
+    @discardableResult
+    public func shutdownAndWait(timeout: Duration = .seconds(30)) -> Int32? {
+        precondition(!inEventLoop, "EventLoop '\(name)': shutdownAndWait() called on the loop's own thread would deadlock")
+        shutdown()
+        if State(rawValue: state.load(ordering: .acquiring)) == .idle { return nil }
+        let (s, atto) = timeout.components
+        let nanos = max(0, Int(s) * 1_000_000_000 + Int(atto / 1_000_000_000))
+        guard stoppedSignal.wait(timeout: .now() + .nanoseconds(nanos)) == .success else { return nil }
+        stoppedSignal.signal() // let other waiters through too
+        return loopCloseStatus
+    }
+
+    /// What `uv_loop_close` returned when the loop stopped (0 is success), or
+    /// nil while it has not stopped.
+    public var loopCloseStatus: Int32? { closeStatus.withLock { $0 } }
+
+    // MARK: Work from other threads
+
+    /// Runs `job` on the loop thread, after the jobs submitted before it by
+    /// the same thread. Callable from any thread (also from the loop itself:
+    /// the job then runs later in this or the next loop turn).
+    /// - Returns: false, and drops `job`, when the loop is shutting down.
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable () -> Void) -> Bool {
+        jobs.withLock { queue -> Bool in
+            guard queue.accepting else { return false }
+            queue.jobs.append(job)
+            // Waking while holding the lock keeps shutdown from closing the
+            // wakeup handle under us; uv_async_send coalesces repeated wakes.
+            if queue.jobs.count == 1 { wakeup.send() }
+            return true
+        }
+    }
+
+    fileprivate func runJobs() {
+        var batch = spareJobs
+        jobs.withLock { swap(&$0.jobs, &batch) }
+        for job in batch { job() }
+        batch.removeAll(keepingCapacity: true)
+        spareJobs = batch
+    }
+
+    // MARK: Shutdown
+
+    fileprivate func beginShutdown() {
+        guard !shutdownStarted else { return }
+        shutdownStarted = true
+        jobs.withLock { $0.accepting = false }
+        runJobs()
+        closeAllHandles()
+    }
+
+    private func closeAllHandles() {
+        uv_walk(uvLoop, { handle, _ in
+            guard uv_is_closing(handle) == 0 else { return }
+            HandleOwner.owner(of: handle).takeUnretainedValue().closeForShutdown()
+        }, nil)
+    }
+
+    /// Runs close callbacks until no handle is left, then closes the loop.
+    @discardableResult
+    private func finishRun() -> Int32 {
+        var rc: Int32 = 0
+        for _ in 0..<8 {
+            uv_run(uvLoop, UV_RUN_DEFAULT)
+            rc = uv_loop_close(uvLoop)
+            if rc == 0 { break }
+            // Something opened a handle during shutdown (e.g. in a close callback): close it too.
+            closeAllHandles()
+        }
+        pendingFlush.removeAll()
+        closeStatus.withLock { $0 = rc }
+        return rc
+    }
+
+    // MARK: Per-turn flushing
+
+    fileprivate func runPendingFlushes() {
+        while !pendingFlush.isEmpty {
+            var batch = spareFlush
+            swap(&batch, &pendingFlush)
+            for connection in batch { connection.flushScheduledWrites() }
+            batch.removeAll(keepingCapacity: true)
+            spareFlush = batch
+        }
+    }
+
+    // MARK: Timers and time
+
+    /// The loop's cached clock in milliseconds (`uv_now`).
+    public var now: UInt64 {
+        preconditionInEventLoop()
+        return uv_now(uvLoop)
+    }
+
+    /// Calls `body` on the loop thread after `delay`, and then every
+    /// `interval` if one is given, until the returned timer is cancelled.
+    /// libuv timers have millisecond resolution; delays round up.
+    public func scheduleTimer(after delay: Duration, repeating interval: Duration? = nil,
+                              _ body: @escaping () -> Void) -> LoopTimer {
+        preconditionInEventLoop()
+        return LoopTimer(loop: self, delay: delay, interval: interval, body: body)
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up, never negative (libuv's timer unit).
+    var roundedUpMilliseconds: UInt64 {
+        let (seconds, atto) = components
+        if seconds < 0 { return 0 }
+        let ms = UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000)
+        return ms
+    }
+}
+
+/// The loop's `uv_async_t`: wakes it for ``EventLoop/execute(_:)`` and shutdown.
+private final class LoopWakeup: HandleOwner {
+    /// Set (from any thread) before the shutdown wake-up.
+    private let shutdownRequested = Atomic<Bool>(false)
+
+    init(loop: EventLoop) throws(UVError) {
+        super.init(loop: loop, type: UV_ASYNC)
+        let handle = UnsafeMutablePointer<uv_async_t>(OpaquePointer(self.handle))
+        try UVError.check(uv_async_init(loop.uvLoop, handle, { async in
+            // Safe: the handle's data is this owner until its close callback.
+            let me = HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(async))).takeUnretainedValue()
+            unsafeDowncast(me, to: LoopWakeup.self).fire()
+        }), "uv_async_init", "event loop \(loop.name)")
+        adoptHandle()
+    }
+
+    func send() {
+        uv_async_send(UnsafeMutablePointer<uv_async_t>(OpaquePointer(handle)))
+    }
+
+    func requestShutdown() {
+        shutdownRequested.store(true, ordering: .releasing)
+        send()
+    }
+
+    private func fire() {
+        loop.runJobs()
+        if shutdownRequested.load(ordering: .acquiring) { loop.beginShutdown() }
+    }
+}
+
+/// A `uv_check_t` or `uv_prepare_t` that flushes connections' pending writes
+/// each loop turn. Unreferenced, so it never keeps the loop alive.
+private final class LoopTurnHook: HandleOwner {
+    init(hookOn loop: EventLoop, type: uv_handle_type) throws(UVError) {
+        super.init(loop: loop, type: type)
+        if type == UV_CHECK {
+            let h = UnsafeMutablePointer<uv_check_t>(OpaquePointer(handle))
+            try UVError.check(uv_check_init(loop.uvLoop, h), "uv_check_init", "event loop \(loop.name)")
+            adoptHandle()
+            uv_check_start(h) { check in
+                // Safe: the handle's data is this owner until its close callback.
+                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(check))).takeUnretainedValue().loop.runPendingFlushes()
+            }
+        } else {
+            let h = UnsafeMutablePointer<uv_prepare_t>(OpaquePointer(handle))
+            try UVError.check(uv_prepare_init(loop.uvLoop, h), "uv_prepare_init", "event loop \(loop.name)")
+            adoptHandle()
+            uv_prepare_start(h) { prepare in
+                // Safe: the handle's data is this owner until its close callback.
+                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(prepare))).takeUnretainedValue().loop.runPendingFlushes()
+            }
+        }
+        uv_unref(uvHandle)
+    }
+}

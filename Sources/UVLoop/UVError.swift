@@ -1,0 +1,99 @@
+import CLibUV
+
+/// A libuv call that failed: which operation, on what, and libuv's own error.
+///
+/// `code` is libuv's negative error number (`UV_ECONNREFUSED`, ...); the
+/// description adds `uv_err_name` and `uv_strerror`, e.g.
+/// `connect to 127.0.0.1:9 failed: ECONNREFUSED (connection refused)`.
+public struct UVError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// libuv's (negative) error code.
+    public let code: Int32
+    /// What was being done, e.g. `"connect"`, `"bind"`, `"write"`.
+    public let operation: String
+    /// What it was done to: an address, a path or a connection label.
+    public let target: String
+
+    /// Creates an error for libuv error `code` raised by `operation` on `target`.
+    public init(code: Int32, operation: String, target: String) {
+        self.code = code
+        self.operation = operation
+        self.target = target
+    }
+
+    /// libuv's short name of the error, e.g. `ECONNREFUSED`.
+    public var name: String { String(cString: uv_err_name(code)) }
+
+    /// libuv's human-readable message, e.g. `connection refused`.
+    public var message: String { String(cString: uv_strerror(code)) }
+
+    public var description: String {
+        "\(operation) on \(target) failed: \(name) (\(message))"
+    }
+
+    /// Throws a `UVError` when `result` is a negative libuv status; returns it otherwise.
+    @discardableResult @inline(__always)
+    static func check(_ result: Int32, _ operation: @autoclosure () -> String,
+                      _ target: @autoclosure () -> String) throws(UVError) -> Int32 {
+        if result < 0 { throw UVError(code: result, operation: operation(), target: target()) }
+        return result
+    }
+}
+
+/// Why a connection ended or an operation on it failed.
+///
+/// Every case names the connection by its label (by default its peer
+/// address), so a log line says to whom it happened.
+public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The connection was closed locally (by `close`, `abort` or loop
+    /// shutdown) before the operation could complete.
+    case closed(connection: String)
+    /// The peer closed its side (end of stream).
+    case endOfStream(connection: String)
+    /// The peer reset the connection (`ECONNRESET`) or the pipe broke (`EPIPE`).
+    case reset(connection: String)
+    /// Reading failed with another libuv error.
+    case readFailed(UVError)
+    /// Writing failed with a libuv error.
+    case writeFailed(UVError)
+    /// The read handler left `limit` bytes unconsumed, filling the read
+    /// buffer at its maximum capacity.
+    case readBufferLimitExceeded(connection: String, limit: Int)
+    /// A graceful close could not flush pending writes within its timeout,
+    /// so the connection was aborted with `pendingBytes` unsent.
+    case closeTimedOut(connection: String, pendingBytes: Int)
+
+    public var description: String {
+        switch self {
+        case .closed(let c): return "connection \(c) is closed"
+        case .endOfStream(let c): return "connection \(c) was closed by the peer (end of stream)"
+        case .reset(let c): return "connection \(c) was reset by the peer"
+        case .readFailed(let e): return "read failed: \(e)"
+        case .writeFailed(let e): return "write failed: \(e)"
+        case .readBufferLimitExceeded(let c, let limit):
+            return "connection \(c): read handler left \(limit) bytes unconsumed, the read buffer's maximum capacity"
+        case .closeTimedOut(let c, let pending):
+            return "connection \(c): graceful close timed out with \(pending) bytes unsent; aborted"
+        }
+    }
+}
+
+/// Why a connect attempt failed.
+public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The address could not be parsed or resolved.
+    case invalidAddress(String)
+    /// libuv reported an error (refused, unreachable, ...).
+    case failed(UVError)
+    /// No connection was established within `timeout`.
+    case timedOut(address: String, timeout: Duration)
+    /// The event loop shut down before the connect completed.
+    case loopShutDown(address: String)
+
+    public var description: String {
+        switch self {
+        case .invalidAddress(let a): return "invalid address \(a)"
+        case .failed(let e): return e.description
+        case .timedOut(let a, let t): return "connect to \(a) timed out after \(t)"
+        case .loopShutDown(let a): return "connect to \(a) abandoned: the event loop shut down"
+        }
+    }
+}
