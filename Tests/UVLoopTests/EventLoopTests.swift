@@ -1,0 +1,151 @@
+import Dispatch
+import Synchronization
+import UVLoop
+import XCTest
+
+final class EventLoopTests: XCTestCase {
+    func testExecuteFromEightThreadsRunsEveryJobOnceOnTheLoopInPerThreadOrder() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let threads = 8, jobsPerThread = 10_000
+        let seen = LoopBoundBox([[Int]](repeating: [], count: threads), loop: harness.loop)
+        let offLoop = Atomic<Int>(0)
+        let loop = harness.loop
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            for j in 0..<jobsPerThread {
+                let accepted = loop.execute {
+                    if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) }
+                    seen.value[t].append(j)
+                }
+                XCTAssertTrue(accepted)
+            }
+        }
+        let result = try harness.sync { seen.value }
+        XCTAssertEqual(offLoop.load(ordering: .relaxed), 0, "every job runs on the loop thread")
+        for t in 0..<threads {
+            XCTAssertEqual(result[t], Array(0..<jobsPerThread), "thread \(t): each job once, in submission order")
+        }
+    }
+
+    func testInEventLoopIsTrueOnlyOnTheLoopThread() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        XCTAssertFalse(harness.loop.inEventLoop)
+        let loop = harness.loop
+        XCTAssertTrue(try harness.sync { loop.inEventLoop })
+    }
+
+    func testTimersFireInDeadlineOrderAndCancelledOnesNever() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let fired = LoopBoundBox([Int](), loop: loop)
+        let done = Promise<[Int]>()
+        try harness.sync {
+            // Scheduled out of order; the same deadline keeps scheduling order.
+            for (i, ms) in [(3, 30), (1, 10), (2, 10), (4, 40)] {
+                _ = loop.scheduleTimer(after: .milliseconds(ms)) { fired.value.append(i) }
+            }
+            let cancelled = loop.scheduleTimer(after: .milliseconds(20)) { fired.value.append(99) }
+            cancelled.cancel()
+            XCTAssertFalse(cancelled.isActive)
+            _ = loop.scheduleTimer(after: .milliseconds(80)) { done.fulfill(fired.value) }
+        }
+        XCTAssertEqual(try done.wait("timers"), [1, 2, 3, 4])
+    }
+
+    func testRepeatingTimerRepeatsUntilCancelled() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let done = Promise<Int>()
+        try harness.sync {
+            let count = LoopBoundBox(0, loop: loop)
+            let timerBox = LoopBoundBox<LoopTimer?>(nil, loop: loop)
+            timerBox.value = loop.scheduleTimer(after: .milliseconds(1), repeating: .milliseconds(1)) {
+                count.value += 1
+                if count.value == 5 {
+                    timerBox.value?.cancel()
+                    // A later check that it stayed at 5.
+                    _ = loop.scheduleTimer(after: .milliseconds(30)) { done.fulfill(count.value) }
+                }
+            }
+        }
+        XCTAssertEqual(try done.wait("repeating timer"), 5)
+    }
+
+    func testTenThousandTimersAreCheapAndAllFireOrCancel() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let done = Promise<(fired: Int, wrong: Int)>()
+        try harness.sync {
+            let fired = LoopBoundBox(0, loop: loop)
+            let wrong = LoopBoundBox(0, loop: loop)
+            var timers: [LoopTimer] = []
+            for i in 0..<10_000 {
+                timers.append(loop.scheduleTimer(after: .milliseconds(5 + i % 50)) {
+                    if i % 2 == 1 { wrong.value += 1 }
+                    fired.value += 1
+                })
+            }
+            for i in stride(from: 1, to: 10_000, by: 2) { timers[i].cancel() }
+            _ = loop.scheduleTimer(after: .milliseconds(200)) { done.fulfill((fired.value, wrong.value)) }
+        }
+        let result = try done.wait("10k timers")
+        XCTAssertEqual(result.fired, 5_000)
+        XCTAssertEqual(result.wrong, 0, "cancelled timers never fire")
+    }
+
+    func testShutdownClosesEveryHandleAndLoopCloseReturnsZero() throws {
+        let harness = try LoopHarness()
+        let loop = harness.loop
+        let closes = Atomic<Int>(0)
+        let connected = Promise<Bool>()
+        try harness.sync {
+            // Left open on purpose: a listener, a pending timer, a connection pair.
+            _ = loop.scheduleTimer(after: .seconds(3600)) { XCTFail("must not fire") }
+            let listener = try loop.listen(on: .ipv4(host: "127.0.0.1", port: 0)) { server in
+                server.onClose = { _ in closes.add(1, ordering: .relaxed) }
+            }
+            loop.connect(to: listener.address) { result in
+                guard case .success(let client) = result else { return XCTFail("connect failed: \(result)") }
+                client.onClose = { _ in closes.add(1, ordering: .relaxed) }
+                connected.fulfill(true)
+            }
+        }
+        XCTAssertTrue(try connected.wait("connect"))
+        let status = loop.shutdownAndWait(timeout: .seconds(20))
+        XCTAssertEqual(status, 0, "uv_loop_close returns 0 after shutdown")
+        XCTAssertEqual(loop.loopCloseStatus, 0)
+        XCTAssertEqual(closes.load(ordering: .relaxed), 2, "both connections were closed and told")
+        XCTAssertFalse(loop.execute {}, "a stopped loop refuses jobs")
+    }
+
+    func testRunOnTheCallingThreadReturnsAfterShutdown() throws {
+        let loop = try EventLoop(name: "caller-thread")
+        let ranOnLoop = Atomic<Bool>(false)
+        XCTAssertTrue(loop.execute {
+            ranOnLoop.store(loop.inEventLoop, ordering: .relaxed)
+            _ = loop.scheduleTimer(after: .milliseconds(1)) { loop.shutdown() }
+        })
+        try loop.run()
+        XCTAssertTrue(ranOnLoop.load(ordering: .relaxed))
+        XCTAssertEqual(loop.loopCloseStatus, 0)
+    }
+
+    func testJobsSubmittedBeforeShutdownStillRun() throws {
+        let harness = try LoopHarness()
+        let loop = harness.loop
+        let count = Atomic<Int>(0)
+        for _ in 0..<1000 { loop.execute { count.add(1, ordering: .relaxed) } }
+        harness.shutdownCleanly()
+        XCTAssertEqual(count.load(ordering: .relaxed), 1000)
+    }
+
+    func testALoopThatNeverRanCanBeDropped() throws {
+        var loop: EventLoop? = try EventLoop(name: "never-ran")
+        XCTAssertNotNil(loop)
+        loop = nil // deinit closes its internal handles and the libuv loop
+    }
+}

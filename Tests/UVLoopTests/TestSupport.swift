@@ -1,0 +1,96 @@
+import Dispatch
+import Synchronization
+import UVLoop
+import XCTest
+
+/// Thrown when something a test waits for does not happen in time.
+struct TestTimeout: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+/// A one-shot value handed from the loop thread to the test thread.
+final class Promise<Value: Sendable>: Sendable {
+    private let value = Mutex<Value?>(nil)
+    private let semaphore = DispatchSemaphore(value: 0)
+
+    func fulfill(_ v: Value) {
+        let first = value.withLock { old -> Bool in
+            guard old == nil else { return false }
+            old = v
+            return true
+        }
+        if first { semaphore.signal() }
+    }
+
+    /// Waits at most `seconds` for the value.
+    func wait(_ what: String, seconds: Double = 20) throws -> Value {
+        guard semaphore.wait(timeout: .now() + seconds) == .success else { throw TestTimeout(what: what) }
+        semaphore.signal()
+        return value.withLock { $0! }
+    }
+
+    var isFulfilled: Bool { value.withLock { $0 != nil } }
+}
+
+/// A loop running on its own thread for one test.
+final class LoopHarness: Sendable {
+    let loop: EventLoop
+
+    init(_ name: String = "test-loop") throws {
+        loop = try EventLoop(name: name)
+        loop.start()
+    }
+
+    /// Runs `body` on the loop and returns its result to the calling thread.
+    func sync<T: Sendable>(_ what: String = "a job on the loop", seconds: Double = 20,
+                           _ body: @escaping @Sendable () throws -> T) throws -> T {
+        let promise = Promise<Result<T, any Error>>()
+        guard loop.execute({ promise.fulfill(Result { try body() }) }) else {
+            throw TestTimeout(what: "\(what): the loop refused the job (shut down)")
+        }
+        return try promise.wait(what, seconds: seconds).get()
+    }
+
+    /// Shuts the loop down and asserts that `uv_loop_close` returned 0.
+    func shutdownCleanly(file: StaticString = #filePath, line: UInt = #line) {
+        let status = loop.shutdownAndWait(timeout: .seconds(20))
+        XCTAssertEqual(status, 0, "uv_loop_close must return 0 (every handle closed)", file: file, line: line)
+    }
+}
+
+/// Fast deterministic bytes (xorshift64*), so that 16 MiB payloads are cheap to make.
+func pseudoRandomBytes(count: Int, seed: UInt64) -> [UInt8] {
+    var state = seed | 1
+    var bytes = [UInt8](repeating: 0, count: count)
+    bytes.withUnsafeMutableBytes { raw in
+        var i = 0
+        while i < count {
+            state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+            var word = state &* 2685821657736338717
+            let n = min(8, count - i)
+            withUnsafeBytes(of: &word) { raw.baseAddress!.advanced(by: i).copyMemory(from: $0.baseAddress!, byteCount: n) }
+            i += n
+        }
+    }
+    return bytes
+}
+
+/// A free TCP port on 127.0.0.1 is not needed: listeners bind port 0. This
+/// gives a port that refuses connections (bound, then closed).
+func refusedPort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    withUnsafeMutablePointer(to: &addr) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+            _ = bind(fd, sa, len)
+            _ = getsockname(fd, sa, &len)
+        }
+    }
+    close(fd)
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
