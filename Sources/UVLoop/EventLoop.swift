@@ -23,7 +23,7 @@ import Darwin
 public final class EventLoop: @unchecked Sendable {
     // Sendable invariant: `uvLoop` and every field under "loop-thread state" are
     // touched only on the loop thread (or before it runs / after it stopped, when
-    // no other thread can reach them); `jobs` is guarded by its Mutex;
+    // no other thread can reach them); `jobs` and `closeStatus` are guarded by their locks;
     // `threadID` and `state` are atomics.
 
     /// The loop's name, used for its thread and in error messages.
@@ -35,13 +35,13 @@ public final class EventLoop: @unchecked Sendable {
         var jobs: [@Sendable () -> Void] = []
         var accepting = true
     }
-    private let jobs = Mutex(JobQueue())
+    private let jobs = LockedValue(JobQueue())
     /// pthread_t of the thread inside `run()`, or 0.
     private let threadID = Atomic<UInt>(0)
     private enum State: UInt8 { case idle = 0, running = 1, stopping = 2, stopped = 3 }
     private let state = Atomic<UInt8>(State.idle.rawValue)
     private let stoppedSignal = DispatchSemaphore(value: 0)
-    private let closeStatus = Mutex<Int32?>(nil)
+    private let closeStatus = LockedValue<Int32?>(nil)
 
     // MARK: loop-thread state
     private var wakeup: LoopWakeup!

@@ -3,7 +3,6 @@
 // then over a Unix socket, and the round trips per second it saw.
 // `make bench` runs it until the real benchmark (uvrpc-bench) exists.
 import Dispatch
-import Synchronization
 import UVLoop
 #if canImport(Glibc)
 import Glibc
@@ -19,7 +18,7 @@ func runEcho(on address: SocketAddress) -> Outcome {
     let loop = try! EventLoop(name: "echo-demo")
     loop.start()
     let done = DispatchSemaphore(value: 0)
-    let result = Mutex(Outcome())
+    let result = LockedValue(Outcome())
     loop.execute {
         let listener: Listener
         do {

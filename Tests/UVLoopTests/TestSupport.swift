@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 import UVLoop
 import XCTest
 
@@ -11,7 +10,7 @@ struct TestTimeout: Error, CustomStringConvertible {
 
 /// A one-shot value handed from the loop thread to the test thread.
 final class Promise<Value: Sendable>: Sendable {
-    private let value = Mutex<Value?>(nil)
+    private let value = LockedValue<Value?>(nil)
     private let semaphore = DispatchSemaphore(value: 0)
 
     func fulfill(_ v: Value) {
