@@ -5,6 +5,10 @@ let package = Package(
     name: "UVRPC",
     products: [
         .library(name: "UVLoop", targets: ["UVLoop"]),
+        .library(name: "UVRPC", targets: ["UVRPC"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // libuv itself, through pkg-config; Debian/Ubuntu ship it as libuv1-dev.
@@ -19,6 +23,11 @@ let package = Package(
             name: "UVLoop",
             dependencies: ["CLibUV"]
         ),
+        // The efro.rpc protocol (version 2) on top of UVLoop.
+        .target(
+            name: "UVRPC",
+            dependencies: ["UVLoop", .product(name: "Logging", package: "swift-log")]
+        ),
         // A small loopback echo demo; `make bench` runs it until the benchmark exists.
         .executableTarget(
             name: "uvloop-echo",
@@ -27,6 +36,11 @@ let package = Package(
         .testTarget(
             name: "UVLoopTests",
             dependencies: ["UVLoop", "CLibUV"]
+        ),
+        .testTarget(
+            name: "UVRPCTests",
+            dependencies: ["UVRPC", "UVLoop"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v6]

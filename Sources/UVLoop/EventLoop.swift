@@ -255,20 +255,11 @@ public final class EventLoop: @unchecked Sendable {
         preconditionInEventLoop()
         return uv_now(uvLoop)
     }
-
-    /// Calls `body` on the loop thread after `delay`, and then every
-    /// `interval` if one is given, until the returned timer is cancelled.
-    /// libuv timers have millisecond resolution; delays round up.
-    public func scheduleTimer(after delay: Duration, repeating interval: Duration? = nil,
-                              _ body: @escaping () -> Void) -> LoopTimer {
-        preconditionInEventLoop()
-        return LoopTimer(loop: self, delay: delay, interval: interval, body: body)
-    }
 }
 
 extension Duration {
     /// Whole milliseconds, rounded up, never negative (libuv's timer unit).
-    var roundedUpMilliseconds: UInt64 {
+    public var roundedUpMilliseconds: UInt64 {
         let (seconds, atto) = components
         if seconds < 0 { return 0 }
         let ms = UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000)

@@ -16,7 +16,8 @@ public class HandleOwner {
     /// The libuv handle (a `uv_tcp_t`, `uv_timer_t`, ... of `handleType`).
     /// Valid from init until the close callback ran (`isHandleClosed`).
     final let handle: UnsafeMutableRawPointer
-    final let loop: EventLoop
+    /// The loop this handle belongs to.
+    public final let loop: EventLoop
     /// True once `uv_*_init` succeeded and the handle references its owner.
     private final var isAdopted = false
     /// True once `uv_close` was called.

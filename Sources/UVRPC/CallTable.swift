@@ -1,0 +1,138 @@
+/// The in-flight table of outgoing calls, indexed by the 16-bit message id,
+/// with a deadline queue.
+///
+/// - Storage is a flat array indexed by `id & mask`. It starts at 64 slots and
+///   doubles only when the next id's slot is held by another live call (ids
+///   are handed out in sequence, so live ids form a sliding window); at 65536
+///   slots every id has its own. No dictionary, no hashing.
+/// - Ids follow the reference: the counter starts at 65530 and wraps. A live
+///   id is never reused: allocation skips live ids, and when all 65536 are
+///   live it fails.
+/// - Deadlines form an intrusive doubly linked list sorted by deadline. Most
+///   calls use the same timeout, so insertion is at the tail in O(1); removal
+///   on response is O(1). The endpoint keeps one timer armed for the head.
+struct CallTable<Completion> {
+    struct Slot {
+        var completion: Completion?
+        var deadline: UInt64 = 0
+        var id: UInt16 = 0
+        var closeOnError = true
+        var prev: Int32 = -1
+        var next: Int32 = -1
+        var isLive: Bool { completion != nil }
+    }
+
+    private var slots: [Slot]
+    private var mask: Int
+    private(set) var nextID: UInt16
+    /// Number of live calls.
+    private(set) var count = 0
+    /// Head and tail ids of the deadline list, or -1.
+    private(set) var head: Int32 = -1
+    private var tail: Int32 = -1
+
+    init(firstID: UInt16 = 65530, initialCapacity: Int = 64) {
+        slots = Array(repeating: Slot(), count: initialCapacity)
+        mask = initialCapacity - 1
+        nextID = firstID
+    }
+
+    /// True when all 65536 ids are in flight.
+    var isExhausted: Bool { count == 65536 }
+
+    /// Earliest deadline, if any call is live.
+    var earliestDeadline: UInt64? { head >= 0 ? slots[Int(head) & mask].deadline : nil }
+
+    @inline(__always) private func index(_ id: Int32) -> Int { Int(id) & mask }
+
+    /// Whether `id` is a live call.
+    func isLive(_ id: UInt16) -> Bool {
+        let s = slots[Int(id) & mask]
+        return s.isLive && s.id == id
+    }
+
+    /// Registers a call and returns its id, or nil when every id is in flight.
+    mutating func insert(_ completion: Completion, deadline: UInt64, closeOnError: Bool) -> UInt16? {
+        guard count < 65536 else { return nil }
+        var id = nextID
+        while isLive(id) { id &+= 1 } // never reuse a live id (bounded: count < 65536)
+        while slots[Int(id) & mask].isLive { grow() }
+        nextID = id &+ 1
+        count += 1
+        let i = Int(id) & mask
+        slots[i].completion = completion
+        slots[i].deadline = deadline
+        slots[i].id = id
+        slots[i].closeOnError = closeOnError
+        linkSorted(Int32(id))
+        return id
+    }
+
+    /// Removes a live call and returns its completion and closeOnError, or nil
+    /// when `id` is not live (a late or unknown response).
+    mutating func remove(_ id: UInt16) -> (completion: Completion, closeOnError: Bool)? {
+        let i = Int(id) & mask
+        guard slots[i].isLive, slots[i].id == id else { return nil }
+        let completion = slots[i].completion!
+        let closeOnError = slots[i].closeOnError
+        unlink(Int32(id))
+        slots[i].completion = nil
+        count -= 1
+        return (completion, closeOnError)
+    }
+
+    /// Removes and returns the id of the earliest call if its deadline is at or before `now`.
+    mutating func popExpired(now: UInt64) -> UInt16? {
+        guard head >= 0, slots[index(head)].deadline <= now else { return nil }
+        return UInt16(head)
+    }
+
+    /// Ids of every live call, in deadline order.
+    func liveIDs() -> [UInt16] {
+        var ids: [UInt16] = []
+        ids.reserveCapacity(count)
+        var cursor = head
+        while cursor >= 0 {
+            ids.append(UInt16(cursor))
+            cursor = slots[index(cursor)].next
+        }
+        return ids
+    }
+
+    private mutating func linkSorted(_ id: Int32) {
+        let deadline = slots[index(id)].deadline
+        // Walk back from the tail past later deadlines (usually zero steps).
+        var after = tail
+        while after >= 0 && slots[index(after)].deadline > deadline { after = slots[index(after)].prev }
+        slots[index(id)].prev = after
+        if after >= 0 {
+            let next = slots[index(after)].next
+            slots[index(id)].next = next
+            slots[index(after)].next = id
+            if next >= 0 { slots[index(next)].prev = id } else { tail = id }
+        } else {
+            slots[index(id)].next = head
+            if head >= 0 { slots[index(head)].prev = id } else { tail = id }
+            head = id
+        }
+    }
+
+    private mutating func unlink(_ id: Int32) {
+        let i = index(id)
+        let prev = slots[i].prev, next = slots[i].next
+        if prev >= 0 { slots[index(prev)].next = next } else { head = next }
+        if next >= 0 { slots[index(next)].prev = prev } else { tail = prev }
+        slots[i].prev = -1
+        slots[i].next = -1
+    }
+
+    private mutating func grow() {
+        let newCapacity = slots.count * 2
+        precondition(newCapacity <= 65536, "CallTable grew past 65536 slots")
+        var newSlots = Array(repeating: Slot(), count: newCapacity)
+        let newMask = newCapacity - 1
+        for slot in slots where slot.isLive { newSlots[Int(slot.id) & newMask] = slot }
+        slots = newSlots
+        mask = newMask
+    }
+}

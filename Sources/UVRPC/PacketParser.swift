@@ -1,0 +1,173 @@
+/// One unit read from an efro.rpc stream. Payloads are borrowed views,
+/// valid only during the callback that receives them.
+public enum ParsedPacket {
+    /// The peer's handshake (always first, exactly once).
+    case handshake(PeerInfo)
+    /// A KEEPALIVE packet.
+    case keepalive
+    /// A MESSAGE or MESSAGE_BIG packet.
+    case message(id: UInt16, payload: UnsafeRawBufferPointer)
+    /// A RESPONSE or RESPONSE_BIG packet.
+    case response(id: UInt16, payload: UnsafeRawBufferPointer)
+}
+
+/// The incremental efro.rpc stream parser: a state machine over bytes.
+///
+/// Contract (the same as SwiftNIO's `ByteToMessageDecoder`): ``parse(_:_:)``
+/// is given the unconsumed bytes of the stream, delivers every complete unit
+/// it finds, and returns how many bytes it consumed. The caller keeps the
+/// rest and offers it again, followed by newer bytes, on the next read. So the
+/// stream may be cut at any byte boundary.
+///
+/// No allocation per frame: a payload that fits in the caller's buffer
+/// (``inlinePayloadLimit``) is delivered as a view into it. A larger payload
+/// gets one exact-size buffer, filled as bytes arrive, delivered once
+/// complete and then freed. A declared length over ``maximumPayloadSize`` is
+/// a protocol violation thrown before anything is allocated.
+public struct PacketParser: ~Copyable {
+    private enum State {
+        case handshakeLength
+        case handshakeBody(length: Int)
+        case packets
+        /// Filling `bigBuffer` with the payload of a big frame.
+        case bigPayload(isMessage: Bool, id: UInt16, filled: Int)
+    }
+
+    private var state = State.handshakeLength
+    /// Exact-size storage of the big payload being received, else nil.
+    /// Invariant: owned by this parser; freed after delivery or in deinit.
+    private var bigBuffer: UnsafeMutableRawBufferPointer?
+    /// Bytes consumed since the start of the stream (for error messages).
+    public private(set) var streamOffset: UInt64 = 0
+
+    /// Largest payload accepted; a larger declared length is a protocol violation.
+    public var maximumPayloadSize: Int
+    /// Largest handshake JSON accepted.
+    public var maximumHandshakeSize: Int
+    /// Payloads up to this size are awaited in the caller's buffer and
+    /// delivered in place; larger ones go through an exact-size buffer. Set
+    /// it to what the caller's buffer can hold contiguously, minus a header.
+    public var inlinePayloadLimit: Int
+
+    /// True once the peer's handshake was parsed.
+    public var hasHandshake: Bool {
+        if case .handshakeLength = state { return false }
+        if case .handshakeBody = state { return false }
+        return true
+    }
+
+    /// Creates a parser at the start of a stream.
+    public init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
+                inlinePayloadLimit: Int = 65536) {
+        self.maximumPayloadSize = maximumPayloadSize
+        self.maximumHandshakeSize = maximumHandshakeSize
+        self.inlinePayloadLimit = inlinePayloadLimit
+    }
+
+    deinit {
+        bigBuffer?.deallocate()
+    }
+
+    /// Parses as many complete units of `input` as possible, calling `deliver`
+    /// for each; stops early when `deliver` returns false.
+    /// - Returns: the number of bytes consumed from the front of `input`.
+    /// - Throws: ``ProtocolViolation`` on the first invalid byte; the stream
+    ///   cannot continue after that.
+    public mutating func parse(_ input: UnsafeRawBufferPointer,
+                               _ deliver: (ParsedPacket) -> Bool) throws(ProtocolViolation) -> Int {
+        var offset = 0
+        defer { streamOffset += UInt64(offset) }
+        let count = input.count
+        while offset < count {
+            let available = count - offset
+            switch state {
+            case .packets:
+                let type = input[offset]
+                switch type {
+                case 1:
+                    offset += 1
+                    if !deliver(.keepalive) { return offset }
+                case 2, 3, 4, 5:
+                    let big = type >= 4
+                    let header = big ? Wire.bigHeaderSize : Wire.shortHeaderSize
+                    guard available >= header else { return offset }
+                    let id = UInt16(input[offset + 1]) << 8 | UInt16(input[offset + 2])
+                    let length: Int
+                    if big {
+                        length = Int(input[offset + 3]) << 24 | Int(input[offset + 4]) << 16
+                            | Int(input[offset + 5]) << 8 | Int(input[offset + 6])
+                    } else {
+                        length = Int(input[offset + 3]) << 8 | Int(input[offset + 4])
+                    }
+                    let isMessage = type == 2 || type == 4
+                    if length > maximumPayloadSize {
+                        streamOffset += UInt64(offset)
+                        offset = 0
+                        throw .payloadTooLarge(declared: length, limit: maximumPayloadSize,
+                                               packet: PacketType(rawValue: type)!)
+                    }
+                    if available >= header + length {
+                        let payload = UnsafeRawBufferPointer(rebasing: input[(offset + header)..<(offset + header + length)])
+                        offset += header + length
+                        let packet: ParsedPacket = isMessage ? .message(id: id, payload: payload)
+                                                             : .response(id: id, payload: payload)
+                        if !deliver(packet) { return offset }
+                    } else if length > inlinePayloadLimit {
+                        // Too big to wait for in the caller's buffer: stream it into its own.
+                        bigBuffer = .allocate(byteCount: length, alignment: 16)
+                        offset += header
+                        state = .bigPayload(isMessage: isMessage, id: id, filled: 0)
+                    } else {
+                        return offset // wait for the rest of the frame
+                    }
+                case 0:
+                    streamOffset += UInt64(offset)
+                    let at = streamOffset
+                    offset = 0
+                    throw .secondHandshake(streamOffset: at)
+                default:
+                    streamOffset += UInt64(offset)
+                    let at = streamOffset
+                    offset = 0
+                    throw .unknownPacketType(type, streamOffset: at)
+                }
+
+            case .bigPayload(let isMessage, let id, let filled):
+                let buffer = bigBuffer!
+                let n = min(available, buffer.count - filled)
+                buffer.baseAddress!.advanced(by: filled)
+                    .copyMemory(from: input.baseAddress!.advanced(by: offset), byteCount: n)
+                offset += n
+                if filled + n < buffer.count {
+                    state = .bigPayload(isMessage: isMessage, id: id, filled: filled + n)
+                    return offset
+                }
+                state = .packets
+                bigBuffer = nil
+                defer { buffer.deallocate() }
+                let payload = UnsafeRawBufferPointer(buffer)
+                if !deliver(isMessage ? .message(id: id, payload: payload) : .response(id: id, payload: payload)) {
+                    return offset
+                }
+
+            case .handshakeLength:
+                guard available >= 4 else { return offset }
+                let length = UInt32(input[offset]) << 24 | UInt32(input[offset + 1]) << 16
+                    | UInt32(input[offset + 2]) << 8 | UInt32(input[offset + 3])
+                if Int(length) > maximumHandshakeSize {
+                    throw .handshakeTooLarge(declared: length, limit: maximumHandshakeSize)
+                }
+                offset += 4
+                state = .handshakeBody(length: Int(length))
+
+            case .handshakeBody(let length):
+                guard available >= length else { return offset }
+                let info = try PeerInfo(json: UnsafeRawBufferPointer(rebasing: input[offset..<(offset + length)]))
+                offset += length
+                state = .packets
+                if !deliver(.handshake(info)) { return offset }
+            }
+        }
+        return offset
+    }
+}

@@ -1,0 +1,50 @@
+/// Encodes efro.rpc packets straight into a caller's buffer (the
+/// connection's outgoing buffer), choosing the short form for payloads up to
+/// 65535 bytes and the *_BIG form above, as the reference does.
+public enum PacketWriter {
+    /// Bytes a MESSAGE or RESPONSE packet with `payloadCount` bytes takes.
+    @inline(__always)
+    public static func frameSize(payloadCount: Int) -> Int {
+        (payloadCount > Wire.maximumShortPayload ? Wire.bigHeaderSize : Wire.shortHeaderSize) + payloadCount
+    }
+
+    /// Writes a MESSAGE (or RESPONSE when `isResponse`) with `id` and
+    /// `payload` at `destination`, which must hold ``frameSize(payloadCount:)``
+    /// bytes. Returns the bytes written.
+    @inline(__always) @discardableResult
+    public static func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer,
+                                  to destination: UnsafeMutableRawPointer) -> Int {
+        let n = payload.count
+        precondition(n <= Wire.maximumPayload, "payload of \(n) bytes exceeds the protocol's u32 length")
+        let header: Int
+        if n > Wire.maximumShortPayload {
+            destination.storeBytes(of: isResponse ? PacketType.responseBig.rawValue : PacketType.messageBig.rawValue,
+                                   as: UInt8.self)
+            destination.storeBytes(of: id.bigEndian, toByteOffset: 1, as: UInt16.self)
+            destination.storeBytes(of: UInt32(n).bigEndian, toByteOffset: 3, as: UInt32.self)
+            header = Wire.bigHeaderSize
+        } else {
+            destination.storeBytes(of: isResponse ? PacketType.response.rawValue : PacketType.message.rawValue,
+                                   as: UInt8.self)
+            destination.storeBytes(of: id.bigEndian, toByteOffset: 1, as: UInt16.self)
+            destination.storeBytes(of: UInt16(n).bigEndian, toByteOffset: 3, as: UInt16.self)
+            header = Wire.shortHeaderSize
+        }
+        if n > 0 { (destination + header).copyMemory(from: payload.baseAddress!, byteCount: n) }
+        return header + n
+    }
+
+    /// A MESSAGE / RESPONSE packet as a new array (for tests and tools; the
+    /// endpoint encodes in place).
+    public static func frame(isResponse: Bool, id: UInt16, payload: [UInt8]) -> [UInt8] {
+        let size = frameSize(payloadCount: payload.count)
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            payload.withUnsafeBytes { p in
+                initialized = writeFrame(isResponse: isResponse, id: id, payload: p, to: UnsafeMutableRawPointer(buffer.baseAddress!))
+            }
+        }
+    }
+
+    /// The one-byte KEEPALIVE packet.
+    public static let keepalive: [UInt8] = [PacketType.keepalive.rawValue]
+}

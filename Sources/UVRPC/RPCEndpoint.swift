@@ -1,0 +1,459 @@
+import Logging
+import UVLoop
+
+/// One efro.rpc endpoint over one connection: the callback API.
+///
+/// Both sides of a connection are symmetric: each sends messages and answers
+/// the messages it receives. The endpoint writes its handshake at once,
+/// reads the peer's first, then multiplexes calls in both directions.
+///
+/// Loop-bound: create and use it on its connection's loop thread.
+///
+/// Semantics follow the reference `efro.rpc` (see Docs/PROTOCOL.md):
+/// - Incoming messages go to ``onMessage`` with an ``RPCResponder`` that
+///   answers now or later, exactly once. Handlers do not block each other.
+///   A handler that throws, or drops its responder unanswered, sends no
+///   response (the peer's call then times out), and it is logged.
+/// - ``send(_:timeout:closeOnError:completion:)`` registers the call under
+///   the next free 16-bit id (starting at 65530, wrapping) and completes with
+///   the response or an ``RPCError``. With `closeOnError` (the default, as in
+///   the reference) a failed call closes the whole endpoint.
+/// - Keepalives go out every ``Configuration/keepaliveInterval``; when
+///   nothing at all arrived for ``Configuration/keepaliveTimeout`` the
+///   endpoint closes.
+/// - ``close()`` is idempotent: every in-flight call fails with
+///   ``RPCError/closed(endpoint:messageID:reason:)``, later answers are
+///   refused, the connection closes after flushing, and ``onClose`` reports
+///   the reason once.
+public final class RPCEndpoint {
+    /// Settings of an endpoint; the defaults are the reference's.
+    public struct Configuration: Sendable {
+        /// How often a KEEPALIVE is sent, and the `k` announced. Default 10.73 s.
+        public var keepaliveInterval: Duration = .milliseconds(10_730)
+        /// Close when nothing arrived from the peer for this long. Default 30 s.
+        public var keepaliveTimeout: Duration = .seconds(30)
+        /// Close when the peer's handshake has not arrived within this. Default 30 s.
+        public var handshakeTimeout: Duration = .seconds(30)
+        /// Default timeout of an outgoing call, including the peer's handling. Default 60 s.
+        public var messageTimeout: Duration = .seconds(60)
+        /// Largest incoming payload; a larger declared length closes the
+        /// connection before anything is allocated. Default 64 MiB.
+        public var maximumPayloadSize = 64 << 20
+        /// Send keepalives (turn off only to test the peer's keepalive timeout).
+        public var sendsKeepalives = true
+        /// Options for connections made by ``RPCServer`` and ``RPCClient``.
+        public var connectionOptions = ConnectionOptions()
+
+        /// The reference's defaults.
+        public init() {}
+    }
+
+    /// How a call's completion wants its response.
+    enum Completion {
+        case copied((Result<[UInt8], RPCError>) -> Void)
+        case borrowed((Result<UnsafeRawBufferPointer, RPCError>) -> Void)
+
+        func fail(_ error: RPCError) {
+            switch self {
+            case .copied(let c): c(.failure(error))
+            case .borrowed(let c): c(.failure(error))
+            }
+        }
+
+        func succeed(_ payload: UnsafeRawBufferPointer) {
+            switch self {
+            case .copied(let c): c(.success(Array(payload)))
+            case .borrowed(let c): c(.success(payload))
+            }
+        }
+    }
+
+    /// A big send waiting for the peer's handshake (to learn whether it takes *_BIG packets).
+    private struct DeferredSend {
+        var payload: [UInt8]
+        var timeout: Duration
+        var closeOnError: Bool
+        var completion: Completion
+    }
+
+    /// The name used in logs and errors; the connection's label unless set.
+    public let label: String
+    /// The connection this endpoint speaks over.
+    public let connection: Connection
+    /// The settings it was made with.
+    public let configuration: Configuration
+    /// Where it logs (with `rpc.endpoint` metadata). Logs nothing by default.
+    public var logger: Logger
+    /// The loop it runs on.
+    public var loop: EventLoop { connection.loop }
+
+    /// The peer's handshake, once received.
+    public private(set) var peerInfo: PeerInfo?
+    /// Handles each incoming message: the payload (a view valid only during
+    /// the call) and the responder to answer through, now or later. Throwing
+    /// sends no response and is logged.
+    public var onMessage: ((UnsafeRawBufferPointer, RPCResponder) throws -> Void)?
+    /// Called once, after the connection closed, with the reason.
+    public var onClose: ((RPCCloseReason) -> Void)?
+    /// Lets an owner (``RPCServer``) forget the endpoint once closed.
+    var didCloseForOwner: (() -> Void)?
+
+    /// Why the endpoint is closing, once it is.
+    public private(set) var closeReason: RPCCloseReason?
+    /// True once closing started (by ``close()`` or a failure).
+    public var isClosing: Bool { closeReason != nil }
+    /// True once the connection is fully closed and ``onClose`` ran.
+    public private(set) var isClosed = false
+    /// Outgoing calls waiting for their response.
+    public var inFlightCount: Int { calls.count + deferredSends.count }
+
+    private var parser: PacketParser
+    private var calls = CallTable<Completion>()
+    private var deferredSends: [DeferredSend] = []
+    private var deadlineTimer: LoopTimer?
+    private var armedDeadline = UInt64.max
+    private var keepaliveTimer: LoopTimer?
+    private var livenessTimer: LoopTimer?
+    private var lastReceived: UInt64
+    private let openedAt: UInt64
+
+    /// Starts speaking efro.rpc over `connection`: writes the handshake at
+    /// once and starts reading (the connection's ``Connection/onRead`` and
+    /// ``Connection/onClose`` now belong to the endpoint).
+    public init(connection: Connection, configuration: Configuration = Configuration(),
+                label: String? = nil, logger: Logger? = nil) {
+        connection.loop.preconditionInEventLoop("RPCEndpoint.init")
+        self.connection = connection
+        self.configuration = configuration
+        self.label = label ?? connection.label
+        var logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger[metadataKey: "rpc.endpoint"] = "\(self.label)"
+        self.logger = logger
+        self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize)
+        let now = connection.loop.now
+        lastReceived = now
+        openedAt = now
+
+        connection.onRead = { bytes in self.handleReadable(bytes) }
+        connection.onClose = { error in self.connectionDidClose(error) }
+        let info = PeerInfo(keepaliveInterval: configuration.keepaliveInterval.seconds)
+        do {
+            try connection.write(info.handshakeBytes)
+        } catch {
+            close(reason: .connectionFailed(error))
+            return
+        }
+        if configuration.sendsKeepalives {
+            let interval = configuration.keepaliveInterval
+            keepaliveTimer = loop.scheduleTimer(after: interval, repeating: interval) { [unowned self] in
+                PacketWriter.keepalive.withUnsafeBytes { try? self.connection.write($0) }
+            }
+        }
+        let period = min(configuration.keepaliveTimeout, configuration.handshakeTimeout) / 4
+        let clamped = max(period, .milliseconds(5))
+        livenessTimer = loop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
+            self.checkLiveness()
+        }
+        if !connection.isOpen { close(reason: .local) }
+    }
+
+    // MARK: Sending
+
+    /// Sends `payload` as a message and calls `completion` (on the loop)
+    /// with a copy of the response, or the error that ended the call.
+    /// - Parameters:
+    ///   - timeout: defaults to ``Configuration/messageTimeout``.
+    ///   - closeOnError: when the call fails (timeout, transport), close the
+    ///     whole endpoint, as the reference does by default.
+    /// Errors known at once (closed endpoint, payload too big for a protocol-1
+    /// peer, every id in flight) are reported through `completion` before
+    /// this returns.
+    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
+                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
+        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
+    }
+
+    /// Sends `payload`; see ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
+                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
+        payload.withUnsafeBytes {
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
+        }
+    }
+
+    /// Like ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``,
+    /// but the response is a borrowed view, valid only during `completion`
+    /// (no copy is made).
+    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
+                     borrowingResponse completion: @escaping (Result<UnsafeRawBufferPointer, RPCError>) -> Void) {
+        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .borrowed(completion))
+    }
+
+    private func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
+                           completion: Completion) {
+        loop.preconditionInEventLoop("RPCEndpoint.send")
+        if let reason = closeReason {
+            return completion.fail(.closed(endpoint: label, messageID: nil, reason: reason))
+        }
+        if payload.count > Wire.maximumPayload {
+            return completion.fail(.payloadTooLarge(endpoint: label, payloadSize: payload.count))
+        }
+        let timeout = timeout ?? configuration.messageTimeout
+        if payload.count > Wire.maximumShortPayload {
+            guard let peer = peerInfo else {
+                // Whether the peer takes *_BIG packets is known only from its handshake.
+                deferredSends.append(DeferredSend(payload: Array(payload), timeout: timeout,
+                                                  closeOnError: closeOnError, completion: completion))
+                return
+            }
+            if !peer.acceptsBigPayloads {
+                return completion.fail(.peerTooOld(endpoint: label, payloadSize: payload.count,
+                                                   peerProtocol: peer.protocolVersion))
+            }
+        }
+        let now = loop.now
+        let deadline = now &+ timeout.roundedUpMilliseconds
+        guard let id = calls.insert(completion, deadline: deadline, closeOnError: closeOnError) else {
+            return completion.fail(.tooManyInFlight(endpoint: label))
+        }
+        do {
+            try writeFrame(isResponse: false, id: id, payload: payload)
+        } catch {
+            // The connection is closing under us; the close path reports it.
+            _ = calls.remove(id)
+            return completion.fail(.closed(endpoint: label, messageID: id, reason: closeReason ?? .connectionFailed(error)))
+        }
+        if deadline < armedDeadline { armDeadlineTimer(now: now) }
+    }
+
+    private func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
+        let size = PacketWriter.frameSize(payloadCount: payload.count)
+        try connection.write(reservingCapacity: size) { buffer in
+            PacketWriter.writeFrame(isResponse: isResponse, id: id, payload: payload, to: buffer.baseAddress!)
+        }
+    }
+
+    private func armDeadlineTimer(now: UInt64) {
+        guard let earliest = calls.earliestDeadline else { return }
+        if deadlineTimer == nil { deadlineTimer = loop.makeTimer { [unowned self] in self.expireCalls() } }
+        armedDeadline = earliest
+        deadlineTimer!.start(after: .milliseconds(Int64(earliest > now ? earliest - now : 0)))
+    }
+
+    private func expireCalls() {
+        armedDeadline = .max
+        let now = loop.now
+        while let id = calls.popExpired(now: now), let (completion, closeOnError) = calls.remove(id) {
+            let timeout = configuration.messageTimeout
+            let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: timeout)
+            logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
+            completion.fail(error)
+            if closeOnError { close(reason: .callFailed(error)) }
+            if isClosing { return }
+        }
+        if !isClosing { armDeadlineTimer(now: now) }
+    }
+
+    // MARK: Receiving
+
+    private func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
+        lastReceived = loop.now
+        if isClosing { return bytes.count }
+        parser.inlinePayloadLimit = connection.readBufferCapacity - Wire.bigHeaderSize
+        do {
+            return try parser.parse(bytes) { packet in self.dispatch(packet) }
+        } catch {
+            logger.error("protocol violation; closing", metadata: [
+                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+                "rpc.violation": "\(error)",
+            ])
+            close(reason: .protocolViolation(error))
+            return bytes.count
+        }
+    }
+
+    private func dispatch(_ packet: ParsedPacket) -> Bool {
+        switch packet {
+        case .message(let id, let payload):
+            handleMessage(id: id, payload: payload)
+        case .response(let id, let payload):
+            if let (completion, _) = calls.remove(id) {
+                completion.succeed(payload)
+            } else {
+                logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
+            }
+        case .keepalive:
+            break
+        case .handshake(let info):
+            peerInfo = info
+            logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
+            sendDeferred()
+        }
+        return !isClosing
+    }
+
+    private func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
+        guard let onMessage else {
+            logger.warning("message received but no onMessage handler is set; no response sent",
+                           metadata: ["rpc.id": "\(id)"])
+            return
+        }
+        let responder = RPCResponder(endpoint: self, messageID: id)
+        do {
+            try onMessage(payload, responder)
+        } catch {
+            responder.abandon()
+            logger.error("message handler failed; no response sent", metadata: [
+                "rpc.id": "\(id)", "rpc.error": "\(error)",
+            ])
+        }
+    }
+
+    private func sendDeferred() {
+        guard !deferredSends.isEmpty else { return }
+        let pending = deferredSends
+        deferredSends.removeAll()
+        for send in pending {
+            send.payload.withUnsafeBytes {
+                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
+            }
+        }
+    }
+
+    /// Writes the answer to message `id` (used by ``RPCResponder``).
+    func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+        loop.preconditionInEventLoop("RPCResponder.respond")
+        guard !isClosing else { throw .closed(endpoint: label, messageID: id) }
+        if payload.count > Wire.maximumShortPayload, let peer = peerInfo, !peer.acceptsBigPayloads {
+            throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
+                              peerProtocol: peer.protocolVersion)
+        }
+        do {
+            try writeFrame(isResponse: true, id: id, payload: payload)
+        } catch {
+            throw .closed(endpoint: label, messageID: id)
+        }
+    }
+
+    // MARK: Liveness
+
+    private func checkLiveness() {
+        let now = loop.now
+        if peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
+            logger.info("no handshake from the peer in time; closing")
+            close(reason: .handshakeTimeout(configuration.handshakeTimeout))
+        } else if now - lastReceived > configuration.keepaliveTimeout.roundedUpMilliseconds {
+            logger.info("keepalive timeout; closing",
+                        metadata: ["rpc.silent-ms": "\(now - lastReceived)"])
+            close(reason: .keepaliveTimeout(configuration.keepaliveTimeout))
+        }
+    }
+
+    // MARK: Closing
+
+    /// Closes the endpoint: fails every in-flight call, refuses later
+    /// answers, flushes and closes the connection. Idempotent.
+    public func close() {
+        loop.preconditionInEventLoop("RPCEndpoint.close()")
+        close(reason: .local)
+    }
+
+    private func close(reason: RPCCloseReason) {
+        guard closeReason == nil else { return }
+        closeReason = reason
+        if reason != .local { logger.debug("closing", metadata: ["rpc.reason": "\(reason)"]) }
+        keepaliveTimer?.cancel()
+        livenessTimer?.cancel()
+        deadlineTimer?.close()
+        keepaliveTimer = nil
+        livenessTimer = nil
+        deadlineTimer = nil
+        for id in calls.liveIDs() {
+            if let (completion, _) = calls.remove(id) {
+                completion.fail(.closed(endpoint: label, messageID: id, reason: reason))
+            }
+        }
+        let deferred = deferredSends
+        deferredSends.removeAll()
+        for send in deferred { send.completion.fail(.closed(endpoint: label, messageID: nil, reason: reason)) }
+        connection.close()
+    }
+
+    private func connectionDidClose(_ error: ConnectionError?) {
+        if closeReason == nil {
+            let reason: RPCCloseReason
+            switch error {
+            case nil: reason = .local
+            case .endOfStream?: reason = .peerClosed
+            case .reset?: reason = .reset
+            case let other?: reason = .connectionFailed(other)
+            }
+            close(reason: reason)
+        }
+        isClosed = true
+        let onClose = self.onClose
+        self.onClose = nil
+        self.onMessage = nil
+        let owner = didCloseForOwner
+        didCloseForOwner = nil
+        onClose?(closeReason ?? .local)
+        owner?()
+    }
+}
+
+/// Answers one incoming message, exactly once, now or later (on the loop thread).
+///
+/// Dropping it without answering sends no response, like a failing handler in
+/// the reference; it is logged so that the silent peer timeout can be traced.
+public final class RPCResponder {
+    /// The incoming message's id.
+    public let messageID: UInt16
+    /// The endpoint the message came in on.
+    public let endpoint: RPCEndpoint
+    private var answered = false
+
+    init(endpoint: RPCEndpoint, messageID: UInt16) {
+        self.endpoint = endpoint
+        self.messageID = messageID
+    }
+
+    deinit {
+        if !answered && !endpoint.isClosing {
+            endpoint.logger.error("message handler dropped its responder without answering; no response sent",
+                                  metadata: ["rpc.id": "\(messageID)"])
+        }
+    }
+
+    /// True once answered (or abandoned by a failing handler).
+    public var isAnswered: Bool { answered }
+
+    /// Sends `payload` as the response.
+    /// - Throws: ``RPCResponseError`` when already answered, when the
+    ///   endpoint closed, or when the payload is too big for a protocol-1 peer.
+    public func respond(_ payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+        guard !answered else { throw .alreadyAnswered(endpoint: endpoint.label, messageID: messageID) }
+        answered = true
+        try endpoint.respond(to: messageID, with: payload)
+    }
+
+    /// Sends `payload` as the response; see ``respond(_:)-(UnsafeRawBufferPointer)``.
+    public func respond(_ payload: [UInt8]) throws(RPCResponseError) {
+        guard !answered else { throw .alreadyAnswered(endpoint: endpoint.label, messageID: messageID) }
+        answered = true
+        let result = payload.withUnsafeBytes { raw in
+            Result { () throws(RPCResponseError) in try endpoint.respond(to: messageID, with: raw) }
+        }
+        try result.get()
+    }
+
+    /// Marks the message as failed (no response will be sent).
+    func abandon() { answered = true }
+}
+
+extension Duration {
+    /// The duration in seconds as a Double.
+    var seconds: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
+    }
+}

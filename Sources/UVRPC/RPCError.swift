@@ -1,0 +1,86 @@
+import UVLoop
+
+/// Why an endpoint closed. Passed to ``RPCEndpoint/onClose``.
+public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
+    /// ``RPCEndpoint/close()`` was called (or the loop shut down).
+    case local
+    /// The peer closed the connection (end of stream).
+    case peerClosed
+    /// The peer reset the connection.
+    case reset
+    /// The connection failed (read or write error, or a buffer limit).
+    case connectionFailed(ConnectionError)
+    /// Nothing arrived from the peer for longer than the keepalive timeout.
+    case keepaliveTimeout(Duration)
+    /// The peer's handshake did not arrive within the handshake timeout.
+    case handshakeTimeout(Duration)
+    /// The peer broke the protocol.
+    case protocolViolation(ProtocolViolation)
+    /// A call failed with `closeOnError` set (the reference's default), which
+    /// closes the whole endpoint.
+    case callFailed(RPCError)
+
+    public var description: String {
+        switch self {
+        case .local: return "closed locally"
+        case .peerClosed: return "closed by the peer"
+        case .reset: return "connection reset by the peer"
+        case .connectionFailed(let e): return "connection failed: \(e)"
+        case .keepaliveTimeout(let t): return "no keepalive or other packet from the peer for \(t)"
+        case .handshakeTimeout(let t): return "no handshake from the peer within \(t)"
+        case .protocolViolation(let v): return "protocol violation: \(v)"
+        case .callFailed(let e): return "a call failed with closeOnError: \(e)"
+        }
+    }
+}
+
+/// Why a call (an outgoing message) failed. Each case names the endpoint
+/// (its label) and, where there is one, the message id.
+public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No response arrived within the timeout (the reference's communication error).
+    case timedOut(endpoint: String, messageID: UInt16, timeout: Duration)
+    /// The endpoint closed (or was already closed) before a response arrived.
+    case closed(endpoint: String, messageID: UInt16?, reason: RPCCloseReason)
+    /// The payload is over 65535 bytes and the peer speaks protocol 1, which
+    /// cannot receive *_BIG packets.
+    case peerTooOld(endpoint: String, payloadSize: Int, peerProtocol: Int)
+    /// All 65536 message ids are in flight; no id is free for another call.
+    case tooManyInFlight(endpoint: String)
+    /// The payload exceeds what a packet can declare (4 GiB - 1).
+    case payloadTooLarge(endpoint: String, payloadSize: Int)
+
+    public var description: String {
+        switch self {
+        case .timedOut(let e, let id, let t):
+            return "message \(id) on \(e) got no response within \(t)"
+        case .closed(let e, let id, let reason):
+            let what = id.map { "message \($0)" } ?? "send"
+            return "\(what) on \(e) failed: the endpoint is closed (\(reason))"
+        case .peerTooOld(let e, let n, let p):
+            return "cannot send \(n) bytes to \(e): its peer speaks protocol \(p), which takes at most 65535"
+        case .tooManyInFlight(let e):
+            return "cannot send on \(e): all 65536 message ids are in flight"
+        case .payloadTooLarge(let e, let n):
+            return "cannot send \(n) bytes on \(e): over the protocol's 4 GiB limit"
+        }
+    }
+}
+
+/// Why answering an incoming message failed.
+public enum RPCResponseError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The message was already answered.
+    case alreadyAnswered(endpoint: String, messageID: UInt16)
+    /// The endpoint closed before the answer.
+    case closed(endpoint: String, messageID: UInt16)
+    /// The answer is over 65535 bytes and the peer speaks protocol 1.
+    case peerTooOld(endpoint: String, messageID: UInt16, payloadSize: Int, peerProtocol: Int)
+
+    public var description: String {
+        switch self {
+        case .alreadyAnswered(let e, let id): return "message \(id) on \(e) was already answered"
+        case .closed(let e, let id): return "cannot answer message \(id) on \(e): the endpoint is closed"
+        case .peerTooOld(let e, let id, let n, let p):
+            return "cannot answer message \(id) on \(e) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"
+        }
+    }
+}
