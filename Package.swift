@@ -33,13 +33,19 @@ let package = Package(
             name: "uvloop-echo",
             dependencies: ["UVLoop"]
         ),
+        // Helpers shared by the test targets (a loop on its own thread, promises, payloads).
+        .target(
+            name: "UVTestSupport",
+            dependencies: ["UVLoop"],
+            path: "Tests/UVTestSupport"
+        ),
         .testTarget(
             name: "UVLoopTests",
-            dependencies: ["UVLoop", "CLibUV"]
+            dependencies: ["UVLoop", "CLibUV", "UVTestSupport"]
         ),
         .testTarget(
             name: "UVRPCTests",
-            dependencies: ["UVRPC", "UVLoop"],
+            dependencies: ["UVRPC", "UVLoop", "UVTestSupport"],
             exclude: ["Fixtures"]
         ),
     ],

@@ -1,6 +1,7 @@
 import Dispatch
 import Synchronization
 import UVLoop
+import UVTestSupport
 import XCTest
 
 /// Starts an echo listener: every byte read is written back.

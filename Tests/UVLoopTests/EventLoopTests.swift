@@ -1,6 +1,7 @@
 import Dispatch
 import Synchronization
 import UVLoop
+import UVTestSupport
 import XCTest
 
 final class EventLoopTests: XCTestCase {

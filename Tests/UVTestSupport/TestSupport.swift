@@ -3,17 +3,18 @@ import UVLoop
 import XCTest
 
 /// Thrown when something a test waits for does not happen in time.
-struct TestTimeout: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "timed out waiting for \(what)" }
+public struct TestTimeout: Error, CustomStringConvertible {
+    public let what: String
+    public var description: String { "timed out waiting for \(what)" }
 }
 
 /// A one-shot value handed from the loop thread to the test thread.
-final class Promise<Value: Sendable>: Sendable {
+public final class Promise<Value: Sendable>: Sendable {
+    public init() {}
     private let value = LockedValue<Value?>(nil)
     private let semaphore = DispatchSemaphore(value: 0)
 
-    func fulfill(_ v: Value) {
+    public func fulfill(_ v: Value) {
         let first = value.withLock { old -> Bool in
             guard old == nil else { return false }
             old = v
@@ -23,26 +24,26 @@ final class Promise<Value: Sendable>: Sendable {
     }
 
     /// Waits at most `seconds` for the value.
-    func wait(_ what: String, seconds: Double = 20) throws -> Value {
+    public func wait(_ what: String, seconds: Double = 20) throws -> Value {
         guard semaphore.wait(timeout: .now() + seconds) == .success else { throw TestTimeout(what: what) }
         semaphore.signal()
         return value.withLock { $0! }
     }
 
-    var isFulfilled: Bool { value.withLock { $0 != nil } }
+    public var isFulfilled: Bool { value.withLock { $0 != nil } }
 }
 
 /// A loop running on its own thread for one test.
-final class LoopHarness: Sendable {
-    let loop: EventLoop
+public final class LoopHarness: Sendable {
+    public let loop: EventLoop
 
-    init(_ name: String = "test-loop") throws {
+    public init(_ name: String = "test-loop") throws {
         loop = try EventLoop(name: name)
         loop.start()
     }
 
     /// Runs `body` on the loop and returns its result to the calling thread.
-    func sync<T: Sendable>(_ what: String = "a job on the loop", seconds: Double = 20,
+    public func sync<T: Sendable>(_ what: String = "a job on the loop", seconds: Double = 20,
                            _ body: @escaping @Sendable () throws -> T) throws -> T {
         let promise = Promise<Result<T, any Error>>()
         guard loop.execute({ promise.fulfill(Result { try body() }) }) else {
@@ -52,14 +53,14 @@ final class LoopHarness: Sendable {
     }
 
     /// Shuts the loop down and asserts that `uv_loop_close` returned 0.
-    func shutdownCleanly(file: StaticString = #filePath, line: UInt = #line) {
+    public func shutdownCleanly(file: StaticString = #filePath, line: UInt = #line) {
         let status = loop.shutdownAndWait(timeout: .seconds(20))
         XCTAssertEqual(status, 0, "uv_loop_close must return 0 (every handle closed)", file: file, line: line)
     }
 }
 
 /// Fast deterministic bytes (xorshift64*), so that 16 MiB payloads are cheap to make.
-func pseudoRandomBytes(count: Int, seed: UInt64) -> [UInt8] {
+public func pseudoRandomBytes(count: Int, seed: UInt64) -> [UInt8] {
     var state = seed | 1
     var bytes = [UInt8](repeating: 0, count: count)
     bytes.withUnsafeMutableBytes { raw in
@@ -77,7 +78,7 @@ func pseudoRandomBytes(count: Int, seed: UInt64) -> [UInt8] {
 
 /// A free TCP port on 127.0.0.1 is not needed: listeners bind port 0. This
 /// gives a port that refuses connections (bound, then closed).
-func refusedPort() -> Int {
+public func refusedPort() -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)

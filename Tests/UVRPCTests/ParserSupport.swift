@@ -1,0 +1,68 @@
+import UVRPC
+
+/// A parsed unit with its payload copied, for comparing runs.
+enum Event: Equatable, CustomStringConvertible {
+    case handshake(PeerInfo)
+    case keepalive
+    case message(id: UInt16, payload: [UInt8])
+    case response(id: UInt16, payload: [UInt8])
+
+    init(_ packet: ParsedPacket) {
+        switch packet {
+        case .handshake(let info): self = .handshake(info)
+        case .keepalive: self = .keepalive
+        case .message(let id, let p): self = .message(id: id, payload: Array(p))
+        case .response(let id, let p): self = .response(id: id, payload: Array(p))
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .handshake(let i): return "handshake(\(i))"
+        case .keepalive: return "keepalive"
+        case .message(let id, let p): return "message(\(id), \(p.count) bytes)"
+        case .response(let id, let p): return "response(\(id), \(p.count) bytes)"
+        }
+    }
+}
+
+/// Feeds `stream` to a new parser the way a connection does: each chunk is
+/// appended to the unconsumed bytes, which are offered again. `chunkSize`
+/// gives the size of each next chunk. `bufferLimit` plays the ring's
+/// capacity: payloads that cannot fit go through the parser's own buffer.
+func parseInChunks(_ stream: [UInt8], bufferLimit: Int = 8192, maximumPayloadSize: Int = 64 << 20,
+                   chunkSize: () -> Int) throws(ProtocolViolation) -> [Event] {
+    var parser = PacketParser(maximumPayloadSize: maximumPayloadSize, inlinePayloadLimit: bufferLimit - 7)
+    var events: [Event] = []
+    var pending: [UInt8] = []
+    var position = 0
+    while position < stream.count {
+        let n = min(max(1, chunkSize()), stream.count - position)
+        pending.append(contentsOf: stream[position..<position + n])
+        position += n
+        let consumed = try withBytes(pending) { (raw) throws(ProtocolViolation) -> Int in
+            try parser.parse(raw) { events.append(Event($0)); return true }
+        }
+        pending.removeFirst(consumed)
+        precondition(pending.count <= max(bufferLimit, 65536 + 7), "the parser left more than a buffer's worth unconsumed")
+    }
+    precondition(pending.isEmpty, "bytes left unconsumed at the end: \(pending.count)")
+    return events
+}
+
+/// `withUnsafeBytes` for bodies with typed throws (the standard one rethrows `any Error`).
+func withBytes<R>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ProtocolViolation) -> R) throws(ProtocolViolation) -> R {
+    try bytes.withUnsafeBytes { raw in Result { () throws(ProtocolViolation) in try body(raw) } }.get()
+}
+
+/// A deterministic generator for chunk sizes and streams.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+}
