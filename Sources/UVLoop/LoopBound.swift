@@ -4,15 +4,28 @@
 /// `NIOLoopBound`).
 public struct LoopBound<Value>: @unchecked Sendable {
     // Sendable invariant: `storage` is read only on `loop`'s thread, which
-    // every accessor checks with a precondition.
+    // every accessor checks with a precondition; it was created there or
+    // handed over with `sending` (no other reference remains elsewhere).
     /// The loop the value belongs to.
     public let loop: EventLoop
     private let storage: Value
 
-    /// Wraps `value`; may be called on any thread (the value is only read on the loop).
-    public init(_ value: sending Value, loop: EventLoop) {
+    /// Wraps `value`, which lives on `loop`; must be called on the loop's thread.
+    public init(_ value: Value, loop: EventLoop) {
+        loop.preconditionInEventLoop("LoopBound.init")
         self.loop = loop
         self.storage = value
+    }
+
+    private init(unchecked value: Value, loop: EventLoop) {
+        self.loop = loop
+        self.storage = value
+    }
+
+    /// Wraps `value` from any thread; `sending` guarantees that the caller
+    /// keeps no other reference to it.
+    public static func sendingValue(_ value: sending Value, loop: EventLoop) -> LoopBound {
+        LoopBound(unchecked: value, loop: loop)
     }
 
     /// The value; stops the program when read off the loop thread.
@@ -26,15 +39,28 @@ public struct LoopBound<Value>: @unchecked Sendable {
 /// thread (like SwiftNIO's `NIOLoopBoundBox`).
 public final class LoopBoundBox<Value>: @unchecked Sendable {
     // Sendable invariant: `storage` is read and written only on `loop`'s
-    // thread, which every accessor checks with a precondition.
+    // thread, which every accessor checks with a precondition; it was created
+    // there or handed over with `sending`.
     /// The loop the value belongs to.
     public let loop: EventLoop
     private var storage: Value
 
-    /// Wraps `value`; may be called on any thread (the value is only used on the loop).
-    public init(_ value: sending Value, loop: EventLoop) {
+    /// Wraps `value`, which lives on `loop`; must be called on the loop's thread.
+    public init(_ value: Value, loop: EventLoop) {
+        loop.preconditionInEventLoop("LoopBoundBox.init")
         self.loop = loop
         self.storage = value
+    }
+
+    private init(unchecked value: Value, loop: EventLoop) {
+        self.loop = loop
+        self.storage = value
+    }
+
+    /// Wraps `value` from any thread; `sending` guarantees that the caller
+    /// keeps no other reference to it.
+    public static func sendingValue(_ value: sending Value, loop: EventLoop) -> LoopBoundBox {
+        LoopBoundBox(unchecked: value, loop: loop)
     }
 
     /// The value; stops the program when used off the loop thread.

@@ -5,6 +5,9 @@ import UVLoop
 /// connection becomes an ``RPCEndpoint`` handed to `onEndpoint`, where the
 /// caller sets ``RPCEndpoint/onMessage``. One misbehaving connection closes
 /// alone; the server keeps serving the others. Loop-bound.
+///
+/// A listening server keeps itself alive until ``close(closingEndpoints:)``
+/// or loop shutdown, so dropping the reference does not stop it.
 public final class RPCServer {
     /// The listening socket.
     public let listener: Listener
@@ -55,9 +58,12 @@ public final class RPCServer {
     }
 }
 
-/// Lets the listener's accept closure reach the server without a retain cycle.
+/// Lets the listener's accept closure reach the server. The reference is
+/// strong on purpose: a listening server stays alive (like an open SwiftNIO
+/// server channel) until it is closed or its loop shuts down, which drops the
+/// listener's closure and so this box.
 private final class ServerBox {
-    weak var server: RPCServer?
+    var server: RPCServer?
 }
 
 /// Connects to an efro.rpc peer.

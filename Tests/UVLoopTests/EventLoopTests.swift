@@ -9,7 +9,7 @@ final class EventLoopTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let threads = 8, jobsPerThread = 10_000
-        let seen = LoopBoundBox([[Int]](repeating: [], count: threads), loop: harness.loop)
+        let seen = LoopBoundBox.sendingValue([[Int]](repeating: [], count: threads), loop: harness.loop)
         let offLoop = Atomic<Int>(0)
         let loop = harness.loop
         DispatchQueue.concurrentPerform(iterations: threads) { t in
@@ -40,7 +40,7 @@ final class EventLoopTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let fired = LoopBoundBox([Int](), loop: loop)
+        let fired = LoopBoundBox.sendingValue([Int](), loop: loop)
         let done = Promise<[Int]>()
         try harness.sync {
             // Scheduled out of order; the same deadline keeps scheduling order.

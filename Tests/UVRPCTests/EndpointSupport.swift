@@ -1,0 +1,80 @@
+import UVLoop
+import UVRPC
+import UVTestSupport
+import XCTest
+
+/// Reverses the payload, as the reference's test handlers (and the fixtures) do.
+func reversing(_ payload: UnsafeRawBufferPointer, _ responder: RPCResponder) throws {
+    try responder.respond(Array(payload.reversed()))
+}
+
+/// A server endpoint and a client endpoint connected over loopback.
+struct EndpointPair: Sendable {
+    let server: LoopBound<RPCEndpoint>
+    let client: LoopBound<RPCEndpoint>
+    let rpcServer: LoopBound<RPCServer>
+    /// Fulfilled with each side's close reason.
+    let serverClosed: Promise<RPCCloseReason>
+    let clientClosed: Promise<RPCCloseReason>
+}
+
+/// Configuration with short timers, for tests.
+func testConfiguration(keepaliveInterval: Duration = .milliseconds(100), keepaliveTimeout: Duration = .seconds(10),
+                       messageTimeout: Duration = .seconds(20)) -> RPCEndpoint.Configuration {
+    var c = RPCEndpoint.Configuration()
+    c.keepaliveInterval = keepaliveInterval
+    c.keepaliveTimeout = keepaliveTimeout
+    c.messageTimeout = messageTimeout
+    return c
+}
+
+extension LoopHarness {
+    /// Connects a client endpoint to a new server endpoint; both get
+    /// `onMessage` handlers (reversing by default) before any byte arrives.
+    func endpointPair(address: SocketAddress = .ipv4(host: "127.0.0.1", port: 0),
+                      server serverConfiguration: RPCEndpoint.Configuration = testConfiguration(),
+                      client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
+                      serverHandler: @escaping @Sendable (UnsafeRawBufferPointer, RPCResponder) throws -> Void = reversing,
+                      clientHandler: @escaping @Sendable (UnsafeRawBufferPointer, RPCResponder) throws -> Void = reversing)
+        throws -> EndpointPair {
+        let loop = self.loop
+        let serverPromise = Promise<LoopBound<RPCEndpoint>>()
+        let clientPromise = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
+        let serverClosed = Promise<RPCCloseReason>()
+        let clientClosed = Promise<RPCCloseReason>()
+        let rpcServer = try sync { () -> LoopBound<RPCServer> in
+            let server = try RPCServer(loop: loop, address: address, configuration: serverConfiguration) { endpoint in
+                endpoint.onMessage = serverHandler
+                endpoint.onClose = { serverClosed.fulfill($0) }
+                serverPromise.fulfill(LoopBound(endpoint, loop: loop))
+            }
+            RPCClient.connect(to: server.address, on: loop, configuration: clientConfiguration) { result in
+                clientPromise.fulfill(result.map { endpoint in
+                    endpoint.onMessage = clientHandler
+                    endpoint.onClose = { clientClosed.fulfill($0) }
+                    return LoopBound(endpoint, loop: loop)
+                })
+            }
+            return LoopBound(server, loop: loop)
+        }
+        let client = try clientPromise.wait("client connect").get()
+        let server = try serverPromise.wait("server accept")
+        return EndpointPair(server: server, client: client, rpcServer: rpcServer,
+                            serverClosed: serverClosed, clientClosed: clientClosed)
+    }
+
+    /// Sends `payload` from `endpoint` and waits for the outcome.
+    func call(_ endpoint: LoopBound<RPCEndpoint>, _ payload: [UInt8], timeout: Duration? = nil,
+              closeOnError: Bool = true, seconds: Double = 60) throws -> Result<[UInt8], RPCError> {
+        let done = Promise<Result<[UInt8], RPCError>>()
+        try sync { endpoint.value.send(payload, timeout: timeout, closeOnError: closeOnError) { done.fulfill($0) } }
+        return try done.wait("a call", seconds: seconds)
+    }
+}
+
+/// Milliseconds on a monotonic clock, for measuring elapsed time in tests.
+func monotonicMilliseconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) * 1000 + Double(ts.tv_nsec) / 1e6
+}

@@ -1,0 +1,280 @@
+import UVLoop
+import UVRPC
+import UVTestSupport
+import XCTest
+
+/// The reference's own endpoint scenarios, over loopback.
+final class EndpointTests: XCTestCase {
+    func testSimpleMessagesBothWaysIncludingFiveMiB() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let pair = try harness.endpointPair()
+        let sizes = [0, 1, 2, 100, 65535, 65536, 70000, 5 << 20]
+        for (i, size) in sizes.enumerated() {
+            let payload = pseudoRandomBytes(count: size, seed: UInt64(i + 1))
+            XCTAssertEqual(try harness.call(pair.client, payload).get(), payload.reversed(), "client -> server, \(size) bytes")
+            XCTAssertEqual(try harness.call(pair.server, payload).get(), payload.reversed(), "server -> client, \(size) bytes")
+        }
+        XCTAssertEqual(try harness.sync { pair.client.value.inFlightCount + pair.server.value.inFlightCount }, 0)
+    }
+
+    func testBigSendRightAfterConnectWaitsForThePeersHandshake() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let payload = pseudoRandomBytes(count: 1 << 20, seed: 5)
+        let done = Promise<Result<[UInt8], RPCError>>()
+        try harness.sync {
+            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                       configuration: testConfiguration()) { $0.onMessage = reversing }
+            RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration()) { result in
+                guard case .success(let client) = result else { return XCTFail("\(result)") }
+                XCTAssertNil(client.peerInfo, "the peer's handshake cannot have arrived yet")
+                client.send(payload) { done.fulfill($0) }
+            }
+        }
+        XCTAssertEqual(try done.wait("big send").get(), payload.reversed())
+    }
+
+    func testSixSlowMessagesEachWayCompleteInAboutOneSlowPeriod() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let slow: @Sendable (UnsafeRawBufferPointer, RPCResponder) throws -> Void = { payload, responder in
+            let answer = Array(payload.reversed())
+            _ = loop.scheduleTimer(after: .seconds(1)) { try? responder.respond(answer) }
+        }
+        let pair = try harness.endpointPair(serverHandler: slow, clientHandler: slow)
+        let done = Promise<Int>()
+        let start = monotonicMilliseconds()
+        try harness.sync {
+            let ok = LoopBoundBox(0, loop: loop)
+            let failed = LoopBoundBox(0, loop: loop)
+            for i in 0..<12 {
+                let endpoint = i % 2 == 0 ? pair.client.value : pair.server.value
+                let payload: [UInt8] = [UInt8(i), 1, 2]
+                endpoint.send(payload) { result in
+                    if (try? result.get()) == payload.reversed() { ok.value += 1 } else { failed.value += 1 }
+                    if ok.value + failed.value == 12 { done.fulfill(ok.value) }
+                }
+            }
+        }
+        XCTAssertEqual(try done.wait("slow messages"), 12)
+        let elapsed = monotonicMilliseconds() - start
+        XCTAssertGreaterThanOrEqual(elapsed, 990, "each answer takes one second")
+        XCTAssertLessThan(elapsed, 2000, "slow handlers run concurrently: about one period, well under two")
+    }
+
+    func testKeepaliveTimeoutClosesWhenThePeerSendsNoKeepalives() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        var silent = testConfiguration()
+        silent.sendsKeepalives = false
+        let watchful = testConfiguration(keepaliveInterval: .milliseconds(100), keepaliveTimeout: .milliseconds(500))
+        let start = monotonicMilliseconds()
+        let pair = try harness.endpointPair(server: watchful, client: silent)
+        let reason = try pair.serverClosed.wait("keepalive timeout", seconds: 10)
+        let elapsed = monotonicMilliseconds() - start
+        XCTAssertEqual(reason, .keepaliveTimeout(.milliseconds(500)))
+        XCTAssertGreaterThanOrEqual(elapsed, 450)
+        XCTAssertLessThan(elapsed, 1500, "closes soon after the timeout")
+        XCTAssertEqual(try pair.clientClosed.wait("client sees the close"), .peerClosed)
+    }
+
+    func testNoKeepaliveTimeoutWhileKeepalivesFlow() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let config = testConfiguration(keepaliveInterval: .milliseconds(50), keepaliveTimeout: .milliseconds(300))
+        let pair = try harness.endpointPair(server: config, client: config)
+        let loop = harness.loop
+        let later = Promise<(Bool, Bool)>()
+        try harness.sync {
+            _ = loop.scheduleTimer(after: .milliseconds(1200)) {
+                later.fulfill((pair.server.value.isClosing, pair.client.value.isClosing))
+            }
+        }
+        let (serverClosing, clientClosing) = try later.wait("four keepalive timeouts later")
+        XCTAssertFalse(serverClosing)
+        XCTAssertFalse(clientClosing)
+        XCTAssertFalse(pair.serverClosed.isFulfilled)
+    }
+
+    func testMessageTimeoutWithCloseOnErrorFalseThenTrue() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        // Answers "echo" at once; holds every other message unanswered.
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+            if Array(payload) == Array("echo".utf8) { try responder.respond(Array(payload)) } else { held.value.append(responder) }
+        })
+        let first = try harness.call(pair.client, [1], timeout: .milliseconds(200), closeOnError: false)
+        guard case .failure(.timedOut(_, let id, _)) = first else { return XCTFail("expected a timeout, got \(first)") }
+        XCTAssertEqual(id, 65530, "the first id is the reference's 65530")
+        XCTAssertFalse(try harness.sync { pair.client.value.isClosing }, "closeOnError false keeps the endpoint up")
+        XCTAssertEqual(try harness.call(pair.client, Array("echo".utf8)).get(), Array("echo".utf8))
+
+        let second = try harness.call(pair.client, [2], timeout: .milliseconds(200), closeOnError: true)
+        guard case .failure(.timedOut) = second else { return XCTFail("expected a timeout, got \(second)") }
+        let reason = try pair.clientClosed.wait("close on error")
+        guard case .callFailed(.timedOut) = reason else { return XCTFail("expected callFailed(timedOut), got \(reason)") }
+        XCTAssertEqual(try pair.serverClosed.wait("peer closed"), .peerClosed)
+    }
+
+    func testLateResponseAfterTimeoutIsIgnored() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+            let answer = Array(payload)
+            if answer == [0] {
+                _ = loop.scheduleTimer(after: .milliseconds(300)) { try? responder.respond(answer) }
+            } else {
+                try responder.respond(answer)
+            }
+        })
+        let late = try harness.call(pair.client, [0], timeout: .milliseconds(100), closeOnError: false)
+        guard case .failure(.timedOut) = late else { return XCTFail("expected a timeout, got \(late)") }
+        let waited = Promise<Int>()
+        try harness.sync { _ = loop.scheduleTimer(after: .milliseconds(400)) { waited.fulfill(pair.client.value.inFlightCount) } }
+        XCTAssertEqual(try waited.wait("the late response"), 0)
+        XCTAssertEqual(try harness.call(pair.client, [7]).get(), [7], "the endpoint still works")
+        XCTAssertFalse(pair.clientClosed.isFulfilled)
+    }
+
+    func testPeerClosingMidCallFailsEveryPendingCall() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { _, responder in held.value.append(responder) })
+        let outcomes = Promise<[String]>()
+        try harness.sync {
+            let results = LoopBoundBox([String](), loop: loop)
+            for i in 0..<10 {
+                pair.client.value.send([UInt8(i)]) { result in
+                    results.value.append("\(result)")
+                    if results.value.count == 10 { outcomes.fulfill(results.value) }
+                }
+            }
+            // Once the server has every message, it goes away.
+            _ = loop.scheduleTimer(after: .milliseconds(100)) {
+                XCTAssertEqual(held.value.count, 10)
+                pair.server.value.close()
+            }
+        }
+        let results = try outcomes.wait("pending calls to end", seconds: 10)
+        XCTAssertEqual(results.count, 10)
+        for r in results { XCTAssertTrue(r.contains("closed") && r.contains("closed by the peer"), r) }
+        XCTAssertEqual(try pair.clientClosed.wait("client close"), .peerClosed)
+        XCTAssertEqual(try pair.serverClosed.wait("server close"), .local)
+        // The server's held responders now refuse to answer.
+        let refused = try harness.sync { () -> String in
+            do { try held.value[0].respond([1]); return "answered" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(refused.contains("closed"), refused)
+    }
+
+    func testClosingLocallyFailsPendingCallsAndLaterSends() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { _, responder in held.value.append(responder) })
+        let outcome = Promise<(pending: String, after: String, inFlight: Int)>()
+        try harness.sync {
+            let client = pair.client.value
+            client.send([1]) { pending in
+                client.send([2]) { after in
+                    outcome.fulfill(("\(pending)", "\(after)", client.inFlightCount))
+                }
+            }
+            client.close()
+            client.close() // idempotent
+        }
+        let result = try outcome.wait("local close")
+        XCTAssertTrue(result.pending.contains("message 65530") && result.pending.contains("closed locally"), result.pending)
+        XCTAssertTrue(result.after.contains("closed"), result.after)
+        XCTAssertEqual(result.inFlight, 0)
+        XCTAssertEqual(try pair.clientClosed.wait("client close"), .local)
+        XCTAssertEqual(try pair.serverClosed.wait("server close"), .peerClosed)
+    }
+
+    func testAThrowingOrSilentHandlerSendsNoResponse() throws {
+        struct Refused: Error {}
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+            switch payload.first {
+            case 0: throw Refused()
+            case 1: return // drops the responder unanswered
+            default: try responder.respond(Array(payload))
+            }
+        })
+        for first: UInt8 in [0, 1] {
+            let r = try harness.call(pair.client, [first], timeout: .milliseconds(200), closeOnError: false)
+            guard case .failure(.timedOut) = r else { return XCTFail("expected a timeout for \(first), got \(r)") }
+        }
+        XCTAssertEqual(try harness.call(pair.client, [2]).get(), [2])
+    }
+
+    func testAnsweringTwiceIsRefused() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let second = Promise<String>()
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+            try responder.respond(Array(payload))
+            do { try responder.respond([9]); second.fulfill("answered twice") } catch { second.fulfill("\(error)") }
+        })
+        XCTAssertEqual(try harness.call(pair.client, [3]).get(), [3])
+        XCTAssertTrue(try second.wait("second answer").contains("already answered"))
+    }
+
+    func testIdsWrapAndAMillionCallsOnOneConnection() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let seenIDs = LoopBoundBox.sendingValue([UInt16](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+            if seenIDs.value.count < 8 { seenIDs.value.append(responder.messageID) }
+            try responder.respond(payload)
+        })
+        let total = 1_000_000, window = 64
+        let done = Promise<(ok: Int, bad: Int)>()
+        try harness.sync {
+            let client = pair.client.value
+            let state = LoopBoundBox((sent: 0, ok: 0, bad: 0), loop: loop)
+            func sendNext() {
+                var n = UInt32(state.value.sent).bigEndian
+                state.value.sent += 1
+                withUnsafeBytes(of: &n) { raw in
+                    let expected = Array(raw)
+                    client.send(raw, borrowingResponse: { result in
+                        if case .success(let response) = result, response.elementsEqual(expected) { state.value.ok += 1 }
+                        else { state.value.bad += 1 }
+                        let finished = state.value.ok + state.value.bad
+                        if finished == total { done.fulfill((state.value.ok, state.value.bad)) }
+                        else if state.value.sent < total { sendNext() }
+                    })
+                }
+            }
+            for _ in 0..<window { sendNext() }
+        }
+        let result = try done.wait("a million calls", seconds: 600)
+        XCTAssertEqual(result.ok, total)
+        XCTAssertEqual(result.bad, 0)
+        XCTAssertEqual(try harness.sync { seenIDs.value }, [65530, 65531, 65532, 65533, 65534, 65535, 0, 1])
+        XCTAssertEqual(try harness.sync { pair.client.value.inFlightCount }, 0)
+    }
+
+    func testEndpointsOverAUnixSocket() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let path = "/tmp/uvrpc-test-\(getpid()).sock"
+        unlink(path)
+        let pair = try harness.endpointPair(address: .unix(path: path))
+        let payload = pseudoRandomBytes(count: 200_000, seed: 3)
+        XCTAssertEqual(try harness.call(pair.client, payload).get(), payload.reversed())
+        XCTAssertEqual(try harness.call(pair.server, [1, 2, 3]).get(), [3, 2, 1])
+    }
+}
