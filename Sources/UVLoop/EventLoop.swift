@@ -112,9 +112,18 @@ public final class EventLoop: @unchecked Sendable {
     /// Returns after every handle is closed and `uv_loop_close` ran; throws if
     /// `uv_loop_close` failed (a handle leaked).
     public func run() throws(UVError) {
+        claimRun("run()")
+        try runClaimed()
+    }
+
+    /// Moves idle -> running once; a second run()/start() is a programming error.
+    private func claimRun(_ api: String) {
         let ok = state.compareExchange(expected: State.idle.rawValue, desired: State.running.rawValue,
                                        ordering: .acquiringAndReleasing).exchanged
-        precondition(ok, "EventLoop '\(name)': run() called on a loop that already ran")
+        precondition(ok, "EventLoop '\(name)': \(api) called on a loop that already ran")
+    }
+
+    private func runClaimed() throws(UVError) {
         threadID.store(UInt(pthread_self()), ordering: .releasing)
         while true {
             uv_run(uvLoop, UV_RUN_DEFAULT)
@@ -129,13 +138,16 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Starts the loop on a new thread named after the loop and returns at once.
     public func start() {
+        // Claimed here, not on the new thread, so that a shutdownAndWait() right
+        // after start() waits for the loop instead of seeing it idle.
+        claimRun("start()")
         let box = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { raw in
             // Balanced: start() passed a retained reference to this thread.
             let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
             uvrpc_set_thread_name(String(loop.name.prefix(15)))
-            do { try loop.run() } catch {
+            do { try loop.runClaimed() } catch {
                 // Recorded in loopCloseStatus; the waiter reports it.
             }
             return nil

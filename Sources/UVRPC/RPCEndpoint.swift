@@ -68,6 +68,12 @@ public final class RPCEndpoint {
         }
     }
 
+    /// What the call table keeps per outgoing call.
+    struct PendingCall {
+        var completion: Completion
+        var timeout: Duration
+    }
+
     /// A big send waiting for the peer's handshake (to learn whether it takes *_BIG packets).
     private struct DeferredSend {
         var payload: [UInt8]
@@ -108,7 +114,7 @@ public final class RPCEndpoint {
     public var inFlightCount: Int { calls.count + deferredSends.count }
 
     private var parser: PacketParser
-    private var calls = CallTable<Completion>()
+    private var calls = CallTable<PendingCall>()
     private var deferredSends: [DeferredSend] = []
     private var deadlineTimer: LoopTimer?
     private var armedDeadline = UInt64.max
@@ -213,7 +219,8 @@ public final class RPCEndpoint {
         }
         let now = loop.now
         let deadline = now &+ timeout.roundedUpMilliseconds
-        guard let id = calls.insert(completion, deadline: deadline, closeOnError: closeOnError) else {
+        guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
+                                    closeOnError: closeOnError) else {
             return completion.fail(.tooManyInFlight(endpoint: label))
         }
         do {
@@ -243,11 +250,10 @@ public final class RPCEndpoint {
     private func expireCalls() {
         armedDeadline = .max
         let now = loop.now
-        while let id = calls.popExpired(now: now), let (completion, closeOnError) = calls.remove(id) {
-            let timeout = configuration.messageTimeout
-            let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: timeout)
+        while let id = calls.popExpired(now: now), let (call, closeOnError) = calls.remove(id) {
+            let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
-            completion.fail(error)
+            call.completion.fail(error)
             if closeOnError { close(reason: .callFailed(error)) }
             if isClosing { return }
         }
@@ -277,8 +283,8 @@ public final class RPCEndpoint {
         case .message(let id, let payload):
             handleMessage(id: id, payload: payload)
         case .response(let id, let payload):
-            if let (completion, _) = calls.remove(id) {
-                completion.succeed(payload)
+            if let (call, _) = calls.remove(id) {
+                call.completion.succeed(payload)
             } else {
                 logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
             }
@@ -369,8 +375,8 @@ public final class RPCEndpoint {
         livenessTimer = nil
         deadlineTimer = nil
         for id in calls.liveIDs() {
-            if let (completion, _) = calls.remove(id) {
-                completion.fail(.closed(endpoint: label, messageID: id, reason: reason))
+            if let (call, _) = calls.remove(id) {
+                call.completion.fail(.closed(endpoint: label, messageID: id, reason: reason))
             }
         }
         let deferred = deferredSends

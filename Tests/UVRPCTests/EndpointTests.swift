@@ -109,8 +109,9 @@ final class EndpointTests: XCTestCase {
             if Array(payload) == Array("echo".utf8) { try responder.respond(Array(payload)) } else { held.value.append(responder) }
         })
         let first = try harness.call(pair.client, [1], timeout: .milliseconds(200), closeOnError: false)
-        guard case .failure(.timedOut(_, let id, _)) = first else { return XCTFail("expected a timeout, got \(first)") }
+        guard case .failure(.timedOut(_, let id, let timeout)) = first else { return XCTFail("expected a timeout, got \(first)") }
         XCTAssertEqual(id, 65530, "the first id is the reference's 65530")
+        XCTAssertEqual(timeout, .milliseconds(200), "the error names the call's own timeout")
         XCTAssertFalse(try harness.sync { pair.client.value.isClosing }, "closeOnError false keeps the endpoint up")
         XCTAssertEqual(try harness.call(pair.client, Array("echo".utf8)).get(), Array("echo".utf8))
 
