@@ -14,7 +14,7 @@ build: bootstrap
 # Every test of every module, in debug mode, serially (each test bounds its own time).
 test: bootstrap
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	$(SWIFT) test --skip-build --disable-swift-testing
 
 # The main job: until the benchmark executable exists (issue 5) this runs the
 # loopback echo demo of UVLoop in release mode.
