@@ -75,6 +75,29 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(try done.wait("repeating timer"), 5)
     }
 
+    func testAReusableTimerRestartsAndCancelsWithoutClosing() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let done = Promise<[String]>()
+        try harness.sync {
+            let log = LoopBoundBox([String](), loop: loop)
+            let timerBox = LoopBoundBox<LoopTimer?>(nil, loop: loop)
+            let timer = loop.makeTimer {
+                log.value.append("fired")
+                if log.value.count < 3 { timerBox.value?.start(after: .milliseconds(5)) }
+                else { done.fulfill(log.value) }
+            }
+            timerBox.value = timer
+            XCTAssertFalse(timer.isActive, "a made timer starts stopped")
+            timer.start(after: .milliseconds(1))
+            timer.cancel()
+            XCTAssertFalse(timer.isActive)
+            timer.start(after: .milliseconds(5)) // restarted after a cancel: still usable
+        }
+        XCTAssertEqual(try done.wait("reusable timer"), ["fired", "fired", "fired"])
+    }
+
     func testTenThousandTimersAreCheapAndAllFireOrCancel() throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }

@@ -1,0 +1,49 @@
+import UVLoop
+import UVRPC
+import XCTest
+
+/// The examples of Docs/GETTING_STARTED.md, run for real (port 0 instead of 9000,
+/// and both on one loop), so that the documented API keeps compiling and working.
+final class GettingStartedTests: XCTestCase {
+    func testTheCallbackEchoServerAndClientOfTheDocs() throws {
+        let loop = try EventLoop(name: "rpc")
+        let answer = LockedValue<String?>(nil)
+        loop.execute {
+            do {
+                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
+                    endpoint.onMessage = { payload, responder in
+                        try responder.respond(payload)
+                    }
+                    endpoint.onClose = { reason in print("\(endpoint.label) closed: \(reason)") }
+                }
+                print("listening on \(server.address)")
+                RPCClient.connect(to: server.address, on: loop) { result in
+                    switch result {
+                    case .failure(let error):
+                        print("connect failed: \(error)")
+                        loop.shutdown()
+                    case .success(let endpoint):
+                        endpoint.send(Array("hello".utf8), timeout: .seconds(5)) { response in
+                            switch response {
+                            case .success(let bytes): answer.withLock { $0 = String(decoding: bytes, as: UTF8.self) }
+                            case .failure(let error): print("call failed: \(error)")
+                            }
+                            endpoint.close()
+                            loop.shutdown()
+                        }
+                    }
+                }
+            } catch {
+                print("cannot listen: \(error)")
+                loop.shutdown()
+            }
+        }
+        // A guard so that a broken example fails instead of hanging the suite.
+        let watchdog = LockedValue(false)
+        loop.execute { _ = loop.scheduleTimer(after: .seconds(20)) { watchdog.withLock { $0 = true }; loop.shutdown() } }
+        try loop.run()
+        XCTAssertFalse(watchdog.withLock { $0 }, "the example did not finish within 20 s")
+        XCTAssertEqual(answer.withLock { $0 }, "hello")
+        XCTAssertEqual(loop.loopCloseStatus, 0)
+    }
+}
