@@ -31,9 +31,22 @@ public final class EventLoop: @unchecked Sendable {
     /// The libuv loop. Owned; freed in deinit after `uv_loop_close`.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
 
+    /// A unit of work from another thread: a closure, or a Swift concurrency
+    /// job (enqueued without allocating a closure for it).
+    enum Work: Sendable {
+        case closure(@Sendable () -> Void)
+        case task(UnownedJob)
+    }
+
     private struct JobQueue {
-        var jobs: [@Sendable () -> Void] = []
+        var jobs: [Work] = []
+        /// False once the loop is closed: nothing can run any more.
         var accepting = true
+        /// False once shutdown closed the wakeup handle; the loop then drains
+        /// the queue itself until it closes.
+        var wakeupOpen = true
+        /// Set by shutdown().
+        var shutdownRequested = false
     }
     private let jobs = LockedValue(JobQueue())
     /// pthread_t of the thread inside `run()`, or 0.
@@ -46,7 +59,7 @@ public final class EventLoop: @unchecked Sendable {
     // MARK: loop-thread state
     private var wakeup: LoopWakeup!
     private var flushHooks: [LoopTurnHook] = []
-    private var spareJobs: [@Sendable () -> Void] = []
+    private var spareJobs: [Work] = []
     private var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
     var pendingFlush: [Connection] = []
@@ -157,16 +170,18 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Asks the loop to shut down; callable from any thread, returns at once.
-    /// Jobs already submitted still run; later ``execute(_:)`` calls are refused.
+    ///
+    /// Every handle is closed (connections fail their pending writes and
+    /// report `onClose`). Jobs submitted until the loop is finally closed
+    /// still run, so work that closing handles sets off (completions, resumed
+    /// tasks) is not lost; once the loop is closed ``execute(_:)`` refuses jobs.
     public func shutdown() {
-        let wasRunning = jobs.withLock { queue -> Bool in
-            guard queue.accepting else { return false }
-            queue.accepting = false
-            return true
+        jobs.withLock { queue in
+            guard queue.wakeupOpen, !queue.shutdownRequested else { return }
+            queue.shutdownRequested = true
+            // Under the lock the wakeup handle is known to be open.
+            wakeup.send()
         }
-        guard wasRunning else { return }
-        // accepting was true under the lock, so the wakeup handle is still open.
-        wakeup.requestShutdown()
     }
 
     /// Shuts the loop down and waits (at most `timeout`) until it stopped.
@@ -197,12 +212,16 @@ public final class EventLoop: @unchecked Sendable {
     /// - Returns: false, and drops `job`, when the loop is shutting down.
     @discardableResult
     public func execute(_ job: @escaping @Sendable () -> Void) -> Bool {
+        submit(.closure(job))
+    }
+
+    func submit(_ work: Work) -> Bool {
         jobs.withLock { queue -> Bool in
             guard queue.accepting else { return false }
-            queue.jobs.append(job)
+            queue.jobs.append(work)
             // Waking while holding the lock keeps shutdown from closing the
             // wakeup handle under us; uv_async_send coalesces repeated wakes.
-            if queue.jobs.count == 1 { wakeup.send() }
+            if queue.jobs.count == 1 && queue.wakeupOpen { wakeup.send() }
             return true
         }
     }
@@ -210,18 +229,32 @@ public final class EventLoop: @unchecked Sendable {
     fileprivate func runJobs() {
         var batch = spareJobs
         jobs.withLock { swap(&$0.jobs, &batch) }
-        for job in batch { job() }
+        for work in batch {
+            switch work {
+            case .closure(let job): job()
+            case .task(let job):
+                job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+            }
+        }
         batch.removeAll(keepingCapacity: true)
         spareJobs = batch
     }
 
     // MARK: Shutdown
 
+    /// Called when the wakeup fires: runs the jobs, and starts shutting down
+    /// when asked to.
+    fileprivate func wakeupFired() {
+        runJobs()
+        if jobs.withLock({ $0.shutdownRequested }) { beginShutdown() }
+    }
+
     fileprivate func beginShutdown() {
         guard !shutdownStarted else { return }
         shutdownStarted = true
-        jobs.withLock { $0.accepting = false }
         runJobs()
+        // From here on finishRun() drains the queue itself.
+        jobs.withLock { $0.wakeupOpen = false }
         closeAllHandles()
     }
 
@@ -232,17 +265,27 @@ public final class EventLoop: @unchecked Sendable {
         }, nil)
     }
 
-    /// Runs close callbacks until no handle is left, then closes the loop.
+    /// Runs close callbacks and late jobs until no handle and no job is left,
+    /// then closes the loop.
     @discardableResult
     private func finishRun() -> Int32 {
         var rc: Int32 = 0
-        for _ in 0..<8 {
+        var rounds = 0
+        while true {
             uv_run(uvLoop, UV_RUN_DEFAULT)
-            rc = uv_loop_close(uvLoop)
-            if rc == 0 { break }
-            // Something opened a handle during shutdown (e.g. in a close callback): close it too.
+            runJobs()
+            // Something may have opened a handle during shutdown (in a close
+            // callback or a late job): close it too.
             closeAllHandles()
+            let finished = jobs.withLock { queue -> Bool in
+                guard queue.jobs.isEmpty, uv_loop_alive(uvLoop) == 0 else { return false }
+                queue.accepting = false
+                return true
+            }
+            rounds += 1
+            if finished || rounds > 100_000 { break }
         }
+        rc = uv_loop_close(uvLoop)
         pendingFlush.removeAll()
         closeStatus.withLock { $0 = rc }
         return rc
@@ -281,32 +324,18 @@ extension Duration {
 
 /// The loop's `uv_async_t`: wakes it for ``EventLoop/execute(_:)`` and shutdown.
 private final class LoopWakeup: HandleOwner {
-    /// Set (from any thread) before the shutdown wake-up.
-    private let shutdownRequested = Atomic<Bool>(false)
-
     init(loop: EventLoop) throws(UVError) {
         super.init(loop: loop, type: UV_ASYNC)
         let handle = UnsafeMutablePointer<uv_async_t>(OpaquePointer(self.handle))
         try UVError.check(uv_async_init(loop.uvLoop, handle, { async in
             // Safe: the handle's data is this owner until its close callback.
-            let me = HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(async))).takeUnretainedValue()
-            unsafeDowncast(me, to: LoopWakeup.self).fire()
+            HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(async))).takeUnretainedValue().loop.wakeupFired()
         }), "uv_async_init", "event loop \(loop.name)")
         adoptHandle()
     }
 
     func send() {
         uv_async_send(UnsafeMutablePointer<uv_async_t>(OpaquePointer(handle)))
-    }
-
-    func requestShutdown() {
-        shutdownRequested.store(true, ordering: .releasing)
-        send()
-    }
-
-    private func fire() {
-        loop.runJobs()
-        if shutdownRequested.load(ordering: .acquiring) { loop.beginShutdown() }
     }
 }
 

@@ -1,0 +1,32 @@
+/// The loop as a Swift concurrency executor: actors whose `unownedExecutor`
+/// is the loop, and tasks started with `Task(executorPreference: loop)`, run
+/// their code on the loop thread, with no hop to the global pool.
+extension EventLoop: SerialExecutor, TaskExecutor {
+    /// Runs `job` on the loop thread (in the order jobs were enqueued).
+    /// A job enqueued after shutdown cannot run; that is a programming error
+    /// (the task would never resume), so it stops the program with a message.
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if !submit(.task(job)) {
+            preconditionFailure("EventLoop '\(name)': a Swift task was scheduled on the loop after it shut down")
+        }
+    }
+
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
+        UnownedTaskExecutor(ordinary: self)
+    }
+
+    /// Lets `assumeIsolated` and actor isolation checks accept the loop thread.
+    public func checkIsolated() {
+        preconditionInEventLoop("EventLoop.checkIsolated()")
+    }
+
+    /// True on the loop thread (lets the runtime skip `checkIsolated` crashes).
+    public func isIsolatingCurrentContext() -> Bool? {
+        inEventLoop
+    }
+}
