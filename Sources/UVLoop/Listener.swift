@@ -15,6 +15,8 @@ public final class Listener: HandleOwner {
     /// Called when accepting a connection failed (e.g. out of file descriptors);
     /// the listener keeps listening.
     public var onAcceptError: ((UVError) -> Void)?
+    /// Called once the listening socket is closed (by ``close()`` or loop shutdown).
+    public var onClose: (() -> Void)?
 
     init(loop: EventLoop, address: SocketAddress, backlog: Int32, options: ConnectionOptions,
          onAccept: @escaping (Connection) -> Void) throws(UVError) {
@@ -91,6 +93,10 @@ public final class Listener: HandleOwner {
     public var isListening: Bool { !isHandleClosing }
 
     override func handleDidClose() {
+        // onClose first: the accept closure may be what keeps its owner alive.
+        let onClose = self.onClose
+        self.onClose = nil
+        onClose?()
         onAccept = nil
         onAcceptError = nil
     }

@@ -20,6 +20,11 @@ public struct UVError: Error, Equatable, Sendable, CustomStringConvertible {
         self.target = target
     }
 
+    /// `ECANCELED` for `operation` on `target`: the event loop is shut down.
+    public static func loopShutDown(operation: String, target: String) -> UVError {
+        UVError(code: UV_ECANCELED.rawValue, operation: operation, target: "\(target) (the event loop is shut down)")
+    }
+
     /// libuv's short name of the error, e.g. `ECONNREFUSED`.
     public var name: String { String(cString: uv_err_name(code)) }
 

@@ -25,7 +25,15 @@ import UVLoop
 ///   ``RPCError/closed(endpoint:messageID:reason:)``, later answers are
 ///   refused, the connection closes after flushing, and ``onClose`` reports
 ///   the reason once.
-public final class RPCEndpoint {
+///
+/// Threads: the callback API and the state properties are loop-bound (they
+/// check the thread). The async API (`send(...) async`, `onMessage(_:)`
+/// with an async handler, `close() async`) may be called from any thread or
+/// task: it hops onto the loop. So the endpoint is `Sendable`.
+public final class RPCEndpoint: @unchecked Sendable {
+    // Sendable invariant: every mutable field is read and written only on
+    // `loop`'s thread; public accessors check it, and the async API reaches
+    // the loop through `EventLoop.execute` before touching anything.
     /// Settings of an endpoint; the defaults are the reference's.
     public struct Configuration: Sendable {
         /// How often a KEEPALIVE is sent, and the `k` announced. Default 10.73 s.
@@ -52,11 +60,13 @@ public final class RPCEndpoint {
     enum Completion {
         case copied((Result<[UInt8], RPCError>) -> Void)
         case borrowed((Result<UnsafeRawBufferPointer, RPCError>) -> Void)
+        case async(AsyncCall)
 
         func fail(_ error: RPCError) {
             switch self {
             case .copied(let c): c(.failure(error))
             case .borrowed(let c): c(.failure(error))
+            case .async(let call): call.finish(.failure(error))
             }
         }
 
@@ -64,8 +74,21 @@ public final class RPCEndpoint {
             switch self {
             case .copied(let c): c(.success(Array(payload)))
             case .borrowed(let c): c(.success(payload))
+            case .async(let call): call.finish(.success(Array(payload)))
             }
         }
+
+        /// An async call that was cancelled before it could start.
+        var isAbandoned: Bool {
+            if case .async(let call) = self { return call.isFinished }
+            return false
+        }
+    }
+
+    /// What handles incoming messages.
+    enum MessageHandler {
+        case callback((UnsafeRawBufferPointer, RPCResponder) throws -> Void)
+        case async(@Sendable ([UInt8]) async throws -> [UInt8])
     }
 
     /// What the call table keeps per outgoing call.
@@ -89,29 +112,68 @@ public final class RPCEndpoint {
     /// The settings it was made with.
     public let configuration: Configuration
     /// Where it logs (with `rpc.endpoint` metadata). Logs nothing by default.
-    public var logger: Logger
+    public let logger: Logger
     /// The loop it runs on.
     public var loop: EventLoop { connection.loop }
 
-    /// The peer's handshake, once received.
-    public private(set) var peerInfo: PeerInfo?
+    /// The peer's handshake, once received. Loop-bound.
+    public var peerInfo: PeerInfo? {
+        loop.preconditionInEventLoop("RPCEndpoint.peerInfo")
+        return _peerInfo
+    }
+    private var _peerInfo: PeerInfo?
+
     /// Handles each incoming message: the payload (a view valid only during
     /// the call) and the responder to answer through, now or later. Throwing
-    /// sends no response and is logged.
-    public var onMessage: ((UnsafeRawBufferPointer, RPCResponder) throws -> Void)?
-    /// Called once, after the connection closed, with the reason.
-    public var onClose: ((RPCCloseReason) -> Void)?
+    /// sends no response and is logged. Loop-bound. Messages that arrive while
+    /// no handler is set wait (up to 1024) for one.
+    public var onMessage: ((UnsafeRawBufferPointer, RPCResponder) throws -> Void)? {
+        get {
+            loop.preconditionInEventLoop("RPCEndpoint.onMessage")
+            if case .callback(let c)? = handler { return c }
+            return nil
+        }
+        set {
+            loop.preconditionInEventLoop("RPCEndpoint.onMessage")
+            handler = newValue.map { .callback($0) }
+            deliverWaitingMessages()
+        }
+    }
+    private var handler: MessageHandler?
+    /// Messages that arrived before any handler was set.
+    private var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
+    private static let maximumWaitingMessages = 1024
+
+    /// Called once, after the connection closed, with the reason. Loop-bound.
+    public var onClose: ((RPCCloseReason) -> Void)? {
+        get { loop.preconditionInEventLoop("RPCEndpoint.onClose"); return _onClose }
+        set { loop.preconditionInEventLoop("RPCEndpoint.onClose"); _onClose = newValue }
+    }
+    private var _onClose: ((RPCCloseReason) -> Void)?
     /// Lets an owner (``RPCServer``) forget the endpoint once closed.
     var didCloseForOwner: (() -> Void)?
+    /// Resumed when the endpoint is fully closed (``closed()``).
+    private var closeWaiters: [CheckedContinuation<RPCCloseReason, Never>] = []
 
-    /// Why the endpoint is closing, once it is.
-    public private(set) var closeReason: RPCCloseReason?
-    /// True once closing started (by ``close()`` or a failure).
+    /// Why the endpoint is closing, once it is. Loop-bound.
+    public var closeReason: RPCCloseReason? {
+        loop.preconditionInEventLoop("RPCEndpoint.closeReason")
+        return _closeReason
+    }
+    private var _closeReason: RPCCloseReason?
+    /// True once closing started (by ``close()`` or a failure). Loop-bound.
     public var isClosing: Bool { closeReason != nil }
-    /// True once the connection is fully closed and ``onClose`` ran.
-    public private(set) var isClosed = false
-    /// Outgoing calls waiting for their response.
-    public var inFlightCount: Int { calls.count + deferredSends.count }
+    /// True once the connection is fully closed and ``onClose`` ran. Loop-bound.
+    public var isClosed: Bool {
+        loop.preconditionInEventLoop("RPCEndpoint.isClosed")
+        return _isClosed
+    }
+    private var _isClosed = false
+    /// Outgoing calls waiting for their response. Loop-bound.
+    public var inFlightCount: Int {
+        loop.preconditionInEventLoop("RPCEndpoint.inFlightCount")
+        return calls.count + deferredSends.count
+    }
 
     private var parser: PacketParser
     private var calls = CallTable<PendingCall>()
@@ -195,10 +257,11 @@ public final class RPCEndpoint {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .borrowed(completion))
     }
 
-    private func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
+    func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
                            completion: Completion) {
         loop.preconditionInEventLoop("RPCEndpoint.send")
-        if let reason = closeReason {
+        if completion.isAbandoned { return }
+        if let reason = _closeReason {
             return completion.fail(.closed(endpoint: label, messageID: nil, reason: reason))
         }
         if payload.count > Wire.maximumPayload {
@@ -206,7 +269,7 @@ public final class RPCEndpoint {
         }
         let timeout = timeout ?? configuration.messageTimeout
         if payload.count > Wire.maximumShortPayload {
-            guard let peer = peerInfo else {
+            guard let peer = _peerInfo else {
                 // Whether the peer takes *_BIG packets is known only from its handshake.
                 deferredSends.append(DeferredSend(payload: Array(payload), timeout: timeout,
                                                   closeOnError: closeOnError, completion: completion))
@@ -223,12 +286,13 @@ public final class RPCEndpoint {
                                     closeOnError: closeOnError) else {
             return completion.fail(.tooManyInFlight(endpoint: label))
         }
+        if case .async(let call) = completion { call.id = id }
         do {
             try writeFrame(isResponse: false, id: id, payload: payload)
         } catch {
             // The connection is closing under us; the close path reports it.
             _ = calls.remove(id)
-            return completion.fail(.closed(endpoint: label, messageID: id, reason: closeReason ?? .connectionFailed(error)))
+            return completion.fail(.closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
         }
         if deadline < armedDeadline { armDeadlineTimer(now: now) }
     }
@@ -255,16 +319,16 @@ public final class RPCEndpoint {
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
             call.completion.fail(error)
             if closeOnError { close(reason: .callFailed(error)) }
-            if isClosing { return }
+            if _closeReason != nil { return }
         }
-        if !isClosing { armDeadlineTimer(now: now) }
+        if _closeReason == nil { armDeadlineTimer(now: now) }
     }
 
     // MARK: Receiving
 
     private func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
         lastReceived = loop.now
-        if isClosing { return bytes.count }
+        if _closeReason != nil { return bytes.count }
         parser.inlinePayloadLimit = connection.readBufferCapacity - Wire.bigHeaderSize
         do {
             return try parser.parse(bytes) { packet in self.dispatch(packet) }
@@ -291,27 +355,72 @@ public final class RPCEndpoint {
         case .keepalive:
             break
         case .handshake(let info):
-            peerInfo = info
+            _peerInfo = info
             logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
             sendDeferred()
         }
-        return !isClosing
+        return _closeReason == nil
     }
 
     private func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
-        guard let onMessage else {
-            logger.warning("message received but no onMessage handler is set; no response sent",
-                           metadata: ["rpc.id": "\(id)"])
-            return
+        switch handler {
+        case .callback(let onMessage)?:
+            let responder = RPCResponder(endpoint: self, messageID: id)
+            do {
+                try onMessage(payload, responder)
+            } catch {
+                responder.abandon()
+                logger.error("message handler failed; no response sent", metadata: [
+                    "rpc.id": "\(id)", "rpc.error": "\(error)",
+                ])
+            }
+        case .async(let handle)?:
+            runAsyncHandler(handle, id: id, request: Array(payload))
+        case nil:
+            if waitingMessages.count < Self.maximumWaitingMessages {
+                waitingMessages.append((id, Array(payload)))
+            } else {
+                logger.warning("message received but no onMessage handler is set and 1024 are waiting; no response sent",
+                               metadata: ["rpc.id": "\(id)"])
+            }
         }
-        let responder = RPCResponder(endpoint: self, messageID: id)
-        do {
-            try onMessage(payload, responder)
-        } catch {
-            responder.abandon()
-            logger.error("message handler failed; no response sent", metadata: [
-                "rpc.id": "\(id)", "rpc.error": "\(error)",
-            ])
+    }
+
+    /// Runs an async handler in a task on the loop; each message gets its own
+    /// task, so a slow answer holds up nothing else.
+    private func runAsyncHandler(_ handle: @escaping @Sendable ([UInt8]) async throws -> [UInt8],
+                                 id: UInt16, request: [UInt8]) {
+        let responder = LoopBound(RPCResponder(endpoint: self, messageID: id), loop: loop)
+        let logger = self.logger
+        Task(executorPreference: loop) {
+            do {
+                let response = try await handle(request)
+                do {
+                    try responder.value.respond(response)
+                } catch {
+                    logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+                }
+            } catch {
+                responder.value.abandon()
+                logger.error("message handler failed; no response sent", metadata: [
+                    "rpc.id": "\(id)", "rpc.error": "\(error)",
+                ])
+            }
+        }
+    }
+
+    /// Installs an async handler (on the loop) and hands it any waiting messages.
+    func installAsyncHandler(_ handle: @escaping @Sendable ([UInt8]) async throws -> [UInt8]) {
+        handler = .async(handle)
+        deliverWaitingMessages()
+    }
+
+    private func deliverWaitingMessages() {
+        guard handler != nil, !waitingMessages.isEmpty else { return }
+        let waiting = waitingMessages
+        waitingMessages.removeAll()
+        for message in waiting where _closeReason == nil {
+            message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
         }
     }
 
@@ -329,8 +438,8 @@ public final class RPCEndpoint {
     /// Writes the answer to message `id` (used by ``RPCResponder``).
     func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
         loop.preconditionInEventLoop("RPCResponder.respond")
-        guard !isClosing else { throw .closed(endpoint: label, messageID: id) }
-        if payload.count > Wire.maximumShortPayload, let peer = peerInfo, !peer.acceptsBigPayloads {
+        guard _closeReason == nil else { throw .closed(endpoint: label, messageID: id) }
+        if payload.count > Wire.maximumShortPayload, let peer = _peerInfo, !peer.acceptsBigPayloads {
             throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
                               peerProtocol: peer.protocolVersion)
         }
@@ -341,11 +450,28 @@ public final class RPCEndpoint {
         }
     }
 
+    /// `isClosing` without the thread check, for deinit paths.
+    var isClosingUnchecked: Bool { _closeReason != nil }
+
+    /// Registers a waiter for the end of the endpoint (on the loop).
+    func addCloseWaiter(_ waiter: CheckedContinuation<RPCCloseReason, Never>) {
+        if _isClosed { waiter.resume(returning: _closeReason ?? .local) } else { closeWaiters.append(waiter) }
+    }
+
+    /// Abandons an async call that was cancelled (on the loop): frees its id
+    /// (a late response is then ignored) without closing the endpoint.
+    func cancelCall(_ call: AsyncCall) {
+        guard !call.isFinished else { return }
+        if let id = call.id { _ = calls.remove(id) }
+        deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
+        call.finish(.failure(CancellationError()))
+    }
+
     // MARK: Liveness
 
     private func checkLiveness() {
         let now = loop.now
-        if peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
+        if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")
             close(reason: .handshakeTimeout(configuration.handshakeTimeout))
         } else if now - lastReceived > configuration.keepaliveTimeout.roundedUpMilliseconds {
@@ -365,8 +491,8 @@ public final class RPCEndpoint {
     }
 
     private func close(reason: RPCCloseReason) {
-        guard closeReason == nil else { return }
-        closeReason = reason
+        guard _closeReason == nil else { return }
+        _closeReason = reason
         if reason != .local { logger.debug("closing", metadata: ["rpc.reason": "\(reason)"]) }
         keepaliveTimer?.cancel()
         livenessTimer?.cancel()
@@ -386,7 +512,7 @@ public final class RPCEndpoint {
     }
 
     private func connectionDidClose(_ error: ConnectionError?) {
-        if closeReason == nil {
+        if _closeReason == nil {
             let reason: RPCCloseReason
             switch error {
             case nil: reason = .local
@@ -396,14 +522,19 @@ public final class RPCEndpoint {
             }
             close(reason: reason)
         }
-        isClosed = true
-        let onClose = self.onClose
-        self.onClose = nil
-        self.onMessage = nil
+        _isClosed = true
+        let onClose = _onClose
+        _onClose = nil
+        handler = nil
+        waitingMessages.removeAll()
         let owner = didCloseForOwner
         didCloseForOwner = nil
-        onClose?(closeReason ?? .local)
+        let reason = _closeReason ?? .local
+        onClose?(reason)
         owner?()
+        let waiters = closeWaiters
+        closeWaiters.removeAll()
+        for waiter in waiters { waiter.resume(returning: reason) }
     }
 }
 
@@ -424,7 +555,7 @@ public final class RPCResponder {
     }
 
     deinit {
-        if !answered && !endpoint.isClosing {
+        if !answered && !endpoint.isClosingUnchecked {
             endpoint.logger.error("message handler dropped its responder without answering; no response sent",
                                   metadata: ["rpc.id": "\(messageID)"])
         }
