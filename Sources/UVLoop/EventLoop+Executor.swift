@@ -3,13 +3,13 @@
 /// their code on the loop thread, with no hop to the global pool.
 extension EventLoop: SerialExecutor, TaskExecutor {
     /// Runs `job` on the loop thread (in the order jobs were enqueued).
-    /// A job enqueued after shutdown cannot run; that is a programming error
-    /// (the task would never resume), so it stops the program with a message.
+    ///
+    /// Jobs enqueued while the loop shuts down still run. A job enqueued after
+    /// the loop closed cannot run anywhere (its code expects the loop); it is
+    /// dropped, so that task never resumes, and a warning goes to stderr once.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        if !submit(.task(job)) {
-            preconditionFailure("EventLoop '\(name)': a Swift task was scheduled on the loop after it shut down")
-        }
+        if !submit(.task(job)) { warnJobAfterClose() }
     }
 
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {

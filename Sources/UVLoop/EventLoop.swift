@@ -200,6 +200,16 @@ public final class EventLoop: @unchecked Sendable {
         return loopCloseStatus
     }
 
+    private let warnedLateJob = Atomic<Bool>(false)
+
+    /// Says once, on stderr, that a Swift task tried to resume on a closed loop.
+    func warnJobAfterClose() {
+        guard !warnedLateJob.exchange(true, ordering: .relaxed) else { return }
+        let message = "UVLoop warning: event loop '\(name)' is closed; a Swift task scheduled on it cannot resume "
+            + "(end or cancel tasks bound to a loop before shutting it down)\n"
+        _ = message.withCString { write(2, $0, strlen($0)) } // fd 2: stderr, without the shared FILE*
+    }
+
     /// What `uv_loop_close` returned when the loop stopped (0 is success), or
     /// nil while it has not stopped.
     public var loopCloseStatus: Int32? { closeStatus.withLock { $0 } }

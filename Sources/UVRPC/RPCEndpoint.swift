@@ -140,6 +140,9 @@ public final class RPCEndpoint: @unchecked Sendable {
         }
     }
     private var handler: MessageHandler?
+    /// Tasks running async handlers, cancelled when the endpoint closes.
+    private var handlerTasks: [UInt64: Task<Void, Never>] = [:]
+    private var nextHandlerTaskKey: UInt64 = 0
     /// Messages that arrived before any handler was set.
     private var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
     private static let maximumWaitingMessages = 1024
@@ -392,7 +395,12 @@ public final class RPCEndpoint: @unchecked Sendable {
                                  id: UInt16, request: [UInt8]) {
         let responder = LoopBound(RPCResponder(endpoint: self, messageID: id), loop: loop)
         let logger = self.logger
-        Task(executorPreference: loop) {
+        let key = nextHandlerTaskKey
+        nextHandlerTaskKey &+= 1
+        // The task cannot start before this returns (it is queued on this loop),
+        // so it is registered before it can unregister itself.
+        handlerTasks[key] = Task(executorPreference: loop) {
+            defer { self.handlerTasks[key] = nil }
             do {
                 let response = try await handle(request)
                 do {
@@ -505,6 +513,9 @@ public final class RPCEndpoint: @unchecked Sendable {
                 call.completion.fail(.closed(endpoint: label, messageID: id, reason: reason))
             }
         }
+        // Closing stops handling: running async handlers are cancelled (their
+        // answers would be refused anyway).
+        for task in handlerTasks.values { task.cancel() }
         let deferred = deferredSends
         deferredSends.removeAll()
         for send in deferred { send.completion.fail(.closed(endpoint: label, messageID: nil, reason: reason)) }

@@ -5,6 +5,7 @@ import XCTest
 /// Thrown when something a test waits for does not happen in time.
 public struct TestTimeout: Error, CustomStringConvertible {
     public let what: String
+    public init(what: String) { self.what = what }
     public var description: String { "timed out waiting for \(what)" }
 }
 

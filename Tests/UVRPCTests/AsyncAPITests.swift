@@ -1,0 +1,273 @@
+import UVLoop
+import UVRPC
+import UVTestSupport
+import XCTest
+
+/// Runs `body`, failing with `TestTimeout` if it takes longer than `seconds`.
+func withTimeout<T: Sendable>(_ what: String, seconds: Double = 60,
+                              _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TestTimeout(what: what) }
+        return value
+    }
+}
+
+private let reversingAsync: @Sendable ([UInt8]) async throws -> [UInt8] = { Array($0.reversed()) }
+
+/// A server made with the async API and a client connected to it.
+private func asyncPair(_ loop: EventLoop,
+                       server serverConfiguration: RPCEndpoint.Configuration = testConfiguration(),
+                       client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
+                       serverHandler: @escaping @Sendable ([UInt8]) async throws -> [UInt8] = reversingAsync,
+                       clientHandler: @escaping @Sendable ([UInt8]) async throws -> [UInt8] = reversingAsync)
+    async throws -> (server: RPCServer, serverEndpoint: RPCEndpoint, client: RPCEndpoint) {
+    let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                          configuration: serverConfiguration, handler: serverHandler)
+    let client = try await RPCClient.connect(to: server.address, on: loop, configuration: clientConfiguration,
+                                             handler: clientHandler)
+    var iterator = server.endpoints.makeAsyncIterator()
+    guard let serverEndpoint = await iterator.next() else { throw TestTimeout(what: "the accepted endpoint") }
+    return (server, serverEndpoint, client)
+}
+
+final class AsyncAPITests: XCTestCase {
+    func testHandlersAndCallersBoundToTheLoopRunOnItsThread() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let handlerOnLoop = LockedValue([Bool]())
+        let (_, _, client) = try await asyncPair(loop, serverHandler: { request in
+            handlerOnLoop.withLock { $0.append(loop.inEventLoop) }
+            try await Task.sleep(for: .milliseconds(1)) // resumes on the loop too
+            handlerOnLoop.withLock { $0.append(loop.inEventLoop) }
+            return request
+        })
+        let callerOnLoop = try await withTimeout("a call from a task on the loop") {
+            try await Task(executorPreference: loop) { () async throws -> [Bool] in
+                let before = loop.inEventLoop
+                let response = try await client.send([1, 2, 3])
+                XCTAssertEqual(response, [1, 2, 3])
+                return [before, loop.inEventLoop]
+            }.value
+        }
+        XCTAssertEqual(callerOnLoop, [true, true], "a task preferring the loop runs and resumes on the loop thread")
+        XCTAssertEqual(handlerOnLoop.withLock { $0 }, [true, true], "async handlers run on the loop thread")
+    }
+
+    func testSimpleMessagesBothWaysFromAnotherThread() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let (_, serverEndpoint, client) = try await asyncPair(harness.loop)
+        XCTAssertFalse(harness.loop.inEventLoop)
+        for (i, size) in [0, 1, 100, 65535, 65536, 5 << 20].enumerated() {
+            let payload = pseudoRandomBytes(count: size, seed: UInt64(i + 10))
+            let a = try await withTimeout("client -> server") { try await client.send(payload) }
+            XCTAssertEqual(a, payload.reversed(), "client -> server, \(size) bytes")
+            let b = try await withTimeout("server -> client") { try await serverEndpoint.send(payload) }
+            XCTAssertEqual(b, payload.reversed(), "server -> client, \(size) bytes")
+        }
+    }
+
+    func testSlowHandlersRunConcurrently() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let slow: @Sendable ([UInt8]) async throws -> [UInt8] = { request in
+            try await Task.sleep(for: .seconds(1))
+            return request.reversed()
+        }
+        let (_, serverEndpoint, client) = try await asyncPair(harness.loop, serverHandler: slow, clientHandler: slow)
+        let start = monotonicMilliseconds()
+        let results = try await withTimeout("12 slow calls") {
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<12 {
+                    group.addTask {
+                        let endpoint = i % 2 == 0 ? client : serverEndpoint
+                        return try await endpoint.send([UInt8(i), 9]) == [9, UInt8(i)]
+                    }
+                }
+                return try await group.reduce(into: [Bool]()) { $0.append($1) }
+            }
+        }
+        let elapsed = monotonicMilliseconds() - start
+        XCTAssertEqual(results, Array(repeating: true, count: 12))
+        XCTAssertGreaterThanOrEqual(elapsed, 990)
+        XCTAssertLessThan(elapsed, 2000, "six slow messages each way take about one slow period")
+    }
+
+    func testTimeoutWithCloseOnErrorFalseThenTrue() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let (_, serverEndpoint, client) = try await asyncPair(harness.loop, serverHandler: { request in
+            if request == [0] { try await Task.sleep(for: .seconds(30)) }
+            return request
+        })
+        do {
+            _ = try await client.send([0], timeout: .milliseconds(200), closeOnError: false)
+            XCTFail("expected a timeout")
+        } catch let error as RPCError {
+            guard case .timedOut(_, _, .milliseconds(200)) = error else { return XCTFail("\(error)") }
+        }
+        let echoed = try await client.send([5])
+        XCTAssertEqual(echoed, [5], "closeOnError false kept the endpoint up")
+        do {
+            _ = try await client.send([0], timeout: .milliseconds(200))
+            XCTFail("expected a timeout")
+        } catch RPCError.timedOut {
+        }
+        let reason = try await withTimeout("client close") { await client.closed() }
+        guard case .callFailed(.timedOut) = reason else { return XCTFail("\(reason)") }
+        let serverReason = try await withTimeout("server close") { await serverEndpoint.closed() }
+        XCTAssertEqual(serverReason, .peerClosed)
+    }
+
+    func testKeepaliveFailureClosesTheEndpoint() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        var silent = testConfiguration()
+        silent.sendsKeepalives = false
+        let watchful = testConfiguration(keepaliveInterval: .milliseconds(100), keepaliveTimeout: .milliseconds(400))
+        let (_, serverEndpoint, client) = try await asyncPair(harness.loop, server: watchful, client: silent)
+        let reason = try await withTimeout("keepalive timeout", seconds: 10) { await serverEndpoint.closed() }
+        XCTAssertEqual(reason, .keepaliveTimeout(.milliseconds(400)))
+        let clientReason = try await withTimeout("client sees it") { await client.closed() }
+        XCTAssertEqual(clientReason, .peerClosed)
+    }
+
+    func testCancellingAThousandSendsFreesTheirIdsAndKeepsTheEndpointOpen() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        // A callback server that holds "hold" messages unanswered and echoes the rest.
+        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let allHeld = Promise<Void>()
+        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration())
+        let client = try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration())
+        var iterator = server.endpoints.makeAsyncIterator()
+        let serverEndpoint = await iterator.next()!
+        try harness.sync {
+            serverEndpoint.onMessage = { payload, responder in
+                if payload.first == 0 {
+                    held.value.append(responder)
+                    if held.value.count == 1000 { allHeld.fulfill(()) }
+                } else {
+                    try responder.respond(Array(payload))
+                }
+            }
+        }
+        let tasks = (0..<1000).map { _ in Task { try await client.send([0]) } }
+        _ = try allHeld.wait("1000 calls in flight")
+        XCTAssertEqual(try harness.sync { client.inFlightCount }, 1000)
+        for task in tasks { task.cancel() }
+        var cancelled = 0
+        for task in tasks {
+            do { _ = try await task.value } catch is CancellationError { cancelled += 1 }
+        }
+        XCTAssertEqual(cancelled, 1000)
+        XCTAssertEqual(try harness.sync { client.inFlightCount }, 0, "no leaked ids")
+        XCTAssertFalse(try harness.sync { client.isClosing }, "cancelling does not close the endpoint")
+        // The late answers to the cancelled calls are ignored...
+        try harness.sync { for responder in held.value { try responder.respond([0]) } }
+        // ...and 1000 more calls succeed.
+        let ok = try await withTimeout("1000 more calls") {
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<1000 {
+                    group.addTask { try await client.send([1, UInt8(i & 0xff)]) == [1, UInt8(i & 0xff)] }
+                }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+        }
+        XCTAssertEqual(ok, 1000)
+        XCTAssertEqual(try harness.sync { client.inFlightCount }, 0)
+    }
+
+    func testTenThousandConcurrentAwaitingSends() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let (_, _, client) = try await asyncPair(harness.loop)
+        let correct = try await withTimeout("10k sends", seconds: 120) {
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<10_000 {
+                    group.addTask {
+                        let payload = [UInt8(i >> 8), UInt8(i & 0xff), 7]
+                        return try await client.send(payload) == payload.reversed()
+                    }
+                }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+        }
+        XCTAssertEqual(correct, 10_000)
+        XCTAssertEqual(try harness.sync { client.inFlightCount }, 0)
+    }
+
+    func testAsyncConnectFailureIsATypedError() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let port = refusedPort()
+        do {
+            _ = try await RPCClient.connect(to: .ipv4(host: "127.0.0.1", port: port), on: harness.loop, timeout: .seconds(5))
+            XCTFail("expected a refused connect")
+        } catch {
+            guard case .failed(let uvError) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(uvError.name, "ECONNREFUSED")
+        }
+    }
+
+    func testServerEndpointsSequenceAndGracefulShutdown() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration(), handler: reversingAsync)
+        var clients: [RPCEndpoint] = []
+        for _ in 0..<3 {
+            clients.append(try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration()))
+        }
+        var accepted = 0
+        for await _ in server.endpoints {
+            accepted += 1
+            if accepted == 3 { break }
+        }
+        XCTAssertEqual(accepted, 3)
+        for client in clients {
+            let answer = try await client.send([1, 2])
+            XCTAssertEqual(answer, [2, 1])
+        }
+        let runner = Task { await server.run() }
+        try await withTimeout("graceful shutdown") { await server.shutdown() }
+        try await withTimeout("run() to return") { await runner.value }
+        XCTAssertEqual(try harness.sync { server.openEndpoints.count }, 0)
+        for client in clients {
+            let reason = try await withTimeout("clients see the close") { await client.closed() }
+            XCTAssertEqual(reason, .peerClosed)
+        }
+        // The sequence has finished.
+        var rest = 0
+        for await _ in server.endpoints { rest += 1 }
+        XCTAssertEqual(rest, 0)
+    }
+
+    func testMessagesArrivingBeforeAHandlerIsSetWaitForIt() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration())
+        let client = try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration())
+        let pending = Task { try await client.send([4, 5, 6]) }
+        var iterator = server.endpoints.makeAsyncIterator()
+        let serverEndpoint = await iterator.next()!
+        // Not synchronisation: the answer must come whichever arrives first; the
+        // pause only makes it likely that the message waits for the handler.
+        try await Task.sleep(for: .milliseconds(50))
+        serverEndpoint.onMessage(reversingAsync)
+        let answer = try await withTimeout("the waiting message") { try await pending.value }
+        XCTAssertEqual(answer, [6, 5, 4])
+    }
+}
