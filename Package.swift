@@ -33,6 +33,17 @@ let package = Package(
             name: "uvloop-echo",
             dependencies: ["UVLoop"]
         ),
+        // The README's async echo server and client, built with everything so they keep compiling.
+        .executableTarget(
+            name: "example-async-echo-server",
+            dependencies: ["UVLoop", "UVRPC"],
+            path: "Examples/AsyncEchoServer"
+        ),
+        .executableTarget(
+            name: "example-async-echo-client",
+            dependencies: ["UVLoop", "UVRPC"],
+            path: "Examples/AsyncEchoClient"
+        ),
         // Helpers shared by the test targets (a loop on its own thread, promises, payloads).
         .target(
             name: "UVTestSupport",

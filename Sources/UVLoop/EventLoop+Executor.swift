@@ -20,6 +20,25 @@ extension EventLoop: SerialExecutor, TaskExecutor {
         UnownedTaskExecutor(ordinary: self)
     }
 
+    /// Shuts the loop down (see ``EventLoop/shutdown()``) and returns, without
+    /// blocking a thread, once it has stopped: what `uv_loop_close` returned
+    /// (0 when every handle was closed). Must not be awaited on the loop itself.
+    @discardableResult
+    public func shutdownAndWait() async -> Int32? {
+        precondition(!inEventLoop, "EventLoop '\(name)': shutdownAndWait() awaited on the loop's own thread would never return")
+        shutdown()
+        if !hasStarted { return nil }
+        return await withCheckedContinuation { continuation in
+            if let status = stopWaiters.withLock({ state -> Int32?? in
+                if state.stopped { return .some(state.status) }
+                state.waiters.append(continuation)
+                return nil
+            }) {
+                continuation.resume(returning: status)
+            }
+        }
+    }
+
     /// Lets `assumeIsolated` and actor isolation checks accept the loop thread.
     public func checkIsolated() {
         preconditionInEventLoop("EventLoop.checkIsolated()")

@@ -55,6 +55,13 @@ public final class EventLoop: @unchecked Sendable {
     private let state = Atomic<UInt8>(State.idle.rawValue)
     private let stoppedSignal = DispatchSemaphore(value: 0)
     private let closeStatus = LockedValue<Int32?>(nil)
+    /// Tasks awaiting the end of the loop (`shutdownAndWait() async`).
+    struct StopWaiters {
+        var stopped = false
+        var status: Int32?
+        var waiters: [CheckedContinuation<Int32?, Never>] = []
+    }
+    let stopWaiters = LockedValue(StopWaiters())
 
     // MARK: loop-thread state
     private var wakeup: LoopWakeup!
@@ -146,6 +153,13 @@ public final class EventLoop: @unchecked Sendable {
         threadID.store(0, ordering: .releasing)
         state.store(State.stopped.rawValue, ordering: .releasing)
         stoppedSignal.signal()
+        let waiters = stopWaiters.withLock { state -> [CheckedContinuation<Int32?, Never>] in
+            state.stopped = true
+            state.status = rc
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: rc) }
         if rc != 0 { throw UVError(code: rc, operation: "uv_loop_close", target: "event loop \(name)") }
     }
 
@@ -209,6 +223,9 @@ public final class EventLoop: @unchecked Sendable {
             + "(end or cancel tasks bound to a loop before shutting it down)\n"
         _ = message.withCString { write(2, $0, strlen($0)) } // fd 2: stderr, without the shared FILE*
     }
+
+    /// True once `run()` or `start()` was called.
+    var hasStarted: Bool { State(rawValue: state.load(ordering: .acquiring)) != .idle }
 
     /// What `uv_loop_close` returned when the loop stopped (0 is success), or
     /// nil while it has not stopped.

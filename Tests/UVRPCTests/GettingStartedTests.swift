@@ -46,4 +46,23 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertEqual(answer.withLock { $0 }, "hello")
         XCTAssertEqual(loop.loopCloseStatus, 0)
     }
+
+    /// The README's async server and client (Examples/), on port 0 and in one process.
+    func testTheAsyncEchoServerAndClientOfTheReadme() async throws {
+        let loop = try EventLoop(name: "echo-server")
+        loop.start()
+        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { request in
+            request
+        }
+        let serverDone = Task { await server.run() }
+        let endpoint = try await RPCClient.connect(to: server.address, on: loop)
+        let answer = try await endpoint.send(Array("hello".utf8), timeout: .seconds(5))
+        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+        let reason = await endpoint.close()
+        XCTAssertEqual(reason, .local)
+        await server.shutdown()
+        await serverDone.value
+        let status = await loop.shutdownAndWait()
+        XCTAssertEqual(status, 0)
+    }
 }
