@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test bench clean
+.PHONY: bootstrap build test test-tsan bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -15,6 +15,11 @@ build: bootstrap
 test: bootstrap
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+
+# Every test again under ThreadSanitizer (its own build folder; CI runs it too).
+test-tsan: bootstrap
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test --skip-build --disable-swift-testing --sanitize=thread --scratch-path .build-tsan
 
 # The main job: until the benchmark executable exists (issue 5) this runs the
 # loopback echo demo of UVLoop in release mode.
