@@ -44,6 +44,12 @@ let package = Package(
             dependencies: ["UVLoop", "UVRPC"],
             path: "Examples/AsyncEchoClient"
         ),
+        // The plain C libuv baseline (server and load generator) of the benchmark.
+        .executableTarget(
+            name: "uvrpc-c",
+            dependencies: ["CLibUV"],
+            path: "Benchmarks/CBaseline"
+        ),
         // Helpers shared by the test targets (a loop on its own thread, promises, payloads).
         .target(
             name: "UVTestSupport",

@@ -1,0 +1,493 @@
+/*
+ * uvrpc-c: a plain, reasonably optimised C libuv implementation of the
+ * efro.rpc protocol (version 2), the baseline every uvrpc-bench figure is
+ * measured against.
+ *
+ *   uvrpc-c serve [--host H] [--port P] [--cpu N]
+ *       Echo server. Prints "listening on H:P" first. Each connection reads
+ *       into one buffer (64 KiB, grown only for a larger frame), parses every
+ *       complete frame, appends the responses to one output buffer, and
+ *       writes them with one uv_try_write (uv_write for the rest) per read.
+ *       Sends a KEEPALIVE every 10.73 s per connection, as the reference.
+ *   uvrpc-c load --connect H:P [--connections N] [--concurrency C]
+ *                [--size BYTES] [--duration S] [--latency] [--cpu N]
+ *       Load generator. Keeps C calls in flight on each of N connections for
+ *       S seconds (after a short warm-up), checks each response's length,
+ *       and prints one JSON line: calls, seconds, calls_per_s, mb_per_s and,
+ *       with --latency, p50_us / p99_us / p999_us.
+ *   uvrpc-c idle --connect H:P --connections N [--cpu N]
+ *       Opens N connections, waits for every server handshake, prints
+ *       "ready", then holds them until stdin closes.
+ *
+ * Exit status: 0 on success, 1 on a protocol or I/O error, 2 on bad usage.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <uv.h>
+
+#define KEEPALIVE_MS 10730
+
+static uv_loop_t *loop;
+
+static void die(const char *what, int rc) {
+    fprintf(stderr, "uvrpc-c: %s: %s\n", what, rc ? uv_strerror(rc) : "failed");
+    exit(1);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void pin_cpu(int cpu) {
+    if (cpu < 0) return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) perror("uvrpc-c: sched_setaffinity");
+}
+
+static void raise_fd_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---- growable byte buffer ---- */
+typedef struct { char *data; size_t len, cap; } buf_t;
+
+static void buf_reserve(buf_t *b, size_t extra) {
+    if (b->len + extra <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 65536;
+    while (cap < b->len + extra) cap *= 2;
+    b->data = realloc(b->data, cap);
+    if (!b->data) die("out of memory", 0);
+    b->cap = cap;
+}
+
+static void put16(char *p, uint16_t v) { p[0] = (char)(v >> 8); p[1] = (char)v; }
+static void put32(char *p, uint32_t v) { p[0] = (char)(v >> 24); p[1] = (char)(v >> 16); p[2] = (char)(v >> 8); p[3] = (char)v; }
+static uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t get32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+/* Appends a MESSAGE/RESPONSE frame (short form up to 65535, *_BIG above). */
+static void put_frame(buf_t *out, int response, uint16_t id, const char *payload, size_t n) {
+    buf_reserve(out, n + 7);
+    char *p = out->data + out->len;
+    if (n > 65535) {
+        p[0] = response ? 5 : 4; put16(p + 1, id); put32(p + 3, (uint32_t)n); p += 7; out->len += 7;
+    } else {
+        p[0] = response ? 3 : 2; put16(p + 1, id); put16(p + 3, (uint16_t)n); p += 5; out->len += 5;
+    }
+    memcpy(p, payload, n);
+    out->len += n;
+}
+
+static void put_handshake(buf_t *out) {
+    static const char json[] = "{\"p\":2,\"k\":10.73}";
+    size_t n = sizeof json - 1;
+    buf_reserve(out, 4 + n);
+    put32(out->data + out->len, (uint32_t)n);
+    memcpy(out->data + out->len + 4, json, n);
+    out->len += 4 + n;
+}
+
+/* ---- connection shared by server and client ---- */
+typedef struct conn conn_t;
+typedef void (*frame_cb)(conn_t *c, int type, uint16_t id, const char *payload, size_t n);
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t keepalive;
+    buf_t in;              /* unparsed bytes start at in.data + in_off */
+    size_t in_off;
+    buf_t out;             /* frames produced while handling one read */
+    int handshaken;        /* the peer's handshake was read */
+    frame_cb on_frame;
+    int closing;
+    /* client state */
+    int concurrency;
+    size_t size;
+    uint64_t *sent_at;     /* by id, client only */
+    uint16_t next_id;
+    int in_flight;
+};
+
+typedef struct { uv_write_t req; size_t len; char data[]; } write_req_t;
+
+static void on_write(uv_write_t *req, int status) {
+    (void)status;
+    free(req);
+}
+
+/* Writes `c->out`: uv_try_write first, uv_write with a copy for the rest. */
+static void flush(conn_t *c) {
+    if (c->out.len == 0 || c->closing) return;
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) { c->out.len = 0; return; }
+    if (n < 0) n = 0;
+    size_t rest = c->out.len - (size_t)n;
+    if (rest > 0) {
+        write_req_t *w = malloc(sizeof *w + rest);
+        if (!w) die("out of memory", 0);
+        memcpy(w->data, c->out.data + n, rest);
+        w->len = rest;
+        uv_buf_t wb = uv_buf_init(w->data, (unsigned)rest);
+        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &wb, 1, on_write);
+        if (rc < 0) free(w);
+    }
+    c->out.len = 0;
+}
+
+static void on_closed(uv_handle_t *h) {
+    conn_t *c = h->data;
+    if (h == (uv_handle_t *)&c->tcp) {
+        free(c->in.data); free(c->out.data); free(c->sent_at); free(c);
+    }
+}
+
+static void on_keepalive_closed(uv_handle_t *h) {
+    conn_t *c = h->data;
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void conn_close(conn_t *c) {
+    if (c->closing) return;
+    c->closing = 1;
+    uv_timer_stop(&c->keepalive);
+    uv_close((uv_handle_t *)&c->keepalive, on_keepalive_closed);
+}
+
+static void on_keepalive(uv_timer_t *t) {
+    conn_t *c = t->data;
+    buf_reserve(&c->out, 1);
+    c->out.data[c->out.len++] = 1;
+    flush(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+    (void)suggested;
+    conn_t *c = h->data;
+    /* Move the unparsed tail to the front when the free space runs short. */
+    if (c->in_off > 0 && c->in.cap - c->in.len < 16384) {
+        memmove(c->in.data, c->in.data + c->in_off, c->in.len - c->in_off);
+        c->in.len -= c->in_off;
+        c->in_off = 0;
+    }
+    buf_reserve(&c->in, 16384);
+    b->base = c->in.data + c->in.len;
+    b->len = c->in.cap - c->in.len;
+}
+
+/* Parses every complete unit in the input buffer. Returns -1 on a protocol error. */
+static int parse(conn_t *c) {
+    const unsigned char *p = (const unsigned char *)c->in.data;
+    size_t off = c->in_off, end = c->in.len;
+    while (off < end) {
+        size_t avail = end - off;
+        if (!c->handshaken) {
+            if (avail < 4) break;
+            uint32_t n = get32(p + off);
+            if (n > 65536) return -1;
+            if (avail < 4 + (size_t)n) break;
+            off += 4 + n;
+            c->handshaken = 1;
+            continue;
+        }
+        int type = p[off];
+        if (type == 1) { off += 1; continue; }
+        if (type < 2 || type > 5) return -1;
+        size_t header = type >= 4 ? 7 : 5;
+        if (avail < header) break;
+        uint16_t id = get16(p + off + 1);
+        size_t n = type >= 4 ? get32(p + off + 3) : get16(p + off + 3);
+        if (n > (64u << 20)) return -1;
+        if (avail < header + n) {
+            /* Make room for the whole frame once. */
+            if (c->in.cap - off < header + n) {
+                memmove(c->in.data, c->in.data + off, avail);
+                c->in.len = avail;
+                c->in_off = 0;
+                buf_reserve(&c->in, header + n - avail + 16384);
+                return 0;
+            }
+            break;
+        }
+        c->on_frame(c, type, id, (const char *)p + off + header, n);
+        off += header + n;
+    }
+    if (off == end) { c->in.len = 0; c->in_off = 0; } else { c->in_off = off; }
+    return 0;
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    conn_t *c = s->data;
+    if (nread < 0) { conn_close(c); return; }
+    c->in.len += (size_t)nread;
+    if (parse(c) < 0) { fprintf(stderr, "uvrpc-c: protocol error; closing\n"); conn_close(c); return; }
+    flush(c);
+}
+
+static conn_t *conn_new(frame_cb on_frame) {
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c) die("out of memory", 0);
+    uv_tcp_init(loop, &c->tcp);
+    uv_timer_init(loop, &c->keepalive);
+    c->tcp.data = c;
+    c->keepalive.data = c;
+    c->on_frame = on_frame;
+    return c;
+}
+
+static void conn_start(conn_t *c) {
+    uv_tcp_nodelay(&c->tcp, 1);
+    put_handshake(&c->out);
+    flush(c);
+    uv_timer_start(&c->keepalive, on_keepalive, KEEPALIVE_MS, KEEPALIVE_MS);
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
+/* ---- server ---- */
+static void server_frame(conn_t *c, int type, uint16_t id, const char *payload, size_t n) {
+    if (type == 2 || type == 4) put_frame(&c->out, 1, id, payload, n);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    if (status < 0) return;
+    conn_t *c = conn_new(server_frame);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) { conn_close(c); return; }
+    conn_start(c);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+    (void)signum;
+    uv_stop(s->loop);
+}
+
+/* ---- client ---- */
+static uint64_t total_calls, measured_calls, measure_start_ns, measure_end_ns;
+static int measuring, record_latency, ready_count, target_conns;
+static uint64_t *latencies;
+static size_t latencies_len, latencies_cap;
+static char *payload_bytes;
+
+static void client_send(conn_t *c) {
+    uint16_t id = c->next_id++;
+    c->sent_at[id] = now_ns();
+    put_frame(&c->out, 0, id, payload_bytes, c->size);
+    c->in_flight++;
+}
+
+static void client_frame(conn_t *c, int type, uint16_t id, const char *payload, size_t n) {
+    (void)payload;
+    if (type != 3 && type != 5) return;
+    if (n != c->size) { fprintf(stderr, "uvrpc-c: response %u has %zu bytes, expected %zu\n", id, n, c->size); exit(1); }
+    c->in_flight--;
+    total_calls++;
+    if (measuring) {
+        measured_calls++;
+        if (record_latency) {
+            if (latencies_len == latencies_cap) {
+                latencies_cap = latencies_cap ? latencies_cap * 2 : 1 << 20;
+                latencies = realloc(latencies, latencies_cap * sizeof *latencies);
+            }
+            latencies[latencies_len++] = now_ns() - c->sent_at[id];
+        }
+    }
+    if (!c->closing) client_send(c);
+}
+
+static void idle_frame(conn_t *c, int type, uint16_t id, const char *payload, size_t n) {
+    (void)c; (void)type; (void)id; (void)payload; (void)n;
+}
+
+static void idle_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    conn_t *c = s->data;
+    int was = c->handshaken;
+    read_cb(s, nread, b);
+    if (nread > 0 && !was && c->handshaken && ++ready_count == target_conns) {
+        printf("ready\n");
+        fflush(stdout);
+    }
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+    conn_t *c = req->data;
+    free(req);
+    if (status < 0) die("connect", status);
+    conn_start(c);
+    if (c->on_frame == idle_frame) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, idle_read_cb);
+        return;
+    }
+    for (int i = 0; i < c->concurrency; i++) client_send(c);
+    flush(c);
+}
+
+static char stdin_buf[256];
+
+static void alloc_cb_stdin(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+    (void)h; (void)suggested;
+    b->base = stdin_buf;
+    b->len = sizeof stdin_buf;
+}
+
+static void read_cb_stdin(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)s; (void)b;
+    if (nread < 0) exit(0); /* stdin closed: the bench is done with us */
+}
+
+static uv_timer_t phase_timer;
+static int phase;
+static double duration_s = 1.0;
+static conn_t **conns;
+static int nconns;
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double percentile_us(double q) {
+    if (latencies_len == 0) return 0;
+    size_t i = (size_t)(q * (double)(latencies_len - 1) + 0.5);
+    return (double)latencies[i] / 1000.0;
+}
+
+static void on_phase(uv_timer_t *t) {
+    if (phase == 0) { /* warm-up over: start measuring */
+        measuring = 1;
+        measure_start_ns = now_ns();
+        phase = 1;
+        uv_timer_start(t, on_phase, (uint64_t)(duration_s * 1000), 0);
+        return;
+    }
+    measuring = 0;
+    measure_end_ns = now_ns();
+    uv_stop(loop);
+}
+
+static int parse_hostport(const char *s, char *host, size_t hostlen, int *port) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || (size_t)(colon - s) >= hostlen) return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = 0;
+    *port = atoi(colon + 1);
+    return *port > 0 && *port < 65536 ? 0 : -1;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: uvrpc-c serve [--host H] [--port P] [--cpu N]\n"
+                    "       uvrpc-c load --connect H:P [--connections N] [--concurrency C] [--size B] [--duration S] [--latency] [--cpu N]\n"
+                    "       uvrpc-c idle --connect H:P --connections N [--cpu N]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) usage();
+    const char *mode = argv[1];
+    const char *host = "127.0.0.1", *connect_to = NULL;
+    int port = 0, cpu = -1, connections = 1, concurrency = 1;
+    size_t size = 64;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--latency")) { record_latency = 1; continue; }
+        if (!v) usage();
+        if (!strcmp(a, "--host")) host = v;
+        else if (!strcmp(a, "--port")) port = atoi(v);
+        else if (!strcmp(a, "--cpu")) cpu = atoi(v);
+        else if (!strcmp(a, "--connect")) connect_to = v;
+        else if (!strcmp(a, "--connections")) connections = atoi(v);
+        else if (!strcmp(a, "--concurrency")) concurrency = atoi(v);
+        else if (!strcmp(a, "--size")) size = (size_t)strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--duration")) duration_s = atof(v);
+        else usage();
+        i++;
+    }
+    pin_cpu(cpu);
+    raise_fd_limit();
+    loop = uv_default_loop();
+
+    if (!strcmp(mode, "serve")) {
+        uv_tcp_t server;
+        struct sockaddr_in addr;
+        int rc = uv_ip4_addr(host, port, &addr);
+        if (rc) die("address", rc);
+        uv_tcp_init(loop, &server);
+        if ((rc = uv_tcp_bind(&server, (const struct sockaddr *)&addr, 0))) die("bind", rc);
+        if ((rc = uv_listen((uv_stream_t *)&server, 4096, on_connection))) die("listen", rc);
+        struct sockaddr_in bound;
+        int len = sizeof bound;
+        uv_tcp_getsockname(&server, (struct sockaddr *)&bound, &len);
+        printf("listening on %s:%d\n", host, ntohs(bound.sin_port));
+        fflush(stdout);
+        uv_signal_t sigint, sigterm;
+        uv_signal_init(loop, &sigint);
+        uv_signal_init(loop, &sigterm);
+        uv_signal_start(&sigint, on_signal, SIGINT);
+        uv_signal_start(&sigterm, on_signal, SIGTERM);
+        uv_run(loop, UV_RUN_DEFAULT);
+        return 0;
+    }
+
+    if (strcmp(mode, "load") && strcmp(mode, "idle")) usage();
+    char target_host[256];
+    int target_port;
+    if (!connect_to || parse_hostport(connect_to, target_host, sizeof target_host, &target_port)) usage();
+    struct sockaddr_in addr;
+    int rc = uv_ip4_addr(target_host, target_port, &addr);
+    if (rc) die("address", rc);
+    int idle = !strcmp(mode, "idle");
+    payload_bytes = malloc(size ? size : 1);
+    for (size_t i = 0; i < size; i++) payload_bytes[i] = (char)(i * 31 + 7);
+    conns = calloc((size_t)connections, sizeof *conns);
+    nconns = connections;
+    target_conns = connections;
+    for (int i = 0; i < connections; i++) {
+        conn_t *c = conn_new(idle ? idle_frame : client_frame);
+        c->concurrency = concurrency;
+        c->size = size;
+        c->next_id = 65530;
+        if (!idle) c->sent_at = calloc(65536, sizeof *c->sent_at);
+        conns[i] = c;
+        uv_connect_t *req = malloc(sizeof *req);
+        req->data = c;
+        if ((rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&addr, on_connect))) die("connect", rc);
+    }
+    if (idle) {
+        /* Hold until stdin closes (the bench reads the server's memory meanwhile). */
+        uv_pipe_t in;
+        uv_pipe_init(loop, &in, 0);
+        uv_pipe_open(&in, 0);
+        uv_read_start((uv_stream_t *)&in, alloc_cb_stdin, read_cb_stdin);
+        uv_run(loop, UV_RUN_DEFAULT);
+        return 0;
+    }
+    uv_timer_init(loop, &phase_timer);
+    uv_timer_start(&phase_timer, on_phase, 200, 0); /* 200 ms warm-up */
+    uv_run(loop, UV_RUN_DEFAULT);
+    double seconds = (double)(measure_end_ns - measure_start_ns) / 1e9;
+    if (record_latency && latencies_len) qsort(latencies, latencies_len, sizeof *latencies, cmp_u64);
+    printf("{\"calls\":%llu,\"seconds\":%.6f,\"calls_per_s\":%.1f,\"mb_per_s\":%.3f",
+           (unsigned long long)measured_calls, seconds, (double)measured_calls / seconds,
+           (double)measured_calls * (double)size / seconds / 1e6);
+    if (record_latency)
+        printf(",\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f", percentile_us(0.50), percentile_us(0.99), percentile_us(0.999));
+    printf("}\n");
+    fflush(stdout);
+    return 0;
+}
