@@ -9,6 +9,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // Command-line tools only (uvrpc, uvrpc-bench); the libraries do not use it.
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // libuv itself, through pkg-config; Debian/Ubuntu ship it as libuv1-dev.
@@ -27,6 +29,12 @@ let package = Package(
         .target(
             name: "UVRPC",
             dependencies: ["UVLoop", .product(name: "Logging", package: "swift-log")]
+        ),
+        // The uvrpc command-line tool: `serve` (echo server) and `call` (load and check).
+        .executableTarget(
+            name: "uvrpc",
+            dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         // A small loopback echo demo; `make bench` runs it until the benchmark exists.
         .executableTarget(
