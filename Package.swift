@@ -36,11 +36,6 @@ let package = Package(
             dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")]
         ),
-        // A small loopback echo demo; `make bench` runs it until the benchmark exists.
-        .executableTarget(
-            name: "uvloop-echo",
-            dependencies: ["UVLoop"]
-        ),
         // The README's async echo server and client, built with everything so they keep compiling.
         .executableTarget(
             name: "example-async-echo-server",
@@ -57,6 +52,18 @@ let package = Package(
             name: "uvrpc-c",
             dependencies: ["CLibUV"],
             path: "Benchmarks/CBaseline"
+        ),
+        // Counts allocations per thread (malloc interposer); linked into uvrpc-bench only.
+        .target(
+            name: "MallocCounter",
+            path: "Benchmarks/MallocCounter"
+        ),
+        // The benchmark: Swift and C servers under the same load, figures as ratios.
+        .executableTarget(
+            name: "uvrpc-bench",
+            dependencies: ["UVLoop", "UVRPC", "MallocCounter",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks/uvrpc-bench"
         ),
         // Helpers shared by the test targets (a loop on its own thread, promises, payloads).
         .target(

@@ -280,6 +280,8 @@ static void on_signal(uv_signal_t *s, int signum) {
 static uint64_t total_calls, measured_calls, measure_start_ns, measure_end_ns;
 static int measuring, record_latency, ready_count, target_conns;
 static uint64_t *latencies;
+static conn_t **conns;
+static int nconns;
 static size_t latencies_len, latencies_cap;
 static char *payload_bytes;
 
@@ -323,10 +325,30 @@ static void idle_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     }
 }
 
+static struct sockaddr_in target_addr;
+static int next_to_connect, connecting;
+
+static void on_connect(uv_connect_t *req, int status);
+
+/* Starts connects until 256 are outstanding (a burst of 10k would overflow
+ * the server's accept backlog and stall on SYN retransmits). */
+static void connect_more(void) {
+    while (next_to_connect < nconns && connecting < 256) {
+        conn_t *c = conns[next_to_connect++];
+        uv_connect_t *req = malloc(sizeof *req);
+        req->data = c;
+        int rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&target_addr, on_connect);
+        if (rc) die("connect", rc);
+        connecting++;
+    }
+}
+
 static void on_connect(uv_connect_t *req, int status) {
     conn_t *c = req->data;
     free(req);
     if (status < 0) die("connect", status);
+    connecting--;
+    connect_more();
     conn_start(c);
     if (c->on_frame == idle_frame) {
         uv_read_stop((uv_stream_t *)&c->tcp);
@@ -353,8 +375,6 @@ static void read_cb_stdin(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
 static uv_timer_t phase_timer;
 static int phase;
 static double duration_s = 1.0;
-static conn_t **conns;
-static int nconns;
 
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -448,8 +468,7 @@ int main(int argc, char **argv) {
     char target_host[256];
     int target_port;
     if (!connect_to || parse_hostport(connect_to, target_host, sizeof target_host, &target_port)) usage();
-    struct sockaddr_in addr;
-    int rc = uv_ip4_addr(target_host, target_port, &addr);
+    int rc = uv_ip4_addr(target_host, target_port, &target_addr);
     if (rc) die("address", rc);
     int idle = !strcmp(mode, "idle");
     payload_bytes = malloc(size ? size : 1);
@@ -464,10 +483,8 @@ int main(int argc, char **argv) {
         c->next_id = 65530;
         if (!idle) c->sent_at = calloc(65536, sizeof *c->sent_at);
         conns[i] = c;
-        uv_connect_t *req = malloc(sizeof *req);
-        req->data = c;
-        if ((rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&addr, on_connect))) die("connect", rc);
     }
+    connect_more();
     if (idle) {
         /* Hold until stdin closes (the bench reads the server's memory meanwhile). */
         uv_pipe_t in;

@@ -138,8 +138,8 @@ struct Serve: ParsableCommand {
             }
         }
         let signals = stopOnSignals(loop)
-        try loop.run()
-        _ = signals
+        // The sources must outlive the loop: a released source stops watching.
+        try withExtendedLifetime(signals) { try loop.run() }
         if let message = failed.withLock({ $0 }) {
             printError(message)
             throw ToolExit.cannotConnect
@@ -247,8 +247,8 @@ struct Call: ParsableCommand {
             }
         }
         let signals = stopOnSignals(loop)
-        try loop.run()
-        _ = signals
+        // The sources must outlive the loop: a released source stops watching.
+        try withExtendedLifetime(signals) { try loop.run() }
         let s = summary.withLock { $0 }
         if let error = s.connectError {
             printError("uvrpc call: cannot connect: \(error)")

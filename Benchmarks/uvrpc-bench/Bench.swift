@@ -1,0 +1,249 @@
+import ArgumentParser
+import Foundation
+import UVLoop
+import UVRPC
+
+@main
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "uvrpc-bench",
+        abstract: "Measure UVRPC against a plain C libuv implementation of efro.rpc, in the same run.",
+        discussion: """
+            Each scenario runs the same C load generator (a separate process) against the Swift \
+            server (`uvrpc serve`) and the C server (`uvrpc-c serve`), both started as child \
+            processes, and prints Swift, C and Swift/C. Scenarios: small, latency, bulk, fanin, \
+            allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
+            split puts them on CPUs 0 and 1; none leaves placement to the kernel.
+            """
+    )
+
+    @Option(name: .customLong("scenario"), help: "Scenarios to run (repeatable, or comma-separated).")
+    var scenarios: [String] = []
+
+    @Option(help: "Seconds each measurement runs (after a 0.2 s warm-up).")
+    var duration: Double = 1.0
+
+    @Option(help: "Write the results as JSON to this file.")
+    var json: String?
+
+    @Option(help: "Write an SVG chart of the results to this file.")
+    var svg: String?
+
+    @Option(help: "Placement of server and load generator: same, split or none.")
+    var pin: String = "same"
+
+    @Flag(help: "Run the Swift echo server only (for another implementation's load generator).")
+    var serve = false
+
+    @Option(help: "With --serve, the port to listen on.")
+    var port = 0
+
+    @Option(help: "Load another implementation's server at HOST:PORT instead of starting the Swift and C ones.")
+    var connect: String?
+
+    @Option(help: "Idle connections for the idle scenario.")
+    var idleConnections = 10_000
+
+    static let allScenarios = ["small", "latency", "bulk", "fanin", "allocs", "idle"]
+
+    func validate() throws {
+        guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
+        guard duration > 0 else { throw ValidationError("--duration must be positive") }
+        for s in selected where !Self.allScenarios.contains(s) {
+            throw ValidationError("unknown scenario '\(s)'; known: \(Self.allScenarios.joined(separator: ", "))")
+        }
+    }
+
+    var selected: [String] {
+        let list = scenarios.flatMap { $0.split(separator: ",").map(String.init) }
+        return list.isEmpty ? Self.allScenarios : list
+    }
+
+    var cpus: (server: Int?, load: Int?) {
+        switch pin {
+        case "same": return (0, 0)
+        case "split": return (0, 1)
+        default: return (nil, nil)
+        }
+    }
+
+    func run() throws {
+        if serve { return try serveSwift() }
+        raiseFileLimit()
+        let started = Date()
+        var progressIndex = 0
+        func progress(_ what: String) {
+            progressIndex += 1
+            let line = String(format: "[%5.1fs] %@\n", Date().timeIntervalSince(started), what)
+            FileHandle.standardError.write(Data(line.utf8))
+        }
+        var measurements: [Measurement] = []
+        var rows: [Row] = []
+        let impls: [Impl] = connect == nil ? [.swift, .c] : [.external]
+        let (serverCPU, loadCPU) = cpus
+
+        /// Runs `body` with a fresh server of each implementation.
+        func withServers(_ body: (Impl, String, Server?) throws -> Void) throws {
+            for impl in impls {
+                if impl == .external {
+                    try body(impl, connect!, nil)
+                } else {
+                    let server = try Server.start(impl, cpu: serverCPU)
+                    defer { server.child.stop() }
+                    try body(impl, server.address, server)
+                }
+            }
+        }
+        func value(_ m: [Measurement], _ impl: Impl, _ key: KeyPath<Measurement, Double?>) -> Double? {
+            m.first { $0.impl == impl }?[keyPath: key]
+        }
+        func addRow(_ scenario: String, _ params: String, _ metric: String, _ m: [Measurement],
+                    _ key: KeyPath<Measurement, Double?>, higherIsBetter: Bool) {
+            let first = impls[0]
+            rows.append(Row(scenario: scenario, params: params, metric: metric, swift: value(m, first, key),
+                            c: impls.count > 1 ? value(m, .c, key) : nil, higherIsBetter: higherIsBetter))
+        }
+
+        let wanted = Set(selected)
+        if wanted.contains("small") || wanted.contains("latency") {
+            for concurrency in wanted.contains("small") ? [1, 16, 256] : [1] {
+                var m: [Measurement] = []
+                try withServers { impl, address, _ in
+                    progress("small: 64 B, concurrency \(concurrency), \(impl.rawValue) server, \(duration) s")
+                    let r = try runLoad(address: address, concurrency: concurrency, size: 64, duration: duration,
+                                        latency: concurrency == 1, cpu: loadCPU)
+                    m.append(Measurement(scenario: "small", impl: impl, params: "size=64,concurrency=\(concurrency)",
+                                         callsPerSecond: r.calls_per_s))
+                    if concurrency == 1 {
+                        m.append(Measurement(scenario: "latency", impl: impl, params: "size=64,concurrency=1",
+                                             p50: r.p50_us, p99: r.p99_us, p999: r.p999_us))
+                    }
+                }
+                let small = m.filter { $0.scenario == "small" }
+                if wanted.contains("small") {
+                    measurements += small
+                    addRow("small", "64 B, c=\(concurrency)", "calls/s", small, \.callsPerSecond, higherIsBetter: true)
+                }
+                if concurrency == 1 && wanted.contains("latency") {
+                    let latency = m.filter { $0.scenario == "latency" }
+                    measurements += latency
+                    addRow("latency", "64 B, c=1", "p50 µs", latency, \.p50, higherIsBetter: false)
+                    addRow("latency", "64 B, c=1", "p99 µs", latency, \.p99, higherIsBetter: false)
+                    addRow("latency", "64 B, c=1", "p99.9 µs", latency, \.p999, higherIsBetter: false)
+                }
+            }
+        }
+        if wanted.contains("bulk") {
+            for size in [1 << 20, 16 << 20] {
+                var m: [Measurement] = []
+                try withServers { impl, address, _ in
+                    progress("bulk: \(size >> 20) MiB messages, \(impl.rawValue) server, \(duration) s")
+                    let r = try runLoad(address: address, concurrency: 1, size: size, duration: max(duration, 1.5),
+                                        latency: false, cpu: loadCPU)
+                    m.append(Measurement(scenario: "bulk", impl: impl, params: "size=\(size),concurrency=1",
+                                         megabytesPerSecond: r.mb_per_s))
+                }
+                measurements += m
+                addRow("bulk", "\(size >> 20) MiB", "MB/s", m, \.megabytesPerSecond, higherIsBetter: true)
+            }
+        }
+        if wanted.contains("fanin") {
+            var m: [Measurement] = []
+            try withServers { impl, address, _ in
+                progress("fanin: 1000 connections, 1 call in flight each, \(impl.rawValue) server, \(duration) s")
+                let r = try runLoad(address: address, connections: 1000, concurrency: 1, size: 64, duration: duration,
+                                    latency: false, cpu: loadCPU)
+                m.append(Measurement(scenario: "fanin", impl: impl, params: "connections=1000,concurrency=1,size=64",
+                                     callsPerSecond: r.calls_per_s))
+            }
+            measurements += m
+            addRow("fanin", "1000 conns", "calls/s", m, \.callsPerSecond, higherIsBetter: true)
+        }
+        if wanted.contains("idle") && connect == nil {
+            var m: [Measurement] = []
+            try withServers { impl, _, server in
+                progress("idle: \(idleConnections) idle connections, \(impl.rawValue) server")
+                let perConnection = try idleBytesPerConnection(server: server!, connections: idleConnections, cpu: loadCPU)
+                m.append(Measurement(scenario: "idle", impl: impl, params: "connections=\(idleConnections)",
+                                     bytesPerConnection: perConnection))
+            }
+            measurements += m
+            addRow("idle", "\(idleConnections / 1000)k conns", "bytes/conn", m, \.bytesPerConnection, higherIsBetter: false)
+        }
+        if wanted.contains("allocs") {
+            for api in [AllocationAPI.callback, .async] {
+                progress("allocs: \(api.rawValue) API, in this process (server and client loops)")
+                let figures = try measureAllocations(api: api, calls: 100_000)
+                measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "api=\(api.rawValue),side=server",
+                                                mallocsPerCall: figures.server))
+                measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "api=\(api.rawValue),side=client",
+                                                mallocsPerCall: figures.client))
+                rows.append(Row(scenario: "allocs", params: "\(api.rawValue), server", metric: "mallocs/call",
+                                swift: figures.server, c: nil, higherIsBetter: false))
+                rows.append(Row(scenario: "allocs", params: "\(api.rawValue), client", metric: "mallocs/call",
+                                swift: figures.client, c: nil, higherIsBetter: false))
+            }
+        }
+
+        let names = connect == nil ? ("Swift", "C") : ("external", "-")
+        print("uvrpc-bench: placement \(pin) (server CPU \(serverCPU.map(String.init) ?? "any"), load CPU \(loadCPU.map(String.init) ?? "any")), \(duration) s per measurement, \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
+        print(table(rows, impls: names))
+        print(String(format: "total %.1f s", Date().timeIntervalSince(started)))
+        if let json {
+            struct Output: Encodable { let results: [Measurement] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(Output(results: measurements)).write(to: URL(fileURLWithPath: json))
+        }
+        if let svg {
+            let chartRows = rows.filter { $0.c != nil }
+            try svgChart(chartRows, title: "UVRPC (Swift) vs plain C libuv, efro.rpc echo, placement \(pin)")
+                .write(toFile: svg, atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// `--serve`: the Swift echo server, until SIGINT/SIGTERM.
+    func serveSwift() throws {
+        let loop = try EventLoop(name: "bench-serve")
+        let port = self.port
+        loop.execute {
+            do {
+                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: port), backlog: 4096) { endpoint in
+                    endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                }
+                print("listening on \(server.address)")
+                fflush(nil)
+            } catch {
+                FileHandle.standardError.write(Data("uvrpc-bench: cannot listen: \(error)\n".utf8))
+                loop.shutdown()
+            }
+        }
+        let sources = [SIGINT, SIGTERM].map { signum -> DispatchSourceSignal in
+            signal(signum, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signum, queue: .global())
+            source.setEventHandler { loop.shutdown() }
+            source.resume()
+            return source
+        }
+        // The sources must outlive the loop: a released source stops watching.
+        try withExtendedLifetime(sources) { try loop.run() }
+    }
+
+    /// 10k connections need 10k descriptors in each process: raise the soft
+    /// limit to the hard one, and say so when even that is too low.
+    func raiseFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+        }
+        if Int(limit.rlim_max) < idleConnections + 100 {
+            FileHandle.standardError.write(Data(
+                "uvrpc-bench: the open-files hard limit is \(limit.rlim_max), too low for \(idleConnections) idle connections; raise it (ulimit -Hn) or pass --idle-connections\n".utf8))
+        }
+    }
+}
+
+/// RLIMIT_NOFILE as the Int32 that getrlimit takes on Linux.
+let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
