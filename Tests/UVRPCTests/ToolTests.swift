@@ -1,0 +1,79 @@
+import Foundation
+import UVTestSupport
+import XCTest
+
+/// The `uvrpc` command-line tool, run as a user would (the debug build next to the tests).
+final class ToolTests: XCTestCase {
+    private var tool: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uvrpc")
+    }
+
+    private func skipUnlessBuilt() throws {
+        guard FileManager.default.isExecutableFile(atPath: tool.path) else {
+            throw XCTSkip("\(tool.path) is not built (make test builds it)")
+        }
+    }
+
+    /// Runs the tool to completion (at most `seconds`); returns status and output.
+    private func run(_ arguments: [String], seconds: Double = 60) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = tool
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let finished = Promise<Void>()
+        process.terminationHandler = { _ in finished.fulfill(()) }
+        try process.run()
+        do { try finished.wait("uvrpc \(arguments.joined(separator: " "))", seconds: seconds) } catch {
+            process.terminate()
+            throw error
+        }
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return (process.terminationStatus, output)
+    }
+
+    func testServeAndCallEchoCheckedMessagesThenServeStopsCleanlyOnSIGTERM() throws {
+        try skipUnlessBuilt()
+        let server = Process()
+        server.executableURL = tool
+        server.arguments = ["serve", "--port", "0", "--keepalive-interval", "0.2"]
+        let out = Pipe()
+        server.standardOutput = out
+        let exited = Promise<Int32>()
+        server.terminationHandler = { exited.fulfill($0.terminationStatus) }
+        try server.run()
+        defer { if server.isRunning { server.interrupt() } }
+        // The first line names the port.
+        let firstLine = Promise<String>()
+        let handle = out.fileHandleForReading
+        DispatchQueue.global().async {
+            var bytes: [UInt8] = []
+            while let chunk = try? handle.read(upToCount: 1), let byte = chunk.first, byte != 10 { bytes.append(byte) }
+            firstLine.fulfill(String(decoding: bytes, as: UTF8.self))
+        }
+        let line = try firstLine.wait("the listening line")
+        XCTAssertTrue(line.hasPrefix("listening on 127.0.0.1:"), line)
+        let address = String(line.dropFirst("listening on ".count))
+
+        let call = try run(["call", "--connect", address, "--count", "300", "--size", "70000", "--concurrency", "8",
+                            "--hold", "0.5", "--keepalive-interval", "0.2"])
+        XCTAssertEqual(call.status, 0, call.output)
+        XCTAssertTrue(call.output.contains("ok: 300, mismatched: 0, failed: 0"), call.output)
+
+        server.terminate() // SIGTERM
+        XCTAssertEqual(try exited.wait("serve to exit on SIGTERM", seconds: 10), 0)
+    }
+
+    func testExitCodesForRefusedConnectionsAndBadArguments() throws {
+        try skipUnlessBuilt()
+        let refused = try run(["call", "--connect", "127.0.0.1:\(refusedPort())"])
+        XCTAssertEqual(refused.status, 3, refused.output)
+        XCTAssertTrue(refused.output.contains("ECONNREFUSED"), refused.output)
+        let bad = try run(["call", "--connect", "nowhere"])
+        XCTAssertEqual(bad.status, 64, bad.output)
+        XCTAssertTrue(bad.output.contains("--connect must be"), bad.output)
+        let busy = try run(["serve", "--port", "70000"])
+        XCTAssertEqual(busy.status, 64, busy.output)
+    }
+}
