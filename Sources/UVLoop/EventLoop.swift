@@ -20,7 +20,7 @@ import Darwin
 /// (listeners, connections, timers), runs their close callbacks and closes
 /// the libuv loop; ``loopCloseStatus`` then holds what `uv_loop_close`
 /// returned (0 when nothing leaked).
-public final class EventLoop: @unchecked Sendable {
+public final class EventLoop: @unchecked Sendable { // loop state on its thread only; queue under a lock
     // Sendable invariant: `uvLoop` and every field under "loop-thread state" are
     // touched only on the loop thread (or before it runs / after it stopped, when
     // no other thread can reach them); `jobs` and `closeStatus` are guarded by their locks;

@@ -10,7 +10,7 @@ import Darwin
 /// A pthread mutex rather than `Synchronization.Mutex`: on Linux the latter
 /// locks with raw futex calls that ThreadSanitizer cannot see, so every
 /// access it guards is reported as a race.
-public final class LockedValue<Value>: @unchecked Sendable {
+public final class LockedValue<Value>: @unchecked Sendable { // value touched only under the mutex
     // Sendable invariant: `value` is only read or written between
     // pthread_mutex_lock and pthread_mutex_unlock of `mutex`.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>

@@ -2,7 +2,7 @@
 /// `Sendable` so that it can ride in closures handed to
 /// ``EventLoop/execute(_:)``. Every access checks the thread (like SwiftNIO's
 /// `NIOLoopBound`).
-public struct LoopBound<Value>: @unchecked Sendable {
+public struct LoopBound<Value>: @unchecked Sendable { // value read only on `loop`, checked per access
     // Sendable invariant: `storage` is read only on `loop`'s thread, which
     // every accessor checks with a precondition; it was created there or
     // handed over with `sending` (no other reference remains elsewhere).
@@ -37,7 +37,7 @@ public struct LoopBound<Value>: @unchecked Sendable {
 
 /// A mutable box whose contents may be touched only on one ``EventLoop``'s
 /// thread (like SwiftNIO's `NIOLoopBoundBox`).
-public final class LoopBoundBox<Value>: @unchecked Sendable {
+public final class LoopBoundBox<Value>: @unchecked Sendable { // value used only on `loop`, checked per access
     // Sendable invariant: `storage` is read and written only on `loop`'s
     // thread, which every accessor checks with a precondition; it was created
     // there or handed over with `sending`.

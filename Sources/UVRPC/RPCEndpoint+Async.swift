@@ -1,7 +1,7 @@
 import UVLoop
 
 /// The state of one `send(...) async`, shared by the caller's task and the loop.
-final class AsyncCall: @unchecked Sendable {
+final class AsyncCall: @unchecked Sendable { // resumed once, under the lock
     // Sendable invariant: `id` and `continuation` are set before the call is
     // handed to the loop or on the loop; `finished` is guarded by `lock`, so the
     // continuation is resumed exactly once.

@@ -30,7 +30,7 @@ import UVLoop
 /// check the thread). The async API (`send(...) async`, `onMessage(_:)`
 /// with an async handler, `close() async`) may be called from any thread or
 /// task: it hops onto the loop. So the endpoint is `Sendable`.
-public final class RPCEndpoint: @unchecked Sendable {
+public final class RPCEndpoint: @unchecked Sendable { // state touched on the loop thread only
     // Sendable invariant: every mutable field is read and written only on
     // `loop`'s thread; public accessors check it, and the async API reaches
     // the loop through `EventLoop.execute` before touching anything.

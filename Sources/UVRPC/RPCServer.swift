@@ -15,7 +15,7 @@ import UVLoop
 ///
 /// A listening server keeps itself alive until ``close(closingEndpoints:)``,
 /// ``shutdown()`` or loop shutdown, so dropping the reference does not stop it.
-public final class RPCServer: @unchecked Sendable {
+public final class RPCServer: @unchecked Sendable { // mutable state on the loop thread only
     // Sendable invariant: `open`, `listenerClosed` and `finishWaiters` are
     // touched only on the loop thread; the async API hops there first. The
     // other stored properties are immutable.
