@@ -65,15 +65,15 @@ func measureAllocations(api: AllocationAPI, calls: Int) throws -> AllocationFigu
         switch api {
         case .callback:
             clientLoop.execute {
+                // The allocation-free client path: one response handler, a tag per call.
                 var sent = 0, finished = 0
                 func sendNext() {
                     sent += 1
-                    payload.withUnsafeBytes { bytes in
-                        endpoint.send(bytes, borrowingResponse: { _ in
-                            finished += 1
-                            if sent < count { sendNext() } else if finished == count { done.signal() }
-                        })
-                    }
+                    payload.withUnsafeBytes { endpoint.send($0, tag: UInt64(sent)) }
+                }
+                endpoint.onTaggedResponse = { _, _ in
+                    finished += 1
+                    if sent < count { sendNext() } else if finished == count { done.signal() }
                 }
                 for _ in 0..<window { sendNext() }
             }

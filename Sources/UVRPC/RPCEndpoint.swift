@@ -61,20 +61,24 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         case copied((Result<[UInt8], RPCError>) -> Void)
         case borrowed((Result<UnsafeRawBufferPointer, RPCError>) -> Void)
         case async(AsyncCall)
+        /// Goes to the endpoint's ``RPCEndpoint/onTaggedResponse`` with this tag.
+        case tagged(UInt64)
 
-        func fail(_ error: RPCError) {
+        func fail(on endpoint: RPCEndpoint, _ error: RPCError) {
             switch self {
             case .copied(let c): c(.failure(error))
             case .borrowed(let c): c(.failure(error))
             case .async(let call): call.finish(.failure(error))
+            case .tagged(let tag): endpoint.deliverTagged(tag, .failure(error))
             }
         }
 
-        func succeed(_ payload: UnsafeRawBufferPointer) {
+        func succeed(on endpoint: RPCEndpoint, _ payload: UnsafeRawBufferPointer) {
             switch self {
             case .copied(let c): c(.success(Array(payload)))
             case .borrowed(let c): c(.success(payload))
             case .async(let call): call.finish(.success(Array(payload)))
+            case .tagged(let tag): endpoint.deliverTagged(tag, .success(payload))
             }
         }
 
@@ -140,6 +144,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         }
     }
     private var handler: MessageHandler?
+    /// Answered responders nobody else holds, ready for the next message.
+    private var responderPool: [RPCResponder] = []
     /// Tasks running async handlers, cancelled when the endpoint closes.
     private var handlerTasks: [UInt64: Task<Void, Never>] = [:]
     private var nextHandlerTaskKey: UInt64 = 0
@@ -252,6 +258,33 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         }
     }
 
+    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)``:
+    /// the caller's tag and the response (a view valid only during the call)
+    /// or the error. Loop-bound. Set it once; no closure is created per call,
+    /// so this path allocates nothing per round trip.
+    public var onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)? {
+        get { loop.preconditionInEventLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
+        set { loop.preconditionInEventLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
+    }
+    private var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
+
+    func deliverTagged(_ tag: UInt64, _ result: Result<UnsafeRawBufferPointer, RPCError>) {
+        if let handler = _onTaggedResponse {
+            handler(tag, result)
+        } else {
+            logger.warning("a tagged call ended but no onTaggedResponse handler is set", metadata: ["rpc.tag": "\(tag)"])
+        }
+    }
+
+    /// Sends `payload`; the response or error goes to ``onTaggedResponse``
+    /// with `tag` (any value the caller chooses, e.g. an index into its own
+    /// table). The allocation-free way to make calls. Errors known at once
+    /// are delivered before this returns.
+    public func send(_ payload: UnsafeRawBufferPointer, tag: UInt64, timeout: Duration? = nil,
+                     closeOnError: Bool = true) {
+        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag))
+    }
+
     /// Like ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``,
     /// but the response is a borrowed view, valid only during `completion`
     /// (no copy is made).
@@ -265,10 +298,10 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         loop.preconditionInEventLoop("RPCEndpoint.send")
         if completion.isAbandoned { return }
         if let reason = _closeReason {
-            return completion.fail(.closed(endpoint: label, messageID: nil, reason: reason))
+            return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason))
         }
         if payload.count > Wire.maximumPayload {
-            return completion.fail(.payloadTooLarge(endpoint: label, payloadSize: payload.count))
+            return completion.fail(on: self, .payloadTooLarge(endpoint: label, payloadSize: payload.count))
         }
         let timeout = timeout ?? configuration.messageTimeout
         if payload.count > Wire.maximumShortPayload {
@@ -279,7 +312,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                 return
             }
             if !peer.acceptsBigPayloads {
-                return completion.fail(.peerTooOld(endpoint: label, payloadSize: payload.count,
+                return completion.fail(on: self, .peerTooOld(endpoint: label, payloadSize: payload.count,
                                                    peerProtocol: peer.protocolVersion))
             }
         }
@@ -287,7 +320,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         let deadline = now &+ timeout.roundedUpMilliseconds
         guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
                                     closeOnError: closeOnError) else {
-            return completion.fail(.tooManyInFlight(endpoint: label))
+            return completion.fail(on: self, .tooManyInFlight(endpoint: label))
         }
         if case .async(let call) = completion { call.id = id }
         do {
@@ -295,7 +328,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         } catch {
             // The connection is closing under us; the close path reports it.
             _ = calls.remove(id)
-            return completion.fail(.closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
+            return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
         }
         if deadline < armedDeadline { armDeadlineTimer(now: now) }
     }
@@ -320,7 +353,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         while let id = calls.popExpired(now: now), let (call, closeOnError) = calls.remove(id) {
             let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
-            call.completion.fail(error)
+            call.completion.fail(on: self, error)
             if closeOnError { close(reason: .callFailed(error)) }
             if _closeReason != nil { return }
         }
@@ -351,7 +384,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             handleMessage(id: id, payload: payload)
         case .response(let id, let payload):
             if let (call, _) = calls.remove(id) {
-                call.completion.succeed(payload)
+                call.completion.succeed(on: self, payload)
             } else {
                 logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
             }
@@ -368,7 +401,10 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     private func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
         switch handler {
         case .callback(let onMessage)?:
-            let responder = RPCResponder(endpoint: self, messageID: id)
+            // Responders are reused when the handler kept no reference, so the
+            // synchronous answer path allocates nothing per message.
+            var responder = responderPool.popLast() ?? RPCResponder(endpoint: self, messageID: id)
+            responder.reuse(for: id)
             do {
                 try onMessage(payload, responder)
             } catch {
@@ -376,6 +412,14 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                 logger.error("message handler failed; no response sent", metadata: [
                     "rpc.id": "\(id)", "rpc.error": "\(error)",
                 ])
+            }
+            if isKnownUniquelyReferenced(&responder) {
+                if !responder.isAnswered && _closeReason == nil {
+                    logger.error("message handler dropped its responder without answering; no response sent",
+                                 metadata: ["rpc.id": "\(id)"])
+                }
+                responder.abandon()
+                if responderPool.count < 16 && _closeReason == nil { responderPool.append(responder) }
             }
         case .async(let handle)?:
             runAsyncHandler(handle, id: id, request: Array(payload))
@@ -510,7 +554,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         deadlineTimer = nil
         for id in calls.liveIDs() {
             if let (call, _) = calls.remove(id) {
-                call.completion.fail(.closed(endpoint: label, messageID: id, reason: reason))
+                call.completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: reason))
             }
         }
         // Closing stops handling: running async handlers are cancelled (their
@@ -518,7 +562,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         for task in handlerTasks.values { task.cancel() }
         let deferred = deferredSends
         deferredSends.removeAll()
-        for send in deferred { send.completion.fail(.closed(endpoint: label, messageID: nil, reason: reason)) }
+        for send in deferred { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
         connection.close()
     }
 
@@ -537,6 +581,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         let onClose = _onClose
         _onClose = nil
         handler = nil
+        _onTaggedResponse = nil
+        responderPool.removeAll() // they reference the endpoint
         waitingMessages.removeAll()
         let owner = didCloseForOwner
         didCloseForOwner = nil
@@ -555,7 +601,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 /// the reference; it is logged so that the silent peer timeout can be traced.
 public final class RPCResponder {
     /// The incoming message's id.
-    public let messageID: UInt16
+    public private(set) var messageID: UInt16
     /// The endpoint the message came in on.
     public let endpoint: RPCEndpoint
     private var answered = false
@@ -596,6 +642,12 @@ public final class RPCResponder {
 
     /// Marks the message as failed (no response will be sent).
     func abandon() { answered = true }
+
+    /// Readies a pooled responder for message `id`.
+    func reuse(for id: UInt16) {
+        messageID = id
+        answered = false
+    }
 }
 
 extension Duration {

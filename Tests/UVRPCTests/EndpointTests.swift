@@ -278,4 +278,36 @@ final class EndpointTests: XCTestCase {
         XCTAssertEqual(try harness.call(pair.client, payload).get(), payload.reversed())
         XCTAssertEqual(try harness.call(pair.server, [1, 2, 3]).get(), [3, 2, 1])
     }
+
+    func testTaggedSendsDeliverEachOutcomeWithItsTag() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        // Answers every message except [0], which it holds.
+        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+            if payload.first == 0 { held.value.append(responder) } else { try responder.respond(Array(payload.reversed())) }
+        })
+        let done = Promise<[UInt64: String]>()
+        try harness.sync {
+            let client = pair.client.value
+            var outcomes: [UInt64: String] = [:]
+            client.onTaggedResponse = { tag, result in
+                switch result {
+                case .success(let bytes): outcomes[tag] = "\(Array(bytes))"
+                case .failure(let error):
+                    if case .timedOut = error { outcomes[tag] = "timed out" } else { outcomes[tag] = "\(error)" }
+                }
+                if outcomes.count == 101 { done.fulfill(outcomes) }
+            }
+            for i in 1...100 {
+                [UInt8(i), 1].withUnsafeBytes { client.send($0, tag: UInt64(1000 + i)) }
+            }
+            [UInt8(0)].withUnsafeBytes { client.send($0, tag: 7, timeout: .milliseconds(100), closeOnError: false) }
+        }
+        let outcomes = try done.wait("101 tagged outcomes")
+        for i in 1...100 { XCTAssertEqual(outcomes[UInt64(1000 + i)], "[1, \(i)]") }
+        XCTAssertEqual(outcomes[7], "timed out")
+        XCTAssertEqual(try harness.sync { pair.client.value.inFlightCount }, 0)
+    }
 }
