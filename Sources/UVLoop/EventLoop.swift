@@ -64,13 +64,15 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     let stopWaiters = LockedValue(StopWaiters())
 
     // MARK: loop-thread state
-    private var wakeup: LoopWakeup!
-    private var flushHooks: [LoopTurnHook] = []
-    private var spareJobs: [Work] = []
-    private var shutdownStarted = false
+    // @exclusivity(unchecked): this state is touched only on the loop thread and never
+    // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
+    @exclusivity(unchecked) private var wakeup: LoopWakeup!
+    @exclusivity(unchecked) private var flushHooks: [LoopTurnHook] = []
+    @exclusivity(unchecked) private var spareJobs: [Work] = []
+    @exclusivity(unchecked) private var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
-    var pendingFlush: [Connection] = []
-    private var spareFlush: [Connection] = []
+    @exclusivity(unchecked) var pendingFlush: [Connection] = []
+    @exclusivity(unchecked) private var spareFlush: [Connection] = []
 
     /// Creates the loop (not yet running).
     ///

@@ -14,12 +14,14 @@ import CLibUV
 /// until started again. libuv keeps timers in a min-heap, so 10k pending
 /// timers cost 10k small handles and nothing per loop turn.
 public final class LoopTimer: HandleOwner {
-    private var body: (() -> Void)?
+    // @exclusivity(unchecked): this state is touched only on the loop thread and never
+    // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
+    @exclusivity(unchecked) private var body: (() -> Void)?
     private let reusable: Bool
-    private var repeats = false
+    @exclusivity(unchecked) private var repeats = false
 
     /// True while the timer is due to fire.
-    public private(set) var isActive = false
+    @exclusivity(unchecked) public private(set) var isActive = false
 
     init(loop: EventLoop, reusable: Bool, body: @escaping () -> Void) {
         self.reusable = reusable

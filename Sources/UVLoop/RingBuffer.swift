@@ -16,20 +16,22 @@
 public final class RingBuffer {
     /// The storage; `nil` until first needed (idle rings cost nothing).
     /// Invariant: when non-nil it holds `capacity` bytes, owned by this ring.
-    private var storage: UnsafeMutableRawPointer?
+    // @exclusivity(unchecked): this state is touched only on the loop thread and never
+    // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
+    @exclusivity(unchecked) private var storage: UnsafeMutableRawPointer?
     /// Current capacity in bytes, always a power of two.
-    public private(set) var capacity: Int
+    @exclusivity(unchecked) public private(set) var capacity: Int
     /// Capacity the ring starts with and shrinks back to.
     public let initialCapacity: Int
     /// Largest capacity ``grow(toFit:)`` may reach.
     public let maximumCapacity: Int
     /// Offset of the first readable byte.
-    private var head = 0
+    @exclusivity(unchecked) private var head = 0
     /// Number of readable bytes.
-    public private(set) var readableCount = 0
+    @exclusivity(unchecked) public private(set) var readableCount = 0
     /// Scratch space for ``linearize()`` when the gap is too small; kept for reuse.
-    private var scratch: UnsafeMutableRawPointer?
-    private var scratchCapacity = 0
+    @exclusivity(unchecked) private var scratch: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) private var scratchCapacity = 0
 
     /// Creates a ring that starts at `initialCapacity` bytes and may grow to
     /// `maximumCapacity` bytes; both are rounded up to powers of two.

@@ -125,7 +125,9 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         loop.preconditionInEventLoop("RPCEndpoint.peerInfo")
         return _peerInfo
     }
-    private var _peerInfo: PeerInfo?
+    // @exclusivity(unchecked): this state is touched only on the loop thread and never
+    // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
+    @exclusivity(unchecked) private var _peerInfo: PeerInfo?
 
     /// Handles each incoming message: the payload (a view valid only during
     /// the call) and the responder to answer through, now or later. Throwing
@@ -143,14 +145,14 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             deliverWaitingMessages()
         }
     }
-    private var handler: MessageHandler?
+    @exclusivity(unchecked) private var handler: MessageHandler?
     /// Answered responders nobody else holds, ready for the next message.
-    private var responderPool: [RPCResponder] = []
+    @exclusivity(unchecked) private var responderPool: [RPCResponder] = []
     /// Tasks running async handlers, cancelled when the endpoint closes.
-    private var handlerTasks: [UInt64: Task<Void, Never>] = [:]
-    private var nextHandlerTaskKey: UInt64 = 0
+    @exclusivity(unchecked) private var handlerTasks: [UInt64: Task<Void, Never>] = [:]
+    @exclusivity(unchecked) private var nextHandlerTaskKey: UInt64 = 0
     /// Messages that arrived before any handler was set.
-    private var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
+    @exclusivity(unchecked) private var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
     private static let maximumWaitingMessages = 1024
 
     /// Called once, after the connection closed, with the reason. Loop-bound.
@@ -158,18 +160,18 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         get { loop.preconditionInEventLoop("RPCEndpoint.onClose"); return _onClose }
         set { loop.preconditionInEventLoop("RPCEndpoint.onClose"); _onClose = newValue }
     }
-    private var _onClose: ((RPCCloseReason) -> Void)?
+    @exclusivity(unchecked) private var _onClose: ((RPCCloseReason) -> Void)?
     /// Lets an owner (``RPCServer``) forget the endpoint once closed.
-    var didCloseForOwner: (() -> Void)?
+    @exclusivity(unchecked) var didCloseForOwner: (() -> Void)?
     /// Resumed when the endpoint is fully closed (``closed()``).
-    private var closeWaiters: [CheckedContinuation<RPCCloseReason, Never>] = []
+    @exclusivity(unchecked) private var closeWaiters: [CheckedContinuation<RPCCloseReason, Never>] = []
 
     /// Why the endpoint is closing, once it is. Loop-bound.
     public var closeReason: RPCCloseReason? {
         loop.preconditionInEventLoop("RPCEndpoint.closeReason")
         return _closeReason
     }
-    private var _closeReason: RPCCloseReason?
+    @exclusivity(unchecked) private var _closeReason: RPCCloseReason?
     /// True once closing started (by ``close()`` or a failure). Loop-bound.
     public var isClosing: Bool { closeReason != nil }
     /// True once the connection is fully closed and ``onClose`` ran. Loop-bound.
@@ -177,21 +179,21 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         loop.preconditionInEventLoop("RPCEndpoint.isClosed")
         return _isClosed
     }
-    private var _isClosed = false
+    @exclusivity(unchecked) private var _isClosed = false
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
         loop.preconditionInEventLoop("RPCEndpoint.inFlightCount")
         return calls.count + deferredSends.count
     }
 
-    private var parser: PacketParser
-    private var calls = CallTable<PendingCall>()
-    private var deferredSends: [DeferredSend] = []
-    private var deadlineTimer: LoopTimer?
-    private var armedDeadline = UInt64.max
-    private var keepaliveTimer: LoopTimer?
-    private var livenessTimer: LoopTimer?
-    private var lastReceived: UInt64
+    @exclusivity(unchecked) private var parser: PacketParser
+    @exclusivity(unchecked) private var calls = CallTable<PendingCall>()
+    @exclusivity(unchecked) private var deferredSends: [DeferredSend] = []
+    @exclusivity(unchecked) private var deadlineTimer: LoopTimer?
+    @exclusivity(unchecked) private var armedDeadline = UInt64.max
+    @exclusivity(unchecked) private var keepaliveTimer: LoopTimer?
+    @exclusivity(unchecked) private var livenessTimer: LoopTimer?
+    @exclusivity(unchecked) private var lastReceived: UInt64
     private let openedAt: UInt64
 
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
@@ -266,7 +268,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         get { loop.preconditionInEventLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
         set { loop.preconditionInEventLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
     }
-    private var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
+    @exclusivity(unchecked) private var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
 
     func deliverTagged(_ tag: UInt64, _ result: Result<UnsafeRawBufferPointer, RPCError>) {
         if let handler = _onTaggedResponse {
@@ -601,10 +603,12 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 /// the reference; it is logged so that the silent peer timeout can be traced.
 public final class RPCResponder {
     /// The incoming message's id.
-    public private(set) var messageID: UInt16
+    // @exclusivity(unchecked): this state is touched only on the loop thread and never
+    // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
+    @exclusivity(unchecked) public private(set) var messageID: UInt16
     /// The endpoint the message came in on.
     public let endpoint: RPCEndpoint
-    private var answered = false
+    @exclusivity(unchecked) private var answered = false
 
     init(endpoint: RPCEndpoint, messageID: UInt16) {
         self.endpoint = endpoint
