@@ -30,7 +30,7 @@ bench: bootstrap
 # The run behind Docs/BENCHMARKS.md: the table, its JSON and the chart.
 bench-docs: bootstrap
 	$(SWIFT) build -c release
-	.build/release/uvrpc-bench --json Docs/benchmarks.json --svg Docs/benchmarks.svg | tee Docs/benchmarks.txt
+	.build/release/uvrpc-bench --repeat 3 --json Docs/benchmarks.json --svg Docs/benchmarks.svg | tee Docs/benchmarks.txt
 
 clean:
 	rm -rf .build

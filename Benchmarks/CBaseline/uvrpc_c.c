@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <uv.h>
@@ -440,6 +441,7 @@ int main(int argc, char **argv) {
     }
     pin_cpu(cpu);
     raise_fd_limit();
+    signal(SIGPIPE, SIG_IGN); /* a peer that went away must be EPIPE, not death (UVRPC does the same) */
     loop = uv_default_loop();
 
     if (!strcmp(mode, "serve")) {

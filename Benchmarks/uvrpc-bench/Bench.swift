@@ -41,6 +41,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Load another implementation's server at HOST:PORT instead of starting the Swift and C ones.")
     var connect: String?
 
+    @Option(help: "Run each load measurement this many times and report the median of each figure.")
+    var `repeat` = 1
+
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
@@ -49,6 +52,7 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
         guard duration > 0 else { throw ValidationError("--duration must be positive") }
+        guard `repeat` > 0 else { throw ValidationError("--repeat must be positive") }
         for s in selected where !Self.allScenarios.contains(s) {
             throw ValidationError("unknown scenario '\(s)'; known: \(Self.allScenarios.joined(separator: ", "))")
         }
@@ -110,7 +114,7 @@ struct Bench: ParsableCommand {
                 var m: [Measurement] = []
                 try withServers { impl, address, _ in
                     progress("small: 64 B, concurrency \(concurrency), \(impl.rawValue) server, \(duration) s")
-                    let r = try runLoad(address: address, concurrency: concurrency, size: 64, duration: duration,
+                    let r = try medianLoad(address: address, concurrency: concurrency, size: 64, duration: duration,
                                         latency: concurrency == 1, cpu: loadCPU)
                     m.append(Measurement(scenario: "small", impl: impl, params: "size=64,concurrency=\(concurrency)",
                                          callsPerSecond: r.calls_per_s))
@@ -138,7 +142,7 @@ struct Bench: ParsableCommand {
                 var m: [Measurement] = []
                 try withServers { impl, address, _ in
                     progress("bulk: \(size >> 20) MiB messages, \(impl.rawValue) server, \(duration) s")
-                    let r = try runLoad(address: address, concurrency: 1, size: size, duration: max(duration, 1.5),
+                    let r = try medianLoad(address: address, concurrency: 1, size: size, duration: max(duration, 1.5),
                                         latency: false, cpu: loadCPU)
                     m.append(Measurement(scenario: "bulk", impl: impl, params: "size=\(size),concurrency=1",
                                          megabytesPerSecond: r.mb_per_s))
@@ -151,7 +155,7 @@ struct Bench: ParsableCommand {
             var m: [Measurement] = []
             try withServers { impl, address, _ in
                 progress("fanin: 1000 connections, 1 call in flight each, \(impl.rawValue) server, \(duration) s")
-                let r = try runLoad(address: address, connections: 1000, concurrency: 1, size: 64, duration: duration,
+                let r = try medianLoad(address: address, connections: 1000, concurrency: 1, size: 64, duration: duration,
                                     latency: false, cpu: loadCPU)
                 m.append(Measurement(scenario: "fanin", impl: impl, params: "connections=1000,concurrency=1,size=64",
                                      callsPerSecond: r.calls_per_s))
@@ -186,7 +190,7 @@ struct Bench: ParsableCommand {
         }
 
         let names = connect == nil ? ("Swift", "C") : ("external", "-")
-        print("uvrpc-bench: placement \(pin) (server CPU \(serverCPU.map(String.init) ?? "any"), load CPU \(loadCPU.map(String.init) ?? "any")), \(duration) s per measurement, \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
+        print("uvrpc-bench: placement \(pin) (server CPU \(serverCPU.map(String.init) ?? "any"), load CPU \(loadCPU.map(String.init) ?? "any")), \(duration) s per measurement, median of \(`repeat`), \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
         print(table(rows, impls: names))
         print(String(format: "total %.1f s", Date().timeIntervalSince(started)))
         if let json {
@@ -200,6 +204,23 @@ struct Bench: ParsableCommand {
             try svgChart(chartRows, title: "UVRPC (Swift) vs plain C libuv, efro.rpc echo, placement \(pin)")
                 .write(toFile: svg, atomically: true, encoding: .utf8)
         }
+    }
+
+    /// Runs the load `repeat` times against the same server; the median of each figure.
+    func medianLoad(address: String, connections: Int = 1, concurrency: Int, size: Int, duration: Double,
+                    latency: Bool, cpu: Int?) throws -> LoadResult {
+        var runs: [LoadResult] = []
+        for _ in 0..<`repeat` {
+            runs.append(try runLoad(address: address, connections: connections, concurrency: concurrency, size: size,
+                                    duration: duration, latency: latency, cpu: cpu))
+        }
+        func median(_ key: (LoadResult) -> Double?) -> Double? {
+            let values = runs.compactMap(key).sorted()
+            return values.isEmpty ? nil : values[values.count / 2]
+        }
+        return LoadResult(calls: runs.map(\.calls).sorted()[runs.count / 2], seconds: median { $0.seconds }!,
+                          calls_per_s: median { $0.calls_per_s }!, mb_per_s: median { $0.mb_per_s }!,
+                          p50_us: median { $0.p50_us }, p99_us: median { $0.p99_us }, p999_us: median { $0.p999_us })
     }
 
     /// `--serve`: the Swift echo server, until SIGINT/SIGTERM.

@@ -100,6 +100,11 @@ struct Server {
 
 /// What the C load generator prints.
 struct LoadResult: Decodable {
+    init(calls: Int, seconds: Double, calls_per_s: Double, mb_per_s: Double, p50_us: Double?, p99_us: Double?, p999_us: Double?) {
+        (self.calls, self.seconds, self.calls_per_s, self.mb_per_s) = (calls, seconds, calls_per_s, mb_per_s)
+        (self.p50_us, self.p99_us, self.p999_us) = (p50_us, p99_us, p999_us)
+    }
+
     let calls: Int
     let seconds: Double
     let calls_per_s: Double
