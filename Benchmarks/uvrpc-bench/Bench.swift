@@ -189,7 +189,7 @@ struct Bench: ParsableCommand {
             }
         }
 
-        let names = connect == nil ? ("Swift", "C") : ("external", "-")
+        let names: (String, String?) = connect == nil ? ("Swift", "C") : ("external", nil)
         print("uvrpc-bench: placement \(pin) (server CPU \(serverCPU.map(String.init) ?? "any"), load CPU \(loadCPU.map(String.init) ?? "any")), \(duration) s per measurement, median of \(`repeat`), \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
         print(table(rows, impls: names))
         print(String(format: "total %.1f s", Date().timeIntervalSince(started)))

@@ -61,10 +61,13 @@ func format(_ value: Double?) -> String {
     return String(format: "%.2f", value)
 }
 
-func table(_ rows: [Row], impls: (String, String)) -> String {
-    let header = ["scenario", "params", "metric", impls.0, impls.1, "\(impls.0)/\(impls.1)"]
+/// The table; with `impls.1 == nil` (an external server) a single column of figures.
+func table(_ rows: [Row], impls: (String, String?)) -> String {
+    let single = impls.1 == nil
+    let header = ["scenario", "params", "metric", impls.0] + (single ? [] : [impls.1!, "\(impls.0)/\(impls.1!)"])
     let lines = rows.map { row in
-        [row.scenario, row.params, row.metric, format(row.swift), format(row.c), row.ratio.map { String(format: "%.2f", $0) } ?? "-"]
+        [row.scenario, row.params, row.metric, format(row.swift)]
+            + (single ? [] : [format(row.c), row.ratio.map { String(format: "%.2f", $0) } ?? "-"])
     }
     let widths = (0..<header.count).map { i in ([header] + lines).map { $0[i].count }.max()! }
     func render(_ cells: [String]) -> String {
