@@ -317,6 +317,9 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         rc = uv_loop_close(uvLoop)
         pendingFlush.removeAll()
         closeStatus.withLock { $0 = rc }
+        // The internal handles reference the loop; drop them so the loop can be freed.
+        wakeup = nil
+        flushHooks.removeAll()
         return rc
     }
 

@@ -167,6 +167,17 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(count.load(ordering: .relaxed), 1000)
     }
 
+    func testAStoppedLoopIsFreed() throws {
+        weak var weakLoop: EventLoop?
+        try {
+            let loop = try EventLoop(name: "freed")
+            weakLoop = loop
+            loop.execute { _ = loop.scheduleTimer(after: .milliseconds(1)) { loop.shutdown() } }
+            try loop.run()
+        }()
+        XCTAssertNil(weakLoop, "no reference cycle keeps a stopped loop alive")
+    }
+
     func testALoopThatNeverRanCanBeDropped() throws {
         var loop: EventLoop? = try EventLoop(name: "never-ran")
         XCTAssertNotNil(loop)
