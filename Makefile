@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test test-tsan bench bench-docs clean
+.PHONY: bootstrap build test test-tsan test-asan fuzz bench bench-docs clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -20,6 +20,16 @@ test: bootstrap
 test-tsan: bootstrap
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
 	$(SWIFT) test --skip-build --disable-swift-testing --sanitize=thread --scratch-path .build-tsan
+
+# Every test under AddressSanitizer + LeakSanitizer (XCTest's own leak suppressed).
+test-asan: bootstrap
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan-suppressions.txt \
+	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=address --scratch-path .build-asan
+
+# Fuzz the packet parser and handshake reader (libFuzzer + ASan); SECONDS=600 by default.
+fuzz:
+	bash scripts/fuzz.sh $(or $(SECONDS),600)
 
 # The main job: uvrpc-bench on defaults (every scenario, Swift and C servers
 # under the same C load, about 30 s). Needs every product built in release.
