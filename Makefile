@@ -27,9 +27,9 @@ test-asan: bootstrap
 	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan-suppressions.txt \
 	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=address --scratch-path .build-asan
 
-# Fuzz the packet parser and handshake reader (libFuzzer + ASan); SECONDS=600 by default.
+# Fuzz the packet parser and handshake reader (libFuzzer + ASan); FUZZ_SECONDS=600 by default.
 fuzz:
-	bash scripts/fuzz.sh $(or $(SECONDS),600)
+	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),600)
 
 # The main job: uvrpc-bench on defaults (every scenario, Swift and C servers
 # under the same C load, about 30 s). Needs every product built in release.
