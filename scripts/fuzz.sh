@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Fuzzes the PacketParser and the handshake reader with libFuzzer + ASan.
+#   scripts/fuzz.sh [SECONDS]   (default 600)
+# New interesting inputs are kept in Fuzz/corpus (commit them: `make test`
+# replays every file there); crashes are written to .build-fuzz/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-600}
+mkdir -p .build-fuzz Fuzz/corpus
+swiftc -parse-as-library -O -sanitize=fuzzer,address \
+    Sources/UVRPC/Wire.swift Sources/UVRPC/PacketParser.swift Fuzz/ParserFuzzer.swift \
+    -o .build-fuzz/parser-fuzzer
+# Seeds: the byte vectors of PROTOCOL.md.
+python3 - <<'PY'
+import os, struct
+def handshake(json):
+    return struct.pack(">I", len(json)) + json
+seeds = {
+ "handshake": handshake(b'{"p":2,"k":10.73}'),
+ "vectors": handshake(b'{"p":2,"k":10.73}') + bytes([1, 2,0,7,0,2,0x68,0x69, 3,0,7,0,2,0x6f,0x6b, 2,0xff,0xff,0,0]),
+ "message_big": handshake(b'{"p":2,"k":1}') + bytes([4,0,1,0,1,0x11,0x70]) + bytes(70000),
+ "liberal": handshake(b' { "x" : [1, {"y": null}], "k" : 5 , "p" : 2 }'),
+ "protocol1": handshake(b'{"k":5.0,"p":1}') + bytes([5,0,2,0,0,0,1,0x21]),
+}
+for name, data in seeds.items():
+    with open(os.path.join("Fuzz/corpus", "seed-" + name), "wb") as f:
+        f.write(data)
+PY
+rm -rf .build-fuzz/work && mkdir -p .build-fuzz/work
+cd .build-fuzz
+./parser-fuzzer -max_total_time="$seconds" -max_len=100000 -print_final_stats=1 work ../Fuzz/corpus 2>&1 | tail -8
+# Keep only inputs that add coverage.
+./parser-fuzzer -merge=1 ../Fuzz/corpus work 2>&1 | tail -2
