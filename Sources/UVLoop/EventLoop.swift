@@ -357,7 +357,7 @@ extension Duration {
 /// The loop's `uv_async_t`: wakes it for ``EventLoop/execute(_:)`` and shutdown.
 private final class LoopWakeup: HandleOwner {
     init(loop: EventLoop) throws(UVError) {
-        super.init(loop: loop, type: UV_ASYNC)
+        super.init(loop: loop, type: UV_ASYNC, retainsLoop: false) // owned by the loop itself
         let handle = UnsafeMutablePointer<uv_async_t>(OpaquePointer(self.handle))
         try UVError.check(uv_async_init(loop.uvLoop, handle, { async in
             // Safe: the handle's data is this owner until its close callback.
@@ -375,7 +375,7 @@ private final class LoopWakeup: HandleOwner {
 /// each loop turn. Unreferenced, so it never keeps the loop alive.
 private final class LoopTurnHook: HandleOwner {
     init(hookOn loop: EventLoop, type: uv_handle_type) throws(UVError) {
-        super.init(loop: loop, type: type)
+        super.init(loop: loop, type: type, retainsLoop: false) // owned by the loop itself
         if type == UV_CHECK {
             let h = UnsafeMutablePointer<uv_check_t>(OpaquePointer(handle))
             try UVError.check(uv_check_init(loop.uvLoop, h), "uv_check_init", "event loop \(loop.name)")

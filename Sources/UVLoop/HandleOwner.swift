@@ -17,7 +17,12 @@ public class HandleOwner {
     /// Valid from init until the close callback ran (`isHandleClosed`).
     final let handle: UnsafeMutableRawPointer
     /// The loop this handle belongs to.
-    public final let loop: EventLoop
+    public final var loop: EventLoop { unownedLoop }
+    /// Safe without a retain: a handle is closed before its loop is freed (loop
+    /// deinit and shutdown close every handle), and `retainedLoop` keeps the loop
+    /// alive for every handle but the loop's own (which would form a cycle).
+    private final unowned(unsafe) let unownedLoop: EventLoop
+    private final let retainedLoop: EventLoop?
     /// True once `uv_*_init` succeeded and the handle references its owner.
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
@@ -27,11 +32,12 @@ public class HandleOwner {
     /// True once the close callback ran and the memory was freed.
     @exclusivity(unchecked) final private(set) var isHandleClosed = false
 
-    init(loop: EventLoop, type: uv_handle_type) {
+    init(loop: EventLoop, type: uv_handle_type, retainsLoop: Bool = true) {
         let size = uv_handle_size(type)
         handle = .allocate(byteCount: size, alignment: 16)
         handle.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        self.loop = loop
+        self.unownedLoop = loop
+        self.retainedLoop = retainsLoop ? loop : nil
     }
 
     deinit {

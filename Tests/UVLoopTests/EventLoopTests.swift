@@ -179,8 +179,11 @@ final class EventLoopTests: XCTestCase {
     }
 
     func testALoopThatNeverRanCanBeDropped() throws {
-        var loop: EventLoop? = try EventLoop(name: "never-ran")
-        XCTAssertNotNil(loop)
-        loop = nil // deinit closes its internal handles and the libuv loop
+        weak var weakLoop: EventLoop?
+        try {
+            let loop = try EventLoop(name: "never-ran")
+            weakLoop = loop
+        }() // deinit closes its internal handles and the libuv loop
+        XCTAssertNil(weakLoop, "a loop that never ran is freed too")
     }
 }

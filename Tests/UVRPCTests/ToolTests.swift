@@ -24,6 +24,7 @@ final class ToolTests: XCTestCase {
         process.standardError = pipe
         let finished = Promise<Void>()
         process.terminationHandler = { _ in finished.fulfill(()) }
+        defer { process.terminationHandler = nil } // Process keeps its handler, and so our promise, alive
         try process.run()
         do { try finished.wait("uvrpc \(arguments.joined(separator: " "))", seconds: seconds) } catch {
             process.terminate()
@@ -42,6 +43,7 @@ final class ToolTests: XCTestCase {
         server.standardOutput = out
         let exited = Promise<Int32>()
         server.terminationHandler = { exited.fulfill($0.terminationStatus) }
+        defer { server.terminationHandler = nil }
         try server.run()
         defer { if server.isRunning { server.interrupt() } }
         // The first line names the port.
