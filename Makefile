@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test test-tsan test-asan fuzz bench bench-docs clean
+.PHONY: bootstrap build test test-tsan test-asan fuzz bench bench-docs bench-check clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -44,6 +44,12 @@ bench: bootstrap
 bench-docs: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench --repeat 3 --json Docs/benchmarks.json --svg Docs/benchmarks.svg | tee Docs/benchmarks.txt
+
+# Allocation regression check: fails when mallocs per round trip exceed the recorded figures.
+bench-check: bootstrap
+	$(SWIFT) build -c release
+	.build/release/uvrpc-bench --scenario allocs --json .build/allocs.json
+	python3 scripts/bench-check.py .build/allocs.json
 
 clean:
 	rm -rf .build
