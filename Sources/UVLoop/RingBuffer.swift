@@ -153,7 +153,7 @@ public final class RingBuffer {
                 scratchCapacity = b
             }
             scratch!.copyMemory(from: p, byteCount: b)
-            memmoveBytes(p, p + head, a)
+            p.copyMemory(from: p + head, byteCount: a) // overlapping: copyMemory is memmove
             (p + a).copyMemory(from: scratch!, byteCount: b)
         }
         head = 0
@@ -202,9 +202,3 @@ public final class RingBuffer {
     }
 }
 
-/// `memmove` for overlapping ranges (Swift's `copyMemory` has memmove
-/// semantics too; this names the intent where the ranges overlap).
-@inline(__always)
-private func memmoveBytes(_ dst: UnsafeMutableRawPointer, _ src: UnsafeRawPointer, _ n: Int) {
-    dst.copyMemory(from: src, byteCount: n)
-}

@@ -233,7 +233,6 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         livenessTimer = loop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
             self.checkLiveness()
         }
-        if !connection.isOpen { close(reason: .local) }
     }
 
     // MARK: Sending
