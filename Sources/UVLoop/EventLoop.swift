@@ -51,7 +51,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     private let jobs = LockedValue(JobQueue())
     /// pthread_t of the thread inside `run()`, or 0.
     private let threadID = Atomic<UInt>(0)
-    private enum State: UInt8 { case idle = 0, running = 1, stopping = 2, stopped = 3 }
+    private enum State: UInt8 { case idle = 0, running = 1, stopped = 2 }
     private let state = Atomic<UInt8>(State.idle.rawValue)
     private let stoppedSignal = DispatchSemaphore(value: 0)
     private let closeStatus = LockedValue<Int32?>(nil)
