@@ -19,7 +19,8 @@ test: bootstrap
 # Every test again under ThreadSanitizer (its own build folder; CI runs it too).
 test-tsan: bootstrap
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) test --skip-build --disable-swift-testing --sanitize=thread --scratch-path .build-tsan
+	UVRPC_SANITIZER=thread \
+	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=thread --scratch-path .build-tsan
 
 # Every test under AddressSanitizer. LeakSanitizer is off for the test process:
 # XCTest's own async machinery leaks, and every allocation of a test hangs below
@@ -27,7 +28,7 @@ test-tsan: bootstrap
 # handles are checked by tests with weak references instead.
 test-asan: bootstrap
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	ASAN_OPTIONS=detect_leaks=0 \
+	ASAN_OPTIONS=detect_leaks=0 UVRPC_SANITIZER=address \
 	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=address --scratch-path .build-asan
 
 # Fuzz the packet parser and handshake reader (libFuzzer + ASan); FUZZ_SECONDS=600 by default.

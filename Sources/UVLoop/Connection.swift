@@ -58,6 +58,12 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) private var writeRequest: UnsafeMutablePointer<uv_write_t>?
     @exclusivity(unchecked) private var shutdownRequest: UnsafeMutablePointer<uv_shutdown_t>?
     @exclusivity(unchecked) private var closeTimer: LoopTimer?
+    /// Watches a uv_write that is waiting for the socket (see ``ConnectionOptions/writeTimeout``).
+    @exclusivity(unchecked) private var writeWatch: LoopTimer?
+    /// When the socket last took bytes while a uv_write was waiting (loop milliseconds).
+    @exclusivity(unchecked) private var lastWriteProgress: UInt64 = 0
+    /// libuv's write queue size at the last write-watch tick.
+    @exclusivity(unchecked) private var lastWriteQueueSize = 0
     /// Total bytes accepted by write(), and total handed to the kernel.
     @exclusivity(unchecked) private var bytesQueued: UInt64 = 0
     @exclusivity(unchecked) private var bytesWritten: UInt64 = 0
@@ -98,6 +104,16 @@ public final class Connection: HandleOwner {
 
     /// Current read buffer capacity (grows for large unconsumed data, shrinks back).
     public var readBufferCapacity: Int { ring.capacity }
+
+    /// The socket's file descriptor while open (for `setsockopt`, `ioctl`
+    /// and the like; do not read, write or close it), else nil.
+    public var fileDescriptor: Int32? {
+        loop.preconditionInEventLoop("Connection.fileDescriptor")
+        guard !isHandleClosing else { return nil }
+        var fd = uv_os_fd_t(-1)
+        // Safe: the handle is an initialised, open uv_tcp_t / uv_pipe_t owned by this connection.
+        return uv_fileno(handle.assumingMemoryBound(to: uv_handle_t.self), &fd) == 0 ? fd : nil
+    }
 
     // MARK: Opening
 
@@ -286,6 +302,7 @@ public final class Connection: HandleOwner {
                 let rc = uv_write(writeRequest, uvStream, &buf, 1, connectionWriteCallback)
                 if rc < 0 { fail(writeError(rc)); return }
                 writeInFlight = true
+                watchWrite()
             } else {
                 pending.reset()
             }
@@ -302,7 +319,43 @@ public final class Connection: HandleOwner {
         }
         bytesWritten += UInt64(inFlight.readableCount)
         inFlight.reset()
+        lastWriteProgress = loop.now
         flushNow()
+    }
+
+    /// Starts watching the waiting uv_write: if the socket takes no byte of
+    /// it for ``ConnectionOptions/writeTimeout``, the peer is not reading and
+    /// the connection fails with ``ConnectionError/writeTimedOut(connection:pendingBytes:timeout:)``.
+    /// Only a write the socket could not take at once is watched, so the
+    /// common path (uv_try_write took everything) starts no timer.
+    private func watchWrite() {
+        guard let timeout = options.writeTimeout else { return }
+        lastWriteProgress = loop.now
+        lastWriteQueueSize = uv_stream_get_write_queue_size(uvStream)
+        if writeWatch == nil {
+            writeWatch = loop.makeTimer { [unowned self] in self.checkWriteProgress() }
+        }
+        if !writeWatch!.isActive {
+            let period = max(timeout / 4, .milliseconds(5))
+            writeWatch!.start(after: period, repeating: period)
+        }
+    }
+
+    private func checkWriteProgress() {
+        guard writeInFlight, let timeout = options.writeTimeout else {
+            writeWatch?.cancel()
+            return
+        }
+        let now = loop.now
+        let queued = uv_stream_get_write_queue_size(uvStream)
+        if queued != lastWriteQueueSize {
+            lastWriteQueueSize = queued
+            lastWriteProgress = now
+        } else if now - lastWriteProgress >= timeout.roundedUpMilliseconds {
+            // Reset: a plain close would leave the unsent bytes lingering in the kernel.
+            terminate(reason: .writeTimedOut(connection: label, pendingBytes: pendingWriteBytes, timeout: timeout),
+                      reset: true)
+        }
     }
 
     private func writeError(_ code: some BinaryInteger) -> ConnectionError {
@@ -402,6 +455,8 @@ public final class Connection: HandleOwner {
         state = .closed
         closeTimer?.cancel()
         closeTimer = nil
+        writeWatch?.close()
+        writeWatch = nil
         let error = closeReason ?? .closed(connection: label)
         // Fail every write that did not reach the socket.
         let unfinished = completions[completionsHead...].map(\.callback)

@@ -15,6 +15,11 @@ public struct ConnectionOptions: Sendable {
     /// How long a graceful ``Connection/close()`` may take to flush pending
     /// writes before the connection is aborted. Default 10 s.
     public var gracefulCloseTimeout: Duration = .seconds(10)
+    /// How long a write may wait without the socket taking a single byte
+    /// (the peer is not reading) before the connection fails with
+    /// ``ConnectionError/writeTimedOut(connection:pendingBytes:timeout:)``.
+    /// `nil` waits forever. Checked only while the socket is full. Default 30 s.
+    public var writeTimeout: Duration? = .seconds(30)
     /// Start reading as soon as the accept or connect callback returned. Default true.
     public var autoRead = true
 

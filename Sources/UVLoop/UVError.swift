@@ -66,6 +66,9 @@ public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible
     /// A graceful close could not flush pending writes within its timeout,
     /// so the connection was aborted with `pendingBytes` unsent.
     case closeTimedOut(connection: String, pendingBytes: Int)
+    /// The socket took no byte for `timeout` while `pendingBytes` waited to
+    /// be written: the peer stopped reading. The connection was aborted.
+    case writeTimedOut(connection: String, pendingBytes: Int, timeout: Duration)
 
     public var description: String {
         switch self {
@@ -78,6 +81,8 @@ public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible
             return "connection \(c): read handler left \(limit) bytes unconsumed, the read buffer's maximum capacity"
         case .closeTimedOut(let c, let pending):
             return "connection \(c): graceful close timed out with \(pending) bytes unsent; aborted"
+        case .writeTimedOut(let c, let pending, let timeout):
+            return "connection \(c): the peer read nothing for \(timeout) with \(pending) bytes waiting to be written; aborted"
         }
     }
 }

@@ -56,6 +56,13 @@ public struct PacketParser: ~Copyable {
         return true
     }
 
+    /// True when the next byte starts a packet (after the handshake, not
+    /// inside a big payload): the caller may look at it to decide whether to go on.
+    public var isAtPacketBoundary: Bool {
+        if case .packets = state { return true }
+        return false
+    }
+
     /// Creates a parser at the start of a stream.
     public init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
                 inlinePayloadLimit: Int = 65536) {

@@ -31,6 +31,13 @@ extension RPCEndpoint {
     /// Sends `payload` and returns the response. Callable from any thread or
     /// task (it hops onto the loop).
     ///
+    /// Backpressure: while the connection is not writable (more unsent bytes
+    /// than its high-water mark), the call waits before it is written, in
+    /// order with other waiting async sends; the payload is not copied while
+    /// it waits. Its timeout starts when it is written. A peer that stops
+    /// reading altogether is cut off by ``ConnectionOptions/writeTimeout``,
+    /// which fails the waiting calls.
+    ///
     /// - Throws: an ``RPCError`` (timed out, closed, peer too old, every id
     ///   in flight), as the callback API reports; or `CancellationError` when
     ///   the task is cancelled first. Cancelling frees the call's id (a late
@@ -47,9 +54,7 @@ extension RPCEndpoint {
                     return
                 }
                 let start: @Sendable () -> Void = {
-                    payload.withUnsafeBytes {
-                        self.startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call))
-                    }
+                    self.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
                 }
                 if loop.inEventLoop {
                     start()

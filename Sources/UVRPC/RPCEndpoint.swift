@@ -49,8 +49,15 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         public var maximumPayloadSize = 64 << 20
         /// Send keepalives (turn off only to test the peer's keepalive timeout).
         public var sendsKeepalives = true
-        /// Options for connections made by ``RPCServer`` and ``RPCClient``.
+        /// Options for connections made by ``RPCServer`` and ``RPCClient``
+        /// (buffer sizes, write water marks, the write timeout).
         public var connectionOptions = ConnectionOptions()
+        /// Most unsent bytes the callback `send` variants may pile up: a
+        /// call that would take the connection's pending bytes over this
+        /// fails at once with ``RPCError/sendBufferFull(endpoint:pendingBytes:limit:)``
+        /// (a single call on an empty buffer always goes). Async sends wait
+        /// for ``RPCEndpoint/isWritable`` instead. Default 64 MiB.
+        public var maximumPendingWriteBytes = 64 << 20
 
         /// The reference's defaults.
         public init() {}
@@ -99,6 +106,14 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     struct PendingCall {
         var completion: Completion
         var timeout: Duration
+    }
+
+    /// An async send waiting for the connection to become writable.
+    private struct BlockedSend {
+        var payload: [UInt8]
+        var timeout: Duration?
+        var closeOnError: Bool
+        var call: AsyncCall
     }
 
     /// A big send waiting for the peer's handshake (to learn whether it takes *_BIG packets).
@@ -183,12 +198,36 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
         loop.preconditionInEventLoop("RPCEndpoint.inFlightCount")
-        return calls.count + deferredSends.count
+        return calls.count + deferredSends.count + (blockedSends.count - blockedSendsHead)
     }
+
+    /// False while the connection holds more unsent bytes than its high-water
+    /// mark (``ConnectionOptions/writeHighWaterMark``), true again below the
+    /// low-water mark. Callback senders should stop sending while it is
+    /// false and resume on ``onWritabilityChanged``; async sends wait by
+    /// themselves. While it is false the endpoint also stops taking new
+    /// incoming messages (their answers would pile up), so a peer that sends
+    /// but never reads cannot grow this side's memory. Loop-bound.
+    public var isWritable: Bool {
+        loop.preconditionInEventLoop("RPCEndpoint.isWritable")
+        return connection.isWritable
+    }
+
+    /// Called (on the loop) when ``isWritable`` changes. Loop-bound.
+    public var onWritabilityChanged: ((Bool) -> Void)? {
+        get { loop.preconditionInEventLoop("RPCEndpoint.onWritabilityChanged"); return _onWritabilityChanged }
+        set { loop.preconditionInEventLoop("RPCEndpoint.onWritabilityChanged"); _onWritabilityChanged = newValue }
+    }
+    @exclusivity(unchecked) private var _onWritabilityChanged: ((Bool) -> Void)?
 
     @exclusivity(unchecked) private var parser: PacketParser
     @exclusivity(unchecked) private var calls = CallTable<PendingCall>()
     @exclusivity(unchecked) private var deferredSends: [DeferredSend] = []
+    /// Async sends waiting for writability, oldest first, from `blockedSendsHead`.
+    @exclusivity(unchecked) private var blockedSends: [BlockedSend] = []
+    @exclusivity(unchecked) private var blockedSendsHead = 0
+    /// True while reading is paused because answers are piling up unsent.
+    @exclusivity(unchecked) private var pausedForBackpressure = false
     @exclusivity(unchecked) private var deadlineTimer: LoopTimer?
     @exclusivity(unchecked) private var armedDeadline = UInt64.max
     @exclusivity(unchecked) private var keepaliveTimer: LoopTimer?
@@ -215,6 +254,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
         connection.onRead = { bytes in self.handleReadable(bytes) }
         connection.onClose = { error in self.connectionDidClose(error) }
+        connection.onWritabilityChanged = { writable in self.writabilityChanged(writable) }
         let info = PeerInfo(keepaliveInterval: configuration.keepaliveInterval.seconds)
         do {
             try connection.write(info.handshakeBytes)
@@ -317,6 +357,13 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                                                    peerProtocol: peer.protocolVersion))
             }
         }
+        if case .async = completion {} else {
+            let pending = connection.pendingWriteBytes
+            let limit = configuration.maximumPendingWriteBytes
+            if pending > 0 && pending + PacketWriter.frameSize(payloadCount: payload.count) > limit {
+                return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
+            }
+        }
         let now = loop.now
         let deadline = now &+ timeout.roundedUpMilliseconds
         guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
@@ -332,6 +379,50 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
         }
         if deadline < armedDeadline { armDeadlineTimer(now: now) }
+    }
+
+    /// Starts an async call, or queues it while the connection is not
+    /// writable (or older async sends still wait), so an async sender faster
+    /// than its peer is held back instead of growing the outgoing buffer.
+    func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
+        loop.preconditionInEventLoop("RPCEndpoint.send")
+        if call.isFinished { return }
+        if _closeReason == nil && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
+            blockedSends.append(BlockedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, call: call))
+            return
+        }
+        payload.withUnsafeBytes {
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call))
+        }
+    }
+
+    /// Starts waiting async sends while the connection stays writable.
+    private func startBlockedSends() {
+        while blockedSendsHead < blockedSends.count, connection.isWritable, _closeReason == nil {
+            let send = blockedSends[blockedSendsHead]
+            blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
+            blockedSendsHead += 1
+            send.payload.withUnsafeBytes {
+                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: .async(send.call))
+            }
+        }
+        if blockedSendsHead == blockedSends.count {
+            blockedSends.removeAll(keepingCapacity: blockedSends.count <= 64)
+            blockedSendsHead = 0
+        }
+    }
+
+    private func writabilityChanged(_ writable: Bool) {
+        if writable {
+            if pausedForBackpressure {
+                pausedForBackpressure = false
+                // The peer's silence while we were not reading does not count.
+                lastReceived = loop.now
+                connection.resumeReading()
+            }
+            startBlockedSends()
+        }
+        _onWritabilityChanged?(writable)
     }
 
     private func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
@@ -366,6 +457,15 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     private func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
         lastReceived = loop.now
         if _closeReason != nil { return bytes.count }
+        // Backpressure: take no new message while answers pile up unsent; the
+        // peer's bytes wait in the kernel (and its sends back up) until the
+        // connection drains below its low-water mark.
+        if !connection.isWritable, parser.isAtPacketBoundary,
+           bytes[0] == PacketType.message.rawValue || bytes[0] == PacketType.messageBig.rawValue {
+            pausedForBackpressure = true
+            connection.pauseReading()
+            return 0
+        }
         parser.inlinePayloadLimit = connection.readBufferCapacity - Wire.bigHeaderSize
         do {
             return try parser.parse(bytes) { packet in self.dispatch(packet) }
@@ -383,6 +483,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         switch packet {
         case .message(let id, let payload):
             handleMessage(id: id, payload: payload)
+            // Stop after it if its answer made the connection unwritable.
+            return _closeReason == nil && connection.isWritable
         case .response(let id, let payload):
             if let (call, _) = calls.remove(id) {
                 call.completion.succeed(on: self, payload)
@@ -527,7 +629,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")
             close(reason: .handshakeTimeout(configuration.handshakeTimeout))
-        } else if now - lastReceived > configuration.keepaliveTimeout.roundedUpMilliseconds {
+        } else if !pausedForBackpressure, now - lastReceived > configuration.keepaliveTimeout.roundedUpMilliseconds {
+            // (While reading is paused for backpressure the write timeout watches the peer.)
             logger.info("keepalive timeout; closing",
                         metadata: ["rpc.silent-ms": "\(now - lastReceived)"])
             close(reason: .keepaliveTimeout(configuration.keepaliveTimeout))
@@ -546,7 +649,17 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     private func close(reason: RPCCloseReason) {
         guard _closeReason == nil else { return }
         _closeReason = reason
-        if reason != .local { logger.debug("closing", metadata: ["rpc.reason": "\(reason)"]) }
+        switch reason {
+        case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout:
+            break // not logged, or logged where detected
+        case .peerClosed:
+            logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
+        case .reset, .connectionFailed, .callFailed:
+            logger.info("closing", metadata: [
+                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+                "rpc.reason": "\(reason)",
+            ])
+        }
         keepaliveTimer?.cancel()
         livenessTimer?.cancel()
         deadlineTimer?.close()
@@ -564,6 +677,10 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         let deferred = deferredSends
         deferredSends.removeAll()
         for send in deferred { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
+        let blocked = blockedSends[blockedSendsHead...]
+        blockedSends.removeAll()
+        blockedSendsHead = 0
+        for send in blocked { send.call.finish(.failure(RPCError.closed(endpoint: label, messageID: nil, reason: reason))) }
         connection.close()
     }
 
@@ -583,6 +700,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         _onClose = nil
         handler = nil
         _onTaggedResponse = nil
+        _onWritabilityChanged = nil
         responderPool.removeAll() // they reference the endpoint
         waitingMessages.removeAll()
         let owner = didCloseForOwner

@@ -48,6 +48,11 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
     case tooManyInFlight(endpoint: String)
     /// The payload exceeds what a packet can declare (4 GiB - 1).
     case payloadTooLarge(endpoint: String, payloadSize: Int)
+    /// The connection already holds `pendingBytes` unsent and this call
+    /// would take it over `limit` (``RPCEndpoint/Configuration/maximumPendingWriteBytes``):
+    /// the caller sends faster than the peer reads and ignored
+    /// ``RPCEndpoint/isWritable``.
+    case sendBufferFull(endpoint: String, pendingBytes: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -62,6 +67,8 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
             return "cannot send on \(e): all 65536 message ids are in flight"
         case .payloadTooLarge(let e, let n):
             return "cannot send \(n) bytes on \(e): over the protocol's 4 GiB limit"
+        case .sendBufferFull(let e, let pending, let limit):
+            return "cannot send on \(e): \(pending) bytes are already waiting for the peer to read them and the limit is \(limit) (wait for isWritable)"
         }
     }
 }

@@ -34,12 +34,20 @@ struct EndpointOptions: ParsableArguments {
     @Option(help: "Close a connection after this many seconds without anything from the peer.")
     var keepaliveTimeout: Double = 30
 
+    @Option(help: "Close a connection whose handshake has not arrived after this many seconds.")
+    var handshakeTimeout: Double = 30
+
+    @Option(help: "Close a connection after this many seconds in which the peer read none of the bytes waiting for it; 0 never.")
+    var writeTimeout: Double = 30
+
     @Option(help: "Largest payload accepted from a peer, in bytes; a larger one closes that connection.")
     var maxPayload: Int = 64 << 20
 
     func validate() throws {
         guard keepaliveInterval > 0 else { throw ValidationError("--keepalive-interval must be positive") }
         guard keepaliveTimeout > 0 else { throw ValidationError("--keepalive-timeout must be positive") }
+        guard handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be positive") }
+        guard writeTimeout >= 0 else { throw ValidationError("--write-timeout must not be negative") }
         guard maxPayload > 0 else { throw ValidationError("--max-payload must be positive") }
     }
 
@@ -47,6 +55,8 @@ struct EndpointOptions: ParsableArguments {
         var c = RPCEndpoint.Configuration()
         c.keepaliveInterval = .milliseconds(Int64(keepaliveInterval * 1000))
         c.keepaliveTimeout = .milliseconds(Int64(keepaliveTimeout * 1000))
+        c.handshakeTimeout = .milliseconds(Int64(handshakeTimeout * 1000))
+        c.connectionOptions.writeTimeout = writeTimeout > 0 ? .milliseconds(Int64(writeTimeout * 1000)) : nil
         c.maximumPayloadSize = maxPayload
         return c
     }
@@ -114,6 +124,8 @@ struct Serve: ParsableCommand {
     }
 
     func run() throws {
+        // Logs go to stderr: stdout carries only the listening line.
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)
         let address: SocketAddress = unix.map { .unix(path: $0) } ?? SocketAddress(host: host, port: port)
         let loop = try EventLoop(name: "uvrpc-serve")
         let configuration = endpoint.configuration

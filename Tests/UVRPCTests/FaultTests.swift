@@ -126,6 +126,7 @@ final class FaultTests: XCTestCase {
             }.address
         }
         let before = openDescriptors()
+        let rssBefore = ProcessFigures.residentBytes() ?? 0
         let done = Promise<Int>()
         try harness.sync {
             let completed = LoopBoundBox(0, loop: loop)
@@ -152,5 +153,10 @@ final class FaultTests: XCTestCase {
         // The server side closes on each client's EOF.
         _ = try serverSideClosed.wait("the server side of every connection to close")
         XCTAssertLessThanOrEqual(openDescriptors(), before + 4, "descriptors return to the baseline")
+        let rssAfter = ProcessFigures.residentBytes() ?? 0
+        if sanitizerInUse == nil {
+            XCTAssertLessThan(rssAfter - rssBefore, 8 << 20, "resident memory returns near the baseline")
+        }
+        print("churn: \(cycles) cycles; descriptors \(before) -> \(openDescriptors()); RSS \(rssBefore >> 10) -> \(rssAfter >> 10) KiB")
     }
 }

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import UVLoop
 import XCTest
 
@@ -95,3 +96,50 @@ public func refusedPort() -> Int {
     close(fd)
     return Int(UInt16(bigEndian: addr.sin_port))
 }
+
+/// Memory and descriptor figures of a process, read from /proc (Linux).
+public enum ProcessFigures {
+    /// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, ...) in bytes, or nil.
+    public static func statusField(_ field: String, pid: String = "self") -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
+            let number = line.dropFirst(field.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { Int($0) }
+            return number.map { $0 * 1024 }
+        }
+        return nil
+    }
+
+    /// Resident memory now, in bytes.
+    public static func residentBytes(pid: String = "self") -> Int? { statusField("VmRSS", pid: pid) }
+
+    /// Peak resident memory since the last ``resetPeakResident(pid:)``, in bytes.
+    public static func peakResidentBytes(pid: String = "self") -> Int? { statusField("VmHWM", pid: pid) }
+
+    /// Resets the peak resident figure (writes 5 to /proc/PID/clear_refs). False if not allowed.
+    @discardableResult
+    public static func resetPeakResident(pid: String = "self") -> Bool {
+        guard let handle = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { return false }
+        defer { try? handle.close() }
+        return (try? handle.write(contentsOf: Data("5".utf8))) != nil
+    }
+
+    /// Open file descriptors of the process.
+    public static func openDescriptors(pid: String = "self") -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+    }
+
+    /// Open socket descriptors of the process (pipes and files of child processes left out).
+    public static func openSockets(pid: String = "self") -> Int {
+        let directory = "/proc/\(pid)/fd"
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return -1 }
+        return entries.filter {
+            ((try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)) ?? "").hasPrefix("socket:")
+        }.count
+    }
+}
+
+/// The sanitizer the tests run under (`make test-tsan` / `make test-asan` set
+/// `UVRPC_SANITIZER`), or nil. Tests that measure memory or push volume use it
+/// to scale down: sanitizers add redzones, quarantine and shadow memory, and
+/// run copies several times slower.
+public var sanitizerInUse: String? { ProcessInfo.processInfo.environment["UVRPC_SANITIZER"] }
