@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test test-tsan test-asan fuzz bench bench-docs bench-check clean
+.PHONY: bootstrap build test test-tsan test-asan fuzz soak bench bench-docs bench-check clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -34,6 +34,10 @@ test-asan: bootstrap
 # Fuzz the packet parser and handshake reader (libFuzzer + ASan); FUZZ_SECONDS=600 by default.
 fuzz:
 	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),600)
+
+# Soak: uvrpc serve under checked traffic and faults; SOAK_SECONDS=600 by default.
+soak: bootstrap
+	bash scripts/soak.sh $(or $(SOAK_SECONDS),600)
 
 # The main job: uvrpc-bench on defaults (every scenario, Swift and C servers
 # under the same C load, about 30 s). Needs every product built in release.

@@ -65,6 +65,12 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks/uvrpc-bench"
         ),
+        // The soak test: checked traffic and faults against a uvrpc serve child (make soak).
+        .executableTarget(
+            name: "uvrpc-soak",
+            dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks/uvrpc-soak"
+        ),
         // Helpers shared by the test targets (a loop on its own thread, promises, payloads).
         .target(
             name: "UVTestSupport",

@@ -467,7 +467,7 @@ public final class Connection: HandleOwner {
         inFlight.release()
         writeRequest?.deallocate()
         writeRequest = nil
-        ring.releaseStorageIfEmpty()
+        ring.releaseStorage() // no read comes after the close; the object may be kept longer
         for callback in unfinished { callback(.failure(error)) }
         let onClose = self.onClose
         self.onRead = nil

@@ -190,6 +190,16 @@ public final class RingBuffer {
         head = 0
     }
 
+    /// Frees the storage and scratch space, dropping any unread bytes (for
+    /// a closed connection, whose object may outlive it).
+    public func releaseStorage() {
+        readableCount = 0
+        releaseStorageIfEmpty()
+        scratch?.deallocate()
+        scratch = nil
+        scratchCapacity = 0
+    }
+
     private func resize(to newCapacity: Int) {
         let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
         if let storage {

@@ -75,6 +75,14 @@ public struct PacketParser: ~Copyable {
         bigBuffer?.deallocate()
     }
 
+    /// Drops a big payload being received (frees its buffer); for a stream
+    /// that ended. Parsing must not continue afterwards.
+    public mutating func discardPartialPacket() {
+        bigBuffer?.deallocate()
+        bigBuffer = nil
+        if case .bigPayload = state { state = .packets }
+    }
+
     /// Parses as many complete units of `input` as possible, calling `deliver`
     /// for each; stops early when `deliver` returns false.
     /// - Returns: the number of bytes consumed from the front of `input`.

@@ -696,6 +696,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             close(reason: reason)
         }
         _isClosed = true
+        // A closed endpoint may be kept (e.g. in RPCServer.endpoints): hold no big buffer.
+        parser.discardPartialPacket()
         let onClose = _onClose
         _onClose = nil
         handler = nil

@@ -28,8 +28,8 @@ public final class RPCServer: @unchecked Sendable { // mutable state on the loop
     public let configuration: RPCEndpoint.Configuration
     /// New endpoints, in accept order, for `for await endpoint in server.endpoints`.
     /// Endpoints nobody consumed are kept up to the newest 1024 (older ones
-    /// keep being served; they are only not delivered here). Ends when the
-    /// server has shut down.
+    /// keep being served; they are only not delivered here; a closed one
+    /// kept here has released its buffers). Ends when the server has shut down.
     public let endpoints: AsyncStream<RPCEndpoint>
 
     private let listener: Listener
