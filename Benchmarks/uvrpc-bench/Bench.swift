@@ -110,7 +110,7 @@ struct Bench: ParsableCommand {
 
         let wanted = Set(selected)
         if wanted.contains("small") || wanted.contains("latency") {
-            for concurrency in wanted.contains("small") ? [1, 16, 256] : [1] {
+            for concurrency in wanted.contains("small") ? [1, 16, 256, 4096] : [1] {
                 var m: [Measurement] = []
                 try withServers { impl, address, _ in
                     progress("small: 64 B, concurrency \(concurrency), \(impl.rawValue) server, \(duration) s")

@@ -2,10 +2,15 @@ import CLibUV
 
 /// A byte stream over TCP or a Unix domain socket, bound to one ``EventLoop``.
 ///
-/// Reads land in a per-connection ``RingBuffer`` through libuv's alloc
-/// callback (no allocation per read). ``onRead`` gets the readable bytes as
-/// a borrowed view, returns how many it consumed, and the rest stays for the
-/// next read. Writes are copied into an outgoing buffer and flushed once per
+/// Reads: while the connection holds no unconsumed bytes, libuv reads into
+/// the loop's shared 64 KiB buffer and ``onRead`` gets a borrowed view of it;
+/// only bytes it leaves unconsumed (a partial frame) are copied into the
+/// connection's own ``RingBuffer``, where later reads append until they are
+/// consumed. So an idle connection owns no read buffer, and there is no
+/// allocation per read. A consumer that knows where the next bytes belong
+/// (the rest of a big payload) offers that buffer through
+/// ``directReadBuffer`` and gets them there without a copy.
+/// ``onRead`` returns how many bytes it consumed; the rest stays for the next read. Writes are copied into an outgoing buffer and flushed once per
 /// loop turn (`uv_try_write` first, `uv_write` for what the socket did not
 /// take); ``pendingWriteBytes`` and ``isWritable`` give backpressure.
 ///
@@ -39,6 +44,16 @@ public final class Connection: HandleOwner {
     /// Called when ``isWritable`` changes (false above the high-water mark,
     /// true again below the low-water mark).
     @exclusivity(unchecked) public var onWritabilityChanged: ((Bool) -> Void)?
+    /// Asked before a read while no bytes are unconsumed: a buffer the
+    /// consumer wants the next bytes in (e.g. the rest of a large payload), or
+    /// nil for the usual path. Bytes read into it go to ``onDirectRead``, not ``onRead``.
+    @exclusivity(unchecked) public var directReadBuffer: (() -> UnsafeMutableRawBufferPointer?)?
+    /// Called with the number of bytes read into the buffer ``directReadBuffer`` gave.
+    @exclusivity(unchecked) public var onDirectRead: ((Int) -> Void)?
+
+    /// Where the pending read lands.
+    private enum ReadTarget { case ring, shared, direct }
+    @exclusivity(unchecked) private var readTarget = ReadTarget.ring
 
     /// The read buffer.
     let ring: RingBuffer
@@ -105,6 +120,12 @@ public final class Connection: HandleOwner {
     /// Current read buffer capacity (grows for large unconsumed data, shrinks back).
     public var readBufferCapacity: Int { ring.capacity }
 
+    /// Bytes of buffer memory this connection owns now: its read ring (none
+    /// while it holds no unconsumed bytes and never did) and its outgoing buffers.
+    public var ownedBufferBytes: Int {
+        (ring.hasStorage ? ring.capacity : 0) + pending.allocatedBytes + inFlight.allocatedBytes
+    }
+
     /// The socket's file descriptor while open (for `setsockopt`, `ioctl`
     /// and the like; do not read, write or close it), else nil.
     public var fileDescriptor: Int32? {
@@ -166,8 +187,20 @@ public final class Connection: HandleOwner {
         uv_read_stop(uvStream)
     }
 
-    /// The buffer libuv should read into: the ring's contiguous free span.
+    /// The buffer libuv should read into: the consumer's direct buffer or the
+    /// loop's shared buffer while nothing is unconsumed, else the ring's
+    /// contiguous free span (after the unconsumed bytes).
     fileprivate func readBuffer() -> uv_buf_t {
+        if ring.readableCount == 0 {
+            if let directReadBuffer, let direct = directReadBuffer(), direct.count > 0 {
+                readTarget = .direct
+                return uv_buf_t(base: direct.baseAddress!.assumingMemoryBound(to: CChar.self), len: direct.count)
+            }
+            readTarget = .shared
+            return uv_buf_t(base: loop.sharedReadBuffer.assumingMemoryBound(to: CChar.self),
+                            len: EventLoop.sharedReadBufferSize)
+        }
+        readTarget = .ring
         var region = ring.writableRegion()
         if region.isEmpty, ring.grow(toFit: ring.capacity * 2) {
             region = ring.writableRegion()
@@ -178,8 +211,15 @@ public final class Connection: HandleOwner {
 
     fileprivate func didRead(_ nread: Int) {
         if nread > 0 {
-            ring.didWrite(nread)
-            processReadable()
+            switch readTarget {
+            case .ring:
+                ring.didWrite(nread)
+                processReadable()
+            case .shared:
+                processShared(UnsafeRawBufferPointer(start: loop.sharedReadBuffer, count: nread))
+            case .direct:
+                onDirectRead?(nread)
+            }
         } else if nread < 0 {
             let code = Int32(nread)
             switch code {
@@ -196,6 +236,30 @@ public final class Connection: HandleOwner {
                 fail(.readFailed(UVError(code: code, operation: "read", target: label)))
             }
         }
+    }
+
+    /// Offers bytes read into the loop's shared buffer to `onRead` until it
+    /// stops consuming, then keeps the rest in the connection's own ring (the
+    /// shared buffer is reused by the next read of any connection).
+    private func processShared(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        processingReads = true
+        while offset < bytes.count, wantsReading, state == .open || state == .closing, let onRead {
+            let region = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            let consumed = onRead(region)
+            precondition(consumed >= 0 && consumed <= region.count,
+                         "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
+            if isHandleClosed { processingReads = false; return }
+            offset += consumed
+            if consumed == 0 { break }
+        }
+        processingReads = false
+        guard offset < bytes.count else { return }
+        let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+        guard ring.grow(toFit: rest.count) else {
+            return fail(.readBufferLimitExceeded(connection: label, limit: ring.maximumCapacity))
+        }
+        ring.write(rest) // the ring is empty here: reads use the shared buffer only then
     }
 
     /// Offers the readable bytes to `onRead` until it stops consuming.
@@ -217,7 +281,20 @@ public final class Connection: HandleOwner {
             if ring.isWrapped { ring.linearize(); continue }
             break
         }
-        if ring.readableCount == 0 { ring.shrinkIfPossible() }
+        // Empty: later reads go to the shared buffer; a grown ring is given back.
+        if ring.readableCount == 0 && ring.capacity > ring.initialCapacity { ring.releaseStorage() }
+    }
+
+    /// Frees the read ring and the outgoing buffers if they hold nothing
+    /// (they are allocated again when needed). For connections that went
+    /// idle: an idle connection then owns no buffer memory.
+    public func releaseIdleBuffers() {
+        loop.preconditionInEventLoop("Connection.releaseIdleBuffers()")
+        if ring.readableCount == 0 && !processingReads { ring.releaseStorage() }
+        if !writeInFlight && pending.readableCount == 0 {
+            pending.release()
+            inFlight.release()
+        }
     }
 
     // MARK: Writing
@@ -473,6 +550,8 @@ public final class Connection: HandleOwner {
         self.onRead = nil
         self.onClose = nil
         self.onWritabilityChanged = nil
+        self.directReadBuffer = nil
+        self.onDirectRead = nil
         onClose?(closeReason)
     }
 }
@@ -507,6 +586,7 @@ struct OutgoingBuffer {
     private var writeIndex = 0
 
     var readableCount: Int { writeIndex - readIndex }
+    var allocatedBytes: Int { capacity }
     var readPointer: UnsafeMutablePointer<CChar>? {
         storage.map { ($0 + readIndex).assumingMemoryBound(to: CChar.self) }
     }

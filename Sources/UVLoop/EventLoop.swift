@@ -72,6 +72,21 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     @exclusivity(unchecked) private var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
     @exclusivity(unchecked) var pendingFlush: [Connection] = []
+    /// Where a connection holding no unconsumed bytes reads into (see
+    /// ``Connection``): one buffer for every connection of the loop, so idle
+    /// connections own no read memory. Allocated on first use, freed in deinit.
+    /// Invariant: used by one read at a time (libuv calls alloc and read back to
+    /// back on this thread, and the read is fully handled before returning).
+    @exclusivity(unchecked) private var sharedReadStorage: UnsafeMutableRawPointer?
+    /// Size of the shared read buffer.
+    static let sharedReadBufferSize = 64 << 10
+
+    var sharedReadBuffer: UnsafeMutableRawPointer {
+        if let sharedReadStorage { return sharedReadStorage }
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: Self.sharedReadBufferSize, alignment: 16)
+        sharedReadStorage = storage
+        return storage
+    }
     @exclusivity(unchecked) private var spareFlush: [Connection] = []
 
     /// Creates the loop (not yet running).
@@ -103,6 +118,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
             finishRun()
         }
         uvLoop.deallocate()
+        sharedReadStorage?.deallocate()
     }
 
     // MARK: Threads

@@ -52,6 +52,9 @@ public final class RingBuffer {
         n <= 1 ? 1 : 1 << (Int.bitWidth - (n - 1).leadingZeroBitCount)
     }
 
+    /// True while the ring owns storage.
+    public var hasStorage: Bool { storage != nil }
+
     /// Free bytes in the ring.
     public var writableCount: Int { capacity - readableCount }
 

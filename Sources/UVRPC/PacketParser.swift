@@ -63,6 +63,34 @@ public struct PacketParser: ~Copyable {
         return false
     }
 
+    /// While a big payload is being received, the part of its buffer still to
+    /// be filled: a caller may read the next bytes of the stream straight
+    /// into it (no copy) and then call ``didFillBigPayload(_:_:)``. Else nil.
+    public var bigPayloadRemainder: UnsafeMutableRawBufferPointer? {
+        guard case .bigPayload(_, _, let filled) = state, let buffer = bigBuffer else { return nil }
+        return UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
+    }
+
+    /// Records `count` stream bytes written into ``bigPayloadRemainder``;
+    /// delivers the packet when its payload is complete.
+    public mutating func didFillBigPayload(_ count: Int, _ deliver: (ParsedPacket) -> Bool) {
+        guard case .bigPayload(let isMessage, let id, let filled) = state, let buffer = bigBuffer else {
+            preconditionFailure("PacketParser.didFillBigPayload without a big payload being received")
+        }
+        precondition(count >= 0 && filled + count <= buffer.count,
+                     "PacketParser.didFillBigPayload(\(count)) exceeds the \(buffer.count - filled) bytes left")
+        streamOffset += UInt64(count)
+        if filled + count < buffer.count {
+            state = .bigPayload(isMessage: isMessage, id: id, filled: filled + count)
+            return
+        }
+        state = .packets
+        bigBuffer = nil
+        defer { buffer.deallocate() }
+        let payload = UnsafeRawBufferPointer(buffer)
+        _ = deliver(isMessage ? .message(id: id, payload: payload) : .response(id: id, payload: payload))
+    }
+
     /// Creates a parser at the start of a stream.
     public init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
                 inlinePayloadLimit: Int = 65536) {

@@ -1,29 +1,47 @@
+import Synchronization
 import UVLoop
 
-/// The state of one `send(...) async`, shared by the caller's task and the loop.
-final class AsyncCall: @unchecked Sendable { // resumed once, under the lock
-    // Sendable invariant: `id` and `continuation` are set before the call is
-    // handed to the loop or on the loop; `finished` is guarded by `lock`, so the
-    // continuation is resumed exactly once.
-    private let lock = LockedValue(false)
-    private var continuation: CheckedContinuation<[UInt8], any Error>?
+/// The state of one `send(...) async`, shared by the caller's task, a
+/// canceller and the loop: one allocation per call, no lock.
+///
+/// The outcome and the continuation meet through one atomic: ``finish(_:)``
+/// claims the call once (`claimed`), stores the outcome and then marks it
+/// ready; ``install(_:)`` stores the continuation and marks it installed.
+/// Whichever of the two comes second resumes the continuation, so it is
+/// resumed exactly once, whatever the threads' order.
+final class AsyncCall: @unchecked Sendable { // fields published through `rendezvous` / `claimed`
+    // Sendable invariant: `outcome` is written once, by the single winner of
+    // `claimed`, before its releasing exchange on `rendezvous`; `continuation`
+    // is written once, by the caller, before its releasing exchange; each is read
+    // only by whoever sees the other's flag in an acquiring exchange. `id` is
+    // touched on the loop only.
+    private static let installedFlag: UInt8 = 1
+    private static let readyFlag: UInt8 = 2
+    private let claimed = Atomic<Bool>(false)
+    private let rendezvous = Atomic<UInt8>(0)
+    private var continuation: UnsafeContinuation<[UInt8], any Error>?
+    private var outcome: Result<[UInt8], any Error>?
     /// The message id while the call is in the table (loop only).
     var id: UInt16?
 
-    init(_ continuation: CheckedContinuation<[UInt8], any Error>) {
+    init() {}
+
+    /// True once an outcome was claimed (answered, failed or cancelled).
+    var isFinished: Bool { claimed.load(ordering: .acquiring) }
+
+    /// Hands over the caller's continuation (once).
+    func install(_ continuation: UnsafeContinuation<[UInt8], any Error>) {
         self.continuation = continuation
+        let before = rendezvous.bitwiseOr(Self.installedFlag, ordering: .acquiringAndReleasing).oldValue
+        if before & Self.readyFlag != 0 { continuation.resume(with: outcome!) }
     }
 
-    var isFinished: Bool { lock.withLock { $0 } }
-
+    /// Ends the call with `result`; only the first call has an effect.
     func finish(_ result: Result<[UInt8], any Error>) {
-        let first = lock.withLock { finished -> Bool in
-            defer { finished = true }
-            return !finished
-        }
-        guard first, let continuation else { return }
-        self.continuation = nil
-        continuation.resume(with: result)
+        guard !claimed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        outcome = result
+        let before = rendezvous.bitwiseOr(Self.readyFlag, ordering: .acquiringAndReleasing).oldValue
+        if before & Self.installedFlag != 0 { continuation!.resume(with: result) }
     }
 }
 
@@ -44,26 +62,24 @@ extension RPCEndpoint {
     ///   response is ignored) and, unlike the reference (which closes the whole
     ///   endpoint when a send is cancelled), leaves the endpoint open.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
-        let box = LockedValue<AsyncCall?>(nil)
+        // One allocation (the call) plus the response's Array; the hop to the
+        // loop costs a closure only when the caller is not on the loop already.
+        let call = AsyncCall()
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                let call = AsyncCall(continuation)
-                box.withLock { $0 = call }
+            try await withUnsafeThrowingContinuation { continuation in
+                call.install(continuation)
                 if Task.isCancelled {
                     call.finish(.failure(CancellationError()))
-                    return
-                }
-                let start: @Sendable () -> Void = {
+                } else if loop.inEventLoop {
+                    startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
+                } else if !loop.execute({
                     self.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
-                }
-                if loop.inEventLoop {
-                    start()
-                } else if !loop.execute(start) {
+                }) {
                     call.finish(.failure(RPCError.closed(endpoint: label, messageID: nil, reason: .local)))
                 }
             }
         } onCancel: {
-            guard let call = box.withLock({ $0 }) else { return }
+            guard !call.isFinished else { return }
             // Always through the queue: the canceller may be inside a loop callback.
             if !loop.execute({ self.cancelCall(call) }) { call.finish(.failure(CancellationError())) }
         }

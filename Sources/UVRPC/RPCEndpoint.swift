@@ -233,6 +233,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     @exclusivity(unchecked) private var keepaliveTimer: LoopTimer?
     @exclusivity(unchecked) private var livenessTimer: LoopTimer?
     @exclusivity(unchecked) private var lastReceived: UInt64
+    /// Milliseconds between liveness checks.
+    @exclusivity(unchecked) private var livenessPeriod: UInt64 = 0
     private let openedAt: UInt64
 
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
@@ -255,6 +257,12 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         connection.onRead = { bytes in self.handleReadable(bytes) }
         connection.onClose = { error in self.connectionDidClose(error) }
         connection.onWritabilityChanged = { writable in self.writabilityChanged(writable) }
+        // The rest of a big payload is read straight into its final buffer.
+        connection.directReadBuffer = { self._closeReason == nil ? self.parser.bigPayloadRemainder : nil }
+        connection.onDirectRead = { count in
+            self.lastReceived = self.loop.now
+            self.parser.didFillBigPayload(count) { packet in self.dispatch(packet) }
+        }
         let info = PeerInfo(keepaliveInterval: configuration.keepaliveInterval.seconds)
         do {
             try connection.write(info.handshakeBytes)
@@ -270,6 +278,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         }
         let period = min(configuration.keepaliveTimeout, configuration.handshakeTimeout) / 4
         let clamped = max(period, .milliseconds(5))
+        livenessPeriod = clamped.roundedUpMilliseconds
         livenessTimer = loop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
             self.checkLiveness()
         }
@@ -540,24 +549,24 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// task, so a slow answer holds up nothing else.
     private func runAsyncHandler(_ handle: @escaping @Sendable ([UInt8]) async throws -> [UInt8],
                                  id: UInt16, request: [UInt8]) {
-        let responder = LoopBound(RPCResponder(endpoint: self, messageID: id), loop: loop)
-        let logger = self.logger
         let key = nextHandlerTaskKey
         nextHandlerTaskKey &+= 1
         // The task cannot start before this returns (it is queued on this loop),
-        // so it is registered before it can unregister itself.
+        // so it is registered before it can unregister itself. It answers
+        // through respond(to:with:) directly: no RPCResponder object is needed,
+        // as the task's end is the only way the answer can go missing.
         handlerTasks[key] = Task(executorPreference: loop) {
             defer { self.handlerTasks[key] = nil }
             do {
                 let response = try await handle(request)
-                do {
-                    try responder.value.respond(response)
-                } catch {
-                    logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+                let sent = response.withUnsafeBytes { raw in
+                    Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw) }
+                }
+                if case .failure(let error) = sent {
+                    self.logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                 }
             } catch {
-                responder.value.abandon()
-                logger.error("message handler failed; no response sent", metadata: [
+                self.logger.error("message handler failed; no response sent", metadata: [
                     "rpc.id": "\(id)", "rpc.error": "\(error)",
                 ])
             }
@@ -626,6 +635,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     private func checkLiveness() {
         let now = loop.now
+        // Nothing arrived for a whole period: give the connection's buffers back.
+        if now - lastReceived >= livenessPeriod { connection.releaseIdleBuffers() }
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")
             close(reason: .handshakeTimeout(configuration.handshakeTimeout))
