@@ -113,6 +113,9 @@ struct conn {
     buf_t in;              /* unparsed bytes start at in.data + in_off */
     size_t in_off;
     buf_t out;             /* frames produced while handling one read */
+    buf_t sending;         /* what the socket did not take, handed to uv_write */
+    uv_write_t write_req;  /* at most one uv_write in flight */
+    int writing;
     int handshaken;        /* the peer's handshake was read */
     frame_cb on_frame;
     int closing;
@@ -124,29 +127,33 @@ struct conn {
     int in_flight;
 };
 
-typedef struct { uv_write_t req; size_t len; char data[]; } write_req_t;
+static void flush(conn_t *c);
 
 static void on_write(uv_write_t *req, int status) {
-    (void)status;
-    free(req);
+    conn_t *c = req->data;
+    c->writing = 0;
+    c->sending.len = 0;
+    if (status == 0) flush(c); /* what accumulated meanwhile */
 }
 
-/* Writes `c->out`: uv_try_write first, uv_write with a copy for the rest. */
+/* Writes `c->out`: uv_try_write first; what the socket did not take goes to
+ * uv_write from the buffer itself, which is swapped with a spare one (no copy,
+ * no allocation per write; frames produced meanwhile wait in `out`). */
 static void flush(conn_t *c) {
-    if (c->out.len == 0 || c->closing) return;
+    if (c->out.len == 0 || c->closing || c->writing) return;
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (n < 0 && n != UV_EAGAIN) { c->out.len = 0; return; }
     if (n < 0) n = 0;
     size_t rest = c->out.len - (size_t)n;
     if (rest > 0) {
-        write_req_t *w = malloc(sizeof *w + rest);
-        if (!w) die("out of memory", 0);
-        memcpy(w->data, c->out.data + n, rest);
-        w->len = rest;
-        uv_buf_t wb = uv_buf_init(w->data, (unsigned)rest);
-        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &wb, 1, on_write);
-        if (rc < 0) free(w);
+        buf_t t = c->sending; c->sending = c->out; c->out = t;
+        c->out.len = 0;
+        uv_buf_t wb = uv_buf_init(c->sending.data + n, (unsigned)rest);
+        c->write_req.data = c;
+        if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &wb, 1, on_write) == 0) c->writing = 1;
+        else c->sending.len = 0;
+        return;
     }
     c->out.len = 0;
 }
@@ -154,7 +161,7 @@ static void flush(conn_t *c) {
 static void on_closed(uv_handle_t *h) {
     conn_t *c = h->data;
     if (h == (uv_handle_t *)&c->tcp) {
-        free(c->in.data); free(c->out.data); free(c->sent_at); free(c);
+        free(c->in.data); free(c->out.data); free(c->sending.data); free(c->sent_at); free(c);
     }
 }
 

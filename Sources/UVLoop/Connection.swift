@@ -300,7 +300,11 @@ public final class Connection: HandleOwner {
     // MARK: Writing
 
     /// Queues `bytes` to be written (copied; the caller may reuse its buffer
-    /// at once). They are flushed at the end of this loop turn.
+    /// at once). They are flushed at the end of this loop turn, except on a
+    /// connection with nothing queued and no outgoing buffer yet (new, or
+    /// idle since ``releaseIdleBuffers()``): there, without a completion,
+    /// the socket is offered them at once, so a connection that writes a
+    /// little and goes idle never allocates an outgoing buffer.
     /// - Parameter completion: called once the bytes reached the socket, or
     ///   with the error that kept them from it.
     /// - Throws: ``ConnectionError/closed(connection:)`` when the connection
@@ -309,17 +313,32 @@ public final class Connection: HandleOwner {
                       completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
         loop.preconditionInEventLoop("Connection.write(_:completion:)")
         guard state == .open else { throw closeReason ?? .closed(connection: label) }
-        pending.append(bytes)
-        didQueue(bytes.count, completion: completion)
+        let direct = completion == nil ? writeDirectlyIfUnbuffered(bytes) : 0
+        pending.append(UnsafeRawBufferPointer(rebasing: bytes[direct...]))
+        didQueue(bytes.count - direct, completion: completion)
+    }
+
+    /// Offers `bytes` to the socket at once when nothing is queued and there
+    /// is no outgoing buffer; returns how many it took.
+    private func writeDirectlyIfUnbuffered(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard !pending.hasStorage, !writeInFlight, !bytes.isEmpty else { return 0 }
+        var buf = uv_buf_t(base: UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)),
+                           len: bytes.count)
+        let n = uv_try_write(uvStream, &buf, 1)
+        guard n > 0 else { return 0 } // EAGAIN or an error: the flush path reports errors
+        bytesQueued += UInt64(n)
+        bytesWritten += UInt64(n)
+        return Int(n)
     }
 
     /// Queues `bytes` to be written; see ``write(_:completion:)-(UnsafeRawBufferPointer,_)``.
     public func write(_ bytes: [UInt8],
                       completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
         loop.preconditionInEventLoop("Connection.write(_:completion:)")
-        guard state == .open else { throw closeReason ?? .closed(connection: label) }
-        bytes.withUnsafeBytes { pending.append($0) }
-        didQueue(bytes.count, completion: completion)
+        let result = bytes.withUnsafeBytes { raw in
+            Result { () throws(ConnectionError) in try write(raw, completion: completion) }
+        }
+        try result.get()
     }
 
     /// Lets `body` write up to `maximumCount` bytes straight into the
@@ -587,6 +606,7 @@ struct OutgoingBuffer {
 
     var readableCount: Int { writeIndex - readIndex }
     var allocatedBytes: Int { capacity }
+    var hasStorage: Bool { storage != nil }
     var readPointer: UnsafeMutablePointer<CChar>? {
         storage.map { ($0 + readIndex).assumingMemoryBound(to: CChar.self) }
     }

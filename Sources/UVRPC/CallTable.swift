@@ -1,7 +1,8 @@
 /// The in-flight table of outgoing calls, indexed by the 16-bit message id,
 /// with a deadline queue.
 ///
-/// - Storage is a flat array indexed by `id & mask`. It starts at 64 slots and
+/// - Storage is a flat array indexed by `id & mask`, allocated at the first
+///   call (an endpoint that only answers owns none). It starts at 64 slots and
 ///   doubles only when the next id's slot is held by another live call (ids
 ///   are handed out in sequence, so live ids form a sliding window); at 65536
 ///   slots every id has its own. No dictionary, no hashing.
@@ -22,8 +23,9 @@ struct CallTable<Completion> {
         var isLive: Bool { completion != nil }
     }
 
-    private var slots: [Slot]
-    private var mask: Int
+    private var slots: [Slot] = []
+    private var mask = 0
+    private let initialCapacity: Int
     private(set) var nextID: UInt16
     /// Number of live calls.
     private(set) var count = 0
@@ -32,8 +34,7 @@ struct CallTable<Completion> {
     private var tail: Int32 = -1
 
     init(firstID: UInt16 = 65530, initialCapacity: Int = 64) {
-        slots = Array(repeating: Slot(), count: initialCapacity)
-        mask = initialCapacity - 1
+        self.initialCapacity = initialCapacity
         nextID = firstID
     }
 
@@ -47,6 +48,7 @@ struct CallTable<Completion> {
 
     /// Whether `id` is a live call.
     func isLive(_ id: UInt16) -> Bool {
+        guard !slots.isEmpty else { return false }
         let s = slots[Int(id) & mask]
         return s.isLive && s.id == id
     }
@@ -54,6 +56,10 @@ struct CallTable<Completion> {
     /// Registers a call and returns its id, or nil when every id is in flight.
     mutating func insert(_ completion: Completion, deadline: UInt64, closeOnError: Bool) -> UInt16? {
         guard count < 65536 else { return nil }
+        if slots.isEmpty {
+            slots = Array(repeating: Slot(), count: initialCapacity)
+            mask = initialCapacity - 1
+        }
         var id = nextID
         while isLive(id) { id &+= 1 } // never reuse a live id (bounded: count < 65536)
         while slots[Int(id) & mask].isLive { grow() }
@@ -71,6 +77,7 @@ struct CallTable<Completion> {
     /// Removes a live call and returns its completion and closeOnError, or nil
     /// when `id` is not live (a late or unknown response).
     mutating func remove(_ id: UInt16) -> (completion: Completion, closeOnError: Bool)? {
+        guard !slots.isEmpty else { return nil }
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id else { return nil }
         let completion = slots[i].completion!
