@@ -54,6 +54,12 @@ public final class Connection: HandleOwner {
     /// Where the pending read lands.
     private enum ReadTarget { case ring, shared, direct }
     @exclusivity(unchecked) private var readTarget = ReadTarget.ring
+    /// Unconsumed bytes copied from the ring to the front of the shared buffer
+    /// for the pending read (they leave the ring only when the read succeeds).
+    @exclusivity(unchecked) private var sharedPrefix = 0
+    /// Up to this many unconsumed bytes are moved in front of a shared-buffer
+    /// read rather than making the read land in the (smaller) ring.
+    private static let maximumSharedPrefix = 16 << 10
 
     /// The read buffer.
     let ring: RingBuffer
@@ -85,8 +91,12 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) private var completions: [(end: UInt64, callback: (Result<Void, ConnectionError>) -> Void)] = []
     @exclusivity(unchecked) private var completionsHead = 0
     @exclusivity(unchecked) var flushScheduled = false
-    /// See ``isWritable``.
-    @exclusivity(unchecked) public private(set) var isWritable = true
+    /// False while more than ``ConnectionOptions/writeHighWaterMark`` bytes
+    /// wait to be written; true again below the low-water mark.
+    public var isWritable: Bool { writable }
+    // Stored apart from the public getter: other modules reach a public stored
+    // property directly, with a dynamic exclusivity check per access.
+    @exclusivity(unchecked) private var writable = true
 
     init(loop: EventLoop, unixDomain: Bool, options: ConnectionOptions, label: String) throws(UVError) {
         self.isUnixDomain = unixDomain
@@ -129,7 +139,7 @@ public final class Connection: HandleOwner {
     /// The socket's file descriptor while open (for `setsockopt`, `ioctl`
     /// and the like; do not read, write or close it), else nil.
     public var fileDescriptor: Int32? {
-        loop.preconditionInEventLoop("Connection.fileDescriptor")
+        preconditionInEventLoop("Connection.fileDescriptor")
         guard !isHandleClosing else { return nil }
         var fd = uv_os_fd_t(-1)
         // Safe: the handle is an initialised, open uv_tcp_t / uv_pipe_t owned by this connection.
@@ -159,7 +169,7 @@ public final class Connection: HandleOwner {
     /// Starts (or resumes) delivering reads to ``onRead``. Bytes already
     /// buffered are offered at once.
     public func resumeReading() {
-        loop.preconditionInEventLoop("Connection.resumeReading()")
+        preconditionInEventLoop("Connection.resumeReading()")
         wantsReading = true
         guard state == .open else { return }
         if ring.readableCount > 0 { processReadable() }
@@ -169,7 +179,7 @@ public final class Connection: HandleOwner {
     /// Stops reading from the socket (read-side backpressure: the peer's
     /// writes then back up in the kernel). Buffered bytes stay buffered.
     public func pauseReading() {
-        loop.preconditionInEventLoop("Connection.pauseReading()")
+        preconditionInEventLoop("Connection.pauseReading()")
         wantsReading = false
         stopReading()
     }
@@ -200,6 +210,17 @@ public final class Connection: HandleOwner {
             return uv_buf_t(base: loop.sharedReadBuffer.assumingMemoryBound(to: CChar.self),
                             len: EventLoop.sharedReadBufferSize)
         }
+        if ring.readableCount <= Self.maximumSharedPrefix {
+            // A partial frame is waiting: put a copy in front of a full-size read
+            // (the ring would offer only what is left of its 8 KiB).
+            let prefix = ring.readableCount
+            let shared = loop.sharedReadBuffer
+            ring.copyBytes(at: 0, count: prefix, into: shared)
+            readTarget = .shared
+            sharedPrefix = prefix
+            return uv_buf_t(base: (shared + prefix).assumingMemoryBound(to: CChar.self),
+                            len: EventLoop.sharedReadBufferSize - prefix)
+        }
         readTarget = .ring
         var region = ring.writableRegion()
         if region.isEmpty, ring.grow(toFit: ring.capacity * 2) {
@@ -210,13 +231,17 @@ public final class Connection: HandleOwner {
     }
 
     fileprivate func didRead(_ nread: Int) {
+        if nread <= 0 { sharedPrefix = 0 } // the unconsumed bytes are still in the ring
         if nread > 0 {
             switch readTarget {
             case .ring:
                 ring.didWrite(nread)
                 processReadable()
             case .shared:
-                processShared(UnsafeRawBufferPointer(start: loop.sharedReadBuffer, count: nread))
+                let prefix = sharedPrefix
+                sharedPrefix = 0
+                if prefix > 0 { ring.consume(prefix) } // now in front of the new bytes
+                processShared(UnsafeRawBufferPointer(start: loop.sharedReadBuffer, count: prefix + nread))
             case .direct:
                 onDirectRead?(nread)
             }
@@ -289,7 +314,7 @@ public final class Connection: HandleOwner {
     /// (they are allocated again when needed). For connections that went
     /// idle: an idle connection then owns no buffer memory.
     public func releaseIdleBuffers() {
-        loop.preconditionInEventLoop("Connection.releaseIdleBuffers()")
+        preconditionInEventLoop("Connection.releaseIdleBuffers()")
         if ring.readableCount == 0 && !processingReads { ring.releaseStorage() }
         if !writeInFlight && pending.readableCount == 0 {
             pending.release()
@@ -311,7 +336,7 @@ public final class Connection: HandleOwner {
     ///   is closing or closed (the bytes are not queued).
     public func write(_ bytes: UnsafeRawBufferPointer,
                       completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
-        loop.preconditionInEventLoop("Connection.write(_:completion:)")
+        preconditionInEventLoop("Connection.write(_:completion:)")
         guard state == .open else { throw closeReason ?? .closed(connection: label) }
         let direct = completion == nil ? writeDirectlyIfUnbuffered(bytes) : 0
         pending.append(UnsafeRawBufferPointer(rebasing: bytes[direct...]))
@@ -334,7 +359,7 @@ public final class Connection: HandleOwner {
     /// Queues `bytes` to be written; see ``write(_:completion:)-(UnsafeRawBufferPointer,_)``.
     public func write(_ bytes: [UInt8],
                       completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
-        loop.preconditionInEventLoop("Connection.write(_:completion:)")
+        preconditionInEventLoop("Connection.write(_:completion:)")
         let result = bytes.withUnsafeBytes { raw in
             Result { () throws(ConnectionError) in try write(raw, completion: completion) }
         }
@@ -345,7 +370,7 @@ public final class Connection: HandleOwner {
     /// outgoing buffer (no intermediate copy); `body` returns how many it wrote.
     public func write(reservingCapacity maximumCount: Int,
                       _ body: (UnsafeMutableRawBufferPointer) -> Int) throws(ConnectionError) {
-        loop.preconditionInEventLoop("Connection.write(reservingCapacity:_:)")
+        preconditionInEventLoop("Connection.write(reservingCapacity:_:)")
         guard state == .open else { throw closeReason ?? .closed(connection: label) }
         let n = pending.append(reserving: maximumCount, body)
         didQueue(n, completion: nil)
@@ -358,15 +383,15 @@ public final class Connection: HandleOwner {
             flushScheduled = true
             loop.pendingFlush.append(self)
         }
-        if isWritable && pendingWriteBytes > options.writeHighWaterMark {
-            isWritable = false
+        if writable && pendingWriteBytes > options.writeHighWaterMark {
+            writable = false
             onWritabilityChanged?(false)
         }
     }
 
     /// Writes queued bytes now instead of at the end of the loop turn.
     public func flush() {
-        loop.preconditionInEventLoop("Connection.flush()")
+        preconditionInEventLoop("Connection.flush()")
         flushNow()
     }
 
@@ -472,8 +497,8 @@ public final class Connection: HandleOwner {
             completions.removeAll(keepingCapacity: true)
             completionsHead = 0
         }
-        if !isWritable && pendingWriteBytes < options.writeLowWaterMark {
-            isWritable = true
+        if !writable && pendingWriteBytes < options.writeLowWaterMark {
+            writable = true
             onWritabilityChanged?(true)
         }
         if state == .closing && pendingWriteBytes == 0 && !writeInFlight { shutdownAndClose() }
@@ -485,7 +510,7 @@ public final class Connection: HandleOwner {
     /// ``ConnectionOptions/gracefulCloseTimeout``), shuts down the write side,
     /// then closes. Idempotent; ``onClose`` reports the end.
     public func close() {
-        loop.preconditionInEventLoop("Connection.close()")
+        preconditionInEventLoop("Connection.close()")
         guard state == .open || state == .connecting else { return }
         state = .closing
         stopReading()
@@ -504,7 +529,7 @@ public final class Connection: HandleOwner {
     /// Closes at once: pending writes are dropped (their completions fail)
     /// and a TCP peer gets a reset. Idempotent.
     public func abort() {
-        loop.preconditionInEventLoop("Connection.abort()")
+        preconditionInEventLoop("Connection.abort()")
         terminate(reason: nil, reset: true)
     }
 

@@ -23,6 +23,15 @@ public class HandleOwner {
     /// alive for every handle but the loop's own (which would form a cycle).
     private final unowned(unsafe) let unownedLoop: EventLoop
     private final let retainedLoop: EventLoop?
+    /// `loop.preconditionInEventLoop(api)` without retaining the loop (the
+    /// `loop` getter returns a strong reference; this sits on the hot path).
+    @inline(__always)
+    public final func preconditionInEventLoop(_ api: StaticString) {
+        // Safe: the loop outlives its open handles (see `unownedLoop`), so a
+        // guaranteed reference without retain/release is valid for the call.
+        Unmanaged.passUnretained(unownedLoop)._withUnsafeGuaranteedRef { $0.preconditionInEventLoop(api) }
+    }
+
     /// True once `uv_*_init` succeeded and the handle references its owner.
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.

@@ -134,10 +134,20 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     public let logger: Logger
     /// The loop it runs on.
     public var loop: EventLoop { connection.loop }
+    /// The loop without a retain per use (the hot path reads it per message).
+    /// Safe: the connection retains its loop, and this endpoint retains the connection.
+    private unowned(unsafe) let eventLoop: EventLoop
+
+    /// The loop-thread check of every loop-bound member, without a retain of the loop.
+    @inline(__always)
+    private func checkLoop(_ api: StaticString) {
+        // Safe: see `eventLoop`; the reference is only used during the call.
+        Unmanaged.passUnretained(eventLoop)._withUnsafeGuaranteedRef { $0.preconditionInEventLoop(api) }
+    }
 
     /// The peer's handshake, once received. Loop-bound.
     public var peerInfo: PeerInfo? {
-        loop.preconditionInEventLoop("RPCEndpoint.peerInfo")
+        checkLoop("RPCEndpoint.peerInfo")
         return _peerInfo
     }
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
@@ -150,19 +160,19 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// no handler is set wait (up to 1024) for one.
     public var onMessage: ((UnsafeRawBufferPointer, RPCResponder) throws -> Void)? {
         get {
-            loop.preconditionInEventLoop("RPCEndpoint.onMessage")
+            checkLoop("RPCEndpoint.onMessage")
             if case .callback(let c)? = handler { return c }
             return nil
         }
         set {
-            loop.preconditionInEventLoop("RPCEndpoint.onMessage")
+            checkLoop("RPCEndpoint.onMessage")
             handler = newValue.map { .callback($0) }
             deliverWaitingMessages()
         }
     }
     @exclusivity(unchecked) private var handler: MessageHandler?
-    /// Answered responders nobody else holds, ready for the next message.
-    @exclusivity(unchecked) private var responderPool: [RPCResponder] = []
+    /// An answered responder nobody else holds, ready for the next message.
+    @exclusivity(unchecked) private var spareResponder: RPCResponder?
     /// Tasks running async handlers, cancelled when the endpoint closes.
     @exclusivity(unchecked) private var handlerTasks: [UInt64: Task<Void, Never>] = [:]
     @exclusivity(unchecked) private var nextHandlerTaskKey: UInt64 = 0
@@ -172,8 +182,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     /// Called once, after the connection closed, with the reason. Loop-bound.
     public var onClose: ((RPCCloseReason) -> Void)? {
-        get { loop.preconditionInEventLoop("RPCEndpoint.onClose"); return _onClose }
-        set { loop.preconditionInEventLoop("RPCEndpoint.onClose"); _onClose = newValue }
+        get { checkLoop("RPCEndpoint.onClose"); return _onClose }
+        set { checkLoop("RPCEndpoint.onClose"); _onClose = newValue }
     }
     @exclusivity(unchecked) private var _onClose: ((RPCCloseReason) -> Void)?
     /// Lets an owner (``RPCServer``) forget the endpoint once closed.
@@ -183,7 +193,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     /// Why the endpoint is closing, once it is. Loop-bound.
     public var closeReason: RPCCloseReason? {
-        loop.preconditionInEventLoop("RPCEndpoint.closeReason")
+        checkLoop("RPCEndpoint.closeReason")
         return _closeReason
     }
     @exclusivity(unchecked) private var _closeReason: RPCCloseReason?
@@ -191,13 +201,13 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     public var isClosing: Bool { closeReason != nil }
     /// True once the connection is fully closed and ``onClose`` ran. Loop-bound.
     public var isClosed: Bool {
-        loop.preconditionInEventLoop("RPCEndpoint.isClosed")
+        checkLoop("RPCEndpoint.isClosed")
         return _isClosed
     }
     @exclusivity(unchecked) private var _isClosed = false
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
-        loop.preconditionInEventLoop("RPCEndpoint.inFlightCount")
+        checkLoop("RPCEndpoint.inFlightCount")
         return calls.count + deferredSends.count + (blockedSends.count - blockedSendsHead)
     }
 
@@ -209,14 +219,14 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// incoming messages (their answers would pile up), so a peer that sends
     /// but never reads cannot grow this side's memory. Loop-bound.
     public var isWritable: Bool {
-        loop.preconditionInEventLoop("RPCEndpoint.isWritable")
+        checkLoop("RPCEndpoint.isWritable")
         return connection.isWritable
     }
 
     /// Called (on the loop) when ``isWritable`` changes. Loop-bound.
     public var onWritabilityChanged: ((Bool) -> Void)? {
-        get { loop.preconditionInEventLoop("RPCEndpoint.onWritabilityChanged"); return _onWritabilityChanged }
-        set { loop.preconditionInEventLoop("RPCEndpoint.onWritabilityChanged"); _onWritabilityChanged = newValue }
+        get { checkLoop("RPCEndpoint.onWritabilityChanged"); return _onWritabilityChanged }
+        set { checkLoop("RPCEndpoint.onWritabilityChanged"); _onWritabilityChanged = newValue }
     }
     @exclusivity(unchecked) private var _onWritabilityChanged: ((Bool) -> Void)?
 
@@ -244,6 +254,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                 label: String? = nil, logger: Logger? = nil) {
         connection.loop.preconditionInEventLoop("RPCEndpoint.init")
         self.connection = connection
+        self.eventLoop = connection.loop
         self.configuration = configuration
         self.label = label ?? connection.label
         var logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -272,14 +283,14 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         }
         if configuration.sendsKeepalives {
             let interval = configuration.keepaliveInterval
-            keepaliveTimer = loop.scheduleTimer(after: interval, repeating: interval) { [unowned self] in
+            keepaliveTimer = eventLoop.scheduleTimer(after: interval, repeating: interval) { [unowned self] in
                 PacketWriter.keepalive.withUnsafeBytes { try? self.connection.write($0) }
             }
         }
         let period = min(configuration.keepaliveTimeout, configuration.handshakeTimeout) / 4
         let clamped = max(period, .milliseconds(5))
         livenessPeriod = clamped.roundedUpMilliseconds
-        livenessTimer = loop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
+        livenessTimer = eventLoop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
             self.checkLiveness()
         }
     }
@@ -313,8 +324,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// or the error. Loop-bound. Set it once; no closure is created per call,
     /// so this path allocates nothing per round trip.
     public var onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)? {
-        get { loop.preconditionInEventLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
-        set { loop.preconditionInEventLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
+        get { checkLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
+        set { checkLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
     }
     @exclusivity(unchecked) private var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
 
@@ -345,7 +356,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
                            completion: Completion) {
-        loop.preconditionInEventLoop("RPCEndpoint.send")
+        checkLoop("RPCEndpoint.send")
         if completion.isAbandoned { return }
         if let reason = _closeReason {
             return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason))
@@ -373,7 +384,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                 return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
             }
         }
-        let now = loop.now
+        let now = eventLoop.now
         let deadline = now &+ timeout.roundedUpMilliseconds
         guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
                                     closeOnError: closeOnError) else {
@@ -394,7 +405,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// writable (or older async sends still wait), so an async sender faster
     /// than its peer is held back instead of growing the outgoing buffer.
     func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
-        loop.preconditionInEventLoop("RPCEndpoint.send")
+        checkLoop("RPCEndpoint.send")
         if call.isFinished { return }
         if _closeReason == nil && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
             blockedSends.append(BlockedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, call: call))
@@ -426,7 +437,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             if pausedForBackpressure {
                 pausedForBackpressure = false
                 // The peer's silence while we were not reading does not count.
-                lastReceived = loop.now
+                lastReceived = eventLoop.now
                 connection.resumeReading()
             }
             startBlockedSends()
@@ -436,21 +447,27 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     private func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
         let size = PacketWriter.frameSize(payloadCount: payload.count)
-        try connection.write(reservingCapacity: size) { buffer in
-            PacketWriter.writeFrame(isResponse: isResponse, id: id, payload: payload, to: buffer.baseAddress!)
+        // Safe: `connection` is a let this endpoint holds strongly; no retain per frame.
+        let result = Unmanaged.passUnretained(connection)._withUnsafeGuaranteedRef { connection in
+            Result { () throws(ConnectionError) in
+                try connection.write(reservingCapacity: size) { buffer in
+                    PacketWriter.writeFrame(isResponse: isResponse, id: id, payload: payload, to: buffer.baseAddress!)
+                }
+            }
         }
+        try result.get()
     }
 
     private func armDeadlineTimer(now: UInt64) {
         guard let earliest = calls.earliestDeadline else { return }
-        if deadlineTimer == nil { deadlineTimer = loop.makeTimer { [unowned self] in self.expireCalls() } }
+        if deadlineTimer == nil { deadlineTimer = eventLoop.makeTimer { [unowned self] in self.expireCalls() } }
         armedDeadline = earliest
         deadlineTimer!.start(after: .milliseconds(Int64(earliest > now ? earliest - now : 0)))
     }
 
     private func expireCalls() {
         armedDeadline = .max
-        let now = loop.now
+        let now = eventLoop.now
         while let id = calls.popExpired(now: now), let (call, closeOnError) = calls.remove(id) {
             let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
@@ -464,7 +481,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     // MARK: Receiving
 
     private func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
-        lastReceived = loop.now
+        lastReceived = eventLoop.now
         if _closeReason != nil { return bytes.count }
         // Backpressure: take no new message while answers pile up unsent; the
         // peer's bytes wait in the kernel (and its sends back up) until the
@@ -515,7 +532,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         case .callback(let onMessage)?:
             // Responders are reused when the handler kept no reference, so the
             // synchronous answer path allocates nothing per message.
-            var responder = responderPool.popLast() ?? RPCResponder(endpoint: self, messageID: id)
+            var responder = spareResponder.take() ?? RPCResponder(endpoint: self, messageID: id)
             responder.reuse(for: id)
             do {
                 try onMessage(payload, responder)
@@ -531,7 +548,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                                  metadata: ["rpc.id": "\(id)"])
                 }
                 responder.abandon()
-                if responderPool.count < 16 && _closeReason == nil { responderPool.append(responder) }
+                if _closeReason == nil { spareResponder = responder }
             }
         case .async(let handle)?:
             runAsyncHandler(handle, id: id, request: Array(payload))
@@ -601,7 +618,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     /// Writes the answer to message `id` (used by ``RPCResponder``).
     func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
-        loop.preconditionInEventLoop("RPCResponder.respond")
+        checkLoop("RPCResponder.respond")
         guard _closeReason == nil else { throw .closed(endpoint: label, messageID: id) }
         if payload.count > Wire.maximumShortPayload, let peer = _peerInfo, !peer.acceptsBigPayloads {
             throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
@@ -634,7 +651,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     // MARK: Liveness
 
     private func checkLiveness() {
-        let now = loop.now
+        let now = eventLoop.now
         // Nothing arrived for a whole period: give the connection's buffers back.
         if now - lastReceived >= livenessPeriod { connection.releaseIdleBuffers() }
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
@@ -653,7 +670,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// Closes the endpoint: fails every in-flight call, refuses later
     /// answers, flushes and closes the connection. Idempotent.
     public func close() {
-        loop.preconditionInEventLoop("RPCEndpoint.close()")
+        checkLoop("RPCEndpoint.close()")
         close(reason: .local)
     }
 
@@ -714,7 +731,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         handler = nil
         _onTaggedResponse = nil
         _onWritabilityChanged = nil
-        responderPool.removeAll() // they reference the endpoint
+        spareResponder = nil // it references the endpoint
         waitingMessages.removeAll()
         let owner = didCloseForOwner
         didCloseForOwner = nil
