@@ -376,8 +376,9 @@ public final class Connection: HandleOwner {
         didQueue(n, completion: nil)
     }
 
+    @inline(__always)
     private func didQueue(_ count: Int, completion: ((Result<Void, ConnectionError>) -> Void)?) {
-        bytesQueued += UInt64(count)
+        bytesQueued &+= UInt64(truncatingIfNeeded: count)
         if let completion { completions.append((bytesQueued, completion)) }
         if !flushScheduled {
             flushScheduled = true
@@ -643,8 +644,9 @@ struct OutgoingBuffer {
         writeIndex += bytes.count
     }
 
+    @inline(__always)
     mutating func append(reserving count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
-        reserve(count)
+        if writeIndex + count > capacity { reserve(count) } // the common case needs no call
         let n = body(UnsafeMutableRawBufferPointer(start: storage! + writeIndex, count: count))
         precondition(n >= 0 && n <= count, "write(reservingCapacity:) body wrote \(n) of at most \(count) bytes")
         writeIndex += n
@@ -662,6 +664,7 @@ struct OutgoingBuffer {
         reset()
     }
 
+    @inline(never)
     private mutating func reserve(_ extra: Int) {
         if writeIndex + extra <= capacity { return }
         // Compact first; grow (doubling) only if that is not enough.

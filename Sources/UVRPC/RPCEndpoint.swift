@@ -197,6 +197,9 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         return _closeReason
     }
     @exclusivity(unchecked) private var _closeReason: RPCCloseReason?
+    /// `_closeReason != nil`, as a plain flag for the per-message checks
+    /// (comparing the optional enum with nil costs a copy of its payload).
+    @exclusivity(unchecked) private var closing = false
     /// True once closing started (by ``close()`` or a failure). Loop-bound.
     public var isClosing: Bool { closeReason != nil }
     /// True once the connection is fully closed and ``onClose`` ran. Loop-bound.
@@ -269,7 +272,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         connection.onClose = { error in self.connectionDidClose(error) }
         connection.onWritabilityChanged = { writable in self.writabilityChanged(writable) }
         // The rest of a big payload is read straight into its final buffer.
-        connection.directReadBuffer = { self._closeReason == nil ? self.parser.bigPayloadRemainder : nil }
+        connection.directReadBuffer = { !self.closing ? self.parser.bigPayloadRemainder : nil }
         connection.onDirectRead = { count in
             self.lastReceived = self.loop.now
             self.parser.didFillBigPayload(count) { packet in self.dispatch(packet) }
@@ -407,7 +410,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
         checkLoop("RPCEndpoint.send")
         if call.isFinished { return }
-        if _closeReason == nil && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
+        if !closing && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
             blockedSends.append(BlockedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, call: call))
             return
         }
@@ -418,7 +421,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     /// Starts waiting async sends while the connection stays writable.
     private func startBlockedSends() {
-        while blockedSendsHead < blockedSends.count, connection.isWritable, _closeReason == nil {
+        while blockedSendsHead < blockedSends.count, connection.isWritable, !closing {
             let send = blockedSends[blockedSendsHead]
             blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
             blockedSendsHead += 1
@@ -473,16 +476,16 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
             call.completion.fail(on: self, error)
             if closeOnError { close(reason: .callFailed(error)) }
-            if _closeReason != nil { return }
+            if closing { return }
         }
-        if _closeReason == nil { armDeadlineTimer(now: now) }
+        if !closing { armDeadlineTimer(now: now) }
     }
 
     // MARK: Receiving
 
     private func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
         lastReceived = eventLoop.now
-        if _closeReason != nil { return bytes.count }
+        if closing { return bytes.count }
         // Backpressure: take no new message while answers pile up unsent; the
         // peer's bytes wait in the kernel (and its sends back up) until the
         // connection drains below its low-water mark.
@@ -510,7 +513,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         case .message(let id, let payload):
             handleMessage(id: id, payload: payload)
             // Stop after it if its answer made the connection unwritable.
-            return _closeReason == nil && connection.isWritable
+            return !closing && connection.isWritable
         case .response(let id, let payload):
             if let (call, _) = calls.remove(id) {
                 call.completion.succeed(on: self, payload)
@@ -524,7 +527,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
             sendDeferred()
         }
-        return _closeReason == nil
+        return !closing
     }
 
     private func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
@@ -543,12 +546,12 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                 ])
             }
             if isKnownUniquelyReferenced(&responder) {
-                if !responder.isAnswered && _closeReason == nil {
+                if !responder.isAnswered && !closing {
                     logger.error("message handler dropped its responder without answering; no response sent",
                                  metadata: ["rpc.id": "\(id)"])
                 }
                 responder.abandon()
-                if _closeReason == nil { spareResponder = responder }
+                if !closing { spareResponder = responder }
             }
         case .async(let handle)?:
             runAsyncHandler(handle, id: id, request: Array(payload))
@@ -600,7 +603,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         guard handler != nil, !waitingMessages.isEmpty else { return }
         let waiting = waitingMessages
         waitingMessages.removeAll()
-        for message in waiting where _closeReason == nil {
+        for message in waiting where !closing {
             message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
         }
     }
@@ -619,7 +622,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// Writes the answer to message `id` (used by ``RPCResponder``).
     func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
         checkLoop("RPCResponder.respond")
-        guard _closeReason == nil else { throw .closed(endpoint: label, messageID: id) }
+        guard !closing else { throw .closed(endpoint: label, messageID: id) }
         if payload.count > Wire.maximumShortPayload, let peer = _peerInfo, !peer.acceptsBigPayloads {
             throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
                               peerProtocol: peer.protocolVersion)
@@ -632,7 +635,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
 
     /// `isClosing` without the thread check, for deinit paths.
-    var isClosingUnchecked: Bool { _closeReason != nil }
+    var isClosingUnchecked: Bool { closing }
 
     /// Registers a waiter for the end of the endpoint (on the loop).
     func addCloseWaiter(_ waiter: CheckedContinuation<RPCCloseReason, Never>) {
@@ -675,8 +678,9 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
 
     private func close(reason: RPCCloseReason) {
-        guard _closeReason == nil else { return }
+        guard !closing else { return }
         _closeReason = reason
+        closing = true
         switch reason {
         case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout:
             break // not logged, or logged where detected
@@ -713,7 +717,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
 
     private func connectionDidClose(_ error: ConnectionError?) {
-        if _closeReason == nil {
+        if !closing {
             let reason: RPCCloseReason
             switch error {
             case nil: reason = .local
