@@ -98,8 +98,15 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     /// What handles incoming messages.
     enum MessageHandler {
-        case callback((UnsafeRawBufferPointer, RPCResponder) throws -> Void)
+        case callback(CallbackHandler)
         case async(@Sendable ([UInt8]) async throws -> [UInt8])
+    }
+
+    /// A callback handler in a box, so that the per-message call can borrow it
+    /// (``RPCEndpoint/handleMessage(id:payload:)``) instead of retaining it.
+    final class CallbackHandler {
+        let body: (UnsafeRawBufferPointer, RPCResponder) throws -> Void
+        init(_ body: @escaping (UnsafeRawBufferPointer, RPCResponder) throws -> Void) { self.body = body }
     }
 
     /// What the call table keeps per outgoing call.
@@ -161,16 +168,30 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     public var onMessage: ((UnsafeRawBufferPointer, RPCResponder) throws -> Void)? {
         get {
             checkLoop("RPCEndpoint.onMessage")
-            if case .callback(let c)? = handler { return c }
+            if case .callback(let c)? = handler { return c.body }
             return nil
         }
         set {
             checkLoop("RPCEndpoint.onMessage")
-            handler = newValue.map { .callback($0) }
+            setHandler(newValue.map { .callback(CallbackHandler($0)) })
             deliverWaitingMessages()
         }
     }
     @exclusivity(unchecked) private var handler: MessageHandler?
+    /// The callback handler of `handler`, unretained, for the per-message call.
+    /// Invariant: `handler` (or `retiredHandlers`, while a message is being
+    /// handled) holds it strongly whenever this is non-nil.
+    @exclusivity(unchecked) private var callbackHandler: Unmanaged<CallbackHandler>?
+    /// Handlers replaced while a message was being handled: kept alive until
+    /// that call returned (the one running may be among them).
+    @exclusivity(unchecked) private var retiredHandlers: [MessageHandler] = []
+    @exclusivity(unchecked) private var handlingDepth = 0
+
+    private func setHandler(_ new: MessageHandler?) {
+        if handlingDepth > 0, let old = handler { retiredHandlers.append(old) }
+        handler = new
+        if case .callback(let box)? = new { callbackHandler = Unmanaged.passUnretained(box) } else { callbackHandler = nil }
+    }
     /// An answered responder nobody else holds, ready for the next message.
     @exclusivity(unchecked) private var spareResponder: RPCResponder?
     /// Tasks running async handlers, cancelled when the endpoint closes.
@@ -531,14 +552,15 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
 
     private func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
-        switch handler {
-        case .callback(let onMessage)?:
+        if let callbackHandler {
             // Responders are reused when the handler kept no reference, so the
             // synchronous answer path allocates nothing per message.
             var responder = spareResponder.take() ?? RPCResponder(endpoint: self, messageID: id)
             responder.reuse(for: id)
+            handlingDepth += 1
             do {
-                try onMessage(payload, responder)
+                // Borrowed, not retained: see `callbackHandler` and `retiredHandlers`.
+                try callbackHandler._withUnsafeGuaranteedRef { try $0.body(payload, responder) }
             } catch {
                 responder.abandon()
                 logger.error("message handler failed; no response sent", metadata: [
@@ -553,6 +575,13 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                 responder.abandon()
                 if !closing { spareResponder = responder }
             }
+            handlingDepth -= 1
+            if handlingDepth == 0 && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
+            return
+        }
+        switch handler {
+        case .callback?:
+            break // handled above
         case .async(let handle)?:
             runAsyncHandler(handle, id: id, request: Array(payload))
         case nil:
@@ -595,7 +624,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     /// Installs an async handler (on the loop) and hands it any waiting messages.
     func installAsyncHandler(_ handle: @escaping @Sendable ([UInt8]) async throws -> [UInt8]) {
-        handler = .async(handle)
+        setHandler(.async(handle))
         deliverWaitingMessages()
     }
 
@@ -732,7 +761,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         parser.discardPartialPacket()
         let onClose = _onClose
         _onClose = nil
-        handler = nil
+        setHandler(nil)
         _onTaggedResponse = nil
         _onWritabilityChanged = nil
         spareResponder = nil // it references the endpoint

@@ -310,4 +310,28 @@ final class EndpointTests: XCTestCase {
         XCTAssertEqual(outcomes[7], "timed out")
         XCTAssertEqual(try harness.sync { pair.client.value.inFlightCount }, 0)
     }
+
+    func testAHandlerThatReplacesItselfWhileRunningKeepsWorking() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let pair = try harness.endpointPair()
+        // The first handler swaps itself out twice while it runs (its captured
+        // state must stay alive until it returns), then answers.
+        try harness.sync {
+            let endpoint = pair.server.value
+            let marker = [UInt8](repeating: 1, count: 1000) // captured state that must survive the swap
+            endpoint.onMessage = { payload, responder in
+                endpoint.onMessage = { _, r in try r.respond([9]) }
+                endpoint.onMessage = { payload, r in try r.respond(Array(payload) + [2]) }
+                try responder.respond(Array(payload) + [UInt8(marker.count & 0xff)])
+            }
+            _ = loop
+        }
+        XCTAssertEqual(try harness.call(pair.client, [5]).get(), [5, 232])
+        XCTAssertEqual(try harness.call(pair.client, [6]).get(), [6, 2])
+        try harness.sync { pair.server.value.onMessage = nil }
+        try harness.sync { pair.server.value.onMessage = reversing }
+        XCTAssertEqual(try harness.call(pair.client, [1, 2]).get(), [2, 1])
+    }
 }
