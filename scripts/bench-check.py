@@ -10,8 +10,8 @@ import sys
 LIMITS = {
     "api=callback,side=server": 0.0,
     "api=callback,side=client": 0.0,
-    "api=async,side=server": 8.1,
-    "api=async,side=client": 7.4,
+    "api=async,side=server": 7.0,
+    "api=async,side=client": 2.0,
 }
 
 results = {r["params"]: r["mallocs_per_call"] for r in json.load(open(sys.argv[1]))["results"]

@@ -272,7 +272,10 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     }
 
     fileprivate func runJobs() {
-        var batch = spareJobs
+        // Take the spare array out (not a copy: a second reference would make the
+        // queue's next append reallocate), hand it to the queue, run the batch.
+        var batch: [Work] = []
+        swap(&batch, &spareJobs)
         jobs.withLock { swap(&$0.jobs, &batch) }
         for work in batch {
             switch work {
