@@ -366,6 +366,19 @@ public final class Connection: HandleOwner {
         try result.get()
     }
 
+    /// Queues a packet of a framed protocol: the first `headerCount` (at most
+    /// 8) bytes of `header` as they lie in memory (byte 0 is the lowest byte:
+    /// build it with `UInt64(littleEndian:)` in mind), then `payload`; copied,
+    /// like ``write(_:completion:)-(UnsafeRawBufferPointer,_)``, but in one step
+    /// with no closure (the per-frame path of a protocol writer).
+    public func write(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
+        preconditionInEventLoop("Connection.write(header:headerCount:payload:)")
+        guard state == .open else { throw closeReason ?? .closed(connection: label) }
+        precondition(headerCount >= 0 && headerCount <= 8, "Connection.write(header:headerCount:payload:): headerCount \(headerCount) is not 0...8")
+        pending.append(header: header, headerCount: headerCount, payload: payload)
+        didQueue(headerCount + payload.count, completion: nil)
+    }
+
     /// Lets `body` write up to `maximumCount` bytes straight into the
     /// outgoing buffer (no intermediate copy); `body` returns how many it wrote.
     public func write(reservingCapacity maximumCount: Int,
@@ -651,6 +664,18 @@ struct OutgoingBuffer {
         precondition(n >= 0 && n <= count, "write(reservingCapacity:) body wrote \(n) of at most \(count) bytes")
         writeIndex += n
         return n
+    }
+
+    /// Appends `headerCount` bytes of `header` (memory order) and `payload`.
+    @inline(__always)
+    mutating func append(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) {
+        // 8 bytes of room for the header store, whatever `headerCount` is.
+        let room = payload.count + 8
+        if writeIndex + room > capacity { reserve(room) }
+        let p = storage! + writeIndex
+        p.storeBytes(of: header.littleEndian, as: UInt64.self) // unaligned store
+        if payload.count > 0 { (p + headerCount).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+        writeIndex += headerCount + payload.count
     }
 
     mutating func consume(_ n: Int) { readIndex += n }

@@ -470,16 +470,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
 
     private func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
-        let size = PacketWriter.frameSize(payloadCount: payload.count)
-        // Safe: `connection` is a let this endpoint holds strongly; no retain per frame.
-        let result = Unmanaged.passUnretained(connection)._withUnsafeGuaranteedRef { connection in
-            Result { () throws(ConnectionError) in
-                try connection.write(reservingCapacity: size) { buffer in
-                    PacketWriter.writeFrame(isResponse: isResponse, id: id, payload: payload, to: buffer.baseAddress!)
-                }
-            }
-        }
-        try result.get()
+        let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: payload.count)
+        try connection.write(header: header.bits, headerCount: header.count, payload: payload)
     }
 
     private func armDeadlineTimer(now: UInt64) {
@@ -573,7 +565,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
                                  metadata: ["rpc.id": "\(id)"])
                 }
                 responder.abandon()
-                if !closing { spareResponder = responder }
+                if !closing { spareResponder = consume responder }
             }
             handlingDepth -= 1
             if handlingDepth == 0 && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }

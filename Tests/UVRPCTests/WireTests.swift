@@ -92,4 +92,20 @@ final class WireTests: XCTestCase {
             }
         }
     }
+
+    func testFrameHeaderBitsMatchTheEncodedFrame() {
+        for n in [0, 1, 255, 256, 65535, 65536, 70000] {
+            for id: UInt16 in [0, 1, 0x1234, 65535] {
+                for isResponse in [false, true] {
+                    let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: n)
+                    let bytes = withUnsafeBytes(of: header.bits.littleEndian) { Array($0.prefix(header.count)) }
+                    let frame = PacketWriter.frame(isResponse: isResponse, id: id, payload: [UInt8](repeating: 7, count: n))
+                    XCTAssertEqual(bytes, Array(frame.prefix(header.count)), "n=\(n) id=\(id) response=\(isResponse)")
+                }
+            }
+        }
+        let big = PacketWriter.header(isResponse: true, id: 0xABCD, payloadCount: 16 << 20)
+        XCTAssertEqual(withUnsafeBytes(of: big.bits.littleEndian) { Array($0.prefix(big.count)) },
+                       [5, 0xAB, 0xCD, 0x01, 0x00, 0x00, 0x00])
+    }
 }
