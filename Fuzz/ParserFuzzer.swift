@@ -2,9 +2,11 @@
 // Built by scripts/fuzz.sh with `swiftc -parse-as-library -sanitize=fuzzer,address`
 // together with Sources/UVRPC/Wire.swift and PacketParser.swift.
 //
-// Each input is parsed three ways: whole, split at a point chosen by its first
-// byte, and one byte at a time; the three must agree (same packets, same
-// error), and nothing may crash, hang or allocate past the payload limit.
+// Each input is parsed four ways: whole, split at a point chosen by its first
+// byte, one byte at a time, and in chunks that go straight into a big
+// payload's buffer whenever the parser offers one (as the endpoint's direct
+// reads do); all must agree (same packets, same error), and nothing may
+// crash, hang or allocate past the payload limit.
 
 /// One parse outcome, compared across the three feeding patterns.
 enum Outcome: Equatable {
@@ -13,26 +15,37 @@ enum Outcome: Equatable {
     case violation(ProtocolViolation)
 }
 
-func parse(_ data: [UInt8], chunk: (Int) -> Int) -> [Outcome] {
+func parse(_ data: [UInt8], direct: Bool = false, chunk: (Int) -> Int) -> [Outcome] {
     var parser = PacketParser(maximumPayloadSize: 1 << 20, inlinePayloadLimit: 4096 - 7)
     var outcomes: [Outcome] = []
     var pending: [UInt8] = []
     var position = 0
+    func record(_ packet: ParsedPacket) -> Bool {
+        switch packet {
+        case .handshake(let info): outcomes.append(.handshake(info))
+        case .keepalive: outcomes.append(.packet(kind: 1, id: 0, payload: []))
+        case .message(let id, let p): outcomes.append(.packet(kind: 2, id: id, payload: Array(p)))
+        case .response(let id, let p): outcomes.append(.packet(kind: 3, id: id, payload: Array(p)))
+        }
+        return true
+    }
     while position < data.count {
         let n = min(max(1, chunk(position)), data.count - position)
+        if direct, pending.isEmpty, let remainder = parser.bigPayloadRemainder {
+            // A direct read: the bytes land in the payload's own buffer.
+            let m = min(n, remainder.count)
+            data.withUnsafeBytes { raw in
+                remainder.baseAddress!.copyMemory(from: raw.baseAddress! + position, byteCount: m)
+            }
+            position += m
+            parser.didFillBigPayload(m, record)
+            continue
+        }
         pending.append(contentsOf: data[position..<position + n])
         position += n
         let result: Result<Int, ProtocolViolation> = pending.withUnsafeBytes { raw in
             Result { () throws(ProtocolViolation) -> Int in
-                try parser.parse(raw) { packet in
-                    switch packet {
-                    case .handshake(let info): outcomes.append(.handshake(info))
-                    case .keepalive: outcomes.append(.packet(kind: 1, id: 0, payload: []))
-                    case .message(let id, let p): outcomes.append(.packet(kind: 2, id: id, payload: Array(p)))
-                    case .response(let id, let p): outcomes.append(.packet(kind: 3, id: id, payload: Array(p)))
-                    }
-                    return true
-                }
+                try parser.parse(raw, record)
             }
         }
         switch result {
@@ -59,7 +72,10 @@ public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
     var first = true
     let split = parse(data) { _ in defer { first = false }; return first ? cut : data.count }
     let bytewise = parse(data) { _ in 1 }
+    let step = data.isEmpty ? 1 : Int(data[data.count - 1]) % 97 + 1
+    let direct = parse(data, direct: true) { _ in step }
     precondition(whole == split, "whole and split parses differ")
     precondition(whole == bytewise, "whole and byte-by-byte parses differ")
+    precondition(whole == direct, "whole and direct-read parses differ")
     return 0
 }

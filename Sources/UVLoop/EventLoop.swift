@@ -126,7 +126,12 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// True when called on this loop's thread while it runs.
     public var inEventLoop: Bool {
         let id = threadID.load(ordering: .relaxed)
+        #if os(Linux)
+        // glibc's pthread_t is an integer and pthread_equal is ==: skip the call (hot path).
+        return id != 0 && UInt(pthread_self()) == id
+        #else
         return id != 0 && pthread_equal(pthread_t(id), pthread_self()) != 0
+        #endif
     }
 
     /// Stops the program unless called on this loop's thread. `api` names the

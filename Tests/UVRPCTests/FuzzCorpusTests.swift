@@ -10,10 +10,10 @@ final class FuzzCorpusTests: XCTestCase {
             .deletingLastPathComponent().appendingPathComponent("Fuzz/corpus")
         let files = try FileManager.default.contentsOfDirectory(atPath: corpus.path).sorted()
         XCTAssertFalse(files.isEmpty, "the corpus is committed with the repository")
-        func outcome(_ data: [UInt8], _ chunk: @escaping () -> Int) -> String {
+        func outcome(_ data: [UInt8], direct: Bool = false, _ chunk: @escaping () -> Int) -> String {
             do {
                 return try parseInChunks(data, bufferLimit: 4096, maximumPayloadSize: 1 << 20, allowTrailing: true,
-                                        chunkSize: chunk)
+                                        direct: direct, chunkSize: chunk)
                     .map(\.description).joined(separator: ",")
             } catch {
                 return "violation: \(error)"
@@ -27,6 +27,8 @@ final class FuzzCorpusTests: XCTestCase {
             let cut = data.isEmpty ? 1 : Int(data[0]) % max(1, data.count) + 1
             XCTAssertEqual(outcome(data) { defer { first = false }; return first ? cut : data.count }, whole, name)
             if data.count <= 20_000 { XCTAssertEqual(outcome(data) { 1 }, whole, name) }
+            let step = data.isEmpty ? 1 : Int(data[data.count - 1]) % 97 + 1
+            XCTAssertEqual(outcome(data, direct: true) { step }, whole, "\(name), direct reads")
         }
     }
 }

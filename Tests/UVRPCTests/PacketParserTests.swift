@@ -61,6 +61,10 @@ final class PacketParserTests: XCTestCase {
             // A small buffer forces mid-sized payloads through the parser's own buffer too.
             XCTAssertEqual(try parseInChunks(stream, bufferLimit: 512, chunkSize: { Int.random(in: 1...700, using: &rng) }),
                            expected, "small buffer, seed \(seed)")
+            // Big payloads filled by direct reads, in random chunk sizes.
+            XCTAssertEqual(try parseInChunks(stream, bufferLimit: 512, direct: true,
+                                             chunkSize: { Int.random(in: 1...3000, using: &rng) }),
+                           expected, "direct reads, seed \(seed)")
         }
     }
 

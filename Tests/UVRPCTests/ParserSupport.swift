@@ -31,14 +31,24 @@ enum Event: Equatable, CustomStringConvertible {
 /// gives the size of each next chunk. `bufferLimit` plays the ring's
 /// capacity: payloads that cannot fit go through the parser's own buffer.
 /// With `allowTrailing`, an unfinished unit at the end is fine (fuzz inputs).
+/// With `direct`, chunks go straight into a big payload's buffer whenever the
+/// parser offers one and nothing is pending, as the endpoint's direct reads do.
 func parseInChunks(_ stream: [UInt8], bufferLimit: Int = 8192, maximumPayloadSize: Int = 64 << 20,
-                   allowTrailing: Bool = false, chunkSize: () -> Int) throws(ProtocolViolation) -> [Event] {
+                   allowTrailing: Bool = false, direct: Bool = false,
+                   chunkSize: () -> Int) throws(ProtocolViolation) -> [Event] {
     var parser = PacketParser(maximumPayloadSize: maximumPayloadSize, inlinePayloadLimit: bufferLimit - 7)
     var events: [Event] = []
     var pending: [UInt8] = []
     var position = 0
     while position < stream.count {
         let n = min(max(1, chunkSize()), stream.count - position)
+        if direct, pending.isEmpty, let remainder = parser.bigPayloadRemainder {
+            let m = min(n, remainder.count)
+            stream.withUnsafeBytes { raw in remainder.baseAddress!.copyMemory(from: raw.baseAddress! + position, byteCount: m) }
+            position += m
+            parser.didFillBigPayload(m) { events.append(Event($0)); return true }
+            continue
+        }
         pending.append(contentsOf: stream[position..<position + n])
         position += n
         let consumed = try withBytes(pending) { (raw) throws(ProtocolViolation) -> Int in
