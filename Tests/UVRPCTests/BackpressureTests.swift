@@ -78,17 +78,11 @@ final class BackpressureTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         // A peer that never reads: its connections do not start reading.
-        let silent = {
-            var c = testConfiguration()
-            c.connectionOptions.autoRead = false
-            return c
-        }()
-        let configuration = {
-            var c = testConfiguration()
-            c.maximumPendingWriteBytes = 8 << 20
-            c.connectionOptions.writeTimeout = .milliseconds(300)
-            return c
-        }()
+        let silent = testConfiguration { $0.connectionOptions.autoRead = false }
+        let configuration = testConfiguration {
+            $0.maximumPendingWriteBytes = 8 << 20
+            $0.connectionOptions.writeTimeout = .milliseconds(300)
+        }
         let closed = Promise<RPCCloseReason>()
         let handshake = Promise<Void>()
         let client = try harness.sync { () -> Promise<Result<LoopBound<RPCEndpoint>, ConnectError>> in
@@ -171,11 +165,7 @@ final class BackpressureTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let configuration = {
-            var c = testConfiguration()
-            c.connectionOptions.writeTimeout = .milliseconds(500)
-            return c
-        }()
+        let configuration = testConfiguration { $0.connectionOptions.writeTimeout = .milliseconds(500) }
         let hostileClosed = Promise<RPCCloseReason>()
         let maxPending = LockedValue(0)
         let server = try harness.sync { () -> LoopBound<RPCServer> in

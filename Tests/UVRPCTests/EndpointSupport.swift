@@ -28,6 +28,13 @@ func testConfiguration(keepaliveInterval: Duration = .milliseconds(100), keepali
     return c
 }
 
+/// ``testConfiguration(keepaliveInterval:keepaliveTimeout:messageTimeout:)`` changed by `modify`.
+func testConfiguration(_ modify: (inout RPCEndpoint.Configuration) -> Void) -> RPCEndpoint.Configuration {
+    var c = testConfiguration()
+    modify(&c)
+    return c
+}
+
 extension LoopHarness {
     /// Connects a client endpoint to a new server endpoint; both get
     /// `onMessage` handlers (reversing by default) before any byte arrives.

@@ -10,11 +10,7 @@ final class FaultTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let configuration = {
-            var c = testConfiguration()
-            c.handshakeTimeout = .milliseconds(300)
-            return c
-        }()
+        let configuration = testConfiguration { $0.handshakeTimeout = .milliseconds(300) }
         let reason = Promise<RPCCloseReason>()
         let start = monotonicMilliseconds()
         try harness.sync {

@@ -4,10 +4,17 @@ import UVRPC
 import UVTestSupport
 import XCTest
 
+/// The `uvrpc` tool of this build (next to the test bundle; `make test` builds it).
+var uvrpcTool: URL {
+    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uvrpc")
+}
+
 /// A `uvrpc serve` child process: its address, pid and everything it wrote to stderr.
 final class ServeProcess: @unchecked Sendable { // `process` is used only by the test's own thread
     let process = Process()
     let address: SocketAddress
+    /// Its first stdout line.
+    let listeningLine: String
     private let log = LockedValue("")
     private let exited = Promise<Int32>()
 
@@ -41,6 +48,7 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
             throw TestTimeout(what: "a listening line, got '\(line)'")
         }
         self.address = address
+        self.listeningLine = line
     }
 
     var pid: String { "\(process.processIdentifier)" }
@@ -153,9 +161,7 @@ private final class GoodClient: Sendable {
 /// Faults against real processes: `uvrpc serve` as the server, killed or
 /// stopped peers, hostile bytes on real sockets, a peer that never reads.
 final class ProcessFaultTests: XCTestCase {
-    private var tool: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uvrpc")
-    }
+    private var tool: URL { uvrpcTool }
 
     private func serve(_ arguments: [String]) throws -> ServeProcess {
         guard FileManager.default.isExecutableFile(atPath: tool.path) else {
@@ -391,11 +397,7 @@ final class ProcessFaultTests: XCTestCase {
         let loop = harness.loop
         // The survivor: an in-process server whose connections start paused, so that a
         // 16 MiB sender is surely mid-frame when it is killed.
-        let paused = {
-            var c = testConfiguration()
-            c.connectionOptions.autoRead = false
-            return c
-        }()
+        let paused = testConfiguration { $0.connectionOptions.autoRead = false }
         let endpoints = LockedValue([LoopBound<RPCEndpoint>]())
         let closes = LockedValue([RPCCloseReason]())
         let address = try harness.sync {

@@ -4,9 +4,7 @@ import XCTest
 
 /// The `uvrpc` command-line tool, run as a user would (the debug build next to the tests).
 final class ToolTests: XCTestCase {
-    private var tool: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uvrpc")
-    }
+    private var tool: URL { uvrpcTool }
 
     private func skipUnlessBuilt() throws {
         guard FileManager.default.isExecutableFile(atPath: tool.path) else {
@@ -36,35 +34,17 @@ final class ToolTests: XCTestCase {
 
     func testServeAndCallEchoCheckedMessagesThenServeStopsCleanlyOnSIGTERM() throws {
         try skipUnlessBuilt()
-        let server = Process()
-        server.executableURL = tool
-        server.arguments = ["serve", "--port", "0", "--keepalive-interval", "0.2"]
-        let out = Pipe()
-        server.standardOutput = out
-        let exited = Promise<Int32>()
-        server.terminationHandler = { exited.fulfill($0.terminationStatus) }
-        defer { server.terminationHandler = nil }
-        try server.run()
-        defer { if server.isRunning { server.interrupt() } }
-        // The first line names the port.
-        let firstLine = Promise<String>()
-        let handle = out.fileHandleForReading
-        DispatchQueue.global().async {
-            var bytes: [UInt8] = []
-            while let chunk = try? handle.read(upToCount: 1), let byte = chunk.first, byte != 10 { bytes.append(byte) }
-            firstLine.fulfill(String(decoding: bytes, as: UTF8.self))
-        }
-        let line = try firstLine.wait("the listening line")
-        XCTAssertTrue(line.hasPrefix("listening on 127.0.0.1:"), line)
-        let address = String(line.dropFirst("listening on ".count))
+        let server = try ServeProcess(tool: tool, ["--keepalive-interval", "0.2"])
+        defer { _ = try? server.stop() }
+        XCTAssertEqual(server.listeningLine, "listening on \(server.address)")
+        XCTAssertTrue(server.listeningLine.hasPrefix("listening on 127.0.0.1:"), server.listeningLine)
 
-        let call = try run(["call", "--connect", address, "--count", "300", "--size", "70000", "--concurrency", "8",
+        let call = try run(["call", "--connect", "\(server.address)", "--count", "300", "--size", "70000", "--concurrency", "8",
                             "--hold", "0.5", "--keepalive-interval", "0.2"])
         XCTAssertEqual(call.status, 0, call.output)
         XCTAssertTrue(call.output.contains("ok: 300, mismatched: 0, failed: 0"), call.output)
 
-        server.terminate() // SIGTERM
-        XCTAssertEqual(try exited.wait("serve to exit on SIGTERM", seconds: 10), 0)
+        XCTAssertEqual(try server.stop(), 0, "serve exits 0 on SIGTERM")
     }
 
     func testExitCodesForRefusedConnectionsAndBadArguments() throws {
