@@ -469,6 +469,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         _onWritabilityChanged?(writable)
     }
 
+    @inline(__always)
     private func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
         let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: payload.count)
         try connection.write(header: header.bits, headerCount: header.count, payload: payload)
@@ -521,6 +522,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         }
     }
 
+    @inline(__always)
     private func dispatch(_ packet: ParsedPacket) -> Bool {
         switch packet {
         case .message(let id, let payload):
@@ -641,6 +643,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
 
     /// Writes the answer to message `id` (used by ``RPCResponder``).
+    @inline(__always)
     func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
         checkLoop("RPCResponder.respond")
         guard !closing else { throw .closed(endpoint: label, messageID: id) }
