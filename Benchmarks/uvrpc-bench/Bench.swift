@@ -98,6 +98,30 @@ struct Bench: ParsableCommand {
                 }
             }
         }
+        /// Runs `load` against a fresh server of each implementation, all
+        /// started at once and loaded in turn (Swift, C, Swift, C, ...), `repeat`
+        /// rounds; returns each one's median. Interleaving spreads the
+        /// machine's passing load over both instead of landing on one.
+        func interleavedLoads(_ what: String, _ load: (String) throws -> LoadResult) throws -> [(Impl, LoadResult)] {
+            var servers: [(impl: Impl, address: String, server: Server?)] = []
+            defer { for entry in servers { entry.server?.child.stop() } }
+            for impl in impls {
+                if impl == .external {
+                    servers.append((impl, connect!, nil))
+                } else {
+                    let server = try Server.start(impl, cpu: serverCPU)
+                    servers.append((impl, server.address, server))
+                }
+            }
+            var runs: [Impl: [LoadResult]] = [:]
+            for round in 1...`repeat` {
+                for entry in servers {
+                    progress("\(what), \(entry.impl.rawValue) server, \(duration) s, run \(round) of \(`repeat`)")
+                    runs[entry.impl, default: []].append(try load(entry.address))
+                }
+            }
+            return servers.map { ($0.impl, medianResult(runs[$0.impl]!)) }
+        }
         func value(_ m: [Measurement], _ impl: Impl, _ key: KeyPath<Measurement, Double?>) -> Double? {
             m.first { $0.impl == impl }?[keyPath: key]
         }
@@ -112,10 +136,10 @@ struct Bench: ParsableCommand {
         if wanted.contains("small") || wanted.contains("latency") {
             for concurrency in wanted.contains("small") ? [1, 16, 256, 4096] : [1] {
                 var m: [Measurement] = []
-                try withServers { impl, address, _ in
-                    progress("small: 64 B, concurrency \(concurrency), \(impl.rawValue) server, \(duration) s")
-                    let r = try medianLoad(address: address, concurrency: concurrency, size: 64, duration: duration,
-                                        latency: concurrency == 1, cpu: loadCPU)
+                for (impl, r) in try interleavedLoads("small: 64 B, concurrency \(concurrency)", { address in
+                    try runLoad(address: address, concurrency: concurrency, size: 64, duration: duration,
+                                latency: concurrency == 1, cpu: loadCPU)
+                }) {
                     m.append(Measurement(scenario: "small", impl: impl, params: "size=64,concurrency=\(concurrency)",
                                          callsPerSecond: r.calls_per_s))
                     if concurrency == 1 {
@@ -140,10 +164,10 @@ struct Bench: ParsableCommand {
         if wanted.contains("bulk") {
             for size in [1 << 20, 16 << 20] {
                 var m: [Measurement] = []
-                try withServers { impl, address, _ in
-                    progress("bulk: \(size >> 20) MiB messages, \(impl.rawValue) server, \(duration) s")
-                    let r = try medianLoad(address: address, concurrency: 1, size: size, duration: max(duration, 1.5),
-                                        latency: false, cpu: loadCPU)
+                for (impl, r) in try interleavedLoads("bulk: \(size >> 20) MiB messages", { address in
+                    try runLoad(address: address, concurrency: 1, size: size, duration: max(duration, 1.5),
+                                latency: false, cpu: loadCPU)
+                }) {
                     m.append(Measurement(scenario: "bulk", impl: impl, params: "size=\(size),concurrency=1",
                                          megabytesPerSecond: r.mb_per_s))
                 }
@@ -153,10 +177,10 @@ struct Bench: ParsableCommand {
         }
         if wanted.contains("fanin") {
             var m: [Measurement] = []
-            try withServers { impl, address, _ in
-                progress("fanin: 1000 connections, 1 call in flight each, \(impl.rawValue) server, \(duration) s")
-                let r = try medianLoad(address: address, connections: 1000, concurrency: 1, size: 64, duration: duration,
-                                    latency: false, cpu: loadCPU)
+            for (impl, r) in try interleavedLoads("fanin: 1000 connections, 1 call in flight each", { address in
+                try runLoad(address: address, connections: 1000, concurrency: 1, size: 64, duration: duration,
+                            latency: false, cpu: loadCPU)
+            }) {
                 m.append(Measurement(scenario: "fanin", impl: impl, params: "connections=1000,concurrency=1,size=64",
                                      callsPerSecond: r.calls_per_s))
             }
@@ -207,13 +231,8 @@ struct Bench: ParsableCommand {
     }
 
     /// Runs the load `repeat` times against the same server; the median of each figure.
-    func medianLoad(address: String, connections: Int = 1, concurrency: Int, size: Int, duration: Double,
-                    latency: Bool, cpu: Int?) throws -> LoadResult {
-        var runs: [LoadResult] = []
-        for _ in 0..<`repeat` {
-            runs.append(try runLoad(address: address, connections: connections, concurrency: concurrency, size: size,
-                                    duration: duration, latency: latency, cpu: cpu))
-        }
+    /// The median of each figure over `runs`.
+    func medianResult(_ runs: [LoadResult]) -> LoadResult {
         func median(_ key: (LoadResult) -> Double?) -> Double? {
             let values = runs.compactMap(key).sorted()
             return values.isEmpty ? nil : values[values.count / 2]
