@@ -240,4 +240,36 @@ final class BackpressureTests: XCTestCase {
         print("never-reading peer: sent \(sentMessages.withLock { $0 }) messages before it was cut off; "
               + "server's unsent bytes peaked at \(observed); good client answered \(good) times meanwhile")
     }
+
+    func testAServerPausedByBackpressureResumesWhenThePeerReadsAgainAndAnswersEverything() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let pair = try harness.endpointPair(serverHandler: { payload, responder in try responder.respond(payload) })
+        let count = 200, size = 65_000
+        let answers = Promise<[String]>()
+        let serverStalled = Promise<Void>()
+        try harness.sync {
+            let client = pair.client.value, server = pair.server.value
+            server.onWritabilityChanged = { writable in if !writable { serverStalled.fulfill(()) } }
+            client.connection.pauseReading() // the answers back up until the client reads again
+            let results = LoopBoundBox([String](), loop: loop)
+            for i in 0..<count {
+                let payload = pseudoRandomBytes(count: size, seed: UInt64(i))
+                client.send(payload, closeOnError: false) { result in
+                    switch result {
+                    case .success(let answer): results.value.append(answer == payload ? "ok" : "wrong answer to \(i)")
+                    case .failure(let error): results.value.append("\(i): \(error)")
+                    }
+                    if results.value.count == count { answers.fulfill(results.value) }
+                }
+            }
+        }
+        try serverStalled.wait("the server to stop being writable (its answers piled up)")
+        try harness.sync { pair.client.value.connection.resumeReading() }
+        let results = try answers.wait("every answer after the client reads again", seconds: 30)
+        XCTAssertEqual(results.filter { $0 == "ok" }.count, count, results.first { $0 != "ok" } ?? "")
+        XCTAssertTrue(try harness.sync { pair.server.value.isWritable })
+        XCTAssertFalse(pair.serverClosed.isFulfilled, "backpressure closed nothing")
+    }
 }
