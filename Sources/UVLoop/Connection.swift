@@ -203,9 +203,11 @@ public final class Connection: HandleOwner {
     fileprivate func readBuffer() -> uv_buf_t {
         if ring.readableCount == 0 {
             if let directReadBuffer, let direct = directReadBuffer(), direct.count > 0 {
+                // Safe: the consumer keeps this buffer until onDirectRead reports the read.
                 readTarget = .direct
                 return uv_buf_t(base: direct.baseAddress!.assumingMemoryBound(to: CChar.self), len: direct.count)
             }
+            // Safe: the shared buffer serves one read at a time (see EventLoop.sharedReadBuffer).
             readTarget = .shared
             return uv_buf_t(base: loop.sharedReadBuffer.assumingMemoryBound(to: CChar.self),
                             len: EventLoop.sharedReadBufferSize)
@@ -347,6 +349,7 @@ public final class Connection: HandleOwner {
     /// is no outgoing buffer; returns how many it took.
     private func writeDirectlyIfUnbuffered(_ bytes: UnsafeRawBufferPointer) -> Int {
         guard !pending.hasStorage, !writeInFlight, !bytes.isEmpty else { return 0 }
+        // Safe: uv_try_write only reads the buffer, and only during this call.
         var buf = uv_buf_t(base: UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)),
                            len: bytes.count)
         let n = uv_try_write(uvStream, &buf, 1)
@@ -672,6 +675,7 @@ struct OutgoingBuffer {
         // 8 bytes of room for the header store, whatever `headerCount` is.
         let room = payload.count + 8
         if writeIndex + room > capacity { reserve(room) }
+        // Safe: reserve left at least payload.count + 8 bytes at writeIndex.
         let p = storage! + writeIndex
         p.storeBytes(of: header.littleEndian, as: UInt64.self) // unaligned store
         if payload.count > 0 { (p + headerCount).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }

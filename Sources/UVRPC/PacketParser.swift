@@ -68,6 +68,8 @@ public struct PacketParser: ~Copyable {
     /// into it (no copy) and then call ``didFillBigPayload(_:_:)``. Else nil.
     public var bigPayloadRemainder: UnsafeMutableRawBufferPointer? {
         guard case .bigPayload(_, _, let filled) = state, let buffer = bigBuffer else { return nil }
+        // Safe: the buffer lives until the payload is delivered or discarded, which
+        // only didFillBigPayload / discardPartialPacket / deinit do.
         return UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
     }
 
