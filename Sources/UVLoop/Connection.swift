@@ -382,16 +382,6 @@ public final class Connection: HandleOwner {
         didQueue(headerCount + payload.count, completion: nil)
     }
 
-    /// Lets `body` write up to `maximumCount` bytes straight into the
-    /// outgoing buffer (no intermediate copy); `body` returns how many it wrote.
-    public func write(reservingCapacity maximumCount: Int,
-                      _ body: (UnsafeMutableRawBufferPointer) -> Int) throws(ConnectionError) {
-        preconditionInEventLoop("Connection.write(reservingCapacity:_:)")
-        guard state == .open else { throw closeReason ?? .closed(connection: label) }
-        let n = pending.append(reserving: maximumCount, body)
-        didQueue(n, completion: nil)
-    }
-
     @inline(__always)
     private func didQueue(_ count: Int, completion: ((Result<Void, ConnectionError>) -> Void)?) {
         bytesQueued &+= UInt64(truncatingIfNeeded: count)
@@ -658,15 +648,6 @@ struct OutgoingBuffer {
         reserve(bytes.count)
         (storage! + writeIndex).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         writeIndex += bytes.count
-    }
-
-    @inline(__always)
-    mutating func append(reserving count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
-        if writeIndex + count > capacity { reserve(count) } // the common case needs no call
-        let n = body(UnsafeMutableRawBufferPointer(start: storage! + writeIndex, count: count))
-        precondition(n >= 0 && n <= count, "write(reservingCapacity:) body wrote \(n) of at most \(count) bytes")
-        writeIndex += n
-        return n
     }
 
     /// Appends `headerCount` bytes of `header` (memory order) and `payload`.
