@@ -31,24 +31,12 @@ public enum PacketWriter {
     @inline(__always) @discardableResult
     public static func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer,
                                   to destination: UnsafeMutableRawPointer) -> Int {
-        let n = payload.count
-        precondition(n <= Wire.maximumPayload, "payload of \(n) bytes exceeds the protocol's u32 length")
-        let header: Int
-        if n > Wire.maximumShortPayload {
-            destination.storeBytes(of: isResponse ? PacketType.responseBig.rawValue : PacketType.messageBig.rawValue,
-                                   as: UInt8.self)
-            destination.storeBytes(of: id.bigEndian, toByteOffset: 1, as: UInt16.self)
-            destination.storeBytes(of: UInt32(n).bigEndian, toByteOffset: 3, as: UInt32.self)
-            header = Wire.bigHeaderSize
-        } else {
-            destination.storeBytes(of: isResponse ? PacketType.response.rawValue : PacketType.message.rawValue,
-                                   as: UInt8.self)
-            destination.storeBytes(of: id.bigEndian, toByteOffset: 1, as: UInt16.self)
-            destination.storeBytes(of: UInt16(n).bigEndian, toByteOffset: 3, as: UInt16.self)
-            header = Wire.shortHeaderSize
+        let header = header(isResponse: isResponse, id: id, payloadCount: payload.count)
+        withUnsafeBytes(of: header.bits.littleEndian) { bytes in
+            destination.copyMemory(from: bytes.baseAddress!, byteCount: header.count)
         }
-        if n > 0 { (destination + header).copyMemory(from: payload.baseAddress!, byteCount: n) }
-        return header + n
+        if payload.count > 0 { (destination + header.count).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+        return header.count + payload.count
     }
 
     /// A MESSAGE / RESPONSE packet as a new array (for tests and tools; the

@@ -99,8 +99,13 @@ final class WireTests: XCTestCase {
                 for isResponse in [false, true] {
                     let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: n)
                     let bytes = withUnsafeBytes(of: header.bits.littleEndian) { Array($0.prefix(header.count)) }
-                    let frame = PacketWriter.frame(isResponse: isResponse, id: id, payload: [UInt8](repeating: 7, count: n))
-                    XCTAssertEqual(bytes, Array(frame.prefix(header.count)), "n=\(n) id=\(id) response=\(isResponse)")
+                    // Written out from the wire format (PROTOCOL.md), not from the writer.
+                    let big = n > 65535
+                    let type: UInt8 = (isResponse ? 3 : 2) + (big ? 2 : 0)
+                    let length: [UInt8] = big ? [UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)]
+                                              : [UInt8(n >> 8), UInt8(n & 0xff)]
+                    let expected = [type, UInt8(id >> 8), UInt8(id & 0xff)] + length
+                    XCTAssertEqual(bytes, expected, "n=\(n) id=\(id) response=\(isResponse)")
                 }
             }
         }
