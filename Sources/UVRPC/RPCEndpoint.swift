@@ -84,7 +84,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             switch self {
             case .copied(let c): c(.success(Array(payload)))
             case .borrowed(let c): c(.success(payload))
-            case .async(let call): call.finish(.success(Array(payload)))
+            case .async(let call): if !call.isFinished { call.finish(.success(Array(payload))) } // no copy for a cancelled call
             case .tagged(let tag): endpoint.deliverTagged(tag, .success(payload))
             }
         }
@@ -115,18 +115,12 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         var timeout: Duration
     }
 
-    /// An async send waiting for the connection to become writable.
-    private struct BlockedSend {
+    /// A send that waits before it is written: a big one for the peer's
+    /// handshake (to learn whether it takes *_BIG packets), or an async one
+    /// for the connection to become writable.
+    private struct QueuedSend {
         var payload: [UInt8]
         var timeout: Duration?
-        var closeOnError: Bool
-        var call: AsyncCall
-    }
-
-    /// A big send waiting for the peer's handshake (to learn whether it takes *_BIG packets).
-    private struct DeferredSend {
-        var payload: [UInt8]
-        var timeout: Duration
         var closeOnError: Bool
         var completion: Completion
     }
@@ -256,9 +250,9 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     @exclusivity(unchecked) private var parser: PacketParser
     @exclusivity(unchecked) private var calls = CallTable<PendingCall>()
-    @exclusivity(unchecked) private var deferredSends: [DeferredSend] = []
+    @exclusivity(unchecked) private var deferredSends: [QueuedSend] = []
     /// Async sends waiting for writability, oldest first, from `blockedSendsHead`.
-    @exclusivity(unchecked) private var blockedSends: [BlockedSend] = []
+    @exclusivity(unchecked) private var blockedSends: [QueuedSend] = []
     @exclusivity(unchecked) private var blockedSendsHead = 0
     /// True while reading is paused because answers are piling up unsent.
     @exclusivity(unchecked) private var pausedForBackpressure = false
@@ -392,7 +386,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         if payload.count > Wire.maximumShortPayload {
             guard let peer = _peerInfo else {
                 // Whether the peer takes *_BIG packets is known only from its handshake.
-                deferredSends.append(DeferredSend(payload: Array(payload), timeout: timeout,
+                deferredSends.append(QueuedSend(payload: Array(payload), timeout: timeout,
                                                   closeOnError: closeOnError, completion: completion))
                 return
             }
@@ -432,7 +426,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         checkLoop("RPCEndpoint.send")
         if call.isFinished { return }
         if !closing && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
-            blockedSends.append(BlockedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, call: call))
+            blockedSends.append(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError,
+                                           completion: .async(call)))
             return
         }
         payload.withUnsafeBytes {
@@ -447,7 +442,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
             blockedSendsHead += 1
             send.payload.withUnsafeBytes {
-                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: .async(send.call))
+                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
             }
         }
         if blockedSendsHead == blockedSends.count {
@@ -730,13 +725,11 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         // Closing stops handling: running async handlers are cancelled (their
         // answers would be refused anyway).
         for task in handlerTasks.values { task.cancel() }
-        let deferred = deferredSends
+        let waiting = deferredSends + blockedSends[blockedSendsHead...]
         deferredSends.removeAll()
-        for send in deferred { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
-        let blocked = blockedSends[blockedSendsHead...]
         blockedSends.removeAll()
         blockedSendsHead = 0
-        for send in blocked { send.call.finish(.failure(RPCError.closed(endpoint: label, messageID: nil, reason: reason))) }
+        for send in waiting { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
         connection.close()
     }
 
