@@ -271,17 +271,12 @@ public final class Connection: HandleOwner {
     private func processShared(_ bytes: UnsafeRawBufferPointer) {
         var offset = 0
         processingReads = true
-        while offset < bytes.count, wantsReading, state == .open || state == .closing, let onRead {
-            let region = UnsafeRawBufferPointer(rebasing: bytes[offset...])
-            let consumed = onRead(region)
-            precondition(consumed >= 0 && consumed <= region.count,
-                         "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
-            if isHandleClosed { processingReads = false; return }
+        while offset < bytes.count, let consumed = offer(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
             offset += consumed
             if consumed == 0 { break }
         }
         processingReads = false
-        guard offset < bytes.count else { return }
+        guard offset < bytes.count, !isHandleClosed else { return }
         let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
         guard ring.grow(toFit: rest.count) else {
             return fail(.readBufferLimitExceeded(connection: label, limit: ring.maximumCapacity))
@@ -294,13 +289,7 @@ public final class Connection: HandleOwner {
         guard !processingReads else { return } // the outer call keeps going
         processingReads = true
         defer { processingReads = false }
-        while ring.readableCount > 0, wantsReading, state == .open || state == .closing,
-              let onRead {
-            let region = ring.firstReadableRegion
-            let consumed = onRead(region)
-            precondition(consumed >= 0 && consumed <= region.count,
-                         "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
-            if isHandleClosed { return }
+        while ring.readableCount > 0, let consumed = offer(ring.firstReadableRegion) {
             ring.consume(consumed)
             if consumed > 0 { continue }
             // Nothing consumed: the handler needs more bytes than the first
@@ -310,6 +299,18 @@ public final class Connection: HandleOwner {
         }
         // Empty: later reads go to the shared buffer; a grown ring is given back.
         if ring.readableCount == 0 && ring.capacity > ring.initialCapacity { ring.releaseStorage() }
+    }
+
+    /// Offers `region` to ``onRead``: how many bytes it consumed, or nil when
+    /// reads are not wanted now (paused, closed, no handler) or the handler
+    /// closed the connection.
+    @inline(__always)
+    private func offer(_ region: UnsafeRawBufferPointer) -> Int? {
+        guard wantsReading, state == .open || state == .closing, let onRead else { return nil }
+        let consumed = onRead(region)
+        precondition(consumed >= 0 && consumed <= region.count,
+                     "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
+        return isHandleClosed ? nil : consumed
     }
 
     /// Frees the read ring and the outgoing buffers if they hold nothing
