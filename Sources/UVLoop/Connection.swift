@@ -124,6 +124,11 @@ public final class Connection: HandleOwner {
     /// Bytes accepted by ``write(_:completion:)`` that have not reached the socket yet.
     public var pendingWriteBytes: Int { Int(bytesQueued - bytesWritten) }
 
+    /// The most bytes that waited to be written at once since the connection
+    /// opened (the high-water mark actually reached; kept after the close).
+    public var peakPendingWriteBytes: Int { peakPending }
+    @exclusivity(unchecked) private var peakPending = 0
+
     /// Bytes read but not consumed by ``onRead`` yet.
     public var unconsumedReadBytes: Int { ring.readableCount }
 
@@ -157,6 +162,30 @@ public final class Connection: HandleOwner {
             localAddress = SocketAddress.of(tcp: tcpHandle, peer: false)
         }
         wantsReading = options.autoRead
+    }
+
+    /// Opens a connection on `loop` over an accepted socket handed over from
+    /// another loop (`uv_tcp_open` / `uv_pipe_open`). The descriptor belongs
+    /// to the connection from then on; if opening fails it is closed here.
+    static func adopting(descriptor fd: Int32, on loop: EventLoop, unixDomain: Bool,
+                         options: ConnectionOptions, label: String) throws(UVError) -> Connection {
+        let connection: Connection
+        do {
+            connection = try Connection(loop: loop, unixDomain: unixDomain, options: options, label: label)
+        } catch {
+            _ = systemClose(fd)
+            throw error
+        }
+        // Safe: the handle was initialised as a uv_pipe_t or uv_tcp_t by the init above.
+        let rc = unixDomain ? uv_pipe_open(UnsafeMutablePointer(OpaquePointer(connection.handle)), fd)
+                            : uv_tcp_open(connection.tcpHandle, uv_os_sock_t(fd))
+        if rc < 0 {
+            _ = systemClose(fd) // not the handle's: libuv took no ownership
+            connection.closeHandle()
+            throw UVError(code: rc, operation: unixDomain ? "uv_pipe_open" : "uv_tcp_open", target: label)
+        }
+        connection.didConnect()
+        return connection
     }
 
     /// Called after the user's accept/connect callback returned.
@@ -387,11 +416,13 @@ public final class Connection: HandleOwner {
     private func didQueue(_ count: Int, completion: ((Result<Void, ConnectionError>) -> Void)?) {
         bytesQueued &+= UInt64(truncatingIfNeeded: count)
         if let completion { completions.append((bytesQueued, completion)) }
+        let pendingNow = pendingWriteBytes
+        if pendingNow > peakPending { peakPending = pendingNow }
         if !flushScheduled {
             flushScheduled = true
             loop.pendingFlush.append(self)
         }
-        if writable && pendingWriteBytes > options.writeHighWaterMark {
+        if writable && pendingNow > options.writeHighWaterMark {
             writable = false
             onWritabilityChanged?(false)
         }

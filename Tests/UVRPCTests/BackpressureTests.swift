@@ -27,15 +27,6 @@ final class BackpressureTests: XCTestCase {
             }.address
         }
         let client = try await RPCClient.connect(to: address, on: clientLoop, configuration: testConfiguration())
-        // Sample the client's unsent bytes every millisecond.
-        let maxPending = LockedValue(0)
-        let sampler = try clientHarness.sync {
-            LoopBound(clientLoop.scheduleTimer(after: .milliseconds(1), repeating: .milliseconds(1)) {
-                let pending = client.connection.pendingWriteBytes
-                maxPending.withLock { $0 = max($0, pending) }
-            }, loop: clientLoop)
-        }
-
         let messageSize = 1 << 20
         let total = sanitizerInUse == nil ? 1 << 30 : 256 << 20 // sanitizers copy several times slower
         let senders = 64
@@ -59,10 +50,11 @@ final class BackpressureTests: XCTestCase {
         }
         XCTAssertEqual(answered * messageSize, total)
         let peak = ProcessFigures.peakResidentBytes() ?? 0
-        try clientHarness.sync { sampler.value.cancel() }
         let highWater = ConnectionOptions().writeHighWaterMark
-        let observed = maxPending.withLock { $0 }
-        XCTAssertGreaterThan(observed, 0, "the sampler saw bytes waiting")
+        // The connection's own record of its most unsent bytes (no sampler can miss it).
+        let observed = try clientHarness.sync { client.connection.peakPendingWriteBytes }
+        XCTAssertGreaterThanOrEqual(observed, PacketWriter.frameSize(payloadCount: messageSize),
+                                    "every message waited in the outgoing buffer at least once")
         XCTAssertLessThanOrEqual(observed, highWater + PacketWriter.frameSize(payloadCount: messageSize),
                                  "unsent bytes stay under the high-water mark plus one message")
         if sanitizerInUse == nil && peakReset {
@@ -167,7 +159,7 @@ final class BackpressureTests: XCTestCase {
         let loop = harness.loop
         let configuration = testConfiguration { $0.connectionOptions.writeTimeout = .milliseconds(500) }
         let hostileClosed = Promise<RPCCloseReason>()
-        let maxPending = LockedValue(0)
+        let hostileConnection = Promise<LoopBound<Connection>>()
         let server = try harness.sync { () -> LoopBound<RPCServer> in
             let first = LoopBoundBox(true, loop: loop)
             let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
@@ -175,12 +167,7 @@ final class BackpressureTests: XCTestCase {
                 guard first.value else { return }
                 first.value = false // the first connection is the hostile one
                 endpoint.onClose = { hostileClosed.fulfill($0) }
-                let sampler = LoopBoundBox<LoopTimer?>(nil, loop: loop)
-                sampler.value = loop.scheduleTimer(after: .milliseconds(1), repeating: .milliseconds(1)) {
-                    let pending = endpoint.connection.pendingWriteBytes
-                    maxPending.withLock { $0 = max($0, pending) }
-                    if endpoint.isClosed { sampler.value?.cancel() }
-                }
+                hostileConnection.fulfill(LoopBound(endpoint.connection, loop: loop))
             }
             return LoopBound(server, loop: loop)
         }
@@ -233,8 +220,9 @@ final class BackpressureTests: XCTestCase {
         let good = try goodDone.wait("the good client's calls").get()
         XCTAssertGreaterThan(good, 10, "the good client kept being answered")
         let highWater = ConnectionOptions().writeHighWaterMark
-        let observed = maxPending.withLock { $0 }
-        XCTAssertGreaterThan(observed, 0)
+        let connection = try hostileConnection.wait("the hostile connection")
+        let observed = try harness.sync { connection.value.peakPendingWriteBytes }
+        XCTAssertGreaterThan(observed, highWater, "the server's answers piled up past the high-water mark")
         XCTAssertLessThanOrEqual(observed, highWater + PacketWriter.frameSize(payloadCount: 65_000),
                                  "the server stopped taking messages once its answers piled up")
         print("never-reading peer: sent \(sentMessages.withLock { $0 }) messages before it was cut off; "
