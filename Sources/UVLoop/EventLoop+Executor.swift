@@ -49,3 +49,14 @@ extension EventLoop: SerialExecutor, TaskExecutor {
         inEventLoop
     }
 }
+
+extension EventLoop {
+    /// Runs `body` on the loop (at once when already on it) and returns its
+    /// result; nil when the loop refused the job because it is shut down.
+    package func submit<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
+        if inEventLoop { return body() }
+        return await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
+            if !execute({ continuation.resume(returning: body()) }) { continuation.resume(returning: nil) }
+        }
+    }
+}

@@ -168,6 +168,10 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
 
     private func runClaimed() throws(UVError) {
         threadID.store(UInt(pthread_self()), ordering: .releasing)
+        // Safe: cleared below before run returns; while set, the running loop is kept
+        // alive by whoever runs it (run()'s caller, or start()'s retained reference).
+        pthread_setspecific(currentLoopKey, Unmanaged.passUnretained(self).toOpaque())
+        defer { pthread_setspecific(currentLoopKey, nil) }
         while true {
             uv_run(uvLoop, UV_RUN_DEFAULT)
             if shutdownStarted { break }
@@ -186,17 +190,34 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         if rc != 0 { throw UVError(code: rc, operation: "uv_loop_close", target: "event loop \(name)") }
     }
 
+    /// The loop whose thread the caller is running on, or nil on a thread
+    /// that runs no loop (any loop: one made alone or one of a group's).
+    public static var current: EventLoop? {
+        // Safe: set only while a loop runs on this thread (see runClaimed()).
+        pthread_getspecific(currentLoopKey).map { Unmanaged<EventLoop>.fromOpaque($0).takeUnretainedValue() }
+    }
+
     /// Starts the loop on a new thread named after the loop and returns at once.
     public func start() {
+        start(pinnedTo: nil)
+    }
+
+    /// ``start()``, with the thread pinned to `cpu` when one is given.
+    func start(pinnedTo cpu: Int32?) {
         // Claimed here, not on the new thread, so that a shutdownAndWait() right
         // after start() waits for the loop instead of seeing it idle.
         claimRun("start()")
-        let box = Unmanaged.passRetained(self).toOpaque()
+        let box = Unmanaged.passRetained(LoopStart(loop: self, cpu: cpu)).toOpaque()
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { raw in
             // Balanced: start() passed a retained reference to this thread.
-            let loop = Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue()
+            let start = Unmanaged<LoopStart>.fromOpaque(raw!).takeRetainedValue()
+            let loop = start.loop
             uvrpc_set_thread_name(String(loop.name.prefix(15)))
+            if let cpu = start.cpu {
+                let rc = uvrpc_pin_current_thread(cpu)
+                if rc != 0 { loop.warn("cannot pin its thread to CPU \(cpu): \(String(cString: strerror(rc)))") }
+            }
             do { try loop.runClaimed() } catch {
                 // Recorded in loopCloseStatus; the waiter reports it.
             }
@@ -242,10 +263,19 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// Says once, on stderr, that a Swift task tried to resume on a closed loop.
     func warnJobAfterClose() {
         guard !warnedLateJob.exchange(true, ordering: .relaxed) else { return }
-        let message = "UVLoop warning: event loop '\(name)' is closed; a Swift task scheduled on it cannot resume "
-            + "(end or cancel tasks bound to a loop before shutting it down)\n"
+        warn("is closed; a Swift task scheduled on it cannot resume "
+             + "(end or cancel tasks bound to a loop before shutting it down)")
+    }
+
+    /// One line on stderr: `UVLoop warning: event loop 'NAME' <text>`.
+    func warn(_ text: String) {
+        let message = "UVLoop warning: event loop '\(name)' \(text)\n"
         _ = message.withCString { write(2, $0, strlen($0)) } // fd 2: stderr, without the shared FILE*
     }
+
+    /// True once shutdown began on the loop thread (handles are being closed).
+    /// Loop thread only.
+    var isShuttingDown: Bool { shutdownStarted }
 
     /// True once `run()` or `start()` was called.
     var hasStarted: Bool { State(rawValue: state.load(ordering: .acquiring)) != .idle }
@@ -366,6 +396,21 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         preconditionInEventLoop()
         return uv_now(uvLoop)
     }
+}
+
+/// The thread-specific slot holding the loop that runs on a thread (``EventLoop/current``).
+private let currentLoopKey: pthread_key_t = {
+    var key = pthread_key_t()
+    let rc = pthread_key_create(&key, nil)
+    precondition(rc == 0, "pthread_key_create failed: \(rc)")
+    return key
+}()
+
+/// What a new loop thread needs: the loop, and the CPU to pin it to.
+private final class LoopStart {
+    let loop: EventLoop
+    let cpu: Int32?
+    init(loop: EventLoop, cpu: Int32?) { (self.loop, self.cpu) = (loop, cpu) }
 }
 
 extension Duration {

@@ -19,7 +19,7 @@ public final class Listener: HandleOwner {
     public var onClose: (() -> Void)?
 
     init(loop: EventLoop, address: SocketAddress, backlog: Int32, options: ConnectionOptions,
-         onAccept: @escaping (Connection) -> Void) throws(UVError) {
+         reusePort: Bool = false, onAccept: @escaping (Connection) -> Void) throws(UVError) {
         self.address = address
         self.connectionOptions = options
         self.onAccept = onAccept
@@ -35,11 +35,28 @@ public final class Listener: HandleOwner {
             } catch { closeHandle(); throw error }
         case .ipv4, .ipv6:
             let tcp = UnsafeMutablePointer<uv_tcp_t>(OpaquePointer(handle))
-            try UVError.check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init", target)
+            if reusePort {
+                // The socket must exist before bind to carry SO_REUSEPORT (libuv
+                // before 1.49 has no bind flag for it).
+                let family = if case .ipv6 = address { AF_INET6 } else { AF_INET }
+                try UVError.check(uv_tcp_init_ex(loop.uvLoop, tcp, UInt32(family)), "uv_tcp_init_ex", target)
+            } else {
+                try UVError.check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init", target)
+            }
             adoptHandle()
             do throws(UVError) {
+                var bindFlags: UInt32 = 0
+                if reusePort {
+                    bindFlags = uvrpc_tcp_reuseport_flag()
+                    if bindFlags == 0 {
+                        var fd = uv_os_fd_t(-1)
+                        try UVError.check(uv_fileno(uvHandle, &fd), "uv_fileno", target)
+                        let err = uvrpc_set_reuseport(fd)
+                        if err != 0 { throw UVError(code: -err, operation: "setsockopt(SO_REUSEPORT)", target: target) }
+                    }
+                }
                 _ = try address.withSockAddr { addr throws(UVError) in
-                    try UVError.check(uv_tcp_bind(tcp, addr, 0), "bind", target)
+                    try UVError.check(uv_tcp_bind(tcp, addr, bindFlags), "bind", target)
                 }
                 if let bound = SocketAddress.of(tcp: tcp, peer: false) { self.address = bound }
             } catch { closeHandle(); throw error }
@@ -76,9 +93,17 @@ public final class Listener: HandleOwner {
             return
         }
         connection.didConnect()
+        guard let onAccept else { return connection.closeHandle() }
+        Self.deliver(connection, acceptedOn: address, to: onAccept)
+    }
+
+    /// Names an accepted connection after its peer, hands it to `onAccept`,
+    /// then starts reading (unless the options say not to).
+    static func deliver(_ connection: Connection, acceptedOn address: SocketAddress,
+                        to onAccept: (Connection) -> Void) {
         if let remote = connection.remoteAddress { connection.label = "\(remote)" }
         else { connection.label = "\(address) (accepted)" }
-        onAccept?(connection)
+        onAccept(connection)
         connection.startIfWanted()
     }
 

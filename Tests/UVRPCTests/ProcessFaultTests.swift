@@ -255,14 +255,6 @@ final class ProcessFaultTests: XCTestCase {
         return out.count == count ? out : nil
     }
 
-    private func waitUntil(_ what: String, seconds: Double = 10, _ condition: () -> Bool) throws {
-        let deadline = monotonicMilliseconds() + seconds * 1000
-        while !condition() {
-            guard monotonicMilliseconds() < deadline else { throw TestTimeout(what: what) }
-            usleep(2_000) // the condition is fed by the loop thread; polled with a bound
-        }
-    }
-
     func testServeKeepsItsMemoryBoundedUnderAPeerThatNeverReadsThenCutsItOff() throws {
         let server = try serve(["--verbose", "--write-timeout", "1", "--keepalive-interval", "0.2"])
         defer { _ = try? server.stop() }

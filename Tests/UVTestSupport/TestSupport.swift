@@ -61,6 +61,16 @@ public final class LoopHarness: Sendable {
     }
 }
 
+/// Polls `condition` every 2 ms for at most `seconds`: only for figures no
+/// callback reports (a count fed by a loop thread, /proc, another process).
+public func waitUntil(_ what: String, seconds: Double = 10, _ condition: () -> Bool) throws {
+    let deadline = DispatchTime.now() + seconds
+    while !condition() {
+        guard DispatchTime.now() < deadline else { throw TestTimeout(what: what) }
+        usleep(2_000) // polled with a bound: there is no event to await
+    }
+}
+
 /// Fast deterministic bytes (xorshift64*), so that 16 MiB payloads are cheap to make.
 public func pseudoRandomBytes(count: Int, seed: UInt64) -> [UInt8] {
     var state = seed | 1

@@ -1,0 +1,261 @@
+import CLibUV
+
+/// How a listener spread over several loops hands out new connections.
+///
+/// With a single loop both are one plain listener.
+public enum ConnectionSpread: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// One listening socket per loop on the same address, with
+    /// `SO_REUSEPORT`: the kernel picks a socket for each new connection by
+    /// a hash of its addresses and ports. No work crosses loops, but a few
+    /// long-lived connections can land unevenly. TCP only.
+    case reusePort = "reuse-port"
+    /// One loop accepts every connection and hands each to the next loop in
+    /// turn (the descriptor travels through that loop's job queue): an even
+    /// spread for one hop per connection, never per call. TCP and Unix sockets.
+    case roundRobin = "round-robin"
+
+    public var description: String { rawValue }
+}
+
+/// A listening address served by several loops: every accepted
+/// ``Connection`` is made on one of them and stays there (see
+/// ``ConnectionSpread``).
+///
+/// Made by ``EventLoopGroup/listen(on:spread:backlog:options:onAcceptError:onAccept:)``.
+/// Sendable: ``close()`` and ``closed()`` work from any thread.
+public final class GroupListener: Sendable {
+    /// The bound address (with the chosen port when listening on port 0).
+    public let address: SocketAddress
+    /// How connections are spread (a single loop always has one plain listener).
+    public let spread: ConnectionSpread
+    /// The loops connections are made on.
+    public let loops: [EventLoop]
+    private let parts: [Part]
+    private let closing: ClosingCount
+
+    /// One loop's share of the listening: a libuv listener, or the acceptor.
+    private enum Part: Sendable {
+        case listener(LoopBound<Listener>)
+        case acceptor(LoopBound<RoundRobinAcceptor>)
+
+        var loop: EventLoop {
+            switch self {
+            case .listener(let l): return l.loop
+            case .acceptor(let a): return a.loop
+            }
+        }
+
+        /// Closes it (on its loop).
+        func close() {
+            switch self {
+            case .listener(let l): l.value.close()
+            case .acceptor(let a): a.value.close()
+            }
+        }
+    }
+
+    private init(address: SocketAddress, spread: ConnectionSpread, loops: [EventLoop], parts: [Part],
+                 closing: ClosingCount) {
+        (self.address, self.spread, self.loops, self.parts, self.closing) = (address, spread, loops, parts, closing)
+    }
+
+    /// Stops accepting on every loop (from any thread; returns at once).
+    /// Connections already accepted stay open. Idempotent.
+    public func close() {
+        for part in parts {
+            let loop = part.loop
+            if loop.inEventLoop { part.close() } else { loop.execute { part.close() } }
+        }
+    }
+
+    /// Returns once no connection can arrive any more: every listening
+    /// socket is closed and every connection accepted before was handed to
+    /// its loop (or closed, when that loop was shut down).
+    public func closed() async {
+        await withCheckedContinuation { continuation in
+            closing.whenDone { continuation.resume() }
+        }
+    }
+
+    /// Calls `body` (on some thread) once no connection can arrive any more;
+    /// at once if that is already so.
+    package func whenClosed(_ body: @escaping @Sendable () -> Void) {
+        closing.whenDone(body)
+    }
+
+    // MARK: Making one
+
+    /// Listens on `loop` alone, on its thread: one plain listener.
+    package static func listen(onCurrentLoop loop: EventLoop, address: SocketAddress, backlog: Int32,
+                               options: ConnectionOptions, onAcceptError: @escaping @Sendable (UVError) -> Void,
+                               onAccept: @escaping @Sendable (Connection) -> Void) throws(UVError) -> GroupListener {
+        let closing = ClosingCount(parts: 1)
+        let listener = try Listener(loop: loop, address: address, backlog: backlog, options: options, onAccept: onAccept)
+        listener.onAcceptError = onAcceptError
+        listener.onClose = { closing.partDone() }
+        return GroupListener(address: listener.address, spread: .roundRobin, loops: [loop],
+                             parts: [.listener(LoopBound(listener, loop: loop))], closing: closing)
+    }
+
+    /// Listens on `address` for `loops` (from any thread or task).
+    package static func listen(loops: [EventLoop], address: SocketAddress, spread: ConnectionSpread, backlog: Int32,
+                               options: ConnectionOptions, onAcceptError: @escaping @Sendable (UVError) -> Void,
+                               onAccept: @escaping @Sendable (Connection) -> Void) async throws(UVError) -> GroupListener {
+        precondition(!loops.isEmpty, "GroupListener: no loops to listen for")
+        if loops.count == 1 {
+            let loop = loops[0]
+            let made = await loop.submit { () -> Result<GroupListener, UVError> in
+                Result { () throws(UVError) in
+                    try listen(onCurrentLoop: loop, address: address, backlog: backlog, options: options,
+                               onAcceptError: onAcceptError, onAccept: onAccept)
+                }
+            }
+            return try (made ?? .failure(.loopShutDown(operation: "listen", target: "\(address)"))).get()
+        }
+        switch spread {
+        case .reusePort:
+            return try await listenReusingPort(loops: loops, address: address, backlog: backlog, options: options,
+                                               onAcceptError: onAcceptError, onAccept: onAccept)
+        case .roundRobin:
+            return try await listenRoundRobin(loops: loops, address: address, backlog: backlog, options: options,
+                                              onAcceptError: onAcceptError, onAccept: onAccept)
+        }
+    }
+
+    /// A `SO_REUSEPORT` listener on each loop; the first one picks the port.
+    private static func listenReusingPort(loops: [EventLoop], address: SocketAddress, backlog: Int32,
+                                          options: ConnectionOptions,
+                                          onAcceptError: @escaping @Sendable (UVError) -> Void,
+                                          onAccept: @escaping @Sendable (Connection) -> Void) async throws(UVError) -> GroupListener {
+        if address.isUnix {
+            throw UVError(code: UV_EINVAL.rawValue, operation: "listen with SO_REUSEPORT",
+                          target: "\(address) (Unix socket servers spread connections round robin only)")
+        }
+        let closing = ClosingCount(parts: loops.count)
+        var parts: [Part] = []
+        var bound = address
+        for loop in loops {
+            let target = bound
+            let made = await loop.submit { () -> Result<LoopBound<Listener>, UVError> in
+                Result { () throws(UVError) in
+                    let listener = try Listener(loop: loop, address: target, backlog: backlog, options: options,
+                                                reusePort: true, onAccept: onAccept)
+                    listener.onAcceptError = onAcceptError
+                    listener.onClose = { closing.partDone() }
+                    return LoopBound(listener, loop: loop)
+                }
+            }
+            switch made ?? .failure(.loopShutDown(operation: "listen", target: "\(target)")) {
+            case .success(let listener):
+                parts.append(.listener(listener))
+                if parts.count == 1 { bound = await loop.submit { listener.value.address } ?? bound }
+            case .failure(let error):
+                for part in parts { _ = await part.loop.submit { part.close() } }
+                throw error
+            }
+        }
+        return GroupListener(address: bound, spread: .reusePort, loops: loops, parts: parts, closing: closing)
+    }
+
+    /// One acceptor on the first loop, handing descriptors to every loop in turn.
+    private static func listenRoundRobin(loops: [EventLoop], address: SocketAddress, backlog: Int32,
+                                         options: ConnectionOptions,
+                                         onAcceptError: @escaping @Sendable (UVError) -> Void,
+                                         onAccept: @escaping @Sendable (Connection) -> Void) async throws(UVError) -> GroupListener {
+        let closing = ClosingCount(parts: loops.count)
+        let acceptorLoop = loops[0]
+        let made = await acceptorLoop.submit { () -> Result<LoopBound<RoundRobinAcceptor>, UVError> in
+            Result { () throws(UVError) in
+                var turn = 0
+                /// Opens a handed-over descriptor as a connection of `loop` and delivers it.
+                let adopt: @Sendable (Int32, EventLoop, SocketAddress) -> Void = { fd, loop, listening in
+                    do throws(UVError) {
+                        let connection = try Connection.adopting(descriptor: fd, on: loop, unixDomain: listening.isUnix,
+                                                                 options: options, label: "\(listening) (accepted)")
+                        Listener.deliver(connection, acceptedOn: listening, to: onAccept)
+                    } catch {
+                        onAcceptError(error)
+                    }
+                }
+                let acceptor = try RoundRobinAcceptor(loop: acceptorLoop, address: address, backlog: backlog) { fd, listening in
+                    let target = loops[turn]
+                    turn = turn + 1 == loops.count ? 0 : turn + 1
+                    if target === acceptorLoop { return adopt(fd, target, listening) }
+                    let socket = HandedOffSocket(fd)
+                    // Refused (the loop is closed): the job is dropped and `socket` closes the descriptor.
+                    target.execute {
+                        // A loop already closing its handles takes no new connection.
+                        guard !target.isShuttingDown, let fd = socket.take() else { return }
+                        adopt(fd, target, listening)
+                    }
+                }
+                acceptor.onAcceptError = onAcceptError
+                acceptor.onClose = {
+                    // Each loop's marker runs after every descriptor handed to it before
+                    // (one queue, in order): then no connection can arrive there any more.
+                    for loop in loops {
+                        if loop === acceptorLoop || !loop.execute({ closing.partDone() }) { closing.partDone() }
+                    }
+                }
+                return LoopBound(acceptor, loop: acceptorLoop)
+            }
+        }
+        let acceptor = try (made ?? .failure(UVError.loopShutDown(operation: "listen", target: "\(address)"))).get()
+        let bound = await acceptorLoop.submit { acceptor.value.address } ?? address
+        return GroupListener(address: bound, spread: .roundRobin, loops: loops, parts: [.acceptor(acceptor)],
+                             closing: closing)
+    }
+}
+
+/// Counts a group listener's parts down to closed, then runs its waiters.
+private final class ClosingCount: Sendable {
+    private struct State {
+        var remaining: Int
+        var waiters: [@Sendable () -> Void] = []
+    }
+    private let state: LockedValue<State>
+
+    init(parts: Int) { state = LockedValue(State(remaining: parts)) }
+
+    func partDone() {
+        let waiters = state.withLock { state -> [@Sendable () -> Void] in
+            state.remaining -= 1
+            guard state.remaining == 0 else { return [] }
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter() }
+    }
+
+    func whenDone(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            if state.remaining <= 0 { return true }
+            state.waiters.append(body)
+            return false
+        }
+        if now { body() }
+    }
+}
+
+extension EventLoopGroup {
+    /// Listens on `address` for every loop of the group: each accepted
+    /// connection is made on one loop (chosen as `spread` says) and handed to
+    /// `onAccept` on that loop's thread, where it stays. Callable from any
+    /// thread or task.
+    /// - Parameters:
+    ///   - spread: how connections are spread over the loops; round robin by
+    ///     default (even, and the only choice for Unix sockets).
+    ///   - backlog: the kernel's queue of not-yet-accepted connections (per
+    ///     socket: with reuse-port, each loop has one).
+    ///   - onAcceptError: called (on a loop) when accepting or opening a
+    ///     connection failed; listening goes on.
+    /// - Throws: ``UVError`` naming the address when binding fails on any loop
+    ///   (the listeners already made are closed again).
+    public func listen(on address: SocketAddress, spread: ConnectionSpread = .roundRobin, backlog: Int32 = 511,
+                       options: ConnectionOptions = ConnectionOptions(),
+                       onAcceptError: @escaping @Sendable (UVError) -> Void = { _ in },
+                       onAccept: @escaping @Sendable (Connection) -> Void) async throws(UVError) -> GroupListener {
+        try await GroupListener.listen(loops: loops, address: address, spread: spread, backlog: backlog,
+                                       options: options, onAcceptError: onAcceptError, onAccept: onAccept)
+    }
+}
