@@ -5,193 +5,239 @@ import UVLoop
 /// connection becomes an ``RPCEndpoint``. One misbehaving connection closes
 /// alone; the server keeps serving the others.
 ///
+/// A server runs on one loop or on every loop of an ``EventLoopGroup``: each
+/// endpoint lives on one loop for its whole life, and its handlers run there
+/// (``ConnectionSpread`` says how connections are spread over the loops).
+///
 /// Two ways to use it:
 /// - callback API: `RPCServer(loop:address:...) { endpoint in ... }` on the
-///   loop thread; `onEndpoint` sets each endpoint's handlers before any byte
-///   is read.
-/// - async API: `try await RPCServer.bind(...)` from anywhere, with an async
-///   message handler for every endpoint, ``endpoints`` as an `AsyncSequence`,
-///   ``run()`` to wait until it is over and ``shutdown()`` to end it.
+///   loop thread, or `try await RPCServer.bind(on: group, ..., onEndpoint:)`
+///   for a group; `onEndpoint` runs on each endpoint's loop and sets its
+///   handlers before any byte is read.
+/// - async API: `try await RPCServer.bind(on: loop or group, ...) { request in ... }`
+///   with an async message handler for every endpoint.
+///
+/// Either way ``endpoints`` yields every new endpoint, ``openEndpoints``
+/// lists the open ones, ``close(closingEndpoints:)`` and ``shutdown()`` end
+/// it on every loop, and ``run()`` waits until it is over; all of these work
+/// from any thread.
 ///
 /// A listening server keeps itself alive until ``close(closingEndpoints:)``,
 /// ``shutdown()`` or loop shutdown, so dropping the reference does not stop it.
-public final class RPCServer: @unchecked Sendable { // mutable state on the loop thread only
-    // Sendable invariant: `open`, `listenerClosed` and `finishWaiters` are
-    // touched only on the loop thread; the async API hops there first. The
-    // other stored properties are immutable.
-
-    /// The loop the server and its endpoints run on.
-    public let loop: EventLoop
+public final class RPCServer: Sendable {
+    /// The loops its endpoints run on (one for a server made on a loop).
+    public var loops: [EventLoop] { listener.loops }
     /// The bound address (with the chosen port when listening on port 0).
-    public let address: SocketAddress
+    public var address: SocketAddress { listener.address }
+    /// How connections are spread over ``loops``.
+    public var spread: ConnectionSpread { listener.spread }
     /// Settings of every endpoint it makes.
-    public let configuration: RPCEndpoint.Configuration
+    public var configuration: RPCEndpoint.Configuration { core.configuration }
     /// New endpoints, in accept order, for `for await endpoint in server.endpoints`.
     /// Endpoints nobody consumed are kept up to the newest 1024 (older ones
     /// keep being served; they are only not delivered here; a closed one
-    /// kept here has released its buffers). Ends when the server has shut down.
+    /// kept here has released its buffers). Ends once the server stopped accepting.
     public let endpoints: AsyncStream<RPCEndpoint>
 
-    private let listener: Listener
-    private let endpointsContinuation: AsyncStream<RPCEndpoint>.Continuation
-    private var open: [ObjectIdentifier: RPCEndpoint] = [:]
-    private var listenerClosed = false
-    private var finishWaiters: [CheckedContinuation<Void, Never>] = []
-    private let logger: Logger
+    private let core: ServerCore
+    private let listener: GroupListener
 
-    /// The endpoints that are open, in no particular order. Loop-bound.
-    public var openEndpoints: [RPCEndpoint] {
-        loop.preconditionInEventLoop("RPCServer.openEndpoints")
-        return Array(open.values)
+    private init(core: ServerCore, listener: GroupListener, endpoints: AsyncStream<RPCEndpoint>) {
+        self.core = core
+        self.listener = listener
+        self.endpoints = endpoints
+        listener.whenClosed { core.listenerDidClose() }
     }
+
+    /// The endpoints that are open now, on every loop, in no particular
+    /// order. Callable from any thread; each endpoint is bound to its own loop.
+    public var openEndpoints: [RPCEndpoint] { core.openEndpoints }
 
     /// Starts listening on `address` (TCP or `unix:` path) on `loop`; must be
     /// called on the loop thread.
     /// - Parameter onEndpoint: called on the loop with each new endpoint
     ///   (its handshake already sent); set its handlers here.
     /// - Throws: ``UVError`` naming the address when binding fails.
-    public init(loop: EventLoop, address: SocketAddress,
-                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                backlog: Int32 = 511, logger: Logger? = nil,
-                onEndpoint: @escaping (RPCEndpoint) -> Void) throws(UVError) {
+    public convenience init(loop: EventLoop, address: SocketAddress,
+                            configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
+                            backlog: Int32 = 511, logger: Logger? = nil,
+                            onEndpoint: @escaping (RPCEndpoint) -> Void) throws(UVError) {
         loop.preconditionInEventLoop("RPCServer.init")
-        self.loop = loop
-        self.configuration = configuration
-        let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
-        self.logger = logger
-        (endpoints, endpointsContinuation) = AsyncStream.makeStream(of: RPCEndpoint.self,
-                                                                    bufferingPolicy: .bufferingNewest(1024))
-        // The accept closure needs self; it is set right after the listener exists.
-        let box = ServerBox()
-        listener = try loop.listen(on: address, backlog: backlog, options: configuration.connectionOptions) { connection in
-            box.server?.accept(connection, onEndpoint: onEndpoint)
-        }
-        self.address = listener.address
-        listener.onAcceptError = { error in logger.warning("accept failed", metadata: ["rpc.error": "\(error)"]) }
-        listener.onClose = { [unowned self] in
-            self.listenerClosed = true
-            self.endpointsContinuation.finish()
-            self.resumeFinishWaitersIfDone()
-        }
-        box.server = self
+        // Safe to send: every connection of this listener is accepted on `loop`, the
+        // thread this closure was made on, so it is only ever called there.
+        let handler = UncheckedSendable(onEndpoint)
+        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger) { handler.value($0) }
+        let listener = try GroupListener.listen(onCurrentLoop: loop, address: address, backlog: backlog,
+                                                options: configuration.connectionOptions,
+                                                onAcceptError: core.acceptFailed, onAccept: core.accept)
+        self.init(core: core, listener: listener, endpoints: endpoints)
     }
 
-    /// Starts listening from any thread or task (it hops onto the loop);
-    /// every endpoint answers incoming messages with `handler` (each in its
-    /// own task on the loop), if one is given.
+    /// Starts listening on `address` for every loop of `group`, from any
+    /// thread or task; each connection becomes an endpoint on one loop
+    /// (spread as `spread` says) and stays there.
+    /// - Parameters:
+    ///   - handler: answers every incoming message of every endpoint (each in
+    ///     its own task on the endpoint's loop), if given.
+    ///   - onEndpoint: called on each new endpoint's loop (its handshake
+    ///     already sent), before any byte is read: set callback handlers here.
+    /// - Throws: ``UVError`` naming the address when binding fails.
+    public static func bind(on group: EventLoopGroup, address: SocketAddress,
+                            spread: ConnectionSpread = .roundRobin,
+                            configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
+                            backlog: Int32 = 511, logger: Logger? = nil,
+                            handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil,
+                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async throws(UVError) -> RPCServer {
+        try await bind(loops: group.loops, address: address, spread: spread, configuration: configuration,
+                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint)
+    }
+
+    /// Starts listening on `address` on `loop`, from any thread or task;
+    /// see ``bind(on:address:spread:configuration:backlog:logger:handler:onEndpoint:)-(EventLoopGroup,_,_,_,_,_,_,_)``.
     public static func bind(on loop: EventLoop, address: SocketAddress,
                             configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                             backlog: Int32 = 511, logger: Logger? = nil,
-                            handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil) async throws -> RPCServer {
-        let result: Result<RPCServer, UVError> = await withCheckedContinuation { continuation in
-            let make: @Sendable () -> Void = {
-                continuation.resume(returning: Result { () throws(UVError) in
-                    try RPCServer(loop: loop, address: address, configuration: configuration, backlog: backlog,
-                                  logger: logger) { endpoint in
-                        if let handler { endpoint.onMessage(handler) }
-                    }
-                })
-            }
-            if loop.inEventLoop { make() } else if !loop.execute(make) {
-                continuation.resume(returning: .failure(.loopShutDown(operation: "listen", target: "\(address)")))
-            }
-        }
-        return try result.get()
+                            handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil,
+                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async throws(UVError) -> RPCServer {
+        try await bind(loops: [loop], address: address, spread: .roundRobin, configuration: configuration,
+                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint)
     }
 
-    private func accept(_ connection: Connection, onEndpoint: (RPCEndpoint) -> Void) {
-        let endpoint = RPCEndpoint(connection: connection, configuration: configuration, logger: logger)
-        let key = ObjectIdentifier(endpoint)
-        open[key] = endpoint
-        endpoint.didCloseForOwner = { [weak self] in
-            guard let self else { return }
-            self.open[key] = nil
-            self.resumeFinishWaitersIfDone()
+    private static func bind(loops: [EventLoop], address: SocketAddress, spread: ConnectionSpread,
+                             configuration: RPCEndpoint.Configuration, backlog: Int32, logger: Logger?,
+                             handler: (@Sendable ([UInt8]) async throws -> [UInt8])?,
+                             onEndpoint: (@Sendable (RPCEndpoint) -> Void)?) async throws(UVError) -> RPCServer {
+        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger) { endpoint in
+            onEndpoint?(endpoint)
+            if let handler { endpoint.installAsyncHandler(handler) }
         }
-        onEndpoint(endpoint)
-        endpointsContinuation.yield(endpoint)
+        let listener = try await GroupListener.listen(loops: loops, address: address, spread: spread, backlog: backlog,
+                                                      options: configuration.connectionOptions,
+                                                      onAcceptError: core.acceptFailed, onAccept: core.accept)
+        return RPCServer(core: core, listener: listener, endpoints: endpoints)
     }
 
-    /// Stops accepting; with `closingEndpoints`, closes every open endpoint too.
-    /// Loop-bound; ``shutdown()`` is the same from anywhere, and waits.
+    /// Stops accepting on every loop (connections accepted but not yet
+    /// handed to their loop are closed too); with `closingEndpoints`, closes
+    /// every open endpoint as well (each on its loop). Callable from any
+    /// thread; returns at once (``run()`` waits for the end).
     public func close(closingEndpoints: Bool = true) {
-        loop.preconditionInEventLoop("RPCServer.close(closingEndpoints:)")
+        let open = core.stopAdmitting()
         listener.close()
-        if closingEndpoints { for endpoint in open.values { endpoint.close() } }
-    }
-
-    /// Waits until the server is over: its listener closed and every one of its
-    /// endpoints closed. Callable from any thread or task.
-    public func run() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let wait: @Sendable () -> Void = {
-                self.finishWaiters.append(continuation)
-                self.resumeFinishWaitersIfDone()
-            }
-            if loop.inEventLoop { wait() } else if !loop.execute(wait) { continuation.resume() }
+        guard closingEndpoints else { return }
+        for endpoint in open {
+            let loop = endpoint.loop
+            if loop.inEventLoop { endpoint.close() } else { loop.execute { endpoint.close() } }
         }
     }
 
-    /// Graceful shutdown: closes the listener, then every endpoint (each
-    /// fails its in-flight calls and flushes what it owes), and returns when
-    /// everything is closed. Callable from any thread or task.
+    /// Waits until the server is over: it stopped accepting on every loop
+    /// and every one of its endpoints closed. Callable from any thread or task.
+    public func run() async {
+        await withCheckedContinuation { continuation in core.whenFinished { continuation.resume() } }
+    }
+
+    /// Closes the server and every endpoint (see ``close(closingEndpoints:)``;
+    /// each endpoint fails its in-flight calls and flushes what it owes),
+    /// and returns when everything is closed. Callable from any thread or task.
     public func shutdown() async {
-        let closeAll: @Sendable () -> Void = { self.close(closingEndpoints: true) }
-        if loop.inEventLoop { closeAll() } else { loop.execute(closeAll) }
+        close(closingEndpoints: true)
         await run()
     }
+}
 
-    private func resumeFinishWaitersIfDone() {
-        guard listenerClosed, open.isEmpty, !finishWaiters.isEmpty else { return }
-        let waiters = finishWaiters
-        finishWaiters.removeAll()
-        for waiter in waiters { waiter.resume() }
+/// What a server's listener and endpoints share: the open endpoints and the
+/// end of the server. Its methods are called on the endpoints' loops (accept,
+/// close) and from any thread (listing, closing, waiting).
+private final class ServerCore: Sendable {
+    let configuration: RPCEndpoint.Configuration
+    let logger: Logger
+    private let onEndpoint: @Sendable (RPCEndpoint) -> Void
+    private let continuation: AsyncStream<RPCEndpoint>.Continuation
+
+    private struct State {
+        var open: [ObjectIdentifier: RPCEndpoint] = [:]
+        /// Set by close: connections still arriving are turned away.
+        var admitting = true
+        var listenerClosed = false
+        var finishWaiters: [@Sendable () -> Void] = []
     }
-}
+    private let state = LockedValue(State())
 
-/// Lets the listener's accept closure reach the server. The reference is
-/// strong on purpose: a listening server stays alive (like an open SwiftNIO
-/// server channel) until it is closed or its loop shuts down, which drops the
-/// listener's closure and so this box.
-private final class ServerBox {
-    var server: RPCServer?
-}
+    private init(configuration: RPCEndpoint.Configuration, logger: Logger,
+                 continuation: AsyncStream<RPCEndpoint>.Continuation,
+                 onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) {
+        self.configuration = configuration
+        self.logger = logger
+        self.continuation = continuation
+        self.onEndpoint = onEndpoint
+    }
 
-/// Connects to an efro.rpc peer.
-public enum RPCClient {
-    /// Connects to `address` (TCP or `unix:` path) on `loop` and calls
-    /// `completion` on the loop with a ready ``RPCEndpoint`` (its handshake
-    /// sent; the peer's may still be on its way), or the ``ConnectError``.
-    /// Must be called on the loop thread.
-    public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
-                               configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                               logger: Logger? = nil,
-                               completion: @escaping (Result<RPCEndpoint, ConnectError>) -> Void) {
-        loop.connect(to: address, timeout: timeout, options: configuration.connectionOptions) { result in
-            completion(result.map { RPCEndpoint(connection: $0, configuration: configuration, logger: logger) })
+    static func make(configuration: RPCEndpoint.Configuration, logger: Logger?,
+                     onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) -> (ServerCore, AsyncStream<RPCEndpoint>) {
+        let (endpoints, continuation) = AsyncStream.makeStream(of: RPCEndpoint.self, bufferingPolicy: .bufferingNewest(1024))
+        let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
+        return (ServerCore(configuration: configuration, logger: logger, continuation: continuation,
+                           onEndpoint: onEndpoint), endpoints)
+    }
+
+    var openEndpoints: [RPCEndpoint] { state.withLock { Array($0.open.values) } }
+
+    /// Makes the endpoint of a new connection (on the connection's loop).
+    func accept(_ connection: Connection) {
+        let endpoint = RPCEndpoint(connection: connection, configuration: configuration, logger: logger)
+        let key = ObjectIdentifier(endpoint)
+        let admitted = state.withLock { state -> Bool in
+            guard state.admitting else { return false }
+            state.open[key] = endpoint
+            return true
+        }
+        guard admitted else { return endpoint.close() } // arrived after close(): turned away
+        endpoint.didCloseForOwner = { [self] in endpointDidClose(key) }
+        onEndpoint(endpoint)
+        continuation.yield(endpoint)
+    }
+
+    func acceptFailed(_ error: UVError) {
+        logger.warning("accept failed", metadata: ["rpc.error": "\(error)"])
+    }
+
+    /// Turns later connections away; returns the endpoints open now.
+    func stopAdmitting() -> [RPCEndpoint] {
+        state.withLock { state in
+            state.admitting = false
+            return Array(state.open.values)
         }
     }
 
-    /// Connects from any thread or task and returns the endpoint; fails after
-    /// `timeout` with ``ConnectError/timedOut(address:timeout:)``. Incoming
-    /// messages wait for a handler (``RPCEndpoint/onMessage(_:)``), or are
-    /// handled at once by `handler` when one is given.
-    public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
-                               configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                               logger: Logger? = nil,
-                               handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil)
-        async throws(ConnectError) -> RPCEndpoint {
-        let result: Result<RPCEndpoint, ConnectError> = await withCheckedContinuation { continuation in
-            let start: @Sendable () -> Void = {
-                connect(to: address, on: loop, timeout: timeout, configuration: configuration, logger: logger) { result in
-                    if case .success(let endpoint) = result, let handler { endpoint.onMessage(handler) }
-                    continuation.resume(returning: result)
-                }
-            }
-            if loop.inEventLoop { start() } else if !loop.execute(start) {
-                continuation.resume(returning: .failure(.loopShutDown(address: "\(address)")))
-            }
-        }
-        return try result.get()
+    private func endpointDidClose(_ key: ObjectIdentifier) {
+        finishIfDone { $0.open[key] = nil }
     }
+
+    func listenerDidClose() {
+        continuation.finish()
+        finishIfDone { $0.listenerClosed = true }
+    }
+
+    func whenFinished(_ body: @escaping @Sendable () -> Void) {
+        finishIfDone { $0.finishWaiters.append(body) }
+    }
+
+    /// Applies `change`, then runs the finish waiters if the server is over.
+    private func finishIfDone(_ change: (inout State) -> Void) {
+        let waiters = state.withLock { state -> [@Sendable () -> Void] in
+            change(&state)
+            guard state.listenerClosed, state.open.isEmpty else { return [] }
+            defer { state.finishWaiters.removeAll() }
+            return state.finishWaiters
+        }
+        for waiter in waiters { waiter() }
+    }
+}
+
+/// Carries a value the compiler cannot prove Sendable across a `@Sendable`
+/// boundary; each use states why it is only touched on one thread.
+struct UncheckedSendable<Value>: @unchecked Sendable { // see each use for the invariant
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

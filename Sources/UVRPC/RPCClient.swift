@@ -1,0 +1,54 @@
+import Logging
+import UVLoop
+
+/// Connects to an efro.rpc peer.
+public enum RPCClient {
+    /// Connects to `address` (TCP or `unix:` path) on `loop` and calls
+    /// `completion` on the loop with a ready ``RPCEndpoint`` (its handshake
+    /// sent; the peer's may still be on its way), or the ``ConnectError``.
+    /// Must be called on the loop thread.
+    public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
+                               configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
+                               logger: Logger? = nil,
+                               completion: @escaping (Result<RPCEndpoint, ConnectError>) -> Void) {
+        loop.connect(to: address, timeout: timeout, options: configuration.connectionOptions) { result in
+            completion(result.map { RPCEndpoint(connection: $0, configuration: configuration, logger: logger) })
+        }
+    }
+
+    /// Connects from any thread or task and returns the endpoint; fails after
+    /// `timeout` with ``ConnectError/timedOut(address:timeout:)``. Incoming
+    /// messages wait for a handler (``RPCEndpoint/onMessage(_:)``), or are
+    /// handled at once by `handler` when one is given.
+    public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
+                               configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
+                               logger: Logger? = nil,
+                               handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil)
+        async throws(ConnectError) -> RPCEndpoint {
+        let result: Result<RPCEndpoint, ConnectError> = await withCheckedContinuation { continuation in
+            let start: @Sendable () -> Void = {
+                connect(to: address, on: loop, timeout: timeout, configuration: configuration, logger: logger) { result in
+                    if case .success(let endpoint) = result, let handler { endpoint.onMessage(handler) }
+                    continuation.resume(returning: result)
+                }
+            }
+            if loop.inEventLoop { start() } else if !loop.execute(start) {
+                continuation.resume(returning: .failure(.loopShutDown(address: "\(address)")))
+            }
+        }
+        return try result.get()
+    }
+
+    /// Connects on the next loop of `group` (round robin; see
+    /// ``EventLoopGroup/next()``), from any thread or task; otherwise as
+    /// ``connect(to:on:timeout:configuration:logger:handler:)-(_,EventLoop,_,_,_,_)``.
+    /// The endpoint lives on that loop for its whole life.
+    public static func connect(to address: SocketAddress, on group: EventLoopGroup, timeout: Duration = .seconds(10),
+                               configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
+                               logger: Logger? = nil,
+                               handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil)
+        async throws(ConnectError) -> RPCEndpoint {
+        try await connect(to: address, on: group.next(), timeout: timeout, configuration: configuration,
+                          logger: logger, handler: handler)
+    }
+}
