@@ -53,6 +53,10 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
     /// the caller sends faster than the peer reads and ignored
     /// ``RPCEndpoint/isWritable``.
     case sendBufferFull(endpoint: String, pendingBytes: Int, limit: Int)
+    /// An ``RPCClientPool`` had no open connection to any of `addresses`;
+    /// `lastConnectError` is the most recent reason a connection could not
+    /// be made or was lost, if there was one.
+    case noConnection(addresses: [String], lastConnectError: String?)
 
     public var description: String {
         switch self {
@@ -69,6 +73,9 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
             return "cannot send \(n) bytes on \(e): over the protocol's 4 GiB limit"
         case .sendBufferFull(let e, let pending, let limit):
             return "cannot send on \(e): \(pending) bytes are already waiting for the peer to read them and the limit is \(limit) (wait for isWritable)"
+        case .noConnection(let addresses, let last):
+            return "cannot send: no connection to \(addresses.joined(separator: ", ")) is open"
+                + (last.map { " (last error: \($0))" } ?? "")
         }
     }
 }

@@ -1,0 +1,296 @@
+import Logging
+import Synchronization
+import UVLoop
+
+/// Connections to one or more efro.rpc servers (a service of several
+/// servers), spread over the loops of an ``EventLoopGroup``, that calls are
+/// spread over.
+///
+/// The pool keeps ``Configuration/connectionsPerAddress`` connections to each
+/// address; connection `k` (counting over every address) lives on loop
+/// `k % loops.count`. Each call goes to the open connection with the fewest
+/// calls in flight (ties taken in turn). A connection that closes is made
+/// again after a capped exponential backoff; its calls in flight fail as any
+/// endpoint's do, and new calls go to the connections still open. With none
+/// open, a call fails at once with ``RPCError/noConnection(addresses:lastConnectError:)``.
+///
+/// ```swift
+/// let pool = await RPCClientPool.connect(to: [a, b, c], on: group)
+/// let answer = try await pool.send(request)       // from any task or thread
+/// await pool.close()
+/// ```
+public final class RPCClientPool: Sendable {
+    /// Settings of a pool.
+    public struct Configuration: Sendable {
+        /// Connections kept to each address. Default 1.
+        public var connectionsPerAddress = 1
+        /// Settings of every connection's endpoint.
+        public var endpoint = RPCEndpoint.Configuration()
+        /// How long one connect attempt may take. Default 10 s.
+        public var connectTimeout: Duration = .seconds(10)
+        /// Wait before the first attempt to replace a lost connection (or
+        /// retry a failed one); doubled after each failure up to
+        /// ``maximumReconnectDelay``, and back to this after a success. Default 100 ms.
+        public var reconnectDelay: Duration = .milliseconds(100)
+        /// Longest wait between two attempts. Default 10 s.
+        public var maximumReconnectDelay: Duration = .seconds(10)
+
+        /// The defaults.
+        public init() {}
+    }
+
+    /// One connection of the pool, as it is now.
+    public struct ConnectionState: Sendable, Equatable {
+        /// The server it goes to.
+        public var address: SocketAddress
+        /// The name of the loop it lives on.
+        public var loop: String
+        /// True while it is connected (false while it is being made again).
+        public var isOpen: Bool
+        /// Calls sent on it that have not ended yet.
+        public var callsInFlight: Int
+    }
+
+    /// The servers, in the order given.
+    public let addresses: [SocketAddress]
+    /// The pool's settings.
+    public let configuration: Configuration
+    private let connections: [PooledConnection]
+    private let turn = Atomic<Int>(0)
+    private let lastError: LockedValue<String?>
+
+    private init(addresses: [SocketAddress], configuration: Configuration, connections: [PooledConnection],
+                 lastError: LockedValue<String?>) {
+        self.addresses = addresses
+        self.configuration = configuration
+        self.connections = connections
+        self.lastError = lastError
+    }
+
+    /// Opens the pool's connections and returns once each has been tried
+    /// once (connected or failed; failed ones keep being retried). Callable
+    /// from any thread or task.
+    /// - Parameter onEndpoint: called on its loop with every connection's
+    ///   endpoint each time one is made, before any byte is read: set
+    ///   handlers for the messages the servers send here.
+    public static func connect(to addresses: [SocketAddress], on group: EventLoopGroup,
+                               configuration: Configuration = Configuration(), logger: Logger? = nil,
+                               onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async -> RPCClientPool {
+        precondition(!addresses.isEmpty, "RPCClientPool: no address to connect to")
+        precondition(configuration.connectionsPerAddress > 0,
+                     "RPCClientPool: connectionsPerAddress must be at least 1, not \(configuration.connectionsPerAddress)")
+        let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
+        let lastError = LockedValue<String?>(nil)
+        var connections: [PooledConnection] = []
+        for address in addresses {
+            for _ in 0..<configuration.connectionsPerAddress {
+                let loop = group.loops[connections.count % group.loops.count]
+                connections.append(PooledConnection(address: address, loop: loop, configuration: configuration,
+                                                    logger: logger, onEndpoint: onEndpoint) { error in
+                    lastError.withLock { $0 = error }
+                })
+            }
+        }
+        for connection in connections {
+            if !connection.loop.execute({ connection.start() }) { connection.firstAttemptEnded() }
+        }
+        for connection in connections { await connection.firstAttempt() }
+        return RPCClientPool(addresses: addresses, configuration: configuration, connections: connections,
+                             lastError: lastError)
+    }
+
+    /// Every connection's state, in the pool's order.
+    public var connectionStates: [ConnectionState] {
+        connections.map {
+            ConnectionState(address: $0.address, loop: $0.loop.name, isOpen: $0.isOpen.load(ordering: .acquiring),
+                            callsInFlight: $0.inFlight.load(ordering: .relaxed))
+        }
+    }
+
+    /// Sends `payload` on the open connection with the fewest calls in
+    /// flight and returns the response. Callable from any thread or task.
+    /// - Throws: ``RPCError/noConnection(addresses:lastConnectError:)`` at
+    ///   once when no connection is open; otherwise what
+    ///   ``RPCEndpoint/send(_:timeout:closeOnError:)`` throws.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
+        guard let (connection, endpoint) = pick() else { throw noConnection }
+        defer { connection.callEnded() }
+        return try await endpoint.send(payload, timeout: timeout, closeOnError: closeOnError)
+    }
+
+    /// Sends `payload` on the open connection with the fewest calls in
+    /// flight; `completion` runs on the calling loop with a copy of the
+    /// response or the error. Must be called on an event loop (any: the call
+    /// hops to its connection's loop when that is another one).
+    /// ``RPCError/noConnection(addresses:lastConnectError:)`` is reported
+    /// before this returns.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
+                     completion: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) {
+        guard let caller = EventLoop.current else {
+            preconditionFailure("RPCClientPool.send(_:timeout:closeOnError:completion:) must be called on an event loop "
+                                + "(its completion runs there); use send(_:timeout:closeOnError:) async elsewhere")
+        }
+        guard let (connection, endpoint) = pick() else { return completion(.failure(noConnection)) }
+        if connection.loop === caller {
+            return endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
+                connection.callEnded()
+                completion(result)
+            }
+        }
+        let sent = connection.loop.execute {
+            endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
+                connection.callEnded()
+                caller.execute { completion(result) } // dropped only if the caller's loop is gone
+            }
+        }
+        if !sent {
+            connection.callEnded()
+            completion(.failure(.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
+        }
+    }
+
+    /// Closes every connection (their calls in flight fail) and stops
+    /// making new ones; returns once all are closed. Callable from any thread or task.
+    public func close() async {
+        for connection in connections {
+            guard let endpoint = await connection.loop.submit({ connection.stop() }) ?? nil else { continue }
+            await endpoint.close()
+        }
+    }
+
+    /// The open connection with the fewest calls in flight, counted as
+    /// carrying one more; ties go in turn. Nil when none is open.
+    private func pick() -> (PooledConnection, RPCEndpoint)? {
+        let count = connections.count
+        let start = Int(UInt(bitPattern: turn.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(count))
+        for _ in 0..<2 { // a second pass if the chosen one closed meanwhile
+            var best: PooledConnection?
+            var fewest = Int.max
+            for offset in 0..<count {
+                let connection = connections[(start + offset) % count]
+                guard connection.isOpen.load(ordering: .acquiring) else { continue }
+                let inFlight = connection.inFlight.load(ordering: .relaxed)
+                if inFlight < fewest { (best, fewest) = (connection, inFlight) }
+            }
+            guard let best else { return nil }
+            if let endpoint = best.callStarting() { return (best, endpoint) }
+        }
+        return nil
+    }
+
+    private var noConnection: RPCError {
+        .noConnection(addresses: addresses.map(\.description), lastConnectError: lastError.withLock { $0 })
+    }
+}
+
+/// One connection of a pool: made on its loop, made again when it closes.
+private final class PooledConnection: @unchecked Sendable { // loop-only fields below; the rest atomic or locked
+    // Sendable invariant: `attempts`, `retryTimer` and `stopped` are touched only on
+    // `loop`'s thread; `endpoint` and `firstAttemptWaiters` only under their locks;
+    // `isOpen` and `inFlight` are atomics; the other stored properties are immutable.
+    let address: SocketAddress
+    let loop: EventLoop
+    let isOpen = Atomic<Bool>(false)
+    let inFlight = Atomic<Int>(0)
+    private let configuration: RPCClientPool.Configuration
+    private let logger: Logger
+    private let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?
+    private let report: @Sendable (String) -> Void
+    private let endpoint = LockedValue<RPCEndpoint?>(nil)
+    private let firstAttemptWaiters = LockedValue<(ended: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private var attempts = 0
+    private var retryTimer: LoopTimer?
+    private var stopped = false
+
+    init(address: SocketAddress, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
+         onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, report: @escaping @Sendable (String) -> Void) {
+        self.address = address
+        self.loop = loop
+        self.configuration = configuration
+        self.logger = logger
+        self.onEndpoint = onEndpoint
+        self.report = report
+    }
+
+    /// Makes the first connection (on the loop).
+    func start() { connect() }
+
+    private func connect() {
+        RPCClient.connect(to: address, on: loop, timeout: configuration.connectTimeout,
+                          configuration: configuration.endpoint, logger: logger) { [self] result in
+            defer { firstAttemptEnded() }
+            switch result {
+            case .success(let endpoint):
+                if stopped { return endpoint.close() }
+                attempts = 0
+                endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint.closeReason ?? .local) }
+                self.endpoint.withLock { $0 = endpoint }
+                isOpen.store(true, ordering: .releasing)
+                onEndpoint?(endpoint)
+            case .failure(let error):
+                report("\(error)")
+                retryLater()
+            }
+        }
+    }
+
+    private func lost(_ reason: RPCCloseReason) {
+        isOpen.store(false, ordering: .releasing)
+        endpoint.withLock { $0 = nil }
+        guard !stopped else { return }
+        report("the connection to \(address) ended: \(reason)")
+        logger.info("pooled connection lost; making it again", metadata: [
+            "rpc.peer": "\(address)", "rpc.reason": "\(reason)",
+        ])
+        retryLater()
+    }
+
+    private func retryLater() {
+        guard !stopped else { return }
+        let delay = min(configuration.reconnectDelay * (1 << min(attempts, 30)), configuration.maximumReconnectDelay)
+        attempts += 1
+        retryTimer = loop.scheduleTimer(after: delay) { [self] in
+            retryTimer = nil
+            if !stopped { connect() }
+        }
+    }
+
+    /// Stops reconnecting (on the loop); returns the open endpoint, if any, to close.
+    func stop() -> RPCEndpoint? {
+        stopped = true
+        retryTimer?.cancel()
+        retryTimer = nil
+        return endpoint.withLock { $0 }
+    }
+
+    /// Counts a call about to be sent and returns the endpoint to send it on,
+    /// or nil if the connection just closed.
+    func callStarting() -> RPCEndpoint? {
+        inFlight.add(1, ordering: .relaxed)
+        if let endpoint = endpoint.withLock({ $0 }) { return endpoint }
+        inFlight.subtract(1, ordering: .relaxed)
+        return nil
+    }
+
+    func callEnded() { inFlight.subtract(1, ordering: .relaxed) }
+
+    func firstAttempt() async {
+        await withCheckedContinuation { continuation in
+            let ended = firstAttemptWaiters.withLock { state -> Bool in
+                if !state.ended { state.waiters.append(continuation) }
+                return state.ended
+            }
+            if ended { continuation.resume() }
+        }
+    }
+
+    func firstAttemptEnded() {
+        let waiters = firstAttemptWaiters.withLock { state -> [CheckedContinuation<Void, Never>] in
+            guard !state.ended else { return [] }
+            state.ended = true
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}

@@ -1,0 +1,189 @@
+import Dispatch
+import UVLoop
+import UVRPC
+import UVTestSupport
+import XCTest
+
+/// Three servers on one loop, each answering with the payload and its own index.
+private final class ThreeServers: Sendable {
+    let harness: LoopHarness
+    let addresses: [SocketAddress]
+    private let servers: LockedValue<[RPCServer?]>
+    /// Messages each server received.
+    let received = LockedValue([0, 0, 0])
+    /// While true, messages are held (their responders kept) until ``releaseHeld()``.
+    let holding: LoopBoundBox<Bool>
+    private let held: LoopBoundBox<[(RPCResponder, [UInt8])]>
+
+    init() async throws {
+        harness = try LoopHarness("servers")
+        let loop = harness.loop
+        (holding, held) = try harness.sync { (LoopBoundBox(false, loop: loop), LoopBoundBox([], loop: loop)) }
+        servers = LockedValue([nil, nil, nil])
+        var addresses: [SocketAddress] = []
+        for index in 0..<3 {
+            addresses.append(try await Self.start(index, on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                                  received: received, holding: holding, held: held, into: servers))
+        }
+        self.addresses = addresses
+    }
+
+    private static func start(_ index: Int, on loop: EventLoop, address: SocketAddress, received: LockedValue<[Int]>,
+                              holding: LoopBoundBox<Bool>, held: LoopBoundBox<[(RPCResponder, [UInt8])]>,
+                              into servers: LockedValue<[RPCServer?]>) async throws -> SocketAddress {
+        let server = try await RPCServer.bind(on: loop, address: address, configuration: testConfiguration(), onEndpoint: { endpoint in
+            endpoint.onMessage = { payload, responder in
+                received.withLock { $0[index] += 1 }
+                let answer = Array(payload) + [UInt8(index)]
+                if holding.value { held.value.append((responder, answer)) } else { try responder.respond(answer) }
+            }
+        })
+        servers.withLock { $0[index] = server }
+        return server.address
+    }
+
+    /// Answers every held message (on the servers' loop).
+    func releaseHeld() throws {
+        let (holding, held) = (self.holding, self.held)
+        try harness.sync {
+            holding.value = false
+            for (responder, answer) in held.value { try responder.respond(answer) }
+            held.value.removeAll()
+        }
+    }
+
+    func stop(_ index: Int) async {
+        guard let server = servers.withLock({ $0[index] }) else { return }
+        await server.shutdown()
+        servers.withLock { $0[index] = nil }
+    }
+
+    /// Starts server `index` again on its old port.
+    func restart(_ index: Int) async throws {
+        _ = try await Self.start(index, on: harness.loop, address: addresses[index], received: received,
+                                 holding: holding, held: held, into: servers)
+    }
+
+    func stopAll() async {
+        for index in 0..<3 { await stop(index) }
+    }
+}
+
+final class ClientPoolTests: XCTestCase {
+    private func poolConfiguration() -> RPCClientPool.Configuration {
+        var configuration = RPCClientPool.Configuration()
+        configuration.connectionsPerAddress = 2
+        configuration.endpoint = testConfiguration()
+        configuration.reconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(200)
+        return configuration
+    }
+
+    func testCallsGoToTheConnectionWithTheFewestInFlightAcrossServersAndLoops() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 2)
+        let pool = await RPCClientPool.connect(to: servers.addresses, on: group, configuration: poolConfiguration())
+        let states = pool.connectionStates
+        XCTAssertEqual(states.count, 6)
+        XCTAssertTrue(states.allSatisfy(\.isOpen), "\(states)")
+        XCTAssertEqual(states.map(\.loop), ["pool-0", "pool-1", "pool-0", "pool-1", "pool-0", "pool-1"],
+                       "each address has a connection on every loop")
+        try servers.harness.sync { servers.holding.value = true }
+        // 60 callback sends from one loop: each picks the connection with the fewest in flight.
+        let answers = LockedValue<[[UInt8]]>([])
+        let allAnswered = Promise<Void>()
+        group.loops[0].execute {
+            for index in 0..<60 {
+                pool.send([UInt8(index)], timeout: .seconds(20)) { result in
+                    XCTAssertTrue(group.loops[0].inEventLoop, "the completion runs on the calling loop")
+                    switch result {
+                    case .success(let answer): answers.withLock { $0.append(answer) }
+                    case .failure(let error): XCTFail("\(error)")
+                    }
+                    if answers.withLock({ $0.count }) == 60 { allAnswered.fulfill(()) }
+                }
+            }
+        }
+        try waitUntil("the 60 calls to reach the servers", seconds: 20) { servers.received.withLock { $0.reduce(0, +) } == 60 }
+        XCTAssertEqual(pool.connectionStates.map(\.callsInFlight), [10, 10, 10, 10, 10, 10])
+        XCTAssertEqual(servers.received.withLock { $0 }, [20, 20, 20])
+        try servers.releaseHeld()
+        try allAnswered.wait("the 60 answers")
+        XCTAssertEqual(Set(answers.withLock { $0 }.map { $0[0] }), Set(0..<60))
+        XCTAssertEqual(pool.connectionStates.map(\.callsInFlight), [0, 0, 0, 0, 0, 0])
+        await pool.close()
+        await servers.stopAll()
+        servers.harness.shutdownCleanly()
+        let status = await group.shutdownAndWait()
+        XCTAssertEqual(status, 0)
+    }
+
+    /// `count` calls from `concurrency` tasks; returns how many each server answered.
+    private func calls(_ count: Int, on pool: RPCClientPool, concurrency: Int = 8) async throws -> [Int] {
+        try await withTimeout("\(count) pooled calls") {
+            try await withThrowingTaskGroup(of: [Int].self) { group in
+                for task in 0..<concurrency {
+                    group.addTask {
+                        var answeredBy = [0, 0, 0]
+                        for call in stride(from: task, to: count, by: concurrency) {
+                            let payload = [UInt8(call & 0xff), UInt8(call >> 8)]
+                            let answer = try await pool.send(payload, timeout: .seconds(20))
+                            XCTAssertEqual(Array(answer.prefix(2)), payload)
+                            answeredBy[Int(answer[2])] += 1
+                        }
+                        return answeredBy
+                    }
+                }
+                return try await group.reduce(into: [0, 0, 0]) { total, part in
+                    for i in 0..<3 { total[i] += part[i] }
+                }
+            }
+        }
+    }
+
+    func testThePoolServesFromTheOtherServersWhileOneIsDownAndReconnectsWhenItReturns() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 2)
+        let pool = await RPCClientPool.connect(to: servers.addresses, on: group, configuration: poolConfiguration())
+        let before = try await calls(300, on: pool)
+        XCTAssertEqual(before.reduce(0, +), 300)
+        XCTAssertTrue(before.allSatisfy { $0 > 0 }, "every server answered: \(before)")
+
+        await servers.stop(1)
+        try waitUntil("the pool to see server 1 gone", seconds: 20) {
+            pool.connectionStates.filter { $0.address == servers.addresses[1] }.allSatisfy { !$0.isOpen }
+        }
+        let whileDown = try await calls(300, on: pool)
+        XCTAssertEqual(whileDown, [whileDown[0], 0, whileDown[2]], "no call went to the stopped server")
+        XCTAssertEqual(whileDown.reduce(0, +), 300, "every call was answered by the others")
+
+        try await servers.restart(1)
+        try waitUntil("the pool to reconnect to server 1", seconds: 20) { pool.connectionStates.allSatisfy(\.isOpen) }
+        let after = try await calls(300, on: pool)
+        XCTAssertGreaterThan(after[1], 0, "the restarted server is used again: \(after)")
+
+        await servers.stopAll()
+        try waitUntil("every connection to close", seconds: 20) { pool.connectionStates.allSatisfy { !$0.isOpen } }
+        // With nothing open a call fails at once, naming every address and the last error.
+        var lastError: RPCError?
+        for _ in 0..<2000 {
+            do {
+                _ = try await pool.send([1])
+                XCTFail("a call with no server up must fail")
+            } catch let error as RPCError {
+                lastError = error
+                guard case .noConnection(let addresses, let last) = error else { return XCTFail("\(error)") }
+                XCTAssertEqual(addresses, servers.addresses.map(\.description))
+                if last?.contains("ECONNREFUSED") == true { break } // a reconnect attempt was refused
+            }
+            try await Task.sleep(for: .milliseconds(10)) // the next reconnect attempt has no event to await
+        }
+        XCTAssertTrue("\(lastError.map { "\($0)" } ?? "")".contains("ECONNREFUSED"), "\(String(describing: lastError))")
+        print("pool: \(before) answered per server before, \(whileDown) with server 1 down, \(after) after its restart; "
+              + "with none up: \(lastError.map { "\($0)" } ?? "-")")
+        await pool.close()
+        servers.harness.shutdownCleanly()
+        let status = await group.shutdownAndWait()
+        XCTAssertEqual(status, 0)
+    }
+}
