@@ -99,6 +99,9 @@ public final class RPCClientPool: Sendable {
                              lastError: lastError)
     }
 
+    /// The most recent reason a connection could not be made or was lost, if any.
+    public var lastConnectError: String? { lastError.withLock { $0 } }
+
     /// Every connection's state, in the pool's order.
     public var connectionStates: [ConnectionState] {
         connections.map {
@@ -179,7 +182,7 @@ public final class RPCClientPool: Sendable {
     }
 
     private var noConnection: RPCError {
-        .noConnection(addresses: addresses.map(\.description), lastConnectError: lastError.withLock { $0 })
+        .noConnection(addresses: addresses.map(\.description), lastConnectError: lastConnectError)
     }
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Logging
+import Synchronization
 import UVLoop
 import UVRPC
 #if canImport(Glibc)
@@ -8,7 +9,7 @@ import Glibc
 #endif
 
 @main
-struct UVRPCTool: ParsableCommand {
+struct UVRPCTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "uvrpc",
         abstract: "Serve or call efro.rpc (protocol 2) endpoints over TCP or Unix sockets.",
@@ -82,24 +83,45 @@ func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator
     }
 }
 
-/// Stops `loop` on SIGINT / SIGTERM.
-func stopOnSignals(_ loop: EventLoop, then: @escaping @Sendable () -> Void = {}) -> [DispatchSourceSignal] {
-    [SIGINT, SIGTERM].map { signum in
+/// Returns when SIGINT or SIGTERM arrives (both are caught from then on).
+func signalReceived() async {
+    let sources = [SIGINT, SIGTERM].map { signum -> DispatchSourceSignal in
         signal(signum, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: signum, queue: .global())
-        source.setEventHandler {
-            then()
-            loop.shutdown()
-        }
-        source.resume()
-        return source
+        return DispatchSource.makeSignalSource(signal: signum, queue: .global())
     }
+    let once = Atomic<Bool>(false)
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        for source in sources {
+            source.setEventHandler {
+                if !once.exchange(true, ordering: .relaxed) { continuation.resume() }
+            }
+            source.resume()
+        }
+    }
+    for source in sources { source.cancel() }
 }
 
-struct Serve: ParsableCommand {
+/// Calls `report` on every SIGUSR1 until the returned source is cancelled.
+func onSIGUSR1(_ report: @escaping @Sendable () -> Void) -> DispatchSourceSignal {
+    signal(SIGUSR1, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+    source.setEventHandler(handler: report)
+    source.resume()
+    return source
+}
+
+/// `--loops` and `--spread` parsing.
+extension ConnectionSpread: ExpressibleByArgument {}
+
+struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run an echo server: every endpoint answers each message with the same bytes.",
-        discussion: "The first stdout line is exactly `listening on HOST:PORT` (or `listening on unix:PATH`). Runs until SIGINT or SIGTERM, then shuts down cleanly and exits 0."
+        discussion: """
+            The first stdout line is exactly `listening on HOST:PORT` (or `listening on unix:PATH`). \
+            With --loops N the server runs N event loops, one thread each, and spreads connections over \
+            them (--spread). On SIGUSR1 it prints `connections per loop: A B ...` (open connections of \
+            loop 0, 1, ...). Runs until SIGINT or SIGTERM, then shuts down cleanly and exits 0.
+            """
     )
 
     @Option(help: "Address to listen on (IPv4 or IPv6).")
@@ -114,6 +136,12 @@ struct Serve: ParsableCommand {
     @Option(help: "Connections the kernel may queue before they are accepted.")
     var backlog: Int32 = 4096
 
+    @Option(help: "Event loops (threads) serving connections.")
+    var loops = 1
+
+    @Option(help: "How connections are spread over the loops: reuse-port (a socket per loop, TCP only) or round-robin (one acceptor).")
+    var spread: ConnectionSpread = .roundRobin
+
     @OptionGroup var endpoint: EndpointOptions
 
     @Flag(help: "Log connections closing for a reason other than a clean close, to stderr.")
@@ -121,48 +149,55 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, not \(port)") }
+        guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
+        if unix != nil && spread == .reusePort && loops > 1 {
+            throw ValidationError("--spread reuse-port needs TCP; a Unix socket server spreads round-robin")
+        }
     }
 
-    func run() throws {
-        // Logs go to stderr: stdout carries only the listening line.
+    func run() async throws {
+        // Logs go to stderr: stdout carries only the listening line (and SIGUSR1 reports).
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         let address: SocketAddress = unix.map { .unix(path: $0) } ?? SocketAddress(host: host, port: port)
-        let loop = try EventLoop(name: "uvrpc-serve")
-        let configuration = endpoint.configuration
-        let backlog = self.backlog
-        let logger = {
-            var logger = Logger(label: "uvrpc.serve")
-            logger.logLevel = verbose ? .info : .critical
-            return logger
-        }()
-        let failed = LockedValue<String?>(nil)
-        loop.execute {
-            do {
-                let server = try RPCServer(loop: loop, address: address, configuration: configuration,
-                                           backlog: backlog, logger: logger) { endpoint in
-                    endpoint.onMessage = { payload, responder in try responder.respond(payload) }
-                }
-                print("listening on \(server.address)")
-                fflush(nil) // every stream: scripts wait for this line
-            } catch {
-                failed.withLock { $0 = "uvrpc serve: cannot listen: \(error)" }
-                loop.shutdown()
-            }
-        }
-        let signals = stopOnSignals(loop)
-        // The sources must outlive the loop: a released source stops watching.
-        try withExtendedLifetime(signals) { try loop.run() }
-        if let message = failed.withLock({ $0 }) {
-            printError(message)
+        let group = try EventLoopGroup(name: "uvrpc-serve", loopCount: loops)
+        var logger = Logger(label: "uvrpc.serve")
+        logger.logLevel = verbose ? .info : .critical
+        let server: RPCServer
+        do {
+            server = try await RPCServer.bind(on: group, address: address, spread: spread,
+                                              configuration: endpoint.configuration, backlog: backlog, logger: logger,
+                                              onEndpoint: { endpoint in
+                                                  endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                                              })
+        } catch {
+            printError("uvrpc serve: cannot listen: \(error)")
+            await group.shutdownAndWait()
             throw ToolExit.cannotConnect
         }
+        // Installed before the listening line, so a SIGUSR1 sent after it never kills the process.
+        let report = onSIGUSR1 {
+            let open = server.openEndpoints
+            let counts = group.loops.map { loop in open.filter { $0.loop === loop }.count }
+            print("connections per loop: \(counts.map(String.init).joined(separator: " "))")
+            fflush(nil)
+        }
+        print("listening on \(server.address)")
+        fflush(nil) // every stream: scripts wait for this line
+        await signalReceived()
+        report.cancel()
+        let status = await group.shutdownAndWait()
+        if status != 0 { printError("uvrpc serve: an event loop did not close cleanly (uv_loop_close: \(status.map(String.init) ?? "timed out"))") }
     }
 }
 
-struct Call: ParsableCommand {
+struct Call: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send messages of random bytes to an echo server and check every answer.",
-        discussion: "Messages the peer sends are echoed back. Prints a summary; exits non-zero on any mismatch, error or timeout."
+        discussion: """
+            Calls go over --connections connections spread over --loops event loops (each call on the \
+            connection with the fewest calls in flight). Messages the peer sends are echoed back. \
+            Prints a summary; exits non-zero on any mismatch, error or timeout.
+            """
     )
 
     @Option(help: "HOST:PORT, [IPV6]:PORT or unix:PATH of the server.")
@@ -174,14 +209,20 @@ struct Call: ParsableCommand {
     @Option(help: "Bytes per message.")
     var size = 64
 
-    @Option(help: "Messages in flight at once.")
+    @Option(help: "Messages in flight at once (over all connections).")
     var concurrency = 16
 
     @Option(help: "Seconds each call may take before it fails.")
     var timeout: Double = 60
 
-    @Option(help: "Keep the connection open this many seconds after the calls (keepalives flowing).")
+    @Option(help: "Keep the connections open this many seconds after the calls (keepalives flowing).")
     var hold: Double = 0
+
+    @Option(help: "Event loops (threads) the connections are spread over.")
+    var loops = 1
+
+    @Option(help: "Connections to the server.")
+    var connections = 1
 
     @OptionGroup var endpoint: EndpointOptions
 
@@ -194,83 +235,83 @@ struct Call: ParsableCommand {
         guard concurrency > 0 else { throw ValidationError("--concurrency must be positive") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         guard hold >= 0 else { throw ValidationError("--hold must not be negative") }
+        guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
+        guard connections >= 1 else { throw ValidationError("--connections must be at least 1, not \(connections)") }
     }
 
     struct Summary: Sendable {
         var ok = 0
         var mismatched = 0
         var failed: [String] = []
-        var connectError: String?
         var closeReason: String?
         var echoed = 0
-        var seconds = 0.0
     }
 
-    func run() throws {
+    func run() async throws {
         let address = SocketAddress(parsing: connect)!
-        let loop = try EventLoop(name: "uvrpc-call")
+        let group = try EventLoopGroup(name: "uvrpc-call", loopCount: loops)
         let summary = LockedValue(Summary())
-        let (count, size, concurrency, hold) = (self.count, self.size, self.concurrency, self.hold)
-        let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
-        let configuration = endpoint.configuration
-        loop.execute {
-            RPCClient.connect(to: address, on: loop, configuration: configuration) { result in
-                guard case .success(let endpoint) = result else {
-                    if case .failure(let error) = result { summary.withLock { $0.connectError = "\(error)" } }
-                    loop.shutdown()
-                    return
-                }
-                endpoint.onMessage = { payload, responder in
-                    summary.withLock { $0.echoed += 1 }
-                    try responder.respond(payload)
-                }
-                endpoint.onClose = { reason in
-                    if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
-                    loop.shutdown()
-                }
-                var generator = SystemRandomNumberGenerator()
-                var sent = 0, finished = 0
-                let start = loop.now
-                func finishAll() {
-                    summary.withLock { $0.seconds = Double(loop.now - start) / 1000 }
-                    if hold > 0 {
-                        _ = loop.scheduleTimer(after: .milliseconds(Int64(hold * 1000))) { endpoint.close() }
-                    } else {
-                        endpoint.close()
-                    }
-                }
-                func sendNext() {
-                    let index = sent
-                    sent += 1
-                    let payload = randomBytes(size, using: &generator)
-                    endpoint.send(payload, timeout: callTimeout, closeOnError: false) { result in
-                        switch result {
-                        case .success(let answer) where answer == payload: summary.withLock { $0.ok += 1 }
-                        case .success: summary.withLock { $0.mismatched += 1 }
-                        case .failure(let error):
-                            summary.withLock { if $0.failed.count < 10 { $0.failed.append("call \(index): \(error)") } else { $0.failed.append("") } }
-                        }
-                        finished += 1
-                        if sent < count { sendNext() } else if finished == count { finishAll() }
-                    }
-                }
-                if count == 0 { finishAll() }
-                for _ in 0..<min(concurrency, count) { sendNext() }
+        var configuration = RPCClientPool.Configuration()
+        configuration.connectionsPerAddress = connections
+        configuration.endpoint = endpoint.configuration
+        // A lost connection fails the run; it is not made again behind the checks' back.
+        configuration.reconnectDelay = .seconds(3600)
+        configuration.maximumReconnectDelay = .seconds(3600)
+        let pool = await RPCClientPool.connect(to: [address], on: group, configuration: configuration) { endpoint in
+            endpoint.onMessage = { payload, responder in
+                summary.withLock { $0.echoed += 1 }
+                try responder.respond(payload)
+            }
+            endpoint.onClose = { reason in
+                if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
             }
         }
-        let signals = stopOnSignals(loop)
-        // The sources must outlive the loop: a released source stops watching.
-        try withExtendedLifetime(signals) { try loop.run() }
-        let s = summary.withLock { $0 }
-        if let error = s.connectError {
-            printError("uvrpc call: cannot connect: \(error)")
+        guard pool.connectionStates.allSatisfy(\.isOpen) else {
+            printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(address)")")
+            await pool.close()
+            await group.shutdownAndWait()
             throw ToolExit.cannotConnect
         }
-        let rate = s.seconds > 0 ? Double(s.ok) / s.seconds : 0
+        let seconds = await runCalls(on: pool, loops: group.loops, summary: summary)
+        if hold > 0 { try? await Task.sleep(for: .milliseconds(Int64(hold * 1000))) }
+        await pool.close()
+        await group.shutdownAndWait()
+        let s = summary.withLock { $0 }
+        let rate = seconds > 0 ? Double(s.ok) / seconds : 0
         print("calls: \(count), ok: \(s.ok), mismatched: \(s.mismatched), failed: \(s.failed.count), "
-              + "echoed for the peer: \(s.echoed), seconds: \(s.seconds), calls/s: \(Int(rate))")
+              + "echoed for the peer: \(s.echoed), seconds: \(seconds), calls/s: \(Int(rate))")
         for line in s.failed where !line.isEmpty { printError(line) }
         if let reason = s.closeReason { printError("uvrpc call: the connection ended: \(reason)") }
         if s.ok != count || s.closeReason != nil { throw ToolExit.callFailed }
+    }
+
+    /// Keeps `concurrency` calls in flight, lanes spread over the loops (each
+    /// lane sends its next call when its last one ended); returns the seconds taken.
+    private func runCalls(on pool: RPCClientPool, loops: [EventLoop], summary: LockedValue<Summary>) async -> Double {
+        let (count, size) = (self.count, self.size)
+        let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
+        let started = Atomic<Int>(0), finished = Atomic<Int>(0)
+        let clock = ContinuousClock(), start = clock.now
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            if count == 0 { return done.resume() }
+            @Sendable func sendNext() {
+                let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard index < count else { return }
+                var generator = SystemRandomNumberGenerator()
+                let payload = randomBytes(size, using: &generator)
+                pool.send(payload, timeout: callTimeout, closeOnError: false) { result in
+                    switch result {
+                    case .success(let answer) where answer == payload: summary.withLock { $0.ok += 1 }
+                    case .success: summary.withLock { $0.mismatched += 1 }
+                    case .failure(let error):
+                        summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
+                    }
+                    if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { done.resume() } else { sendNext() }
+                }
+            }
+            for lane in 0..<min(concurrency, count) { loops[lane % loops.count].execute { sendNext() } }
+        }
+        let elapsed = clock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
 }

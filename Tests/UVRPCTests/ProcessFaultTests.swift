@@ -16,6 +16,7 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     /// Its first stdout line.
     let listeningLine: String
     private let log = LockedValue("")
+    private let outLog = LockedValue("")
     private let exited = Promise<Int32>()
 
     /// Starts `uvrpc serve --port 0` with `arguments` and waits for its listening line.
@@ -37,10 +38,14 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
         }
         let firstLine = Promise<String>()
         let outHandle = out.fileHandleForReading
+        let outLog = self.outLog
         DispatchQueue.global().async {
             var bytes: [UInt8] = []
             while let chunk = try? outHandle.read(upToCount: 1), let byte = chunk.first, byte != 10 { bytes.append(byte) }
             firstLine.fulfill(String(decoding: bytes, as: UTF8.self))
+            while case let chunk = outHandle.availableData, !chunk.isEmpty { // the lines after the first
+                outLog.withLock { $0 += String(decoding: chunk, as: UTF8.self) }
+            }
         }
         let line = try firstLine.wait("uvrpc serve's listening line")
         guard line.hasPrefix("listening on "), let address = SocketAddress(parsing: String(line.dropFirst(13))) else {
@@ -53,16 +58,23 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
 
     var pid: String { "\(process.processIdentifier)" }
     var stderr: String { log.withLock { $0 } }
+    /// What it wrote to stdout after the listening line.
+    var stdout: String { outLog.withLock { $0 } }
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
     /// Waits (bounded) until stderr contains `text`.
     func waitForLog(_ text: String, seconds: Double = 10) throws {
-        let deadline = monotonicMilliseconds() + seconds * 1000
-        while !stderr.contains(text) {
-            guard monotonicMilliseconds() < deadline else { throw TestTimeout(what: "'\(text)' in uvrpc serve's log:\n\(stderr)") }
-            usleep(10_000) // polling another process's output: there is no event to await
-        }
+        do {
+            try waitUntil("'\(text)' in uvrpc serve's log", seconds: seconds) { stderr.contains(text) }
+        } catch { throw TestTimeout(what: "'\(text)' in uvrpc serve's log:\n\(stderr)") }
+    }
+
+    /// Waits (bounded) until stdout, after the listening line, contains `text`.
+    func waitForOutput(_ text: String, seconds: Double = 10) throws {
+        do {
+            try waitUntil("'\(text)' on uvrpc serve's stdout", seconds: seconds) { stdout.contains(text) }
+        } catch { throw TestTimeout(what: "'\(text)' on uvrpc serve's stdout:\n\(stdout)") }
     }
 
     /// Kills the process (SIGKILL) and waits for it to exit.

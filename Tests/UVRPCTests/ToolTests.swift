@@ -1,4 +1,6 @@
 import Foundation
+import UVLoop
+import UVRPC
 import UVTestSupport
 import XCTest
 
@@ -57,5 +59,40 @@ final class ToolTests: XCTestCase {
         XCTAssertTrue(bad.output.contains("--connect must be"), bad.output)
         let busy = try run(["serve", "--port", "70000"])
         XCTAssertEqual(busy.status, 64, busy.output)
+    }
+
+    func testServeSpreadsOverLoopsBothWaysReportsConnectionsPerLoopAndCallUsesSeveralConnections() async throws {
+        try skipUnlessBuilt()
+        for spread in ["round-robin", "reuse-port"] {
+            let server = try ServeProcess(tool: tool, ["--loops", "2", "--spread", spread])
+            defer { _ = try? server.stop() }
+            let harness = try LoopHarness("tool-clients")
+            var clients: [RPCEndpoint] = []
+            for _ in 0..<6 {
+                let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
+                let answer = try await client.send([7, 7])
+                XCTAssertEqual(answer, [7, 7])
+                clients.append(client)
+            }
+            server.signal(SIGUSR1)
+            if spread == "round-robin" {
+                try server.waitForOutput("connections per loop: 3 3")
+            } else {
+                try server.waitForOutput("connections per loop: ")
+                let counts = server.stdout.split(separator: "\n").last!.split(separator: " ").suffix(2).compactMap { Int($0) }
+                XCTAssertEqual(counts.reduce(0, +), 6, server.stdout)
+            }
+            for client in clients { await client.close() }
+            harness.shutdownCleanly()
+
+            let call = try run(["call", "--connect", "\(server.address)", "--count", "3000", "--size", "200",
+                                "--concurrency", "32", "--loops", "2", "--connections", "4"])
+            XCTAssertEqual(call.status, 0, call.output)
+            XCTAssertTrue(call.output.contains("ok: 3000, mismatched: 0, failed: 0"), call.output)
+            XCTAssertEqual(try server.stop(), 0, "serve --loops 2 exits 0 on SIGTERM")
+        }
+        let unixReusePort = try run(["serve", "--unix", "/tmp/uvrpc-tool-\(getpid()).sock", "--loops", "2", "--spread", "reuse-port"])
+        XCTAssertEqual(unixReusePort.status, 64, unixReusePort.output)
+        XCTAssertTrue(unixReusePort.output.contains("round-robin"), unixReusePort.output)
     }
 }
