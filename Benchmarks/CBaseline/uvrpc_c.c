@@ -3,18 +3,26 @@
  * efro.rpc protocol (version 2), the baseline every uvrpc-bench figure is
  * measured against.
  *
- *   uvrpc-c serve [--host H] [--port P] [--cpu N]
- *       Echo server. Prints "listening on H:P" first. Each connection reads
+ *   uvrpc-c serve [--host H] [--port P] [--loops N] [--cpu N]
+ *       Echo server. Prints "listening on H:P" first. Runs N libuv loops,
+ *       one thread each ("uvrpc-c-I"), each with its own SO_REUSEPORT
+ *       listener on the same port (one plain listener when N is 1). On
+ *       SIGUSR1 prints "connections per loop: A B ..."; exits 0 on SIGINT or
+ *       SIGTERM. Each connection reads
  *       into one buffer (64 KiB, grown only for a larger frame), parses every
  *       complete frame, appends the responses to one output buffer, and
  *       writes them with one uv_try_write (uv_write for the rest) per read.
  *       Sends a KEEPALIVE every 10.73 s per connection, as the reference.
  *   uvrpc-c load --connect H:P [--connections N] [--concurrency C]
- *                [--size BYTES] [--duration S] [--latency] [--cpu N]
+ *                [--size BYTES] [--duration S] [--latency] [--hold] [--cpu N]
  *       Load generator. Keeps C calls in flight on each of N connections for
- *       S seconds (after a short warm-up), checks each response's length,
- *       and prints one JSON line: calls, seconds, calls_per_s, mb_per_s and,
- *       with --latency, p50_us / p99_us / p999_us.
+ *       S seconds (after a 0.2 s warm-up that starts once all are connected), checks each response's length,
+ *       and prints one JSON line: calls, seconds, calls_per_s, mb_per_s,
+ *       total_calls (warm-up included) and, with --latency, p50_us / p99_us /
+ *       p999_us. With --hold it then keeps its connections open until stdin
+ *       closes. Past 20 000 connections to a 127.x address, connection i is
+ *       bound to source address 127.0.0.(2 + i / 20000), since one source
+ *       address has only about 28 000 ephemeral ports.
  *   uvrpc-c idle --connect H:P --connections N [--cpu N]
  *       Opens N connections, waits for every server handshake, prints
  *       "ready", then holds them until stdin closes.
@@ -23,6 +31,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,10 +40,12 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #define KEEPALIVE_MS 10730
 
+/* The load generator's loop (the server has one per thread). */
 static uv_loop_t *loop;
 
 static void die(const char *what, int rc) {
@@ -56,12 +67,20 @@ static void pin_cpu(int cpu) {
     if (sched_setaffinity(0, sizeof set, &set) != 0) perror("uvrpc-c: sched_setaffinity");
 }
 
-static void raise_fd_limit(void) {
+/* Raises the open-files limit to 65536 or `needed` (the hard limit too, where
+ * allowed), else as far as the hard limit; says so when that is below `needed`. */
+static void raise_fd_limit(rlim_t needed) {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t wanted = needed > 65536 ? needed : 65536;
+    if (rl.rlim_cur >= wanted) return;
+    struct rlimit up = { wanted, wanted > rl.rlim_max ? wanted : rl.rlim_max };
+    if (setrlimit(RLIMIT_NOFILE, &up) == 0) return;
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_max < needed)
+        fprintf(stderr, "uvrpc-c: the open-files hard limit is %llu, below the %llu needed\n",
+                (unsigned long long)rl.rlim_max, (unsigned long long)needed);
 }
 
 /* ---- growable byte buffer ---- */
@@ -119,6 +138,7 @@ struct conn {
     int handshaken;        /* the peer's handshake was read */
     frame_cb on_frame;
     int closing;
+    int server_loop;       /* the serving loop's index, or -1 (client) */
     /* client state */
     int concurrency;
     size_t size;
@@ -158,9 +178,12 @@ static void flush(conn_t *c) {
     c->out.len = 0;
 }
 
+static unsigned long open_per_loop[256]; /* server connections open, per loop (atomic) */
+
 static void on_closed(uv_handle_t *h) {
     conn_t *c = h->data;
     if (h == (uv_handle_t *)&c->tcp) {
+        if (c->server_loop >= 0) __atomic_fetch_sub(&open_per_loop[c->server_loop], 1, __ATOMIC_RELAXED);
         free(c->in.data); free(c->out.data); free(c->sending.data); free(c->sent_at); free(c);
     }
 }
@@ -248,14 +271,16 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     flush(c);
 }
 
-static conn_t *conn_new(frame_cb on_frame) {
+/* A connection on loop `l`; with `bound_source` its socket exists at once (for a bind before connect). */
+static conn_t *conn_new(uv_loop_t *l, frame_cb on_frame, int bound_source) {
     conn_t *c = calloc(1, sizeof *c);
     if (!c) die("out of memory", 0);
-    uv_tcp_init(loop, &c->tcp);
-    uv_timer_init(loop, &c->keepalive);
+    if (bound_source) uv_tcp_init_ex(l, &c->tcp, AF_INET); else uv_tcp_init(l, &c->tcp);
+    uv_timer_init(l, &c->keepalive);
     c->tcp.data = c;
     c->keepalive.data = c;
     c->on_frame = on_frame;
+    c->server_loop = -1;
     return c;
 }
 
@@ -272,16 +297,80 @@ static void server_frame(conn_t *c, int type, uint16_t id, const char *payload, 
     if (type == 2 || type == 4) put_frame(&c->out, 1, id, payload, n);
 }
 
+/* One serving loop: its thread, its libuv loop, its listener. */
+typedef struct {
+    uv_loop_t loop;
+    uv_tcp_t server;
+    int index;
+    pthread_t thread;
+} serve_loop_t;
+
 static void on_connection(uv_stream_t *server, int status) {
     if (status < 0) return;
-    conn_t *c = conn_new(server_frame);
+    serve_loop_t *s = server->data;
+    conn_t *c = conn_new(server->loop, server_frame, 0);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) { conn_close(c); return; }
+    c->server_loop = s->index;
+    __atomic_fetch_add(&open_per_loop[s->index], 1, __ATOMIC_RELAXED);
     conn_start(c);
 }
 
-static void on_signal(uv_signal_t *s, int signum) {
-    (void)signum;
-    uv_stop(s->loop);
+static void *serve_thread(void *arg) {
+    serve_loop_t *s = arg;
+    char name[16];
+    snprintf(name, sizeof name, "uvrpc-c-%d", s->index);
+    pthread_setname_np(pthread_self(), name);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* Binds loop `s`'s listener to host:port (SO_REUSEPORT when `reuse`); returns the bound port. */
+static int serve_listen(serve_loop_t *s, const char *host, int port, int reuse) {
+    struct sockaddr_in addr;
+    int rc = uv_ip4_addr(host, port, &addr);
+    if (rc) die("address", rc);
+    uv_tcp_init_ex(&s->loop, &s->server, AF_INET);
+    s->server.data = s;
+    if (reuse) {
+        uv_os_fd_t fd;
+        int on = 1;
+        uv_fileno((uv_handle_t *)&s->server, &fd);
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) die("setsockopt(SO_REUSEPORT)", -errno);
+    }
+    if ((rc = uv_tcp_bind(&s->server, (const struct sockaddr *)&addr, 0))) die("bind", rc);
+    if ((rc = uv_listen((uv_stream_t *)&s->server, 4096, on_connection))) die("listen", rc);
+    struct sockaddr_in bound;
+    int len = sizeof bound;
+    uv_tcp_getsockname(&s->server, (struct sockaddr *)&bound, &len);
+    return ntohs(bound.sin_port);
+}
+
+/* serve: N loops on N threads; the main thread waits for signals. */
+static int serve(const char *host, int port, int nloops) {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL); /* the loop threads inherit the mask */
+    serve_loop_t *loops = calloc((size_t)nloops, sizeof *loops);
+    for (int i = 0; i < nloops; i++) {
+        loops[i].index = i;
+        uv_loop_init(&loops[i].loop);
+        port = serve_listen(&loops[i], host, port, nloops > 1);
+    }
+    printf("listening on %s:%d\n", host, port);
+    fflush(stdout);
+    for (int i = 0; i < nloops; i++) pthread_create(&loops[i].thread, NULL, serve_thread, &loops[i]);
+    for (;;) {
+        int signum = 0;
+        sigwait(&signals, &signum);
+        if (signum != SIGUSR1) return 0; /* the process ends; the kernel closes every socket */
+        printf("connections per loop:");
+        for (int i = 0; i < nloops; i++) printf(" %lu", __atomic_load_n(&open_per_loop[i], __ATOMIC_RELAXED));
+        printf("\n");
+        fflush(stdout);
+    }
 }
 
 /* ---- client ---- */
@@ -334,15 +423,32 @@ static void idle_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
 }
 
 static struct sockaddr_in target_addr;
-static int next_to_connect, connecting;
+static int next_to_connect, connecting, spread_sources;
 
 static void on_connect(uv_connect_t *req, int status);
+static uv_timer_t phase_timer;
+static void on_phase(uv_timer_t *t);
+static int connected_count;
 
 /* Starts connects until 256 are outstanding (a burst of 10k would overflow
  * the server's accept backlog and stall on SYN retransmits). */
 static void connect_more(void) {
     while (next_to_connect < nconns && connecting < 256) {
-        conn_t *c = conns[next_to_connect++];
+        int index = next_to_connect++;
+        conn_t *c = conns[index];
+        if (spread_sources) {
+            /* 127.0.0.(2 + i / 20000), the port chosen at connect (IP_BIND_ADDRESS_NO_PORT). */
+            struct sockaddr_in source;
+            char ip[32];
+            snprintf(ip, sizeof ip, "127.0.0.%d", 2 + index / 20000);
+            uv_ip4_addr(ip, 0, &source);
+            uv_os_fd_t fd;
+            int on = 1;
+            uv_fileno((uv_handle_t *)&c->tcp, &fd);
+            setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+            int rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&source, 0);
+            if (rc) die("bind to a source address", rc);
+        }
         uv_connect_t *req = malloc(sizeof *req);
         req->data = c;
         int rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&target_addr, on_connect);
@@ -365,6 +471,9 @@ static void on_connect(uv_connect_t *req, int status) {
     }
     for (int i = 0; i < c->concurrency; i++) client_send(c);
     flush(c);
+    /* The 200 ms warm-up starts once every connection is up, so setting up
+     * thousands of them never falls into the measured window. */
+    if (++connected_count == nconns) uv_timer_start(&phase_timer, on_phase, 200, 0);
 }
 
 static char stdin_buf[256];
@@ -380,7 +489,6 @@ static void read_cb_stdin(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     if (nread < 0) exit(0); /* stdin closed: the bench is done with us */
 }
 
-static uv_timer_t phase_timer;
 static int phase;
 static double duration_s = 1.0;
 
@@ -408,6 +516,8 @@ static void on_phase(uv_timer_t *t) {
     uv_stop(loop);
 }
 
+static int hold_after;
+
 static int parse_hostport(const char *s, char *host, size_t hostlen, int *port) {
     const char *colon = strrchr(s, ':');
     if (!colon || (size_t)(colon - s) >= hostlen) return -1;
@@ -418,8 +528,8 @@ static int parse_hostport(const char *s, char *host, size_t hostlen, int *port) 
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: uvrpc-c serve [--host H] [--port P] [--cpu N]\n"
-                    "       uvrpc-c load --connect H:P [--connections N] [--concurrency C] [--size B] [--duration S] [--latency] [--cpu N]\n"
+    fprintf(stderr, "usage: uvrpc-c serve [--host H] [--port P] [--loops N] [--cpu N]\n"
+                    "       uvrpc-c load --connect H:P [--connections N] [--concurrency C] [--size B] [--duration S] [--latency] [--hold] [--cpu N]\n"
                     "       uvrpc-c idle --connect H:P --connections N [--cpu N]\n");
     exit(2);
 }
@@ -428,18 +538,20 @@ int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *mode = argv[1];
     const char *host = "127.0.0.1", *connect_to = NULL;
-    int port = 0, cpu = -1, connections = 1, concurrency = 1;
+    int port = 0, cpu = -1, connections = 1, concurrency = 1, nloops = 1;
     size_t size = 64;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--latency")) { record_latency = 1; continue; }
+        if (!strcmp(a, "--hold")) { hold_after = 1; continue; }
         if (!v) usage();
         if (!strcmp(a, "--host")) host = v;
         else if (!strcmp(a, "--port")) port = atoi(v);
         else if (!strcmp(a, "--cpu")) cpu = atoi(v);
         else if (!strcmp(a, "--connect")) connect_to = v;
         else if (!strcmp(a, "--connections")) connections = atoi(v);
+        else if (!strcmp(a, "--loops")) nloops = atoi(v);
         else if (!strcmp(a, "--concurrency")) concurrency = atoi(v);
         else if (!strcmp(a, "--size")) size = (size_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--duration")) duration_s = atof(v);
@@ -447,31 +559,14 @@ int main(int argc, char **argv) {
         i++;
     }
     pin_cpu(cpu);
-    raise_fd_limit();
+    raise_fd_limit(!strcmp(mode, "serve") ? 0 : (rlim_t)connections + 64);
     signal(SIGPIPE, SIG_IGN); /* a peer that went away must be EPIPE, not death (UVRPC does the same) */
-    loop = uv_default_loop();
 
     if (!strcmp(mode, "serve")) {
-        uv_tcp_t server;
-        struct sockaddr_in addr;
-        int rc = uv_ip4_addr(host, port, &addr);
-        if (rc) die("address", rc);
-        uv_tcp_init(loop, &server);
-        if ((rc = uv_tcp_bind(&server, (const struct sockaddr *)&addr, 0))) die("bind", rc);
-        if ((rc = uv_listen((uv_stream_t *)&server, 4096, on_connection))) die("listen", rc);
-        struct sockaddr_in bound;
-        int len = sizeof bound;
-        uv_tcp_getsockname(&server, (struct sockaddr *)&bound, &len);
-        printf("listening on %s:%d\n", host, ntohs(bound.sin_port));
-        fflush(stdout);
-        uv_signal_t sigint, sigterm;
-        uv_signal_init(loop, &sigint);
-        uv_signal_init(loop, &sigterm);
-        uv_signal_start(&sigint, on_signal, SIGINT);
-        uv_signal_start(&sigterm, on_signal, SIGTERM);
-        uv_run(loop, UV_RUN_DEFAULT);
-        return 0;
+        if (nloops < 1 || nloops > 256) usage();
+        return serve(host, port, nloops);
     }
+    loop = uv_default_loop();
 
     if (strcmp(mode, "load") && strcmp(mode, "idle")) usage();
     char target_host[256];
@@ -485,14 +580,16 @@ int main(int argc, char **argv) {
     conns = calloc((size_t)connections, sizeof *conns);
     nconns = connections;
     target_conns = connections;
+    spread_sources = connections > 20000 && !strncmp(target_host, "127.", 4);
     for (int i = 0; i < connections; i++) {
-        conn_t *c = conn_new(idle ? idle_frame : client_frame);
+        conn_t *c = conn_new(loop, idle ? idle_frame : client_frame, spread_sources);
         c->concurrency = concurrency;
         c->size = size;
         c->next_id = 65530;
         if (!idle) c->sent_at = calloc(65536, sizeof *c->sent_at);
         conns[i] = c;
     }
+    uv_timer_init(loop, &phase_timer);
     connect_more();
     if (idle) {
         /* Hold until stdin closes (the bench reads the server's memory meanwhile). */
@@ -503,17 +600,19 @@ int main(int argc, char **argv) {
         uv_run(loop, UV_RUN_DEFAULT);
         return 0;
     }
-    uv_timer_init(loop, &phase_timer);
-    uv_timer_start(&phase_timer, on_phase, 200, 0); /* 200 ms warm-up */
     uv_run(loop, UV_RUN_DEFAULT);
     double seconds = (double)(measure_end_ns - measure_start_ns) / 1e9;
     if (record_latency && latencies_len) qsort(latencies, latencies_len, sizeof *latencies, cmp_u64);
-    printf("{\"calls\":%llu,\"seconds\":%.6f,\"calls_per_s\":%.1f,\"mb_per_s\":%.3f",
+    printf("{\"calls\":%llu,\"seconds\":%.6f,\"calls_per_s\":%.1f,\"mb_per_s\":%.3f,\"total_calls\":%llu",
            (unsigned long long)measured_calls, seconds, (double)measured_calls / seconds,
-           (double)measured_calls * (double)size / seconds / 1e6);
+           (double)measured_calls * (double)size / seconds / 1e6, (unsigned long long)total_calls);
     if (record_latency)
         printf(",\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f", percentile_us(0.50), percentile_us(0.99), percentile_us(0.999));
     printf("}\n");
     fflush(stdout);
+    if (hold_after) { /* keep the connections until stdin closes (the bench reads the server meanwhile) */
+        char byte;
+        while (read(0, &byte, 1) > 0) {}
+    }
     return 0;
 }

@@ -12,8 +12,9 @@ struct Bench: ParsableCommand {
             Each scenario runs the same C load generator (a separate process) against the Swift \
             server (`uvrpc serve`) and the C server (`uvrpc-c serve`), both started as child \
             processes, and prints Swift, C and Swift/C. Scenarios: small, latency, bulk, fanin, \
-            allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
-            split puts them on CPUs 0 and 1; none leaves placement to the kernel.
+            cores, allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
+            split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
+            always runs unpinned: its servers run one loop, then one loop per CPU.
             """
     )
 
@@ -47,7 +48,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
-    static let allScenarios = ["small", "latency", "bulk", "fanin", "allocs", "idle"]
+    static let allScenarios = ["small", "latency", "bulk", "fanin", "cores", "allocs", "idle"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -175,17 +176,15 @@ struct Bench: ParsableCommand {
                 addRow("bulk", "\(size >> 20) MiB", "MB/s", m, \.megabytesPerSecond, higherIsBetter: true)
             }
         }
-        if wanted.contains("fanin") {
-            var m: [Measurement] = []
-            for (impl, r) in try interleavedLoads("fanin: 1000 connections, 1 call in flight each", { address in
-                try runLoad(address: address, connections: 1000, concurrency: 1, size: 64, duration: duration,
-                            latency: false, cpu: loadCPU)
-            }) {
-                m.append(Measurement(scenario: "fanin", impl: impl, params: "connections=1000,concurrency=1,size=64",
-                                     callsPerSecond: r.calls_per_s))
-            }
+        if wanted.contains("fanin") && connect == nil {
+            let (m, r) = try measureFanin(progress: progress, serverCPU: serverCPU, loadCPU: loadCPU)
             measurements += m
-            addRow("fanin", "1000 conns", "calls/s", m, \.callsPerSecond, higherIsBetter: true)
+            rows += r
+        }
+        if wanted.contains("cores") && connect == nil {
+            let (m, r) = try measureCores(progress: progress)
+            measurements += m
+            rows += r
         }
         if wanted.contains("idle") && connect == nil {
             var m: [Measurement] = []
@@ -239,6 +238,7 @@ struct Bench: ParsableCommand {
         }
         return LoadResult(calls: runs.map(\.calls).sorted()[runs.count / 2], seconds: median { $0.seconds }!,
                           calls_per_s: median { $0.calls_per_s }!, mb_per_s: median { $0.mb_per_s }!,
+                          total_calls: median { $0.total_calls.map(Double.init) }.map { Int($0) },
                           p50_us: median { $0.p50_us }, p99_us: median { $0.p99_us }, p999_us: median { $0.p999_us })
     }
 
@@ -269,20 +269,34 @@ struct Bench: ParsableCommand {
         try withExtendedLifetime(sources) { try loop.run() }
     }
 
-    /// 10k connections need 10k descriptors in each process: raise the soft
-    /// limit to the hard one, and say so when even that is too low.
+    /// 10k connections need 10k descriptors in each process: raise the limit
+    /// to 65536 (the hard limit too, where allowed) or else to the hard one,
+    /// and say so when that is too low. The children inherit it.
     func raiseFileLimit() {
         var limit = rlimit()
         guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
-        if limit.rlim_cur < limit.rlim_max {
+        var wanted = rlimit(rlim_cur: 65536, rlim_max: max(65536, limit.rlim_max))
+        if limit.rlim_cur < 65536 && setrlimit(RLIMIT_NOFILE_VALUE, &wanted) != 0 && limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max
             setrlimit(RLIMIT_NOFILE_VALUE, &limit)
         }
-        if Int(limit.rlim_max) < idleConnections + 100 {
+        if openFilesHardLimit() < idleConnections + 100 {
             FileHandle.standardError.write(Data(
                 "uvrpc-bench: the open-files hard limit is \(limit.rlim_max), too low for \(idleConnections) idle connections; raise it (ulimit -Hn) or pass --idle-connections\n".utf8))
         }
     }
+}
+
+/// The open-files hard limit of this process (what its children may raise theirs to).
+func openFilesHardLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return 1024 }
+    return Int(min(limit.rlim_max, 1 << 30))
+}
+
+/// Most connections one process can hold under that limit (in thousands, with room for its own descriptors).
+func maximumConnections() -> Int {
+    (openFilesHardLimit() - 200) / 1000 * 1000
 }
 
 /// RLIMIT_NOFILE as the Int32 that getrlimit takes on Linux.

@@ -54,6 +54,61 @@ final class Child {
         return kib * 1024
     }
 
+    /// Peak resident memory of the child since ``resetPeakResident()`` (VmHWM), from /proc.
+    func peakResidentBytes() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else {
+            throw BenchError("cannot read VmHWM of \(description)")
+        }
+        return kib * 1024
+    }
+
+    /// Starts a new peak-resident window (writes 5 to /proc/PID/clear_refs); false if not allowed.
+    @discardableResult
+    func resetPeakResident() -> Bool {
+        guard let handle = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { return false }
+        defer { try? handle.close() }
+        return (try? handle.write(contentsOf: Data("5".utf8))) != nil
+    }
+
+    /// CPU seconds (user + system) the child used so far, from /proc/PID/stat.
+    func cpuSeconds() throws -> Double {
+        try cpuSeconds(ofStat: "/proc/\(pid)/stat")
+    }
+
+    /// CPU seconds of each of the child's threads whose name starts with
+    /// `prefix`, by thread name (its loops: `uvrpc-serve-0`, `uvrpc-c-1`, ...).
+    func threadCPUSeconds(namePrefix prefix: String) throws -> [String: Double] {
+        var result: [String: Double] = [:]
+        let tasks = "/proc/\(pid)/task"
+        for tid in try FileManager.default.contentsOfDirectory(atPath: tasks) {
+            guard let name = try? String(contentsOfFile: "\(tasks)/\(tid)/comm", encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines), name.hasPrefix(prefix) else { continue }
+            result[name] = try cpuSeconds(ofStat: "\(tasks)/\(tid)/stat")
+        }
+        return result
+    }
+
+    private func cpuSeconds(ofStat path: String) throws -> Double {
+        let stat = try String(contentsOfFile: path, encoding: .utf8)
+        // The fields after the command name (which may hold spaces) in parentheses.
+        guard let close = stat.lastIndex(of: ")") else { throw BenchError("cannot parse \(path)") }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else {
+            throw BenchError("cannot parse \(path)")
+        }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Sends SIGUSR1 and returns the `connections per loop: ...` line the server prints.
+    func connectionsPerLoop() throws -> [Int] {
+        kill(pid, SIGUSR1)
+        let line = try readLine(seconds: 10)
+        guard line.hasPrefix("connections per loop:") else { throw BenchError("\(description) said '\(line)' on SIGUSR1") }
+        return line.dropFirst("connections per loop:".count).split(separator: " ").compactMap { Int($0) }
+    }
+
     /// Asks the child to stop (SIGTERM, and stdin closed) and waits at most 10 s.
     func stop() {
         try? stdin.fileHandleForWriting.close()
@@ -85,11 +140,15 @@ struct Server {
     let child: Child
     let address: String // HOST:PORT
 
-    static func start(_ impl: Impl, cpu: Int?) throws -> Server {
+    /// Starts a server of `impl` with `loops` event loops (Swift: spread as
+    /// `spread` says; C: always a SO_REUSEPORT listener per loop).
+    static func start(_ impl: Impl, cpu: Int?, loops: Int = 1, spread: String = "round-robin") throws -> Server {
         let child: Child
         switch impl {
-        case .swift: child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096"], cpu: cpu)
-        case .c: child = try Child(try sibling("uvrpc-c"), ["serve", "--port", "0"], cpu: cpu)
+        case .swift:
+            child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
+                                                     "--spread", spread], cpu: cpu)
+        case .c: child = try Child(try sibling("uvrpc-c"), ["serve", "--port", "0", "--loops", "\(loops)"], cpu: cpu)
         case .external: throw BenchError("an external server is not started by the bench")
         }
         let line = try child.readLine(seconds: 20)
@@ -100,34 +159,43 @@ struct Server {
 
 /// What the C load generator prints.
 struct LoadResult: Decodable {
-    init(calls: Int, seconds: Double, calls_per_s: Double, mb_per_s: Double, p50_us: Double?, p99_us: Double?, p999_us: Double?) {
+    init(calls: Int, seconds: Double, calls_per_s: Double, mb_per_s: Double, total_calls: Int?,
+         p50_us: Double?, p99_us: Double?, p999_us: Double?) {
         (self.calls, self.seconds, self.calls_per_s, self.mb_per_s) = (calls, seconds, calls_per_s, mb_per_s)
-        (self.p50_us, self.p99_us, self.p999_us) = (p50_us, p99_us, p999_us)
+        (self.total_calls, self.p50_us, self.p99_us, self.p999_us) = (total_calls, p50_us, p99_us, p999_us)
     }
 
     let calls: Int
     let seconds: Double
     let calls_per_s: Double
     let mb_per_s: Double
+    /// Calls over the load's whole life (warm-up included).
+    let total_calls: Int?
     let p50_us: Double?
     let p99_us: Double?
     let p999_us: Double?
 }
 
 /// Runs the C load generator against `address` and returns what it measured.
+/// With `whileConnected`, the load keeps its connections open after
+/// measuring until that returns (to read the server in that state).
 func runLoad(address: String, connections: Int = 1, concurrency: Int, size: Int, duration: Double,
-             latency: Bool, cpu: Int?) throws -> LoadResult {
+             latency: Bool, cpu: Int?, whileConnected: ((LoadResult) throws -> Void)? = nil) throws -> LoadResult {
     var arguments = ["load", "--connect", address, "--connections", "\(connections)", "--concurrency", "\(concurrency)",
                      "--size", "\(size)", "--duration", "\(duration)"]
     if latency { arguments.append("--latency") }
+    if whileConnected != nil { arguments.append("--hold") }
     let child = try Child(try sibling("uvrpc-c"), arguments, cpu: cpu)
     defer { child.stop() }
-    let line = try child.readLine(seconds: duration + 60)
+    let line = try child.readLine(seconds: duration + 120)
+    let result: LoadResult
     do {
-        return try JSONDecoder().decode(LoadResult.self, from: Data(line.utf8))
+        result = try JSONDecoder().decode(LoadResult.self, from: Data(line.utf8))
     } catch {
         throw BenchError("load generator said '\(line)'")
     }
+    try whileConnected?(result)
+    return result
 }
 
 /// Opens `connections` idle connections to the server and returns the

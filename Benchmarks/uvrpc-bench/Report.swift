@@ -14,11 +14,18 @@ struct Measurement {
     var p999: Double?
     var mallocsPerCall: Double?
     var bytesPerConnection: Double?
+    /// Server CPU seconds (user + system) per million calls.
+    var cpuPerMillionCalls: Double?
+    /// Open connections of each server loop under load.
+    var loopConnections: [Int]?
+    /// CPU seconds each server loop's thread used under load.
+    var loopCPUSeconds: [Double]?
 }
 
 extension Measurement: Encodable {
     enum CodingKeys: String, CodingKey {
         case scenario, impl, params, calls_per_s, mb_per_s, p50_us, p99_us, p999_us, mallocs_per_call, bytes_per_conn
+        case cpu_s_per_million_calls, loop_connections, loop_cpu_s
     }
 
     /// Every field is written; absent ones as null.
@@ -34,6 +41,9 @@ extension Measurement: Encodable {
         try c.encode(p999, forKey: .p999_us)
         try c.encode(mallocsPerCall, forKey: .mallocs_per_call)
         try c.encode(bytesPerConnection, forKey: .bytes_per_conn)
+        try c.encode(cpuPerMillionCalls, forKey: .cpu_s_per_million_calls)
+        try c.encode(loopConnections, forKey: .loop_connections)
+        try c.encode(loopCPUSeconds, forKey: .loop_cpu_s)
     }
 }
 
@@ -55,6 +65,7 @@ struct Row {
 
 func format(_ value: Double?) -> String {
     guard let value else { return "-" }
+    if value.isInfinite { return "inf" }
     if value >= 100_000 { return String(format: "%.0f", value) }
     if value >= 100 { return String(format: "%.0f", value) }
     if value >= 10 { return String(format: "%.1f", value) }
@@ -67,7 +78,7 @@ func table(_ rows: [Row], impls: (String, String?)) -> String {
     let header = ["scenario", "params", "metric", impls.0] + (single ? [] : [impls.1!, "\(impls.0)/\(impls.1!)"])
     let lines = rows.map { row in
         [row.scenario, row.params, row.metric, format(row.swift)]
-            + (single ? [] : [format(row.c), row.ratio.map { String(format: "%.2f", $0) } ?? "-"])
+            + (single ? [] : [format(row.c), row.ratio.map { $0.isFinite ? String(format: "%.2f", $0) : "-" } ?? "-"])
     }
     let widths = (0..<header.count).map { i in ([header] + lines).map { $0[i].count }.max()! }
     func render(_ cells: [String]) -> String {
