@@ -20,9 +20,11 @@
  *       and prints one JSON line: calls, seconds, calls_per_s, mb_per_s,
  *       total_calls (warm-up included) and, with --latency, p50_us / p99_us /
  *       p999_us. With --hold it then keeps its connections open until stdin
- *       closes. Past 20 000 connections to a 127.x address, connection i is
- *       bound to source address 127.0.0.(2 + i / 20000), since one source
- *       address has only about 28 000 ephemeral ports.
+ *       closes. Past 2 000 connections to a 127.x address, connection i is
+ *       bound to source address 127.0.0.(2 + i / 2000): the kernel's search
+ *       for a free ephemeral port of one source address slows down as its
+ *       ports fill (at 19 000 connections it took half the setup's time),
+ *       and one address has only about 28 000 of them.
  *   uvrpc-c idle --connect H:P --connections N [--cpu N]
  *       Opens N connections, waits for every server handshake, prints
  *       "ready", then holds them until stdin closes.
@@ -284,12 +286,12 @@ static conn_t *conn_new(uv_loop_t *l, frame_cb on_frame, int bound_source) {
     return c;
 }
 
-static void conn_start(conn_t *c) {
+static void conn_start(conn_t *c, uv_read_cb on_read) {
     uv_tcp_nodelay(&c->tcp, 1);
     put_handshake(&c->out);
     flush(c);
     uv_timer_start(&c->keepalive, on_keepalive, KEEPALIVE_MS, KEEPALIVE_MS);
-    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
 }
 
 /* ---- server ---- */
@@ -312,7 +314,7 @@ static void on_connection(uv_stream_t *server, int status) {
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) { conn_close(c); return; }
     c->server_loop = s->index;
     __atomic_fetch_add(&open_per_loop[s->index], 1, __ATOMIC_RELAXED);
-    conn_start(c);
+    conn_start(c, read_cb);
 }
 
 static void *serve_thread(void *arg) {
@@ -412,35 +414,53 @@ static void idle_frame(conn_t *c, int type, uint16_t id, const char *payload, si
     (void)c; (void)type; (void)id; (void)payload; (void)n;
 }
 
-static void idle_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
-    conn_t *c = s->data;
-    int was = c->handshaken;
-    read_cb(s, nread, b);
-    if (nread > 0 && !was && c->handshaken && ++ready_count == target_conns) {
-        printf("ready\n");
-        fflush(stdout);
-    }
-}
-
 static struct sockaddr_in target_addr;
 static int next_to_connect, connecting, spread_sources;
 
 static void on_connect(uv_connect_t *req, int status);
 static uv_timer_t phase_timer;
 static void on_phase(uv_timer_t *t);
-static int connected_count;
+static void connect_more(void);
 
-/* Starts connects until 256 are outstanding (a burst of 10k would overflow
- * the server's accept backlog and stall on SYN retransmits). */
+/* A client connection counts as connecting until the server's handshake
+ * arrives (the server accepted it), and at most 256 connect at once: more
+ * would overflow a busy server's accept queue, and the dropped SYNs would
+ * come back only after the kernel's 1, 3, 7 ... second retransmits. Once
+ * every connection is up, idle mode prints "ready" and load mode starts its
+ * calls and its 200 ms warm-up: setting up thousands of connections is not
+ * slowed down by calls on the ones already up, nor falls into the measured
+ * window. */
+static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    conn_t *c = s->data;
+    int was = c->handshaken;
+    read_cb(s, nread, b);
+    if (nread <= 0 || was || !c->handshaken) return;
+    connecting--;
+    connect_more();
+    if (++ready_count < target_conns) return;
+    if (c->on_frame == idle_frame) {
+        printf("ready\n");
+        fflush(stdout);
+    } else {
+        for (int i = 0; i < nconns; i++) {
+            conn_t *each = conns[i];
+            for (int k = 0; k < each->concurrency; k++) client_send(each);
+            flush(each);
+        }
+        uv_timer_start(&phase_timer, on_phase, 200, 0);
+    }
+}
+
+/* Starts connects until 256 are outstanding (see client_read_cb). */
 static void connect_more(void) {
     while (next_to_connect < nconns && connecting < 256) {
         int index = next_to_connect++;
         conn_t *c = conns[index];
         if (spread_sources) {
-            /* 127.0.0.(2 + i / 20000), the port chosen at connect (IP_BIND_ADDRESS_NO_PORT). */
+            /* 127.0.0.(2 + i / 2000), the port chosen at connect (IP_BIND_ADDRESS_NO_PORT). */
             struct sockaddr_in source;
             char ip[32];
-            snprintf(ip, sizeof ip, "127.0.0.%d", 2 + index / 20000);
+            snprintf(ip, sizeof ip, "127.0.0.%d", 2 + index / 2000);
             uv_ip4_addr(ip, 0, &source);
             uv_os_fd_t fd;
             int on = 1;
@@ -461,19 +481,7 @@ static void on_connect(uv_connect_t *req, int status) {
     conn_t *c = req->data;
     free(req);
     if (status < 0) die("connect", status);
-    connecting--;
-    connect_more();
-    conn_start(c);
-    if (c->on_frame == idle_frame) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, idle_read_cb);
-        return;
-    }
-    for (int i = 0; i < c->concurrency; i++) client_send(c);
-    flush(c);
-    /* The 200 ms warm-up starts once every connection is up, so setting up
-     * thousands of them never falls into the measured window. */
-    if (++connected_count == nconns) uv_timer_start(&phase_timer, on_phase, 200, 0);
+    conn_start(c, client_read_cb);
 }
 
 static char stdin_buf[256];
@@ -580,7 +588,7 @@ int main(int argc, char **argv) {
     conns = calloc((size_t)connections, sizeof *conns);
     nconns = connections;
     target_conns = connections;
-    spread_sources = connections > 20000 && !strncmp(target_host, "127.", 4);
+    spread_sources = connections > 2000 && !strncmp(target_host, "127.", 4);
     for (int i = 0; i < connections; i++) {
         conn_t *c = conn_new(loop, idle ? idle_frame : client_frame, spread_sources);
         c->concurrency = concurrency;

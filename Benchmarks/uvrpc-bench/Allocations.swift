@@ -15,9 +15,23 @@ func onLoop<T: Sendable>(_ loop: EventLoop, _ body: @escaping @Sendable () -> T)
     return result.withLock { $0! }
 }
 
+/// Runs async `body` from synchronous code (not on a loop) and returns its result.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let result = LockedValue<Result<T, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        result.withLock { $0 = outcome }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
+
 /// Allocations per round trip in steady state, counted per thread by the
-/// malloc interposer: the server loop's thread and the client loop's thread,
-/// each in its own loop, in this process.
+/// malloc interposer, summed over the server's loop threads and over the
+/// clients' loop threads (each side its own group of loops, in this process).
 struct AllocationFigures {
     var server: Double
     var client: Double
@@ -25,77 +39,74 @@ struct AllocationFigures {
 
 enum AllocationAPI: String { case callback, async }
 
-func measureAllocations(api: AllocationAPI, calls: Int) throws -> AllocationFigures {
-    let serverLoop = try EventLoop(name: "alloc-server")
-    let clientLoop = try EventLoop(name: "alloc-client")
-    serverLoop.start()
-    clientLoop.start()
+/// Calls between a server spread over `loops` loops and one client
+/// connection on each loop of a client group of the same size (16 in flight
+/// on each), so every loop of both sides carries calls.
+func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> AllocationFigures {
+    let serverGroup = try EventLoopGroup(name: "alloc-server", loopCount: loops)
+    let clientGroup = try EventLoopGroup(name: "alloc-client", loopCount: loops)
     defer {
-        serverLoop.shutdownAndWait()
-        clientLoop.shutdownAndWait()
+        clientGroup.shutdownAndWait()
+        serverGroup.shutdownAndWait()
     }
-    let address = LockedValue<SocketAddress?>(nil)
-    let ready = DispatchSemaphore(value: 0)
-    serverLoop.execute {
-        let server = try! RPCServer(loop: serverLoop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
+    let server = try blocking {
+        try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0), onEndpoint: { endpoint in
             switch api {
             case .callback: endpoint.onMessage = { payload, responder in try responder.respond(payload) }
             case .async: endpoint.onMessage { $0 }
             }
-        }
-        address.withLock { $0 = server.address }
-        ready.signal()
+        })
     }
-    ready.wait()
-    let connected = DispatchSemaphore(value: 0)
-    let endpointBox = LockedValue<RPCEndpoint?>(nil)
-    clientLoop.execute {
-        RPCClient.connect(to: address.withLock { $0! }, on: clientLoop) { result in
-            endpointBox.withLock { $0 = try! result.get() }
-            connected.signal()
-        }
+    let endpoints = try blocking {
+        var endpoints: [RPCEndpoint] = []
+        for loop in clientGroup.loops { endpoints.append(try await RPCClient.connect(to: server.address, on: loop)) }
+        return endpoints
     }
-    connected.wait()
-    let endpoint = endpointBox.withLock { $0! }
     let payload = [UInt8](repeating: 0x42, count: 64)
     let window = 16
+    let perConnection = calls / loops / window * window
 
     func run(_ count: Int) {
         let done = DispatchSemaphore(value: 0)
-        switch api {
-        case .callback:
-            clientLoop.execute {
-                // The allocation-free client path: one response handler, a tag per call.
-                var sent = 0, finished = 0
-                func sendNext() {
-                    sent += 1
-                    payload.withUnsafeBytes { endpoint.send($0, tag: UInt64(sent)) }
+        for endpoint in endpoints {
+            switch api {
+            case .callback:
+                endpoint.loop.execute {
+                    // The allocation-free client path: one response handler, a tag per call.
+                    var sent = 0, finished = 0
+                    func sendNext() {
+                        sent += 1
+                        payload.withUnsafeBytes { endpoint.send($0, tag: UInt64(sent)) }
+                    }
+                    endpoint.onTaggedResponse = { _, _ in
+                        finished += 1
+                        if sent < count { sendNext() } else if finished == count { done.signal() }
+                    }
+                    for _ in 0..<window { sendNext() }
                 }
-                endpoint.onTaggedResponse = { _, _ in
-                    finished += 1
-                    if sent < count { sendNext() } else if finished == count { done.signal() }
-                }
-                for _ in 0..<window { sendNext() }
-            }
-        case .async:
-            let remaining = LockedValue(window)
-            for _ in 0..<window {
-                Task(executorPreference: clientLoop) {
-                    for _ in 0..<(count / window) { _ = try? await endpoint.send(payload) }
-                    if remaining.withLock({ $0 -= 1; return $0 }) == 0 { done.signal() }
+            case .async:
+                let remaining = LockedValue(window)
+                for _ in 0..<window {
+                    Task(executorPreference: endpoint.loop) {
+                        for _ in 0..<(count / window) { _ = try? await endpoint.send(payload) }
+                        if remaining.withLock({ $0 -= 1; return $0 }) == 0 { done.signal() }
+                    }
                 }
             }
         }
-        done.wait()
+        for _ in endpoints { done.wait() }
     }
 
-    run(20_000) // warm up: buffers, tables and caches reach their steady size
-    let serverBefore = onLoop(serverLoop) { uvrpc_thread_allocations() }
-    let clientBefore = onLoop(clientLoop) { uvrpc_thread_allocations() }
-    run(calls)
-    let serverAfter = onLoop(serverLoop) { uvrpc_thread_allocations() }
-    let clientAfter = onLoop(clientLoop) { uvrpc_thread_allocations() }
-    let measured = Double(api == .async ? calls / window * window : calls)
+    func allocations(_ group: EventLoopGroup) -> UInt64 {
+        group.loops.reduce(0) { total, loop in total + onLoop(loop) { uvrpc_thread_allocations() } }
+    }
+
+    run(20_000 / loops) // warm up: buffers, tables and caches reach their steady size
+    let serverBefore = allocations(serverGroup), clientBefore = allocations(clientGroup)
+    run(perConnection)
+    let serverAfter = allocations(serverGroup), clientAfter = allocations(clientGroup)
+    let measured = Double(perConnection * loops)
+    try blocking { await server.shutdown() }
     return AllocationFigures(server: Double(serverAfter - serverBefore) / measured,
                              client: Double(clientAfter - clientBefore) / measured)
 }

@@ -198,20 +198,21 @@ struct Bench: ParsableCommand {
             addRow("idle", "\(idleConnections / 1000)k conns", "bytes/conn", m, \.bytesPerConnection, higherIsBetter: false)
         }
         if wanted.contains("allocs") {
-            for api in [AllocationAPI.callback, .async] {
-                progress("allocs: \(api.rawValue) API, in this process (server and client loops)")
-                let figures = try measureAllocations(api: api, calls: 100_000)
-                measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "api=\(api.rawValue),side=server",
-                                                mallocsPerCall: figures.server))
-                measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "api=\(api.rawValue),side=client",
-                                                mallocsPerCall: figures.client))
-                rows.append(Row(scenario: "allocs", params: "\(api.rawValue), server", metric: "mallocs/call",
-                                swift: figures.server, c: nil, higherIsBetter: false))
-                rows.append(Row(scenario: "allocs", params: "\(api.rawValue), client", metric: "mallocs/call",
-                                swift: figures.client, c: nil, higherIsBetter: false))
+            let cpus = EventLoopGroup.availableCPUCount
+            // Both APIs on one loop per side; the callback API also on one loop per CPU per side.
+            for (api, loops) in [(AllocationAPI.callback, 1), (.async, 1)] + (cpus > 1 ? [(.callback, cpus)] : []) {
+                progress("allocs: \(api.rawValue) API, \(loops) loop(s) per side, in this process")
+                let figures = try measureAllocations(api: api, calls: 100_000, loops: loops)
+                let params = loops == 1 ? "api=\(api.rawValue)" : "api=\(api.rawValue),loops=\(loops)"
+                let label = loops == 1 ? api.rawValue : "\(api.rawValue), \(loops) loops"
+                for (side, value) in [("server", figures.server), ("client", figures.client)] {
+                    measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "\(params),side=\(side)",
+                                                    mallocsPerCall: value))
+                    rows.append(Row(scenario: "allocs", params: "\(label), \(side)", metric: "mallocs/call",
+                                    swift: value, c: nil, higherIsBetter: false))
+                }
             }
         }
-
         let names: (String, String?) = connect == nil ? ("Swift", "C") : ("external", nil)
         print("uvrpc-bench: placement \(pin) (server CPU \(serverCPU.map(String.init) ?? "any"), load CPU \(loadCPU.map(String.init) ?? "any")), \(duration) s per measurement, median of \(`repeat`), \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
         print(table(rows, impls: names))
