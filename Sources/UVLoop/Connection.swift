@@ -52,51 +52,51 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) public var onDirectRead: ((Int) -> Void)?
 
     /// Where the pending read lands.
-    private enum ReadTarget { case ring, shared, direct }
-    @exclusivity(unchecked) private var readTarget = ReadTarget.ring
+    enum ReadTarget { case ring, shared, direct }
+    @exclusivity(unchecked) var readTarget = ReadTarget.ring
     /// Unconsumed bytes copied from the ring to the front of the shared buffer
     /// for the pending read (they leave the ring only when the read succeeds).
-    @exclusivity(unchecked) private var sharedPrefix = 0
+    @exclusivity(unchecked) var sharedPrefix = 0
     /// Up to this many unconsumed bytes are moved in front of a shared-buffer
     /// read rather than making the read land in the (smaller) ring.
-    private static let maximumSharedPrefix = 16 << 10
+    static let maximumSharedPrefix = 16 << 10
 
     /// The read buffer.
     let ring: RingBuffer
 
-    private enum State { case connecting, open, closing, closed }
-    @exclusivity(unchecked) private var state: State = .connecting
-    @exclusivity(unchecked) private var reading = false
-    @exclusivity(unchecked) private var wantsReading = true
-    @exclusivity(unchecked) private var processingReads = false
+    enum State { case connecting, open, closing, closed }
+    @exclusivity(unchecked) var state: State = .connecting
+    @exclusivity(unchecked) var reading = false
+    @exclusivity(unchecked) var wantsReading = true
+    @exclusivity(unchecked) var processingReads = false
     /// Why the connection is ending; nil means closed locally.
-    @exclusivity(unchecked) private var closeReason: ConnectionError?
+    @exclusivity(unchecked) var closeReason: ConnectionError?
 
     // Writes.
-    @exclusivity(unchecked) private var pending = OutgoingBuffer()
-    @exclusivity(unchecked) private var inFlight = OutgoingBuffer()
-    @exclusivity(unchecked) private var writeInFlight = false
-    @exclusivity(unchecked) private var writeRequest: UnsafeMutablePointer<uv_write_t>?
-    @exclusivity(unchecked) private var shutdownRequest: UnsafeMutablePointer<uv_shutdown_t>?
-    @exclusivity(unchecked) private var closeTimer: LoopTimer?
+    @exclusivity(unchecked) var pending = OutgoingBuffer()
+    @exclusivity(unchecked) var inFlight = OutgoingBuffer()
+    @exclusivity(unchecked) var writeInFlight = false
+    @exclusivity(unchecked) var writeRequest: UnsafeMutablePointer<uv_write_t>?
+    @exclusivity(unchecked) var shutdownRequest: UnsafeMutablePointer<uv_shutdown_t>?
+    @exclusivity(unchecked) var closeTimer: LoopTimer?
     /// Watches a uv_write that is waiting for the socket (see ``ConnectionOptions/writeTimeout``).
-    @exclusivity(unchecked) private var writeWatch: LoopTimer?
+    @exclusivity(unchecked) var writeWatch: LoopTimer?
     /// When the socket last took bytes while a uv_write was waiting (loop milliseconds).
-    @exclusivity(unchecked) private var lastWriteProgress: UInt64 = 0
+    @exclusivity(unchecked) var lastWriteProgress: UInt64 = 0
     /// libuv's write queue size at the last write-watch tick.
-    @exclusivity(unchecked) private var lastWriteQueueSize = 0
+    @exclusivity(unchecked) var lastWriteQueueSize = 0
     /// Total bytes accepted by write(), and total handed to the kernel.
-    @exclusivity(unchecked) private var bytesQueued: UInt64 = 0
-    @exclusivity(unchecked) private var bytesWritten: UInt64 = 0
-    @exclusivity(unchecked) private var completions: [(end: UInt64, callback: (Result<Void, ConnectionError>) -> Void)] = []
-    @exclusivity(unchecked) private var completionsHead = 0
+    @exclusivity(unchecked) var bytesQueued: UInt64 = 0
+    @exclusivity(unchecked) var bytesWritten: UInt64 = 0
+    @exclusivity(unchecked) var completions: [(end: UInt64, callback: (Result<Void, ConnectionError>) -> Void)] = []
+    @exclusivity(unchecked) var completionsHead = 0
     @exclusivity(unchecked) var flushScheduled = false
     /// False while more than ``ConnectionOptions/writeHighWaterMark`` bytes
     /// wait to be written; true again below the low-water mark.
     public var isWritable: Bool { writable }
     // Stored apart from the public getter: other modules reach a public stored
     // property directly, with a dynamic exclusivity check per access.
-    @exclusivity(unchecked) private var writable = true
+    @exclusivity(unchecked) var writable = true
 
     init(loop: EventLoop, unixDomain: Bool, options: ConnectionOptions, label: String) throws(UVError) {
         self.isUnixDomain = unixDomain
@@ -127,7 +127,7 @@ public final class Connection: HandleOwner {
     /// The most bytes that waited to be written at once since the connection
     /// opened (the high-water mark actually reached; kept after the close).
     public var peakPendingWriteBytes: Int { peakPending }
-    @exclusivity(unchecked) private var peakPending = 0
+    @exclusivity(unchecked) var peakPending = 0
 
     /// Bytes read but not consumed by ``onRead`` yet.
     public var unconsumedReadBytes: Int { ring.readableCount }
@@ -213,14 +213,14 @@ public final class Connection: HandleOwner {
         stopReading()
     }
 
-    private func startReading() {
+    func startReading() {
         guard !reading, wantsReading, state == .open else { return }
         let rc = uv_read_start(uvStream, connectionAllocCallback, connectionReadCallback)
         if rc < 0 { fail(.readFailed(UVError(code: rc, operation: "uv_read_start", target: label))) }
         else { reading = true }
     }
 
-    private func stopReading() {
+    func stopReading() {
         guard reading else { return }
         reading = false
         uv_read_stop(uvStream)
@@ -229,7 +229,7 @@ public final class Connection: HandleOwner {
     /// The buffer libuv should read into: the consumer's direct buffer or the
     /// loop's shared buffer while nothing is unconsumed, else the ring's
     /// contiguous free span (after the unconsumed bytes).
-    fileprivate func readBuffer() -> uv_buf_t {
+    func readBuffer() -> uv_buf_t {
         if ring.readableCount == 0 {
             if let directReadBuffer, let direct = directReadBuffer(), direct.count > 0 {
                 // Safe: the consumer keeps this buffer until onDirectRead reports the read.
@@ -261,7 +261,7 @@ public final class Connection: HandleOwner {
         return uv_buf_t(base: region.baseAddress?.assumingMemoryBound(to: CChar.self), len: region.count)
     }
 
-    fileprivate func didRead(_ nread: Int) {
+    func didRead(_ nread: Int) {
         if nread <= 0 { sharedPrefix = 0 } // the unconsumed bytes are still in the ring
         if nread > 0 {
             switch readTarget {
@@ -297,7 +297,7 @@ public final class Connection: HandleOwner {
     /// Offers bytes read into the loop's shared buffer to `onRead` until it
     /// stops consuming, then keeps the rest in the connection's own ring (the
     /// shared buffer is reused by the next read of any connection).
-    private func processShared(_ bytes: UnsafeRawBufferPointer) {
+    func processShared(_ bytes: UnsafeRawBufferPointer) {
         var offset = 0
         processingReads = true
         while offset < bytes.count, let consumed = offer(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
@@ -314,7 +314,7 @@ public final class Connection: HandleOwner {
     }
 
     /// Offers the readable bytes to `onRead` until it stops consuming.
-    private func processReadable() {
+    func processReadable() {
         guard !processingReads else { return } // the outer call keeps going
         processingReads = true
         defer { processingReads = false }
@@ -334,7 +334,7 @@ public final class Connection: HandleOwner {
     /// reads are not wanted now (paused, closed, no handler) or the handler
     /// closed the connection.
     @inline(__always)
-    private func offer(_ region: UnsafeRawBufferPointer) -> Int? {
+    func offer(_ region: UnsafeRawBufferPointer) -> Int? {
         guard wantsReading, state == .open || state == .closing, let onRead else { return nil }
         let consumed = onRead(region)
         precondition(consumed >= 0 && consumed <= region.count,
@@ -352,195 +352,6 @@ public final class Connection: HandleOwner {
             pending.release()
             inFlight.release()
         }
-    }
-
-    // MARK: Writing
-
-    /// Queues `bytes` to be written (copied; the caller may reuse its buffer
-    /// at once). They are flushed at the end of this loop turn, except on a
-    /// connection with nothing queued and no outgoing buffer yet (new, or
-    /// idle since ``releaseIdleBuffers()``): there, without a completion,
-    /// the socket is offered them at once, so a connection that writes a
-    /// little and goes idle never allocates an outgoing buffer.
-    /// - Parameter completion: called once the bytes reached the socket, or
-    ///   with the error that kept them from it.
-    /// - Throws: ``ConnectionError/closed(connection:)`` when the connection
-    ///   is closing or closed (the bytes are not queued).
-    public func write(_ bytes: UnsafeRawBufferPointer,
-                      completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
-        preconditionInEventLoop("Connection.write(_:completion:)")
-        guard state == .open else { throw closeReason ?? .closed(connection: label) }
-        let direct = completion == nil ? writeDirectlyIfUnbuffered(bytes) : 0
-        pending.append(UnsafeRawBufferPointer(rebasing: bytes[direct...]))
-        didQueue(bytes.count - direct, completion: completion)
-    }
-
-    /// Offers `bytes` to the socket at once when nothing is queued and there
-    /// is no outgoing buffer; returns how many it took.
-    private func writeDirectlyIfUnbuffered(_ bytes: UnsafeRawBufferPointer) -> Int {
-        guard !pending.hasStorage, !writeInFlight, !bytes.isEmpty else { return 0 }
-        // Safe: uv_try_write only reads the buffer, and only during this call.
-        var buf = uv_buf_t(base: UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)),
-                           len: bytes.count)
-        let n = uv_try_write(uvStream, &buf, 1)
-        guard n > 0 else { return 0 } // EAGAIN or an error: the flush path reports errors
-        bytesQueued += UInt64(n)
-        bytesWritten += UInt64(n)
-        return Int(n)
-    }
-
-    /// Queues `bytes` to be written; see ``write(_:completion:)-(UnsafeRawBufferPointer,_)``.
-    public func write(_ bytes: [UInt8],
-                      completion: ((Result<Void, ConnectionError>) -> Void)? = nil) throws(ConnectionError) {
-        preconditionInEventLoop("Connection.write(_:completion:)")
-        let result = bytes.withUnsafeBytes { raw in
-            Result { () throws(ConnectionError) in try write(raw, completion: completion) }
-        }
-        try result.get()
-    }
-
-    /// Queues a packet of a framed protocol: the first `headerCount` (at most
-    /// 8) bytes of `header` as they lie in memory (byte 0 is the lowest byte:
-    /// build it with `UInt64(littleEndian:)` in mind), then `payload`; copied,
-    /// like ``write(_:completion:)-(UnsafeRawBufferPointer,_)``, but in one step
-    /// with no closure (the per-frame path of a protocol writer).
-    public func write(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
-        preconditionInEventLoop("Connection.write(header:headerCount:payload:)")
-        guard state == .open else { throw closeReason ?? .closed(connection: label) }
-        precondition(headerCount >= 0 && headerCount <= 8, "Connection.write(header:headerCount:payload:): headerCount \(headerCount) is not 0...8")
-        pending.append(header: header, headerCount: headerCount, payload: payload)
-        didQueue(headerCount + payload.count, completion: nil)
-    }
-
-    @inline(__always)
-    private func didQueue(_ count: Int, completion: ((Result<Void, ConnectionError>) -> Void)?) {
-        bytesQueued &+= UInt64(truncatingIfNeeded: count)
-        if let completion { completions.append((bytesQueued, completion)) }
-        let pendingNow = pendingWriteBytes
-        if pendingNow > peakPending { peakPending = pendingNow }
-        if !flushScheduled {
-            flushScheduled = true
-            loop.pendingFlush.append(self)
-        }
-        if writable && pendingNow > options.writeHighWaterMark {
-            writable = false
-            onWritabilityChanged?(false)
-        }
-    }
-
-    /// Writes queued bytes now instead of at the end of the loop turn.
-    public func flush() {
-        preconditionInEventLoop("Connection.flush()")
-        flushNow()
-    }
-
-    /// Called by the loop's per-turn hook.
-    func flushScheduledWrites() {
-        flushScheduled = false
-        flushNow()
-    }
-
-    private func flushNow() {
-        guard state == .open || state == .closing, !isHandleClosing else { return }
-        if !writeInFlight && pending.readableCount > 0 {
-            var buf = uv_buf_t(base: pending.readPointer, len: pending.readableCount)
-            let n = uv_try_write(uvStream, &buf, 1)
-            if n > 0 {
-                pending.consume(Int(n))
-                bytesWritten += UInt64(n)
-            } else if n < 0 && n != UV_EAGAIN.rawValue {
-                fail(writeError(n))
-                return
-            }
-            if pending.readableCount > 0 {
-                // The socket is full: hand the rest to libuv, which writes it when it can.
-                swap(&pending, &inFlight)
-                if writeRequest == nil { writeRequest = .allocate(capacity: 1) }
-                uv_req_set_data(UnsafeMutableRawPointer(writeRequest!).assumingMemoryBound(to: uv_req_t.self),
-                                Unmanaged.passUnretained(self).toOpaque())
-                buf = uv_buf_t(base: inFlight.readPointer, len: inFlight.readableCount)
-                let rc = uv_write(writeRequest, uvStream, &buf, 1, connectionWriteCallback)
-                if rc < 0 { fail(writeError(rc)); return }
-                writeInFlight = true
-                watchWrite()
-            } else {
-                pending.reset()
-            }
-        }
-        writeProgressed()
-    }
-
-    fileprivate func writeCompleted(status: Int32) {
-        writeInFlight = false
-        if status < 0 {
-            // UV_ECANCELED: the handle is closing; completions fail in handleDidClose.
-            if status != UV_ECANCELED.rawValue { fail(writeError(status)) }
-            return
-        }
-        bytesWritten += UInt64(inFlight.readableCount)
-        inFlight.reset()
-        lastWriteProgress = loop.now
-        flushNow()
-    }
-
-    /// Starts watching the waiting uv_write: if the socket takes no byte of
-    /// it for ``ConnectionOptions/writeTimeout``, the peer is not reading and
-    /// the connection fails with ``ConnectionError/writeTimedOut(connection:pendingBytes:timeout:)``.
-    /// Only a write the socket could not take at once is watched, so the
-    /// common path (uv_try_write took everything) starts no timer.
-    private func watchWrite() {
-        guard let timeout = options.writeTimeout else { return }
-        lastWriteProgress = loop.now
-        lastWriteQueueSize = uv_stream_get_write_queue_size(uvStream)
-        if writeWatch == nil {
-            writeWatch = loop.makeTimer { [unowned self] in self.checkWriteProgress() }
-        }
-        if !writeWatch!.isActive {
-            let period = max(timeout / 4, .milliseconds(5))
-            writeWatch!.start(after: period, repeating: period)
-        }
-    }
-
-    private func checkWriteProgress() {
-        guard writeInFlight, let timeout = options.writeTimeout else {
-            writeWatch?.cancel()
-            return
-        }
-        let now = loop.now
-        let queued = uv_stream_get_write_queue_size(uvStream)
-        if queued != lastWriteQueueSize {
-            lastWriteQueueSize = queued
-            lastWriteProgress = now
-        } else if now - lastWriteProgress >= timeout.roundedUpMilliseconds {
-            // Reset: a plain close would leave the unsent bytes lingering in the kernel.
-            terminate(reason: .writeTimedOut(connection: label, pendingBytes: pendingWriteBytes, timeout: timeout),
-                      reset: true)
-        }
-    }
-
-    private func writeError(_ code: some BinaryInteger) -> ConnectionError {
-        let c = Int32(code)
-        if c == UV_EPIPE.rawValue || c == UV_ECONNRESET.rawValue { return .reset(connection: label) }
-        return .writeFailed(UVError(code: c, operation: "write", target: label))
-    }
-
-    /// Runs completions of bytes that reached the socket, updates writability,
-    /// and finishes a graceful close once everything is out.
-    private func writeProgressed() {
-        while completionsHead < completions.count, completions[completionsHead].end <= bytesWritten {
-            let callback = completions[completionsHead].callback
-            completionsHead += 1
-            callback(.success(()))
-        }
-        if completionsHead == completions.count {
-            completions.removeAll(keepingCapacity: true)
-            completionsHead = 0
-        }
-        if !writable && pendingWriteBytes < options.writeLowWaterMark {
-            writable = true
-            onWritabilityChanged?(true)
-        }
-        if state == .closing && pendingWriteBytes == 0 && !writeInFlight { shutdownAndClose() }
     }
 
     // MARK: Closing
@@ -577,7 +388,7 @@ public final class Connection: HandleOwner {
         terminate(reason: error, reset: false)
     }
 
-    private func shutdownAndClose() {
+    func shutdownAndClose() {
         guard !isHandleClosing, shutdownRequest == nil else { return }
         let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
         shutdownRequest = request
@@ -599,7 +410,7 @@ public final class Connection: HandleOwner {
         }
     }
 
-    private func terminate(reason: ConnectionError?, reset: Bool) {
+    func terminate(reason: ConnectionError?, reset: Bool) {
         guard !isHandleClosing else { return }
         if closeReason == nil { closeReason = reason }
         state = .closing
@@ -651,81 +462,4 @@ private let connectionReadCallback: uv_read_cb = { stream, nread, _ in
     // Safe: the handle's data is its Connection until its close callback.
     let owner = HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream))).takeUnretainedValue()
     unsafeDowncast(owner, to: Connection.self).didRead(nread)
-}
-
-private let connectionWriteCallback: uv_write_cb = { request, status in
-    // Safe: the request's data is its Connection, which libuv calls back before
-    // the handle's close callback releases it.
-    let raw = uv_req_get_data(UnsafeMutableRawPointer(request!).assumingMemoryBound(to: uv_req_t.self))!
-    Unmanaged<Connection>.fromOpaque(raw).takeUnretainedValue().writeCompleted(status: status)
-}
-
-/// A growable outgoing byte buffer with read and write indices.
-struct OutgoingBuffer {
-    /// Invariant: `storage` holds `capacity` bytes owned by this buffer (freed by `release`).
-    private var storage: UnsafeMutableRawPointer?
-    private var capacity = 0
-    private var readIndex = 0
-    private var writeIndex = 0
-
-    var readableCount: Int { writeIndex - readIndex }
-    var allocatedBytes: Int { capacity }
-    var hasStorage: Bool { storage != nil }
-    var readPointer: UnsafeMutablePointer<CChar>? {
-        storage.map { ($0 + readIndex).assumingMemoryBound(to: CChar.self) }
-    }
-
-    mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        guard bytes.count > 0 else { return }
-        reserve(bytes.count)
-        (storage! + writeIndex).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-        writeIndex += bytes.count
-    }
-
-    /// Appends `headerCount` bytes of `header` (memory order) and `payload`.
-    @inline(__always)
-    mutating func append(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) {
-        // 8 bytes of room for the header store, whatever `headerCount` is.
-        let room = payload.count + 8
-        if writeIndex + room > capacity { reserve(room) }
-        // Safe: reserve left at least payload.count + 8 bytes at writeIndex.
-        let p = storage! + writeIndex
-        p.storeBytes(of: header.littleEndian, as: UInt64.self) // unaligned store
-        if payload.count > 0 { (p + headerCount).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
-        writeIndex += headerCount + payload.count
-    }
-
-    mutating func consume(_ n: Int) { readIndex += n }
-
-    mutating func reset() { readIndex = 0; writeIndex = 0 }
-
-    mutating func release() {
-        storage?.deallocate()
-        storage = nil
-        capacity = 0
-        reset()
-    }
-
-    @inline(never)
-    private mutating func reserve(_ extra: Int) {
-        if writeIndex + extra <= capacity { return }
-        // Compact first; grow (doubling) only if that is not enough.
-        if readIndex > 0 && readableCount + extra <= capacity {
-            storage!.copyMemory(from: storage! + readIndex, byteCount: readableCount)
-            writeIndex = readableCount
-            readIndex = 0
-            return
-        }
-        var newCapacity = max(capacity * 2, 4096)
-        while newCapacity < readableCount + extra { newCapacity *= 2 }
-        let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-        if let storage {
-            newStorage.copyMemory(from: storage + readIndex, byteCount: readableCount)
-            storage.deallocate()
-        }
-        writeIndex = readableCount
-        readIndex = 0
-        storage = newStorage
-        capacity = newCapacity
-    }
 }

@@ -118,7 +118,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// A send that waits before it is written: a big one for the peer's
     /// handshake (to learn whether it takes *_BIG packets), or an async one
     /// for the connection to become writable.
-    private struct QueuedSend {
+    struct QueuedSend {
         var payload: [UInt8]
         var timeout: Duration?
         var closeOnError: Bool
@@ -137,11 +137,11 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     public var loop: EventLoop { connection.loop }
     /// The loop without a retain per use (the hot path reads it per message).
     /// Safe: the connection retains its loop, and this endpoint retains the connection.
-    private unowned(unsafe) let eventLoop: EventLoop
+    unowned(unsafe) let eventLoop: EventLoop
 
     /// The loop-thread check of every loop-bound member, without a retain of the loop.
     @inline(__always)
-    private func checkLoop(_ api: StaticString) {
+    func checkLoop(_ api: StaticString) {
         // Safe: see `eventLoop`; the reference is only used during the call.
         Unmanaged.passUnretained(eventLoop)._withUnsafeGuaranteedRef { $0.preconditionInEventLoop(api) }
     }
@@ -153,7 +153,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     }
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
-    @exclusivity(unchecked) private var _peerInfo: PeerInfo?
+    @exclusivity(unchecked) var _peerInfo: PeerInfo?
 
     /// Handles each incoming message: the payload (a view valid only during
     /// the call) and the responder to answer through, now or later. Throwing
@@ -171,50 +171,50 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             deliverWaitingMessages()
         }
     }
-    @exclusivity(unchecked) private var handler: MessageHandler?
+    @exclusivity(unchecked) var handler: MessageHandler?
     /// The callback handler of `handler`, unretained, for the per-message call.
     /// Invariant: `handler` (or `retiredHandlers`, while a message is being
     /// handled) holds it strongly whenever this is non-nil.
-    @exclusivity(unchecked) private var callbackHandler: Unmanaged<CallbackHandler>?
+    @exclusivity(unchecked) var callbackHandler: Unmanaged<CallbackHandler>?
     /// Handlers replaced while a message was being handled: kept alive until
     /// that call returned (the one running may be among them).
-    @exclusivity(unchecked) private var retiredHandlers: [MessageHandler] = []
-    @exclusivity(unchecked) private var handlingDepth = 0
+    @exclusivity(unchecked) var retiredHandlers: [MessageHandler] = []
+    @exclusivity(unchecked) var handlingDepth = 0
 
-    private func setHandler(_ new: MessageHandler?) {
+    func setHandler(_ new: MessageHandler?) {
         if handlingDepth > 0, let old = handler { retiredHandlers.append(old) }
         handler = new
         if case .callback(let box)? = new { callbackHandler = Unmanaged.passUnretained(box) } else { callbackHandler = nil }
     }
     /// An answered responder nobody else holds, ready for the next message.
-    @exclusivity(unchecked) private var spareResponder: RPCResponder?
+    @exclusivity(unchecked) var spareResponder: RPCResponder?
     /// Tasks running async handlers, cancelled when the endpoint closes.
-    @exclusivity(unchecked) private var handlerTasks: [UInt64: Task<Void, Never>] = [:]
-    @exclusivity(unchecked) private var nextHandlerTaskKey: UInt64 = 0
+    @exclusivity(unchecked) var handlerTasks: [UInt64: Task<Void, Never>] = [:]
+    @exclusivity(unchecked) var nextHandlerTaskKey: UInt64 = 0
     /// Messages that arrived before any handler was set.
-    @exclusivity(unchecked) private var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
-    private static let maximumWaitingMessages = 1024
+    @exclusivity(unchecked) var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
+    static let maximumWaitingMessages = 1024
 
     /// Called once, after the connection closed, with the reason. Loop-bound.
     public var onClose: ((RPCCloseReason) -> Void)? {
         get { checkLoop("RPCEndpoint.onClose"); return _onClose }
         set { checkLoop("RPCEndpoint.onClose"); _onClose = newValue }
     }
-    @exclusivity(unchecked) private var _onClose: ((RPCCloseReason) -> Void)?
+    @exclusivity(unchecked) var _onClose: ((RPCCloseReason) -> Void)?
     /// Lets an owner (``RPCServer``) forget the endpoint once closed.
     @exclusivity(unchecked) var didCloseForOwner: (() -> Void)?
     /// Resumed when the endpoint is fully closed (``closed()``).
-    @exclusivity(unchecked) private var closeWaiters: [CheckedContinuation<RPCCloseReason, Never>] = []
+    @exclusivity(unchecked) var closeWaiters: [CheckedContinuation<RPCCloseReason, Never>] = []
 
     /// Why the endpoint is closing, once it is. Loop-bound.
     public var closeReason: RPCCloseReason? {
         checkLoop("RPCEndpoint.closeReason")
         return _closeReason
     }
-    @exclusivity(unchecked) private var _closeReason: RPCCloseReason?
+    @exclusivity(unchecked) var _closeReason: RPCCloseReason?
     /// `_closeReason != nil`, as a plain flag for the per-message checks
     /// (comparing the optional enum with nil costs a copy of its payload).
-    @exclusivity(unchecked) private var closing = false
+    @exclusivity(unchecked) var closing = false
     /// True once closing started (by ``close()`` or a failure). Loop-bound.
     public var isClosing: Bool { closeReason != nil }
     /// True once the connection is fully closed and ``onClose`` ran. Loop-bound.
@@ -222,7 +222,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         checkLoop("RPCEndpoint.isClosed")
         return _isClosed
     }
-    @exclusivity(unchecked) private var _isClosed = false
+    @exclusivity(unchecked) var _isClosed = false
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
         checkLoop("RPCEndpoint.inFlightCount")
@@ -246,24 +246,26 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         get { checkLoop("RPCEndpoint.onWritabilityChanged"); return _onWritabilityChanged }
         set { checkLoop("RPCEndpoint.onWritabilityChanged"); _onWritabilityChanged = newValue }
     }
-    @exclusivity(unchecked) private var _onWritabilityChanged: ((Bool) -> Void)?
+    @exclusivity(unchecked) var _onWritabilityChanged: ((Bool) -> Void)?
+    /// Storage of ``onTaggedResponse``.
+    @exclusivity(unchecked) var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
 
-    @exclusivity(unchecked) private var parser: PacketParser
-    @exclusivity(unchecked) private var calls = CallTable<PendingCall>()
-    @exclusivity(unchecked) private var deferredSends: [QueuedSend] = []
+    @exclusivity(unchecked) var parser: PacketParser
+    @exclusivity(unchecked) var calls = CallTable<PendingCall>()
+    @exclusivity(unchecked) var deferredSends: [QueuedSend] = []
     /// Async sends waiting for writability, oldest first, from `blockedSendsHead`.
-    @exclusivity(unchecked) private var blockedSends: [QueuedSend] = []
-    @exclusivity(unchecked) private var blockedSendsHead = 0
+    @exclusivity(unchecked) var blockedSends: [QueuedSend] = []
+    @exclusivity(unchecked) var blockedSendsHead = 0
     /// True while reading is paused because answers are piling up unsent.
-    @exclusivity(unchecked) private var pausedForBackpressure = false
-    @exclusivity(unchecked) private var deadlineTimer: LoopTimer?
-    @exclusivity(unchecked) private var armedDeadline = UInt64.max
-    @exclusivity(unchecked) private var keepaliveTimer: LoopTimer?
-    @exclusivity(unchecked) private var livenessTimer: LoopTimer?
-    @exclusivity(unchecked) private var lastReceived: UInt64
+    @exclusivity(unchecked) var pausedForBackpressure = false
+    @exclusivity(unchecked) var deadlineTimer: LoopTimer?
+    @exclusivity(unchecked) var armedDeadline = UInt64.max
+    @exclusivity(unchecked) var keepaliveTimer: LoopTimer?
+    @exclusivity(unchecked) var livenessTimer: LoopTimer?
+    @exclusivity(unchecked) var lastReceived: UInt64
     /// Milliseconds between liveness checks.
-    @exclusivity(unchecked) private var livenessPeriod: UInt64 = 0
-    private let openedAt: UInt64
+    @exclusivity(unchecked) var livenessPeriod: UInt64 = 0
+    let openedAt: UInt64
 
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
     /// once and starts reading (the connection's ``Connection/onRead`` and
@@ -313,366 +315,9 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         }
     }
 
-    // MARK: Sending
-
-    /// Sends `payload` as a message and calls `completion` (on the loop)
-    /// with a copy of the response, or the error that ended the call.
-    /// - Parameters:
-    ///   - timeout: defaults to ``Configuration/messageTimeout``.
-    ///   - closeOnError: when the call fails (timeout, transport), close the
-    ///     whole endpoint, as the reference does by default.
-    /// Errors known at once (closed endpoint, payload too big for a protocol-1
-    /// peer, every id in flight) are reported through `completion` before
-    /// this returns.
-    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
-                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
-        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
-    }
-
-    /// Sends `payload`; see ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``.
-    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
-                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
-        payload.withUnsafeBytes {
-            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
-        }
-    }
-
-    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)``:
-    /// the caller's tag and the response (a view valid only during the call)
-    /// or the error. Loop-bound. Set it once; no closure is created per call,
-    /// so this path allocates nothing per round trip.
-    public var onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)? {
-        get { checkLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
-        set { checkLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
-    }
-    @exclusivity(unchecked) private var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
-
-    func deliverTagged(_ tag: UInt64, _ result: Result<UnsafeRawBufferPointer, RPCError>) {
-        if let handler = _onTaggedResponse {
-            handler(tag, result)
-        } else {
-            logger.warning("a tagged call ended but no onTaggedResponse handler is set", metadata: ["rpc.tag": "\(tag)"])
-        }
-    }
-
-    /// Sends `payload`; the response or error goes to ``onTaggedResponse``
-    /// with `tag` (any value the caller chooses, e.g. an index into its own
-    /// table). The allocation-free way to make calls. Errors known at once
-    /// are delivered before this returns.
-    public func send(_ payload: UnsafeRawBufferPointer, tag: UInt64, timeout: Duration? = nil,
-                     closeOnError: Bool = true) {
-        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag))
-    }
-
-    /// Like ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``,
-    /// but the response is a borrowed view, valid only during `completion`
-    /// (no copy is made).
-    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
-                     borrowingResponse completion: @escaping (Result<UnsafeRawBufferPointer, RPCError>) -> Void) {
-        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .borrowed(completion))
-    }
-
-    func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
-                           completion: Completion) {
-        checkLoop("RPCEndpoint.send")
-        if completion.isAbandoned { return }
-        if let reason = _closeReason {
-            return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason))
-        }
-        if payload.count > Wire.maximumPayload {
-            return completion.fail(on: self, .payloadTooLarge(endpoint: label, payloadSize: payload.count))
-        }
-        let timeout = timeout ?? configuration.messageTimeout
-        if payload.count > Wire.maximumShortPayload {
-            guard let peer = _peerInfo else {
-                // Whether the peer takes *_BIG packets is known only from its handshake.
-                deferredSends.append(QueuedSend(payload: Array(payload), timeout: timeout,
-                                                  closeOnError: closeOnError, completion: completion))
-                return
-            }
-            if !peer.acceptsBigPayloads {
-                return completion.fail(on: self, .peerTooOld(endpoint: label, payloadSize: payload.count,
-                                                   peerProtocol: peer.protocolVersion))
-            }
-        }
-        if case .async = completion {} else {
-            let pending = connection.pendingWriteBytes
-            let limit = configuration.maximumPendingWriteBytes
-            if pending > 0 && pending + PacketWriter.frameSize(payloadCount: payload.count) > limit {
-                return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
-            }
-        }
-        let now = eventLoop.now
-        let deadline = now &+ timeout.roundedUpMilliseconds
-        guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
-                                    closeOnError: closeOnError) else {
-            return completion.fail(on: self, .tooManyInFlight(endpoint: label))
-        }
-        if case .async(let call) = completion { call.id = id }
-        do {
-            try writeFrame(isResponse: false, id: id, payload: payload)
-        } catch {
-            // The connection is closing under us; the close path reports it.
-            _ = calls.remove(id)
-            return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
-        }
-        if deadline < armedDeadline { armDeadlineTimer(now: now) }
-    }
-
-    /// Starts an async call, or queues it while the connection is not
-    /// writable (or older async sends still wait), so an async sender faster
-    /// than its peer is held back instead of growing the outgoing buffer.
-    func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
-        checkLoop("RPCEndpoint.send")
-        if call.isFinished { return }
-        if !closing && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
-            blockedSends.append(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError,
-                                           completion: .async(call)))
-            return
-        }
-        payload.withUnsafeBytes {
-            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call))
-        }
-    }
-
-    /// Starts waiting async sends while the connection stays writable.
-    private func startBlockedSends() {
-        while blockedSendsHead < blockedSends.count, connection.isWritable, !closing {
-            let send = blockedSends[blockedSendsHead]
-            blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
-            blockedSendsHead += 1
-            send.payload.withUnsafeBytes {
-                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
-            }
-        }
-        if blockedSendsHead == blockedSends.count {
-            blockedSends.removeAll(keepingCapacity: blockedSends.count <= 64)
-            blockedSendsHead = 0
-        }
-    }
-
-    private func writabilityChanged(_ writable: Bool) {
-        if writable {
-            if pausedForBackpressure {
-                pausedForBackpressure = false
-                // The peer's silence while we were not reading does not count.
-                lastReceived = eventLoop.now
-                connection.resumeReading()
-            }
-            startBlockedSends()
-        }
-        _onWritabilityChanged?(writable)
-    }
-
-    @inline(__always)
-    private func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
-        let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: payload.count)
-        try connection.write(header: header.bits, headerCount: header.count, payload: payload)
-    }
-
-    private func armDeadlineTimer(now: UInt64) {
-        guard let earliest = calls.earliestDeadline else { return }
-        if deadlineTimer == nil { deadlineTimer = eventLoop.makeTimer { [unowned self] in self.expireCalls() } }
-        armedDeadline = earliest
-        deadlineTimer!.start(after: .milliseconds(Int64(earliest > now ? earliest - now : 0)))
-    }
-
-    private func expireCalls() {
-        armedDeadline = .max
-        let now = eventLoop.now
-        while let id = calls.popExpired(now: now), let (call, closeOnError) = calls.remove(id) {
-            let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
-            logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
-            call.completion.fail(on: self, error)
-            if closeOnError { close(reason: .callFailed(error)) }
-            if closing { return }
-        }
-        if !closing { armDeadlineTimer(now: now) }
-    }
-
-    // MARK: Receiving
-
-    private func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
-        lastReceived = eventLoop.now
-        if closing { return bytes.count }
-        // Backpressure: take no new message while answers pile up unsent; the
-        // peer's bytes wait in the kernel (and its sends back up) until the
-        // connection drains below its low-water mark.
-        if !connection.isWritable, parser.isAtPacketBoundary,
-           bytes[0] == PacketType.message.rawValue || bytes[0] == PacketType.messageBig.rawValue {
-            pausedForBackpressure = true
-            connection.pauseReading()
-            return 0
-        }
-        parser.inlinePayloadLimit = connection.readBufferCapacity - Wire.bigHeaderSize
-        do {
-            return try parser.parse(bytes) { packet in self.dispatch(packet) }
-        } catch {
-            logger.error("protocol violation; closing", metadata: [
-                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
-                "rpc.violation": "\(error)",
-            ])
-            close(reason: .protocolViolation(error))
-            return bytes.count
-        }
-    }
-
-    @inline(__always)
-    private func dispatch(_ packet: ParsedPacket) -> Bool {
-        switch packet {
-        case .message(let id, let payload):
-            handleMessage(id: id, payload: payload)
-            // Stop after it if its answer made the connection unwritable.
-            return !closing && connection.isWritable
-        case .response(let id, let payload):
-            if let (call, _) = calls.remove(id) {
-                call.completion.succeed(on: self, payload)
-            } else {
-                logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
-            }
-        case .keepalive:
-            break
-        case .handshake(let info):
-            _peerInfo = info
-            logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
-            sendDeferred()
-        }
-        return !closing
-    }
-
-    private func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
-        if let callbackHandler {
-            // Responders are reused when the handler kept no reference, so the
-            // synchronous answer path allocates nothing per message.
-            var responder = spareResponder.take() ?? RPCResponder(endpoint: self, messageID: id)
-            responder.reuse(for: id)
-            handlingDepth += 1
-            do {
-                // Borrowed, not retained: see `callbackHandler` and `retiredHandlers`.
-                try callbackHandler._withUnsafeGuaranteedRef { try $0.body(payload, responder) }
-            } catch {
-                responder.abandon()
-                logger.error("message handler failed; no response sent", metadata: [
-                    "rpc.id": "\(id)", "rpc.error": "\(error)",
-                ])
-            }
-            if isKnownUniquelyReferenced(&responder) {
-                if !responder.isAnswered && !closing {
-                    logger.error("message handler dropped its responder without answering; no response sent",
-                                 metadata: ["rpc.id": "\(id)"])
-                }
-                responder.abandon()
-                if !closing { spareResponder = consume responder }
-            }
-            handlingDepth -= 1
-            if handlingDepth == 0 && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
-            return
-        }
-        switch handler {
-        case .callback?:
-            break // handled above
-        case .async(let handle)?:
-            runAsyncHandler(handle, id: id, request: Array(payload))
-        case nil:
-            if waitingMessages.count < Self.maximumWaitingMessages {
-                waitingMessages.append((id, Array(payload)))
-            } else {
-                logger.warning("message received but no onMessage handler is set and 1024 are waiting; no response sent",
-                               metadata: ["rpc.id": "\(id)"])
-            }
-        }
-    }
-
-    /// Runs an async handler in a task on the loop; each message gets its own
-    /// task, so a slow answer holds up nothing else.
-    private func runAsyncHandler(_ handle: @escaping @Sendable ([UInt8]) async throws -> [UInt8],
-                                 id: UInt16, request: [UInt8]) {
-        let key = nextHandlerTaskKey
-        nextHandlerTaskKey &+= 1
-        // The task cannot start before this returns (it is queued on this loop),
-        // so it is registered before it can unregister itself. It answers
-        // through respond(to:with:) directly: no RPCResponder object is needed,
-        // as the task's end is the only way the answer can go missing.
-        handlerTasks[key] = Task(executorPreference: loop) {
-            defer { self.handlerTasks[key] = nil }
-            do {
-                let response = try await handle(request)
-                let sent = response.withUnsafeBytes { raw in
-                    Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw) }
-                }
-                if case .failure(let error) = sent {
-                    self.logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
-                }
-            } catch {
-                self.logger.error("message handler failed; no response sent", metadata: [
-                    "rpc.id": "\(id)", "rpc.error": "\(error)",
-                ])
-            }
-        }
-    }
-
-    /// Installs an async handler (on the loop) and hands it any waiting messages.
-    func installAsyncHandler(_ handle: @escaping @Sendable ([UInt8]) async throws -> [UInt8]) {
-        setHandler(.async(handle))
-        deliverWaitingMessages()
-    }
-
-    private func deliverWaitingMessages() {
-        guard handler != nil, !waitingMessages.isEmpty else { return }
-        let waiting = waitingMessages
-        waitingMessages.removeAll()
-        for message in waiting where !closing {
-            message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
-        }
-    }
-
-    private func sendDeferred() {
-        guard !deferredSends.isEmpty else { return }
-        let pending = deferredSends
-        deferredSends.removeAll()
-        for send in pending {
-            send.payload.withUnsafeBytes {
-                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
-            }
-        }
-    }
-
-    /// Writes the answer to message `id` (used by ``RPCResponder``).
-    @inline(__always)
-    func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
-        checkLoop("RPCResponder.respond")
-        guard !closing else { throw .closed(endpoint: label, messageID: id) }
-        if payload.count > Wire.maximumShortPayload, let peer = _peerInfo, !peer.acceptsBigPayloads {
-            throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
-                              peerProtocol: peer.protocolVersion)
-        }
-        do {
-            try writeFrame(isResponse: true, id: id, payload: payload)
-        } catch {
-            throw .closed(endpoint: label, messageID: id)
-        }
-    }
-
-    /// `isClosing` without the thread check, for deinit paths.
-    var isClosingUnchecked: Bool { closing }
-
-    /// Registers a waiter for the end of the endpoint (on the loop).
-    func addCloseWaiter(_ waiter: CheckedContinuation<RPCCloseReason, Never>) {
-        if _isClosed { waiter.resume(returning: _closeReason ?? .local) } else { closeWaiters.append(waiter) }
-    }
-
-    /// Abandons an async call that was cancelled (on the loop): frees its id
-    /// (a late response is then ignored) without closing the endpoint.
-    func cancelCall(_ call: AsyncCall) {
-        guard !call.isFinished else { return }
-        if let id = call.id { _ = calls.remove(id) }
-        deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
-        call.finish(.failure(CancellationError()))
-    }
-
     // MARK: Liveness
 
-    private func checkLiveness() {
+    func checkLiveness() {
         let now = eventLoop.now
         // Nothing arrived for a whole period: give the connection's buffers back.
         if now - lastReceived >= livenessPeriod { connection.releaseIdleBuffers() }
@@ -696,7 +341,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         close(reason: .local)
     }
 
-    private func close(reason: RPCCloseReason) {
+    func close(reason: RPCCloseReason) {
         guard !closing else { return }
         _closeReason = reason
         closing = true
@@ -733,7 +378,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         connection.close()
     }
 
-    private func connectionDidClose(_ error: ConnectionError?) {
+    func connectionDidClose(_ error: ConnectionError?) {
         if !closing {
             let reason: RPCCloseReason
             switch error {
@@ -762,63 +407,6 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         let waiters = closeWaiters
         closeWaiters.removeAll()
         for waiter in waiters { waiter.resume(returning: reason) }
-    }
-}
-
-/// Answers one incoming message, exactly once, now or later (on the loop thread).
-///
-/// Dropping it without answering sends no response, like a failing handler in
-/// the reference; it is logged so that the silent peer timeout can be traced.
-public final class RPCResponder {
-    /// The incoming message's id.
-    // @exclusivity(unchecked): this state is touched only on the loop thread and never
-    // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
-    @exclusivity(unchecked) public private(set) var messageID: UInt16
-    /// The endpoint the message came in on.
-    public let endpoint: RPCEndpoint
-    @exclusivity(unchecked) private var answered = false
-
-    init(endpoint: RPCEndpoint, messageID: UInt16) {
-        self.endpoint = endpoint
-        self.messageID = messageID
-    }
-
-    deinit {
-        if !answered && !endpoint.isClosingUnchecked {
-            endpoint.logger.error("message handler dropped its responder without answering; no response sent",
-                                  metadata: ["rpc.id": "\(messageID)"])
-        }
-    }
-
-    /// True once answered (or abandoned by a failing handler).
-    public var isAnswered: Bool { answered }
-
-    /// Sends `payload` as the response.
-    /// - Throws: ``RPCResponseError`` when already answered, when the
-    ///   endpoint closed, or when the payload is too big for a protocol-1 peer.
-    public func respond(_ payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
-        guard !answered else { throw .alreadyAnswered(endpoint: endpoint.label, messageID: messageID) }
-        answered = true
-        try endpoint.respond(to: messageID, with: payload)
-    }
-
-    /// Sends `payload` as the response; see ``respond(_:)-(UnsafeRawBufferPointer)``.
-    public func respond(_ payload: [UInt8]) throws(RPCResponseError) {
-        guard !answered else { throw .alreadyAnswered(endpoint: endpoint.label, messageID: messageID) }
-        answered = true
-        let result = payload.withUnsafeBytes { raw in
-            Result { () throws(RPCResponseError) in try endpoint.respond(to: messageID, with: raw) }
-        }
-        try result.get()
-    }
-
-    /// Marks the message as failed (no response will be sent).
-    func abandon() { answered = true }
-
-    /// Readies a pooled responder for message `id`.
-    func reuse(for id: UInt16) {
-        messageID = id
-        answered = false
     }
 }
 

@@ -1,0 +1,179 @@
+import Logging
+import UVLoop
+
+/// Outgoing calls: the send variants, queued and blocked sends, deadlines.
+extension RPCEndpoint {
+    /// Sends `payload` as a message and calls `completion` (on the loop)
+    /// with a copy of the response, or the error that ended the call.
+    /// - Parameters:
+    ///   - timeout: defaults to ``Configuration/messageTimeout``.
+    ///   - closeOnError: when the call fails (timeout, transport), close the
+    ///     whole endpoint, as the reference does by default.
+    /// Errors known at once (closed endpoint, payload too big for a protocol-1
+    /// peer, every id in flight) are reported through `completion` before
+    /// this returns.
+    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
+                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
+        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
+    }
+
+    /// Sends `payload`; see ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
+                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
+        payload.withUnsafeBytes {
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
+        }
+    }
+
+    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)``:
+    /// the caller's tag and the response (a view valid only during the call)
+    /// or the error. Loop-bound. Set it once; no closure is created per call,
+    /// so this path allocates nothing per round trip.
+    public var onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)? {
+        get { checkLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
+        set { checkLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
+    }
+
+    func deliverTagged(_ tag: UInt64, _ result: Result<UnsafeRawBufferPointer, RPCError>) {
+        if let handler = _onTaggedResponse {
+            handler(tag, result)
+        } else {
+            logger.warning("a tagged call ended but no onTaggedResponse handler is set", metadata: ["rpc.tag": "\(tag)"])
+        }
+    }
+
+    /// Sends `payload`; the response or error goes to ``onTaggedResponse``
+    /// with `tag` (any value the caller chooses, e.g. an index into its own
+    /// table). The allocation-free way to make calls. Errors known at once
+    /// are delivered before this returns.
+    public func send(_ payload: UnsafeRawBufferPointer, tag: UInt64, timeout: Duration? = nil,
+                     closeOnError: Bool = true) {
+        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag))
+    }
+
+    /// Like ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``,
+    /// but the response is a borrowed view, valid only during `completion`
+    /// (no copy is made).
+    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
+                     borrowingResponse completion: @escaping (Result<UnsafeRawBufferPointer, RPCError>) -> Void) {
+        startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .borrowed(completion))
+    }
+
+    func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
+                           completion: Completion) {
+        checkLoop("RPCEndpoint.send")
+        if completion.isAbandoned { return }
+        if let reason = _closeReason {
+            return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason))
+        }
+        if payload.count > Wire.maximumPayload {
+            return completion.fail(on: self, .payloadTooLarge(endpoint: label, payloadSize: payload.count))
+        }
+        let timeout = timeout ?? configuration.messageTimeout
+        if payload.count > Wire.maximumShortPayload {
+            guard let peer = _peerInfo else {
+                // Whether the peer takes *_BIG packets is known only from its handshake.
+                deferredSends.append(QueuedSend(payload: Array(payload), timeout: timeout,
+                                                  closeOnError: closeOnError, completion: completion))
+                return
+            }
+            if !peer.acceptsBigPayloads {
+                return completion.fail(on: self, .peerTooOld(endpoint: label, payloadSize: payload.count,
+                                                   peerProtocol: peer.protocolVersion))
+            }
+        }
+        if case .async = completion {} else {
+            let pending = connection.pendingWriteBytes
+            let limit = configuration.maximumPendingWriteBytes
+            if pending > 0 && pending + PacketWriter.frameSize(payloadCount: payload.count) > limit {
+                return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
+            }
+        }
+        let now = eventLoop.now
+        let deadline = now &+ timeout.roundedUpMilliseconds
+        guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
+                                    closeOnError: closeOnError) else {
+            return completion.fail(on: self, .tooManyInFlight(endpoint: label))
+        }
+        if case .async(let call) = completion { call.id = id }
+        do {
+            try writeFrame(isResponse: false, id: id, payload: payload)
+        } catch {
+            // The connection is closing under us; the close path reports it.
+            _ = calls.remove(id)
+            return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
+        }
+        if deadline < armedDeadline { armDeadlineTimer(now: now) }
+    }
+
+    /// Starts an async call, or queues it while the connection is not
+    /// writable (or older async sends still wait), so an async sender faster
+    /// than its peer is held back instead of growing the outgoing buffer.
+    func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
+        checkLoop("RPCEndpoint.send")
+        if call.isFinished { return }
+        if !closing && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
+            blockedSends.append(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError,
+                                           completion: .async(call)))
+            return
+        }
+        payload.withUnsafeBytes {
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call))
+        }
+    }
+
+    /// Starts waiting async sends while the connection stays writable.
+    func startBlockedSends() {
+        while blockedSendsHead < blockedSends.count, connection.isWritable, !closing {
+            let send = blockedSends[blockedSendsHead]
+            blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
+            blockedSendsHead += 1
+            send.payload.withUnsafeBytes {
+                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
+            }
+        }
+        if blockedSendsHead == blockedSends.count {
+            blockedSends.removeAll(keepingCapacity: blockedSends.count <= 64)
+            blockedSendsHead = 0
+        }
+    }
+
+    func writabilityChanged(_ writable: Bool) {
+        if writable {
+            if pausedForBackpressure {
+                pausedForBackpressure = false
+                // The peer's silence while we were not reading does not count.
+                lastReceived = eventLoop.now
+                connection.resumeReading()
+            }
+            startBlockedSends()
+        }
+        _onWritabilityChanged?(writable)
+    }
+
+    @inline(__always)
+    func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
+        let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: payload.count)
+        try connection.write(header: header.bits, headerCount: header.count, payload: payload)
+    }
+
+    func armDeadlineTimer(now: UInt64) {
+        guard let earliest = calls.earliestDeadline else { return }
+        if deadlineTimer == nil { deadlineTimer = eventLoop.makeTimer { [unowned self] in self.expireCalls() } }
+        armedDeadline = earliest
+        deadlineTimer!.start(after: .milliseconds(Int64(earliest > now ? earliest - now : 0)))
+    }
+
+    func expireCalls() {
+        armedDeadline = .max
+        let now = eventLoop.now
+        while let id = calls.popExpired(now: now), let (call, closeOnError) = calls.remove(id) {
+            let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
+            logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
+            call.completion.fail(on: self, error)
+            if closeOnError { close(reason: .callFailed(error)) }
+            if closing { return }
+        }
+        if !closing { armDeadlineTimer(now: now) }
+    }
+}
