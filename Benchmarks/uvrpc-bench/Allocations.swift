@@ -15,20 +15,6 @@ func onLoop<T: Sendable>(_ loop: EventLoop, _ body: @escaping @Sendable () -> T)
     return result.withLock { $0! }
 }
 
-/// Runs async `body` from synchronous code (not on a loop) and returns its result.
-func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let result = LockedValue<Result<T, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        let outcome: Result<T, any Error>
-        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
-        result.withLock { $0 = outcome }
-        done.signal()
-    }
-    done.wait()
-    return try result.withLock { $0! }.get()
-}
-
 /// Allocations per round trip in steady state, counted per thread by the
 /// malloc interposer, summed over the server's loop threads and over the
 /// clients' loop threads (each side its own group of loops, in this process).
@@ -49,7 +35,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
         clientGroup.shutdownAndWait()
         serverGroup.shutdownAndWait()
     }
-    let server = try blocking {
+    let server = try runBlocking {
         try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0), onEndpoint: { endpoint in
             switch api {
             case .callback: endpoint.onMessage = { payload, responder in try responder.respond(payload) }
@@ -57,7 +43,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
             }
         })
     }
-    let endpoints = try blocking {
+    let endpoints = try runBlocking {
         var endpoints: [RPCEndpoint] = []
         for loop in clientGroup.loops { endpoints.append(try await RPCClient.connect(to: server.address, on: loop)) }
         return endpoints
@@ -106,7 +92,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
     run(perConnection)
     let serverAfter = allocations(serverGroup), clientAfter = allocations(clientGroup)
     let measured = Double(perConnection * loops)
-    try blocking { await server.shutdown() }
+    try runBlocking { await server.shutdown() }
     return AllocationFigures(server: Double(serverAfter - serverBefore) / measured,
                              client: Double(clientAfter - clientBefore) / measured)
 }

@@ -67,7 +67,7 @@ extension Connection {
         if pendingNow > peakPending { peakPending = pendingNow }
         if !flushScheduled {
             flushScheduled = true
-            loop.pendingFlush.append(self)
+            withLoop { $0.pendingFlush.append(self) }
         }
         if writable && pendingNow > options.writeHighWaterMark {
             writable = false

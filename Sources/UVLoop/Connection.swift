@@ -238,14 +238,14 @@ public final class Connection: HandleOwner {
             }
             // Safe: the shared buffer serves one read at a time (see EventLoop.sharedReadBuffer).
             readTarget = .shared
-            return uv_buf_t(base: loop.sharedReadBuffer.assumingMemoryBound(to: CChar.self),
+            return uv_buf_t(base: withLoop { $0.sharedReadBuffer }.assumingMemoryBound(to: CChar.self),
                             len: EventLoop.sharedReadBufferSize)
         }
         if ring.readableCount <= Self.maximumSharedPrefix {
             // A partial frame is waiting: put a copy in front of a full-size read
             // (the ring would offer only what is left of its 8 KiB).
             let prefix = ring.readableCount
-            let shared = loop.sharedReadBuffer
+            let shared = withLoop { $0.sharedReadBuffer }
             ring.copyBytes(at: 0, count: prefix, into: shared)
             readTarget = .shared
             sharedPrefix = prefix
@@ -272,7 +272,7 @@ public final class Connection: HandleOwner {
                 let prefix = sharedPrefix
                 sharedPrefix = 0
                 if prefix > 0 { ring.consume(prefix) } // now in front of the new bytes
-                processShared(UnsafeRawBufferPointer(start: loop.sharedReadBuffer, count: prefix + nread))
+                processShared(UnsafeRawBufferPointer(start: withLoop { $0.sharedReadBuffer }, count: prefix + nread))
             case .direct:
                 onDirectRead?(nread)
             }
@@ -453,13 +453,17 @@ public final class Connection: HandleOwner {
 // MARK: libuv callbacks
 
 private let connectionAllocCallback: uv_alloc_cb = { handle, _, buf in
-    // Safe: the handle's data is its Connection until its close callback.
-    let connection = unsafeDowncast(HandleOwner.owner(of: handle).takeUnretainedValue(), to: Connection.self)
-    buf!.pointee = connection.readBuffer()
+    // Safe: the handle's data is its Connection until its close callback, so it is
+    // alive (without a retain) for this call.
+    buf!.pointee = HandleOwner.owner(of: handle)._withUnsafeGuaranteedRef {
+        unsafeDowncast($0, to: Connection.self).readBuffer()
+    }
 }
 
 private let connectionReadCallback: uv_read_cb = { stream, nread, _ in
-    // Safe: the handle's data is its Connection until its close callback.
-    let owner = HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream))).takeUnretainedValue()
-    unsafeDowncast(owner, to: Connection.self).didRead(nread)
+    // Safe: the handle's data is its Connection until its close callback; the read
+    // callback never runs after it, and the handle keeps its owner alive until then.
+    HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream)))._withUnsafeGuaranteedRef {
+        unsafeDowncast($0, to: Connection.self).didRead(nread)
+    }
 }

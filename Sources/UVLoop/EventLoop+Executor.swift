@@ -1,3 +1,4 @@
+import Dispatch
 /// The loop as a Swift concurrency executor: actors whose `unownedExecutor`
 /// is the loop, and tasks started with `Task(executorPreference: loop)`, run
 /// their code on the loop thread, with no hop to the global pool.
@@ -59,4 +60,21 @@ extension EventLoop {
             if !execute({ continuation.resume(returning: body()) }) { continuation.resume(returning: nil) }
         }
     }
+}
+
+/// Runs `body` in a task and blocks the calling thread until it ends, for
+/// synchronous programs (a command-line tool's `main`) that use the async
+/// API. Must not be called on an event loop's thread (the task may need it).
+package func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    precondition(EventLoop.current == nil, "runBlocking called on event loop '\(EventLoop.current!.name)' would deadlock it")
+    let result = LockedValue<Result<T, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        result.withLock { $0 = outcome }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
 }

@@ -32,6 +32,15 @@ public class HandleOwner {
         Unmanaged.passUnretained(unownedLoop)._withUnsafeGuaranteedRef { $0.preconditionInEventLoop(api) }
     }
 
+    /// Runs `body` with the loop, without a retain and release of it (per-read
+    /// and per-write paths use this).
+    @inline(__always)
+    final func withLoop<R>(_ body: (EventLoop) -> R) -> R {
+        // Safe: the loop outlives its open handles (see `unownedLoop`), so a
+        // guaranteed reference without retain/release is valid for the call.
+        Unmanaged.passUnretained(unownedLoop)._withUnsafeGuaranteedRef { body($0) }
+    }
+
     /// True once `uv_*_init` succeeded and the handle references its owner.
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.

@@ -61,6 +61,9 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
         /// The reference's defaults.
         public init() {}
+
+        /// This side's handshake as written on the wire.
+        var handshakeBytes: [UInt8] { PeerInfo(keepaliveInterval: keepaliveInterval.seconds).handshakeBytes }
     }
 
     /// How a call's completion wants its response.
@@ -270,8 +273,16 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
     /// once and starts reading (the connection's ``Connection/onRead`` and
     /// ``Connection/onClose`` now belong to the endpoint).
-    public init(connection: Connection, configuration: Configuration = Configuration(),
-                label: String? = nil, logger: Logger? = nil) {
+    public convenience init(connection: Connection, configuration: Configuration = Configuration(),
+                            label: String? = nil, logger: Logger? = nil) {
+        self.init(connection: connection, configuration: configuration, label: label, logger: logger,
+                  handshake: configuration.handshakeBytes)
+    }
+
+    /// As the public init, with the handshake bytes made once by the caller
+    /// (a server makes them once for all its endpoints: formatting them costs
+    /// more than the rest of setting up an endpoint).
+    init(connection: Connection, configuration: Configuration, label: String?, logger: Logger?, handshake: [UInt8]) {
         connection.loop.preconditionInEventLoop("RPCEndpoint.init")
         self.connection = connection
         self.eventLoop = connection.loop
@@ -294,9 +305,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             self.lastReceived = self.loop.now
             self.parser.didFillBigPayload(count) { packet in self.dispatch(packet) }
         }
-        let info = PeerInfo(keepaliveInterval: configuration.keepaliveInterval.seconds)
         do {
-            try connection.write(info.handshakeBytes)
+            try connection.write(handshake)
         } catch {
             close(reason: .connectionFailed(error))
             return

@@ -152,6 +152,8 @@ public final class RPCServer: Sendable {
 private final class ServerCore: Sendable {
     let configuration: RPCEndpoint.Configuration
     let logger: Logger
+    /// The handshake every endpoint writes, made once.
+    private let handshake: [UInt8]
     private let onEndpoint: @Sendable (RPCEndpoint) -> Void
     private let continuation: AsyncStream<RPCEndpoint>.Continuation
 
@@ -169,6 +171,7 @@ private final class ServerCore: Sendable {
                  onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) {
         self.configuration = configuration
         self.logger = logger
+        self.handshake = configuration.handshakeBytes
         self.continuation = continuation
         self.onEndpoint = onEndpoint
     }
@@ -185,7 +188,8 @@ private final class ServerCore: Sendable {
 
     /// Makes the endpoint of a new connection (on the connection's loop).
     func accept(_ connection: Connection) {
-        let endpoint = RPCEndpoint(connection: connection, configuration: configuration, logger: logger)
+        let endpoint = RPCEndpoint(connection: connection, configuration: configuration, label: nil, logger: logger,
+                                   handshake: handshake)
         let key = ObjectIdentifier(endpoint)
         let admitted = state.withLock { state -> Bool in
             guard state.admitting else { return false }

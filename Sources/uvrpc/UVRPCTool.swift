@@ -9,7 +9,7 @@ import Glibc
 #endif
 
 @main
-struct UVRPCTool: AsyncParsableCommand {
+struct UVRPCTool: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "uvrpc",
         abstract: "Serve or call efro.rpc (protocol 2) endpoints over TCP or Unix sockets.",
@@ -83,21 +83,21 @@ func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator
     }
 }
 
-/// Returns when SIGINT or SIGTERM arrives (both are caught from then on).
-func signalReceived() async {
+/// Blocks until SIGINT or SIGTERM arrives (both are caught from then on).
+///
+/// The tool's commands stay synchronous (the async API runs through
+/// `runBlocking`): an async `main` parks the main thread in Dispatch, which
+/// valgrind cannot run, and `uvrpc serve` is what gets profiled under callgrind.
+func waitForSignal() {
+    let arrived = DispatchSemaphore(value: 0)
     let sources = [SIGINT, SIGTERM].map { signum -> DispatchSourceSignal in
         signal(signum, SIG_IGN)
-        return DispatchSource.makeSignalSource(signal: signum, queue: .global())
+        let source = DispatchSource.makeSignalSource(signal: signum, queue: .global())
+        source.setEventHandler { arrived.signal() }
+        source.resume()
+        return source
     }
-    let once = Atomic<Bool>(false)
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        for source in sources {
-            source.setEventHandler {
-                if !once.exchange(true, ordering: .relaxed) { continuation.resume() }
-            }
-            source.resume()
-        }
-    }
+    arrived.wait()
     for source in sources { source.cancel() }
 }
 
@@ -113,7 +113,7 @@ func onSIGUSR1(_ report: @escaping @Sendable () -> Void) -> DispatchSourceSignal
 /// `--loops` and `--spread` parsing.
 extension ConnectionSpread: ExpressibleByArgument {}
 
-struct Serve: AsyncParsableCommand {
+struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run an echo server: every endpoint answers each message with the same bytes.",
         discussion: """
@@ -155,23 +155,28 @@ struct Serve: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    func run() throws {
         // Logs go to stderr: stdout carries only the listening line (and SIGUSR1 reports).
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         let address: SocketAddress = unix.map { .unix(path: $0) } ?? SocketAddress(host: host, port: port)
         let group = try EventLoopGroup(name: "uvrpc-serve", loopCount: loops)
-        var logger = Logger(label: "uvrpc.serve")
-        logger.logLevel = verbose ? .info : .critical
+        let logger = {
+            var logger = Logger(label: "uvrpc.serve")
+            logger.logLevel = verbose ? .info : .critical
+            return logger
+        }()
+        let (spread, configuration, backlog) = (self.spread, endpoint.configuration, self.backlog)
         let server: RPCServer
         do {
-            server = try await RPCServer.bind(on: group, address: address, spread: spread,
-                                              configuration: endpoint.configuration, backlog: backlog, logger: logger,
-                                              onEndpoint: { endpoint in
-                                                  endpoint.onMessage = { payload, responder in try responder.respond(payload) }
-                                              })
+            server = try runBlocking {
+                try await RPCServer.bind(on: group, address: address, spread: spread, configuration: configuration,
+                                         backlog: backlog, logger: logger, onEndpoint: { endpoint in
+                                             endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                                         })
+            }
         } catch {
             printError("uvrpc serve: cannot listen: \(error)")
-            await group.shutdownAndWait()
+            group.shutdownAndWait()
             throw ToolExit.cannotConnect
         }
         // Installed before the listening line, so a SIGUSR1 sent after it never kills the process.
@@ -183,14 +188,14 @@ struct Serve: AsyncParsableCommand {
         }
         print("listening on \(server.address)")
         fflush(nil) // every stream: scripts wait for this line
-        await signalReceived()
+        waitForSignal()
         report.cancel()
-        let status = await group.shutdownAndWait()
+        let status = group.shutdownAndWait()
         if status != 0 { printError("uvrpc serve: an event loop did not close cleanly (uv_loop_close: \(status.map(String.init) ?? "timed out"))") }
     }
 }
 
-struct Call: AsyncParsableCommand {
+struct Call: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send messages of random bytes to an echo server and check every answer.",
         discussion: """
@@ -247,35 +252,40 @@ struct Call: AsyncParsableCommand {
         var echoed = 0
     }
 
-    func run() async throws {
+    func run() throws {
         let address = SocketAddress(parsing: connect)!
         let group = try EventLoopGroup(name: "uvrpc-call", loopCount: loops)
         let summary = LockedValue(Summary())
-        var configuration = RPCClientPool.Configuration()
-        configuration.connectionsPerAddress = connections
-        configuration.endpoint = endpoint.configuration
-        // A lost connection fails the run; it is not made again behind the checks' back.
-        configuration.reconnectDelay = .seconds(3600)
-        configuration.maximumReconnectDelay = .seconds(3600)
-        let pool = await RPCClientPool.connect(to: [address], on: group, configuration: configuration) { endpoint in
-            endpoint.onMessage = { payload, responder in
-                summary.withLock { $0.echoed += 1 }
-                try responder.respond(payload)
-            }
-            endpoint.onClose = { reason in
-                if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
+        let configuration = {
+            var configuration = RPCClientPool.Configuration()
+            configuration.connectionsPerAddress = connections
+            configuration.endpoint = endpoint.configuration
+            // A lost connection fails the run; it is not made again behind the checks' back.
+            configuration.reconnectDelay = .seconds(3600)
+            configuration.maximumReconnectDelay = .seconds(3600)
+            return configuration
+        }()
+        let pool = try runBlocking {
+            await RPCClientPool.connect(to: [address], on: group, configuration: configuration) { endpoint in
+                endpoint.onMessage = { payload, responder in
+                    summary.withLock { $0.echoed += 1 }
+                    try responder.respond(payload)
+                }
+                endpoint.onClose = { reason in
+                    if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
+                }
             }
         }
         guard pool.connectionStates.allSatisfy(\.isOpen) else {
             printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(address)")")
-            await pool.close()
-            await group.shutdownAndWait()
+            try runBlocking { await pool.close() }
+            group.shutdownAndWait()
             throw ToolExit.cannotConnect
         }
-        let seconds = await runCalls(on: pool, loops: group.loops, summary: summary)
-        if hold > 0 { try? await Task.sleep(for: .milliseconds(Int64(hold * 1000))) }
-        await pool.close()
-        await group.shutdownAndWait()
+        let seconds = runCalls(on: pool, loops: group.loops, summary: summary)
+        if hold > 0 { usleep(UInt32(hold * 1_000_000)) } // keepalives flow meanwhile, on the loops
+        try runBlocking { await pool.close() }
+        group.shutdownAndWait()
         let s = summary.withLock { $0 }
         let rate = seconds > 0 ? Double(s.ok) / seconds : 0
         print("calls: \(count), ok: \(s.ok), mismatched: \(s.mismatched), failed: \(s.failed.count), "
@@ -287,13 +297,14 @@ struct Call: AsyncParsableCommand {
 
     /// Keeps `concurrency` calls in flight, lanes spread over the loops (each
     /// lane sends its next call when its last one ended); returns the seconds taken.
-    private func runCalls(on pool: RPCClientPool, loops: [EventLoop], summary: LockedValue<Summary>) async -> Double {
+    private func runCalls(on pool: RPCClientPool, loops: [EventLoop], summary: LockedValue<Summary>) -> Double {
         let (count, size) = (self.count, self.size)
         let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
         let started = Atomic<Int>(0), finished = Atomic<Int>(0)
         let clock = ContinuousClock(), start = clock.now
-        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-            if count == 0 { return done.resume() }
+        let finishedAll = DispatchSemaphore(value: 0)
+        do {
+            if count == 0 { finishedAll.signal() }
             @Sendable func sendNext() {
                 let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
                 guard index < count else { return }
@@ -306,11 +317,12 @@ struct Call: AsyncParsableCommand {
                     case .failure(let error):
                         summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
                     }
-                    if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { done.resume() } else { sendNext() }
+                    if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { finishedAll.signal() } else { sendNext() }
                 }
             }
             for lane in 0..<min(concurrency, count) { loops[lane % loops.count].execute { sendNext() } }
         }
+        finishedAll.wait()
         let elapsed = clock.now - start
         return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
