@@ -65,4 +65,27 @@ final class GettingStartedTests: XCTestCase {
         let status = await loop.shutdownAndWait()
         XCTAssertEqual(status, 0)
     }
+
+    /// The multi-core server and client pool of Docs/GETTING_STARTED.md (port 0).
+    func testTheMultiCoreServerAndClientPoolOfTheDocs() async throws {
+        let serverLoops = try EventLoopGroup(name: "rpc")
+        let server = try await RPCServer.bind(on: serverLoops, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              spread: .roundRobin) { request in
+            request
+        }
+        XCTAssertEqual(server.loops.count, EventLoopGroup.availableCPUCount)
+        let clientLoops = try EventLoopGroup(name: "client", loopCount: 2)
+        var configuration = RPCClientPool.Configuration()
+        configuration.connectionsPerAddress = 2
+        let pool = await RPCClientPool.connect(to: [server.address], on: clientLoops, configuration: configuration)
+        let answer = try await pool.send(Array("hello".utf8), timeout: .seconds(5))
+        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+        XCTAssertEqual(pool.connectionStates.map(\.loop), ["client-0", "client-1"])
+        await pool.close()
+        await server.shutdown()
+        let clientStatus = await clientLoops.shutdownAndWait()
+        let serverStatus = await serverLoops.shutdownAndWait()
+        XCTAssertEqual(clientStatus, 0)
+        XCTAssertEqual(serverStatus, 0)
+    }
 }
