@@ -45,21 +45,17 @@ final class Child {
     }
 
     /// Resident memory of the child, from /proc.
-    func residentBytes() throws -> Int {
-        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else {
-            throw BenchError("cannot read VmRSS of \(description)")
-        }
-        return kib * 1024
-    }
+    func residentBytes() throws -> Int { try statusBytes("VmRSS") }
 
     /// Peak resident memory of the child since ``resetPeakResident()`` (VmHWM), from /proc.
-    func peakResidentBytes() throws -> Int {
+    func peakResidentBytes() throws -> Int { try statusBytes("VmHWM") }
+
+    /// A kB field of /proc/PID/status, in bytes.
+    private func statusBytes(_ field: String) throws -> Int {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") }),
               let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else {
-            throw BenchError("cannot read VmHWM of \(description)")
+            throw BenchError("cannot read \(field) of \(description)")
         }
         return kib * 1024
     }

@@ -73,6 +73,34 @@ private final class Clients: Sendable {
     }
 }
 
+/// A group listening on loopback with `spread`, clients on a loop of their
+/// own, and a log of where connections landed.
+private struct GroupFixture {
+    let group: EventLoopGroup
+    let listener: GroupListener
+    let clients: Clients
+    let log = AcceptLog()
+
+    init(_ name: String, loops: Int = 2, spread: ConnectionSpread,
+         address: SocketAddress = .ipv4(host: "127.0.0.1", port: 0)) async throws {
+        group = try EventLoopGroup(name: name, loopCount: loops)
+        clients = try Clients()
+        let log = self.log
+        listener = try await group.listen(on: address, spread: spread) { log.record($0) }
+    }
+
+    /// Closes the listener (waiting until no connection can arrive), the
+    /// clients, and every loop (asserting `uv_loop_close` returned 0).
+    func finish(file: StaticString = #filePath, line: UInt = #line) async throws {
+        listener.close()
+        await listener.closed()
+        try clients.closeAll()
+        clients.harness.shutdownCleanly(file: file, line: line)
+        let status = await group.shutdownAndWait()
+        XCTAssertEqual(status, 0, file: file, line: line)
+    }
+}
+
 final class EventLoopGroupTests: XCTestCase {
     func testLoopsRunOnNamedThreadsKnowWhereTheyAreAndShutDownCleanly() throws {
         let group = try EventLoopGroup(name: "grp", loopCount: 3)
@@ -112,72 +140,46 @@ final class EventLoopGroupTests: XCTestCase {
     }
 
     func testRoundRobinSpreadsConnectionsEvenlyOverTheLoops() async throws {
-        let group = try EventLoopGroup(name: "rr", loopCount: 2)
-        let clients = try Clients()
-        let log = AcceptLog()
-        let listener = try await group.listen(on: .ipv4(host: "127.0.0.1", port: 0), spread: .roundRobin) { log.record($0) }
-        XCTAssertEqual(listener.spread, .roundRobin)
-        XCTAssertNotEqual(listener.address.port, 0)
-        try clients.connect(64, to: listener.address)
-        try log.wait(for: 64)
-        XCTAssertEqual(log.perLoop, ["rr-0": 32, "rr-1": 32], "round robin hands out connections in turn")
-        listener.close()
-        await listener.closed()
-        try clients.closeAll()
-        clients.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
-        XCTAssertEqual(status, 0)
+        let fixture = try await GroupFixture("rr", spread: .roundRobin)
+        XCTAssertEqual(fixture.listener.spread, .roundRobin)
+        XCTAssertNotEqual(fixture.listener.address.port, 0)
+        try fixture.clients.connect(64, to: fixture.listener.address)
+        try fixture.log.wait(for: 64)
+        XCTAssertEqual(fixture.log.perLoop, ["rr-0": 32, "rr-1": 32], "round robin hands out connections in turn")
+        try await fixture.finish()
     }
 
     func testReusePortGivesEachLoopItsOwnSocketOnOnePort() async throws {
-        let group = try EventLoopGroup(name: "rp", loopCount: 2)
-        let clients = try Clients()
-        let log = AcceptLog()
-        let listener = try await group.listen(on: .ipv4(host: "127.0.0.1", port: 0), spread: .reusePort) { log.record($0) }
-        XCTAssertEqual(listener.spread, .reusePort)
-        try clients.connect(64, to: listener.address)
-        try log.wait(for: 64)
-        let perLoop = log.perLoop
+        let fixture = try await GroupFixture("rp", spread: .reusePort)
+        XCTAssertEqual(fixture.listener.spread, .reusePort)
+        try fixture.clients.connect(64, to: fixture.listener.address)
+        try fixture.log.wait(for: 64)
+        let perLoop = fixture.log.perLoop
         XCTAssertEqual(perLoop.values.reduce(0, +), 64)
         // The kernel hashes source ports over the two sockets: all 64 on one would be a 1 in 2^63 chance.
         XCTAssertEqual(Set(perLoop.keys), ["rp-0", "rp-1"], "connections landed on every loop: \(perLoop)")
-        listener.close()
-        await listener.closed()
-        try clients.closeAll()
-        clients.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
-        XCTAssertEqual(status, 0)
+        try await fixture.finish()
     }
 
     func testAUnixSocketServerSpreadsRoundRobinAndRefusesReusePortClearly() async throws {
-        let group = try EventLoopGroup(name: "ux", loopCount: 2)
         let path = "/tmp/uvloop-group-\(getpid()).sock"
+        let fixture = try await GroupFixture("ux", spread: .roundRobin, address: .unix(path: path))
         do {
-            _ = try await group.listen(on: .unix(path: path), spread: .reusePort) { _ in }
+            _ = try await fixture.group.listen(on: .unix(path: path + "-2"), spread: .reusePort) { _ in }
             XCTFail("reuse-port on a Unix socket must fail")
         } catch {
             XCTAssertTrue("\(error)".contains("round robin"), "\(error)")
         }
-        let clients = try Clients()
-        let log = AcceptLog()
-        let listener = try await group.listen(on: .unix(path: path), spread: .roundRobin) { log.record($0) }
-        try clients.connect(8, to: listener.address)
-        try log.wait(for: 8)
-        XCTAssertEqual(log.perLoop, ["ux-0": 4, "ux-1": 4])
-        listener.close()
-        await listener.closed()
+        try fixture.clients.connect(8, to: fixture.listener.address)
+        try fixture.log.wait(for: 8)
+        XCTAssertEqual(fixture.log.perLoop, ["ux-0": 4, "ux-1": 4])
+        try await fixture.finish()
         XCTAssertFalse(FileManager.default.fileExists(atPath: path), "closing removes the socket path")
-        try clients.closeAll()
-        clients.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
-        XCTAssertEqual(status, 0)
     }
 
     func testADescriptorHandedToAClosedLoopIsClosedNotLeaked() async throws {
-        let group = try EventLoopGroup(name: "gone", loopCount: 2)
-        let clients = try Clients()
-        let log = AcceptLog()
-        let listener = try await group.listen(on: .ipv4(host: "127.0.0.1", port: 0), spread: .roundRobin) { log.record($0) }
+        let fixture = try await GroupFixture("gone", spread: .roundRobin)
+        let (group, clients, log, listener) = (fixture.group, fixture.clients, fixture.log, fixture.listener)
         XCTAssertEqual(group.loops[1].shutdownAndWait(timeout: .seconds(20)), 0)
         let before = ProcessFigures.openSockets()
         try clients.connect(10, to: listener.address)
@@ -187,18 +189,12 @@ final class EventLoopGroupTests: XCTestCase {
         XCTAssertEqual(log.perLoop, ["gone-0": 5])
         try clients.closeAll()
         try waitUntil("every socket to be released") { ProcessFigures.openSockets() == before }
-        listener.close()
-        await listener.closed() // the closed loop's part counts as done
-        clients.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
-        XCTAssertEqual(status, 0)
+        try await fixture.finish() // the closed loop's part of the listener counts as closed
     }
 
     func testADescriptorHandedToALoopInTheMiddleOfItsShutdownIsClosed() async throws {
-        let group = try EventLoopGroup(name: "mid", loopCount: 2)
-        let clients = try Clients()
-        let log = AcceptLog()
-        let listener = try await group.listen(on: .ipv4(host: "127.0.0.1", port: 0), spread: .roundRobin) { log.record($0) }
+        let fixture = try await GroupFixture("mid", spread: .roundRobin)
+        let (group, clients, log, listener) = (fixture.group, fixture.clients, fixture.log, fixture.listener)
         let before = ProcessFigures.openSockets()
         try clients.connect(1, to: listener.address) // A: loop 0
         try log.wait(for: 1)
@@ -219,10 +215,6 @@ final class EventLoopGroupTests: XCTestCase {
         XCTAssertEqual(log.perLoop, ["mid-0": 2], "B never became a connection of loop 1")
         try clients.closeAll()
         try waitUntil("every socket to be released") { ProcessFigures.openSockets() == before }
-        listener.close()
-        await listener.closed()
-        clients.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
-        XCTAssertEqual(status, 0)
+        try await fixture.finish()
     }
 }
