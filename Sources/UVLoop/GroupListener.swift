@@ -31,7 +31,7 @@ public final class GroupListener: Sendable {
     /// The loops connections are made on.
     public let loops: [EventLoop]
     private let parts: [Part]
-    private let closing: ClosingCount
+    private let closing: Countdown
 
     /// One loop's share of the listening: a libuv listener, or the acceptor.
     private enum Part: Sendable {
@@ -55,7 +55,7 @@ public final class GroupListener: Sendable {
     }
 
     private init(address: SocketAddress, spread: ConnectionSpread, loops: [EventLoop], parts: [Part],
-                 closing: ClosingCount) {
+                 closing: Countdown) {
         (self.address, self.spread, self.loops, self.parts, self.closing) = (address, spread, loops, parts, closing)
     }
 
@@ -72,9 +72,7 @@ public final class GroupListener: Sendable {
     /// socket is closed and every connection accepted before was handed to
     /// its loop (or closed, when that loop was shut down).
     public func closed() async {
-        await withCheckedContinuation { continuation in
-            closing.whenDone { continuation.resume() }
-        }
+        await closing.wait()
     }
 
     /// Calls `body` (on some thread) once no connection can arrive any more;
@@ -89,10 +87,10 @@ public final class GroupListener: Sendable {
     package static func listen(onCurrentLoop loop: EventLoop, address: SocketAddress, backlog: Int32,
                                options: ConnectionOptions, onAcceptError: @escaping @Sendable (UVError) -> Void,
                                onAccept: @escaping @Sendable (Connection) -> Void) throws(UVError) -> GroupListener {
-        let closing = ClosingCount(parts: 1)
+        let closing = Countdown(1)
         let listener = try Listener(loop: loop, address: address, backlog: backlog, options: options, onAccept: onAccept)
         listener.onAcceptError = onAcceptError
-        listener.onClose = { closing.partDone() }
+        listener.onClose = { closing.countDown() }
         return GroupListener(address: listener.address, spread: .roundRobin, loops: [loop],
                              parts: [.listener(LoopBound(listener, loop: loop))], closing: closing)
     }
@@ -131,7 +129,7 @@ public final class GroupListener: Sendable {
             throw UVError(code: UV_EINVAL.rawValue, operation: "listen with SO_REUSEPORT",
                           target: "\(address) (Unix socket servers spread connections round robin only)")
         }
-        let closing = ClosingCount(parts: loops.count)
+        let closing = Countdown(loops.count)
         var parts: [Part] = []
         var bound = address
         for loop in loops {
@@ -141,7 +139,7 @@ public final class GroupListener: Sendable {
                     let listener = try Listener(loop: loop, address: target, backlog: backlog, options: options,
                                                 reusePort: true, onAccept: onAccept)
                     listener.onAcceptError = onAcceptError
-                    listener.onClose = { closing.partDone() }
+                    listener.onClose = { closing.countDown() }
                     return LoopBound(listener, loop: loop)
                 }
             }
@@ -162,7 +160,7 @@ public final class GroupListener: Sendable {
                                          options: ConnectionOptions,
                                          onAcceptError: @escaping @Sendable (UVError) -> Void,
                                          onAccept: @escaping @Sendable (Connection) -> Void) async throws(UVError) -> GroupListener {
-        let closing = ClosingCount(parts: loops.count)
+        let closing = Countdown(loops.count)
         let acceptorLoop = loops[0]
         let made = await acceptorLoop.submit { () -> Result<LoopBound<RoundRobinAcceptor>, UVError> in
             Result { () throws(UVError) in
@@ -194,7 +192,7 @@ public final class GroupListener: Sendable {
                     // Each loop's marker runs after every descriptor handed to it before
                     // (one queue, in order): then no connection can arrive there any more.
                     for loop in loops {
-                        if loop === acceptorLoop || !loop.execute({ closing.partDone() }) { closing.partDone() }
+                        if loop === acceptorLoop || !loop.execute({ closing.countDown() }) { closing.countDown() }
                     }
                 }
                 return LoopBound(acceptor, loop: acceptorLoop)
@@ -204,36 +202,6 @@ public final class GroupListener: Sendable {
         let bound = await acceptorLoop.submit { acceptor.value.address } ?? address
         return GroupListener(address: bound, spread: .roundRobin, loops: loops, parts: [.acceptor(acceptor)],
                              closing: closing)
-    }
-}
-
-/// Counts a group listener's parts down to closed, then runs its waiters.
-private final class ClosingCount: Sendable {
-    private struct State {
-        var remaining: Int
-        var waiters: [@Sendable () -> Void] = []
-    }
-    private let state: LockedValue<State>
-
-    init(parts: Int) { state = LockedValue(State(remaining: parts)) }
-
-    func partDone() {
-        let waiters = state.withLock { state -> [@Sendable () -> Void] in
-            state.remaining -= 1
-            guard state.remaining == 0 else { return [] }
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        for waiter in waiters { waiter() }
-    }
-
-    func whenDone(_ body: @escaping @Sendable () -> Void) {
-        let now = state.withLock { state -> Bool in
-            if state.remaining <= 0 { return true }
-            state.waiters.append(body)
-            return false
-        }
-        if now { body() }
     }
 }
 

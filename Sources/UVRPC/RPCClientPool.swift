@@ -81,20 +81,22 @@ public final class RPCClientPool: Sendable {
                      "RPCClientPool: connectionsPerAddress must be at least 1, not \(configuration.connectionsPerAddress)")
         let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
         let lastError = LockedValue<String?>(nil)
+        let firstAttempts = Countdown(addresses.count * configuration.connectionsPerAddress)
         var connections: [PooledConnection] = []
         for address in addresses {
             for _ in 0..<configuration.connectionsPerAddress {
                 let loop = group.loops[connections.count % group.loops.count]
                 connections.append(PooledConnection(address: address, loop: loop, configuration: configuration,
-                                                    logger: logger, onEndpoint: onEndpoint) { error in
+                                                    logger: logger, onEndpoint: onEndpoint,
+                                                    firstAttempts: firstAttempts) { error in
                     lastError.withLock { $0 = error }
                 })
             }
         }
         for connection in connections {
-            if !connection.loop.execute({ connection.start() }) { connection.firstAttemptEnded() }
+            if !connection.loop.execute({ connection.start() }) { firstAttempts.countDown() }
         }
-        for connection in connections { await connection.firstAttempt() }
+        await firstAttempts.wait()
         return RPCClientPool(addresses: addresses, configuration: configuration, connections: connections,
                              lastError: lastError)
     }
@@ -188,8 +190,8 @@ public final class RPCClientPool: Sendable {
 
 /// One connection of a pool: made on its loop, made again when it closes.
 private final class PooledConnection: @unchecked Sendable { // loop-only fields below; the rest atomic or locked
-    // Sendable invariant: `attempts`, `retryTimer` and `stopped` are touched only on
-    // `loop`'s thread; `endpoint` and `firstAttemptWaiters` only under their locks;
+    // Sendable invariant: `attempts`, `retryTimer`, `stopped` and `triedOnce` are touched
+    // only on `loop`'s thread; `endpoint` only under its lock;
     // `isOpen` and `inFlight` are atomics; the other stored properties are immutable.
     let address: SocketAddress
     let loop: EventLoop
@@ -200,13 +202,17 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     private let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?
     private let report: @Sendable (String) -> Void
     private let endpoint = LockedValue<RPCEndpoint?>(nil)
-    private let firstAttemptWaiters = LockedValue<(ended: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    /// Counted down once, when the first connect attempt ended.
+    private let firstAttempts: Countdown
+    private var triedOnce = false
     private var attempts = 0
     private var retryTimer: LoopTimer?
     private var stopped = false
 
     init(address: SocketAddress, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
-         onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, report: @escaping @Sendable (String) -> Void) {
+         onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, firstAttempts: Countdown,
+         report: @escaping @Sendable (String) -> Void) {
+        self.firstAttempts = firstAttempts
         self.address = address
         self.loop = loop
         self.configuration = configuration
@@ -221,7 +227,9 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     private func connect() {
         RPCClient.connect(to: address, on: loop, timeout: configuration.connectTimeout,
                           configuration: configuration.endpoint, logger: logger) { [self] result in
-            defer { firstAttemptEnded() }
+            defer {
+                if !triedOnce { triedOnce = true; firstAttempts.countDown() }
+            }
             switch result {
             case .success(let endpoint):
                 if stopped { return endpoint.close() }
@@ -276,24 +284,4 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     }
 
     func callEnded() { inFlight.subtract(1, ordering: .relaxed) }
-
-    func firstAttempt() async {
-        await withCheckedContinuation { continuation in
-            let ended = firstAttemptWaiters.withLock { state -> Bool in
-                if !state.ended { state.waiters.append(continuation) }
-                return state.ended
-            }
-            if ended { continuation.resume() }
-        }
-    }
-
-    func firstAttemptEnded() {
-        let waiters = firstAttemptWaiters.withLock { state -> [CheckedContinuation<Void, Never>] in
-            guard !state.ended else { return [] }
-            state.ended = true
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
 }
