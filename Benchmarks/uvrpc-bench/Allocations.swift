@@ -38,8 +38,8 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
     let server = try runBlocking {
         try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0), onEndpoint: { endpoint in
             switch api {
-            case .callback: endpoint.onMessage = { payload, responder in try responder.respond(payload) }
-            case .async: endpoint.onMessage { $0 }
+            case .callback: endpoint.onMessage = { request in try request.respond(request.payload) }
+            case .async: endpoint.onMessage { request in request.payload }
             }
         })
     }

@@ -250,7 +250,7 @@ struct Bench: ParsableCommand {
         loop.execute {
             do {
                 let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: port), backlog: 4096) { endpoint in
-                    endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                    endpoint.onMessage = { request in try request.respond(request.payload) }
                 }
                 print("listening on \(server.address)")
                 fflush(nil)

@@ -255,7 +255,7 @@ final class SoakRun: @unchecked Sendable { // mutable state is touched on `loop`
                 count { $0.errors += 1; $0.problems.append("good client connect: \(error)") }
             case .success(let endpoint):
                 good.append(endpoint)
-                endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                endpoint.onMessage = { request in try request.respond(request.payload) }
                 endpoint.onClose = { [self] reason in
                     good.removeAll { $0 === endpoint }
                     if !stopping { count { $0.errors += 1; $0.problems.append("good client closed: \(reason)") } }

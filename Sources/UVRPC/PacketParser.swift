@@ -1,21 +1,23 @@
-/// One unit read from an efro.rpc stream. Payloads are borrowed views,
-/// valid only during the callback that receives them.
-public enum ParsedPacket {
+/// Receives what ``PacketParser`` finds, frame by frame, as direct calls:
+/// no enum and no closure per frame (the parser is specialised for each sink).
+/// Payloads are borrowed views, valid only during the call. Each method
+/// returns whether parsing should go on.
+package protocol PacketSink: AnyObject {
     /// The peer's handshake (always first, exactly once).
-    case handshake(PeerInfo)
+    func receivedHandshake(_ info: PeerInfo) -> Bool
     /// A KEEPALIVE packet.
-    case keepalive
+    func receivedKeepalive() -> Bool
     /// A MESSAGE or MESSAGE_BIG packet.
-    case message(id: UInt16, payload: UnsafeRawBufferPointer)
+    func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool
     /// A RESPONSE or RESPONSE_BIG packet.
-    case response(id: UInt16, payload: UnsafeRawBufferPointer)
+    func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool
 }
 
 /// The incremental efro.rpc stream parser: a state machine over bytes.
 ///
 /// Contract (the same as SwiftNIO's `ByteToMessageDecoder`): ``parse(_:_:)``
-/// is given the unconsumed bytes of the stream, delivers every complete unit
-/// it finds, and returns how many bytes it consumed. The caller keeps the
+/// is given the unconsumed bytes of the stream, hands every complete unit
+/// it finds to a ``PacketSink``, and returns how many bytes it consumed. The caller keeps the
 /// rest and offers it again, followed by newer bytes, on the next read. So the
 /// stream may be cut at any byte boundary.
 ///
@@ -24,7 +26,7 @@ public enum ParsedPacket {
 /// gets one exact-size buffer, filled as bytes arrive, delivered once
 /// complete and then freed. A declared length over ``maximumPayloadSize`` is
 /// a protocol violation thrown before anything is allocated.
-public struct PacketParser: ~Copyable {
+package struct PacketParser: ~Copyable {
     private enum State {
         case handshakeLength
         case handshakeBody(length: Int)
@@ -38,19 +40,19 @@ public struct PacketParser: ~Copyable {
     /// Invariant: owned by this parser; freed after delivery or in deinit.
     private var bigBuffer: UnsafeMutableRawBufferPointer?
     /// Bytes consumed since the start of the stream (for error messages).
-    public private(set) var streamOffset: UInt64 = 0
+    package private(set) var streamOffset: UInt64 = 0
 
     /// Largest payload accepted; a larger declared length is a protocol violation.
-    public var maximumPayloadSize: Int
+    package var maximumPayloadSize: Int
     /// Largest handshake JSON accepted.
-    public var maximumHandshakeSize: Int
+    package var maximumHandshakeSize: Int
     /// Payloads up to this size are awaited in the caller's buffer and
     /// delivered in place; larger ones go through an exact-size buffer. Set
     /// it to what the caller's buffer can hold contiguously, minus a header.
-    public var inlinePayloadLimit: Int
+    package var inlinePayloadLimit: Int
 
     /// True once the peer's handshake was parsed.
-    public var hasHandshake: Bool {
+    package var hasHandshake: Bool {
         if case .handshakeLength = state { return false }
         if case .handshakeBody = state { return false }
         return true
@@ -58,7 +60,7 @@ public struct PacketParser: ~Copyable {
 
     /// True when the next byte starts a packet (after the handshake, not
     /// inside a big payload): the caller may look at it to decide whether to go on.
-    public var isAtPacketBoundary: Bool {
+    package var isAtPacketBoundary: Bool {
         if case .packets = state { return true }
         return false
     }
@@ -66,7 +68,7 @@ public struct PacketParser: ~Copyable {
     /// While a big payload is being received, the part of its buffer still to
     /// be filled: a caller may read the next bytes of the stream straight
     /// into it (no copy) and then call ``didFillBigPayload(_:_:)``. Else nil.
-    public var bigPayloadRemainder: UnsafeMutableRawBufferPointer? {
+    package var bigPayloadRemainder: UnsafeMutableRawBufferPointer? {
         guard case .bigPayload(_, _, let filled) = state, let buffer = bigBuffer else { return nil }
         // Safe: the buffer lives until the payload is delivered or discarded, which
         // only didFillBigPayload / discardPartialPacket / deinit do.
@@ -75,7 +77,7 @@ public struct PacketParser: ~Copyable {
 
     /// Records `count` stream bytes written into ``bigPayloadRemainder``;
     /// delivers the packet when its payload is complete.
-    public mutating func didFillBigPayload(_ count: Int, _ deliver: (ParsedPacket) -> Bool) {
+    package mutating func didFillBigPayload(_ count: Int, into sink: some PacketSink) {
         guard case .bigPayload(let isMessage, let id, let filled) = state, let buffer = bigBuffer else {
             preconditionFailure("PacketParser.didFillBigPayload without a big payload being received")
         }
@@ -90,11 +92,11 @@ public struct PacketParser: ~Copyable {
         bigBuffer = nil
         defer { buffer.deallocate() }
         let payload = UnsafeRawBufferPointer(buffer)
-        _ = deliver(isMessage ? .message(id: id, payload: payload) : .response(id: id, payload: payload))
+        _ = isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
     }
 
     /// Creates a parser at the start of a stream.
-    public init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
+    package init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
                 inlinePayloadLimit: Int = 65536) {
         self.maximumPayloadSize = maximumPayloadSize
         self.maximumHandshakeSize = maximumHandshakeSize
@@ -107,19 +109,19 @@ public struct PacketParser: ~Copyable {
 
     /// Drops a big payload being received (frees its buffer); for a stream
     /// that ended. Parsing must not continue afterwards.
-    public mutating func discardPartialPacket() {
+    package mutating func discardPartialPacket() {
         bigBuffer?.deallocate()
         bigBuffer = nil
         if case .bigPayload = state { state = .packets }
     }
 
-    /// Parses as many complete units of `input` as possible, calling `deliver`
-    /// for each; stops early when `deliver` returns false.
+    /// Parses as many complete units of `input` as possible, handing each to
+    /// `sink`; stops early when the sink returns false.
     /// - Returns: the number of bytes consumed from the front of `input`.
     /// - Throws: ``ProtocolViolation`` on the first invalid byte; the stream
     ///   cannot continue after that.
-    public mutating func parse(_ input: UnsafeRawBufferPointer,
-                               _ deliver: (ParsedPacket) -> Bool) throws(ProtocolViolation) -> Int {
+    package mutating func parse(_ input: UnsafeRawBufferPointer,
+                                into sink: some PacketSink) throws(ProtocolViolation) -> Int {
         var offset = 0
         defer { streamOffset += UInt64(offset) }
         let count = input.count
@@ -131,7 +133,7 @@ public struct PacketParser: ~Copyable {
                 switch type {
                 case 1:
                     offset += 1
-                    if !deliver(.keepalive) { return offset }
+                    if !sink.receivedKeepalive() { return offset }
                 case 2, 3, 4, 5:
                     let big = type >= 4
                     let header = big ? Wire.bigHeaderSize : Wire.shortHeaderSize
@@ -154,9 +156,9 @@ public struct PacketParser: ~Copyable {
                     if available >= header + length {
                         let payload = UnsafeRawBufferPointer(rebasing: input[(offset + header)..<(offset + header + length)])
                         offset += header + length
-                        let packet: ParsedPacket = isMessage ? .message(id: id, payload: payload)
-                                                             : .response(id: id, payload: payload)
-                        if !deliver(packet) { return offset }
+                        let goOn = isMessage ? sink.receivedMessage(id: id, payload: payload)
+                                             : sink.receivedResponse(id: id, payload: payload)
+                        if !goOn { return offset }
                     } else if length > inlinePayloadLimit {
                         // Too big to wait for in the caller's buffer: stream it into its own.
                         bigBuffer = .allocate(byteCount: length, alignment: 16)
@@ -191,9 +193,9 @@ public struct PacketParser: ~Copyable {
                 bigBuffer = nil
                 defer { buffer.deallocate() }
                 let payload = UnsafeRawBufferPointer(buffer)
-                if !deliver(isMessage ? .message(id: id, payload: payload) : .response(id: id, payload: payload)) {
-                    return offset
-                }
+                let goOn = isMessage ? sink.receivedMessage(id: id, payload: payload)
+                                     : sink.receivedResponse(id: id, payload: payload)
+                if !goOn { return offset }
 
             case .handshakeLength:
                 guard available >= 4 else { return offset }
@@ -210,7 +212,7 @@ public struct PacketParser: ~Copyable {
                 let info = try PeerInfo(json: UnsafeRawBufferPointer(rebasing: input[offset..<(offset + length)]))
                 offset += length
                 state = .packets
-                if !deliver(.handshake(info)) { return offset }
+                if !sink.receivedHandshake(info) { return offset }
             }
         }
         return offset

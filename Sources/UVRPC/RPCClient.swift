@@ -23,7 +23,7 @@ public enum RPCClient {
     public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
-                               handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil)
+                               handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
         async throws(ConnectError) -> RPCEndpoint {
         let result: Result<RPCEndpoint, ConnectError> = await withCheckedContinuation { continuation in
             let start: @Sendable () -> Void = {
@@ -46,7 +46,7 @@ public enum RPCClient {
     public static func connect(to address: SocketAddress, on group: EventLoopGroup, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
-                               handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil)
+                               handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
         async throws(ConnectError) -> RPCEndpoint {
         try await connect(to: address, on: group.next(), timeout: timeout, configuration: configuration,
                           logger: logger, handler: handler)

@@ -85,12 +85,13 @@ extension RPCEndpoint {
         }
     }
 
-    /// Handles every incoming message with `handler`, each in its own task on
-    /// the loop (so they run concurrently and resume on the loop thread). The
-    /// handler's return value is the response; throwing sends no response and
-    /// is logged. Callable from any thread; messages that arrived before it was
-    /// set are handed to it.
-    public func onMessage(_ handler: @escaping @Sendable ([UInt8]) async throws -> [UInt8]) {
+    /// Handles every incoming message with `handler`, given an
+    /// ``RPCAsyncRequest``; its return value is the answer, and throwing
+    /// sends no response and is logged. Handlers run in worker tasks on the
+    /// endpoint's loop, concurrently: one that awaits holds up no other.
+    /// Callable from any thread; messages that arrived before it was set are
+    /// handed to it. Replaces a callback ``onMessage`` handler.
+    public func onMessage(_ handler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) {
         if loop.inEventLoop {
             installAsyncHandler(handler)
         } else {

@@ -3,6 +3,55 @@ import UVLoop
 
 /// Outgoing calls: the send variants, queued and blocked sends, deadlines.
 extension RPCEndpoint {
+    /// How a call's completion wants its response.
+    enum Completion {
+        case copied((Result<[UInt8], RPCError>) -> Void)
+        case borrowed((Result<UnsafeRawBufferPointer, RPCError>) -> Void)
+        case async(AsyncCall)
+        /// Goes to the endpoint's ``RPCEndpoint/onTaggedResponse`` with this tag.
+        case tagged(UInt64)
+
+        func fail(on endpoint: RPCEndpoint, _ error: RPCError) {
+            switch self {
+            case .copied(let c): c(.failure(error))
+            case .borrowed(let c): c(.failure(error))
+            case .async(let call): call.finish(.failure(error))
+            case .tagged(let tag): endpoint.deliverTagged(tag, .failure(error))
+            }
+        }
+
+        func succeed(on endpoint: RPCEndpoint, _ payload: UnsafeRawBufferPointer) {
+            switch self {
+            case .copied(let c): c(.success(Array(payload)))
+            case .borrowed(let c): c(.success(payload))
+            case .async(let call): if !call.isFinished { call.finish(.success(Array(payload))) } // no copy for a cancelled call
+            case .tagged(let tag): endpoint.deliverTagged(tag, .success(payload))
+            }
+        }
+
+        /// An async call that was cancelled before it could start.
+        var isAbandoned: Bool {
+            if case .async(let call) = self { return call.isFinished }
+            return false
+        }
+    }
+
+    /// What the call table keeps per outgoing call.
+    struct PendingCall {
+        var completion: Completion
+        var timeout: Duration
+    }
+
+    /// A send that waits before it is written: a big one for the peer's
+    /// handshake (to learn whether it takes *_BIG packets), or an async one
+    /// for the connection to become writable.
+    struct QueuedSend {
+        var payload: [UInt8]
+        var timeout: Duration?
+        var closeOnError: Bool
+        var completion: Completion
+    }
+
     /// Sends `payload` as a message and calls `completion` (on the loop)
     /// with a copy of the response, or the error that ended the call.
     /// - Parameters:

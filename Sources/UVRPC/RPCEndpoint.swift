@@ -10,10 +10,11 @@ import UVLoop
 /// Loop-bound: create and use it on its connection's loop thread.
 ///
 /// Semantics follow the reference `efro.rpc` (see Docs/PROTOCOL.md):
-/// - Incoming messages go to ``onMessage`` with an ``RPCResponder`` that
-///   answers now or later, exactly once. Handlers do not block each other.
-///   A handler that throws, or drops its responder unanswered, sends no
-///   response (the peer's call then times out), and it is logged.
+/// - Incoming messages go to ``onMessage`` as an ``RPCRequest`` (or to an
+///   async handler as an ``RPCAsyncRequest``), answered now or later,
+///   exactly once. Handlers do not block each other. A handler that throws,
+///   or leaves its request unanswered, sends no response (the peer's call
+///   then times out), and it is logged.
 /// - ``send(_:timeout:closeOnError:completion:)`` registers the call under
 ///   the next free 16-bit id (starting at 65530, wrapping) and completes with
 ///   the response or an ``RPCError``. With `closeOnError` (the default, as in
@@ -34,100 +35,6 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     // Sendable invariant: every mutable field is read and written only on
     // `loop`'s thread; public accessors check it, and the async API reaches
     // the loop through `EventLoop.execute` before touching anything.
-    /// Settings of an endpoint; the defaults are the reference's.
-    public struct Configuration: Sendable {
-        /// How often a KEEPALIVE is sent, and the `k` announced. Default 10.73 s.
-        public var keepaliveInterval: Duration = .milliseconds(10_730)
-        /// Close when nothing arrived from the peer for this long. Default 30 s.
-        public var keepaliveTimeout: Duration = .seconds(30)
-        /// Close when the peer's handshake has not arrived within this. Default 30 s.
-        public var handshakeTimeout: Duration = .seconds(30)
-        /// Default timeout of an outgoing call, including the peer's handling. Default 60 s.
-        public var messageTimeout: Duration = .seconds(60)
-        /// Largest incoming payload; a larger declared length closes the
-        /// connection before anything is allocated. Default 64 MiB.
-        public var maximumPayloadSize = 64 << 20
-        /// Send keepalives (turn off only to test the peer's keepalive timeout).
-        public var sendsKeepalives = true
-        /// Options for connections made by ``RPCServer`` and ``RPCClient``
-        /// (buffer sizes, write water marks, the write timeout).
-        public var connectionOptions = ConnectionOptions()
-        /// Most unsent bytes the callback `send` variants may pile up: a
-        /// call that would take the connection's pending bytes over this
-        /// fails at once with ``RPCError/sendBufferFull(endpoint:pendingBytes:limit:)``
-        /// (a single call on an empty buffer always goes). Async sends wait
-        /// for ``RPCEndpoint/isWritable`` instead. Default 64 MiB.
-        public var maximumPendingWriteBytes = 64 << 20
-
-        /// The reference's defaults.
-        public init() {}
-
-        /// This side's handshake as written on the wire.
-        var handshakeBytes: [UInt8] { PeerInfo(keepaliveInterval: keepaliveInterval.seconds).handshakeBytes }
-    }
-
-    /// How a call's completion wants its response.
-    enum Completion {
-        case copied((Result<[UInt8], RPCError>) -> Void)
-        case borrowed((Result<UnsafeRawBufferPointer, RPCError>) -> Void)
-        case async(AsyncCall)
-        /// Goes to the endpoint's ``RPCEndpoint/onTaggedResponse`` with this tag.
-        case tagged(UInt64)
-
-        func fail(on endpoint: RPCEndpoint, _ error: RPCError) {
-            switch self {
-            case .copied(let c): c(.failure(error))
-            case .borrowed(let c): c(.failure(error))
-            case .async(let call): call.finish(.failure(error))
-            case .tagged(let tag): endpoint.deliverTagged(tag, .failure(error))
-            }
-        }
-
-        func succeed(on endpoint: RPCEndpoint, _ payload: UnsafeRawBufferPointer) {
-            switch self {
-            case .copied(let c): c(.success(Array(payload)))
-            case .borrowed(let c): c(.success(payload))
-            case .async(let call): if !call.isFinished { call.finish(.success(Array(payload))) } // no copy for a cancelled call
-            case .tagged(let tag): endpoint.deliverTagged(tag, .success(payload))
-            }
-        }
-
-        /// An async call that was cancelled before it could start.
-        var isAbandoned: Bool {
-            if case .async(let call) = self { return call.isFinished }
-            return false
-        }
-    }
-
-    /// What handles incoming messages.
-    enum MessageHandler {
-        case callback(CallbackHandler)
-        case async(@Sendable ([UInt8]) async throws -> [UInt8])
-    }
-
-    /// A callback handler in a box, so that the per-message call can borrow it
-    /// (``RPCEndpoint/handleMessage(id:payload:)``) instead of retaining it.
-    final class CallbackHandler {
-        let body: (UnsafeRawBufferPointer, RPCResponder) throws -> Void
-        init(_ body: @escaping (UnsafeRawBufferPointer, RPCResponder) throws -> Void) { self.body = body }
-    }
-
-    /// What the call table keeps per outgoing call.
-    struct PendingCall {
-        var completion: Completion
-        var timeout: Duration
-    }
-
-    /// A send that waits before it is written: a big one for the peer's
-    /// handshake (to learn whether it takes *_BIG packets), or an async one
-    /// for the connection to become writable.
-    struct QueuedSend {
-        var payload: [UInt8]
-        var timeout: Duration?
-        var closeOnError: Bool
-        var completion: Completion
-    }
-
     /// The name used in logs and errors; the connection's label unless set.
     public let label: String
     /// The connection this endpoint speaks over.
@@ -158,11 +65,13 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
     @exclusivity(unchecked) var _peerInfo: PeerInfo?
 
-    /// Handles each incoming message: the payload (a view valid only during
-    /// the call) and the responder to answer through, now or later. Throwing
-    /// sends no response and is logged. Loop-bound. Messages that arrive while
-    /// no handler is set wait (up to 1024) for one.
-    public var onMessage: ((UnsafeRawBufferPointer, RPCResponder) throws -> Void)? {
+    /// Handles each incoming message, as an ``RPCRequest``: what came in,
+    /// from whom, and the way to answer it (now or later, exactly once).
+    /// Throwing sends no response and is logged. Loop-bound. Messages that
+    /// arrive while no handler is set wait (up to 1024) for one.
+    ///
+    /// For an async handler, see ``onMessage(_:)``; setting one replaces the other.
+    public var onMessage: ((RPCRequest) throws -> Void)? {
         get {
             checkLoop("RPCEndpoint.onMessage")
             if case .callback(let c)? = handler { return c.body }
@@ -174,6 +83,39 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
             deliverWaitingMessages()
         }
     }
+
+    /// Called (on the loop) when the peer's handshake arrives, with its
+    /// ``PeerInfo``; before any message of the peer. Loop-bound.
+    public var onHandshake: ((PeerInfo) -> Void)? {
+        get { checkLoop("RPCEndpoint.onHandshake"); return _onHandshake }
+        set { checkLoop("RPCEndpoint.onHandshake"); _onHandshake = newValue }
+    }
+    @exclusivity(unchecked) var _onHandshake: ((PeerInfo) -> Void)?
+
+    /// A value of the owner's for this connection (a session, an
+    /// authenticated user, a per-peer counter...), seen by every handler call
+    /// as ``RPCRequest/userValue`` and ``RPCAsyncRequest/userValue``.
+    /// ``RPCServer``'s accept hook sets it for each connection it admits.
+    /// Loop-bound.
+    public var userValue: (any Sendable)? {
+        get { checkLoop("RPCEndpoint.userValue"); return _userValue }
+        set { checkLoop("RPCEndpoint.userValue"); _userValue = newValue }
+    }
+    @exclusivity(unchecked) var _userValue: (any Sendable)?
+
+    /// What handles incoming messages.
+    enum MessageHandler {
+        case callback(CallbackHandler)
+        case async(@Sendable (RPCAsyncRequest) async throws -> [UInt8])
+    }
+
+    /// A callback handler in a box, so that the per-message call can borrow it
+    /// (``RPCEndpoint/handleMessage(id:payload:)``) instead of retaining it.
+    final class CallbackHandler {
+        let body: (RPCRequest) throws -> Void
+        init(_ body: @escaping (RPCRequest) throws -> Void) { self.body = body }
+    }
+
     @exclusivity(unchecked) var handler: MessageHandler?
     /// The callback handler of `handler`, unretained, for the per-message call.
     /// Invariant: `handler` (or `retiredHandlers`, while a message is being
@@ -189,11 +131,29 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         handler = new
         if case .callback(let box)? = new { callbackHandler = Unmanaged.passUnretained(box) } else { callbackHandler = nil }
     }
-    /// An answered responder nobody else holds, ready for the next message.
-    @exclusivity(unchecked) var spareResponder: RPCResponder?
-    /// Tasks running async handlers, cancelled when the endpoint closes.
-    @exclusivity(unchecked) var handlerTasks: [UInt64: Task<Void, Never>] = [:]
-    @exclusivity(unchecked) var nextHandlerTaskKey: UInt64 = 0
+
+    // Answer state of callback requests (see RPCEndpoint+Answering.swift).
+    /// Token of the request whose handler is running now (0: none).
+    @exclusivity(unchecked) var currentToken: UInt32 = 0
+    /// Whether the request of `currentToken` was answered (or abandoned).
+    @exclusivity(unchecked) var currentAnswered = true
+    /// The token the next request gets (never 0).
+    @exclusivity(unchecked) var nextToken: UInt32 = 1
+    /// Requests whose handler returned without answering, by message id.
+    @exclusivity(unchecked) var unanswered: [UInt16: UnansweredRequest] = [:]
+
+    // Async handlers (see RPCEndpoint+AsyncHandlers.swift).
+    /// Requests waiting for a worker, oldest first from `asyncQueueHead`.
+    @exclusivity(unchecked) var asyncQueue: [RPCAsyncRequest] = []
+    @exclusivity(unchecked) var asyncQueueHead = 0
+    /// Workers waiting for a request.
+    @exclusivity(unchecked) var idleWorkers: [UnsafeContinuation<RPCAsyncRequest?, Never>] = []
+    /// Workers started but not yet waiting or working.
+    @exclusivity(unchecked) var startingWorkers = 0
+    /// Every worker task, cancelled when the endpoint closes.
+    @exclusivity(unchecked) var workerTasks: [UInt64: Task<Void, Never>] = [:]
+    @exclusivity(unchecked) var nextWorkerKey: UInt64 = 0
+
     /// Messages that arrived before any handler was set.
     @exclusivity(unchecked) var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
     static let maximumWaitingMessages = 1024
@@ -302,8 +262,8 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         // The rest of a big payload is read straight into its final buffer.
         connection.directReadBuffer = { !self.closing ? self.parser.bigPayloadRemainder : nil }
         connection.onDirectRead = { count in
-            self.lastReceived = self.loop.now
-            self.parser.didFillBigPayload(count) { packet in self.dispatch(packet) }
+            self.lastReceived = self.eventLoop.now
+            self.parser.didFillBigPayload(count, into: self)
         }
         do {
             try connection.write(handshake)
@@ -323,100 +283,6 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         livenessTimer = eventLoop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
             self.checkLiveness()
         }
-    }
-
-    // MARK: Liveness
-
-    func checkLiveness() {
-        let now = eventLoop.now
-        // Nothing arrived for a whole period: give the connection's buffers back.
-        if now - lastReceived >= livenessPeriod { connection.releaseIdleBuffers() }
-        if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
-            logger.info("no handshake from the peer in time; closing")
-            close(reason: .handshakeTimeout(configuration.handshakeTimeout))
-        } else if !pausedForBackpressure, now - lastReceived > configuration.keepaliveTimeout.roundedUpMilliseconds {
-            // (While reading is paused for backpressure the write timeout watches the peer.)
-            logger.info("keepalive timeout; closing",
-                        metadata: ["rpc.silent-ms": "\(now - lastReceived)"])
-            close(reason: .keepaliveTimeout(configuration.keepaliveTimeout))
-        }
-    }
-
-    // MARK: Closing
-
-    /// Closes the endpoint: fails every in-flight call, refuses later
-    /// answers, flushes and closes the connection. Idempotent.
-    public func close() {
-        checkLoop("RPCEndpoint.close()")
-        close(reason: .local)
-    }
-
-    func close(reason: RPCCloseReason) {
-        guard !closing else { return }
-        _closeReason = reason
-        closing = true
-        switch reason {
-        case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout:
-            break // not logged, or logged where detected
-        case .peerClosed:
-            logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
-        case .reset, .connectionFailed, .callFailed:
-            logger.info("closing", metadata: [
-                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
-                "rpc.reason": "\(reason)",
-            ])
-        }
-        keepaliveTimer?.cancel()
-        livenessTimer?.cancel()
-        deadlineTimer?.close()
-        keepaliveTimer = nil
-        livenessTimer = nil
-        deadlineTimer = nil
-        for id in calls.liveIDs() {
-            if let (call, _) = calls.remove(id) {
-                call.completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: reason))
-            }
-        }
-        // Closing stops handling: running async handlers are cancelled (their
-        // answers would be refused anyway).
-        for task in handlerTasks.values { task.cancel() }
-        let waiting = deferredSends + blockedSends[blockedSendsHead...]
-        deferredSends.removeAll()
-        blockedSends.removeAll()
-        blockedSendsHead = 0
-        for send in waiting { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
-        connection.close()
-    }
-
-    func connectionDidClose(_ error: ConnectionError?) {
-        if !closing {
-            let reason: RPCCloseReason
-            switch error {
-            case nil: reason = .local
-            case .endOfStream?: reason = .peerClosed
-            case .reset?: reason = .reset
-            case let other?: reason = .connectionFailed(other)
-            }
-            close(reason: reason)
-        }
-        _isClosed = true
-        // A closed endpoint may be kept (e.g. in RPCServer.endpoints): hold no big buffer.
-        parser.discardPartialPacket()
-        let onClose = _onClose
-        _onClose = nil
-        setHandler(nil)
-        _onTaggedResponse = nil
-        _onWritabilityChanged = nil
-        spareResponder = nil // it references the endpoint
-        waitingMessages.removeAll()
-        let owner = didCloseForOwner
-        didCloseForOwner = nil
-        let reason = _closeReason ?? .local
-        onClose?(reason)
-        owner?()
-        let waiters = closeWaiters
-        closeWaiters.removeAll()
-        for waiter in waiters { waiter.resume(returning: reason) }
     }
 }
 

@@ -82,7 +82,8 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
 
 /// Why answering an incoming message failed.
 public enum RPCResponseError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// The message was already answered.
+    /// The message was already answered, or can no longer be (its handler
+    /// threw, or the peer sent a new message with its id).
     case alreadyAnswered(endpoint: String, messageID: UInt16)
     /// The endpoint closed before the answer.
     case closed(endpoint: String, messageID: UInt16)
@@ -91,7 +92,8 @@ public enum RPCResponseError: Error, Equatable, Sendable, CustomStringConvertibl
 
     public var description: String {
         switch self {
-        case .alreadyAnswered(let e, let id): return "message \(id) on \(e) was already answered"
+        case .alreadyAnswered(let e, let id):
+            return "message \(id) on \(e) was already answered, or can no longer be (its handler threw, or the peer reused its id)"
         case .closed(let e, let id): return "cannot answer message \(id) on \(e): the endpoint is closed"
         case .peerTooOld(let e, let id, let n, let p):
             return "cannot answer message \(id) on \(e) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"

@@ -13,9 +13,14 @@ import UVLoop
 /// - callback API: `RPCServer(loop:address:...) { endpoint in ... }` on the
 ///   loop thread, or `try await RPCServer.bind(on: group, ..., onEndpoint:)`
 ///   for a group; `onEndpoint` runs on each endpoint's loop and sets its
-///   handlers before any byte is read.
+///   handlers (``RPCEndpoint/onMessage``) before any byte is read.
 /// - async API: `try await RPCServer.bind(on: loop or group, ...) { request in ... }`
-///   with an async message handler for every endpoint.
+///   with an async message handler (given an ``RPCAsyncRequest``) for every endpoint.
+///
+/// Either way an `admit` hook may look at each new connection's address
+/// first, refuse it (it is closed before any byte is read or written) or
+/// attach a per-connection value that every handler call on it sees
+/// (``RPCEndpoint/userValue``).
 ///
 /// Either way ``endpoints`` yields every new endpoint, ``openEndpoints``
 /// lists the open ones, ``close(closingEndpoints:)`` and ``shutdown()`` end
@@ -39,6 +44,14 @@ public final class RPCServer: Sendable {
     /// kept here has released its buffers). Ends once the server stopped accepting.
     public let endpoints: AsyncStream<RPCEndpoint>
 
+    /// What the `admit` hook decides for a new connection.
+    public enum Admission: Sendable {
+        /// Serve the connection; `userValue` becomes its endpoint's ``RPCEndpoint/userValue``.
+        case accept(userValue: (any Sendable)? = nil)
+        /// Close it at once, before any byte is read or written.
+        case refuse
+    }
+
     private let core: ServerCore
     private let listener: GroupListener
 
@@ -55,18 +68,29 @@ public final class RPCServer: Sendable {
 
     /// Starts listening on `address` (TCP or `unix:` path) on `loop`; must be
     /// called on the loop thread.
-    /// - Parameter onEndpoint: called on the loop with each new endpoint
-    ///   (its handshake already sent); set its handlers here.
+    /// - Parameters:
+    ///   - admit: called on the loop with each new connection's peer address,
+    ///     before anything else: refuse it, or accept it with a user value.
+    ///     Every connection is accepted without a value when it is nil.
+    ///   - onEndpoint: called on the loop with each new endpoint
+    ///     (its handshake already sent); set its handlers here.
     /// - Throws: ``UVError`` naming the address when binding fails.
     public convenience init(loop: EventLoop, address: SocketAddress,
                             configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                             backlog: Int32 = 511, logger: Logger? = nil,
+                            admit: ((SocketAddress?) -> Admission)? = nil,
                             onEndpoint: @escaping (RPCEndpoint) -> Void) throws(UVError) {
         loop.preconditionInEventLoop("RPCServer.init")
         // Safe to send: every connection of this listener is accepted on `loop`, the
-        // thread this closure was made on, so it is only ever called there.
+        // thread these closures were made on, so they are only ever called there.
         let handler = UncheckedSendable(onEndpoint)
-        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger) { handler.value($0) }
+        var sendableAdmit: (@Sendable (SocketAddress?) -> Admission)?
+        if let admit {
+            let admitter = UncheckedSendable(admit)
+            sendableAdmit = { address in admitter.value(address) }
+        }
+        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger,
+                                                admit: sendableAdmit) { handler.value($0) }
         let listener = try GroupListener.listen(onCurrentLoop: loop, address: address, backlog: backlog,
                                                 options: configuration.connectionOptions,
                                                 onAcceptError: core.acceptFailed, onAccept: core.accept)
@@ -77,37 +101,43 @@ public final class RPCServer: Sendable {
     /// thread or task; each connection becomes an endpoint on one loop
     /// (spread as `spread` says) and stays there.
     /// - Parameters:
-    ///   - handler: answers every incoming message of every endpoint (each in
-    ///     its own task on the endpoint's loop), if given.
+    ///   - handler: answers every incoming message of every endpoint (in
+    ///     worker tasks on the endpoint's loop), if given.
     ///   - onEndpoint: called on each new endpoint's loop (its handshake
     ///     already sent), before any byte is read: set callback handlers here.
+    ///   - admit: called on the connection's loop with each new connection's
+    ///     peer address, before anything else: refuse it, or accept it with a
+    ///     user value. Every connection is accepted without a value when nil.
     /// - Throws: ``UVError`` naming the address when binding fails.
     public static func bind(on group: EventLoopGroup, address: SocketAddress,
                             spread: ConnectionSpread = .roundRobin,
                             configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                             backlog: Int32 = 511, logger: Logger? = nil,
-                            handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil,
-                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async throws(UVError) -> RPCServer {
+                            handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil,
+                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil,
+                            admit: (@Sendable (SocketAddress?) -> Admission)? = nil) async throws(UVError) -> RPCServer {
         try await bind(loops: group.loops, address: address, spread: spread, configuration: configuration,
-                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint)
+                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint, admit: admit)
     }
 
     /// Starts listening on `address` on `loop`, from any thread or task;
-    /// see ``bind(on:address:spread:configuration:backlog:logger:handler:onEndpoint:)-(EventLoopGroup,_,_,_,_,_,_,_)``.
+    /// see ``bind(on:address:spread:configuration:backlog:logger:handler:onEndpoint:admit:)-(EventLoopGroup,_,_,_,_,_,_,_,_)``.
     public static func bind(on loop: EventLoop, address: SocketAddress,
                             configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                             backlog: Int32 = 511, logger: Logger? = nil,
-                            handler: (@Sendable ([UInt8]) async throws -> [UInt8])? = nil,
-                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async throws(UVError) -> RPCServer {
+                            handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil,
+                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil,
+                            admit: (@Sendable (SocketAddress?) -> Admission)? = nil) async throws(UVError) -> RPCServer {
         try await bind(loops: [loop], address: address, spread: .roundRobin, configuration: configuration,
-                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint)
+                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint, admit: admit)
     }
 
     private static func bind(loops: [EventLoop], address: SocketAddress, spread: ConnectionSpread,
                              configuration: RPCEndpoint.Configuration, backlog: Int32, logger: Logger?,
-                             handler: (@Sendable ([UInt8]) async throws -> [UInt8])?,
-                             onEndpoint: (@Sendable (RPCEndpoint) -> Void)?) async throws(UVError) -> RPCServer {
-        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger) { endpoint in
+                             handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])?,
+                             onEndpoint: (@Sendable (RPCEndpoint) -> Void)?,
+                             admit: (@Sendable (SocketAddress?) -> Admission)?) async throws(UVError) -> RPCServer {
+        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger, admit: admit) { endpoint in
             onEndpoint?(endpoint)
             if let handler { endpoint.installAsyncHandler(handler) }
         }
@@ -155,6 +185,7 @@ private final class ServerCore: Sendable {
     /// The handshake every endpoint writes, made once.
     private let handshake: [UInt8]
     private let onEndpoint: @Sendable (RPCEndpoint) -> Void
+    private let admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?
     private let continuation: AsyncStream<RPCEndpoint>.Continuation
 
     private struct State {
@@ -168,7 +199,9 @@ private final class ServerCore: Sendable {
 
     private init(configuration: RPCEndpoint.Configuration, logger: Logger,
                  continuation: AsyncStream<RPCEndpoint>.Continuation,
+                 admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?,
                  onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) {
+        self.admit = admit
         self.configuration = configuration
         self.logger = logger
         self.handshake = configuration.handshakeBytes
@@ -177,17 +210,28 @@ private final class ServerCore: Sendable {
     }
 
     static func make(configuration: RPCEndpoint.Configuration, logger: Logger?,
+                     admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?,
                      onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) -> (ServerCore, AsyncStream<RPCEndpoint>) {
         let (endpoints, continuation) = AsyncStream.makeStream(of: RPCEndpoint.self, bufferingPolicy: .bufferingNewest(1024))
         let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
         return (ServerCore(configuration: configuration, logger: logger, continuation: continuation,
-                           onEndpoint: onEndpoint), endpoints)
+                           admit: admit, onEndpoint: onEndpoint), endpoints)
     }
 
     var openEndpoints: [RPCEndpoint] { state.withLock { Array($0.open.values) } }
 
     /// Makes the endpoint of a new connection (on the connection's loop).
     func accept(_ connection: Connection) {
+        var userValue: (any Sendable)?
+        if let admit {
+            switch admit(connection.remoteAddress) {
+            case .accept(let value):
+                userValue = value
+            case .refuse:
+                logger.debug("connection refused by the admit hook", metadata: ["rpc.peer": "\(connection.label)"])
+                return connection.close()
+            }
+        }
         let endpoint = RPCEndpoint(connection: connection, configuration: configuration, label: nil, logger: logger,
                                    handshake: handshake)
         let key = ObjectIdentifier(endpoint)
@@ -197,6 +241,7 @@ private final class ServerCore: Sendable {
             return true
         }
         guard admitted else { return endpoint.close() } // arrived after close(): turned away
+        endpoint._userValue = userValue
         endpoint.didCloseForOwner = { [self] in endpointDidClose(key) }
         onEndpoint(endpoint)
         continuation.yield(endpoint)

@@ -171,7 +171,7 @@ struct Serve: ParsableCommand {
             server = try runBlocking {
                 try await RPCServer.bind(on: group, address: address, spread: spread, configuration: configuration,
                                          backlog: backlog, logger: logger, onEndpoint: { endpoint in
-                                             endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                                             endpoint.onMessage = { request in try request.respond(request.payload) }
                                          })
             }
         } catch {
@@ -267,9 +267,9 @@ struct Call: ParsableCommand {
         }()
         let pool = try runBlocking {
             await RPCClientPool.connect(to: [address], on: group, configuration: configuration) { endpoint in
-                endpoint.onMessage = { payload, responder in
+                endpoint.onMessage = { request in
                     summary.withLock { $0.echoed += 1 }
-                    try responder.respond(payload)
+                    try request.respond(request.payload)
                 }
                 endpoint.onClose = { reason in
                     if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }

@@ -18,14 +18,14 @@ func withTimeout<T: Sendable>(_ what: String, seconds: Double = 60,
     }
 }
 
-private let reversingAsync: @Sendable ([UInt8]) async throws -> [UInt8] = { Array($0.reversed()) }
+private let reversingAsync: @Sendable (RPCAsyncRequest) async throws -> [UInt8] = { Array($0.payload.reversed()) }
 
 /// A server made with the async API and a client connected to it.
 private func asyncPair(_ loop: EventLoop,
                        server serverConfiguration: RPCEndpoint.Configuration = testConfiguration(),
                        client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
-                       serverHandler: @escaping @Sendable ([UInt8]) async throws -> [UInt8] = reversingAsync,
-                       clientHandler: @escaping @Sendable ([UInt8]) async throws -> [UInt8] = reversingAsync)
+                       serverHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync,
+                       clientHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync)
     async throws -> (server: RPCServer, serverEndpoint: RPCEndpoint, client: RPCEndpoint) {
     let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
                                           configuration: serverConfiguration, handler: serverHandler)
@@ -46,7 +46,7 @@ final class AsyncAPITests: XCTestCase {
             handlerOnLoop.withLock { $0.append(loop.inEventLoop) }
             try await Task.sleep(for: .milliseconds(1)) // resumes on the loop too
             handlerOnLoop.withLock { $0.append(loop.inEventLoop) }
-            return request
+            return request.payload
         })
         let callerOnLoop = try await withTimeout("a call from a task on the loop") {
             try await Task(executorPreference: loop) { () async throws -> [Bool] in
@@ -77,9 +77,9 @@ final class AsyncAPITests: XCTestCase {
     func testSlowHandlersRunConcurrently() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let slow: @Sendable ([UInt8]) async throws -> [UInt8] = { request in
+        let slow: @Sendable (RPCAsyncRequest) async throws -> [UInt8] = { request in
             try await Task.sleep(for: .seconds(1))
-            return request.reversed()
+            return request.payload.reversed()
         }
         let (_, serverEndpoint, client) = try await asyncPair(harness.loop, serverHandler: slow, clientHandler: slow)
         let start = monotonicMilliseconds()
@@ -104,8 +104,8 @@ final class AsyncAPITests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let (_, serverEndpoint, client) = try await asyncPair(harness.loop, serverHandler: { request in
-            if request == [0] { try await Task.sleep(for: .seconds(30)) }
-            return request
+            if request.payload == [0] { try await Task.sleep(for: .seconds(30)) }
+            return request.payload
         })
         do {
             _ = try await client.send([0], timeout: .milliseconds(200), closeOnError: false)
@@ -144,7 +144,7 @@ final class AsyncAPITests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         // A callback server that holds "hold" messages unanswered and echoes the rest.
-        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
         let allHeld = Promise<Void>()
         let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
                                               configuration: testConfiguration())
@@ -152,12 +152,13 @@ final class AsyncAPITests: XCTestCase {
         var iterator = server.endpoints.makeAsyncIterator()
         let serverEndpoint = await iterator.next()!
         try harness.sync {
-            serverEndpoint.onMessage = { payload, responder in
+            serverEndpoint.onMessage = { request in
+                let payload = request.payload
                 if payload.first == 0 {
-                    held.value.append(responder)
+                    held.value.append(request)
                     if held.value.count == 1000 { allHeld.fulfill(()) }
                 } else {
-                    try responder.respond(Array(payload))
+                    try request.respond(Array(payload))
                 }
             }
         }
@@ -173,7 +174,7 @@ final class AsyncAPITests: XCTestCase {
         XCTAssertEqual(try harness.sync { client.inFlightCount }, 0, "no leaked ids")
         XCTAssertFalse(try harness.sync { client.isClosing }, "cancelling does not close the endpoint")
         // The late answers to the cancelled calls are ignored...
-        try harness.sync { for responder in held.value { try responder.respond([0]) } }
+        try harness.sync { for request in held.value { try request.respond([0]) } }
         // ...and 1000 more calls succeed.
         let ok = try await withTimeout("1000 more calls") {
             try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -266,7 +267,7 @@ final class AsyncAPITests: XCTestCase {
         // Not synchronisation: the answer must come whichever arrives first; the
         // pause only makes it likely that the message waits for the handler.
         try await Task.sleep(for: .milliseconds(50))
-        serverEndpoint.onMessage(reversingAsync)
+        serverEndpoint.onMessage(reversingAsync as @Sendable (RPCAsyncRequest) async throws -> [UInt8])
         let answer = try await withTimeout("the waiting message") { try await pending.value }
         XCTAssertEqual(answer, [6, 5, 4])
     }

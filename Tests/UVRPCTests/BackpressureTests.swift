@@ -23,7 +23,7 @@ final class BackpressureTests: XCTestCase {
         let serverLoop = serverHarness.loop, clientLoop = clientHarness.loop
         let address = try serverHarness.sync {
             try RPCServer(loop: serverLoop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration()) {
-                $0.onMessage = { payload, responder in try responder.respond(Self.ack(payload)) }
+                $0.onMessage = { request in try request.respond(Self.ack(request.payload)) }
             }.address
         }
         let client = try await RPCClient.connect(to: address, on: clientLoop, configuration: testConfiguration())
@@ -163,7 +163,7 @@ final class BackpressureTests: XCTestCase {
         let server = try harness.sync { () -> LoopBound<RPCServer> in
             let first = LoopBoundBox(true, loop: loop)
             let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
-                endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                endpoint.onMessage = { request in try request.respond(request.payload) }
                 guard first.value else { return }
                 first.value = false // the first connection is the hostile one
                 endpoint.onClose = { hostileClosed.fulfill($0) }
@@ -233,7 +233,7 @@ final class BackpressureTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in try responder.respond(payload) })
+        let pair = try harness.endpointPair(serverHandler: { request in try request.respond(request.payload) })
         let count = 200, size = 65_000
         let answers = Promise<[String]>()
         let serverStalled = Promise<Void>()

@@ -11,9 +11,9 @@ private final class ThreeServers: Sendable {
     private let servers: LockedValue<[RPCServer?]>
     /// Messages each server received.
     let received = LockedValue([0, 0, 0])
-    /// While true, messages are held (their responders kept) until ``releaseHeld()``.
+    /// While true, messages are held (their requests kept) until ``releaseHeld()``.
     let holding: LoopBoundBox<Bool>
-    private let held: LoopBoundBox<[(RPCResponder, [UInt8])]>
+    private let held: LoopBoundBox<[(RPCRequest, [UInt8])]>
 
     init() async throws {
         harness = try LoopHarness("servers")
@@ -29,13 +29,14 @@ private final class ThreeServers: Sendable {
     }
 
     private static func start(_ index: Int, on loop: EventLoop, address: SocketAddress, received: LockedValue<[Int]>,
-                              holding: LoopBoundBox<Bool>, held: LoopBoundBox<[(RPCResponder, [UInt8])]>,
+                              holding: LoopBoundBox<Bool>, held: LoopBoundBox<[(RPCRequest, [UInt8])]>,
                               into servers: LockedValue<[RPCServer?]>) async throws -> SocketAddress {
         let server = try await RPCServer.bind(on: loop, address: address, configuration: testConfiguration(), onEndpoint: { endpoint in
-            endpoint.onMessage = { payload, responder in
+            endpoint.onMessage = { request in
+                let payload = request.payload
                 received.withLock { $0[index] += 1 }
                 let answer = Array(payload) + [UInt8(index)]
-                if holding.value { held.value.append((responder, answer)) } else { try responder.respond(answer) }
+                if holding.value { held.value.append((request, answer)) } else { try request.respond(answer) }
             }
         })
         servers.withLock { $0[index] = server }
@@ -47,7 +48,7 @@ private final class ThreeServers: Sendable {
         let (holding, held) = (self.holding, self.held)
         try harness.sync {
             holding.value = false
-            for (responder, answer) in held.value { try responder.respond(answer) }
+            for (request, answer) in held.value { try request.respond(answer) }
             held.value.removeAll()
         }
     }

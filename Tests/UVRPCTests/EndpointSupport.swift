@@ -4,8 +4,8 @@ import UVTestSupport
 import XCTest
 
 /// Reverses the payload, as the reference's test handlers (and the fixtures) do.
-func reversing(_ payload: UnsafeRawBufferPointer, _ responder: RPCResponder) throws {
-    try responder.respond(Array(payload.reversed()))
+func reversing(_ request: RPCRequest) throws {
+    try request.respond(Array(request.payload.reversed()))
 }
 
 /// A server endpoint and a client endpoint connected over loopback.
@@ -41,8 +41,8 @@ extension LoopHarness {
     func endpointPair(address: SocketAddress = .ipv4(host: "127.0.0.1", port: 0),
                       server serverConfiguration: RPCEndpoint.Configuration = testConfiguration(),
                       client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
-                      serverHandler: @escaping @Sendable (UnsafeRawBufferPointer, RPCResponder) throws -> Void = reversing,
-                      clientHandler: @escaping @Sendable (UnsafeRawBufferPointer, RPCResponder) throws -> Void = reversing)
+                      serverHandler: @escaping @Sendable (RPCRequest) throws -> Void = reversing,
+                      clientHandler: @escaping @Sendable (RPCRequest) throws -> Void = reversing)
         throws -> EndpointPair {
         let loop = self.loop
         let serverPromise = Promise<LoopBound<RPCEndpoint>>()

@@ -40,9 +40,10 @@ final class EndpointTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let slow: @Sendable (UnsafeRawBufferPointer, RPCResponder) throws -> Void = { payload, responder in
+        let slow: @Sendable (RPCRequest) throws -> Void = { request in
+            let payload = request.payload
             let answer = Array(payload.reversed())
-            _ = loop.scheduleTimer(after: .seconds(1)) { try? responder.respond(answer) }
+            _ = loop.scheduleTimer(after: .seconds(1)) { try? request.respond(answer) }
         }
         let pair = try harness.endpointPair(serverHandler: slow, clientHandler: slow)
         let done = Promise<Int>()
@@ -103,10 +104,11 @@ final class EndpointTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
         // Answers "echo" at once; holds every other message unanswered.
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in
-            if Array(payload) == Array("echo".utf8) { try responder.respond(Array(payload)) } else { held.value.append(responder) }
+        let pair = try harness.endpointPair(serverHandler: { request in
+            let payload = request.payload
+            if Array(payload) == Array("echo".utf8) { try request.respond(Array(payload)) } else { held.value.append(request) }
         })
         let first = try harness.call(pair.client, [1], timeout: .milliseconds(200), closeOnError: false)
         guard case .failure(.timedOut(_, let id, let timeout)) = first else { return XCTFail("expected a timeout, got \(first)") }
@@ -126,12 +128,13 @@ final class EndpointTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+        let pair = try harness.endpointPair(serverHandler: { request in
+            let payload = request.payload
             let answer = Array(payload)
             if answer == [0] {
-                _ = loop.scheduleTimer(after: .milliseconds(300)) { try? responder.respond(answer) }
+                _ = loop.scheduleTimer(after: .milliseconds(300)) { try? request.respond(answer) }
             } else {
-                try responder.respond(answer)
+                try request.respond(answer)
             }
         })
         let late = try harness.call(pair.client, [0], timeout: .milliseconds(100), closeOnError: false)
@@ -147,8 +150,8 @@ final class EndpointTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
-        let pair = try harness.endpointPair(serverHandler: { _, responder in held.value.append(responder) })
+        let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { request in held.value.append(request) })
         let outcomes = Promise<[String]>()
         try harness.sync {
             let results = LoopBoundBox([String](), loop: loop)
@@ -169,7 +172,7 @@ final class EndpointTests: XCTestCase {
         for r in results { XCTAssertTrue(r.contains("closed") && r.contains("closed by the peer"), r) }
         XCTAssertEqual(try pair.clientClosed.wait("client close"), .peerClosed)
         XCTAssertEqual(try pair.serverClosed.wait("server close"), .local)
-        // The server's held responders now refuse to answer.
+        // The server's held requests now refuse to answer.
         let refused = try harness.sync { () -> String in
             do { try held.value[0].respond([1]); return "answered" } catch { return "\(error)" }
         }
@@ -180,8 +183,8 @@ final class EndpointTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
-        let pair = try harness.endpointPair(serverHandler: { _, responder in held.value.append(responder) })
+        let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { request in held.value.append(request) })
         let outcome = Promise<(pending: String, after: String, inFlight: Int)>()
         try harness.sync {
             let client = pair.client.value
@@ -205,11 +208,12 @@ final class EndpointTests: XCTestCase {
         struct Refused: Error {}
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in
+        let pair = try harness.endpointPair(serverHandler: { request in
+            let payload = request.payload
             switch payload.first {
             case 0: throw Refused()
-            case 1: return // drops the responder unanswered
-            default: try responder.respond(Array(payload))
+            case 1: return // drops the request unanswered
+            default: try request.respond(Array(payload))
             }
         })
         for first: UInt8 in [0, 1] {
@@ -223,9 +227,10 @@ final class EndpointTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let second = Promise<String>()
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in
-            try responder.respond(Array(payload))
-            do { try responder.respond([9]); second.fulfill("answered twice") } catch { second.fulfill("\(error)") }
+        let pair = try harness.endpointPair(serverHandler: { request in
+            let payload = request.payload
+            try request.respond(Array(payload))
+            do { try request.respond([9]); second.fulfill("answered twice") } catch { second.fulfill("\(error)") }
         })
         XCTAssertEqual(try harness.call(pair.client, [3]).get(), [3])
         XCTAssertTrue(try second.wait("second answer").contains("already answered"))
@@ -236,9 +241,10 @@ final class EndpointTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         let seenIDs = LoopBoundBox.sendingValue([UInt16](), loop: loop)
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in
-            if seenIDs.value.count < 8 { seenIDs.value.append(responder.messageID) }
-            try responder.respond(payload)
+        let pair = try harness.endpointPair(serverHandler: { request in
+            let payload = request.payload
+            if seenIDs.value.count < 8 { seenIDs.value.append(request.messageID) }
+            try request.respond(payload)
         })
         let total = 1_000_000, window = 64
         let done = Promise<(ok: Int, bad: Int)>()
@@ -284,9 +290,10 @@ final class EndpointTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         // Answers every message except [0], which it holds.
-        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
-        let pair = try harness.endpointPair(serverHandler: { payload, responder in
-            if payload.first == 0 { held.value.append(responder) } else { try responder.respond(Array(payload.reversed())) }
+        let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
+        let pair = try harness.endpointPair(serverHandler: { request in
+            let payload = request.payload
+            if payload.first == 0 { held.value.append(request) } else { try request.respond(Array(payload.reversed())) }
         })
         let done = Promise<[UInt64: String]>()
         try harness.sync {
@@ -321,10 +328,11 @@ final class EndpointTests: XCTestCase {
         try harness.sync {
             let endpoint = pair.server.value
             let marker = [UInt8](repeating: 1, count: 1000) // captured state that must survive the swap
-            endpoint.onMessage = { payload, responder in
-                endpoint.onMessage = { _, r in try r.respond([9]) }
-                endpoint.onMessage = { payload, r in try r.respond(Array(payload) + [2]) }
-                try responder.respond(Array(payload) + [UInt8(marker.count & 0xff)])
+            endpoint.onMessage = { request in
+                let payload = request.payload
+                endpoint.onMessage = { r in try r.respond([9]) }
+                endpoint.onMessage = { r in try r.respond(Array(r.payload) + [2]) }
+                try request.respond(Array(payload) + [UInt8(marker.count & 0xff)])
             }
             _ = loop
         }

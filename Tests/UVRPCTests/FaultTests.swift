@@ -76,10 +76,10 @@ final class FaultTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let held = LoopBoundBox.sendingValue([RPCResponder](), loop: loop)
+        let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
         let allHeld = Promise<Void>()
-        let pair = try harness.endpointPair(serverHandler: { _, responder in
-            held.value.append(responder)
+        let pair = try harness.endpointPair(serverHandler: { request in
+            held.value.append(request)
             if held.value.count == 1000 { allHeld.fulfill(()) }
         })
         let outcomes = Promise<[String]>()

@@ -11,8 +11,9 @@ final class GettingStartedTests: XCTestCase {
         loop.execute {
             do {
                 let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
-                    endpoint.onMessage = { payload, responder in
-                        try responder.respond(payload)
+                    endpoint.onMessage = { request in
+                        let payload = request.payload
+                        try request.respond(payload)
                     }
                     endpoint.onClose = { reason in print("\(endpoint.label) closed: \(reason)") }
                 }
@@ -52,7 +53,7 @@ final class GettingStartedTests: XCTestCase {
         let loop = try EventLoop(name: "echo-server")
         loop.start()
         let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { request in
-            request
+            request.payload
         }
         let serverDone = Task { await server.run() }
         let endpoint = try await RPCClient.connect(to: server.address, on: loop)
@@ -71,7 +72,7 @@ final class GettingStartedTests: XCTestCase {
         let serverLoops = try EventLoopGroup(name: "rpc")
         let server = try await RPCServer.bind(on: serverLoops, address: .ipv4(host: "127.0.0.1", port: 0),
                                               spread: .roundRobin) { request in
-            request
+            request.payload
         }
         XCTAssertEqual(server.loops.count, EventLoopGroup.availableCPUCount)
         let clientLoops = try EventLoopGroup(name: "client", loopCount: 2)

@@ -28,9 +28,9 @@ final class MultiLoopServerTests: XCTestCase {
             // Runs on the endpoint's own loop, before any byte is read.
             XCTAssertTrue(EventLoop.current === endpoint.loop)
             landed.withLock { $0[endpoint.loop.name, default: 0] += 1 }
-            endpoint.onMessage = { payload, responder in
+            endpoint.onMessage = { request in
                 XCTAssertTrue(endpoint.loop.inEventLoop, "handlers run on the endpoint's loop")
-                try reversing(payload, responder)
+                try reversing(request)
             }
         })
         XCTAssertEqual(server.spread, spread)
@@ -75,7 +75,7 @@ final class MultiLoopServerTests: XCTestCase {
         let server = try await RPCServer.bind(on: group, address: .ipv4(host: "127.0.0.1", port: 0),
                                               configuration: testConfiguration()) { request in
             // The loop the task runs on, appended to the request.
-            request + Array((EventLoop.current?.name ?? "none").utf8)
+            request.payload + Array((EventLoop.current?.name ?? "none").utf8)
         }
         var loopsSeen: Set<String> = []
         for index in 0..<4 {
@@ -97,13 +97,14 @@ final class MultiLoopServerTests: XCTestCase {
         let blocking = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let server = try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0),
                                               spread: .roundRobin, configuration: testConfiguration(), onEndpoint: { endpoint in
-            endpoint.onMessage = { payload, responder in
+            endpoint.onMessage = { request in
+                let payload = request.payload
                 if payload.first == 0xB1 {
                     // Holds this loop's thread until the test lets go (20 s at most).
                     blocking.signal()
                     _ = release.wait(timeout: .now() + 20)
                 }
-                try responder.respond(payload)
+                try request.respond(payload)
             }
         })
         // Round robin: the first connection lands on block-0, the second on block-1.
@@ -134,8 +135,8 @@ final class MultiLoopServerTests: XCTestCase {
         let received = LockedValue(0)
         let server = try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0),
                                               configuration: testConfiguration(), onEndpoint: { endpoint in
-            endpoint.onMessage = { _, _ in
-                // Never answered (the responder is dropped): every call stays in flight.
+            endpoint.onMessage = { _ in
+                // Never answered (the request is dropped): every call stays in flight.
                 received.withLock { $0 += 1 }
             }
         })

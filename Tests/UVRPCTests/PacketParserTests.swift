@@ -105,11 +105,12 @@ final class PacketParserTests: XCTestCase {
     func testStopsWhenTheReceiverSaysSo() throws {
         let stream = PeerInfo(keepaliveInterval: 1).handshakeBytes + [1, 1, 1]
         var parser = PacketParser()
-        var seen = 0
+        let recorder = EventRecorder()
+        recorder.limit = 2
         let consumed = try withBytes(stream) { (raw) throws(ProtocolViolation) -> Int in
-            try parser.parse(raw) { _ in seen += 1; return seen < 2 }
+            try parser.parse(raw, into: recorder)
         }
-        XCTAssertEqual(seen, 2)
+        XCTAssertEqual(recorder.events.count, 2)
         XCTAssertEqual(consumed, stream.count - 2, "stopped right after the second unit")
     }
 }

@@ -7,14 +7,6 @@ enum Event: Equatable, CustomStringConvertible {
     case message(id: UInt16, payload: [UInt8])
     case response(id: UInt16, payload: [UInt8])
 
-    init(_ packet: ParsedPacket) {
-        switch packet {
-        case .handshake(let info): self = .handshake(info)
-        case .keepalive: self = .keepalive
-        case .message(let id, let p): self = .message(id: id, payload: Array(p))
-        case .response(let id, let p): self = .response(id: id, payload: Array(p))
-        }
-    }
 
     var description: String {
         switch self {
@@ -23,6 +15,25 @@ enum Event: Equatable, CustomStringConvertible {
         case .message(let id, let p): return "message(\(id), \(p.count) bytes)"
         case .response(let id, let p): return "response(\(id), \(p.count) bytes)"
         }
+    }
+}
+
+/// A sink that records what the parser hands it, payloads copied; stops
+/// the parse after `limit` units.
+final class EventRecorder: PacketSink {
+    var events: [Event] = []
+    var limit = Int.max
+    func receivedHandshake(_ info: PeerInfo) -> Bool { record(.handshake(info)) }
+    func receivedKeepalive() -> Bool { record(.keepalive) }
+    func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
+        record(.message(id: id, payload: Array(payload)))
+    }
+    func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
+        record(.response(id: id, payload: Array(payload)))
+    }
+    private func record(_ event: Event) -> Bool {
+        events.append(event)
+        return events.count < limit
     }
 }
 
@@ -37,7 +48,7 @@ func parseInChunks(_ stream: [UInt8], bufferLimit: Int = 8192, maximumPayloadSiz
                    allowTrailing: Bool = false, direct: Bool = false,
                    chunkSize: () -> Int) throws(ProtocolViolation) -> [Event] {
     var parser = PacketParser(maximumPayloadSize: maximumPayloadSize, inlinePayloadLimit: bufferLimit - 7)
-    var events: [Event] = []
+    let recorder = EventRecorder()
     var pending: [UInt8] = []
     var position = 0
     while position < stream.count {
@@ -46,19 +57,19 @@ func parseInChunks(_ stream: [UInt8], bufferLimit: Int = 8192, maximumPayloadSiz
             let m = min(n, remainder.count)
             stream.withUnsafeBytes { raw in remainder.baseAddress!.copyMemory(from: raw.baseAddress! + position, byteCount: m) }
             position += m
-            parser.didFillBigPayload(m) { events.append(Event($0)); return true }
+            parser.didFillBigPayload(m, into: recorder)
             continue
         }
         pending.append(contentsOf: stream[position..<position + n])
         position += n
         let consumed = try withBytes(pending) { (raw) throws(ProtocolViolation) -> Int in
-            try parser.parse(raw) { events.append(Event($0)); return true }
+            try parser.parse(raw, into: recorder)
         }
         pending.removeFirst(consumed)
         precondition(pending.count <= max(bufferLimit, 65536 + 7), "the parser left more than a buffer's worth unconsumed")
     }
     precondition(allowTrailing || pending.isEmpty, "bytes left unconsumed at the end: \(pending.count)")
-    return events
+    return recorder.events
 }
 
 /// `withUnsafeBytes` for bodies with typed throws (the standard one rethrows `any Error`).

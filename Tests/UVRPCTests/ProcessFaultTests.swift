@@ -406,7 +406,7 @@ final class ProcessFaultTests: XCTestCase {
         let closes = LockedValue([RPCCloseReason]())
         let address = try harness.sync {
             try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: paused) { endpoint in
-                endpoint.onMessage = { payload, responder in try responder.respond(payload) }
+                endpoint.onMessage = { request in try request.respond(request.payload) }
                 endpoint.onClose = { reason in closes.withLock { $0.append(reason) } }
                 endpoints.withLock { $0.append(LoopBound(endpoint, loop: loop)) }
             }.address

@@ -1,0 +1,133 @@
+import Logging
+import UVLoop
+
+/// Callback handlers and their answers: the answer state of every
+/// ``RPCRequest`` lives here, in the endpoint, not in an object per message.
+///
+/// - While a handler runs, its request is the *current* one (`currentToken`);
+///   answering it is two comparisons and the write. No thread check: an
+///   ``RPCRequest`` is not `Sendable`, so only the loop thread can hold it
+///   during the call.
+/// - A handler that returns without answering leaves its request in
+///   `unanswered` (by message id, with its token), where a later answer finds
+///   it; the table holds at most one request per message id.
+/// - A request left unanswered is logged once it has waited longer than
+///   ``Configuration/messageTimeout``, when the peer sends a new message with
+///   its id (the peer's call gave up), and when the endpoint closes.
+extension RPCEndpoint {
+    /// A request whose handler returned without answering it.
+    struct UnansweredRequest {
+        var token: UInt32
+        /// When the message arrived (loop milliseconds).
+        var since: UInt64
+        /// Whether it was already logged as overdue.
+        var reported = false
+    }
+
+    /// Requests whose handler returned without answering, still answerable. Loop-bound.
+    public var unansweredRequestCount: Int {
+        checkLoop("RPCEndpoint.unansweredRequestCount")
+        return unanswered.count
+    }
+
+    @inline(__always)
+    func runCallbackHandler(_ handler: Unmanaged<CallbackHandler>, id: UInt16, payload: UnsafeRawBufferPointer) {
+        if !unanswered.isEmpty, let old = unanswered.removeValue(forKey: id) {
+            logger.error("message handler never answered; the peer reused the message id, so it can no longer be answered",
+                         metadata: ["rpc.id": "\(id)", "rpc.waited-ms": "\(eventLoop.now - old.since)"])
+        }
+        let token = nextToken
+        nextToken = token == .max ? 1 : token + 1
+        // A handler may (by setting onMessage) run waiting messages within its call.
+        let outerToken = currentToken, outerAnswered = currentAnswered
+        currentToken = token
+        currentAnswered = false
+        handlingDepth += 1
+        do {
+            // Borrowed, not retained: see `callbackHandler` and `retiredHandlers`.
+            try handler._withUnsafeGuaranteedRef {
+                try $0.body(RPCRequest(messageID: id, payload: payload, endpoint: self, token: token))
+            }
+        } catch {
+            if !currentAnswered {
+                currentAnswered = true // abandoned: a later answer is refused
+                logger.error("message handler failed; no response sent", metadata: [
+                    "rpc.id": "\(id)", "rpc.error": "\(error)",
+                ])
+            } else {
+                logger.error("message handler failed after answering", metadata: [
+                    "rpc.id": "\(id)", "rpc.error": "\(error)",
+                ])
+            }
+        }
+        if !currentAnswered && !closing {
+            unanswered[id] = UnansweredRequest(token: token, since: eventLoop.now)
+        }
+        currentToken = outerToken
+        currentAnswered = outerAnswered
+        handlingDepth -= 1
+        if handlingDepth == 0 && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
+    }
+
+    /// Answers the request `token` (message `id`): ``RPCRequest/respond(_:)-(UnsafeRawBufferPointer)``.
+    @inline(__always)
+    func answer(token: UInt32, id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+        if token == currentToken {
+            // Answered within its handler call, on the loop (see the type's comment).
+            guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
+            currentAnswered = true
+        } else {
+            checkLoop("RPCRequest.respond")
+            guard let entry = unanswered[id], entry.token == token else {
+                if closing { throw .closed(endpoint: label, messageID: id) }
+                throw .alreadyAnswered(endpoint: label, messageID: id)
+            }
+            unanswered[id] = nil
+        }
+        try respond(to: id, with: payload)
+    }
+
+    /// Whether the request `token` was answered or can no longer be.
+    func isAnswered(token: UInt32, id: UInt16) -> Bool {
+        if token == currentToken { return currentAnswered }
+        checkLoop("RPCRequest.isAnswered")
+        return unanswered[id]?.token != token
+    }
+
+    /// Writes the answer to message `id`.
+    @inline(__always)
+    func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+        guard !closing else { throw .closed(endpoint: label, messageID: id) }
+        if payload.count > Wire.maximumShortPayload, let peer = _peerInfo, !peer.acceptsBigPayloads {
+            throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
+                              peerProtocol: peer.protocolVersion)
+        }
+        do {
+            try writeFrame(isResponse: true, id: id, payload: payload)
+        } catch {
+            throw .closed(endpoint: label, messageID: id)
+        }
+    }
+
+    /// Logs requests left unanswered for longer than the message timeout
+    /// (by then the peer's call has most likely timed out), once each.
+    func reportOverdueRequests(now: UInt64) {
+        let limit = configuration.messageTimeout.roundedUpMilliseconds
+        for (id, entry) in unanswered where !entry.reported && now - entry.since > limit {
+            unanswered[id]!.reported = true
+            logger.error("message handler has not answered; the peer's call has most likely timed out", metadata: [
+                "rpc.id": "\(id)", "rpc.waited-ms": "\(now - entry.since)",
+            ])
+        }
+    }
+
+    /// Forgets every unanswered request (the endpoint is closing); logs them.
+    func dropUnansweredRequests() {
+        guard !unanswered.isEmpty else { return }
+        logger.warning("closing with requests unanswered", metadata: [
+            "rpc.unanswered": "\(unanswered.count)",
+            "rpc.ids": "\(unanswered.keys.sorted().prefix(16).map(String.init).joined(separator: ","))",
+        ])
+        unanswered.removeAll()
+    }
+}

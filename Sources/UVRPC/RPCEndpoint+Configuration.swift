@@ -1,0 +1,35 @@
+import UVLoop
+
+extension RPCEndpoint {
+    /// Settings of an endpoint; the defaults are the reference's.
+    public struct Configuration: Sendable {
+        /// How often a KEEPALIVE is sent, and the `k` announced. Default 10.73 s.
+        public var keepaliveInterval: Duration = .milliseconds(10_730)
+        /// Close when nothing arrived from the peer for this long. Default 30 s.
+        public var keepaliveTimeout: Duration = .seconds(30)
+        /// Close when the peer's handshake has not arrived within this. Default 30 s.
+        public var handshakeTimeout: Duration = .seconds(30)
+        /// Default timeout of an outgoing call, including the peer's handling. Default 60 s.
+        public var messageTimeout: Duration = .seconds(60)
+        /// Largest incoming payload; a larger declared length closes the
+        /// connection before anything is allocated. Default 64 MiB.
+        public var maximumPayloadSize = 64 << 20
+        /// Send keepalives (turn off only to test the peer's keepalive timeout).
+        public var sendsKeepalives = true
+        /// Options for connections made by ``RPCServer`` and ``RPCClient``
+        /// (buffer sizes, write water marks, the write timeout).
+        public var connectionOptions = ConnectionOptions()
+        /// Most unsent bytes the callback `send` variants may pile up: a
+        /// call that would take the connection's pending bytes over this
+        /// fails at once with ``RPCError/sendBufferFull(endpoint:pendingBytes:limit:)``
+        /// (a single call on an empty buffer always goes). Async sends wait
+        /// for ``RPCEndpoint/isWritable`` instead. Default 64 MiB.
+        public var maximumPendingWriteBytes = 64 << 20
+
+        /// The reference's defaults.
+        public init() {}
+
+        /// This side's handshake as written on the wire.
+        var handshakeBytes: [UInt8] { PeerInfo(keepaliveInterval: keepaliveInterval.seconds).handshakeBytes }
+    }
+}

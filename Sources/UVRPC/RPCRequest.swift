@@ -1,0 +1,96 @@
+import UVLoop
+
+/// One incoming message as a callback handler (``RPCEndpoint/onMessage``)
+/// sees it: what came in, from whom, and the way to answer it.
+///
+/// Answer exactly once, now (in the handler) or later (keep the request, e.g.
+/// in a timer's closure or another call's completion, and call
+/// ``respond(_:)-(UnsafeRawBufferPointer)`` on the loop thread). Answering
+/// twice throws ``RPCResponseError/alreadyAnswered(endpoint:messageID:)``.
+/// A request left unanswered is not lost silently: the endpoint keeps it in
+/// its table of unanswered requests (``RPCEndpoint/unansweredRequestCount``),
+/// logs it once it has waited longer than
+/// ``RPCEndpoint/Configuration/messageTimeout`` (by then the peer's call has
+/// most likely timed out), and again when the endpoint closes with it.
+///
+/// A value, not an object: it costs no allocation and no reference count per
+/// message (the answer state lives in the endpoint's table). It is not
+/// `Sendable`: answer on the endpoint's loop thread.
+///
+/// ```swift
+/// endpoint.onMessage = { request in
+///     try request.respond(request.payload)          // echo
+/// }
+/// ```
+public struct RPCRequest {
+    /// The message's id, as the peer numbered it.
+    public let messageID: UInt16
+    /// The message's bytes: a view valid only during the handler call. Copy
+    /// it (`Array(request.payload)`) to keep it for a later answer.
+    public let payload: UnsafeRawBufferPointer
+    /// The endpoint the message came in on.
+    public let endpoint: RPCEndpoint
+    /// Which request of the endpoint this is (tells a kept request from a
+    /// newer one that reuses its message id).
+    let token: UInt32
+
+    init(messageID: UInt16, payload: UnsafeRawBufferPointer, endpoint: RPCEndpoint, token: UInt32) {
+        self.messageID = messageID
+        self.payload = payload
+        self.endpoint = endpoint
+        self.token = token
+    }
+
+    /// The peer's address (nil for a Unix-socket peer without a bound name).
+    public var peerAddress: SocketAddress? { endpoint.connection.remoteAddress }
+    /// The peer's handshake: a message only ever arrives after it.
+    public var peerInfo: PeerInfo { endpoint._peerInfo ?? PeerInfo(keepaliveInterval: 0) }
+    /// The per-connection value (``RPCEndpoint/userValue``): what the
+    /// server's accept hook attached, or what the owner set since.
+    public var userValue: (any Sendable)? { endpoint._userValue }
+    /// True once answered, or once the request can no longer be answered (its
+    /// handler threw, the endpoint closed, or the peer reused its id).
+    public var isAnswered: Bool { endpoint.isAnswered(token: token, id: messageID) }
+
+    /// Sends `payload` as the answer.
+    /// - Throws: ``RPCResponseError`` when the request was already answered
+    ///   or can no longer be, when the endpoint closed, or when the payload is
+    ///   too big for a protocol-1 peer.
+    public func respond(_ payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+        try endpoint.answer(token: token, id: messageID, with: payload)
+    }
+
+    /// Sends `payload` as the answer; see ``respond(_:)-(UnsafeRawBufferPointer)``.
+    public func respond(_ payload: [UInt8]) throws(RPCResponseError) {
+        let result = payload.withUnsafeBytes { raw in
+            Result { () throws(RPCResponseError) in try endpoint.answer(token: token, id: messageID, with: raw) }
+        }
+        try result.get()
+    }
+}
+
+/// One incoming message as an async handler sees it: what came in and from
+/// whom. The handler's return value is the answer.
+///
+/// The same context as ``RPCRequest``, in the form a task can own: the payload
+/// is owned bytes, and the value is `Sendable`.
+///
+/// ```swift
+/// let server = try await RPCServer.bind(on: loop, address: address) { request in
+///     request.payload                                 // echo
+/// }
+/// ```
+public struct RPCAsyncRequest: Sendable {
+    /// The message's id, as the peer numbered it.
+    public let messageID: UInt16
+    /// The message's bytes.
+    public let payload: [UInt8]
+    /// The peer's address (nil for a Unix-socket peer without a bound name).
+    public let peerAddress: SocketAddress?
+    /// The peer's handshake.
+    public let peerInfo: PeerInfo
+    /// The per-connection value (``RPCEndpoint/userValue``) when the message arrived.
+    public let userValue: (any Sendable)?
+    /// The endpoint the message came in on (its async API works from any task).
+    public let endpoint: RPCEndpoint
+}
