@@ -73,7 +73,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
             case .async:
                 let remaining = LockedValue(window)
                 for _ in 0..<window {
-                    Task(executorPreference: endpoint.loop) {
+                    Task(executorPreference: endpoint.loop.taskExecutor) {
                         for _ in 0..<(count / window) { _ = try? await endpoint.send(payload) }
                         if remaining.withLock({ $0 -= 1; return $0 }) == 0 { done.signal() }
                     }

@@ -11,8 +11,8 @@ struct Bench: ParsableCommand {
         discussion: """
             Each scenario runs the same C load generator (a separate process) against the Swift \
             server (`uvrpc serve`) and the C server (`uvrpc-c serve`), both started as child \
-            processes, and prints Swift, C and Swift/C. Scenarios: small, latency, bulk, fanin, \
-            cores, allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
+            processes, and prints Swift, C and Swift/C. Scenarios: small (with a row for the \
+            README's async echo server), latency, medium, bulk, fanin, cores, allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
             """
@@ -48,7 +48,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
-    static let allScenarios = ["small", "latency", "bulk", "fanin", "cores", "allocs", "idle"]
+    static let allScenarios = ["small", "latency", "medium", "bulk", "fanin", "cores", "allocs", "idle"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -103,7 +103,8 @@ struct Bench: ParsableCommand {
         /// started at once and loaded in turn (Swift, C, Swift, C, ...), `repeat`
         /// rounds; returns each one's median. Interleaving spreads the
         /// machine's passing load over both instead of landing on one.
-        func interleavedLoads(_ what: String, _ load: (String) throws -> LoadResult) throws -> [(Impl, LoadResult)] {
+        func interleavedLoads(_ what: String, impls: [Impl] = impls,
+                              _ load: (String) throws -> LoadResult) throws -> [(Impl, LoadResult)] {
             var servers: [(impl: Impl, address: String, server: Server?)] = []
             defer { for entry in servers { entry.server?.child.stop() } }
             for impl in impls {
@@ -127,8 +128,7 @@ struct Bench: ParsableCommand {
             m.first { $0.impl == impl }?[keyPath: key]
         }
         func addRow(_ scenario: String, _ params: String, _ metric: String, _ m: [Measurement],
-                    _ key: KeyPath<Measurement, Double?>, higherIsBetter: Bool) {
-            let first = impls[0]
+                    _ key: KeyPath<Measurement, Double?>, higherIsBetter: Bool, first: Impl = impls[0]) {
             rows.append(Row(scenario: scenario, params: params, metric: metric, swift: value(m, first, key),
                             c: impls.count > 1 ? value(m, .c, key) : nil, higherIsBetter: higherIsBetter))
         }
@@ -160,6 +160,34 @@ struct Bench: ParsableCommand {
                     addRow("latency", "64 B, c=1", "p99 µs", latency, \.p99, higherIsBetter: false)
                     addRow("latency", "64 B, c=1", "p99.9 µs", latency, \.p999, higherIsBetter: false)
                 }
+            }
+        }
+        if wanted.contains("small") && connect == nil {
+            // The README's async echo server (one task-based handler, default
+            // settings) against the C server, 64 calls of 64 B in flight.
+            var m: [Measurement] = []
+            for (impl, r) in try interleavedLoads("small: 64 B, concurrency 64, async echo server",
+                                                   impls: [.swiftAsync, .c], { address in
+                try runLoad(address: address, concurrency: 64, size: 64, duration: duration, latency: false, cpu: loadCPU)
+            }) {
+                m.append(Measurement(scenario: "small", impl: impl, params: "size=64,concurrency=64,server=async-example",
+                                     callsPerSecond: r.calls_per_s))
+            }
+            measurements += m
+            addRow("small", "64 B, c=64, async", "calls/s", m, \.callsPerSecond, higherIsBetter: true, first: .swiftAsync)
+        }
+        if wanted.contains("medium") {
+            // Just under, just over and well over the short-frame limit (65535 B).
+            for size in [16 << 10, 64 << 10, 256 << 10] {
+                var m: [Measurement] = []
+                for (impl, r) in try interleavedLoads("medium: \(size >> 10) KiB messages, concurrency 4", { address in
+                    try runLoad(address: address, concurrency: 4, size: size, duration: duration, latency: false, cpu: loadCPU)
+                }) {
+                    m.append(Measurement(scenario: "medium", impl: impl, params: "size=\(size),concurrency=4",
+                                         megabytesPerSecond: r.mb_per_s))
+                }
+                measurements += m
+                addRow("medium", "\(size >> 10) KiB, c=4", "MB/s", m, \.megabytesPerSecond, higherIsBetter: true)
             }
         }
         if wanted.contains("bulk") {

@@ -144,11 +144,21 @@ struct Server {
         case .swift:
             child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
                                                      "--spread", spread], cpu: cpu)
+        case .swiftAsync: child = try Child(try sibling("example-async-echo-server"), ["0"], cpu: cpu)
         case .c: child = try Child(try sibling("uvrpc-c"), ["serve", "--port", "0", "--loops", "\(loops)"], cpu: cpu)
         case .external: throw BenchError("an external server is not started by the bench")
         }
-        let line = try child.readLine(seconds: 20)
-        guard line.hasPrefix("listening on ") else { throw BenchError("\(child.description) said '\(line)'") }
+        let line: String
+        do {
+            line = try child.readLine(seconds: 20)
+        } catch {
+            child.stop() // no server left behind
+            throw error
+        }
+        guard line.hasPrefix("listening on ") else {
+            child.stop()
+            throw BenchError("\(child.description) said '\(line)'")
+        }
         return Server(child: child, address: String(line.dropFirst("listening on ".count)))
     }
 }

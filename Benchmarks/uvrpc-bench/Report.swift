@@ -1,6 +1,8 @@
 import Foundation
 
-enum Impl: String, Codable { case swift, c, external }
+/// A server implementation: `uvrpc serve` (callback API), the README's async
+/// echo server (`example-async-echo-server`), the C baseline, or another's.
+enum Impl: String, Codable { case swift, swiftAsync = "swift-async", c, external }
 
 /// One measured figure set, as written to --json.
 struct Measurement {

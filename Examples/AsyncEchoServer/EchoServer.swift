@@ -1,5 +1,10 @@
 // The async echo server of the README: answers every message with its own bytes.
 // Usage: example-async-echo-server [PORT]   (default 9000; 0 picks a free port)
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import UVLoop
 import UVRPC
 
@@ -13,6 +18,7 @@ struct EchoServer {
             request.payload                                   // the answer; handlers run in tasks on the loop
         }
         print("listening on \(server.address)")
+        fflush(nil)                                           // for scripts reading this line through a pipe
         await server.run()                                    // until server.shutdown() is called
         await loop.shutdownAndWait()
     }

@@ -51,12 +51,38 @@ extension Connection {
     /// build it with `UInt64(littleEndian:)` in mind), then `payload`; copied,
     /// like ``write(_:completion:)-(UnsafeRawBufferPointer,_)``, but in one step
     /// with no closure (the per-frame path of a protocol writer).
-    public func write(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
-        preconditionInEventLoop("Connection.write(header:headerCount:payload:)")
+    ///
+    /// Package-only: no thread check (the protocol layer calls it from code
+    /// that runs on the loop by construction: its read path, or after its own
+    /// check). Inlined into the caller: the common case (open, a flush already
+    /// scheduled this turn, room in the buffer) is a copy and two counters.
+    @inlinable @inline(__always)
+    package func write(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
+        if state == .open && flushScheduled && pending.hasRoom(for: payload.count &+ 8) {
+            pending.appendInPlace(header: header, headerCount: headerCount, payload: payload)
+            bytesQueued &+= UInt64(truncatingIfNeeded: headerCount &+ payload.count)
+            if writable && Int(truncatingIfNeeded: bytesQueued &- bytesWritten) > options.writeHighWaterMark {
+                becameUnwritable()
+            }
+            return
+        }
+        try writeFrameSlowly(header: header, headerCount: headerCount, payload: payload)
+    }
+
+    /// ``write(header:headerCount:payload:)`` when it needs more than the fast path.
+    @usableFromInline
+    func writeFrameSlowly(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
         guard state == .open else { throw closeReason ?? .closed(connection: label) }
         precondition(headerCount >= 0 && headerCount <= 8, "Connection.write(header:headerCount:payload:): headerCount \(headerCount) is not 0...8")
         pending.append(header: header, headerCount: headerCount, payload: payload)
         didQueue(headerCount + payload.count, completion: nil)
+    }
+
+    /// The pending bytes went over the high-water mark.
+    @usableFromInline
+    func becameUnwritable() {
+        writable = false
+        onWritabilityChanged?(false)
     }
 
     @inline(__always)
@@ -64,15 +90,11 @@ extension Connection {
         bytesQueued &+= UInt64(truncatingIfNeeded: count)
         if let completion { completions.append((bytesQueued, completion)) }
         let pendingNow = pendingWriteBytes
-        if pendingNow > peakPending { peakPending = pendingNow }
         if !flushScheduled {
             flushScheduled = true
             withLoop { $0.pendingFlush.append(self) }
         }
-        if writable && pendingNow > options.writeHighWaterMark {
-            writable = false
-            onWritabilityChanged?(false)
-        }
+        if writable && pendingNow > options.writeHighWaterMark { becameUnwritable() }
     }
 
     /// Writes queued bytes now instead of at the end of the loop turn.
@@ -88,6 +110,9 @@ extension Connection {
     }
 
     func flushNow() {
+        // Between two flushes the pending bytes only grow, so their peak is seen here.
+        let pendingNow = pendingWriteBytes
+        if pendingNow > peakPending { peakPending = pendingNow }
         guard state == .open || state == .closing, !isHandleClosing else { return }
         if !writeInFlight && pending.readableCount > 0 {
             var buf = uv_buf_t(base: pending.readPointer, len: pending.readableCount)

@@ -64,8 +64,8 @@ public final class Connection: HandleOwner {
     /// The read buffer.
     let ring: RingBuffer
 
-    enum State { case connecting, open, closing, closed }
-    @exclusivity(unchecked) var state: State = .connecting
+    @usableFromInline enum State { case connecting, open, closing, closed }
+    @exclusivity(unchecked) @usableFromInline var state: State = .connecting
     @exclusivity(unchecked) var reading = false
     @exclusivity(unchecked) var wantsReading = true
     @exclusivity(unchecked) var processingReads = false
@@ -73,7 +73,7 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) var closeReason: ConnectionError?
 
     // Writes.
-    @exclusivity(unchecked) var pending = OutgoingBuffer()
+    @exclusivity(unchecked) @usableFromInline var pending = OutgoingBuffer()
     @exclusivity(unchecked) var inFlight = OutgoingBuffer()
     @exclusivity(unchecked) var writeInFlight = false
     @exclusivity(unchecked) var writeRequest: UnsafeMutablePointer<uv_write_t>?
@@ -86,17 +86,17 @@ public final class Connection: HandleOwner {
     /// libuv's write queue size at the last write-watch tick.
     @exclusivity(unchecked) var lastWriteQueueSize = 0
     /// Total bytes accepted by write(), and total handed to the kernel.
-    @exclusivity(unchecked) var bytesQueued: UInt64 = 0
-    @exclusivity(unchecked) var bytesWritten: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var bytesQueued: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var bytesWritten: UInt64 = 0
     @exclusivity(unchecked) var completions: [(end: UInt64, callback: (Result<Void, ConnectionError>) -> Void)] = []
     @exclusivity(unchecked) var completionsHead = 0
-    @exclusivity(unchecked) var flushScheduled = false
+    @exclusivity(unchecked) @usableFromInline var flushScheduled = false
     /// False while more than ``ConnectionOptions/writeHighWaterMark`` bytes
     /// wait to be written; true again below the low-water mark.
-    public var isWritable: Bool { writable }
+    @inlinable public var isWritable: Bool { writable }
     // Stored apart from the public getter: other modules reach a public stored
     // property directly, with a dynamic exclusivity check per access.
-    @exclusivity(unchecked) var writable = true
+    @exclusivity(unchecked) @usableFromInline var writable = true
 
     init(loop: EventLoop, unixDomain: Bool, options: ConnectionOptions, label: String) throws(UVError) {
         self.isUnixDomain = unixDomain
@@ -126,7 +126,7 @@ public final class Connection: HandleOwner {
 
     /// The most bytes that waited to be written at once since the connection
     /// opened (the high-water mark actually reached; kept after the close).
-    public var peakPendingWriteBytes: Int { peakPending }
+    public var peakPendingWriteBytes: Int { max(peakPending, pendingWriteBytes) }
     @exclusivity(unchecked) var peakPending = 0
 
     /// Bytes read but not consumed by ``onRead`` yet.

@@ -1,24 +1,37 @@
 import Dispatch
 /// The loop as a Swift concurrency executor: actors whose `unownedExecutor`
-/// is the loop, and tasks started with `Task(executorPreference: loop)`, run
-/// their code on the loop thread, with no hop to the global pool.
-extension EventLoop: SerialExecutor, TaskExecutor {
+/// is the loop, and tasks started with
+/// `Task(executorPreference: loop.taskExecutor)`, run their code on the loop
+/// thread, with no hop to the global pool.
+extension EventLoop: SerialExecutor {
     /// Runs `job` on the loop thread (in the order jobs were enqueued).
     ///
     /// Jobs enqueued while the loop shuts down still run. A job enqueued after
     /// the loop closed cannot run anywhere (its code expects the loop); it is
     /// dropped, so that task never resumes, and a warning goes to stderr once.
     public func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        if !submit(.task(job)) { warnJobAfterClose() }
+        enqueue(UnownedJob(job), as: .actorJob)
+    }
+
+    /// Queues a job: locally when enqueued on the loop thread, else through
+    /// the shared queue.
+    func enqueue(_ job: UnownedJob, as kind: JobKind) {
+        if enqueueLocally(job, kind) { return }
+        if !submit(.task(job, kind)) { warnJobAfterClose() }
     }
 
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
 
-    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
-        UnownedTaskExecutor(ordinary: self)
+    /// Runs a job on the loop thread as its kind says.
+    func run(_ job: UnownedJob, _ kind: JobKind) {
+        switch kind {
+        case .actorJob:
+            job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
+        case .taskPreferenceJob:
+            job.runSynchronously(on: taskExecutor.asUnownedTaskExecutor())
+        }
     }
 
     /// Shuts the loop down (see ``EventLoop/shutdown()``) and returns, without
@@ -77,4 +90,43 @@ package func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throw
     }
     done.wait()
     return try result.withLock { $0! }.get()
+}
+
+/// How a task job reached the loop: through its serial executor (an actor
+/// isolated to the loop) or through its task executor (a task that prefers
+/// the loop, running nonisolated code).
+enum JobKind: Sendable {
+    case actorJob
+    case taskPreferenceJob
+}
+
+/// An event loop as a `TaskExecutor` (``EventLoop/taskExecutor``): tasks
+/// started with `Task(executorPreference: loop.taskExecutor)` run their
+/// nonisolated code on the loop thread.
+///
+/// A separate object from the loop's `SerialExecutor` face (actors isolated
+/// to the loop), so that the two kinds of job can be told apart and each run
+/// in its own context: a task job runs as nonisolated code with the loop as
+/// its task executor, so the task goes on inline after each resumption
+/// instead of hopping (queueing a second job) every time.
+public final class LoopTaskExecutor: TaskExecutor, @unchecked Sendable { // `owner` set once in the loop's init
+    // Sendable invariant: `owner` is written once, by the loop's init, before
+    // the loop (and so this object) is visible to any other thread.
+    /// The loop whose thread runs the jobs. It keeps this object alive; a job
+    /// enqueued after the loop closed is dropped by the loop (with a warning).
+    public var loop: EventLoop { owner! }
+    // Safe: the loop owns this object, so it outlives every call made through it.
+    private unowned(unsafe) var owner: EventLoop?
+
+    init() {}
+
+    func attach(to loop: EventLoop) { owner = loop }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        owner!.enqueue(UnownedJob(job), as: .taskPreferenceJob)
+    }
+
+    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
+        UnownedTaskExecutor(ordinary: self)
+    }
 }

@@ -28,6 +28,9 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
 
     /// The loop's name, used for its thread and in error messages.
     public let name: String
+    /// The loop as a task executor: `Task(executorPreference: loop.taskExecutor) { ... }`
+    /// runs the task on the loop thread.
+    public let taskExecutor = LoopTaskExecutor()
     /// The libuv loop. Owned; freed in deinit after `uv_loop_close`.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
 
@@ -35,7 +38,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// job (enqueued without allocating a closure for it).
     enum Work: Sendable {
         case closure(@Sendable () -> Void)
-        case task(UnownedJob)
+        case task(UnownedJob, JobKind)
     }
 
     private struct JobQueue {
@@ -69,6 +72,11 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     @exclusivity(unchecked) private var wakeup: LoopWakeup!
     @exclusivity(unchecked) private var flushHooks: [LoopTurnHook] = []
     @exclusivity(unchecked) private var spareJobs: [Work] = []
+    /// Task jobs enqueued on the loop thread itself (a task resumed by loop
+    /// code): run by the per-turn hooks, without the lock and the wakeup
+    /// syscall that jobs from other threads need.
+    @exclusivity(unchecked) private var localJobs: [(UnownedJob, JobKind)] = []
+    @exclusivity(unchecked) private var spareLocalJobs: [(UnownedJob, JobKind)] = []
     @exclusivity(unchecked) private var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
     @exclusivity(unchecked) var pendingFlush: [Connection] = []
@@ -107,6 +115,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         // Flush written bytes once per loop turn: after I/O callbacks (check) and
         // before blocking in poll (prepare, for bytes written by timers).
         flushHooks = [try LoopTurnHook(hookOn: self, type: UV_CHECK), try LoopTurnHook(hookOn: self, type: UV_PREPARE)]
+        taskExecutor.attach(to: self)
     }
 
     private static let ignoreSIGPIPE: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
@@ -315,8 +324,8 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         for work in batch {
             switch work {
             case .closure(let job): job()
-            case .task(let job):
-                job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+            case .task(let job, let kind):
+                run(job, kind)
             }
         }
         batch.removeAll(keepingCapacity: true)
@@ -335,6 +344,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     fileprivate func beginShutdown() {
         guard !shutdownStarted else { return }
         shutdownStarted = true
+        runTurnWork() // task jobs queued locally before now (later ones take the shared queue)
         runJobs()
         // From here on finishRun() drains the queue itself.
         jobs.withLock { $0.wakeupOpen = false }
@@ -378,6 +388,29 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     }
 
     // MARK: Per-turn flushing
+
+    /// Queues a task job enqueued on the loop thread, if the per-turn hooks
+    /// will run it (not once shutdown began); false otherwise.
+    func enqueueLocally(_ job: UnownedJob, _ kind: JobKind) -> Bool {
+        guard !shutdownStarted, inEventLoop else { return false }
+        localJobs.append((job, kind))
+        return true
+    }
+
+    /// The per-turn work (before and after each poll): task jobs enqueued on
+    /// the loop thread, then the connections' pending writes, until neither is left.
+    fileprivate func runTurnWork() {
+        repeat {
+            while !localJobs.isEmpty {
+                var batch = spareLocalJobs
+                swap(&batch, &localJobs)
+                for (job, kind) in batch { run(job, kind) }
+                batch.removeAll(keepingCapacity: true)
+                spareLocalJobs = batch
+            }
+            runPendingFlushes()
+        } while !localJobs.isEmpty
+    }
 
     fileprivate func runPendingFlushes() {
         while !pendingFlush.isEmpty {
@@ -440,8 +473,8 @@ private final class LoopWakeup: HandleOwner {
     }
 }
 
-/// A `uv_check_t` or `uv_prepare_t` that flushes connections' pending writes
-/// each loop turn. Unreferenced, so it never keeps the loop alive.
+/// A `uv_check_t` or `uv_prepare_t` that runs the loop's per-turn work (local
+/// task jobs, then connections' pending writes) each loop turn. Unreferenced, so it never keeps the loop alive.
 private final class LoopTurnHook: HandleOwner {
     init(hookOn loop: EventLoop, type: uv_handle_type) throws(UVError) {
         super.init(loop: loop, type: type, retainsLoop: false) // owned by the loop itself
@@ -451,7 +484,7 @@ private final class LoopTurnHook: HandleOwner {
             adoptHandle()
             uv_check_start(h) { check in
                 // Safe: the handle's data is this owner until its close callback.
-                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(check))).takeUnretainedValue().loop.runPendingFlushes()
+                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(check))).takeUnretainedValue().loop.runTurnWork()
             }
         } else {
             let h = UnsafeMutablePointer<uv_prepare_t>(OpaquePointer(handle))
@@ -459,7 +492,7 @@ private final class LoopTurnHook: HandleOwner {
             adoptHandle()
             uv_prepare_start(h) { prepare in
                 // Safe: the handle's data is this owner until its close callback.
-                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(prepare))).takeUnretainedValue().loop.runPendingFlushes()
+                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(prepare))).takeUnretainedValue().loop.runTurnWork()
             }
         }
         uv_unref(uvHandle)

@@ -1,13 +1,17 @@
 /// A growable outgoing byte buffer with read and write indices.
+/// (`@usableFromInline`: the frame fast path of ``Connection`` is inlined into protocol code.)
+@usableFromInline
 struct OutgoingBuffer {
     /// Capacity of a buffer's first allocation; it doubles as needed.
     static let initialCapacity = 512
 
     /// Invariant: `storage` holds `capacity` bytes owned by this buffer (freed by `release`).
-    private var storage: UnsafeMutableRawPointer?
-    private var capacity = 0
-    private var readIndex = 0
-    private var writeIndex = 0
+    @usableFromInline var storage: UnsafeMutableRawPointer?
+    @usableFromInline var capacity = 0
+    @usableFromInline var readIndex = 0
+    @usableFromInline var writeIndex = 0
+
+    init() {}
 
     var readableCount: Int { writeIndex - readIndex }
     var allocatedBytes: Int { capacity }
@@ -21,6 +25,20 @@ struct OutgoingBuffer {
         reserve(bytes.count)
         (storage! + writeIndex).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         writeIndex += bytes.count
+    }
+
+    /// Whether `count` more bytes fit without growing.
+    @inlinable
+    func hasRoom(for count: Int) -> Bool { writeIndex &+ count <= capacity }
+
+    /// Appends a frame that fits (``hasRoom(for:)`` with `payload.count + 8`).
+    @inlinable @inline(__always)
+    mutating func appendInPlace(header: UInt64, headerCount: Int, payload: UnsafeRawBufferPointer) {
+        // Safe: the caller checked that payload.count + 8 bytes fit at writeIndex.
+        let p = storage.unsafelyUnwrapped + writeIndex
+        p.storeBytes(of: header.littleEndian, as: UInt64.self) // unaligned store
+        if payload.count > 0 { (p + headerCount).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+        writeIndex &+= headerCount &+ payload.count
     }
 
     /// Appends `headerCount` bytes of `header` (memory order) and `payload`.

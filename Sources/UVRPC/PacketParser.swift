@@ -126,6 +126,27 @@ package struct PacketParser: ~Copyable {
         defer { streamOffset += UInt64(offset) }
         let count = input.count
         while offset < count {
+            if case .packets = state, let base = input.baseAddress {
+                // The common case first: whole short MESSAGE / RESPONSE frames,
+                // read with unchecked loads (each one is inside `input` by the
+                // length checks), one after another without leaving this loop.
+                while count - offset >= Wire.shortHeaderSize {
+                    let p = base + offset
+                    let type = p.load(as: UInt8.self)
+                    guard type == 2 || type == 3 else { break }
+                    let length = Int(p.load(fromByteOffset: 3, as: UInt8.self)) << 8
+                        | Int(p.load(fromByteOffset: 4, as: UInt8.self))
+                    guard count - offset - Wire.shortHeaderSize >= length, length <= maximumPayloadSize else { break }
+                    let id = UInt16(p.load(fromByteOffset: 1, as: UInt8.self)) << 8
+                        | UInt16(p.load(fromByteOffset: 2, as: UInt8.self))
+                    let payload = UnsafeRawBufferPointer(start: p + Wire.shortHeaderSize, count: length)
+                    offset += Wire.shortHeaderSize + length
+                    let goOn = type == 2 ? sink.receivedMessage(id: id, payload: payload)
+                                         : sink.receivedResponse(id: id, payload: payload)
+                    if !goOn { return offset }
+                }
+                if offset == count { break }
+            }
             let available = count - offset
             switch state {
             case .packets:

@@ -13,16 +13,19 @@ public enum PacketWriter {
     /// integer (byte 0 lowest), and how many bytes it has (5 or 7).
     @inline(__always)
     public static func header(isResponse: Bool, id: UInt16, payloadCount n: Int) -> (bits: UInt64, count: Int) {
+        // Big-endian id in bytes 1-2: the byte-swapped id, one byte up.
+        let idBits = UInt64(id.byteSwapped) << 8
+        if n <= Wire.maximumShortPayload {
+            let type = isResponse ? PacketType.response.rawValue : PacketType.message.rawValue
+            return (UInt64(type) | idBits | UInt64(UInt16(truncatingIfNeeded: n).byteSwapped) << 24, Wire.shortHeaderSize)
+        }
         precondition(n <= Wire.maximumPayload, "payload of \(n) bytes exceeds the protocol's u32 length")
-        let idBits = UInt64(id >> 8) << 8 | UInt64(id & 0xff) << 16
-        if n > Wire.maximumShortPayload {
+        do {
             let type = isResponse ? PacketType.responseBig.rawValue : PacketType.messageBig.rawValue
             let length = UInt64(n >> 24 & 0xff) << 24 | UInt64(n >> 16 & 0xff) << 32
                 | UInt64(n >> 8 & 0xff) << 40 | UInt64(n & 0xff) << 48
             return (UInt64(type) | idBits | length, Wire.bigHeaderSize)
         }
-        let type = isResponse ? PacketType.response.rawValue : PacketType.message.rawValue
-        return (UInt64(type) | idBits | UInt64(n >> 8 & 0xff) << 24 | UInt64(n & 0xff) << 32, Wire.shortHeaderSize)
     }
 
     /// Writes a MESSAGE (or RESPONSE when `isResponse`) with `id` and

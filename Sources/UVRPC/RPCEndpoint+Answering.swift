@@ -17,7 +17,7 @@ import UVLoop
 extension RPCEndpoint {
     /// A request whose handler returned without answering it.
     struct UnansweredRequest {
-        var token: UInt32
+        var token: UInt64
         /// When the message arrived (loop milliseconds).
         var since: UInt64
         /// Whether it was already logged as overdue.
@@ -36,17 +36,16 @@ extension RPCEndpoint {
             logger.error("message handler never answered; the peer reused the message id, so it can no longer be answered",
                          metadata: ["rpc.id": "\(id)", "rpc.waited-ms": "\(eventLoop.now - old.since)"])
         }
-        let token = nextToken
-        nextToken = token == .max ? 1 : token + 1
+        let token = nextSequence << 16 | UInt64(id)
+        nextSequence &+= 1
         // A handler may (by setting onMessage) run waiting messages within its call.
         let outerToken = currentToken, outerAnswered = currentAnswered
         currentToken = token
         currentAnswered = false
-        handlingDepth += 1
         do {
             // Borrowed, not retained: see `callbackHandler` and `retiredHandlers`.
             try handler._withUnsafeGuaranteedRef {
-                try $0.body(RPCRequest(messageID: id, payload: payload, endpoint: self, token: token))
+                try $0.body(RPCRequest(payload: payload, endpoint: self, token: token))
             }
         } catch {
             if !currentAnswered {
@@ -65,13 +64,12 @@ extension RPCEndpoint {
         }
         currentToken = outerToken
         currentAnswered = outerAnswered
-        handlingDepth -= 1
-        if handlingDepth == 0 && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
     }
 
-    /// Answers the request `token` (message `id`): ``RPCRequest/respond(_:)-(UnsafeRawBufferPointer)``.
+    /// Answers the request `token` (its message id in the low 16 bits): ``RPCRequest/respond(_:)-(UnsafeRawBufferPointer)``.
     @inline(__always)
-    func answer(token: UInt32, id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+    func answer(token: UInt64, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+        let id = UInt16(truncatingIfNeeded: token)
         if token == currentToken {
             // Answered within its handler call, on the loop (see the type's comment).
             guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
@@ -88,7 +86,8 @@ extension RPCEndpoint {
     }
 
     /// Whether the request `token` was answered or can no longer be.
-    func isAnswered(token: UInt32, id: UInt16) -> Bool {
+    func isAnswered(token: UInt64) -> Bool {
+        let id = UInt16(truncatingIfNeeded: token)
         if token == currentToken { return currentAnswered }
         checkLoop("RPCRequest.isAnswered")
         return unanswered[id]?.token != token

@@ -3,16 +3,24 @@ import UVLoop
 
 /// Async handlers: long-lived worker tasks per endpoint, fed from a queue.
 ///
-/// A message goes to an idle worker (resuming it costs no allocation), or
-/// waits in the queue; when no worker is idle and none is starting, one more
-/// is started, so a handler that awaits never holds up the others. Workers
-/// run on the endpoint's loop (task executor preference), so the queue and
-/// the workers' bookkeeping are loop-thread state like the rest. Workers
-/// beyond ``maximumIdleWorkers`` end when they run out of work; every worker
-/// ends when the endpoint closes (running handlers are cancelled).
+/// Workers run on the endpoint's loop (task executor preference), so the queue
+/// and the bookkeeping here are loop-thread state like the rest. A worker that
+/// is woken drains the queue: it calls the handler for one request after
+/// another, in the same job, as long as handlers return without suspending
+/// (an echo, a lookup in loop-owned state). So a burst of messages from one
+/// read costs one or two jobs, not one per message.
+///
+/// A handler that awaits must not hold up the others: before each handler
+/// call that leaves requests queued, a second worker is scheduled (one job,
+/// queued behind the running one). If the handler returns at once, that
+/// worker finds the queue empty and parks again; if it suspends, that worker
+/// carries on with the queue. Workers grow that way to as many handlers as
+/// are suspended at once, plus one; parked workers beyond
+/// ``maximumIdleWorkers`` end. Every worker ends when the endpoint closes
+/// (handlers still running are cancelled).
 extension RPCEndpoint {
-    /// Idle workers kept per endpoint; more end when they run out of work.
-    static let maximumIdleWorkers = 64
+    /// Parked workers kept per endpoint; more end when they run out of work.
+    static let maximumIdleWorkers = 16
 
     /// Installs an async handler (on the loop) and hands it any waiting messages.
     func installAsyncHandler(_ handle: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) {
@@ -20,56 +28,64 @@ extension RPCEndpoint {
         deliverWaitingMessages()
     }
 
-    /// Queues a message for the async handler.
+    /// Queues a message for the async handler; makes sure a worker will take it.
     func enqueueAsyncRequest(id: UInt16, payload: [UInt8]) {
-        let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
-                                      peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
-                                      userValue: _userValue, endpoint: self)
-        if let worker = idleWorkers.popLast() {
-            worker.resume(returning: request)
-            return
-        }
-        asyncQueue.append(request)
-        if startingWorkers < asyncQueue.count - asyncQueueHead { startWorker() }
+        asyncQueue.append(RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
+                                          peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
+                                          userValue: _userValue, endpoint: self))
+        if scheduledWorkers == 0 { scheduleWorker() }
     }
 
-    private func startWorker() {
+    /// Wakes a parked worker, or starts one; it runs after the current job.
+    private func scheduleWorker() {
+        scheduledWorkers += 1
+        if let parked = idleWorkers.popLast() {
+            parked.resume(returning: true)
+            return
+        }
         let key = nextWorkerKey
         nextWorkerKey &+= 1
-        startingWorkers += 1
         // The task cannot start before this returns (it is queued on this loop),
         // so it is registered before it can unregister itself.
-        workerTasks[key] = Task(executorPreference: eventLoop) {
-            self.startingWorkers -= 1
-            while let request = await self.nextAsyncRequest() {
-                await self.runAsyncHandler(for: request)
-            }
+        workerTasks[key] = Task(executorPreference: eventLoop.taskExecutor) {
+            await self.work()
             self.workerTasks[key] = nil
         }
     }
 
-    /// The next queued request, or waits for one; nil when the worker should end.
-    private func nextAsyncRequest() async -> RPCAsyncRequest? {
-        if closing { return nil }
-        if asyncQueueHead < asyncQueue.count {
-            let request = asyncQueue[asyncQueueHead]
-            asyncQueueHead += 1
-            if asyncQueueHead == asyncQueue.count {
-                asyncQueue.removeAll(keepingCapacity: asyncQueue.count <= 256)
-                asyncQueueHead = 0
+    /// A worker's life: drain the queue, park, repeat; returns when it should end.
+    private func work() async {
+        while true {
+            scheduledWorkers -= 1 // running now
+            while let request = nextQueuedRequest() {
+                guard case .async(let handle)? = handler else {
+                    // The handler changed since the message arrived: the current one takes it.
+                    request.payload.withUnsafeBytes { handleMessage(id: request.messageID, payload: $0) }
+                    continue
+                }
+                // Should this handler suspend, another worker goes on with the queue.
+                if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
+                await answer(request, with: handle)
             }
-            return request
+            if closing || idleWorkers.count >= Self.maximumIdleWorkers { return }
+            let woken = await withUnsafeContinuation { idleWorkers.append($0) }
+            if !woken { return }
         }
-        if idleWorkers.count >= Self.maximumIdleWorkers { return nil }
-        return await withUnsafeContinuation { idleWorkers.append($0) }
     }
 
-    private func runAsyncHandler(for request: RPCAsyncRequest) async {
-        guard case .async(let handle)? = handler else {
-            // The handler changed since the message arrived: the current one takes it.
-            request.payload.withUnsafeBytes { handleMessage(id: request.messageID, payload: $0) }
-            return
+    private func nextQueuedRequest() -> RPCAsyncRequest? {
+        guard !closing, asyncQueueHead < asyncQueue.count else { return nil }
+        let request = asyncQueue[asyncQueueHead]
+        asyncQueueHead += 1
+        if asyncQueueHead == asyncQueue.count {
+            asyncQueue.removeAll(keepingCapacity: asyncQueue.count <= 1024)
+            asyncQueueHead = 0
         }
+        return request
+    }
+
+    private func answer(_ request: RPCAsyncRequest,
+                        with handle: @Sendable (RPCAsyncRequest) async throws -> [UInt8]) async {
         do {
             let response = try await handle(request)
             let sent = response.withUnsafeBytes { raw in
@@ -85,14 +101,14 @@ extension RPCEndpoint {
         }
     }
 
-    /// Ends every worker: idle ones at once, running ones are cancelled and
-    /// end after their handler returns (the endpoint is closing).
+    /// Ends every worker (the endpoint is closing): parked ones at once,
+    /// running handlers are cancelled and their workers end after them.
     func stopAsyncWorkers() {
         asyncQueue.removeAll()
         asyncQueueHead = 0
-        let idle = idleWorkers
+        let parked = idleWorkers
         idleWorkers.removeAll()
-        for worker in idle { worker.resume(returning: nil) }
+        for worker in parked { worker.resume(returning: false) }
         for task in workerTasks.values { task.cancel() }
     }
 }

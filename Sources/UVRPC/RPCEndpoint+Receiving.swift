@@ -22,6 +22,7 @@ extension RPCEndpoint: PacketSink {
             return 0
         }
         parser.inlinePayloadLimit = connection.readBufferCapacity - Wire.bigHeaderSize
+        defer { if !retiredHandlers.isEmpty { retiredHandlers.removeAll() } }
         do {
             return try parser.parse(bytes, into: self)
         } catch {
@@ -34,6 +35,7 @@ extension RPCEndpoint: PacketSink {
         }
     }
 
+    @inline(__always)
     package func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         handleMessage(id: id, payload: payload)
         // Stop after it if its answer made the connection unwritable.

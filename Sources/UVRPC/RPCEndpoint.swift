@@ -122,23 +122,27 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// handled) holds it strongly whenever this is non-nil.
     @exclusivity(unchecked) var callbackHandler: Unmanaged<CallbackHandler>?
     /// Handlers replaced while a message was being handled: kept alive until
-    /// that call returned (the one running may be among them).
+    /// the end of that read (the one running may be among them).
     @exclusivity(unchecked) var retiredHandlers: [MessageHandler] = []
-    @exclusivity(unchecked) var handlingDepth = 0
 
     func setHandler(_ new: MessageHandler?) {
-        if handlingDepth > 0, let old = handler { retiredHandlers.append(old) }
+        if currentToken != 0, let old = handler {
+            retiredHandlers.append(old)
+        } else if !retiredHandlers.isEmpty {
+            retiredHandlers.removeAll()
+        }
         handler = new
         if case .callback(let box)? = new { callbackHandler = Unmanaged.passUnretained(box) } else { callbackHandler = nil }
     }
 
     // Answer state of callback requests (see RPCEndpoint+Answering.swift).
     /// Token of the request whose handler is running now (0: none).
-    @exclusivity(unchecked) var currentToken: UInt32 = 0
+    @exclusivity(unchecked) var currentToken: UInt64 = 0
     /// Whether the request of `currentToken` was answered (or abandoned).
     @exclusivity(unchecked) var currentAnswered = true
-    /// The token the next request gets (never 0).
-    @exclusivity(unchecked) var nextToken: UInt32 = 1
+    /// The sequence number of the next request's token (counts up from 1;
+    /// 48 bits never wrap).
+    @exclusivity(unchecked) var nextSequence: UInt64 = 1
     /// Requests whose handler returned without answering, by message id.
     @exclusivity(unchecked) var unanswered: [UInt16: UnansweredRequest] = [:]
 
@@ -146,10 +150,10 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     /// Requests waiting for a worker, oldest first from `asyncQueueHead`.
     @exclusivity(unchecked) var asyncQueue: [RPCAsyncRequest] = []
     @exclusivity(unchecked) var asyncQueueHead = 0
-    /// Workers waiting for a request.
-    @exclusivity(unchecked) var idleWorkers: [UnsafeContinuation<RPCAsyncRequest?, Never>] = []
-    /// Workers started but not yet waiting or working.
-    @exclusivity(unchecked) var startingWorkers = 0
+    /// Parked workers; resumed with true to work, false to end.
+    @exclusivity(unchecked) var idleWorkers: [UnsafeContinuation<Bool, Never>] = []
+    /// Workers woken or started whose job has not run yet.
+    @exclusivity(unchecked) var scheduledWorkers = 0
     /// Every worker task, cancelled when the endpoint closes.
     @exclusivity(unchecked) var workerTasks: [UInt64: Task<Void, Never>] = [:]
     @exclusivity(unchecked) var nextWorkerKey: UInt64 = 0

@@ -23,23 +23,25 @@ import UVLoop
 /// }
 /// ```
 public struct RPCRequest {
-    /// The message's id, as the peer numbered it.
-    public let messageID: UInt16
     /// The message's bytes: a view valid only during the handler call. Copy
     /// it (`Array(request.payload)`) to keep it for a later answer.
     public let payload: UnsafeRawBufferPointer
     /// The endpoint the message came in on.
     public let endpoint: RPCEndpoint
-    /// Which request of the endpoint this is (tells a kept request from a
-    /// newer one that reuses its message id).
-    let token: UInt32
+    /// Which request of the endpoint this is: its sequence number (tells a
+    /// kept request from a newer one that reuses its message id) above the
+    /// message id in the low 16 bits. One word, so that the request (four
+    /// words) travels in registers.
+    let token: UInt64
 
-    init(messageID: UInt16, payload: UnsafeRawBufferPointer, endpoint: RPCEndpoint, token: UInt32) {
-        self.messageID = messageID
+    init(payload: UnsafeRawBufferPointer, endpoint: RPCEndpoint, token: UInt64) {
         self.payload = payload
         self.endpoint = endpoint
         self.token = token
     }
+
+    /// The message's id, as the peer numbered it.
+    public var messageID: UInt16 { UInt16(truncatingIfNeeded: token) }
 
     /// The peer's address (nil for a Unix-socket peer without a bound name).
     public var peerAddress: SocketAddress? { endpoint.connection.remoteAddress }
@@ -50,20 +52,20 @@ public struct RPCRequest {
     public var userValue: (any Sendable)? { endpoint._userValue }
     /// True once answered, or once the request can no longer be answered (its
     /// handler threw, the endpoint closed, or the peer reused its id).
-    public var isAnswered: Bool { endpoint.isAnswered(token: token, id: messageID) }
+    public var isAnswered: Bool { endpoint.isAnswered(token: token) }
 
     /// Sends `payload` as the answer.
     /// - Throws: ``RPCResponseError`` when the request was already answered
     ///   or can no longer be, when the endpoint closed, or when the payload is
     ///   too big for a protocol-1 peer.
     public func respond(_ payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
-        try endpoint.answer(token: token, id: messageID, with: payload)
+        try endpoint.answer(token: token, with: payload)
     }
 
     /// Sends `payload` as the answer; see ``respond(_:)-(UnsafeRawBufferPointer)``.
     public func respond(_ payload: [UInt8]) throws(RPCResponseError) {
         let result = payload.withUnsafeBytes { raw in
-            Result { () throws(RPCResponseError) in try endpoint.answer(token: token, id: messageID, with: raw) }
+            Result { () throws(RPCResponseError) in try endpoint.answer(token: token, with: raw) }
         }
         try result.get()
     }

@@ -49,7 +49,7 @@ final class AsyncAPITests: XCTestCase {
             return request.payload
         })
         let callerOnLoop = try await withTimeout("a call from a task on the loop") {
-            try await Task(executorPreference: loop) { () async throws -> [Bool] in
+            try await Task(executorPreference: loop.taskExecutor) { () async throws -> [Bool] in
                 let before = loop.inEventLoop
                 let response = try await client.send([1, 2, 3])
                 XCTAssertEqual(response, [1, 2, 3])
