@@ -30,9 +30,7 @@ extension RPCEndpoint {
 
     /// Queues a message for the async handler; makes sure a worker will take it.
     func enqueueAsyncRequest(id: UInt16, payload: [UInt8]) {
-        asyncQueue.append(RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
-                                          peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
-                                          userValue: _userValue, endpoint: self))
+        asyncQueue.append((id, payload))
         if scheduledWorkers == 0 { scheduleWorker() }
     }
 
@@ -57,15 +55,30 @@ extension RPCEndpoint {
     private func work() async {
         while true {
             scheduledWorkers -= 1 // running now
-            while let request = nextQueuedRequest() {
+            while let (id, payload) = nextQueuedRequest() {
                 guard case .async(let handle)? = handler else {
                     // The handler changed since the message arrived: the current one takes it.
-                    request.payload.withUnsafeBytes { handleMessage(id: request.messageID, payload: $0) }
+                    payload.withUnsafeBytes { handleMessage(id: id, payload: $0) }
                     continue
                 }
                 // Should this handler suspend, another worker goes on with the queue.
                 if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
-                await answer(request, with: handle)
+                let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
+                                              peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
+                                              userValue: _userValue, endpoint: self)
+                do {
+                    let response = try await handle(request)
+                    let sent = response.withUnsafeBytes { raw in
+                        Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw) }
+                    }
+                    if case .failure(let error) = sent {
+                        logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+                    }
+                } catch {
+                    logger.error("message handler failed; no response sent", metadata: [
+                        "rpc.id": "\(id)", "rpc.error": "\(error)",
+                    ])
+                }
             }
             if closing || idleWorkers.count >= Self.maximumIdleWorkers { return }
             let woken = await withUnsafeContinuation { idleWorkers.append($0) }
@@ -73,7 +86,7 @@ extension RPCEndpoint {
         }
     }
 
-    private func nextQueuedRequest() -> RPCAsyncRequest? {
+    private func nextQueuedRequest() -> (id: UInt16, payload: [UInt8])? {
         guard !closing, asyncQueueHead < asyncQueue.count else { return nil }
         let request = asyncQueue[asyncQueueHead]
         asyncQueueHead += 1
@@ -82,23 +95,6 @@ extension RPCEndpoint {
             asyncQueueHead = 0
         }
         return request
-    }
-
-    private func answer(_ request: RPCAsyncRequest,
-                        with handle: @Sendable (RPCAsyncRequest) async throws -> [UInt8]) async {
-        do {
-            let response = try await handle(request)
-            let sent = response.withUnsafeBytes { raw in
-                Result { () throws(RPCResponseError) in try self.respond(to: request.messageID, with: raw) }
-            }
-            if case .failure(let error) = sent {
-                logger.debug("answer not sent", metadata: ["rpc.id": "\(request.messageID)", "rpc.error": "\(error)"])
-            }
-        } catch {
-            logger.error("message handler failed; no response sent", metadata: [
-                "rpc.id": "\(request.messageID)", "rpc.error": "\(error)",
-            ])
-        }
     }
 
     /// Ends every worker (the endpoint is closing): parked ones at once,

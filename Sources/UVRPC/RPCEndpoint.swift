@@ -148,7 +148,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
 
     // Async handlers (see RPCEndpoint+AsyncHandlers.swift).
     /// Requests waiting for a worker, oldest first from `asyncQueueHead`.
-    @exclusivity(unchecked) var asyncQueue: [RPCAsyncRequest] = []
+    @exclusivity(unchecked) var asyncQueue: [(id: UInt16, payload: [UInt8])] = []
     @exclusivity(unchecked) var asyncQueueHead = 0
     /// Parked workers; resumed with true to work, false to end.
     @exclusivity(unchecked) var idleWorkers: [UnsafeContinuation<Bool, Never>] = []
