@@ -59,7 +59,14 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) var sharedPrefix = 0
     /// Up to this many unconsumed bytes are moved in front of a shared-buffer
     /// read rather than making the read land in the (smaller) ring.
-    static let maximumSharedPrefix = 16 << 10
+    static let maximumSharedPrefix = 32 << 10
+
+    /// The longest run of unconsumed bytes a consumer can count on getting
+    /// back whole, in one contiguous view, without the read buffer growing:
+    /// the ring's capacity, or what is moved in front of a shared-buffer read.
+    /// A framing layer can wait in place for frames up to this size (mid-size
+    /// frames then cost no allocation of their own).
+    package var contiguousReadCapacity: Int { max(ring.capacity, Self.maximumSharedPrefix) }
 
     /// The read buffer.
     let ring: RingBuffer

@@ -21,7 +21,7 @@ extension RPCEndpoint: PacketSink {
             connection.pauseReading()
             return 0
         }
-        parser.inlinePayloadLimit = connection.readBufferCapacity - Wire.bigHeaderSize
+        parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
         defer { if !retiredHandlers.isEmpty { retiredHandlers.removeAll() } }
         do {
             return try parser.parse(bytes, into: self)
