@@ -71,6 +71,13 @@ let package = Package(
             dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks/uvrpc-soak"
         ),
+        // The endpoint's whole receive path under arbitrary bytes, through an in-memory
+        // transport: used by the libFuzzer target (scripts/fuzz.sh) and the corpus replay test.
+        .target(
+            name: "EndpointFuzzHarness",
+            dependencies: ["UVLoop", "UVRPC"],
+            path: "Fuzz/EndpointHarness"
+        ),
         // Helpers shared by the test targets (a loop on its own thread, promises, payloads).
         .target(
             name: "UVTestSupport",
@@ -83,7 +90,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UVRPCTests",
-            dependencies: ["UVRPC", "UVLoop", "UVTestSupport"],
+            dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness"],
             exclude: ["Fixtures"]
         ),
     ],

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the PacketParser and the handshake reader with libFuzzer + ASan.
+# Fuzzes an endpoint's whole receive path (read buffers, parser, dispatch,
+# call table, handlers and their answers) with libFuzzer + ASan, through an
+# in-memory transport (Fuzz/EndpointHarness).
 #   scripts/fuzz.sh [SECONDS]   (default 600)
 # New interesting inputs are kept in Fuzz/corpus (commit them: `make test`
 # replays every file there); crashes are written to .build-fuzz/.
@@ -7,9 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
 mkdir -p .build-fuzz Fuzz/corpus
-swiftc -parse-as-library -O -sanitize=fuzzer,address \
-    Sources/UVRPC/Wire.swift Sources/UVRPC/PacketParser.swift Fuzz/ParserFuzzer.swift \
-    -o .build-fuzz/parser-fuzzer
+# The libraries with coverage and ASan (their own build folder), then the
+# libFuzzer entry point linked against their objects.
+swift build -c release --target EndpointFuzzHarness --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address
+swiftc -parse-as-library -O -sanitize=fuzzer,address Fuzz/EndpointFuzzer.swift \
+    -I .build-fuzz/release/Modules -I Sources/CLibUV \
+    .build-fuzz/release/{UVLoop,UVRPC,EndpointFuzzHarness,Logging}.build/*.o -luv \
+    -o .build-fuzz/endpoint-fuzzer 2>&1 | grep -v "Cannot export local symbol" || true
 # Seeds: the byte vectors of PROTOCOL.md.
 python3 - <<'PY'
 import os, struct
@@ -28,6 +34,6 @@ for name, data in seeds.items():
 PY
 rm -rf .build-fuzz/work && mkdir -p .build-fuzz/work
 cd .build-fuzz
-./parser-fuzzer -max_total_time="$seconds" -max_len=100000 -print_final_stats=1 work ../Fuzz/corpus 2>&1 | tail -8
+./endpoint-fuzzer -max_total_time="$seconds" -max_len=100000 -print_final_stats=1 work ../Fuzz/corpus 2>&1 | tail -8
 # Keep only inputs that add coverage.
-./parser-fuzzer -merge=1 ../Fuzz/corpus work 2>&1 | tail -2
+./endpoint-fuzzer -merge=1 ../Fuzz/corpus work 2>&1 | tail -2

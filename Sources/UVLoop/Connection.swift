@@ -47,9 +47,9 @@ public final class Connection: HandleOwner {
     /// Asked before a read while no bytes are unconsumed: a buffer the
     /// consumer wants the next bytes in (e.g. the rest of a large payload), or
     /// nil for the usual path. Bytes read into it go to ``onDirectRead``, not ``onRead``.
-    @exclusivity(unchecked) public var directReadBuffer: (() -> UnsafeMutableRawBufferPointer?)?
+    @exclusivity(unchecked) package var directReadBuffer: (() -> UnsafeMutableRawBufferPointer?)?
     /// Called with the number of bytes read into the buffer ``directReadBuffer`` gave.
-    @exclusivity(unchecked) public var onDirectRead: ((Int) -> Void)?
+    @exclusivity(unchecked) package var onDirectRead: ((Int) -> Void)?
 
     /// Where the pending read lands.
     enum ReadTarget { case ring, shared, direct }
@@ -200,167 +200,6 @@ public final class Connection: HandleOwner {
         if state == .open && wantsReading { startReading() }
     }
 
-    // MARK: Reading
-
-    /// Starts (or resumes) delivering reads to ``onRead``. Bytes already
-    /// buffered are offered at once.
-    public func resumeReading() {
-        preconditionInEventLoop("Connection.resumeReading()")
-        wantsReading = true
-        guard state == .open else { return }
-        if ring.readableCount > 0 { processReadable() }
-        startReading()
-    }
-
-    /// Stops reading from the socket (read-side backpressure: the peer's
-    /// writes then back up in the kernel). Buffered bytes stay buffered.
-    public func pauseReading() {
-        preconditionInEventLoop("Connection.pauseReading()")
-        wantsReading = false
-        stopReading()
-    }
-
-    func startReading() {
-        guard !reading, wantsReading, state == .open else { return }
-        let rc = uv_read_start(uvStream, connectionAllocCallback, connectionReadCallback)
-        if rc < 0 { fail(.readFailed(UVError(code: rc, operation: "uv_read_start", target: label))) }
-        else { reading = true }
-    }
-
-    func stopReading() {
-        guard reading else { return }
-        reading = false
-        uv_read_stop(uvStream)
-    }
-
-    /// The buffer libuv should read into: the consumer's direct buffer or the
-    /// loop's shared buffer while nothing is unconsumed, else the ring's
-    /// contiguous free span (after the unconsumed bytes).
-    func readBuffer() -> uv_buf_t {
-        if ring.readableCount == 0 {
-            if let directReadBuffer, let direct = directReadBuffer(), direct.count > 0 {
-                // Safe: the consumer keeps this buffer until onDirectRead reports the read.
-                readTarget = .direct
-                return uv_buf_t(base: direct.baseAddress!.assumingMemoryBound(to: CChar.self), len: direct.count)
-            }
-            // Safe: the shared buffer serves one read at a time (see EventLoop.sharedReadBuffer).
-            readTarget = .shared
-            return uv_buf_t(base: withLoop { $0.sharedReadBuffer }.assumingMemoryBound(to: CChar.self),
-                            len: EventLoop.sharedReadBufferSize)
-        }
-        if ring.readableCount <= Self.maximumSharedPrefix {
-            // A partial frame is waiting: put a copy in front of a full-size read
-            // (the ring would offer only what is left of its 8 KiB).
-            let prefix = ring.readableCount
-            let shared = withLoop { $0.sharedReadBuffer }
-            ring.copyBytes(at: 0, count: prefix, into: shared)
-            readTarget = .shared
-            sharedPrefix = prefix
-            return uv_buf_t(base: (shared + prefix).assumingMemoryBound(to: CChar.self),
-                            len: EventLoop.sharedReadBufferSize - prefix)
-        }
-        readTarget = .ring
-        var region = ring.writableRegion()
-        if region.isEmpty, ring.grow(toFit: ring.capacity * 2) {
-            region = ring.writableRegion()
-        }
-        // Empty when the ring is full at its maximum: libuv then reports UV_ENOBUFS.
-        return uv_buf_t(base: region.baseAddress?.assumingMemoryBound(to: CChar.self), len: region.count)
-    }
-
-    func didRead(_ nread: Int) {
-        if nread <= 0 { sharedPrefix = 0 } // the unconsumed bytes are still in the ring
-        if nread > 0 {
-            switch readTarget {
-            case .ring:
-                ring.didWrite(nread)
-                processReadable()
-            case .shared:
-                let prefix = sharedPrefix
-                sharedPrefix = 0
-                if prefix > 0 { ring.consume(prefix) } // now in front of the new bytes
-                processShared(UnsafeRawBufferPointer(start: withLoop { $0.sharedReadBuffer }, count: prefix + nread))
-            case .direct:
-                onDirectRead?(nread)
-            }
-        } else if nread < 0 {
-            let code = Int32(nread)
-            switch code {
-            case UV_EOF.rawValue:
-                closeReason = closeReason ?? .endOfStream(connection: label)
-                stopReading()
-                // Flush what we still owe the peer, then close.
-                close()
-            case UV_ECONNRESET.rawValue, UV_EPIPE.rawValue:
-                fail(.reset(connection: label))
-            case UV_ENOBUFS.rawValue:
-                fail(.readBufferLimitExceeded(connection: label, limit: ring.capacity))
-            default:
-                fail(.readFailed(UVError(code: code, operation: "read", target: label)))
-            }
-        }
-    }
-
-    /// Offers bytes read into the loop's shared buffer to `onRead` until it
-    /// stops consuming, then keeps the rest in the connection's own ring (the
-    /// shared buffer is reused by the next read of any connection).
-    func processShared(_ bytes: UnsafeRawBufferPointer) {
-        var offset = 0
-        processingReads = true
-        while offset < bytes.count, let consumed = offer(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
-            offset += consumed
-            if consumed == 0 { break }
-        }
-        processingReads = false
-        guard offset < bytes.count, !isHandleClosed else { return }
-        let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
-        guard ring.grow(toFit: rest.count) else {
-            return fail(.readBufferLimitExceeded(connection: label, limit: ring.maximumCapacity))
-        }
-        ring.write(rest) // the ring is empty here: reads use the shared buffer only then
-    }
-
-    /// Offers the readable bytes to `onRead` until it stops consuming.
-    func processReadable() {
-        guard !processingReads else { return } // the outer call keeps going
-        processingReads = true
-        defer { processingReads = false }
-        while ring.readableCount > 0, let consumed = offer(ring.firstReadableRegion) {
-            ring.consume(consumed)
-            if consumed > 0 { continue }
-            // Nothing consumed: the handler needs more bytes than the first
-            // contiguous run. Make them contiguous once if they wrap; else wait.
-            if ring.isWrapped { ring.linearize(); continue }
-            break
-        }
-        // Empty: later reads go to the shared buffer; a grown ring is given back.
-        if ring.readableCount == 0 && ring.capacity > ring.initialCapacity { ring.releaseStorage() }
-    }
-
-    /// Offers `region` to ``onRead``: how many bytes it consumed, or nil when
-    /// reads are not wanted now (paused, closed, no handler) or the handler
-    /// closed the connection.
-    @inline(__always)
-    func offer(_ region: UnsafeRawBufferPointer) -> Int? {
-        guard wantsReading, state == .open || state == .closing, let onRead else { return nil }
-        let consumed = onRead(region)
-        precondition(consumed >= 0 && consumed <= region.count,
-                     "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
-        return isHandleClosed ? nil : consumed
-    }
-
-    /// Frees the read ring and the outgoing buffers if they hold nothing
-    /// (they are allocated again when needed). For connections that went
-    /// idle: an idle connection then owns no buffer memory.
-    public func releaseIdleBuffers() {
-        preconditionInEventLoop("Connection.releaseIdleBuffers()")
-        if ring.readableCount == 0 && !processingReads { ring.releaseStorage() }
-        if !writeInFlight && pending.readableCount == 0 {
-            pending.release()
-            inFlight.release()
-        }
-    }
-
     // MARK: Closing
 
     /// Closes gracefully: stops reading, flushes pending writes (for at most
@@ -454,23 +293,5 @@ public final class Connection: HandleOwner {
         self.directReadBuffer = nil
         self.onDirectRead = nil
         onClose?(closeReason)
-    }
-}
-
-// MARK: libuv callbacks
-
-private let connectionAllocCallback: uv_alloc_cb = { handle, _, buf in
-    // Safe: the handle's data is its Connection until its close callback, so it is
-    // alive (without a retain) for this call.
-    buf!.pointee = HandleOwner.owner(of: handle)._withUnsafeGuaranteedRef {
-        unsafeDowncast($0, to: Connection.self).readBuffer()
-    }
-}
-
-private let connectionReadCallback: uv_read_cb = { stream, nread, _ in
-    // Safe: the handle's data is its Connection until its close callback; the read
-    // callback never runs after it, and the handle keeps its owner alive until then.
-    HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream)))._withUnsafeGuaranteedRef {
-        unsafeDowncast($0, to: Connection.self).didRead(nread)
     }
 }

@@ -13,29 +13,29 @@
 /// large enough, otherwise through a scratch buffer that is kept).
 ///
 /// Not thread-safe: a ring belongs to one connection on one loop.
-public final class RingBuffer {
+package final class RingBuffer {
     /// The storage; `nil` until first needed (idle rings cost nothing).
     /// Invariant: when non-nil it holds `capacity` bytes, owned by this ring.
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
     @exclusivity(unchecked) private var storage: UnsafeMutableRawPointer?
     /// Current capacity in bytes, always a power of two.
-    @exclusivity(unchecked) public private(set) var capacity: Int
+    @exclusivity(unchecked) package private(set) var capacity: Int
     /// Capacity the ring starts with and shrinks back to.
-    public let initialCapacity: Int
+    package let initialCapacity: Int
     /// Largest capacity ``grow(toFit:)`` may reach.
-    public let maximumCapacity: Int
+    package let maximumCapacity: Int
     /// Offset of the first readable byte.
     @exclusivity(unchecked) private var head = 0
     /// Number of readable bytes.
-    @exclusivity(unchecked) public private(set) var readableCount = 0
+    @exclusivity(unchecked) package private(set) var readableCount = 0
     /// Scratch space for ``linearize()`` when the gap is too small; kept for reuse.
     @exclusivity(unchecked) private var scratch: UnsafeMutableRawPointer?
     @exclusivity(unchecked) private var scratchCapacity = 0
 
     /// Creates a ring that starts at `initialCapacity` bytes and may grow to
     /// `maximumCapacity` bytes; both are rounded up to powers of two.
-    public init(initialCapacity: Int = 8192, maximumCapacity: Int = 4 << 20) {
+    package init(initialCapacity: Int = 8192, maximumCapacity: Int = 4 << 20) {
         precondition(initialCapacity > 0, "RingBuffer: initialCapacity must be positive")
         let initial = RingBuffer.roundUpToPowerOfTwo(initialCapacity)
         self.initialCapacity = initial
@@ -53,13 +53,13 @@ public final class RingBuffer {
     }
 
     /// True while the ring owns storage.
-    public var hasStorage: Bool { storage != nil }
+    package var hasStorage: Bool { storage != nil }
 
     /// Free bytes in the ring.
-    public var writableCount: Int { capacity - readableCount }
+    package var writableCount: Int { capacity - readableCount }
 
     /// True when the readable bytes straddle the end of the storage.
-    public var isWrapped: Bool { head + readableCount > capacity }
+    package var isWrapped: Bool { head + readableCount > capacity }
 
     private var base: UnsafeMutableRawPointer {
         if let storage { return storage }
@@ -70,7 +70,7 @@ public final class RingBuffer {
 
     /// The contiguous free span where the next read should land (up to the
     /// wrap point or the first readable byte). Empty only when the ring is full.
-    public func writableRegion() -> UnsafeMutableRawBufferPointer {
+    package func writableRegion() -> UnsafeMutableRawBufferPointer {
         if readableCount == 0 { head = 0 }
         let tail = (head + readableCount) & (capacity - 1)
         let end = tail >= head && readableCount < capacity ? capacity : head
@@ -79,7 +79,7 @@ public final class RingBuffer {
     }
 
     /// Marks `n` bytes written into ``writableRegion()`` as readable.
-    public func didWrite(_ n: Int) {
+    package func didWrite(_ n: Int) {
         precondition(n >= 0 && n <= writableCount, "RingBuffer.didWrite(\(n)) exceeds free space \(writableCount)")
         readableCount += n
     }
@@ -87,7 +87,7 @@ public final class RingBuffer {
     /// Copies `bytes` into the ring (possibly across the wrap point).
     /// Returns how many bytes fitted.
     @discardableResult
-    public func write(_ bytes: UnsafeRawBufferPointer) -> Int {
+    package func write(_ bytes: UnsafeRawBufferPointer) -> Int {
         var written = 0
         while written < bytes.count {
             let region = writableRegion()
@@ -102,7 +102,7 @@ public final class RingBuffer {
 
     /// The readable bytes as at most two contiguous views, in order. The
     /// views are valid until the ring is next mutated.
-    public var readableRegions: (first: UnsafeRawBufferPointer, second: UnsafeRawBufferPointer) {
+    package var readableRegions: (first: UnsafeRawBufferPointer, second: UnsafeRawBufferPointer) {
         guard readableCount > 0 else {
             return (UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(start: nil, count: 0))
         }
@@ -113,10 +113,10 @@ public final class RingBuffer {
     }
 
     /// The first contiguous run of readable bytes (all of them unless wrapped).
-    public var firstReadableRegion: UnsafeRawBufferPointer { readableRegions.first }
+    package var firstReadableRegion: UnsafeRawBufferPointer { readableRegions.first }
 
     /// Drops the first `n` readable bytes.
-    public func consume(_ n: Int) {
+    package func consume(_ n: Int) {
         precondition(n >= 0 && n <= readableCount, "RingBuffer.consume(\(n)) exceeds readable \(readableCount)")
         readableCount -= n
         head = readableCount == 0 ? 0 : (head + n) & (capacity - 1)
@@ -124,7 +124,7 @@ public final class RingBuffer {
 
     /// Copies `count` readable bytes starting `offset` bytes past the first
     /// one into `destination`, across the wrap point if needed.
-    public func copyBytes(at offset: Int, count: Int, into destination: UnsafeMutableRawPointer) {
+    package func copyBytes(at offset: Int, count: Int, into destination: UnsafeMutableRawPointer) {
         precondition(offset >= 0 && count >= 0 && offset + count <= readableCount,
                      "RingBuffer.copyBytes(at: \(offset), count: \(count)) exceeds readable \(readableCount)")
         guard count > 0 else { return }
@@ -138,7 +138,7 @@ public final class RingBuffer {
 
     /// Moves the readable bytes to the front of the storage so that they are
     /// contiguous. Does nothing unless they are wrapped.
-    public func linearize() {
+    package func linearize() {
         guard isWrapped else { return }
         let p = base
         let a = capacity - head            // bytes at the end of storage, read first
@@ -165,7 +165,7 @@ public final class RingBuffer {
     /// Doubles the capacity until at least `bytes` fit (keeping the readable
     /// bytes), up to ``maximumCapacity``. Returns false when `bytes` exceeds it.
     @discardableResult
-    public func grow(toFit bytes: Int) -> Bool {
+    package func grow(toFit bytes: Int) -> Bool {
         guard bytes > capacity else { return true }
         guard bytes <= maximumCapacity else { return false }
         resize(to: RingBuffer.roundUpToPowerOfTwo(bytes))
@@ -173,7 +173,7 @@ public final class RingBuffer {
     }
 
     /// Returns to ``initialCapacity`` if the ring grew and is now empty enough.
-    public func shrinkIfPossible() {
+    package func shrinkIfPossible() {
         guard capacity > initialCapacity, readableCount <= initialCapacity / 2 else { return }
         resize(to: initialCapacity)
         if scratchCapacity > initialCapacity {
@@ -185,7 +185,7 @@ public final class RingBuffer {
 
     /// Frees the storage while the ring is empty (an idle ring then costs no
     /// memory); it is allocated again on the next write.
-    public func releaseStorageIfEmpty() {
+    package func releaseStorageIfEmpty() {
         guard readableCount == 0 else { return }
         storage?.deallocate()
         storage = nil
@@ -195,7 +195,7 @@ public final class RingBuffer {
 
     /// Frees the storage and scratch space, dropping any unread bytes (for
     /// a closed connection, whose object may outlive it).
-    public func releaseStorage() {
+    package func releaseStorage() {
         readableCount = 0
         releaseStorageIfEmpty()
         scratch?.deallocate()

@@ -1,5 +1,6 @@
 import UVLoop
 import UVRPC
+import UVTestSupport
 import XCTest
 
 /// The examples of Docs/GETTING_STARTED.md, run for real (port 0 instead of 9000,
@@ -12,8 +13,7 @@ final class GettingStartedTests: XCTestCase {
             do {
                 let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
                     endpoint.onMessage = { request in
-                        let payload = request.payload
-                        try request.respond(payload)
+                        try request.respond(request.payload)
                     }
                     endpoint.onClose = { reason in print("\(endpoint.label) closed: \(reason)") }
                 }
@@ -46,6 +46,53 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertFalse(watchdog.withLock { $0 }, "the example did not finish within 20 s")
         XCTAssertEqual(answer.withLock { $0 }, "hello")
         XCTAssertEqual(loop.loopCloseStatus, 0)
+    }
+
+    /// The request-context example of the docs (port 0), with two calls: one
+    /// answered at once with the session's count, one answered from a timer.
+    func testTheRequestContextExampleOfTheDocs() throws {
+        final class Session: @unchecked Sendable { // touched on its connection's loop only
+            let peer: String
+            var calls = 0
+            init(peer: String) { self.peer = peer }
+        }
+        let harness = try LoopHarness("rpc")
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let address = try harness.sync { () -> SocketAddress in
+            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), admit: { address in
+                guard let address, case .ipv4(let host, _) = address, host == "127.0.0.1" else { return .refuse }
+                return .accept(userValue: Session(peer: "\(address)"))
+            }) { endpoint in
+                endpoint.onHandshake = { info in print("\(endpoint.label) speaks protocol \(info.protocolVersion)") }
+                endpoint.onMessage = { request in
+                    let session = request.userValue as! Session
+                    session.calls += 1
+                    if request.payload.first == 0 {
+                        let answer = Array(request.payload)
+                        _ = loop.scheduleTimer(after: .milliseconds(100)) { try? request.respond(answer) }
+                    } else {
+                        try request.respond(Array("\(session.peer) call \(session.calls)".utf8))
+                    }
+                }
+            }
+            return server.address
+        }
+        let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
+        try harness.sync {
+            RPCClient.connect(to: address, on: loop) { connected.fulfill($0.map { LoopBound($0, loop: loop) }) }
+        }
+        let client = try connected.wait("connect").get()
+        let local = try harness.sync { "\(client.value.connection.localAddress!)" }
+        let first = Promise<Result<[UInt8], RPCError>>()
+        let second = Promise<Result<[UInt8], RPCError>>()
+        try harness.sync {
+            client.value.send([0, 5], timeout: .seconds(10)) { first.fulfill($0) }
+            client.value.send([1], timeout: .seconds(10)) { second.fulfill($0) }
+        }
+        XCTAssertEqual(String(decoding: try second.wait("the direct answer").get(), as: UTF8.self), "\(local) call 2")
+        XCTAssertEqual(try first.wait("the later answer").get(), [0, 5])
+        try harness.sync { client.value.close() }
     }
 
     /// The README's async server and client (Examples/), on port 0 and in one process.
