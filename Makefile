@@ -31,7 +31,7 @@ test-asan: bootstrap
 	ASAN_OPTIONS=detect_leaks=0 UVRPC_SANITIZER=address \
 	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=address --scratch-path .build-asan
 
-# Fuzz the packet parser and handshake reader (libFuzzer + ASan); FUZZ_SECONDS=600 by default.
+# Fuzz an endpoint's whole receive path through an in-memory transport (libFuzzer + ASan); FUZZ_SECONDS=600 by default.
 fuzz:
 	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),600)
 

@@ -6,11 +6,12 @@ Usage: scripts/bench-check.py RESULTS.json   (from uvrpc-bench --scenario allocs
 import json
 import sys
 
-# Recorded on 2026-11-27 (Docs/BENCHMARKS.md). Lower them when the code improves.
+# Recorded on 2026-11-29 (Docs/BENCHMARKS.md): the async server measured ~1.06 (the
+# payload array, plus a worker task now and then); limit 2. Lower them when the code improves.
 LIMITS = {
     "api=callback,side=server": 0.0,
     "api=callback,side=client": 0.0,
-    "api=async,side=server": 7.0,
+    "api=async,side=server": 2.0,
     "api=async,side=client": 2.0,
     # One loop per CPU on each side (present on machines with more than one CPU).
     "api=callback,loops=N,side=server": 0.0,

@@ -70,14 +70,14 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
     @exclusivity(unchecked) private var wakeup: LoopWakeup!
-    @exclusivity(unchecked) private var flushHooks: [LoopTurnHook] = []
+    @exclusivity(unchecked) var flushHooks: [LoopTurnHook] = []
     @exclusivity(unchecked) private var spareJobs: [Work] = []
     /// Task jobs enqueued on the loop thread itself (a task resumed by loop
     /// code): run by the per-turn hooks, without the lock and the wakeup
     /// syscall that jobs from other threads need.
-    @exclusivity(unchecked) private var localJobs: [(UnownedJob, JobKind)] = []
-    @exclusivity(unchecked) private var spareLocalJobs: [(UnownedJob, JobKind)] = []
-    @exclusivity(unchecked) private var shutdownStarted = false
+    @exclusivity(unchecked) var localJobs: [(UnownedJob, JobKind)] = []
+    @exclusivity(unchecked) var spareLocalJobs: [(UnownedJob, JobKind)] = []
+    @exclusivity(unchecked) var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
     @exclusivity(unchecked) var pendingFlush: [Connection] = []
     /// Where a connection holding no unconsumed bytes reads into (see
@@ -95,7 +95,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         sharedReadStorage = storage
         return storage
     }
-    @exclusivity(unchecked) private var spareFlush: [Connection] = []
+    @exclusivity(unchecked) var spareFlush: [Connection] = []
 
     /// Creates the loop (not yet running).
     ///
@@ -387,41 +387,6 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         return rc
     }
 
-    // MARK: Per-turn flushing
-
-    /// Queues a task job enqueued on the loop thread, if the per-turn hooks
-    /// will run it (not once shutdown began); false otherwise.
-    func enqueueLocally(_ job: UnownedJob, _ kind: JobKind) -> Bool {
-        guard !shutdownStarted, inEventLoop else { return false }
-        localJobs.append((job, kind))
-        return true
-    }
-
-    /// The per-turn work (before and after each poll): task jobs enqueued on
-    /// the loop thread, then the connections' pending writes, until neither is left.
-    fileprivate func runTurnWork() {
-        repeat {
-            while !localJobs.isEmpty {
-                var batch = spareLocalJobs
-                swap(&batch, &localJobs)
-                for (job, kind) in batch { run(job, kind) }
-                batch.removeAll(keepingCapacity: true)
-                spareLocalJobs = batch
-            }
-            runPendingFlushes()
-        } while !localJobs.isEmpty
-    }
-
-    fileprivate func runPendingFlushes() {
-        while !pendingFlush.isEmpty {
-            var batch = spareFlush
-            swap(&batch, &pendingFlush)
-            for connection in batch { connection.flushScheduledWrites() }
-            batch.removeAll(keepingCapacity: true)
-            spareFlush = batch
-        }
-    }
-
     // MARK: Timers and time
 
     /// The loop's cached clock in milliseconds (`uv_now`).
@@ -470,31 +435,5 @@ private final class LoopWakeup: HandleOwner {
 
     func send() {
         uv_async_send(UnsafeMutablePointer<uv_async_t>(OpaquePointer(handle)))
-    }
-}
-
-/// A `uv_check_t` or `uv_prepare_t` that runs the loop's per-turn work (local
-/// task jobs, then connections' pending writes) each loop turn. Unreferenced, so it never keeps the loop alive.
-private final class LoopTurnHook: HandleOwner {
-    init(hookOn loop: EventLoop, type: uv_handle_type) throws(UVError) {
-        super.init(loop: loop, type: type, retainsLoop: false) // owned by the loop itself
-        if type == UV_CHECK {
-            let h = UnsafeMutablePointer<uv_check_t>(OpaquePointer(handle))
-            try UVError.check(uv_check_init(loop.uvLoop, h), "uv_check_init", "event loop \(loop.name)")
-            adoptHandle()
-            uv_check_start(h) { check in
-                // Safe: the handle's data is this owner until its close callback.
-                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(check))).takeUnretainedValue().loop.runTurnWork()
-            }
-        } else {
-            let h = UnsafeMutablePointer<uv_prepare_t>(OpaquePointer(handle))
-            try UVError.check(uv_prepare_init(loop.uvLoop, h), "uv_prepare_init", "event loop \(loop.name)")
-            adoptHandle()
-            uv_prepare_start(h) { prepare in
-                // Safe: the handle's data is this owner until its close callback.
-                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(prepare))).takeUnretainedValue().loop.runTurnWork()
-            }
-        }
-        uv_unref(uvHandle)
     }
 }

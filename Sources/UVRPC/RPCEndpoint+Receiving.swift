@@ -102,9 +102,6 @@ extension RPCEndpoint: PacketSink {
         }
     }
 
-    /// `isClosing` without the thread check, for deinit paths.
-    var isClosingUnchecked: Bool { closing }
-
     /// Registers a waiter for the end of the endpoint (on the loop).
     func addCloseWaiter(_ waiter: CheckedContinuation<RPCCloseReason, Never>) {
         if _isClosed { waiter.resume(returning: _closeReason ?? .local) } else { closeWaiters.append(waiter) }
