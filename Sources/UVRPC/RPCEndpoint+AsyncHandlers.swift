@@ -66,6 +66,11 @@ extension RPCEndpoint {
                 let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
                                               peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
                                               userValue: _userValue, endpoint: self)
+                runningAsyncHandlers += 1
+                defer {
+                    runningAsyncHandlers -= 1
+                    if draining { closeIfDrained() }
+                }
                 do {
                     let response = try await handle(request)
                     let sent = response.withUnsafeBytes { raw in

@@ -35,8 +35,10 @@ extension RPCEndpoint {
         _closeReason = reason
         closing = true
         switch reason {
-        case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout:
+        case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut:
             break // not logged, or logged where detected
+        case .drained:
+            logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
         case .peerClosed:
             logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
         case .reset, .connectionFailed, .callFailed:
@@ -48,9 +50,11 @@ extension RPCEndpoint {
         keepaliveTimer?.cancel()
         livenessTimer?.cancel()
         deadlineTimer?.close()
+        drainTimer?.cancel()
         keepaliveTimer = nil
         livenessTimer = nil
         deadlineTimer = nil
+        drainTimer = nil
         for id in calls.liveIDs() {
             if let (call, _) = calls.remove(id) {
                 call.completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: reason))

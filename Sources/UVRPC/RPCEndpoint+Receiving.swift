@@ -22,7 +22,10 @@ extension RPCEndpoint: PacketSink {
             return 0
         }
         parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
-        defer { if !retiredHandlers.isEmpty { retiredHandlers.removeAll() } }
+        defer {
+            if !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
+            if draining { closeIfDrained() }
+        }
         do {
             return try parser.parse(bytes, into: self)
         } catch {
@@ -89,6 +92,7 @@ extension RPCEndpoint: PacketSink {
         for message in waiting where !closing {
             message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
         }
+        if draining { closeIfDrained() }
     }
 
     func sendDeferred() {
@@ -114,5 +118,6 @@ extension RPCEndpoint: PacketSink {
         if let id = call.id { _ = calls.remove(id) }
         deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
         call.finish(.failure(CancellationError()))
+        if draining { closeIfDrained() }
     }
 }

@@ -223,6 +223,7 @@ extension RPCEndpoint {
             if closeOnError { close(reason: .callFailed(error)) }
             if closing { return }
         }
+        if draining { closeIfDrained() }
         if !closing { armDeadlineTimer(now: now) }
     }
 }

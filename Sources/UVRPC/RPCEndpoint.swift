@@ -158,6 +158,12 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
     @exclusivity(unchecked) var workerTasks: [UInt64: Task<Void, Never>] = [:]
     @exclusivity(unchecked) var nextWorkerKey: UInt64 = 0
 
+    /// Async handler calls running now (suspended or not).
+    @exclusivity(unchecked) var runningAsyncHandlers = 0
+    /// Set by ``close(gracePeriod:)``: close once nothing is in flight.
+    @exclusivity(unchecked) var draining = false
+    @exclusivity(unchecked) var drainTimer: LoopTimer?
+
     /// Messages that arrived before any handler was set.
     @exclusivity(unchecked) var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
     static let maximumWaitingMessages = 1024
@@ -268,6 +274,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         connection.onDirectRead = { count in
             self.lastReceived = self.eventLoop.now
             self.parser.didFillBigPayload(count, into: self)
+            if self.draining { self.closeIfDrained() }
         }
         do {
             try connection.write(handshake)

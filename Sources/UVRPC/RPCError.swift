@@ -19,6 +19,11 @@ public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
     /// A call failed with `closeOnError` set (the reference's default), which
     /// closes the whole endpoint.
     case callFailed(RPCError)
+    /// A graceful close (``RPCEndpoint/close(gracePeriod:)``, a server's
+    /// ``RPCServer/shutdown(gracePeriod:)``) finished: nothing was left in flight.
+    case drained
+    /// A graceful close ran out of time: what was still in flight was failed.
+    case drainTimedOut(Duration)
 
     public var description: String {
         switch self {
@@ -30,6 +35,8 @@ public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
         case .handshakeTimeout(let t): return "no handshake from the peer within \(t)"
         case .protocolViolation(let v): return "protocol violation: \(v)"
         case .callFailed(let e): return "a call failed with closeOnError: \(e)"
+        case .drained: return "drained: closed gracefully with nothing in flight"
+        case .drainTimedOut(let t): return "drained: closed when the grace period of \(t) ran out with work in flight"
         }
     }
 }

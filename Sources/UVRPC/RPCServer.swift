@@ -174,6 +174,29 @@ public final class RPCServer: Sendable {
         close(closingEndpoints: true)
         await run()
     }
+
+    /// Shuts down gracefully: stops accepting at once (on every loop), lets
+    /// every endpoint finish what is in flight (answer the messages it
+    /// received, get the responses to its own calls) and close as soon as it
+    /// has nothing in flight; at `gracePeriod` closes the rest, failing what
+    /// is left with ``RPCCloseReason/drainTimedOut(_:)``. Returns when
+    /// everything is closed. Callable from any thread or task. A message
+    /// that arrives during the drain is handled like any other (an efro.rpc
+    /// peer cannot be told to stop sending); see
+    /// ``RPCEndpoint/close(gracePeriod:)``.
+    public func shutdown(gracePeriod: Duration) async {
+        let open = core.stopAdmitting()
+        listener.close()
+        for endpoint in open {
+            let loop = endpoint.loop
+            if loop.inEventLoop {
+                endpoint.beginDrain(gracePeriod: gracePeriod)
+            } else {
+                loop.execute { endpoint.beginDrain(gracePeriod: gracePeriod) }
+            }
+        }
+        await run()
+    }
 }
 
 /// What a server's listener and endpoints share: the open endpoints and the
