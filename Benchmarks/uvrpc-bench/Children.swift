@@ -102,7 +102,9 @@ final class Child {
         kill(pid, SIGUSR1)
         let line = try readLine(seconds: 10)
         guard line.hasPrefix("connections per loop:") else { throw BenchError("\(description) said '\(line)' on SIGUSR1") }
-        return line.dropFirst("connections per loop:".count).split(separator: " ").compactMap { Int($0) }
+        // `uvrpc serve` adds " (unanswered requests: N)".
+        let counts = line.dropFirst("connections per loop:".count).prefix { $0 != "(" }
+        return counts.split(separator: " ").compactMap { Int($0) }
     }
 
     /// Asks the child to stop (SIGTERM, and stdin closed) and waits at most 10 s.

@@ -163,6 +163,21 @@ public final class RPCClientPool: Sendable {
         }
     }
 
+    /// Stops making new connections and closes each one once its calls in
+    /// flight have finished (``RPCEndpoint/close(gracePeriod:)``), or at
+    /// `gracePeriod` at the latest, failing what is left with
+    /// ``RPCCloseReason/drainTimedOut(_:)``; returns once all are closed.
+    /// Callable from any thread or task.
+    public func close(gracePeriod: Duration) async {
+        var endpoints: [RPCEndpoint] = []
+        for connection in connections {
+            if let endpoint = await connection.loop.submit({ connection.stop() }) ?? nil { endpoints.append(endpoint) }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for endpoint in endpoints { group.addTask { await endpoint.close(gracePeriod: gracePeriod) } }
+        }
+    }
+
     /// The open connection with the fewest calls in flight, counted as
     /// carrying one more; ties go in turn. Nil when none is open.
     private func pick() -> (PooledConnection, RPCEndpoint)? {

@@ -119,8 +119,11 @@ struct Serve: ParsableCommand {
         discussion: """
             The first stdout line is exactly `listening on HOST:PORT` (or `listening on unix:PATH`). \
             With --loops N the server runs N event loops, one thread each, and spreads connections over \
-            them (--spread). On SIGUSR1 it prints `connections per loop: A B ...` (open connections of \
-            loop 0, 1, ...). Runs until SIGINT or SIGTERM, then shuts down cleanly and exits 0.
+            them (--spread). On SIGUSR1 it prints `connections per loop: A B ... (unanswered requests: N)` \
+            (open connections of \
+            loop 0, 1, ...). Runs until SIGINT or SIGTERM, then drains (stops accepting, answers what \
+            it received, closes each connection once nothing is in flight) for at most --grace \
+            seconds, closes the rest, and exits 0.
             """
     )
 
@@ -142,6 +145,12 @@ struct Serve: ParsableCommand {
     @Option(help: "How connections are spread over the loops: reuse-port (a socket per loop, TCP only) or round-robin (one acceptor).")
     var spread: ConnectionSpread = .roundRobin
 
+    @Option(help: "On SIGINT / SIGTERM, seconds to let calls in flight finish before closing the rest.")
+    var grace: Double = 10
+
+    @Option(help: "Answer each message after this many seconds (a timer, not a blocked loop), for drain tests and demos.")
+    var answerAfter: Double?
+
     @OptionGroup var endpoint: EndpointOptions
 
     @Flag(help: "Log connections closing for a reason other than a clean close, to stderr.")
@@ -150,6 +159,8 @@ struct Serve: ParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, not \(port)") }
         guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
+        guard grace >= 0 else { throw ValidationError("--grace must not be negative, not \(grace)") }
+        if let answerAfter, answerAfter < 0 { throw ValidationError("--answer-after must not be negative, not \(answerAfter)") }
         if unix != nil && spread == .reusePort && loops > 1 {
             throw ValidationError("--spread reuse-port needs TCP; a Unix socket server spreads round-robin")
         }
@@ -166,12 +177,22 @@ struct Serve: ParsableCommand {
             return logger
         }()
         let (spread, configuration, backlog) = (self.spread, endpoint.configuration, self.backlog)
+        let delay = answerAfter.map { Duration.nanoseconds(Int64($0 * 1e9)) }
         let server: RPCServer
         do {
             server = try runBlocking {
                 try await RPCServer.bind(on: group, address: address, spread: spread, configuration: configuration,
                                          backlog: backlog, logger: logger, onEndpoint: { endpoint in
-                                             endpoint.onMessage = { request in try request.respond(request.payload) }
+                                             if let delay {
+                                                 endpoint.onMessage = { request in
+                                                     let answer = Array(request.payload) // the view ends with this call
+                                                     _ = endpoint.loop.scheduleTimer(after: delay) {
+                                                         _ = try? request.respond(answer)
+                                                     }
+                                                 }
+                                             } else {
+                                                 endpoint.onMessage = { request in try request.respond(request.payload) }
+                                             }
                                          })
             }
         } catch {
@@ -183,12 +204,24 @@ struct Serve: ParsableCommand {
         let report = onSIGUSR1 {
             let open = server.openEndpoints
             let counts = group.loops.map { loop in open.filter { $0.loop === loop }.count }
-            print("connections per loop: \(counts.map(String.init).joined(separator: " "))")
+            // Messages received and not answered yet, read on each endpoint's loop.
+            let unanswered = (try? runBlocking {
+                var total = 0
+                for loop in group.loops {
+                    total += await loop.submit {
+                        open.filter { $0.loop === loop }.reduce(0) { $0 + $1.unansweredRequestCount }
+                    } ?? 0
+                }
+                return total
+            }) ?? 0
+            print("connections per loop: \(counts.map(String.init).joined(separator: " ")) (unanswered requests: \(unanswered))")
             fflush(nil)
         }
         print("listening on \(server.address)")
         fflush(nil) // every stream: scripts wait for this line
         waitForSignal()
+        let gracePeriod = Duration.nanoseconds(Int64(grace * 1e9))
+        _ = try? runBlocking { await server.shutdown(gracePeriod: gracePeriod) }
         report.cancel()
         let status = group.shutdownAndWait()
         if status != 0 { printError("uvrpc serve: an event loop did not close cleanly (uv_loop_close: \(status.map(String.init) ?? "timed out"))") }

@@ -49,6 +49,48 @@ final class ToolTests: XCTestCase {
         XCTAssertEqual(try server.stop(), 0, "serve exits 0 on SIGTERM")
     }
 
+    /// SIGTERM with calls in flight (answered 3 s after they arrive): they
+    /// are answered, then serve exits 0; with --grace 0 they fail instead.
+    func testServeDrainsCallsInFlightOnSIGTERMWithinTheGracePeriod() throws {
+        try skipUnlessBuilt()
+        for grace in ["10", "0"] {
+            let server = try ServeProcess(tool: tool, ["--answer-after", "3", "--grace", grace])
+            defer { _ = try? server.stop() }
+            let harness = try LoopHarness()
+            defer { harness.shutdownCleanly() }
+            let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
+            try harness.sync {
+                RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration()) {
+                    connected.fulfill($0.map { LoopBound($0, loop: harness.loop) })
+                }
+            }
+            let client = try connected.wait("connect").get()
+            let outcomes = (0..<4).map { _ in Promise<Result<[UInt8], RPCError>>() }
+            try harness.sync {
+                for (i, outcome) in outcomes.enumerated() {
+                    client.value.send([UInt8(i)], timeout: .seconds(30), closeOnError: false) { outcome.fulfill($0) }
+                }
+            }
+            // The drain answers what the server received: make sure it has all 4
+            // (its SIGUSR1 report counts them) before the SIGTERM.
+            try waitUntil("the server to hold the 4 calls") {
+                server.signal(SIGUSR1)
+                return (try? server.waitForOutput("(unanswered requests: 4)", seconds: 0.5)) != nil
+            }
+            server.signal(SIGTERM)
+            for (i, outcome) in outcomes.enumerated() {
+                let result = try outcome.wait("call \(i)")
+                if grace == "0" {
+                    guard case .failure = result else { return XCTFail("with --grace 0 call \(i) must fail, got \(result)") }
+                } else {
+                    XCTAssertEqual(try result.get(), [UInt8(i)], "call \(i) is answered during the drain")
+                }
+            }
+            XCTAssertEqual(try server.stop(), 0, "serve exits 0 after the drain (--grace \(grace))")
+            try harness.sync { client.value.close() }
+        }
+    }
+
     func testExitCodesForRefusedConnectionsAndBadArguments() throws {
         try skipUnlessBuilt()
         let refused = try run(["call", "--connect", "127.0.0.1:\(refusedPort())"])
@@ -79,7 +121,9 @@ final class ToolTests: XCTestCase {
                 try server.waitForOutput("connections per loop: 3 3")
             } else {
                 try server.waitForOutput("connections per loop: ")
-                let counts = server.stdout.split(separator: "\n").last!.split(separator: " ").suffix(2).compactMap { Int($0) }
+                let line = server.stdout.split(separator: "\n").last!
+                let counts = line.dropFirst("connections per loop:".count).prefix { $0 != "(" }
+                    .split(separator: " ").compactMap { Int($0) }
                 XCTAssertEqual(counts.reduce(0, +), 6, server.stdout)
             }
             for client in clients { await client.close() }
