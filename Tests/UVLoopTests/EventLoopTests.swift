@@ -187,3 +187,23 @@ final class EventLoopTests: XCTestCase {
         XCTAssertNil(weakLoop, "a loop that never ran is freed too")
     }
 }
+
+/// Signals watched on the loop (`uv_signal_t`).
+final class LoopSignalTests: XCTestCase {
+    func testASignalRunsItsHandlerOnTheLoopUntilCancelled() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let received = Promise<(Int32, Bool)>()
+        let watchers = try harness.sync { () -> LoopBound<[LoopSignal]> in
+            let watchers = try loop.onSignals([SIGUSR2]) { signum in received.fulfill((signum, loop.inEventLoop)) }
+            return LoopBound(watchers, loop: loop)
+        }
+        kill(getpid(), SIGUSR2)
+        let (signum, onLoop) = try received.wait("SIGUSR2 on the loop")
+        XCTAssertEqual(signum, SIGUSR2)
+        XCTAssertTrue(onLoop, "the handler runs on the loop thread")
+        XCTAssertEqual(try harness.sync { watchers.value.map(\.signalNumber) }, [SIGUSR2])
+        try harness.sync { for watcher in watchers.value { watcher.cancel() } }
+    }
+}

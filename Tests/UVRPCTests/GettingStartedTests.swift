@@ -95,6 +95,55 @@ final class GettingStartedTests: XCTestCase {
         try harness.sync { client.value.close() }
     }
 
+    /// The "stopping cleanly" example of the docs (port 0, and SIGUSR2 in place of
+    /// SIGINT / SIGTERM so that no other test's process is at risk): a call in
+    /// flight when the signal arrives is still answered, then run() returns.
+    func testTheStoppingCleanlyExampleOfTheDocs() throws {
+        let loop = try EventLoop(name: "rpc")
+        let listening = Promise<SocketAddress>()
+        loop.execute {
+            do {
+                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
+                    endpoint.onMessage = { request in
+                        // (Test only: the signal comes while this call is held, and
+                        // it is answered from a timer during the drain.)
+                        kill(getpid(), SIGUSR2)
+                        let answer = Array(request.payload)
+                        _ = loop.scheduleTimer(after: .milliseconds(50)) { try? request.respond(answer) }
+                    }
+                }
+                try loop.onSignals([SIGUSR2]) { _ in
+                    Task { await server.shutdown(gracePeriod: .seconds(10)); loop.shutdown() }
+                }
+                listening.fulfill(server.address)
+            } catch {
+                print("cannot start: \(error)")
+                loop.shutdown()
+            }
+        }
+        let outcome = Promise<Result<[UInt8], RPCError>>()
+        let clientLoop = try LoopHarness("client")
+        defer { clientLoop.shutdownCleanly() }
+        DispatchQueue.global().async {
+            guard let address = try? listening.wait("the server") else { return }
+            _ = try? clientLoop.sync {
+                RPCClient.connect(to: address, on: clientLoop.loop) { result in
+                    guard case .success(let client) = result else {
+                        return outcome.fulfill(.failure(.noConnection(addresses: [], lastConnectError: "\(result)")))
+                    }
+                    client.send([4, 2], timeout: .seconds(10), closeOnError: false) { outcome.fulfill($0) }
+                }
+            }
+        }
+        // A guard so that a broken example fails instead of hanging the suite.
+        let watchdog = LockedValue(false)
+        loop.execute { _ = loop.scheduleTimer(after: .seconds(20)) { watchdog.withLock { $0 = true }; loop.shutdown() } }
+        try loop.run()                                           // returns after the drain
+        XCTAssertFalse(watchdog.withLock { $0 }, "the example did not finish within 20 s")
+        XCTAssertEqual(try outcome.wait("the call in flight").get(), [4, 2])
+        XCTAssertEqual(loop.loopCloseStatus, 0)
+    }
+
     /// The README's async server and client (Examples/), on port 0 and in one process.
     func testTheAsyncEchoServerAndClientOfTheReadme() async throws {
         let loop = try EventLoop(name: "echo-server")
