@@ -9,6 +9,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // Graceful shutdown under a ServiceGroup (RPCServer and RPCClientPool are Services).
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         // Command-line tools only (uvrpc, uvrpc-bench); the libraries do not use it.
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
@@ -28,7 +30,8 @@ let package = Package(
         // The efro.rpc protocol (version 2) on top of UVLoop.
         .target(
             name: "UVRPC",
-            dependencies: ["UVLoop", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["UVLoop", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
         ),
         // The uvrpc command-line tool: `serve` (echo server) and `call` (load and check).
         .executableTarget(
@@ -46,6 +49,13 @@ let package = Package(
             name: "example-async-echo-client",
             dependencies: ["UVLoop", "UVRPC"],
             path: "Examples/AsyncEchoClient"
+        ),
+        // A server run as a Service under a ServiceGroup: SIGTERM drains it.
+        .executableTarget(
+            name: "example-service-server",
+            dependencies: ["UVLoop", "UVRPC", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "Logging", package: "swift-log")],
+            path: "Examples/ServiceServer"
         ),
         // The plain C libuv baseline (server and load generator) of the benchmark.
         .executableTarget(
@@ -90,7 +100,8 @@ let package = Package(
         ),
         .testTarget(
             name: "UVRPCTests",
-            dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness"],
+            dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness",
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             exclude: ["Fixtures"]
         ),
     ],

@@ -1,4 +1,5 @@
 import Logging
+import ServiceLifecycle
 import Synchronization
 import UVLoop
 
@@ -163,6 +164,20 @@ public final class RPCClientPool: Sendable {
         }
     }
 
+    /// Runs the pool as a `Service` (swift-service-lifecycle): waits until
+    /// the `ServiceGroup` shuts down gracefully (SIGTERM, for example), then
+    /// drains (``close(gracePeriod:)`` with the endpoint configuration's
+    /// ``RPCEndpoint/Configuration/shutdownGracePeriod``) and returns. If
+    /// the task is cancelled instead, closes at once.
+    public func run() async {
+        do {
+            try await gracefulShutdown()
+            await close(gracePeriod: configuration.endpoint.shutdownGracePeriod)
+        } catch {
+            await close()
+        }
+    }
+
     /// Stops making new connections and closes each one once its calls in
     /// flight have finished (``RPCEndpoint/close(gracePeriod:)``), or at
     /// `gracePeriod` at the latest, failing what is left with
@@ -300,3 +315,6 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
 
     func callEnded() { inFlight.subtract(1, ordering: .relaxed) }
 }
+
+/// A pool runs as a `Service` (swift-service-lifecycle): see ``RPCClientPool/run()``.
+extension RPCClientPool: Service {}

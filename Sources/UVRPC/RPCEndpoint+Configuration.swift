@@ -25,6 +25,10 @@ extension RPCEndpoint {
         /// (a single call on an empty buffer always goes). Async sends wait
         /// for ``RPCEndpoint/isWritable`` instead. Default 64 MiB.
         public var maximumPendingWriteBytes = 64 << 20
+        /// How long a graceful shutdown started by a `ServiceGroup` (SIGTERM,
+        /// for example) lets calls in flight finish, for ``RPCServer`` and
+        /// ``RPCClientPool`` run as services. Default 10 s.
+        public var shutdownGracePeriod: Duration = .seconds(10)
 
         /// The reference's defaults.
         public init() {}

@@ -1,4 +1,5 @@
 import Logging
+import ServiceLifecycle
 import UVLoop
 
 /// Listens for connections and speaks efro.rpc on each: every accepted
@@ -163,7 +164,22 @@ public final class RPCServer: Sendable {
 
     /// Waits until the server is over: it stopped accepting on every loop
     /// and every one of its endpoints closed. Callable from any thread or task.
+    ///
+    /// As a `Service` under a `ServiceGroup` (swift-service-lifecycle), a
+    /// graceful shutdown of the group (SIGTERM, for example) starts
+    /// ``shutdown(gracePeriod:)`` with the configuration's
+    /// ``RPCEndpoint/Configuration/shutdownGracePeriod``, and this returns
+    /// when the drain is over.
     public func run() async {
+        let gracePeriod = configuration.shutdownGracePeriod
+        await withGracefulShutdownHandler {
+            await waitUntilFinished()
+        } onGracefulShutdown: {
+            self.beginShutdown(gracePeriod: gracePeriod)
+        }
+    }
+
+    private func waitUntilFinished() async {
         await withCheckedContinuation { continuation in core.whenFinished { continuation.resume() } }
     }
 
@@ -172,7 +188,7 @@ public final class RPCServer: Sendable {
     /// and returns when everything is closed. Callable from any thread or task.
     public func shutdown() async {
         close(closingEndpoints: true)
-        await run()
+        await waitUntilFinished()
     }
 
     /// Shuts down gracefully: stops accepting at once (on every loop), lets
@@ -185,6 +201,12 @@ public final class RPCServer: Sendable {
     /// peer cannot be told to stop sending); see
     /// ``RPCEndpoint/close(gracePeriod:)``.
     public func shutdown(gracePeriod: Duration) async {
+        beginShutdown(gracePeriod: gracePeriod)
+        await waitUntilFinished()
+    }
+
+    /// Stops accepting and starts draining every endpoint; returns at once.
+    private func beginShutdown(gracePeriod: Duration) {
         let open = core.stopAdmitting()
         listener.close()
         for endpoint in open {
@@ -195,9 +217,11 @@ public final class RPCServer: Sendable {
                 loop.execute { endpoint.beginDrain(gracePeriod: gracePeriod) }
             }
         }
-        await run()
     }
 }
+
+/// A server runs as a `Service` (swift-service-lifecycle): see ``RPCServer/run()``.
+extension RPCServer: Service {}
 
 /// What a server's listener and endpoints share: the open endpoints and the
 /// end of the server. Its methods are called on the endpoints' loops (accept,
