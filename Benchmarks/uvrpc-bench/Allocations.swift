@@ -3,18 +3,6 @@ import MallocCounter
 import UVLoop
 import UVRPC
 
-/// Runs `body` on `loop` and returns its result to the calling thread.
-func onLoop<T: Sendable>(_ loop: EventLoop, _ body: @escaping @Sendable () -> T) -> T {
-    let result = LockedValue<T?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    loop.execute {
-        result.withLock { $0 = body() }
-        done.signal()
-    }
-    done.wait()
-    return result.withLock { $0! }
-}
-
 /// Allocations per round trip in steady state, counted per thread by the
 /// malloc interposer, summed over the server's loop threads and over the
 /// clients' loop threads (each side its own group of loops, in this process).
@@ -84,7 +72,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
     }
 
     func allocations(_ group: EventLoopGroup) -> UInt64 {
-        group.loops.reduce(0) { total, loop in total + onLoop(loop) { uvrpc_thread_allocations() } }
+        group.loops.reduce(0) { total, loop in total + ((try? loop.submitAndWait { uvrpc_thread_allocations() }) ?? 0) }
     }
 
     run(20_000 / loops) // warm up: buffers, tables and caches reach their steady size

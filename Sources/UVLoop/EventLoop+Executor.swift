@@ -65,9 +65,38 @@ extension EventLoop: SerialExecutor {
 }
 
 extension EventLoop {
+    /// Runs `body` on the loop thread (at once when already on it) and
+    /// returns its result or rethrows its error: the way from any task to
+    /// loop-bound state and back. Callable from any thread or task.
+    /// - Throws: ``EventLoopError/shutDown(loop:)`` when the loop no longer
+    ///   takes work; otherwise what `body` threw.
+    public func submit<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let outcome = await submitIfRunning { Result { try body() } }
+        guard let outcome else { throw EventLoopError.shutDown(loop: name) }
+        return try outcome.get()
+    }
+
+    /// ``submit(_:)-(()->T)`` for code that is not async: blocks the calling
+    /// thread until `body` ran on the loop. Must not be called on this loop's
+    /// own thread (it would wait for itself); there, call `body` directly.
+    /// - Throws: ``EventLoopError/shutDown(loop:)`` when the loop no longer
+    ///   takes work; otherwise what `body` threw.
+    public func submitAndWait<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        precondition(!inEventLoop, "EventLoop '\(name)': submitAndWait called on the loop's own thread would wait for itself")
+        let result = LockedValue<Result<T, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let accepted = execute {
+            result.withLock { $0 = Result { try body() } }
+            done.signal()
+        }
+        guard accepted else { throw EventLoopError.shutDown(loop: name) }
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+
     /// Runs `body` on the loop (at once when already on it) and returns its
     /// result; nil when the loop refused the job because it is shut down.
-    package func submit<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
+    package func submitIfRunning<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
         if inEventLoop { return body() }
         return await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
             if !execute({ continuation.resume(returning: body()) }) { continuation.resume(returning: nil) }
@@ -128,5 +157,17 @@ public final class LoopTaskExecutor: TaskExecutor, @unchecked Sendable { // `own
 
     public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
         UnownedTaskExecutor(ordinary: self)
+    }
+}
+
+/// Why work could not be run on an event loop.
+public enum EventLoopError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The loop shut down (or is shutting down) and takes no more work.
+    case shutDown(loop: String)
+
+    public var description: String {
+        switch self {
+        case .shutDown(let loop): return "event loop '\(loop)' is shut down and takes no more work"
+        }
     }
 }

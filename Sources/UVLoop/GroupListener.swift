@@ -102,7 +102,7 @@ public final class GroupListener: Sendable {
         precondition(!loops.isEmpty, "GroupListener: no loops to listen for")
         if loops.count == 1 {
             let loop = loops[0]
-            let made = await loop.submit { () -> Result<GroupListener, UVError> in
+            let made = await loop.submitIfRunning { () -> Result<GroupListener, UVError> in
                 Result { () throws(UVError) in
                     try listen(onCurrentLoop: loop, address: address, backlog: backlog, options: options,
                                onAcceptError: onAcceptError, onAccept: onAccept)
@@ -134,7 +134,7 @@ public final class GroupListener: Sendable {
         var bound = address
         for loop in loops {
             let target = bound
-            let made = await loop.submit { () -> Result<LoopBound<Listener>, UVError> in
+            let made = await loop.submitIfRunning { () -> Result<LoopBound<Listener>, UVError> in
                 Result { () throws(UVError) in
                     let listener = try Listener(loop: loop, address: target, backlog: backlog, options: options,
                                                 reusePort: true, onAccept: onAccept)
@@ -146,9 +146,9 @@ public final class GroupListener: Sendable {
             switch made ?? .failure(.loopShutDown(operation: "listen", target: "\(target)")) {
             case .success(let listener):
                 parts.append(.listener(listener))
-                if parts.count == 1 { bound = await loop.submit { listener.value.address } ?? bound }
+                if parts.count == 1 { bound = await loop.submitIfRunning { listener.value.address } ?? bound }
             case .failure(let error):
-                for part in parts { _ = await part.loop.submit { part.close() } }
+                for part in parts { _ = await part.loop.submitIfRunning { part.close() } }
                 throw error
             }
         }
@@ -162,7 +162,7 @@ public final class GroupListener: Sendable {
                                          onAccept: @escaping @Sendable (Connection) -> Void) async throws(UVError) -> GroupListener {
         let closing = Countdown(loops.count)
         let acceptorLoop = loops[0]
-        let made = await acceptorLoop.submit { () -> Result<LoopBound<RoundRobinAcceptor>, UVError> in
+        let made = await acceptorLoop.submitIfRunning { () -> Result<LoopBound<RoundRobinAcceptor>, UVError> in
             Result { () throws(UVError) in
                 var turn = 0
                 /// Opens a handed-over descriptor as a connection of `loop` and delivers it.
@@ -199,7 +199,7 @@ public final class GroupListener: Sendable {
             }
         }
         let acceptor = try (made ?? .failure(UVError.loopShutDown(operation: "listen", target: "\(address)"))).get()
-        let bound = await acceptorLoop.submit { acceptor.value.address } ?? address
+        let bound = await acceptorLoop.submitIfRunning { acceptor.value.address } ?? address
         return GroupListener(address: bound, spread: .roundRobin, loops: loops, parts: [.acceptor(acceptor)],
                              closing: closing)
     }

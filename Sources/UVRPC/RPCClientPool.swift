@@ -159,7 +159,7 @@ public final class RPCClientPool: Sendable {
     /// making new ones; returns once all are closed. Callable from any thread or task.
     public func close() async {
         for connection in connections {
-            guard let endpoint = await connection.loop.submit({ connection.stop() }) ?? nil else { continue }
+            guard let endpoint = await connection.loop.submitIfRunning({ connection.stop() }) ?? nil else { continue }
             await endpoint.close()
         }
     }
@@ -186,7 +186,7 @@ public final class RPCClientPool: Sendable {
     public func close(gracePeriod: Duration) async {
         var endpoints: [RPCEndpoint] = []
         for connection in connections {
-            if let endpoint = await connection.loop.submit({ connection.stop() }) ?? nil { endpoints.append(endpoint) }
+            if let endpoint = await connection.loop.submitIfRunning({ connection.stop() }) ?? nil { endpoints.append(endpoint) }
         }
         await withTaskGroup(of: Void.self) { group in
             for endpoint in endpoints { group.addTask { await endpoint.close(gracePeriod: gracePeriod) } }

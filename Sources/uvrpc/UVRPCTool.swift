@@ -205,15 +205,11 @@ struct Serve: ParsableCommand {
             let open = server.openEndpoints
             let counts = group.loops.map { loop in open.filter { $0.loop === loop }.count }
             // Messages received and not answered yet, read on each endpoint's loop.
-            let unanswered = (try? runBlocking {
-                var total = 0
-                for loop in group.loops {
-                    total += await loop.submit {
-                        open.filter { $0.loop === loop }.reduce(0) { $0 + $1.unansweredRequestCount }
-                    } ?? 0
-                }
-                return total
-            }) ?? 0
+            let unanswered = group.loops.reduce(0) { total, loop in
+                total + ((try? loop.submitAndWait {
+                    open.filter { $0.loop === loop }.reduce(0) { $0 + $1.unansweredRequestCount }
+                }) ?? 0)
+            }
             print("connections per loop: \(counts.map(String.init).joined(separator: " ")) (unanswered requests: \(unanswered))")
             fflush(nil)
         }

@@ -207,3 +207,37 @@ final class LoopSignalTests: XCTestCase {
         try harness.sync { for watcher in watchers.value { watcher.cancel() } }
     }
 }
+
+/// Getting onto a loop and back: `submit` (async) and `submitAndWait` (blocking).
+final class SubmitTests: XCTestCase {
+    struct Refused: Error, Equatable {}
+
+    func testSubmitRunsOnTheLoopAndReturnsOrRethrows() async throws {
+        let loop = try EventLoop(name: "submit")
+        loop.start()
+        let onLoop = try await loop.submit { loop.inEventLoop }
+        XCTAssertTrue(onLoop)
+        do {
+            _ = try await loop.submit { () throws -> Int in throw Refused() }
+            XCTFail("the error must come back")
+        } catch {
+            XCTAssertEqual(error as? Refused, Refused())
+        }
+        XCTAssertEqual(try loop.submitAndWait { loop.inEventLoop ? 42 : 0 }, 42)
+        XCTAssertThrowsError(try loop.submitAndWait { () throws -> Int in throw Refused() }) {
+            XCTAssertEqual($0 as? Refused, Refused())
+        }
+        let status = await loop.shutdownAndWait()
+        XCTAssertEqual(status, 0)
+        do {
+            _ = try await loop.submit { 1 }
+            XCTFail("a shut-down loop takes no work")
+        } catch {
+            XCTAssertEqual(error as? EventLoopError, .shutDown(loop: "submit"))
+            XCTAssertTrue("\(error)".contains("'submit' is shut down"), "\(error)")
+        }
+        XCTAssertThrowsError(try loop.submitAndWait { 1 }) {
+            XCTAssertEqual($0 as? EventLoopError, .shutDown(loop: "submit"))
+        }
+    }
+}
