@@ -16,11 +16,12 @@ let package = Package(
     ],
     targets: [
         // libuv itself, through pkg-config; Debian/Ubuntu ship it as libuv1-dev.
+        // Linux only: the shim uses Linux calls (prctl, sched_setaffinity, accept4).
         .systemLibrary(
             name: "CLibUV",
             path: "Sources/CLibUV",
             pkgConfig: "libuv",
-            providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
+            providers: [.apt(["libuv1-dev"])]
         ),
         // The event-loop networking layer: loop, timers, TCP / Unix sockets, ring-buffer reads.
         .target(
