@@ -83,7 +83,7 @@ extension RPCEndpoint {
             unanswered[id] = nil
         }
         try respond(to: id, with: payload)
-        if draining { closeIfDrained() }
+        closeIfDrained()
     }
 
     /// Whether the request `token` was answered or can no longer be.

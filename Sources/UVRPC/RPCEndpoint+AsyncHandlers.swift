@@ -69,7 +69,7 @@ extension RPCEndpoint {
                 runningAsyncHandlers += 1
                 defer {
                     runningAsyncHandlers -= 1
-                    if draining { closeIfDrained() }
+                    closeIfDrained()
                 }
                 do {
                     let response = try await handle(request)

@@ -37,9 +37,7 @@ extension RPCEndpoint {
         switch reason {
         case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut:
             break // not logged, or logged where detected
-        case .drained:
-            logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
-        case .peerClosed:
+        case .peerClosed, .drained:
             logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
         case .reset, .connectionFailed, .callFailed:
             logger.info("closing", metadata: [

@@ -59,7 +59,7 @@ extension RPCEndpoint {
     }
 
     /// Closes with ``RPCCloseReason/drained`` if draining and idle; called
-    /// wherever work in flight can end.
+    /// wherever work in flight can end (one flag test when not draining).
     @inline(__always)
     func closeIfDrained() {
         if draining && !closing && hasNothingInFlight { close(reason: .drained) }

@@ -24,7 +24,7 @@ extension RPCEndpoint: PacketSink {
         parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
         defer {
             if !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
-            if draining { closeIfDrained() }
+            closeIfDrained()
         }
         do {
             return try parser.parse(bytes, into: self)
@@ -92,7 +92,7 @@ extension RPCEndpoint: PacketSink {
         for message in waiting where !closing {
             message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
         }
-        if draining { closeIfDrained() }
+        closeIfDrained()
     }
 
     func sendDeferred() {
@@ -118,6 +118,6 @@ extension RPCEndpoint: PacketSink {
         if let id = call.id { _ = calls.remove(id) }
         deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
         call.finish(.failure(CancellationError()))
-        if draining { closeIfDrained() }
+        closeIfDrained()
     }
 }

@@ -223,7 +223,7 @@ extension RPCEndpoint {
             if closeOnError { close(reason: .callFailed(error)) }
             if closing { return }
         }
-        if draining { closeIfDrained() }
+        closeIfDrained()
         if !closing { armDeadlineTimer(now: now) }
     }
 }

@@ -274,7 +274,7 @@ public final class RPCEndpoint: @unchecked Sendable { // state touched on the lo
         connection.onDirectRead = { count in
             self.lastReceived = self.eventLoop.now
             self.parser.didFillBigPayload(count, into: self)
-            if self.draining { self.closeIfDrained() }
+            self.closeIfDrained()
         }
         do {
             try connection.write(handshake)

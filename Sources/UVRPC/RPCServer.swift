@@ -153,12 +153,22 @@ public final class RPCServer: Sendable {
     /// every open endpoint as well (each on its loop). Callable from any
     /// thread; returns at once (``run()`` waits for the end).
     public func close(closingEndpoints: Bool = true) {
+        if closingEndpoints {
+            stopAccepting { $0.close(reason: .local) }
+        } else {
+            stopAccepting(then: nil)
+        }
+    }
+
+    /// Stops accepting on every loop and closes the listener, then runs
+    /// `action` on each endpoint open now, on the endpoint's own loop.
+    private func stopAccepting(then action: (@Sendable (RPCEndpoint) -> Void)?) {
         let open = core.stopAdmitting()
         listener.close()
-        guard closingEndpoints else { return }
+        guard let action else { return }
         for endpoint in open {
             let loop = endpoint.loop
-            if loop.inEventLoop { endpoint.close() } else { loop.execute { endpoint.close() } }
+            if loop.inEventLoop { action(endpoint) } else { loop.execute { action(endpoint) } }
         }
     }
 
@@ -207,16 +217,7 @@ public final class RPCServer: Sendable {
 
     /// Stops accepting and starts draining every endpoint; returns at once.
     private func beginShutdown(gracePeriod: Duration) {
-        let open = core.stopAdmitting()
-        listener.close()
-        for endpoint in open {
-            let loop = endpoint.loop
-            if loop.inEventLoop {
-                endpoint.beginDrain(gracePeriod: gracePeriod)
-            } else {
-                loop.execute { endpoint.beginDrain(gracePeriod: gracePeriod) }
-            }
-        }
+        stopAccepting { $0.beginDrain(gracePeriod: gracePeriod) }
     }
 }
 

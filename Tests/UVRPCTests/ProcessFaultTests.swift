@@ -20,9 +20,15 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     private let exited = Promise<Int32>()
 
     /// Starts `uvrpc serve --port 0` with `arguments` and waits for its listening line.
-    init(tool: URL, _ arguments: [String]) throws {
-        process.executableURL = tool
-        process.arguments = ["serve", "--port", "0"] + arguments
+    convenience init(tool: URL, _ arguments: [String]) throws {
+        try self.init(executable: tool, arguments: ["serve", "--port", "0"] + arguments)
+    }
+
+    /// Starts any server that prints `listening on ADDRESS` first (the
+    /// examples too) and waits for that line.
+    init(executable: URL, arguments: [String]) throws {
+        process.executableURL = executable
+        process.arguments = arguments
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

@@ -47,26 +47,8 @@ final class ServiceTests: XCTestCase {
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw XCTSkip("\(binary.path) is not built (make test builds it)")
         }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = ["0"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        let exited = Promise<Int32>()
-        process.terminationHandler = { exited.fulfill($0.terminationStatus) }
-        defer { process.terminationHandler = nil }
-        try process.run()
-        let line = Promise<String>()
-        let handle = out.fileHandleForReading
-        DispatchQueue.global().async {
-            var bytes: [UInt8] = []
-            while let chunk = try? handle.read(upToCount: 1), let byte = chunk.first, byte != 10 { bytes.append(byte) }
-            line.fulfill(String(decoding: bytes, as: UTF8.self))
-        }
-        let listening = try line.wait("the listening line")
-        XCTAssertTrue(listening.hasPrefix("listening on 127.0.0.1:"), listening)
-        process.terminate() // SIGTERM
-        XCTAssertEqual(try exited.wait("the example to exit"), 0)
+        let server = try ServeProcess(executable: binary, arguments: ["0"])
+        XCTAssertTrue(server.listeningLine.hasPrefix("listening on 127.0.0.1:"), server.listeningLine)
+        XCTAssertEqual(try server.stop(), 0, "SIGTERM drains the group and the example exits 0")
     }
 }
