@@ -11,10 +11,12 @@ bootstrap:
 build: bootstrap
 	$(SWIFT) build
 
-# Every test of every module, in debug mode, serially (each test bounds its own time).
+# Every test of every module, in debug mode, serially (each test bounds its own time),
+# then the compile-fail checks (Tests/CompileFail: thread misuse must not compile).
 test: bootstrap
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+	bash scripts/compile-fail.sh .build/debug
 
 # Every test again under ThreadSanitizer (its own build folder; CI runs it too).
 test-tsan: bootstrap

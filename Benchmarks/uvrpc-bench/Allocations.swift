@@ -27,12 +27,12 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
         try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0), onEndpoint: { endpoint in
             switch api {
             case .callback: endpoint.onMessage = { request in try request.respond(request.payload) }
-            case .async: endpoint.onMessage { request in request.payload }
+            case .async: endpoint.asyncEndpoint.onMessage { request in request.payload }
             }
         })
     }
     let endpoints = try runBlocking {
-        var endpoints: [RPCEndpoint] = []
+        var endpoints: [RPCAsyncEndpoint] = []
         for loop in clientGroup.loops { endpoints.append(try await RPCClient.connect(to: server.address, on: loop)) }
         return endpoints
     }
@@ -45,7 +45,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
         for endpoint in endpoints {
             switch api {
             case .callback:
-                endpoint.loop.execute {
+                _ = try? runBlocking { try await endpoint.withEndpoint { endpoint in
                     // The allocation-free client path: one response handler, a tag per call.
                     var sent = 0, finished = 0
                     func sendNext() {
@@ -57,7 +57,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
                         if sent < count { sendNext() } else if finished == count { done.signal() }
                     }
                     for _ in 0..<window { sendNext() }
-                }
+                } }
             case .async:
                 let remaining = LockedValue(window)
                 for _ in 0..<window {

@@ -6,7 +6,8 @@ public enum RPCClient {
     /// Connects to `address` (TCP or `unix:` path) on `loop` and calls
     /// `completion` on the loop with a ready ``RPCEndpoint`` (its handshake
     /// sent; the peer's may still be on its way), or the ``ConnectError``.
-    /// Must be called on the loop thread.
+    /// Must be called on the loop thread (the completion may then use
+    /// loop-bound state); from elsewhere, use the async form.
     public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
@@ -16,20 +17,20 @@ public enum RPCClient {
         }
     }
 
-    /// Connects from any thread or task and returns the endpoint; fails after
-    /// `timeout` with ``ConnectError/timedOut(address:timeout:)``. Incoming
-    /// messages wait for a handler (``RPCEndpoint/onMessage(_:)``), or are
-    /// handled at once by `handler` when one is given.
+    /// Connects from any thread or task and returns the endpoint's `Sendable`
+    /// handle; fails after `timeout` with ``ConnectError/timedOut(address:timeout:)``.
+    /// Incoming messages wait for a handler (``RPCAsyncEndpoint/onMessage(_:)``),
+    /// or are handled at once by `handler` when one is given.
     public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
                                handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
-        async throws(ConnectError) -> RPCEndpoint {
-        let result: Result<RPCEndpoint, ConnectError> = await withCheckedContinuation { continuation in
+        async throws(ConnectError) -> RPCAsyncEndpoint {
+        let result: Result<RPCAsyncEndpoint, ConnectError> = await withCheckedContinuation { continuation in
             let start: @Sendable () -> Void = {
                 connect(to: address, on: loop, timeout: timeout, configuration: configuration, logger: logger) { result in
-                    if case .success(let endpoint) = result, let handler { endpoint.onMessage(handler) }
-                    continuation.resume(returning: result)
+                    if case .success(let endpoint) = result, let handler { endpoint.installAsyncHandler(handler) }
+                    continuation.resume(returning: result.map(\.asyncEndpoint))
                 }
             }
             if loop.inEventLoop { start() } else if !loop.execute(start) {
@@ -47,7 +48,7 @@ public enum RPCClient {
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
                                handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
-        async throws(ConnectError) -> RPCEndpoint {
+        async throws(ConnectError) -> RPCAsyncEndpoint {
         try await connect(to: address, on: group.next(), timeout: timeout, configuration: configuration,
                           logger: logger, handler: handler)
     }

@@ -117,7 +117,7 @@ public final class RPCClientPool: Sendable {
     /// flight and returns the response. Callable from any thread or task.
     /// - Throws: ``RPCError/noConnection(addresses:lastConnectError:)`` at
     ///   once when no connection is open; otherwise what
-    ///   ``RPCEndpoint/send(_:timeout:closeOnError:)`` throws.
+    ///   ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` throws.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
         guard let (connection, endpoint) = pick() else { throw noConnection }
         defer { connection.callEnded() }
@@ -138,13 +138,13 @@ public final class RPCClientPool: Sendable {
         }
         guard let (connection, endpoint) = pick() else { return completion(.failure(noConnection)) }
         if connection.loop === caller {
-            return endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
+            return endpoint.endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
                 connection.callEnded()
                 completion(result)
             }
         }
         let sent = connection.loop.execute {
-            endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
+            endpoint.endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
                 connection.callEnded()
                 caller.execute { completion(result) } // dropped only if the caller's loop is gone
             }
@@ -179,12 +179,12 @@ public final class RPCClientPool: Sendable {
     }
 
     /// Stops making new connections and closes each one once its calls in
-    /// flight have finished (``RPCEndpoint/close(gracePeriod:)``), or at
+    /// flight have finished (``RPCAsyncEndpoint/close(gracePeriod:)``), or at
     /// `gracePeriod` at the latest, failing what is left with
     /// ``RPCCloseReason/drainTimedOut(_:)``; returns once all are closed.
     /// Callable from any thread or task.
     public func close(gracePeriod: Duration) async {
-        var endpoints: [RPCEndpoint] = []
+        var endpoints: [RPCAsyncEndpoint] = []
         for connection in connections {
             if let endpoint = await connection.loop.submitIfRunning({ connection.stop() }) ?? nil { endpoints.append(endpoint) }
         }
@@ -195,7 +195,7 @@ public final class RPCClientPool: Sendable {
 
     /// The open connection with the fewest calls in flight, counted as
     /// carrying one more; ties go in turn. Nil when none is open.
-    private func pick() -> (PooledConnection, RPCEndpoint)? {
+    private func pick() -> (PooledConnection, RPCAsyncEndpoint)? {
         let count = connections.count
         let start = Int(UInt(bitPattern: turn.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(count))
         for _ in 0..<2 { // a second pass if the chosen one closed meanwhile
@@ -231,7 +231,7 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     private let logger: Logger
     private let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?
     private let report: @Sendable (String) -> Void
-    private let endpoint = LockedValue<RPCEndpoint?>(nil)
+    private let endpoint = LockedValue<RPCAsyncEndpoint?>(nil)
     /// Counted down once, when the first connect attempt ended.
     private let firstAttempts: Countdown
     private var triedOnce = false
@@ -265,7 +265,7 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
                 if stopped { return endpoint.close() }
                 attempts = 0
                 endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint.closeReason ?? .local) }
-                self.endpoint.withLock { $0 = endpoint }
+                self.endpoint.withLock { $0 = endpoint.asyncEndpoint }
                 isOpen.store(true, ordering: .releasing)
                 onEndpoint?(endpoint)
             case .failure(let error):
@@ -297,7 +297,7 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     }
 
     /// Stops reconnecting (on the loop); returns the open endpoint, if any, to close.
-    func stop() -> RPCEndpoint? {
+    func stop() -> RPCAsyncEndpoint? {
         stopped = true
         retryTimer?.cancel()
         retryTimer = nil
@@ -306,7 +306,7 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
 
     /// Counts a call about to be sent and returns the endpoint to send it on,
     /// or nil if the connection just closed.
-    func callStarting() -> RPCEndpoint? {
+    func callStarting() -> RPCAsyncEndpoint? {
         inFlight.add(1, ordering: .relaxed)
         if let endpoint = endpoint.withLock({ $0 }) { return endpoint }
         inFlight.subtract(1, ordering: .relaxed)

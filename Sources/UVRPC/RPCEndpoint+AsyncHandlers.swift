@@ -45,9 +45,12 @@ extension RPCEndpoint {
         nextWorkerKey &+= 1
         // The task cannot start before this returns (it is queued on this loop),
         // so it is registered before it can unregister itself.
+        // Safe to send: the task runs on this endpoint's loop (its executor preference,
+        // and work() never leaves it), the only thread that touches the endpoint.
+        let endpoint = UncheckedSendable(self)
         workerTasks[key] = Task(executorPreference: eventLoop.taskExecutor) {
-            await self.work()
-            self.workerTasks[key] = nil
+            await endpoint.value.work()
+            endpoint.value.workerTasks[key] = nil
         }
     }
 
@@ -65,7 +68,7 @@ extension RPCEndpoint {
                 if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
                 let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
                                               peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
-                                              userValue: _userValue, endpoint: self)
+                                              userValue: _userValue, endpoint: asyncEndpoint)
                 runningAsyncHandlers += 1
                 defer {
                     runningAsyncHandlers -= 1

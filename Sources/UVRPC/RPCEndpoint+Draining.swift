@@ -37,20 +37,6 @@ extension RPCEndpoint {
         closeIfDrained()
     }
 
-    /// Closes from any thread or task once drained (see
-    /// ``close(gracePeriod:)``) and returns, with the reason, when the
-    /// connection is fully closed.
-    @discardableResult
-    public func close(gracePeriod: Duration) async -> RPCCloseReason {
-        await withCheckedContinuation { continuation in
-            let run: @Sendable () -> Void = {
-                self.addCloseWaiter(continuation)
-                self.beginDrain(gracePeriod: gracePeriod)
-            }
-            if loop.inEventLoop { run() } else if !loop.execute(run) { continuation.resume(returning: .local) }
-        }
-    }
-
     /// True when nothing is in flight in either direction.
     var hasNothingInFlight: Bool {
         calls.count == 0 && deferredSends.isEmpty && blockedSendsHead == blockedSends.count

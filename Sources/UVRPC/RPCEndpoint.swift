@@ -27,14 +27,15 @@ import UVLoop
 ///   refused, the connection closes after flushing, and ``onClose`` reports
 ///   the reason once.
 ///
-/// Threads: the callback API and the state properties are loop-bound (they
-/// check the thread). The async API (`send(...) async`, `onMessage(_:)`
-/// with an async handler, `close() async`) may be called from any thread or
-/// task: it hops onto the loop. So the endpoint is `Sendable`.
-public final class RPCEndpoint: @unchecked Sendable { // state touched on the loop thread only
-    // Sendable invariant: every mutable field is read and written only on
-    // `loop`'s thread; public accessors check it, and the async API reaches
-    // the loop through `EventLoop.execute` before touching anything.
+/// Threads: the endpoint is loop-bound and not `Sendable`: the compiler
+/// refuses to hand it to another thread or task, and its members check at
+/// run time that they are called on the loop (where callbacks, handlers and
+/// ``RPCServer``'s `onEndpoint` run). Its `Sendable` handle,
+/// ``asyncEndpoint`` (an ``RPCAsyncEndpoint``), is the async API that
+/// works from anywhere.
+public final class RPCEndpoint {
+    // Every mutable field is read and written only on `loop`'s thread; public
+    // accessors check it, and RPCAsyncEndpoint reaches the loop before touching anything.
     /// The name used in logs and errors; the connection's label unless set.
     public let label: String
     /// The connection this endpoint speaks over.

@@ -93,6 +93,6 @@ public struct RPCAsyncRequest: Sendable {
     public let peerInfo: PeerInfo
     /// The per-connection value (``RPCEndpoint/userValue``) when the message arrived.
     public let userValue: (any Sendable)?
-    /// The endpoint the message came in on (its async API works from any task).
-    public let endpoint: RPCEndpoint
+    /// The endpoint the message came in on (its `Sendable` handle).
+    public let endpoint: RPCAsyncEndpoint
 }

@@ -39,11 +39,12 @@ public final class RPCServer: Sendable {
     public var spread: ConnectionSpread { listener.spread }
     /// Settings of every endpoint it makes.
     public var configuration: RPCEndpoint.Configuration { core.configuration }
-    /// New endpoints, in accept order, for `for await endpoint in server.endpoints`.
+    /// New endpoints (their `Sendable` handles), in accept order, for
+    /// `for await endpoint in server.endpoints`.
     /// Endpoints nobody consumed are kept up to the newest 1024 (older ones
     /// keep being served; they are only not delivered here; a closed one
     /// kept here has released its buffers). Ends once the server stopped accepting.
-    public let endpoints: AsyncStream<RPCEndpoint>
+    public let endpoints: AsyncStream<RPCAsyncEndpoint>
 
     /// What the `admit` hook decides for a new connection.
     public enum Admission: Sendable {
@@ -56,16 +57,16 @@ public final class RPCServer: Sendable {
     private let core: ServerCore
     private let listener: GroupListener
 
-    private init(core: ServerCore, listener: GroupListener, endpoints: AsyncStream<RPCEndpoint>) {
+    private init(core: ServerCore, listener: GroupListener, endpoints: AsyncStream<RPCAsyncEndpoint>) {
         self.core = core
         self.listener = listener
         self.endpoints = endpoints
         listener.whenClosed { core.listenerDidClose() }
     }
 
-    /// The endpoints that are open now, on every loop, in no particular
-    /// order. Callable from any thread; each endpoint is bound to its own loop.
-    public var openEndpoints: [RPCEndpoint] { core.openEndpoints }
+    /// The endpoints that are open now (their `Sendable` handles), on every
+    /// loop, in no particular order. Callable from any thread.
+    public var openEndpoints: [RPCAsyncEndpoint] { core.openEndpoints }
 
     /// Starts listening on `address` (TCP or `unix:` path) on `loop`; must be
     /// called on the loop thread.
@@ -166,9 +167,9 @@ public final class RPCServer: Sendable {
         let open = core.stopAdmitting()
         listener.close()
         guard let action else { return }
-        for endpoint in open {
-            let loop = endpoint.loop
-            if loop.inEventLoop { action(endpoint) } else { loop.execute { action(endpoint) } }
+        for handle in open {
+            let loop = handle.loop
+            if loop.inEventLoop { action(handle.endpoint) } else { loop.execute { action(handle.endpoint) } }
         }
     }
 
@@ -234,10 +235,10 @@ private final class ServerCore: Sendable {
     private let handshake: [UInt8]
     private let onEndpoint: @Sendable (RPCEndpoint) -> Void
     private let admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?
-    private let continuation: AsyncStream<RPCEndpoint>.Continuation
+    private let continuation: AsyncStream<RPCAsyncEndpoint>.Continuation
 
     private struct State {
-        var open: [ObjectIdentifier: RPCEndpoint] = [:]
+        var open: [ObjectIdentifier: RPCAsyncEndpoint] = [:]
         /// Set by close: connections still arriving are turned away.
         var admitting = true
         var listenerClosed = false
@@ -246,7 +247,7 @@ private final class ServerCore: Sendable {
     private let state = LockedValue(State())
 
     private init(configuration: RPCEndpoint.Configuration, logger: Logger,
-                 continuation: AsyncStream<RPCEndpoint>.Continuation,
+                 continuation: AsyncStream<RPCAsyncEndpoint>.Continuation,
                  admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?,
                  onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) {
         self.admit = admit
@@ -259,14 +260,14 @@ private final class ServerCore: Sendable {
 
     static func make(configuration: RPCEndpoint.Configuration, logger: Logger?,
                      admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?,
-                     onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) -> (ServerCore, AsyncStream<RPCEndpoint>) {
-        let (endpoints, continuation) = AsyncStream.makeStream(of: RPCEndpoint.self, bufferingPolicy: .bufferingNewest(1024))
+                     onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) -> (ServerCore, AsyncStream<RPCAsyncEndpoint>) {
+        let (endpoints, continuation) = AsyncStream.makeStream(of: RPCAsyncEndpoint.self, bufferingPolicy: .bufferingNewest(1024))
         let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
         return (ServerCore(configuration: configuration, logger: logger, continuation: continuation,
                            admit: admit, onEndpoint: onEndpoint), endpoints)
     }
 
-    var openEndpoints: [RPCEndpoint] { state.withLock { Array($0.open.values) } }
+    var openEndpoints: [RPCAsyncEndpoint] { state.withLock { Array($0.open.values) } }
 
     /// Makes the endpoint of a new connection (on the connection's loop).
     func accept(_ connection: Connection) {
@@ -285,14 +286,14 @@ private final class ServerCore: Sendable {
         let key = ObjectIdentifier(endpoint)
         let admitted = state.withLock { state -> Bool in
             guard state.admitting else { return false }
-            state.open[key] = endpoint
+            state.open[key] = endpoint.asyncEndpoint
             return true
         }
         guard admitted else { return endpoint.close() } // arrived after close(): turned away
         endpoint._userValue = userValue
         endpoint.didCloseForOwner = { [self] in endpointDidClose(key) }
         onEndpoint(endpoint)
-        continuation.yield(endpoint)
+        continuation.yield(endpoint.asyncEndpoint)
     }
 
     func acceptFailed(_ error: UVError) {
@@ -300,7 +301,7 @@ private final class ServerCore: Sendable {
     }
 
     /// Turns later connections away; returns the endpoints open now.
-    func stopAdmitting() -> [RPCEndpoint] {
+    func stopAdmitting() -> [RPCAsyncEndpoint] {
         state.withLock { state in
             state.admitting = false
             return Array(state.open.values)

@@ -206,9 +206,13 @@ struct Serve: ParsableCommand {
             let counts = group.loops.map { loop in open.filter { $0.loop === loop }.count }
             // Messages received and not answered yet, read on each endpoint's loop.
             let unanswered = group.loops.reduce(0) { total, loop in
-                total + ((try? loop.submitAndWait {
-                    open.filter { $0.loop === loop }.reduce(0) { $0 + $1.unansweredRequestCount }
-                }) ?? 0)
+                let here = open.filter { $0.loop === loop }
+                let count: Int? = try? loop.submitAndWait {
+                    var count = 0
+                    for handle in here { count += handle.endpoint.unansweredRequestCount }
+                    return count
+                }
+                return total + (count ?? 0)
             }
             print("connections per loop: \(counts.map(String.init).joined(separator: " ")) (unanswered requests: \(unanswered))")
             fflush(nil)

@@ -26,7 +26,7 @@ private func asyncPair(_ loop: EventLoop,
                        client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
                        serverHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync,
                        clientHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync)
-    async throws -> (server: RPCServer, serverEndpoint: RPCEndpoint, client: RPCEndpoint) {
+    async throws -> (server: RPCServer, serverEndpoint: RPCAsyncEndpoint, client: RPCAsyncEndpoint) {
     let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
                                           configuration: serverConfiguration, handler: serverHandler)
     let client = try await RPCClient.connect(to: server.address, on: loop, configuration: clientConfiguration,
@@ -151,7 +151,7 @@ final class AsyncAPITests: XCTestCase {
         let client = try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration())
         var iterator = server.endpoints.makeAsyncIterator()
         let serverEndpoint = await iterator.next()!
-        try harness.sync {
+        try await serverEndpoint.withEndpoint { serverEndpoint in
             serverEndpoint.onMessage = { request in
                 let payload = request.payload
                 if payload.first == 0 {
@@ -164,15 +164,15 @@ final class AsyncAPITests: XCTestCase {
         }
         let tasks = (0..<1000).map { _ in Task { try await client.send([0]) } }
         _ = try allHeld.wait("1000 calls in flight")
-        XCTAssertEqual(try harness.sync { client.inFlightCount }, 1000)
+        XCTAssertEqual(try harness.sync { client.endpoint.inFlightCount }, 1000)
         for task in tasks { task.cancel() }
         var cancelled = 0
         for task in tasks {
             do { _ = try await task.value } catch is CancellationError { cancelled += 1 }
         }
         XCTAssertEqual(cancelled, 1000)
-        XCTAssertEqual(try harness.sync { client.inFlightCount }, 0, "no leaked ids")
-        XCTAssertFalse(try harness.sync { client.isClosing }, "cancelling does not close the endpoint")
+        XCTAssertEqual(try harness.sync { client.endpoint.inFlightCount }, 0, "no leaked ids")
+        XCTAssertFalse(try harness.sync { client.endpoint.isClosing }, "cancelling does not close the endpoint")
         // The late answers to the cancelled calls are ignored...
         try harness.sync { for request in held.value { try request.respond([0]) } }
         // ...and 1000 more calls succeed.
@@ -185,7 +185,7 @@ final class AsyncAPITests: XCTestCase {
             }
         }
         XCTAssertEqual(ok, 1000)
-        XCTAssertEqual(try harness.sync { client.inFlightCount }, 0)
+        XCTAssertEqual(try harness.sync { client.endpoint.inFlightCount }, 0)
     }
 
     func testTenThousandConcurrentAwaitingSends() async throws {
@@ -204,7 +204,7 @@ final class AsyncAPITests: XCTestCase {
             }
         }
         XCTAssertEqual(correct, 10_000)
-        XCTAssertEqual(try harness.sync { client.inFlightCount }, 0)
+        XCTAssertEqual(try harness.sync { client.endpoint.inFlightCount }, 0)
     }
 
     func testAsyncConnectFailureIsATypedError() async throws {
@@ -226,7 +226,7 @@ final class AsyncAPITests: XCTestCase {
         let loop = harness.loop
         let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
                                               configuration: testConfiguration(), handler: reversingAsync)
-        var clients: [RPCEndpoint] = []
+        var clients: [RPCAsyncEndpoint] = []
         for _ in 0..<3 {
             clients.append(try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration()))
         }

@@ -52,7 +52,7 @@ final class BackpressureTests: XCTestCase {
         let peak = ProcessFigures.peakResidentBytes() ?? 0
         let highWater = ConnectionOptions().writeHighWaterMark
         // The connection's own record of its most unsent bytes (no sampler can miss it).
-        let observed = try clientHarness.sync { client.connection.peakPendingWriteBytes }
+        let observed = try clientHarness.sync { client.endpoint.connection.peakPendingWriteBytes }
         XCTAssertGreaterThanOrEqual(observed, PacketWriter.frameSize(payloadCount: messageSize),
                                     "every message waited in the outgoing buffer at least once")
         XCTAssertLessThanOrEqual(observed, highWater + PacketWriter.frameSize(payloadCount: messageSize),

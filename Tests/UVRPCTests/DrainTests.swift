@@ -27,12 +27,12 @@ final class DrainTests: XCTestCase {
     }
 
     /// Sends `count` calls (never closing on error) and returns their outcomes' promises.
-    private func sendCalls(_ count: Int, on client: RPCEndpoint, harness: LoopHarness)
+    private func sendCalls(_ count: Int, on client: RPCAsyncEndpoint, harness: LoopHarness)
         throws -> [Promise<Result<[UInt8], RPCError>>] {
         let outcomes = (0..<count).map { _ in Promise<Result<[UInt8], RPCError>>() }
         try harness.sync {
             for (i, outcome) in outcomes.enumerated() {
-                client.send([UInt8(i)], timeout: .seconds(60), closeOnError: false) { outcome.fulfill($0) }
+                client.endpoint.send([UInt8(i)], timeout: .seconds(60), closeOnError: false) { outcome.fulfill($0) }
             }
         }
         return outcomes
@@ -103,7 +103,7 @@ final class DrainTests: XCTestCase {
         let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         // The client drains while its own call waits for the answer: the call
         // completes, then the client closes with .drained.
-        try harness.sync { client.onMessage = { kept.value.append($0) } }
+        try harness.sync { client.endpoint.onMessage = { kept.value.append($0) } }
         let outcome = try sendCalls(1, on: client, harness: harness)[0]
         let reason = await client.close(gracePeriod: .seconds(60))
         XCTAssertEqual(try outcome.wait("the call").get(), [0])

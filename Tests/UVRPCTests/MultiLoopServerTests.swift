@@ -7,8 +7,8 @@ import XCTest
 /// Servers and clients spread over an EventLoopGroup.
 final class MultiLoopServerTests: XCTestCase {
     /// Connects `count` clients (async API, spread over `group`) and checks one call on each.
-    private func connectAndCall(_ count: Int, to address: SocketAddress, on group: EventLoopGroup) async throws -> [RPCEndpoint] {
-        var clients: [RPCEndpoint] = []
+    private func connectAndCall(_ count: Int, to address: SocketAddress, on group: EventLoopGroup) async throws -> [RPCAsyncEndpoint] {
+        var clients: [RPCAsyncEndpoint] = []
         for index in 0..<count {
             let client = try await RPCClient.connect(to: address, on: group, configuration: testConfiguration())
             let payload = pseudoRandomBytes(count: 100 + index, seed: UInt64(index + 1))
@@ -141,7 +141,7 @@ final class MultiLoopServerTests: XCTestCase {
             }
         })
         let calls = 4 * 8
-        var clients: [RPCEndpoint] = []
+        var clients: [RPCAsyncEndpoint] = []
         for _ in 0..<4 { clients.append(try await RPCClient.connect(to: server.address, on: clientGroup, configuration: testConfiguration())) }
         XCTAssertEqual(Set(clients.map(\.loop.name)), ["busy-0", "busy-1"])
         let outcomes = Task {

@@ -232,7 +232,7 @@ final class RequestContextTests: XCTestCase {
         }, admit: { _ in .accept(userValue: 42) })
         let client = try await RPCClient.connect(to: server.address, on: loop,
                                                  configuration: testConfiguration(keepaliveInterval: .milliseconds(300)))
-        let local = await loop.submitIfRunning { client.connection.localAddress.map { "\($0)" } ?? "?" } ?? "?"
+        let local = await loop.submitIfRunning { client.endpoint.connection.localAddress.map { "\($0)" } ?? "?" } ?? "?"
         let answer = try await client.send([1, 2, 3, 4], timeout: .seconds(10))
         XCTAssertEqual(String(decoding: answer, as: UTF8.self), "42|\(local)|0.3|65530|4")
         await client.close()

@@ -109,7 +109,7 @@ final class ToolTests: XCTestCase {
             let server = try ServeProcess(tool: tool, ["--loops", "2", "--spread", spread])
             defer { _ = try? server.stop() }
             let harness = try LoopHarness("tool-clients")
-            var clients: [RPCEndpoint] = []
+            var clients: [RPCAsyncEndpoint] = []
             for _ in 0..<6 {
                 let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
                 let answer = try await client.send([7, 7])

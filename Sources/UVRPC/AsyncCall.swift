@@ -1,0 +1,46 @@
+import Synchronization
+import UVLoop
+
+/// The state of one `send(...) async`, shared by the caller's task, a
+/// canceller and the loop: one allocation per call, no lock.
+///
+/// The outcome and the continuation meet through one atomic: ``finish(_:)``
+/// claims the call once (`claimed`), stores the outcome and then marks it
+/// ready; ``install(_:)`` stores the continuation and marks it installed.
+/// Whichever of the two comes second resumes the continuation, so it is
+/// resumed exactly once, whatever the threads' order.
+final class AsyncCall: @unchecked Sendable { // fields published through `rendezvous` / `claimed`
+    // Sendable invariant: `outcome` is written once, by the single winner of
+    // `claimed`, before its releasing exchange on `rendezvous`; `continuation`
+    // is written once, by the caller, before its releasing exchange; each is read
+    // only by whoever sees the other's flag in an acquiring exchange. `id` is
+    // touched on the loop only.
+    private static let installedFlag: UInt8 = 1
+    private static let readyFlag: UInt8 = 2
+    private let claimed = Atomic<Bool>(false)
+    private let rendezvous = Atomic<UInt8>(0)
+    private var continuation: UnsafeContinuation<[UInt8], any Error>?
+    private var outcome: Result<[UInt8], any Error>?
+    /// The message id while the call is in the table (loop only).
+    var id: UInt16?
+
+    init() {}
+
+    /// True once an outcome was claimed (answered, failed or cancelled).
+    var isFinished: Bool { claimed.load(ordering: .acquiring) }
+
+    /// Hands over the caller's continuation (once).
+    func install(_ continuation: UnsafeContinuation<[UInt8], any Error>) {
+        self.continuation = continuation
+        let before = rendezvous.bitwiseOr(Self.installedFlag, ordering: .acquiringAndReleasing).oldValue
+        if before & Self.readyFlag != 0 { continuation.resume(with: outcome!) }
+    }
+
+    /// Ends the call with `result`; only the first call has an effect.
+    func finish(_ result: Result<[UInt8], any Error>) {
+        guard !claimed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        outcome = result
+        let before = rendezvous.bitwiseOr(Self.readyFlag, ordering: .acquiringAndReleasing).oldValue
+        if before & Self.installedFlag != 0 { continuation!.resume(with: result) }
+    }
+}

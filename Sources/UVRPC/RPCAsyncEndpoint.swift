@@ -1,0 +1,136 @@
+import UVLoop
+
+/// The `Sendable` handle of an ``RPCEndpoint``: its async API, usable from
+/// any thread or task.
+///
+/// ``RPCEndpoint`` is loop-bound and not `Sendable`, so the compiler refuses
+/// to hand it to another thread; this handle is what crosses. Every member
+/// hops onto the endpoint's loop before it touches the endpoint (without a
+/// hop when the caller is on that loop already). Get one from
+/// ``RPCEndpoint/asyncEndpoint``, ``RPCClient/connect(to:on:timeout:configuration:logger:handler:)-(_,EventLoop,_,_,_,_)``,
+/// ``RPCServer/endpoints`` or ``RPCAsyncRequest/endpoint``. Two handles of
+/// the same endpoint are equal.
+///
+/// ```swift
+/// let endpoint = try await RPCClient.connect(to: address, on: loop)
+/// let answer = try await endpoint.send(Array("hello".utf8))
+/// let peer = try await endpoint.withEndpoint { $0.peerInfo }   // loop-bound state, read on the loop
+/// await endpoint.close()
+/// ```
+public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is touched on its loop only
+    // Sendable invariant: every member reads only `endpoint`'s immutable
+    // `let`s off the loop (label, connection, loop) and reaches everything
+    // else through `loop.execute` or after checking `loop.inEventLoop`.
+    package let endpoint: RPCEndpoint
+
+    init(_ endpoint: RPCEndpoint) { self.endpoint = endpoint }
+
+    /// The endpoint's name in logs and errors (``RPCEndpoint/label``).
+    public var label: String { endpoint.label }
+    /// The loop the endpoint runs on.
+    public var loop: EventLoop { endpoint.connection.loop }
+
+    /// Runs `body` with `endpoint` on its loop when the caller is there,
+    /// else queues it there; false when the loop takes no more work.
+    @discardableResult
+    private func onLoop(_ body: @escaping @Sendable (RPCEndpoint) -> Void) -> Bool {
+        let endpoint = self
+        if loop.inEventLoop { body(endpoint.endpoint); return true }
+        return loop.execute { body(endpoint.endpoint) }
+    }
+
+    /// Runs `body` on the endpoint's loop with the loop-bound ``RPCEndpoint``
+    /// and returns its result: the way to read or change its loop-bound state
+    /// (``RPCEndpoint/peerInfo``, ``RPCEndpoint/userValue``, its callback
+    /// handlers...) from another thread or task.
+    /// - Throws: what `body` throws, or ``EventLoopError/shutDown(loop:)``
+    ///   when the loop takes no more work.
+    public func withEndpoint<T: Sendable>(_ body: @escaping @Sendable (RPCEndpoint) throws -> T) async throws -> T {
+        let endpoint = self
+        return try await loop.submit { try body(endpoint.endpoint) }
+    }
+
+    /// Sends `payload` and returns the response.
+    ///
+    /// Backpressure: while the connection is not writable (more unsent bytes
+    /// than its high-water mark), the call waits before it is written, in
+    /// order with other waiting async sends; the payload is not copied while
+    /// it waits. Its timeout starts when it is written. A peer that stops
+    /// reading altogether is cut off by ``ConnectionOptions/writeTimeout``,
+    /// which fails the waiting calls.
+    ///
+    /// - Throws: an ``RPCError`` (timed out, closed, peer too old, every id
+    ///   in flight), as the callback API reports; or `CancellationError` when
+    ///   the task is cancelled first. Cancelling frees the call's id (a late
+    ///   response is ignored) and, unlike the reference (which closes the whole
+    ///   endpoint when a send is cancelled), leaves the endpoint open.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
+        // One allocation (the call) plus the response's Array; the hop to the
+        // loop costs a closure only when the caller is not on the loop already.
+        let call = AsyncCall()
+        let endpoint = self
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                call.install(continuation)
+                if Task.isCancelled {
+                    call.finish(.failure(CancellationError()))
+                } else if !onLoop({ $0.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call) }) {
+                    call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
+                }
+            }
+        } onCancel: {
+            guard !call.isFinished else { return }
+            // Always through the queue: the canceller may be inside a loop callback.
+            if !endpoint.loop.execute({ endpoint.endpoint.cancelCall(call) }) { call.finish(.failure(CancellationError())) }
+        }
+    }
+
+    /// Handles every incoming message with `handler`, given an
+    /// ``RPCAsyncRequest``; its return value is the answer, and throwing
+    /// sends no response and is logged. Handlers run in worker tasks on the
+    /// endpoint's loop, concurrently: one that awaits holds up no other.
+    /// Messages that arrived before it was set are handed to it. Replaces a
+    /// callback ``RPCEndpoint/onMessage`` handler.
+    public func onMessage(_ handler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) {
+        onLoop { $0.installAsyncHandler(handler) }
+    }
+
+    /// Closes the endpoint at once (``RPCEndpoint/close()``) and returns,
+    /// with the reason, once the connection is fully closed.
+    @discardableResult
+    public func close() async -> RPCCloseReason {
+        await closing { $0.close() }
+    }
+
+    /// Closes the endpoint once nothing is in flight, or after `gracePeriod`
+    /// at the latest (``RPCEndpoint/close(gracePeriod:)``), and returns, with
+    /// the reason, once the connection is fully closed.
+    @discardableResult
+    public func close(gracePeriod: Duration) async -> RPCCloseReason {
+        await closing { $0.beginDrain(gracePeriod: gracePeriod) }
+    }
+
+    /// Waits until the endpoint is fully closed (by either side) and returns the reason.
+    public func closed() async -> RPCCloseReason {
+        await closing { _ in }
+    }
+
+    /// Runs `start` on the loop and waits for the close, returning its reason.
+    private func closing(_ start: @escaping @Sendable (RPCEndpoint) -> Void) async -> RPCCloseReason {
+        await withCheckedContinuation { continuation in
+            let queued = onLoop { endpoint in
+                endpoint.addCloseWaiter(continuation)
+                start(endpoint)
+            }
+            if !queued { continuation.resume(returning: .local) }
+        }
+    }
+
+    public static func == (lhs: RPCAsyncEndpoint, rhs: RPCAsyncEndpoint) -> Bool { lhs.endpoint === rhs.endpoint }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(endpoint)) }
+}
+
+extension RPCEndpoint {
+    /// This endpoint's `Sendable` handle: its async API, for other threads and tasks.
+    public var asyncEndpoint: RPCAsyncEndpoint { RPCAsyncEndpoint(self) }
+}
