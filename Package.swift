@@ -11,6 +11,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         // Graceful shutdown under a ServiceGroup (RPCServer and RPCClientPool are Services).
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        // Counters, gauges and a timer of what the endpoints do (see LoopMetrics).
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        // `uvrpc serve --metrics`: renders the metrics in the Prometheus text format (the tool only).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         // Command-line tools only (uvrpc, uvrpc-bench); the libraries do not use it.
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
@@ -32,7 +36,8 @@ let package = Package(
         .target(
             name: "UVRPC",
             dependencies: ["UVLoop", .product(name: "Logging", package: "swift-log"),
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // The uvrpc command-line tool: `serve` (echo server) and `call` (load and check).
         .executableTarget(
@@ -102,7 +107,9 @@ let package = Package(
         .testTarget(
             name: "UVRPCTests",
             dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness",
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "CoreMetrics", package: "swift-metrics"),
+                           .product(name: "MetricsTestKit", package: "swift-metrics")],
             exclude: ["Fixtures"]
         ),
     ],

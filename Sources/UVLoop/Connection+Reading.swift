@@ -75,6 +75,7 @@ extension Connection {
     func didRead(_ nread: Int) {
         if nread <= 0 { sharedPrefix = 0 } // the unconsumed bytes are still in the ring
         if nread > 0 {
+            withLoop { $0.bytesReadTotal &+= UInt64(nread) }
             switch readTarget {
             case .ring:
                 ring.didWrite(nread)

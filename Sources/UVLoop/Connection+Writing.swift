@@ -33,6 +33,7 @@ extension Connection {
         guard n > 0 else { return 0 } // EAGAIN or an error: the flush path reports errors
         bytesQueued += UInt64(n)
         bytesWritten += UInt64(n)
+        withLoop { $0.bytesWrittenTotal &+= UInt64(n) }
         return Int(n)
     }
 
@@ -120,6 +121,7 @@ extension Connection {
             if n > 0 {
                 pending.consume(Int(n))
                 bytesWritten += UInt64(n)
+                withLoop { $0.bytesWrittenTotal &+= UInt64(n) }
             } else if n < 0 && n != UV_EAGAIN.rawValue {
                 fail(writeError(n))
                 return
@@ -150,6 +152,7 @@ extension Connection {
             return
         }
         bytesWritten += UInt64(inFlight.readableCount)
+        withLoop { $0.bytesWrittenTotal &+= UInt64(inFlight.readableCount) }
         inFlight.reset()
         lastWriteProgress = loop.now
         flushNow()

@@ -24,6 +24,7 @@ extension EventLoop {
             }
             runPendingFlushes()
         } while !localJobs.isEmpty
+        if let turnEndObserver { turnEndObserver(self) }
     }
 
     func runPendingFlushes() {

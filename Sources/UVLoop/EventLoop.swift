@@ -96,6 +96,15 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         return storage
     }
     @exclusivity(unchecked) var spareFlush: [Connection] = []
+    /// Bytes read from and written to the sockets of this loop's connections
+    /// since it started: plain counters, for the protocol layer's metrics.
+    @exclusivity(unchecked) package var bytesReadTotal: UInt64 = 0
+    @exclusivity(unchecked) package var bytesWrittenTotal: UInt64 = 0
+    /// Runs after the per-turn work, twice a loop turn (before and after the
+    /// poll): where the protocol layer publishes its per-loop counters in batches.
+    @exclusivity(unchecked) package var turnEndObserver: ((EventLoop) -> Void)?
+    /// What the protocol layer keeps per loop (UVRPC's metrics); set on the loop thread.
+    @exclusivity(unchecked) package var protocolLayerState: AnyObject?
 
     /// Creates the loop (not yet running).
     ///
@@ -380,6 +389,10 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         }
         rc = uv_loop_close(uvLoop)
         pendingFlush.removeAll()
+        // A last publish of what the closes counted, then no more.
+        if let turnEndObserver { turnEndObserver(self) }
+        turnEndObserver = nil
+        protocolLayerState = nil
         closeStatus.withLock { $0 = rc }
         // The internal handles reference the loop; drop them so the loop can be freed.
         wakeup = nil
@@ -388,6 +401,9 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     }
 
     // MARK: Timers and time
+
+    /// A monotonic clock in nanoseconds (`uv_hrtime`), read fresh.
+    package static var monotonicNanoseconds: UInt64 { uv_hrtime() }
 
     /// The loop's cached clock in milliseconds (`uv_now`).
     public var now: UInt64 {

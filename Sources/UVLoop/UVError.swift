@@ -1,4 +1,5 @@
 import CLibUV
+import Glibc
 
 /// A libuv call that failed: which operation, on what, and libuv's own error.
 ///
@@ -27,6 +28,10 @@ public struct UVError: Error, Equatable, Sendable, CustomStringConvertible {
 
     /// libuv's short name of the error, e.g. `ECONNREFUSED`.
     public var name: String { String(cString: uv_err_name(code)) }
+
+    /// True for `EMFILE` / `ENFILE`: the process (or the system) has no
+    /// file descriptor left, as when connections arrive past `ulimit -n`.
+    public var isOutOfDescriptors: Bool { code == UV_EMFILE.rawValue || code == UV_ENFILE.rawValue }
 
     /// libuv's human-readable message, e.g. `connection refused`.
     public var message: String { String(cString: uv_strerror(code)) }
@@ -106,4 +111,12 @@ public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
         case .loopShutDown(let a): return "connect to \(a) abandoned: the event loop shut down"
         }
     }
+}
+
+/// This process's limit of open files (`RLIMIT_NOFILE`'s soft limit), for
+/// messages about running out of descriptors; "unlimited" or "unknown" otherwise.
+package func openFilesLimit() -> String {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return "unknown" }
+    return limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur) open files"
 }

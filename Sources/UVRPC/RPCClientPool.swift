@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -59,6 +60,9 @@ public final class RPCClientPool: Sendable {
     private let connections: [PooledConnection]
     private let turn = Atomic<Int>(0)
     private let lastError: LockedValue<String?>
+    /// Calls that found no open connection: counted here, off any loop (a rare path).
+    private let noConnectionFailures = Counter(label: "uvrpc_calls_failed_total",
+                                               dimensions: [("error", CallFailureKind.noConnection.rawValue)])
 
     private init(addresses: [SocketAddress], configuration: Configuration, connections: [PooledConnection],
                  lastError: LockedValue<String?>) {
@@ -213,8 +217,10 @@ public final class RPCClientPool: Sendable {
         return nil
     }
 
+    /// The error of a call with no connection open, counted (`uvrpc_calls_failed_total{error="no_connection"}`).
     private var noConnection: RPCError {
-        .noConnection(addresses: addresses.map(\.description), lastConnectError: lastConnectError)
+        noConnectionFailures.increment()
+        return .noConnection(addresses: addresses.map(\.description), lastConnectError: lastConnectError)
     }
 }
 

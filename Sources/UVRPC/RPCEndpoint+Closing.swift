@@ -34,6 +34,7 @@ extension RPCEndpoint {
         guard !closing else { return }
         _closeReason = reason
         closing = true
+        metrics.connectionClosed(reason)
         switch reason {
         case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut:
             break // not logged, or logged where detected
@@ -54,7 +55,7 @@ extension RPCEndpoint {
         deadlineTimer = nil
         drainTimer = nil
         for id in calls.liveIDs() {
-            if let (call, _) = calls.remove(id) {
+            if let (call, _) = removeCall(id) {
                 call.completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: reason))
             }
         }

@@ -46,7 +46,7 @@ extension RPCEndpoint: PacketSink {
     }
 
     package func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
-        if let (call, _) = calls.remove(id) {
+        if let (call, _) = removeCall(id) {
             call.completion.succeed(on: self, payload)
         } else {
             logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
@@ -66,6 +66,7 @@ extension RPCEndpoint: PacketSink {
 
     @inline(__always)
     func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
+        metrics.messagesReceived &+= 1
         if let callbackHandler {
             runCallbackHandler(callbackHandler, id: id, payload: payload)
             return
@@ -115,8 +116,9 @@ extension RPCEndpoint: PacketSink {
     /// (a late response is then ignored) without closing the endpoint.
     func cancelCall(_ call: AsyncCall) {
         guard !call.isFinished else { return }
-        if let id = call.id { _ = calls.remove(id) }
+        if let id = call.id { _ = removeCall(id) }
         deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
+        metrics.callCancelled()
         call.finish(.failure(CancellationError()))
         closeIfDrained()
     }

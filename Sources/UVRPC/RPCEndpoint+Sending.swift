@@ -12,6 +12,7 @@ extension RPCEndpoint {
         case tagged(UInt64)
 
         func fail(on endpoint: RPCEndpoint, _ error: RPCError) {
+            endpoint.metrics.callFailed(error)
             switch self {
             case .copied(let c): c(.failure(error))
             case .borrowed(let c): c(.failure(error))
@@ -40,6 +41,16 @@ extension RPCEndpoint {
     struct PendingCall {
         var completion: Completion
         var timeout: Duration
+        /// When it was written (``LoopMetrics/callStartTime``; 0 when calls are not timed).
+        var startedAt: UInt64
+    }
+
+    /// Takes call `id` out of the in-flight table, counting its end; nil if it is not in flight.
+    @inline(__always)
+    func removeCall(_ id: UInt16) -> (PendingCall, Bool)? {
+        guard let removed = calls.remove(id) else { return nil }
+        metrics.callEnded(startedAt: removed.0.startedAt)
+        return removed
     }
 
     /// A send that waits before it is written: a big one for the peer's
@@ -140,7 +151,7 @@ extension RPCEndpoint {
         }
         let now = eventLoop.now
         let deadline = now &+ timeout.roundedUpMilliseconds
-        guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout), deadline: deadline,
+        guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout, startedAt: metrics.callStartTime), deadline: deadline,
                                     closeOnError: closeOnError) else {
             return completion.fail(on: self, .tooManyInFlight(endpoint: label))
         }
@@ -149,7 +160,7 @@ extension RPCEndpoint {
             try writeFrame(isResponse: false, id: id, payload: payload)
         } catch {
             // The connection is closing under us; the close path reports it.
-            _ = calls.remove(id)
+            _ = calls.remove(id) // never written: not counted as sent, nor as ended
             return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
         }
         if deadline < armedDeadline { armDeadlineTimer(now: now) }
@@ -204,6 +215,7 @@ extension RPCEndpoint {
     func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
         let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: payload.count)
         try connection.write(header: header.bits, headerCount: header.count, payload: payload)
+        if isResponse { metrics.responsesSent &+= 1 } else { metrics.callsSent &+= 1 }
     }
 
     func armDeadlineTimer(now: UInt64) {
@@ -216,7 +228,7 @@ extension RPCEndpoint {
     func expireCalls() {
         armedDeadline = .max
         let now = eventLoop.now
-        while let id = calls.popExpired(now: now), let (call, closeOnError) = calls.remove(id) {
+        while let id = calls.popExpired(now: now), let (call, closeOnError) = removeCall(id) {
             let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
             call.completion.fail(on: self, error)

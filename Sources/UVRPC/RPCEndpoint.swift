@@ -49,6 +49,8 @@ public final class RPCEndpoint {
     /// The loop without a retain per use (the hot path reads it per message).
     /// Safe: the connection retains its loop, and this endpoint retains the connection.
     unowned(unsafe) let eventLoop: EventLoop
+    /// The loop's metrics counters (see ``LoopMetrics``), counted on the loop.
+    let metrics: LoopMetrics
 
     /// The loop-thread check of every loop-bound member, without a retain of the loop.
     @inline(__always)
@@ -257,6 +259,8 @@ public final class RPCEndpoint {
         connection.loop.preconditionInEventLoop("RPCEndpoint.init")
         self.connection = connection
         self.eventLoop = connection.loop
+        self.metrics = LoopMetrics.of(connection.loop)
+        metrics.connectionsOpened &+= 1
         self.configuration = configuration
         self.label = label ?? connection.label
         var logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })

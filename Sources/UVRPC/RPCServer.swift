@@ -245,6 +245,8 @@ private final class ServerCore: Sendable {
         var finishWaiters: [@Sendable () -> Void] = []
     }
     private let state = LockedValue(State())
+    /// Connections refused for lack of descriptors since the last accepted one.
+    private let refusedForDescriptors = LockedValue(0)
 
     private init(configuration: RPCEndpoint.Configuration, logger: Logger,
                  continuation: AsyncStream<RPCAsyncEndpoint>.Continuation,
@@ -271,6 +273,8 @@ private final class ServerCore: Sendable {
 
     /// Makes the endpoint of a new connection (on the connection's loop).
     func accept(_ connection: Connection) {
+        LoopMetrics.of(connection.loop).connectionsAccepted &+= 1
+        acceptRecovered()
         var userValue: (any Sendable)?
         if let admit {
             switch admit(connection.remoteAddress) {
@@ -296,8 +300,36 @@ private final class ServerCore: Sendable {
         continuation.yield(endpoint.asyncEndpoint)
     }
 
+    /// Counts a failed accept (on the listener's loop) and logs it: once per
+    /// burst when the process is out of descriptors (libuv keeps a reserve
+    /// descriptor to turn such connections away instead of spinning), else each time.
     func acceptFailed(_ error: UVError) {
-        logger.warning("accept failed", metadata: ["rpc.error": "\(error)"])
+        if let loop = EventLoop.current { LoopMetrics.of(loop).acceptErrors[error.name, default: 0] += 1 }
+        guard error.isOutOfDescriptors else {
+            return logger.warning("accept failed", metadata: ["rpc.error": "\(error)"])
+        }
+        let first = refusedForDescriptors.withLock { count -> Bool in
+            count += 1
+            return count == 1
+        }
+        if first {
+            logger.warning("refusing connections: out of file descriptors", metadata: [
+                "rpc.error": "\(error)", "rpc.open-files-limit": "\(openFilesLimit())",
+            ])
+        }
+    }
+
+    /// Ends a burst of connections refused for lack of descriptors (a connection was accepted).
+    private func acceptRecovered() {
+        let refused = refusedForDescriptors.withLock { count -> Int in
+            defer { count = 0 }
+            return count
+        }
+        if refused > 0 {
+            logger.warning("accepting connections again", metadata: [
+                "rpc.refused": "\(refused)", "rpc.open-files-limit": "\(openFilesLimit())",
+            ])
+        }
     }
 
     /// Turns later connections away; returns the endpoints open now.

@@ -1,0 +1,243 @@
+import CoreMetrics
+import UVLoop
+
+/// What UVRPC reports through swift-metrics, counted per loop and published
+/// in batches.
+///
+/// Recording is a plain integer add on the loop thread: no allocation, no
+/// lock, no call into the metrics backend per message or call. At the end of
+/// each half of a loop turn (``EventLoop``'s turn-end observer) the loop
+/// publishes what changed since the last time: one backend call per metric
+/// that moved. With no backend bootstrapped (swift-metrics' no-op default)
+/// nothing is published and call durations are not timed at all.
+///
+/// Bootstrap the backend (`MetricsSystem.bootstrap`) before the first
+/// endpoint is made on a loop: each loop makes its metric objects then.
+///
+/// Names and dimensions (stable: dashboards rely on them):
+/// - `uvrpc_connections_accepted_total`, `uvrpc_connections_open`,
+///   `uvrpc_connections_closed_total{reason}`;
+/// - `uvrpc_messages_received_total`, `uvrpc_responses_sent_total`;
+/// - `uvrpc_calls_sent_total`, `uvrpc_calls_failed_total{error}`,
+///   `uvrpc_calls_in_flight`, `uvrpc_call_duration_seconds` (outgoing calls);
+/// - `uvrpc_bytes_received_total`, `uvrpc_bytes_sent_total`;
+/// - `uvrpc_protocol_violations_total{violation}`, `uvrpc_accept_errors_total{error}`.
+final class LoopMetrics {
+    // @exclusivity(unchecked): touched on the loop thread only, never by overlapping accesses.
+    @exclusivity(unchecked) var connectionsAccepted = 0
+    @exclusivity(unchecked) var connectionsOpened = 0
+    @exclusivity(unchecked) var connectionsClosed = [Int](repeating: 0, count: CloseKind.allCases.count)
+    @exclusivity(unchecked) var messagesReceived = 0
+    @exclusivity(unchecked) var responsesSent = 0
+    @exclusivity(unchecked) var callsSent = 0
+    /// Calls that left the in-flight table (answered, failed or cancelled).
+    @exclusivity(unchecked) var callsEnded = 0
+    @exclusivity(unchecked) var callsFailed = [Int](repeating: 0, count: CallFailureKind.allCases.count)
+    @exclusivity(unchecked) var violations = [Int](repeating: 0, count: ViolationKind.allCases.count)
+    @exclusivity(unchecked) var acceptErrors: [String: Int] = [:]
+    /// Durations of ended calls, in nanoseconds, waiting to be published.
+    @exclusivity(unchecked) private var durations: [Int64] = []
+    /// True when a backend is bootstrapped: calls are timed and counts published.
+    let isPublishing: Bool
+
+    private var published: Published
+    private struct Published {
+        var connectionsAccepted = 0, connectionsOpened = 0, messagesReceived = 0, responsesSent = 0
+        var callsSent = 0, callsEnded = 0, bytesRead: UInt64 = 0, bytesWritten: UInt64 = 0
+        var connectionsClosed = [Int](repeating: 0, count: CloseKind.allCases.count)
+        var callsFailed = [Int](repeating: 0, count: CallFailureKind.allCases.count)
+        var violations = [Int](repeating: 0, count: ViolationKind.allCases.count)
+        var acceptErrors: [String: Int] = [:]
+    }
+
+    private let accepted: Counter
+    private let open: Meter
+    private let closed: [Counter]
+    private let messages: Counter
+    private let responses: Counter
+    private let calls: Counter
+    private let failed: [Counter]
+    private let inFlight: Meter
+    private let bytesIn: Counter
+    private let bytesOut: Counter
+    private let violationCounters: [Counter]
+    private let duration: CoreMetrics.Timer
+    private var acceptErrorCounters: [String: Counter] = [:]
+
+    private static let durationBatch = 4096
+
+    private init(loop: EventLoop) {
+        isPublishing = !(MetricsSystem.factory is NOOPMetricsHandler)
+        published = Published(bytesRead: loop.bytesReadTotal, bytesWritten: loop.bytesWrittenTotal)
+        accepted = Counter(label: "uvrpc_connections_accepted_total")
+        open = Meter(label: "uvrpc_connections_open")
+        closed = CloseKind.allCases.map {
+            Counter(label: "uvrpc_connections_closed_total", dimensions: [("reason", $0.rawValue)])
+        }
+        messages = Counter(label: "uvrpc_messages_received_total")
+        responses = Counter(label: "uvrpc_responses_sent_total")
+        calls = Counter(label: "uvrpc_calls_sent_total")
+        failed = CallFailureKind.allCases.map {
+            Counter(label: "uvrpc_calls_failed_total", dimensions: [("error", $0.rawValue)])
+        }
+        inFlight = Meter(label: "uvrpc_calls_in_flight")
+        bytesIn = Counter(label: "uvrpc_bytes_received_total")
+        bytesOut = Counter(label: "uvrpc_bytes_sent_total")
+        violationCounters = ViolationKind.allCases.map {
+            Counter(label: "uvrpc_protocol_violations_total", dimensions: [("violation", $0.rawValue)])
+        }
+        duration = CoreMetrics.Timer(label: "uvrpc_call_duration_seconds", preferredDisplayUnit: .seconds)
+        if isPublishing { durations.reserveCapacity(Self.durationBatch) }
+    }
+
+    /// The metrics of `loop`, made (and hooked to its turns) on first use. Loop thread only.
+    static func of(_ loop: EventLoop) -> LoopMetrics {
+        if let existing = loop.protocolLayerState as? LoopMetrics { return existing }
+        let metrics = LoopMetrics(loop: loop)
+        loop.protocolLayerState = metrics
+        if metrics.isPublishing { loop.turnEndObserver = { metrics.publish($0) } }
+        return metrics
+    }
+
+    /// The clock reading a call starts with: 0 (not timed) without a backend.
+    @inline(__always)
+    var callStartTime: UInt64 { isPublishing ? EventLoop.monotonicNanoseconds : 0 }
+
+    /// Counts a call that left the in-flight table, timed from `startedAt`.
+    @inline(__always)
+    func callEnded(startedAt: UInt64) {
+        callsEnded &+= 1
+        guard startedAt != 0 else { return }
+        durations.append(Int64(truncatingIfNeeded: EventLoop.monotonicNanoseconds &- startedAt))
+        if durations.count >= Self.durationBatch { publishDurations() }
+    }
+
+    func callFailed(_ error: RPCError) { callsFailed[CallFailureKind(error).index] &+= 1 }
+    func callCancelled() { callsFailed[CallFailureKind.cancelled.index] &+= 1 }
+    func connectionClosed(_ reason: RPCCloseReason) {
+        connectionsClosed[CloseKind(reason).index] &+= 1
+        if case .protocolViolation(let violation) = reason { violations[ViolationKind(violation).index] &+= 1 }
+    }
+
+    /// Publishes what changed since the last time (the loop's turn-end observer).
+    func publish(_ loop: EventLoop) {
+        func delta(_ now: Int, _ then: inout Int, _ counter: Counter) {
+            if now != then { counter.increment(by: now &- then); then = now }
+        }
+        delta(connectionsAccepted, &published.connectionsAccepted, accepted)
+        delta(messagesReceived, &published.messagesReceived, messages)
+        delta(responsesSent, &published.responsesSent, responses)
+        let sentBefore = published.callsSent, endedBefore = published.callsEnded
+        delta(callsSent, &published.callsSent, calls)
+        published.callsEnded = callsEnded
+        let inFlightChange = (callsSent &- sentBefore) &- (callsEnded &- endedBefore)
+        if inFlightChange > 0 { inFlight.increment(by: Double(inFlightChange)) }
+        if inFlightChange < 0 { inFlight.decrement(by: Double(-inFlightChange)) }
+        let closedNow = connectionsClosed.reduce(0, &+), closedBefore = published.connectionsClosed.reduce(0, &+)
+        if connectionsOpened != published.connectionsOpened || closedNow != closedBefore {
+            let openChange = (connectionsOpened &- published.connectionsOpened) &- (closedNow &- closedBefore)
+            if openChange > 0 { open.increment(by: Double(openChange)) }
+            if openChange < 0 { open.decrement(by: Double(-openChange)) }
+            published.connectionsOpened = connectionsOpened
+            for i in closed.indices { delta(connectionsClosed[i], &published.connectionsClosed[i], closed[i]) }
+            for i in violationCounters.indices { delta(violations[i], &published.violations[i], violationCounters[i]) }
+        }
+        for i in failed.indices where callsFailed[i] != published.callsFailed[i] {
+            delta(callsFailed[i], &published.callsFailed[i], failed[i])
+        }
+        if loop.bytesReadTotal != published.bytesRead {
+            bytesIn.increment(by: loop.bytesReadTotal &- published.bytesRead)
+            published.bytesRead = loop.bytesReadTotal
+        }
+        if loop.bytesWrittenTotal != published.bytesWritten {
+            bytesOut.increment(by: loop.bytesWrittenTotal &- published.bytesWritten)
+            published.bytesWritten = loop.bytesWrittenTotal
+        }
+        if !durations.isEmpty { publishDurations() }
+        if !acceptErrors.isEmpty && acceptErrors != published.acceptErrors { publishAcceptErrors() }
+    }
+
+    private func publishDurations() {
+        for nanoseconds in durations { duration.recordNanoseconds(nanoseconds) }
+        durations.removeAll(keepingCapacity: true)
+    }
+
+    private func publishAcceptErrors() {
+        for (name, count) in acceptErrors {
+            let before = published.acceptErrors[name] ?? 0
+            guard count != before else { continue }
+            let counter = acceptErrorCounters[name] ?? {
+                let made = Counter(label: "uvrpc_accept_errors_total", dimensions: [("error", name)])
+                acceptErrorCounters[name] = made
+                return made
+            }()
+            counter.increment(by: count &- before)
+            published.acceptErrors[name] = count
+        }
+    }
+}
+
+/// The `reason` dimension of `uvrpc_connections_closed_total`.
+enum CloseKind: String, CaseIterable {
+    case local, peerClosed = "peer_closed", reset, connectionFailed = "connection_failed"
+    case keepaliveTimeout = "keepalive_timeout", handshakeTimeout = "handshake_timeout"
+    case protocolViolation = "protocol_violation", callFailed = "call_failed"
+    case drained, drainTimedOut = "drain_timed_out"
+
+    init(_ reason: RPCCloseReason) {
+        switch reason {
+        case .local: self = .local
+        case .peerClosed: self = .peerClosed
+        case .reset: self = .reset
+        case .connectionFailed: self = .connectionFailed
+        case .keepaliveTimeout: self = .keepaliveTimeout
+        case .handshakeTimeout: self = .handshakeTimeout
+        case .protocolViolation: self = .protocolViolation
+        case .callFailed: self = .callFailed
+        case .drained: self = .drained
+        case .drainTimedOut: self = .drainTimedOut
+        }
+    }
+
+    var index: Int { Self.allCases.firstIndex(of: self)! }
+}
+
+/// The `error` dimension of `uvrpc_calls_failed_total`.
+enum CallFailureKind: String, CaseIterable {
+    case timedOut = "timed_out", closed, peerTooOld = "peer_too_old", tooManyInFlight = "too_many_in_flight"
+    case payloadTooLarge = "payload_too_large", sendBufferFull = "send_buffer_full"
+    case noConnection = "no_connection", cancelled
+
+    init(_ error: RPCError) {
+        switch error {
+        case .timedOut: self = .timedOut
+        case .closed: self = .closed
+        case .peerTooOld: self = .peerTooOld
+        case .tooManyInFlight: self = .tooManyInFlight
+        case .payloadTooLarge: self = .payloadTooLarge
+        case .sendBufferFull: self = .sendBufferFull
+        case .noConnection: self = .noConnection
+        }
+    }
+
+    var index: Int { Self.allCases.firstIndex(of: self)! }
+}
+
+/// The `violation` dimension of `uvrpc_protocol_violations_total`.
+enum ViolationKind: String, CaseIterable {
+    case unknownPacketType = "unknown_packet_type", secondHandshake = "second_handshake"
+    case malformedHandshake = "malformed_handshake", handshakeTooLarge = "handshake_too_large"
+    case payloadTooLarge = "payload_too_large"
+
+    init(_ violation: ProtocolViolation) {
+        switch violation {
+        case .unknownPacketType: self = .unknownPacketType
+        case .secondHandshake: self = .secondHandshake
+        case .malformedHandshake: self = .malformedHandshake
+        case .handshakeTooLarge: self = .handshakeTooLarge
+        case .payloadTooLarge: self = .payloadTooLarge
+        }
+    }
+
+    var index: Int { Self.allCases.firstIndex(of: self)! }
+}
