@@ -43,7 +43,9 @@ let package = Package(
         .executableTarget(
             name: "uvrpc",
             dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           .product(name: "Logging", package: "swift-log")]
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "CoreMetrics", package: "swift-metrics"),
+                           .product(name: "Prometheus", package: "swift-prometheus")]
         ),
         // The README's async echo server and client, built with everything so they keep compiling.
         .executableTarget(

@@ -83,16 +83,16 @@ public final class GroupListener: Sendable {
 
     // MARK: Making one
 
-    /// Listens on `loop` alone, on its thread: one plain listener.
+    /// Listens on `loop` alone, on its thread: an acceptor that opens each
+    /// connection on the same loop.
     package static func listen(onCurrentLoop loop: EventLoop, address: SocketAddress, backlog: Int32,
                                options: ConnectionOptions, onAcceptError: @escaping @Sendable (UVError) -> Void,
                                onAccept: @escaping @Sendable (Connection) -> Void) throws(UVError) -> GroupListener {
         let closing = Countdown(1)
-        let listener = try Listener(loop: loop, address: address, backlog: backlog, options: options, onAccept: onAccept)
-        listener.onAcceptError = onAcceptError
-        listener.onClose = { closing.countDown() }
-        return GroupListener(address: listener.address, spread: .roundRobin, loops: [loop],
-                             parts: [.listener(LoopBound(listener, loop: loop))], closing: closing)
+        let acceptor = try makeAcceptor(loops: [loop], address: address, backlog: backlog, options: options,
+                                        closing: closing, onAcceptError: onAcceptError, onAccept: onAccept)
+        return GroupListener(address: acceptor.address, spread: .roundRobin, loops: [loop],
+                             parts: [.acceptor(LoopBound(acceptor, loop: loop))], closing: closing)
     }
 
     /// Listens on `address` for `loops` (from any thread or task).
@@ -164,44 +164,56 @@ public final class GroupListener: Sendable {
         let acceptorLoop = loops[0]
         let made = await acceptorLoop.submitIfRunning { () -> Result<LoopBound<RoundRobinAcceptor>, UVError> in
             Result { () throws(UVError) in
-                var turn = 0
-                /// Opens a handed-over descriptor as a connection of `loop` and delivers it.
-                let adopt: @Sendable (Int32, EventLoop, SocketAddress) -> Void = { fd, loop, listening in
-                    do throws(UVError) {
-                        let connection = try Connection.adopting(descriptor: fd, on: loop, unixDomain: listening.isUnix,
-                                                                 options: options, label: "\(listening) (accepted)")
-                        Listener.deliver(connection, acceptedOn: listening, to: onAccept)
-                    } catch {
-                        onAcceptError(error)
-                    }
-                }
-                let acceptor = try RoundRobinAcceptor(loop: acceptorLoop, address: address, backlog: backlog) { fd, listening in
-                    let target = loops[turn]
-                    turn = turn + 1 == loops.count ? 0 : turn + 1
-                    if target === acceptorLoop { return adopt(fd, target, listening) }
-                    let socket = HandedOffSocket(fd)
-                    // Refused (the loop is closed): the job is dropped and `socket` closes the descriptor.
-                    target.execute {
-                        // A loop already closing its handles takes no new connection.
-                        guard !target.isShuttingDown, let fd = socket.take() else { return }
-                        adopt(fd, target, listening)
-                    }
-                }
-                acceptor.onAcceptError = onAcceptError
-                acceptor.onClose = {
-                    // Each loop's marker runs after every descriptor handed to it before
-                    // (one queue, in order): then no connection can arrive there any more.
-                    for loop in loops {
-                        if loop === acceptorLoop || !loop.execute({ closing.countDown() }) { closing.countDown() }
-                    }
-                }
-                return LoopBound(acceptor, loop: acceptorLoop)
+                LoopBound(try makeAcceptor(loops: loops, address: address, backlog: backlog, options: options,
+                                           closing: closing, onAcceptError: onAcceptError, onAccept: onAccept),
+                          loop: acceptorLoop)
             }
         }
         let acceptor = try (made ?? .failure(UVError.loopShutDown(operation: "listen", target: "\(address)"))).get()
         let bound = await acceptorLoop.submitIfRunning { acceptor.value.address } ?? address
         return GroupListener(address: bound, spread: .roundRobin, loops: loops, parts: [.acceptor(acceptor)],
                              closing: closing)
+    }
+
+    /// An acceptor on `loops[0]` (called on its thread) that opens each
+    /// accepted descriptor as a connection of the next loop in turn.
+    private static func makeAcceptor(loops: [EventLoop], address: SocketAddress, backlog: Int32,
+                                     options: ConnectionOptions, closing: Countdown,
+                                     onAcceptError: @escaping @Sendable (UVError) -> Void,
+                                     onAccept: @escaping @Sendable (Connection) -> Void) throws(UVError) -> RoundRobinAcceptor {
+        let acceptorLoop = loops[0]
+        var turn = 0
+        /// Opens a handed-over descriptor as a connection of `loop` and delivers it.
+        let adopt: @Sendable (Int32, EventLoop, SocketAddress) -> Void = { fd, loop, listening in
+            do throws(UVError) {
+                let connection = try Connection.adopting(descriptor: fd, on: loop, unixDomain: listening.isUnix,
+                                                         options: options, label: "\(listening) (accepted)")
+                Listener.deliver(connection, acceptedOn: listening, to: onAccept)
+            } catch {
+                onAcceptError(error)
+            }
+        }
+        let acceptor = try RoundRobinAcceptor(loop: acceptorLoop, address: address, backlog: backlog) { fd, listening in
+            let target = loops[turn]
+            turn = turn + 1 == loops.count ? 0 : turn + 1
+            if target === acceptorLoop { return adopt(fd, target, listening) }
+            let socket = HandedOffSocket(fd)
+            // Refused (the loop is closed): the job is dropped and `socket` closes the descriptor.
+            target.execute {
+                // A loop already closing its handles takes no new connection.
+                guard !target.isShuttingDown, let fd = socket.take() else { return }
+                adopt(fd, target, listening)
+            }
+        }
+        acceptor.onAcceptError = onAcceptError
+        acceptor.onClose = {
+            // Each loop's marker runs after every descriptor handed to it before
+            // (one queue, in order): then no connection can arrive there any more.
+            for loop in loops {
+                if loop === acceptorLoop || !loop.execute({ closing.countDown() }) { closing.countDown() }
+            }
+        }
+        return acceptor
     }
 }
 

@@ -45,7 +45,12 @@ final class RoundRobinAcceptor: HandleOwner {
     private var handOff: ((Int32, SocketAddress) -> Void)?
     var onAcceptError: ((UVError) -> Void)?
     var onClose: (() -> Void)?
-    /// Set while accepting is paused after running out of descriptors.
+    /// A descriptor held in reserve (on /dev/null): when the process runs out
+    /// of descriptors, closing it frees one to accept and close each waiting
+    /// connection, so their clients learn at once instead of waiting in the
+    /// kernel's queue (libuv's own listener does the same, silently).
+    private var reserve: Int32
+    /// Set while accepting is paused after running out of descriptors with no reserve.
     private var retryTimer: LoopTimer?
     private static let retryDelay = Duration.milliseconds(100)
     /// At most this many accepts per poll callback, so one burst cannot hold the loop.
@@ -72,6 +77,7 @@ final class RoundRobinAcceptor: HandleOwner {
         }
         if fd < 0 { throw UVError(code: fd, operation: "listen", target: target) } // -errno is libuv's code on Unix
         self.descriptor = fd
+        self.reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
         self.address = address.isUnix ? address : (Self.boundAddress(of: fd) ?? address)
         self.handOff = handOff
         super.init(loop: loop, type: UV_POLL)
@@ -79,6 +85,7 @@ final class RoundRobinAcceptor: HandleOwner {
         let rc = uv_poll_init(loop.uvLoop, poll, fd)
         if rc < 0 {
             systemClose(fd)
+            if reserve >= 0 { systemClose(reserve) }
             if case .unix(let path) = address { unlink(path) }
             throw UVError(code: rc, operation: "uv_poll_init", target: target)
         }
@@ -111,8 +118,10 @@ final class RoundRobinAcceptor: HandleOwner {
             onAcceptError?(UVError(code: status, operation: "poll", target: "listener \(address)"))
             return
         }
+        if reserve < 0 { reserve = open("/dev/null", O_RDONLY | O_CLOEXEC) } // taken back if it could not be before
         for _ in 0..<Self.acceptsPerWakeup {
             let fd = uvrpc_accept(descriptor)
+            if fd == -EMFILE || fd == -ENFILE, refuseWaitingConnections(fd) { return }
             if fd >= 0 {
                 handOff?(fd, address)
                 if isHandleClosing { return } // the hand-off closed the listener
@@ -134,6 +143,25 @@ final class RoundRobinAcceptor: HandleOwner {
         }
     }
 
+    /// Out of descriptors (`error`): spends the reserve descriptor to accept
+    /// and close every waiting connection, reporting each, then takes the
+    /// reserve back. False when there is no reserve (the caller goes on as
+    /// for any other error).
+    private func refuseWaitingConnections(_ error: Int32) -> Bool {
+        guard reserve >= 0 else { return false }
+        systemClose(reserve)
+        reserve = -1
+        for _ in 0..<Self.acceptsPerWakeup where !isHandleClosing {
+            let fd = uvrpc_accept(descriptor)
+            guard fd >= 0 else { break } // EAGAIN: none left (or another error: retried at the next wakeup)
+            systemClose(fd)
+            onAcceptError?(UVError(code: error, operation: "accept", target: "listener \(address) (connection refused: out of descriptors)"))
+        }
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if reserve < 0 && !isHandleClosing { pauseAccepting() } // still out: wait instead of spinning
+        return true
+    }
+
     private func pauseAccepting() {
         uv_poll_stop(UnsafeMutablePointer<uv_poll_t>(OpaquePointer(handle)))
         retryTimer = loop.scheduleTimer(after: Self.retryDelay) { [weak self] in
@@ -152,6 +180,8 @@ final class RoundRobinAcceptor: HandleOwner {
     override func handleDidClose() {
         // libuv is done with the descriptor once the poll handle is closed.
         systemClose(descriptor)
+        if reserve >= 0 { systemClose(reserve) }
+        reserve = -1
         if case .unix(let path) = address { unlink(path) }
         retryTimer?.cancel()
         retryTimer = nil

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Dispatch
+import CoreMetrics
 import Logging
+import Prometheus
 import Synchronization
 import UVLoop
 import UVRPC
@@ -153,7 +155,10 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var endpoint: EndpointOptions
 
-    @Flag(help: "Log connections closing for a reason other than a clean close, to stderr.")
+    @Option(help: "Serve the metrics in the Prometheus text format at http://HOST:PORT/metrics (port 0 picks a free one; the second line printed says where).")
+    var metrics: String?
+
+    @Flag(help: "Also log connections closing for a reason other than a clean close, to stderr (warnings always are).")
     var verbose = false
 
     func validate() throws {
@@ -161,6 +166,9 @@ struct Serve: ParsableCommand {
         guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
         guard grace >= 0 else { throw ValidationError("--grace must not be negative, not \(grace)") }
         if let answerAfter, answerAfter < 0 { throw ValidationError("--answer-after must not be negative, not \(answerAfter)") }
+        if let metrics, SocketAddress(parsing: metrics) == nil {
+            throw ValidationError("--metrics must be HOST:PORT or [IPV6]:PORT, not \(metrics)")
+        }
         if unix != nil && spread == .reusePort && loops > 1 {
             throw ValidationError("--spread reuse-port needs TCP; a Unix socket server spreads round-robin")
         }
@@ -169,11 +177,13 @@ struct Serve: ParsableCommand {
     func run() throws {
         // Logs go to stderr: stdout carries only the listening line (and SIGUSR1 reports).
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        // Before any endpoint exists: each loop makes its metric objects with its first endpoint.
+        let registry = metrics.map { _ in bootstrapPrometheus() }
         let address: SocketAddress = unix.map { .unix(path: $0) } ?? SocketAddress(host: host, port: port)
         let group = try EventLoopGroup(name: "uvrpc-serve", loopCount: loops)
         let logger = {
             var logger = Logger(label: "uvrpc.serve")
-            logger.logLevel = verbose ? .info : .critical
+            logger.logLevel = verbose ? .info : .warning
             return logger
         }()
         let (spread, configuration, backlog) = (self.spread, endpoint.configuration, self.backlog)
@@ -218,7 +228,18 @@ struct Serve: ParsableCommand {
             fflush(nil)
         }
         print("listening on \(server.address)")
-        fflush(nil) // every stream: scripts wait for this line
+        if let registry, let metrics, let metricsAddress = SocketAddress(parsing: metrics) {
+            do {
+                let bound = try MetricsPage.serve(registry, on: metricsAddress, loop: group.loops[0])
+                print("metrics on http://\(bound)/metrics")
+            } catch {
+                printError("uvrpc serve: cannot serve the metrics: \(error)")
+                _ = try? runBlocking { await server.shutdown() }
+                group.shutdownAndWait()
+                throw ToolExit.cannotConnect
+            }
+        }
+        fflush(nil) // every stream: scripts wait for these lines
         waitForSignal()
         let gracePeriod = Duration.nanoseconds(Int64(grace * 1e9))
         _ = try? runBlocking { await server.shutdown(gracePeriod: gracePeriod) }
@@ -359,4 +380,19 @@ struct Call: ParsableCommand {
         let elapsed = clock.now - start
         return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
+}
+
+/// Makes swift-metrics report to a Prometheus registry (for `serve --metrics`)
+/// and returns the registry. Call durations get sub-millisecond buckets: a
+/// call on a local network takes tens of microseconds.
+func bootstrapPrometheus() -> PrometheusCollectorRegistry {
+    let registry = PrometheusCollectorRegistry()
+    var factory = PrometheusMetricsFactory(registry: registry)
+    factory.durationHistogramBuckets["uvrpc_call_duration_seconds"] = [
+        .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1),
+        .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+        .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(5),
+    ]
+    MetricsSystem.bootstrap(factory)
+    return registry
 }

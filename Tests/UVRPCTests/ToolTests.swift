@@ -4,6 +4,26 @@ import UVRPC
 import UVTestSupport
 import XCTest
 
+/// Runs the `uvrpc` tool to completion (at most `seconds`); returns status and output.
+func runTool(_ arguments: [String], seconds: Double = 60) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = uvrpcTool
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    let finished = Promise<Void>()
+    process.terminationHandler = { _ in finished.fulfill(()) }
+    defer { process.terminationHandler = nil } // Process keeps its handler, and so our promise, alive
+    try process.run()
+    do { try finished.wait("uvrpc \(arguments.joined(separator: " "))", seconds: seconds) } catch {
+        process.terminate()
+        throw error
+    }
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (process.terminationStatus, output)
+}
+
 /// The `uvrpc` command-line tool, run as a user would (the debug build next to the tests).
 final class ToolTests: XCTestCase {
     private var tool: URL { uvrpcTool }
@@ -14,24 +34,8 @@ final class ToolTests: XCTestCase {
         }
     }
 
-    /// Runs the tool to completion (at most `seconds`); returns status and output.
     private func run(_ arguments: [String], seconds: Double = 60) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = tool
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let finished = Promise<Void>()
-        process.terminationHandler = { _ in finished.fulfill(()) }
-        defer { process.terminationHandler = nil } // Process keeps its handler, and so our promise, alive
-        try process.run()
-        do { try finished.wait("uvrpc \(arguments.joined(separator: " "))", seconds: seconds) } catch {
-            process.terminate()
-            throw error
-        }
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, output)
+        try runTool(arguments, seconds: seconds)
     }
 
     func testServeAndCallEchoCheckedMessagesThenServeStopsCleanlyOnSIGTERM() throws {
