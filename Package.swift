@@ -80,7 +80,9 @@ let package = Package(
         .executableTarget(
             name: "uvrpc-bench",
             dependencies: ["UVLoop", "UVRPC", "MallocCounter",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "CoreMetrics", package: "swift-metrics"),
+                           .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Benchmarks/uvrpc-bench"
         ),
         // The soak test: checked traffic and faults against a uvrpc serve child (make soak).

@@ -16,6 +16,11 @@ LIMITS = {
     # One loop per CPU on each side (present on machines with more than one CPU).
     "api=callback,loops=N,side=server": 0.0,
     "api=callback,loops=N,side=client": 0.0,
+    # With a Prometheus backend bootstrapped: recording must stay allocation-free.
+    "api=callback,metrics=on,side=server": 0.0,
+    "api=callback,metrics=on,side=client": 0.0,
+    "api=async,metrics=on,side=server": 2.0,
+    "api=async,metrics=on,side=client": 2.0,
 }
 
 import re

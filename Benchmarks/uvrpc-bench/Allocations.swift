@@ -1,5 +1,7 @@
+import CoreMetrics
 import Dispatch
 import MallocCounter
+import Prometheus
 import UVLoop
 import UVRPC
 
@@ -84,3 +86,11 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
     return AllocationFigures(server: Double(serverAfter - serverBefore) / measured,
                              client: Double(clientAfter - clientBefore) / measured)
 }
+
+/// A Prometheus backend for swift-metrics, bootstrapped on first use (once
+/// per process): the allocation rows "with metrics" run after it.
+let benchMetricsRegistry: PrometheusCollectorRegistry = {
+    let registry = PrometheusCollectorRegistry()
+    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+    return registry
+}()

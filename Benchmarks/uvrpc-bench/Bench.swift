@@ -175,6 +175,22 @@ struct Bench: ParsableCommand {
             }
             measurements += m
             addRow("small", "64 B, c=64, async", "calls/s", m, \.callsPerSecond, higherIsBetter: true, first: .swiftAsync)
+            // uvrpc serve with a Prometheus backend bootstrapped (--metrics), against C.
+            for concurrency in [16, 256] {
+                var withMetrics: [Measurement] = []
+                for (impl, r) in try interleavedLoads("small: 64 B, concurrency \(concurrency), metrics on",
+                                                       impls: [.swiftMetrics, .c], { address in
+                    try runLoad(address: address, concurrency: concurrency, size: 64, duration: duration,
+                                latency: false, cpu: loadCPU)
+                }) {
+                    withMetrics.append(Measurement(scenario: "small", impl: impl,
+                                                   params: "size=64,concurrency=\(concurrency),metrics=on",
+                                                   callsPerSecond: r.calls_per_s))
+                }
+                measurements += withMetrics
+                addRow("small", "64 B, c=\(concurrency), metrics", "calls/s", withMetrics, \.callsPerSecond,
+                       higherIsBetter: true, first: .swiftMetrics)
+            }
         }
         if wanted.contains("medium") {
             // Just under, just over and well over the short-frame limit (65535 B).
@@ -228,11 +244,16 @@ struct Bench: ParsableCommand {
         if wanted.contains("allocs") {
             let cpus = EventLoopGroup.availableCPUCount
             // Both APIs on one loop per side; the callback API also on one loop per CPU per side.
-            for (api, loops) in [(AllocationAPI.callback, 1), (.async, 1)] + (cpus > 1 ? [(.callback, cpus)] : []) {
-                progress("allocs: \(api.rawValue) API, \(loops) loop(s) per side, in this process")
+            // Then both again with a Prometheus backend bootstrapped (once per process, so last).
+            let runs = [(AllocationAPI.callback, 1, false), (.async, 1, false)] + (cpus > 1 ? [(.callback, cpus, false)] : [])
+                + [(.callback, 1, true), (.async, 1, true)]
+            for (api, loops, metrics) in runs {
+                if metrics { _ = benchMetricsRegistry }
+                progress("allocs: \(api.rawValue) API, \(loops) loop(s) per side\(metrics ? ", metrics on" : ""), in this process")
                 let figures = try measureAllocations(api: api, calls: 100_000, loops: loops)
-                let params = loops == 1 ? "api=\(api.rawValue)" : "api=\(api.rawValue),loops=\(loops)"
-                let label = loops == 1 ? api.rawValue : "\(api.rawValue), \(loops) loops"
+                let params = (loops == 1 ? "api=\(api.rawValue)" : "api=\(api.rawValue),loops=\(loops)")
+                    + (metrics ? ",metrics=on" : "")
+                let label = (loops == 1 ? api.rawValue : "\(api.rawValue), \(loops) loops") + (metrics ? ", metrics" : "")
                 for (side, value) in [("server", figures.server), ("client", figures.client)] {
                     measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "\(params),side=\(side)",
                                                     mallocsPerCall: value))

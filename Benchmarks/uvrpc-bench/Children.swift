@@ -147,6 +147,9 @@ struct Server {
             child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
                                                      "--spread", spread], cpu: cpu)
         case .swiftAsync: child = try Child(try sibling("example-async-echo-server"), ["0"], cpu: cpu)
+        case .swiftMetrics:
+            child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
+                                                     "--spread", spread, "--metrics", "127.0.0.1:0"], cpu: cpu)
         case .c: child = try Child(try sibling("uvrpc-c"), ["serve", "--port", "0", "--loops", "\(loops)"], cpu: cpu)
         case .external: throw BenchError("an external server is not started by the bench")
         }

@@ -74,7 +74,11 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
                 call.install(continuation)
                 if Task.isCancelled {
                     call.finish(.failure(CancellationError()))
-                } else if !onLoop({ $0.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call) }) {
+                } else if endpoint.loop.inEventLoop { // no closure: the common case of a task on the loop
+                    endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
+                } else if !endpoint.loop.execute({
+                    endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
+                }) {
                     call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
                 }
             }
