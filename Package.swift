@@ -58,6 +58,17 @@ let package = Package(
             dependencies: ["UVLoop", "UVRPC"],
             path: "Examples/AsyncEchoClient"
         ),
+        // A key-value server on the callback API (timers, per-connection state, signals) and its async client.
+        .executableTarget(
+            name: "example-kv-server",
+            dependencies: ["UVLoop", "UVRPC"],
+            path: "Examples/KeyValueServer"
+        ),
+        .executableTarget(
+            name: "example-kv-client",
+            dependencies: ["UVLoop", "UVRPC"],
+            path: "Examples/KeyValueClient"
+        ),
         // A server run as a Service under a ServiceGroup: SIGTERM drains it.
         .executableTarget(
             name: "example-service-server",
