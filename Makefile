@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test test-tsan test-asan fuzz soak bench bench-docs bench-check clean
+.PHONY: bootstrap build test test-tsan test-asan fuzz soak bench bench-docs bench-check docs clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -57,6 +57,10 @@ bench-check: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench --scenario allocs --json .build/allocs.json
 	python3 scripts/bench-check.py .build/allocs.json
+
+# The DocC documentation of UVLoop and UVRPC (swift-docc-plugin), into .build/docs.
+docs: bootstrap
+	bash scripts/docs.sh
 
 clean:
 	rm -rf .build

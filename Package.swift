@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
         // `uvrpc serve --metrics`: renders the metrics in the Prometheus text format (the tool only).
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        // `make docs`: the DocC catalogs of UVLoop and UVRPC (a command plugin; nothing is linked).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.3.0"),
         // Command-line tools only (uvrpc, uvrpc-bench); the libraries do not use it.
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],

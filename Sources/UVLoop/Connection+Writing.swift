@@ -9,8 +9,10 @@ extension Connection {
     /// idle since ``releaseIdleBuffers()``): there, without a completion,
     /// the socket is offered them at once, so a connection that writes a
     /// little and goes idle never allocates an outgoing buffer.
-    /// - Parameter completion: called once the bytes reached the socket, or
-    ///   with the error that kept them from it.
+    /// - Parameters:
+    ///   - bytes: copied before this returns (or written at once).
+    ///   - completion: called once the bytes reached the socket, or
+    ///     with the error that kept them from it.
     /// - Throws: ``ConnectionError/closed(connection:)`` when the connection
     ///   is closing or closed (the bytes are not queued).
     public func write(_ bytes: UnsafeRawBufferPointer,

@@ -5,11 +5,11 @@ import CLibUV
 /// Reads: while the connection holds no unconsumed bytes, libuv reads into
 /// the loop's shared 64 KiB buffer and ``onRead`` gets a borrowed view of it;
 /// only bytes it leaves unconsumed (a partial frame) are copied into the
-/// connection's own ``RingBuffer``, where later reads append until they are
+/// connection's own `RingBuffer`, where later reads append until they are
 /// consumed. So an idle connection owns no read buffer, and there is no
 /// allocation per read. A consumer that knows where the next bytes belong
 /// (the rest of a big payload) offers that buffer through
-/// ``directReadBuffer`` and gets them there without a copy.
+/// `directReadBuffer` and gets them there without a copy.
 /// ``onRead`` returns how many bytes it consumed; the rest stays for the next read. Writes are copied into an outgoing buffer and flushed once per
 /// loop turn (`uv_try_write` first, `uv_write` for what the socket did not
 /// take); ``pendingWriteBytes`` and ``isWritable`` give backpressure.
@@ -48,7 +48,7 @@ public final class Connection: HandleOwner {
     /// consumer wants the next bytes in (e.g. the rest of a large payload), or
     /// nil for the usual path. Bytes read into it go to ``onDirectRead``, not ``onRead``.
     @exclusivity(unchecked) package var directReadBuffer: (() -> UnsafeMutableRawBufferPointer?)?
-    /// Called with the number of bytes read into the buffer ``directReadBuffer`` gave.
+    /// Called with the number of bytes read into the buffer `directReadBuffer` gave.
     @exclusivity(unchecked) package var onDirectRead: ((Int) -> Void)?
 
     /// Where the pending read lands.
@@ -128,7 +128,7 @@ public final class Connection: HandleOwner {
     /// True while the connection can be written to (not closing or closed).
     public var isOpen: Bool { state == .open }
 
-    /// Bytes accepted by ``write(_:completion:)`` that have not reached the socket yet.
+    /// Bytes accepted by ``write(_:completion:)-(UnsafeRawBufferPointer,_)`` that have not reached the socket yet.
     public var pendingWriteBytes: Int { Int(bytesQueued - bytesWritten) }
 
     /// The most bytes that waited to be written at once since the connection

@@ -2,7 +2,7 @@
 public struct ConnectionOptions: Sendable {
     /// Disable Nagle's algorithm (`TCP_NODELAY`) on TCP connections. Default true.
     public var noDelay = true
-    /// Read buffer (``RingBuffer``) capacity at start and after shrinking. Default 8 KiB.
+    /// Read buffer (`RingBuffer`) capacity at start and after shrinking. Default 8 KiB.
     public var initialReadBufferCapacity = 8192
     /// Largest the read buffer may grow to hold bytes the read handler has
     /// not consumed. Reaching it closes the connection with

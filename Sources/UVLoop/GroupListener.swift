@@ -223,12 +223,16 @@ extension EventLoopGroup {
     /// `onAccept` on that loop's thread, where it stays. Callable from any
     /// thread or task.
     /// - Parameters:
+    ///   - address: TCP (port 0 picks a free one) or a Unix socket path.
     ///   - spread: how connections are spread over the loops; round robin by
     ///     default (even, and the only choice for Unix sockets).
     ///   - backlog: the kernel's queue of not-yet-accepted connections (per
     ///     socket: with reuse-port, each loop has one).
+    ///   - options: given to every accepted connection.
     ///   - onAcceptError: called (on a loop) when accepting or opening a
     ///     connection failed; listening goes on.
+    ///   - onAccept: called on the connection's loop with each new connection;
+    ///     set its callbacks here.
     /// - Throws: ``UVError`` naming the address when binding fails on any loop
     ///   (the listeners already made are closed again).
     public func listen(on address: SocketAddress, spread: ConnectionSpread = .roundRobin, backlog: Int32 = 511,

@@ -4,11 +4,11 @@ import CLibUV
 ///
 /// Lifecycle (libuv's rule: a handle's memory may be freed only in its close
 /// callback): the handle memory is allocated here; once `uv_*_init`
-/// succeeded, ``adoptHandle()`` stores a retained reference to the owner in
+/// succeeded, `adoptHandle()` stores a retained reference to the owner in
 /// `handle->data`, so the owner lives at least as long as the open handle;
-/// ``closeHandle(reset:)`` calls `uv_close`, and the shared close callback
-/// releases that reference, calls ``handleDidClose()`` and frees the memory.
-/// ``EventLoop`` shutdown walks every handle and calls ``closeForShutdown()``.
+/// `closeHandle(reset:)` calls `uv_close`, and the shared close callback
+/// releases that reference, calls `handleDidClose()` and frees the memory.
+/// ``EventLoop`` shutdown walks every handle and calls `closeForShutdown()`.
 ///
 /// Public only as the common base of ``Connection``, ``Listener`` and
 /// ``LoopTimer``; it cannot be subclassed or created outside UVLoop.

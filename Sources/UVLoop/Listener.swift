@@ -131,6 +131,7 @@ extension EventLoop {
     /// Listens on `address` (TCP, IPv4 or IPv6, port 0 picks a free port; or
     /// a Unix socket path, which must not exist yet).
     /// - Parameters:
+    ///   - address: where to listen.
     ///   - backlog: the kernel's queue of not-yet-accepted connections.
     ///   - options: given to every accepted connection.
     ///   - onAccept: called on the loop thread with each new connection; set

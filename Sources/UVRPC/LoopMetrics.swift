@@ -6,7 +6,7 @@ import UVLoop
 ///
 /// Recording is a plain integer add on the loop thread: no allocation, no
 /// lock, no call into the metrics backend per message or call. At the end of
-/// each half of a loop turn (``EventLoop``'s turn-end observer) the loop
+/// each half of a loop turn (`EventLoop`'s turn-end observer) the loop
 /// publishes what changed since the last time: one backend call per metric
 /// that moved. With no backend bootstrapped (swift-metrics' no-op default)
 /// nothing is published and call durations are not timed at all.

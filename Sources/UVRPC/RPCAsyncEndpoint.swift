@@ -43,7 +43,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// and returns its result: the way to read or change its loop-bound state
     /// (``RPCEndpoint/peerInfo``, ``RPCEndpoint/userValue``, its callback
     /// handlers...) from another thread or task.
-    /// - Throws: what `body` throws, or ``EventLoopError/shutDown(loop:)``
+    /// - Throws: what `body` throws, or `EventLoopError/shutDown(loop:)`
     ///   when the loop takes no more work.
     public func withEndpoint<T: Sendable>(_ body: @escaping @Sendable (RPCEndpoint) throws -> T) async throws -> T {
         let endpoint = self
@@ -56,7 +56,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// than its high-water mark), the call waits before it is written, in
     /// order with other waiting async sends; the payload is not copied while
     /// it waits. Its timeout starts when it is written. A peer that stops
-    /// reading altogether is cut off by ``ConnectionOptions/writeTimeout``,
+    /// reading altogether is cut off by `ConnectionOptions/writeTimeout`,
     /// which fails the waiting calls.
     ///
     /// - Throws: an ``RPCError`` (timed out, closed, peer too old, every id

@@ -5,7 +5,7 @@ import UVLoop
 public enum RPCClient {
     /// Connects to `address` (TCP or `unix:` path) on `loop` and calls
     /// `completion` on the loop with a ready ``RPCEndpoint`` (its handshake
-    /// sent; the peer's may still be on its way), or the ``ConnectError``.
+    /// sent; the peer's may still be on its way), or the `ConnectError`.
     /// Must be called on the loop thread (the completion may then use
     /// loop-bound state); from elsewhere, use the async form.
     public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
@@ -18,7 +18,7 @@ public enum RPCClient {
     }
 
     /// Connects from any thread or task and returns the endpoint's `Sendable`
-    /// handle; fails after `timeout` with ``ConnectError/timedOut(address:timeout:)``.
+    /// handle; fails after `timeout` with `ConnectError/timedOut(address:timeout:)`.
     /// Incoming messages wait for a handler (``RPCAsyncEndpoint/onMessage(_:)``),
     /// or are handled at once by `handler` when one is given.
     public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
@@ -41,7 +41,7 @@ public enum RPCClient {
     }
 
     /// Connects on the next loop of `group` (round robin; see
-    /// ``EventLoopGroup/next()``), from any thread or task; otherwise as
+    /// `EventLoopGroup/next()`), from any thread or task; otherwise as
     /// ``connect(to:on:timeout:configuration:logger:handler:)-(_,EventLoop,_,_,_,_)``.
     /// The endpoint lives on that loop for its whole life.
     public static func connect(to address: SocketAddress, on group: EventLoopGroup, timeout: Duration = .seconds(10),

@@ -5,7 +5,7 @@ import Synchronization
 import UVLoop
 
 /// Connections to one or more efro.rpc servers (a service of several
-/// servers), spread over the loops of an ``EventLoopGroup``, that calls are
+/// servers), spread over the loops of an `EventLoopGroup`, that calls are
 /// spread over.
 ///
 /// The pool keeps ``Configuration/connectionsPerAddress`` connections to each
@@ -75,9 +75,14 @@ public final class RPCClientPool: Sendable {
     /// Opens the pool's connections and returns once each has been tried
     /// once (connected or failed; failed ones keep being retried). Callable
     /// from any thread or task.
-    /// - Parameter onEndpoint: called on its loop with every connection's
-    ///   endpoint each time one is made, before any byte is read: set
-    ///   handlers for the messages the servers send here.
+    /// - Parameters:
+    ///   - addresses: the servers (at least one).
+    ///   - group: the loops the connections are spread over.
+    ///   - configuration: connections per address, endpoint settings, reconnect delays.
+    ///   - logger: where the pool and its endpoints log; nothing by default.
+    ///   - onEndpoint: called on its loop with every connection's
+    ///     endpoint each time one is made, before any byte is read: set
+    ///     handlers for the messages the servers send here.
     public static func connect(to addresses: [SocketAddress], on group: EventLoopGroup,
                                configuration: Configuration = Configuration(), logger: Logger? = nil,
                                onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async -> RPCClientPool {

@@ -66,9 +66,11 @@ extension RPCEndpoint {
     /// Sends `payload` as a message and calls `completion` (on the loop)
     /// with a copy of the response, or the error that ended the call.
     /// - Parameters:
+    ///   - payload: the message; copied before this returns.
     ///   - timeout: defaults to ``Configuration/messageTimeout``.
     ///   - closeOnError: when the call fails (timeout, transport), close the
     ///     whole endpoint, as the reference does by default.
+    ///   - completion: called once, on the loop, with the response or the error.
     /// Errors known at once (closed endpoint, payload too big for a protocol-1
     /// peer, every id in flight) are reported through `completion` before
     /// this returns.

@@ -15,7 +15,7 @@ import UVLoop
 ///   exactly once. Handlers do not block each other. A handler that throws,
 ///   or leaves its request unanswered, sends no response (the peer's call
 ///   then times out), and it is logged.
-/// - ``send(_:timeout:closeOnError:completion:)`` registers the call under
+/// - ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)`` registers the call under
 ///   the next free 16-bit id (starting at 65530, wrapping) and completes with
 ///   the response or an ``RPCError``. With `closeOnError` (the default, as in
 ///   the reference) a failed call closes the whole endpoint.
@@ -73,7 +73,7 @@ public final class RPCEndpoint {
     /// Throwing sends no response and is logged. Loop-bound. Messages that
     /// arrive while no handler is set wait (up to 1024) for one.
     ///
-    /// For an async handler, see ``onMessage(_:)``; setting one replaces the other.
+    /// For an async handler, see ``RPCAsyncEndpoint/onMessage(_:)``; setting one replaces the other.
     public var onMessage: ((RPCRequest) throws -> Void)? {
         get {
             checkLoop("RPCEndpoint.onMessage")
@@ -206,7 +206,7 @@ public final class RPCEndpoint {
     }
 
     /// False while the connection holds more unsent bytes than its high-water
-    /// mark (``ConnectionOptions/writeHighWaterMark``), true again below the
+    /// mark (`ConnectionOptions/writeHighWaterMark`), true again below the
     /// low-water mark. Callback senders should stop sending while it is
     /// false and resume on ``onWritabilityChanged``; async sends wait by
     /// themselves. While it is false the endpoint also stops taking new
@@ -244,8 +244,8 @@ public final class RPCEndpoint {
     let openedAt: UInt64
 
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
-    /// once and starts reading (the connection's ``Connection/onRead`` and
-    /// ``Connection/onClose`` now belong to the endpoint).
+    /// once and starts reading (the connection's `Connection/onRead` and
+    /// `Connection/onClose` now belong to the endpoint).
     public convenience init(connection: Connection, configuration: Configuration = Configuration(),
                             label: String? = nil, logger: Logger? = nil) {
         self.init(connection: connection, configuration: configuration, label: label, logger: logger,

@@ -6,9 +6,9 @@ import UVLoop
 /// connection becomes an ``RPCEndpoint``. One misbehaving connection closes
 /// alone; the server keeps serving the others.
 ///
-/// A server runs on one loop or on every loop of an ``EventLoopGroup``: each
+/// A server runs on one loop or on every loop of an `EventLoopGroup`: each
 /// endpoint lives on one loop for its whole life, and its handlers run there
-/// (``ConnectionSpread`` says how connections are spread over the loops).
+/// (`ConnectionSpread` says how connections are spread over the loops).
 ///
 /// Two ways to use it:
 /// - callback API: `RPCServer(loop:address:...) { endpoint in ... }` on the
@@ -69,14 +69,19 @@ public final class RPCServer: Sendable {
     public var openEndpoints: [RPCAsyncEndpoint] { core.openEndpoints }
 
     /// Starts listening on `address` (TCP or `unix:` path) on `loop`; must be
-    /// called on the loop thread.
+    /// called on the loop thread (from another thread: `loop.submitAndWait { try RPCServer(loop: ...) }`).
     /// - Parameters:
+    ///   - loop: the loop every endpoint runs on.
+    ///   - address: TCP (port 0 picks a free one) or a Unix socket path.
+    ///   - configuration: settings of every endpoint.
+    ///   - backlog: the kernel's queue of connections not yet accepted.
+    ///   - logger: where the server and its endpoints log; nothing by default.
     ///   - admit: called on the loop with each new connection's peer address,
     ///     before anything else: refuse it, or accept it with a user value.
     ///     Every connection is accepted without a value when it is nil.
     ///   - onEndpoint: called on the loop with each new endpoint
     ///     (its handshake already sent); set its handlers here.
-    /// - Throws: ``UVError`` naming the address when binding fails.
+    /// - Throws: `UVError` naming the address when binding fails.
     public convenience init(loop: EventLoop, address: SocketAddress,
                             configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                             backlog: Int32 = 511, logger: Logger? = nil,
@@ -103,6 +108,12 @@ public final class RPCServer: Sendable {
     /// thread or task; each connection becomes an endpoint on one loop
     /// (spread as `spread` says) and stays there.
     /// - Parameters:
+    ///   - group: the loops the endpoints run on.
+    ///   - address: TCP (port 0 picks a free one) or a Unix socket path.
+    ///   - spread: how connections are spread over the loops.
+    ///   - configuration: settings of every endpoint.
+    ///   - backlog: the kernel's queue of connections not yet accepted.
+    ///   - logger: where the server and its endpoints log; nothing by default.
     ///   - handler: answers every incoming message of every endpoint (in
     ///     worker tasks on the endpoint's loop), if given.
     ///   - onEndpoint: called on each new endpoint's loop (its handshake
@@ -110,7 +121,7 @@ public final class RPCServer: Sendable {
     ///   - admit: called on the connection's loop with each new connection's
     ///     peer address, before anything else: refuse it, or accept it with a
     ///     user value. Every connection is accepted without a value when nil.
-    /// - Throws: ``UVError`` naming the address when binding fails.
+    /// - Throws: `UVError` naming the address when binding fails.
     public static func bind(on group: EventLoopGroup, address: SocketAddress,
                             spread: ConnectionSpread = .roundRobin,
                             configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
