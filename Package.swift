@@ -29,10 +29,17 @@ let package = Package(
             pkgConfig: "libuv",
             providers: [.apt(["libuv1-dev"])]
         ),
-        // The event-loop networking layer: loop, timers, TCP / Unix sockets, ring-buffer reads.
+        // OpenSSL from the system, through pkg-config; Debian/Ubuntu ship it as libssl-dev.
+        .systemLibrary(
+            name: "COpenSSL",
+            path: "Sources/COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // The event-loop networking layer: loop, timers, TCP / Unix sockets (plaintext or TLS), ring-buffer reads.
         .target(
             name: "UVLoop",
-            dependencies: ["CLibUV"]
+            dependencies: ["CLibUV", "COpenSSL"]
         ),
         // The efro.rpc protocol (version 2) on top of UVLoop.
         .target(

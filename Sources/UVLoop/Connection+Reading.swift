@@ -14,6 +14,7 @@ extension Connection {
         guard state == .open else { return }
         if ring.readableCount > 0 { processReadable() }
         startReading()
+        if tls != nil { decryptAvailable() } // records read before the pause
     }
 
     /// Stops reading from the socket (read-side backpressure: the peer's
@@ -73,9 +74,19 @@ extension Connection {
     }
 
     func didRead(_ nread: Int) {
+        if nread > 0 { withLoop { $0.bytesReadTotal &+= UInt64(nread) } }
+        if tls != nil {
+            if nread > 0 { return didReadCiphertext(nread) }
+            if nread == Int(UV_EOF.rawValue) { return tlsStreamEnded() }
+        }
+        deliverPlaintext(nread)
+    }
+
+    /// Hands `nread` bytes read (or decrypted) into the buffer ``readBuffer()``
+    /// offered to the reader; 0 or less: nothing landed (errors end the connection).
+    func deliverPlaintext(_ nread: Int) {
         if nread <= 0 { sharedPrefix = 0 } // the unconsumed bytes are still in the ring
         if nread > 0 {
-            withLoop { $0.bytesReadTotal &+= UInt64(nread) }
             switch readTarget {
             case .ring:
                 ring.didWrite(nread)
@@ -210,7 +221,11 @@ let connectionAllocCallback: uv_alloc_cb = { handle, _, buf in
     // Safe: the handle's data is its Connection until its close callback, so it is
     // alive (without a retain) for this call.
     buf!.pointee = HandleOwner.owner(of: handle)._withUnsafeGuaranteedRef {
-        unsafeDowncast($0, to: Connection.self).readBuffer()
+        let connection = unsafeDowncast($0, to: Connection.self)
+        guard connection.tls != nil else { return connection.readBuffer() }
+        // TLS: ciphertext lands in the loop's ciphertext buffer and goes straight to OpenSSL.
+        return uv_buf_t(base: connection.withLoop { $0.cipherReadBuffer }.assumingMemoryBound(to: CChar.self),
+                        len: EventLoop.sharedReadBufferSize)
     }
 }
 

@@ -27,7 +27,7 @@ extension Connection {
     /// Offers `bytes` to the socket at once when nothing is queued and there
     /// is no outgoing buffer; returns how many it took.
     func writeDirectlyIfUnbuffered(_ bytes: UnsafeRawBufferPointer) -> Int {
-        guard !pending.hasStorage, !writeInFlight, !bytes.isEmpty else { return 0 }
+        guard !pending.hasStorage, !writeInFlight, !bytes.isEmpty, tls == nil else { return 0 }
         // Safe: uv_try_write only reads the buffer, and only during this call.
         var buf = uv_buf_t(base: UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)),
                            len: bytes.count)
@@ -81,6 +81,15 @@ extension Connection {
         didQueue(headerCount + payload.count, completion: nil)
     }
 
+    /// Flushes at the end of this loop turn (once, however often asked).
+    @inline(__always)
+    func scheduleFlush() {
+        if !flushScheduled {
+            flushScheduled = true
+            withLoop { $0.pendingFlush.append(self) }
+        }
+    }
+
     /// The pending bytes went over the high-water mark.
     @usableFromInline
     func becameUnwritable() {
@@ -93,10 +102,7 @@ extension Connection {
         bytesQueued &+= UInt64(truncatingIfNeeded: count)
         if let completion { completions.append((bytesQueued, completion)) }
         let pendingNow = pendingWriteBytes
-        if !flushScheduled {
-            flushScheduled = true
-            withLoop { $0.pendingFlush.append(self) }
-        }
+        scheduleFlush()
         if writable && pendingNow > options.writeHighWaterMark { becameUnwritable() }
     }
 
@@ -117,6 +123,7 @@ extension Connection {
         let pendingNow = pendingWriteBytes
         if pendingNow > peakPending { peakPending = pendingNow }
         guard state == .open || state == .closing, !isHandleClosing else { return }
+        if let tls { return flushTLS(tls) }
         if !writeInFlight && pending.readableCount > 0 {
             var buf = uv_buf_t(base: pending.readPointer, len: pending.readableCount)
             let n = uv_try_write(uvStream, &buf, 1)
@@ -153,6 +160,7 @@ extension Connection {
             if status != UV_ECANCELED.rawValue { fail(writeError(status)) }
             return
         }
+        if tls != nil { return tlsWriteCompleted() }
         bytesWritten += UInt64(inFlight.readableCount)
         withLoop { $0.bytesWrittenTotal &+= UInt64(inFlight.readableCount) }
         inFlight.reset()
@@ -221,7 +229,7 @@ extension Connection {
     }
 }
 
-private let connectionWriteCallback: uv_write_cb = { request, status in
+let connectionWriteCallback: uv_write_cb = { request, status in
     // Safe: the request's data is its Connection, which libuv calls back before
     // the handle's close callback releases it.
     let raw = uv_req_get_data(UnsafeMutableRawPointer(request!).assumingMemoryBound(to: uv_req_t.self))!

@@ -70,6 +70,10 @@ public final class Connection: HandleOwner {
 
     /// The read buffer.
     let ring: RingBuffer
+    /// TLS state when ``ConnectionOptions/tls`` is set (from the connect or accept on).
+    @exclusivity(unchecked) var tls: TLSSession?
+    /// TLS: ciphertext waiting for the socket (`inFlight` then holds a `uv_write`'s ciphertext).
+    @exclusivity(unchecked) var cipherPending = OutgoingBuffer()
 
     @usableFromInline enum State { case connecting, open, closing, closed }
     @exclusivity(unchecked) @usableFromInline var state: State = .connecting
@@ -129,7 +133,7 @@ public final class Connection: HandleOwner {
     public var isOpen: Bool { state == .open }
 
     /// Bytes accepted by ``write(_:completion:)-(UnsafeRawBufferPointer,_)`` that have not reached the socket yet.
-    public var pendingWriteBytes: Int { Int(bytesQueued - bytesWritten) }
+    public var pendingWriteBytes: Int { Int(bytesQueued - bytesWritten) + pendingCiphertextBytes }
 
     /// The most bytes that waited to be written at once since the connection
     /// opened (the high-water mark actually reached; kept after the close).
@@ -169,6 +173,7 @@ public final class Connection: HandleOwner {
             localAddress = SocketAddress.of(tcp: tcpHandle, peer: false)
         }
         wantsReading = options.autoRead
+        if let context = options.tls { startTLS(context) }
     }
 
     /// Opens a connection on `loop` over an accepted socket handed over from
@@ -210,6 +215,7 @@ public final class Connection: HandleOwner {
         guard state == .open || state == .connecting else { return }
         state = .closing
         stopReading()
+        beginTLSClose()
         if pendingWriteBytes == 0 && !writeInFlight {
             shutdownAndClose()
         } else {
@@ -282,6 +288,8 @@ public final class Connection: HandleOwner {
         bytesWritten = bytesQueued
         pending.release()
         inFlight.release()
+        cipherPending.release()
+        tls = nil
         writeRequest?.deallocate()
         writeRequest = nil
         ring.releaseStorage() // no read comes after the close; the object may be kept longer

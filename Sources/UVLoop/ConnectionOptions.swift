@@ -22,6 +22,12 @@ public struct ConnectionOptions: Sendable {
     public var writeTimeout: Duration? = .seconds(30)
     /// Start reading as soon as the accept or connect callback returned. Default true.
     public var autoRead = true
+    /// Speak TLS over the stream with this context (a server's for accepted
+    /// connections, a client's for connects). Nil (the default): plaintext.
+    public var tls: TLSContext?
+    /// TLS client: the name the server's certificate must carry, also sent
+    /// as SNI (for a DNS name). Nil: the host connected to (an IP address).
+    public var tlsServerName: String?
 
     /// The defaults.
     public init() {}

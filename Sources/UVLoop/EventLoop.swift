@@ -96,6 +96,15 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         return storage
     }
     @exclusivity(unchecked) var spareFlush: [Connection] = []
+    /// Where TLS connections' ciphertext is read into (then fed to OpenSSL at
+    /// once, so one buffer serves every connection of the loop). Freed in deinit.
+    @exclusivity(unchecked) private var cipherReadStorage: UnsafeMutableRawPointer?
+    var cipherReadBuffer: UnsafeMutableRawPointer {
+        if let cipherReadStorage { return cipherReadStorage }
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: Self.sharedReadBufferSize, alignment: 16)
+        cipherReadStorage = storage
+        return storage
+    }
     /// Bytes read from and written to the sockets of this loop's connections
     /// since it started: plain counters, for the protocol layer's metrics.
     @exclusivity(unchecked) package var bytesReadTotal: UInt64 = 0
@@ -137,6 +146,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         }
         uvLoop.deallocate()
         sharedReadStorage?.deallocate()
+        cipherReadStorage?.deallocate()
     }
 
     // MARK: Threads

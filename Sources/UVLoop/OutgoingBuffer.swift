@@ -54,6 +54,15 @@ struct OutgoingBuffer {
         writeIndex += headerCount + payload.count
     }
 
+    /// Room for `count` more bytes, to be filled and then committed with ``didAppend(_:)``.
+    mutating func reserveForAppend(_ count: Int) -> UnsafeMutableRawPointer {
+        reserve(count)
+        return storage! + writeIndex
+    }
+
+    /// Commits `count` bytes written into the room ``reserveForAppend(_:)`` gave.
+    mutating func didAppend(_ count: Int) { writeIndex += count }
+
     mutating func consume(_ n: Int) { readIndex += n }
 
     mutating func reset() { readIndex = 0; writeIndex = 0 }

@@ -74,6 +74,13 @@ public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible
     /// The socket took no byte for `timeout` while `pendingBytes` waited to
     /// be written: the peer stopped reading. The connection was aborted.
     case writeTimedOut(connection: String, pendingBytes: Int, timeout: Duration)
+    /// TLS failed: the handshake (an untrusted or expired certificate, a
+    /// name mismatch, no common protocol, plaintext sent to a TLS port...) or
+    /// a record; `reason` is OpenSSL's.
+    case tlsFailed(connection: String, reason: String)
+    /// The peer ended the stream without TLS's close_notify: the data may
+    /// have been cut short, so this is not a clean end.
+    case tlsTruncated(connection: String)
 
     public var description: String {
         switch self {
@@ -88,6 +95,9 @@ public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible
             return "connection \(c): graceful close timed out with \(pending) bytes unsent; aborted"
         case .writeTimedOut(let c, let pending, let timeout):
             return "connection \(c): the peer read nothing for \(timeout) with \(pending) bytes waiting to be written; aborted"
+        case .tlsFailed(let c, let reason): return "connection \(c): TLS failed: \(reason)"
+        case .tlsTruncated(let c):
+            return "connection \(c): the peer ended the TLS stream without close_notify (the data may be cut short)"
         }
     }
 }
