@@ -155,6 +155,8 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var endpoint: EndpointOptions
 
+    @OptionGroup var tls: ServerTLSOptions
+
     @Option(help: "Serve the metrics in the Prometheus text format at http://HOST:PORT/metrics (port 0 picks a free one; the second line printed says where).")
     var metrics: String?
 
@@ -186,12 +188,20 @@ struct Serve: ParsableCommand {
             logger.logLevel = verbose ? .info : .warning
             return logger
         }()
-        let (spread, configuration, backlog) = (self.spread, endpoint.configuration, self.backlog)
+        var configuration = endpoint.configuration
+        do {
+            configuration.connectionOptions.tls = try tls.context()
+        } catch {
+            printError("uvrpc serve: \(error)")
+            group.shutdownAndWait()
+            throw ToolExit.cannotConnect
+        }
+        let (spread, backlog, endpointConfiguration) = (self.spread, self.backlog, configuration)
         let delay = answerAfter.map { Duration.nanoseconds(Int64($0 * 1e9)) }
         let server: RPCServer
         do {
             server = try runBlocking {
-                try await RPCServer.bind(on: group, address: address, spread: spread, configuration: configuration,
+                try await RPCServer.bind(on: group, address: address, spread: spread, configuration: endpointConfiguration,
                                          backlog: backlog, logger: logger, onEndpoint: { endpoint in
                                              if let delay {
                                                  endpoint.onMessage = { request in
@@ -285,6 +295,8 @@ struct Call: ParsableCommand {
 
     @OptionGroup var endpoint: EndpointOptions
 
+    @OptionGroup var tls: ClientTLSOptions
+
     func validate() throws {
         guard SocketAddress(parsing: connect) != nil else {
             throw ValidationError("--connect must be HOST:PORT, [IPV6]:PORT or unix:PATH, not '\(connect)'")
@@ -308,12 +320,21 @@ struct Call: ParsableCommand {
 
     func run() throws {
         let address = SocketAddress(parsing: connect)!
+        let tlsContext: TLSContext?
+        do {
+            tlsContext = try tls.context()
+        } catch {
+            printError("uvrpc call: \(error)")
+            throw ToolExit.cannotConnect
+        }
         let group = try EventLoopGroup(name: "uvrpc-call", loopCount: loops)
         let summary = LockedValue(Summary())
         let configuration = {
             var configuration = RPCClientPool.Configuration()
             configuration.connectionsPerAddress = connections
             configuration.endpoint = endpoint.configuration
+            configuration.endpoint.connectionOptions.tls = tlsContext
+            configuration.endpoint.connectionOptions.tlsServerName = tls.serverName
             // A lost connection fails the run; it is not made again behind the checks' back.
             configuration.reconnectDelay = .seconds(3600)
             configuration.maximumReconnectDelay = .seconds(3600)

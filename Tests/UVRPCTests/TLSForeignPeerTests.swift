@@ -1,0 +1,123 @@
+import Foundation
+import UVLoop
+import UVRPC
+import UVTestSupport
+import XCTest
+
+/// TLS against a foreign stack: Python's `ssl` module (OpenSSL underneath,
+/// but its own record and handshake handling) as an efro.rpc peer written
+/// from Docs/PROTOCOL.md (`Tests/Peers/efro_tls_peer.py`), in both roles.
+final class TLSForeignPeerTests: XCTestCase {
+    private var peerScript: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Peers/efro_tls_peer.py").path
+    }
+
+    private func python() throws -> URL {
+        for path in ["/usr/bin/python3", "/usr/local/bin/python3"] where FileManager.default.isExecutableFile(atPath: path) {
+            return URL(fileURLWithPath: path)
+        }
+        throw XCTSkip("python3 is not installed")
+    }
+
+    /// Runs the peer script to completion (at most 60 s); returns its status and output.
+    private func runPeer(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = try python()
+        process.arguments = [peerScript] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let finished = Promise<Void>()
+        process.terminationHandler = { _ in finished.fulfill(()) }
+        defer { process.terminationHandler = nil }
+        try process.run()
+        do { try finished.wait("the Python peer", seconds: 60) } catch { process.terminate(); throw error }
+        return (process.terminationStatus, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+
+    /// A reversing TLS server whose endpoints report how they closed.
+    private func reversingServer(_ harness: LoopHarness, _ certificates: TestCertificates,
+                                 closed: LockedValue<[String]>) async throws -> RPCServer {
+        var c = testConfiguration()
+        c.connectionOptions.tls = try certificates.serverContext()
+        return try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: c,
+                                        handler: { request in Array(request.payload.reversed()) },
+                                        onEndpoint: { endpoint in
+            endpoint.onClose = { reason in closed.withLock { $0.append("\(reason)") } }
+        })
+    }
+
+    func testAPythonSSLClientIsServedAndItsCloseNotifyIsACleanEnd() async throws {
+        let certificates = try TestCertificates.get()
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let closed = LockedValue([String]())
+        let server = try await reversingServer(harness, certificates, closed: closed)
+        guard case .ipv4(_, let port) = server.address else { return XCTFail("\(server.address)") }
+        let run = try runPeer(["client", "127.0.0.1", "\(port)", certificates.caFile, "localhost"])
+        XCTAssertEqual(run.status, 0, run.output)
+        XCTAssertTrue(run.output.contains("ok 3"), run.output)
+        try waitUntil("the server to see the close") { !closed.withLock { $0.isEmpty } }
+        XCTAssertEqual(closed.withLock { $0 }, ["closed by the peer"])
+        await server.shutdown()
+    }
+
+    func testAStreamCutWithoutCloseNotifyIsNotACleanEnd() async throws {
+        let certificates = try TestCertificates.get()
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let closed = LockedValue([String]())
+        let server = try await reversingServer(harness, certificates, closed: closed)
+        guard case .ipv4(_, let port) = server.address else { return XCTFail("\(server.address)") }
+        let run = try runPeer(["client", "127.0.0.1", "\(port)", certificates.caFile, "localhost", "truncate"])
+        XCTAssertEqual(run.status, 0, run.output)
+        try waitUntil("the server to see the cut") { !closed.withLock { $0.isEmpty } }
+        XCTAssertTrue(closed.withLock { $0 }[0].contains("without close_notify"), "\(closed.withLock { $0 })")
+        await server.shutdown()
+    }
+
+    func testUVRPCClientAgainstAPythonSSLServer() async throws {
+        let certificates = try TestCertificates.get()
+        let peer = try ServeProcess(executable: try python(),
+                                    arguments: [peerScript, "server", certificates.serverChain, certificates.serverKey])
+        defer { _ = try? peer.stop() }
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        var c = testConfiguration()
+        c.connectionOptions.tls = try certificates.clientContext()
+        c.connectionOptions.tlsServerName = "localhost"
+        let client = try await RPCClient.connect(to: peer.address, on: harness.loop, configuration: c)
+        for (i, size) in [3, 70_000, 5 << 20].enumerated() {
+            let payload = pseudoRandomBytes(count: size, seed: UInt64(i + 40))
+            let answer = try await withTimeout("a call of \(size) bytes") { try await client.send(payload) }
+            XCTAssertEqual(answer, Array(payload.reversed()), "\(size) bytes")
+        }
+        let reason = await client.close()
+        XCTAssertEqual(reason, .local)
+        try peer.waitForOutput("served 3")
+        XCTAssertEqual(try peer.stop(), 0, peer.stderr)
+    }
+
+    /// `uvrpc serve --tls-cert/--tls-key [--tls-client-ca]` and `uvrpc call --tls-ca ...`, as processes.
+    func testTheToolServesAndCallsOverTLS() throws {
+        let certificates = try TestCertificates.get()
+        guard FileManager.default.isExecutableFile(atPath: uvrpcTool.path) else { throw XCTSkip("uvrpc is not built") }
+        let server = try ServeProcess(tool: uvrpcTool, ["--tls-cert", certificates.serverChain, "--tls-key", certificates.serverKey,
+                                                        "--tls-client-ca", certificates.caFile])
+        defer { _ = try? server.stop() }
+        let good = try runTool(["call", "--connect", "\(server.address)", "--count", "300", "--size", "70000",
+                                "--concurrency", "8", "--tls-ca", certificates.caFile, "--tls-server-name", "localhost",
+                                "--tls-cert", certificates.clientChain, "--tls-key", certificates.clientKey])
+        XCTAssertEqual(good.status, 0, good.output)
+        XCTAssertTrue(good.output.contains("ok: 300, mismatched: 0, failed: 0"), good.output)
+        let untrusted = try runTool(["call", "--connect", "\(server.address)", "--count", "1", "--tls-ca", certificates.otherCAFile])
+        XCTAssertEqual(untrusted.status, 1, untrusted.output)
+        XCTAssertTrue(untrusted.output.contains("TLS failed: handshake failed: certificate verification failed"), untrusted.output)
+        let noCertificate = try runTool(["call", "--connect", "\(server.address)", "--count", "1", "--tls-ca", certificates.caFile])
+        XCTAssertEqual(noCertificate.status, 1, noCertificate.output)
+        let badFlags = try runTool(["call", "--connect", "\(server.address)", "--tls-cert", certificates.clientChain])
+        XCTAssertEqual(badFlags.status, 64, badFlags.output)
+        XCTAssertEqual(try server.stop(), 0)
+    }
+}
