@@ -26,7 +26,7 @@ extension Connection {
     }
 
     func startReading() {
-        guard !reading, wantsReading, state == .open else { return }
+        guard !reading, wantsReading, state == .open || state == .closing && tls?.isEstablished == false else { return }
         let rc = uv_read_start(uvStream, connectionAllocCallback, connectionReadCallback)
         if rc < 0 { fail(.readFailed(UVError(code: rc, operation: "uv_read_start", target: label))) }
         else { reading = true }

@@ -107,6 +107,10 @@ extension Connection {
             var buffer = [CChar](repeating: 0, count: 512)
             let n = uvrpc_ssl_peer_subject(tls.ssl, &buffer, Int32(buffer.count))
             if n >= 0 { tls.peerSubject = String(decoding: buffer.prefix(Int(n)).map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+            if state == .closing { // closed during the handshake: send what was written, then close_notify
+                stopReading()
+                beginTLSClose()
+            }
             scheduleFlush() // the handshake's last flight, and plaintext written meanwhile
             return true
         }

@@ -203,6 +203,8 @@ public final class Connection: HandleOwner {
     /// Called after the user's accept/connect callback returned.
     func startIfWanted() {
         if state == .open && wantsReading { startReading() }
+        // Closed in the callback while a TLS handshake is under way: it still needs the peer's bytes.
+        if state == .closing && tls?.isEstablished == false { startReading() }
     }
 
     // MARK: Closing
@@ -214,7 +216,9 @@ public final class Connection: HandleOwner {
         preconditionInEventLoop("Connection.close()")
         guard state == .open || state == .connecting else { return }
         state = .closing
-        stopReading()
+        // TLS: a handshake under way still needs the peer's bytes; what was
+        // written meanwhile goes out (then close_notify) once it finishes.
+        if tls?.isEstablished ?? true { stopReading() }
         beginTLSClose()
         if pendingWriteBytes == 0 && !writeInFlight {
             shutdownAndClose()
