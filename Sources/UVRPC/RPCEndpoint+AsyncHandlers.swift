@@ -68,6 +68,7 @@ extension RPCEndpoint {
                 if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
                 let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
                                               peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
+                                              peerCertificateSubject: connection.peerCertificateSubject,
                                               userValue: _userValue, endpoint: asyncEndpoint)
                 runningAsyncHandlers += 1
                 defer {

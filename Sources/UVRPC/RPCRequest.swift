@@ -47,6 +47,9 @@ public struct RPCRequest {
     public var peerAddress: SocketAddress? { endpoint.connection.remoteAddress }
     /// The peer's handshake: a message only ever arrives after it.
     public var peerInfo: PeerInfo { endpoint._peerInfo ?? PeerInfo(keepaliveInterval: 0) }
+    /// Over TLS, the subject of the certificate the peer showed (RFC 2253,
+    /// e.g. `CN=client-1,O=Example`; servers get one with mutual TLS); else nil.
+    public var peerCertificateSubject: String? { endpoint.connection.peerCertificateSubject }
     /// The per-connection value (``RPCEndpoint/userValue``): what the
     /// server's accept hook attached, or what the owner set since.
     public var userValue: (any Sendable)? { endpoint._userValue }
@@ -91,6 +94,8 @@ public struct RPCAsyncRequest: Sendable {
     public let peerAddress: SocketAddress?
     /// The peer's handshake.
     public let peerInfo: PeerInfo
+    /// Over TLS, the subject of the certificate the peer showed (see ``RPCRequest/peerCertificateSubject``).
+    public let peerCertificateSubject: String?
     /// The per-connection value (``RPCEndpoint/userValue``) when the message arrived.
     public let userValue: (any Sendable)?
     /// The endpoint the message came in on (its `Sendable` handle).

@@ -169,7 +169,7 @@ final class TLSFailureTests: XCTestCase {
                                               onEndpoint: { endpoint in
             endpoint.onClose = { reason in reasons.withLock { $0.append("\(reason)") } }
             endpoint.onMessage = { request in
-                try request.respond(Array((request.endpoint.connection.peerCertificateSubject ?? "none").utf8))
+                try request.respond(Array((request.peerCertificateSubject ?? "none").utf8))
             }
         })
         let without = try await call(server.address, harness, tls: try certificates.clientContext())
