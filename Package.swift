@@ -88,8 +88,9 @@ let package = Package(
         // The plain C libuv baseline (server and load generator) of the benchmark.
         .executableTarget(
             name: "uvrpc-c",
-            dependencies: ["CLibUV"],
-            path: "Benchmarks/CBaseline"
+            dependencies: ["CLibUV", "COpenSSL"],
+            path: "Benchmarks/CBaseline",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         // Counts allocations per thread (malloc interposer); linked into uvrpc-bench only.
         .target(

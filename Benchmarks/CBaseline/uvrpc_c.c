@@ -44,11 +44,19 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define KEEPALIVE_MS 10730
 
 /* The load generator's loop (the server has one per thread). */
 static uv_loop_t *loop;
+
+/* TLS (--tls-cert/--tls-key to serve, --tls-ca to connect): one SSL_CTX; each
+ * connection an SSL over two memory BIOs, driven from the same callbacks as
+ * plaintext, as UVRPC does. NULL: plaintext. */
+static SSL_CTX *tls_ctx;
+static int tls_is_server;
 
 static void die(const char *what, int rc) {
     fprintf(stderr, "uvrpc-c: %s: %s\n", what, rc ? uv_strerror(rc) : "failed");
@@ -147,7 +155,15 @@ struct conn {
     uint64_t *sent_at;     /* by id, client only */
     uint16_t next_id;
     int in_flight;
+    /* TLS */
+    SSL *ssl;              /* owns rbio and wbio */
+    BIO *rbio, *wbio;
+    int tls_ready;         /* handshake done */
+    buf_t cout;            /* ciphertext waiting for the socket */
 };
+
+/* Ciphertext lands here and goes straight into the connection's read BIO. */
+static __thread char cipher_in[65536];
 
 static void flush(conn_t *c);
 
@@ -158,26 +174,50 @@ static void on_write(uv_write_t *req, int status) {
     if (status == 0) flush(c); /* what accumulated meanwhile */
 }
 
-/* Writes `c->out`: uv_try_write first; what the socket did not take goes to
- * uv_write from the buffer itself, which is swapped with a spare one (no copy,
- * no allocation per write; frames produced meanwhile wait in `out`). */
-static void flush(conn_t *c) {
-    if (c->out.len == 0 || c->closing || c->writing) return;
-    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n < 0 && n != UV_EAGAIN) { c->out.len = 0; return; }
-    if (n < 0) n = 0;
-    size_t rest = c->out.len - (size_t)n;
-    if (rest > 0) {
-        buf_t t = c->sending; c->sending = c->out; c->out = t;
+/* TLS: encrypts `out` (once the handshake is done) and moves the ciphertext to `cout`. */
+static void tls_encrypt(conn_t *c) {
+    if (c->tls_ready && c->out.len) {
+        size_t off = 0;
+        while (off < c->out.len) {
+            int n = SSL_write(c->ssl, c->out.data + off, (int)(c->out.len - off));
+            if (n <= 0) { c->out.len = 0; return; }
+            off += (size_t)n;
+        }
         c->out.len = 0;
+    }
+    size_t pending;
+    while ((pending = BIO_ctrl_pending(c->wbio)) > 0) {
+        buf_reserve(&c->cout, pending);
+        int n = BIO_read(c->wbio, c->cout.data + c->cout.len, (int)pending);
+        if (n <= 0) break;
+        c->cout.len += (size_t)n;
+    }
+}
+
+/* Writes `c->out` (with TLS, its ciphertext in `c->cout`): uv_try_write first;
+ * what the socket did not take goes to uv_write from the buffer itself, which
+ * is swapped with a spare one (no copy, no allocation per write; frames
+ * produced meanwhile wait in `out`). */
+static void flush(conn_t *c) {
+    if (c->closing || c->writing) return;
+    buf_t *src = &c->out;
+    if (c->ssl) { tls_encrypt(c); src = &c->cout; }
+    if (src->len == 0) return;
+    uv_buf_t b = uv_buf_init(src->data, (unsigned)src->len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) { src->len = 0; return; }
+    if (n < 0) n = 0;
+    size_t rest = src->len - (size_t)n;
+    if (rest > 0) {
+        buf_t t = c->sending; c->sending = *src; *src = t;
+        src->len = 0;
         uv_buf_t wb = uv_buf_init(c->sending.data + n, (unsigned)rest);
         c->write_req.data = c;
         if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &wb, 1, on_write) == 0) c->writing = 1;
         else c->sending.len = 0;
         return;
     }
-    c->out.len = 0;
+    src->len = 0;
 }
 
 static unsigned long open_per_loop[256]; /* server connections open, per loop (atomic) */
@@ -186,7 +226,8 @@ static void on_closed(uv_handle_t *h) {
     conn_t *c = h->data;
     if (h == (uv_handle_t *)&c->tcp) {
         if (c->server_loop >= 0) __atomic_fetch_sub(&open_per_loop[c->server_loop], 1, __ATOMIC_RELAXED);
-        free(c->in.data); free(c->out.data); free(c->sending.data); free(c->sent_at); free(c);
+        if (c->ssl) SSL_free(c->ssl);
+        free(c->in.data); free(c->out.data); free(c->sending.data); free(c->cout.data); free(c->sent_at); free(c);
     }
 }
 
@@ -209,9 +250,8 @@ static void on_keepalive(uv_timer_t *t) {
     flush(c);
 }
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
-    (void)suggested;
-    conn_t *c = h->data;
+/* Room at the end of the input buffer for the next bytes. */
+static void in_space(conn_t *c) {
     /* Move the unparsed tail to the front when the free space runs short. */
     if (c->in_off > 0 && c->in.cap - c->in.len < 16384) {
         memmove(c->in.data, c->in.data + c->in_off, c->in.len - c->in_off);
@@ -219,6 +259,13 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
         c->in_off = 0;
     }
     buf_reserve(&c->in, 16384);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+    (void)suggested;
+    conn_t *c = h->data;
+    if (c->ssl) { b->base = cipher_in; b->len = sizeof cipher_in; return; }
+    in_space(c);
     b->base = c->in.data + c->in.len;
     b->len = c->in.cap - c->in.len;
 }
@@ -264,10 +311,44 @@ static int parse(conn_t *c) {
     return 0;
 }
 
+/* TLS: the ciphertext just read into OpenSSL, then the handshake or the
+ * plaintext decrypted into the input buffer, parsed as it comes. */
+static void tls_read(conn_t *c, size_t nread) {
+    BIO_write(c->rbio, cipher_in, (int)nread);
+    if (!c->tls_ready) {
+        int r = SSL_do_handshake(c->ssl);
+        if (r != 1) {
+            int e = SSL_get_error(c->ssl, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                fprintf(stderr, "uvrpc-c: TLS handshake failed: %s\n", ERR_reason_error_string(ERR_get_error()));
+                ERR_clear_error();
+                conn_close(c);
+                return;
+            }
+            flush(c);
+            return;
+        }
+        c->tls_ready = 1;
+    }
+    for (;;) {
+        in_space(c);
+        int n = SSL_read(c->ssl, c->in.data + c->in.len, (int)(c->in.cap - c->in.len));
+        if (n <= 0) {
+            int e = SSL_get_error(c->ssl, n);
+            if (e != SSL_ERROR_WANT_READ) conn_close(c);
+            break;
+        }
+        c->in.len += (size_t)n;
+        if (parse(c) < 0) { fprintf(stderr, "uvrpc-c: protocol error; closing\n"); conn_close(c); return; }
+    }
+    flush(c);
+}
+
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     (void)b;
     conn_t *c = s->data;
     if (nread < 0) { conn_close(c); return; }
+    if (c->ssl) { tls_read(c, (size_t)nread); return; }
     c->in.len += (size_t)nread;
     if (parse(c) < 0) { fprintf(stderr, "uvrpc-c: protocol error; closing\n"); conn_close(c); return; }
     flush(c);
@@ -283,12 +364,21 @@ static conn_t *conn_new(uv_loop_t *l, frame_cb on_frame, int bound_source) {
     c->keepalive.data = c;
     c->on_frame = on_frame;
     c->server_loop = -1;
+    if (tls_ctx) {
+        c->ssl = SSL_new(tls_ctx);
+        c->rbio = BIO_new(BIO_s_mem());
+        c->wbio = BIO_new(BIO_s_mem());
+        if (!c->ssl || !c->rbio || !c->wbio) die("TLS: SSL_new", 0);
+        SSL_set_bio(c->ssl, c->rbio, c->wbio);
+        if (tls_is_server) SSL_set_accept_state(c->ssl); else SSL_set_connect_state(c->ssl);
+    }
     return c;
 }
 
 static void conn_start(conn_t *c, uv_read_cb on_read) {
     uv_tcp_nodelay(&c->tcp, 1);
     put_handshake(&c->out);
+    if (c->ssl && !tls_is_server) SSL_do_handshake(c->ssl); /* the ClientHello */
     flush(c);
     uv_timer_start(&c->keepalive, on_keepalive, KEEPALIVE_MS, KEEPALIVE_MS);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
@@ -386,7 +476,7 @@ static char *payload_bytes;
 
 static void client_send(conn_t *c) {
     uint16_t id = c->next_id++;
-    c->sent_at[id] = now_ns();
+    if (c->sent_at) c->sent_at[id] = now_ns();
     put_frame(&c->out, 0, id, payload_bytes, c->size);
     c->in_flight++;
 }
@@ -484,6 +574,64 @@ static void on_connect(uv_connect_t *req, int status) {
     conn_start(c, client_read_cb);
 }
 
+/* ---- churn: a fresh connection per call (handshakes per second) ---- */
+static uint64_t churned;
+static int churn_stopping;
+static void churn_start(void);
+
+static void churn_frame(conn_t *c, int type, uint16_t id, const char *payload, size_t n) {
+    (void)id; (void)payload; (void)n;
+    if (type != 3 && type != 5) return;
+    if (measuring) churned++;
+    /* Close with a reset: no TIME_WAIT left behind per connection. */
+    uv_os_fd_t fd;
+    struct linger off = { 1, 0 };
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof off);
+    conn_close(c);
+    if (!churn_stopping) churn_start();
+}
+
+static void churn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    conn_t *c = s->data;
+    int was = c->handshaken;
+    read_cb(s, nread, b);
+    if (nread > 0 && !was && c->handshaken && !c->closing) { client_send(c); flush(c); }
+}
+
+static void on_churn_connect(uv_connect_t *req, int status) {
+    conn_t *c = req->data;
+    free(req);
+    if (status < 0) die("connect", status);
+    conn_start(c, churn_read_cb);
+}
+
+static void churn_start(void) {
+    conn_t *c = conn_new(loop, churn_frame, 0);
+    c->size = 64;
+    c->next_id = 65530;
+    uv_connect_t *req = malloc(sizeof *req);
+    req->data = c;
+    int rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&target_addr, on_churn_connect);
+    if (rc) die("connect", rc);
+}
+
+/* TLS setup: a server context with a certificate, or a client one trusting `ca`. */
+static void tls_setup(const char *cert, const char *key, const char *ca) {
+    if (!cert && !ca) return;
+    tls_is_server = cert != NULL;
+    tls_ctx = SSL_CTX_new(cert ? TLS_server_method() : TLS_client_method());
+    if (!tls_ctx) die("TLS: SSL_CTX_new", 0);
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(tls_ctx, SSL_OP_NO_RENEGOTIATION);
+    if (cert) {
+        if (!key || SSL_CTX_use_certificate_chain_file(tls_ctx, cert) != 1
+            || SSL_CTX_use_PrivateKey_file(tls_ctx, key, SSL_FILETYPE_PEM) != 1) die("TLS: loading --tls-cert / --tls-key", 0);
+    } else {
+        if (SSL_CTX_load_verify_locations(tls_ctx, ca, NULL) != 1) die("TLS: loading --tls-ca", 0);
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    }
+}
+
 static char stdin_buf[256];
 
 static void alloc_cb_stdin(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
@@ -511,6 +659,8 @@ static double percentile_us(double q) {
     return (double)latencies[i] / 1000.0;
 }
 
+static int churn_mode;
+
 static void on_phase(uv_timer_t *t) {
     if (phase == 0) { /* warm-up over: start measuring */
         measuring = 1;
@@ -521,6 +671,7 @@ static void on_phase(uv_timer_t *t) {
     }
     measuring = 0;
     measure_end_ns = now_ns();
+    churn_stopping = 1;
     uv_stop(loop);
 }
 
@@ -536,16 +687,17 @@ static int parse_hostport(const char *s, char *host, size_t hostlen, int *port) 
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: uvrpc-c serve [--host H] [--port P] [--loops N] [--cpu N]\n"
-                    "       uvrpc-c load --connect H:P [--connections N] [--concurrency C] [--size B] [--duration S] [--latency] [--hold] [--cpu N]\n"
-                    "       uvrpc-c idle --connect H:P --connections N [--cpu N]\n");
+    fprintf(stderr, "usage: uvrpc-c serve [--host H] [--port P] [--loops N] [--cpu N] [--tls-cert F --tls-key F]\n"
+                    "       uvrpc-c load --connect H:P [--connections N] [--concurrency C] [--size B] [--duration S] [--latency] [--hold] [--cpu N] [--tls-ca F]\n"
+                    "       uvrpc-c idle --connect H:P --connections N [--cpu N] [--tls-ca F]\n"
+                    "       uvrpc-c churn --connect H:P [--connections N] [--duration S] [--cpu N] [--tls-ca F]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *mode = argv[1];
-    const char *host = "127.0.0.1", *connect_to = NULL;
+    const char *host = "127.0.0.1", *connect_to = NULL, *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
     int port = 0, cpu = -1, connections = 1, concurrency = 1, nloops = 1;
     size_t size = 64;
     for (int i = 2; i < argc; i++) {
@@ -563,12 +715,16 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--concurrency")) concurrency = atoi(v);
         else if (!strcmp(a, "--size")) size = (size_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--duration")) duration_s = atof(v);
+        else if (!strcmp(a, "--tls-cert")) tls_cert = v;
+        else if (!strcmp(a, "--tls-key")) tls_key = v;
+        else if (!strcmp(a, "--tls-ca")) tls_ca = v;
         else usage();
         i++;
     }
     pin_cpu(cpu);
     raise_fd_limit(!strcmp(mode, "serve") ? 0 : (rlim_t)connections + 64);
     signal(SIGPIPE, SIG_IGN); /* a peer that went away must be EPIPE, not death (UVRPC does the same) */
+    tls_setup(!strcmp(mode, "serve") ? tls_cert : NULL, tls_key, !strcmp(mode, "serve") ? NULL : tls_ca);
 
     if (!strcmp(mode, "serve")) {
         if (nloops < 1 || nloops > 256) usage();
@@ -576,15 +732,29 @@ int main(int argc, char **argv) {
     }
     loop = uv_default_loop();
 
-    if (strcmp(mode, "load") && strcmp(mode, "idle")) usage();
+    if (strcmp(mode, "load") && strcmp(mode, "idle") && strcmp(mode, "churn")) usage();
     char target_host[256];
     int target_port;
     if (!connect_to || parse_hostport(connect_to, target_host, sizeof target_host, &target_port)) usage();
     int rc = uv_ip4_addr(target_host, target_port, &target_addr);
     if (rc) die("address", rc);
     int idle = !strcmp(mode, "idle");
+    churn_mode = !strcmp(mode, "churn");
+    if (churn_mode) size = 64;
     payload_bytes = malloc(size ? size : 1);
     for (size_t i = 0; i < size; i++) payload_bytes[i] = (char)(i * 31 + 7);
+    if (churn_mode) {
+        /* --connections lanes, each a fresh connection (TCP, TLS and efro.rpc handshakes) per call. */
+        uv_timer_init(loop, &phase_timer);
+        for (int i = 0; i < connections; i++) churn_start();
+        uv_timer_start(&phase_timer, on_phase, 200, 0);
+        uv_run(loop, UV_RUN_DEFAULT);
+        double seconds = (double)(measure_end_ns - measure_start_ns) / 1e9;
+        printf("{\"handshakes\":%llu,\"seconds\":%.6f,\"handshakes_per_s\":%.1f}\n",
+               (unsigned long long)churned, seconds, (double)churned / seconds);
+        fflush(stdout);
+        return 0;
+    }
     conns = calloc((size_t)connections, sizeof *conns);
     nconns = connections;
     target_conns = connections;

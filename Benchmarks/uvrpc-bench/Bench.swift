@@ -12,7 +12,8 @@ struct Bench: ParsableCommand {
             Each scenario runs the same C load generator (a separate process) against the Swift \
             server (`uvrpc serve`) and the C server (`uvrpc-c serve`), both started as child \
             processes, and prints Swift, C and Swift/C. Scenarios: small (with a row for the \
-            README's async echo server), latency, medium, bulk, fanin, cores, allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
+            README's async echo server), latency, medium, bulk, tls (both servers over TLS, and against their own \
+            plaintext), fanin, cores, allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
             """
@@ -48,7 +49,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
-    static let allScenarios = ["small", "latency", "medium", "bulk", "fanin", "cores", "allocs", "idle"]
+    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -219,6 +220,56 @@ struct Bench: ParsableCommand {
                 measurements += m
                 addRow("bulk", "\(size >> 20) MiB", "MB/s", m, \.megabytesPerSecond, higherIsBetter: true)
             }
+        }
+        if wanted.contains("tls") && connect == nil {
+            // Both servers over TLS (and each against its own plaintext figure, in the same run).
+            let ca = try benchTLSFiles.get().ca
+            for (label, concurrency, size, metric) in [("64 B, c=256", 256, 64, "calls/s"), ("16 MiB", 1, 16 << 20, "MB/s")] {
+                let key: KeyPath<Measurement, Double?> = metric == "calls/s" ? \.callsPerSecond : \.megabytesPerSecond
+                func measurement(_ impl: Impl, _ r: LoadResult) -> Measurement {
+                    var m = Measurement(scenario: "tls", impl: impl, params: "size=\(size),concurrency=\(concurrency)")
+                    if metric == "calls/s" { m.callsPerSecond = r.calls_per_s } else { m.megabytesPerSecond = r.mb_per_s }
+                    return m
+                }
+                let seconds = size > 1 << 20 ? max(duration, 1.5) : duration
+                var m: [Measurement] = []
+                for (impl, r) in try interleavedLoads("tls: \(label) over TLS", impls: [.swiftTLS, .cTLS], { address in
+                    try runLoad(address: address, concurrency: concurrency, size: size, duration: seconds, latency: false,
+                                cpu: loadCPU, tlsCA: ca)
+                }) { m.append(measurement(impl, r)) }
+                var plain: [Measurement] = []
+                for (impl, r) in try interleavedLoads("tls: \(label) in plaintext", impls: [.swift, .c], { address in
+                    try runLoad(address: address, concurrency: concurrency, size: size, duration: seconds, latency: false,
+                                cpu: loadCPU)
+                }) { plain.append(measurement(impl, r)) }
+                measurements += m + plain.map { var p = $0; p.params += ",plaintext"; return p }
+                rows.append(Row(scenario: "tls", params: label, metric: metric, swift: value(m, .swiftTLS, key),
+                                c: value(m, .cTLS, key), higherIsBetter: true))
+                let swiftShare = value(m, .swiftTLS, key).flatMap { tls in value(plain, .swift, key).map { tls / $0 } }
+                let cShare = value(m, .cTLS, key).flatMap { tls in value(plain, .c, key).map { tls / $0 } }
+                rows.append(Row(scenario: "tls", params: "\(label), TLS/plain", metric: "ratio", swift: swiftShare, c: cShare,
+                                higherIsBetter: true))
+            }
+            // Handshakes: a fresh connection per call, 8 at a time, each server in turn.
+            var rates: [Impl: [Double]] = [:]
+            var servers: [(Impl, Server)] = []
+            defer { for (_, server) in servers { server.child.stop() } }
+            for impl in [Impl.swiftTLS, .cTLS] { servers.append((impl, try Server.start(impl, cpu: serverCPU))) }
+            for round in 1...`repeat` {
+                for (impl, server) in servers {
+                    progress("tls: handshakes, \(impl.rawValue) server, \(duration) s, run \(round) of \(`repeat`)")
+                    rates[impl, default: []].append(try runChurn(address: server.address, lanes: 8, duration: duration,
+                                                                 cpu: loadCPU, tlsCA: ca))
+                }
+            }
+            func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+            for impl in [Impl.swiftTLS, .cTLS] {
+                var m = Measurement(scenario: "tls", impl: impl, params: "handshakes,lanes=8")
+                m.callsPerSecond = median(rates[impl]!)
+                measurements.append(m)
+            }
+            rows.append(Row(scenario: "tls", params: "handshakes, 8 at a time", metric: "handshakes/s",
+                            swift: median(rates[.swiftTLS]!), c: median(rates[.cTLS]!), higherIsBetter: true))
         }
         if wanted.contains("fanin") && connect == nil {
             let (m, r) = try measureFanin(progress: progress, serverCPU: serverCPU, loadCPU: loadCPU)

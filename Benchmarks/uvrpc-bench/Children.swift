@@ -151,6 +151,14 @@ struct Server {
             child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
                                                      "--spread", spread, "--metrics", "127.0.0.1:0"], cpu: cpu)
         case .c: child = try Child(try sibling("uvrpc-c"), ["serve", "--port", "0", "--loops", "\(loops)"], cpu: cpu)
+        case .swiftTLS:
+            let files = try benchTLSFiles.get()
+            child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
+                                                     "--tls-cert", files.certificate, "--tls-key", files.key], cpu: cpu)
+        case .cTLS:
+            let files = try benchTLSFiles.get()
+            child = try Child(try sibling("uvrpc-c"), ["serve", "--port", "0", "--loops", "\(loops)",
+                                                       "--tls-cert", files.certificate, "--tls-key", files.key], cpu: cpu)
         case .external: throw BenchError("an external server is not started by the bench")
         }
         let line: String
@@ -191,9 +199,11 @@ struct LoadResult: Decodable {
 /// With `whileConnected`, the load keeps its connections open after
 /// measuring until that returns (to read the server in that state).
 func runLoad(address: String, connections: Int = 1, concurrency: Int, size: Int, duration: Double,
-             latency: Bool, cpu: Int?, whileConnected: ((LoadResult) throws -> Void)? = nil) throws -> LoadResult {
+             latency: Bool, cpu: Int?, tlsCA: String? = nil,
+             whileConnected: ((LoadResult) throws -> Void)? = nil) throws -> LoadResult {
     var arguments = ["load", "--connect", address, "--connections", "\(connections)", "--concurrency", "\(concurrency)",
                      "--size", "\(size)", "--duration", "\(duration)"]
+    if let tlsCA { arguments += ["--tls-ca", tlsCA] }
     if latency { arguments.append("--latency") }
     if whileConnected != nil { arguments.append("--hold") }
     let child = try Child(try sibling("uvrpc-c"), arguments, cpu: cpu)

@@ -3,7 +3,9 @@ import Foundation
 /// A server implementation: `uvrpc serve` (callback API), the README's async
 /// echo server (`example-async-echo-server`), `uvrpc serve --metrics` (a
 /// Prometheus backend bootstrapped), the C baseline, or another's.
-enum Impl: String, Codable { case swift, swiftAsync = "swift-async", swiftMetrics = "swift-metrics", c, external }
+enum Impl: String, Codable {
+    case swift, swiftAsync = "swift-async", swiftMetrics = "swift-metrics", swiftTLS = "swift-tls", c, cTLS = "c-tls", external
+}
 
 /// One measured figure set, as written to --json.
 struct Measurement {

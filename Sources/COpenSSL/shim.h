@@ -16,9 +16,9 @@ static inline int uvrpc_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {
     return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 }
 
-/// Fewer buffers held by idle connections; partial writes never needed (memory BIOs).
+/// No renegotiation (TLS 1.2's, a denial-of-service lever). Buffers are kept
+/// between records (SSL_MODE_RELEASE_BUFFERS would free and allocate them per record).
 static inline void uvrpc_ssl_ctx_set_modes(SSL_CTX *ctx) {
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
 }
 
