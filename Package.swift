@@ -95,7 +95,9 @@ let package = Package(
         // Counts allocations per thread (malloc interposer); linked into uvrpc-bench only.
         .target(
             name: "MallocCounter",
-            path: "Benchmarks/MallocCounter"
+            dependencies: ["COpenSSL"],
+            path: "Benchmarks/MallocCounter",
+            linkerSettings: [.linkedLibrary("crypto")]
         ),
         // The benchmark: Swift and C servers under the same load, figures as ratios.
         .executableTarget(

@@ -21,6 +21,9 @@ LIMITS = {
     "api=callback,metrics=on,side=client": 0.0,
     "api=async,metrics=on,side=server": 2.0,
     "api=async,metrics=on,side=client": 2.0,
+    # Over TLS, UVRPC's own allocations (OpenSSL's are reported apart, not limited here).
+    "api=callback,tls=on,side=server": 0.0,
+    "api=callback,tls=on,side=client": 0.0,
 }
 
 import re

@@ -37,3 +37,32 @@ int posix_memalign(void **out, size_t alignment, size_t n) {
 
 unsigned long long uvrpc_thread_allocations(void) { return thread_count; }
 unsigned long long uvrpc_total_allocations(void) { return atomic_load_explicit(&total_count, memory_order_relaxed); }
+
+/* OpenSSL's own allocations, counted apart (per thread) through its memory
+ * hooks, so that UVRPC's share of a TLS round trip can be told from OpenSSL's. */
+#include <openssl/crypto.h>
+
+static __thread unsigned long long openssl_count;
+
+static void *openssl_malloc(size_t n, const char *file, int line) {
+    (void)file; (void)line;
+    openssl_count++;
+    return malloc(n);
+}
+
+static void *openssl_realloc(void *p, size_t n, const char *file, int line) {
+    (void)file; (void)line;
+    openssl_count++;
+    return realloc(p, n);
+}
+
+static void openssl_free(void *p, const char *file, int line) {
+    (void)file; (void)line;
+    free(p);
+}
+
+int uvrpc_count_openssl_allocations(void) {
+    return CRYPTO_set_mem_functions(openssl_malloc, openssl_realloc, openssl_free);
+}
+
+unsigned long long uvrpc_thread_openssl_allocations(void) { return openssl_count; }

@@ -11,14 +11,29 @@ import UVRPC
 struct AllocationFigures {
     var server: Double
     var client: Double
+    /// Of these, OpenSSL's own (its memory hooks), per round trip: TLS only.
+    var serverOpenSSL: Double = 0
+    var clientOpenSSL: Double = 0
 }
+
+/// OpenSSL's allocations are counted apart from the first use of this on
+/// (before any OpenSSL call of the process: the bench touches it first thing).
+let openSSLAllocationsCounted: Bool = uvrpc_count_openssl_allocations() == 1
 
 enum AllocationAPI: String { case callback, async }
 
 /// Calls between a server spread over `loops` loops and one client
 /// connection on each loop of a client group of the same size (16 in flight
 /// on each), so every loop of both sides carries calls.
-func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> AllocationFigures {
+func measureAllocations(api: AllocationAPI, calls: Int, loops: Int, tls: Bool = false) throws -> AllocationFigures {
+    var serverConfiguration = RPCEndpoint.Configuration(), clientConfiguration = RPCEndpoint.Configuration()
+    if tls {
+        let files = try benchTLSFiles.get()
+        serverConfiguration.connectionOptions.tls = try TLSContext(.server(certificateChain: .file(files.certificate),
+                                                                           privateKey: .file(files.key)))
+        clientConfiguration.connectionOptions.tls = try TLSContext(.client(trustRoots: .certificates(.file(files.ca))))
+    }
+    let (serverSettings, clientSettings) = (serverConfiguration, clientConfiguration)
     let serverGroup = try EventLoopGroup(name: "alloc-server", loopCount: loops)
     let clientGroup = try EventLoopGroup(name: "alloc-client", loopCount: loops)
     defer {
@@ -26,7 +41,8 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
         serverGroup.shutdownAndWait()
     }
     let server = try runBlocking {
-        try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0), onEndpoint: { endpoint in
+        try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0),
+                                 configuration: serverSettings, onEndpoint: { endpoint in
             switch api {
             case .callback: endpoint.onMessage = { request in try request.respond(request.payload) }
             case .async: endpoint.asyncEndpoint.onMessage { request in request.payload }
@@ -35,7 +51,9 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
     }
     let endpoints = try runBlocking {
         var endpoints: [RPCAsyncEndpoint] = []
-        for loop in clientGroup.loops { endpoints.append(try await RPCClient.connect(to: server.address, on: loop)) }
+        for loop in clientGroup.loops {
+            endpoints.append(try await RPCClient.connect(to: server.address, on: loop, configuration: clientSettings))
+        }
         return endpoints
     }
     let payload = [UInt8](repeating: 0x42, count: 64)
@@ -77,14 +95,24 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int) throws -> Al
         group.loops.reduce(0) { total, loop in total + ((try? loop.submitAndWait { uvrpc_thread_allocations() }) ?? 0) }
     }
 
+    func openSSLAllocations(_ group: EventLoopGroup) -> UInt64 {
+        group.loops.reduce(0) { total, loop in
+            total + ((try? loop.submitAndWait { uvrpc_thread_openssl_allocations() }) ?? 0)
+        }
+    }
+
     run(20_000 / loops) // warm up: buffers, tables and caches reach their steady size
     let serverBefore = allocations(serverGroup), clientBefore = allocations(clientGroup)
+    let serverSSLBefore = openSSLAllocations(serverGroup), clientSSLBefore = openSSLAllocations(clientGroup)
     run(perConnection)
     let serverAfter = allocations(serverGroup), clientAfter = allocations(clientGroup)
+    let serverSSLAfter = openSSLAllocations(serverGroup), clientSSLAfter = openSSLAllocations(clientGroup)
     let measured = Double(perConnection * loops)
     try runBlocking { await server.shutdown() }
     return AllocationFigures(server: Double(serverAfter - serverBefore) / measured,
-                             client: Double(clientAfter - clientBefore) / measured)
+                             client: Double(clientAfter - clientBefore) / measured,
+                             serverOpenSSL: Double(serverSSLAfter - serverSSLBefore) / measured,
+                             clientOpenSSL: Double(clientSSLAfter - clientSSLBefore) / measured)
 }
 
 /// A Prometheus backend for swift-metrics, bootstrapped on first use (once

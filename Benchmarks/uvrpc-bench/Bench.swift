@@ -75,6 +75,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         if serve { return try serveSwift() }
+        _ = openSSLAllocationsCounted // before any OpenSSL call of this process
         raiseFileLimit()
         let started = Date()
         var progressIndex = 0
@@ -298,6 +299,7 @@ struct Bench: ParsableCommand {
             // Then both again with a Prometheus backend bootstrapped (once per process, so last).
             let runs = [(AllocationAPI.callback, 1, false), (.async, 1, false)] + (cpus > 1 ? [(.callback, cpus, false)] : [])
                 + [(.callback, 1, true), (.async, 1, true)]
+            // And the callback API over TLS: UVRPC's own allocations apart from OpenSSL's.
             for (api, loops, metrics) in runs {
                 if metrics { _ = benchMetricsRegistry }
                 progress("allocs: \(api.rawValue) API, \(loops) loop(s) per side\(metrics ? ", metrics on" : ""), in this process")
@@ -311,6 +313,19 @@ struct Bench: ParsableCommand {
                     rows.append(Row(scenario: "allocs", params: "\(label), \(side)", metric: "mallocs/call",
                                     swift: value, c: nil, higherIsBetter: false))
                 }
+            }
+            progress("allocs: callback API over TLS, 1 loop per side, in this process")
+            let tls = try measureAllocations(api: .callback, calls: 100_000, loops: 1, tls: true)
+            for (side, total, openSSL) in [("server", tls.server, tls.serverOpenSSL), ("client", tls.client, tls.clientOpenSSL)] {
+                // UVRPC's own share (everything but OpenSSL's), and OpenSSL's reported apart.
+                measurements.append(Measurement(scenario: "allocs", impl: .swift, params: "api=callback,tls=on,side=\(side)",
+                                                mallocsPerCall: total - openSSL))
+                measurements.append(Measurement(scenario: "allocs", impl: .swift,
+                                                params: "api=callback,tls=on,openssl,side=\(side)", mallocsPerCall: openSSL))
+                rows.append(Row(scenario: "allocs", params: "callback, TLS, \(side) (UVRPC)", metric: "mallocs/call",
+                                swift: total - openSSL, c: nil, higherIsBetter: false))
+                rows.append(Row(scenario: "allocs", params: "callback, TLS, \(side) (OpenSSL)", metric: "mallocs/call",
+                                swift: openSSL, c: nil, higherIsBetter: false))
             }
         }
         let names: (String, String?) = connect == nil ? ("Swift", "C") : ("external", nil)

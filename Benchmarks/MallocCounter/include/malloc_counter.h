@@ -11,4 +11,10 @@ unsigned long long uvrpc_thread_allocations(void);
 /* Allocations made so far by all threads. */
 unsigned long long uvrpc_total_allocations(void);
 
+
+/// Counts OpenSSL's allocations apart (its memory hooks); call before any
+/// OpenSSL use. Returns 1 when the hooks took.
+int uvrpc_count_openssl_allocations(void);
+/// OpenSSL's allocations made on the calling thread so far (also in uvrpc_thread_allocations).
+unsigned long long uvrpc_thread_openssl_allocations(void);
 #endif
