@@ -12,9 +12,11 @@ mkdir -p .build-fuzz Fuzz/corpus
 # The libraries with coverage and ASan (their own build folder), then the
 # libFuzzer entry point linked against their objects.
 swift build -c release --target EndpointFuzzHarness --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address
+# Every object of the harness's dependency closure (UVLoop, UVRPC and the packages they use).
+objects=$(find .build-fuzz/release -path '*.build/*.o' | grep -v -e '/uvrpc.build/' -e 'PackageTests' -e '/example-' -e '/uvrpc-')
 swiftc -parse-as-library -O -sanitize=fuzzer,address Fuzz/EndpointFuzzer.swift \
-    -I .build-fuzz/release/Modules -I Sources/CLibUV \
-    .build-fuzz/release/{UVLoop,UVRPC,EndpointFuzzHarness,Logging}.build/*.o -luv \
+    -I .build-fuzz/release/Modules -I Sources/CLibUV -I Sources/COpenSSL \
+    $objects -luv -lssl -lcrypto \
     -o .build-fuzz/endpoint-fuzzer 2>&1 | grep -v "Cannot export local symbol" || true
 # Seeds: the byte vectors of PROTOCOL.md.
 python3 - <<'PY'
