@@ -54,8 +54,8 @@ public struct TLSConfiguration: Sendable {
     public var trustRoots: TrustRoots
     /// Client: check the server's certificate chain and that it names the
     /// server (``ConnectionOptions/tlsServerName``, else the host connected
-    /// to); on by default. Turning it off accepts any server, which a
-    /// connection logs nowhere by itself: the choice is the caller's to report.
+    /// to); on by default. Turning it off accepts any server; every
+    /// `RPCEndpoint` (UVRPC) made with it logs a warning saying so.
     public var verifiesPeer: Bool
     /// Server: ask every client for a certificate signed by ``trustRoots``
     /// and refuse the handshake without one (mutual TLS). Off by default.

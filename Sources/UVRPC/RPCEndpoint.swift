@@ -266,6 +266,9 @@ public final class RPCEndpoint {
         var logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
         logger[metadataKey: "rpc.endpoint"] = "\(self.label)"
         self.logger = logger
+        if let tls = connection.options.tls?.configuration, tls.role == .client, !tls.verifiesPeer {
+            logger.warning("TLS: the server's certificate is not checked (verifiesPeer is off): any server is accepted")
+        }
         self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize)
         let now = connection.loop.now
         lastReceived = now

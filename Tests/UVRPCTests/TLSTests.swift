@@ -182,6 +182,24 @@ final class TLSFailureTests: XCTestCase {
         await server.shutdown()
     }
 
+    func testTurningVerificationOffAcceptsAnyServerAndSaysSo() async throws {
+        let certificates = try TestCertificates.get()
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let server = try await server(harness, tls: try certificates.serverContext(chain: certificates.expiredChain))
+        var configuration = TLSConfiguration.client(trustRoots: .certificates(.file(certificates.otherCAFile)))
+        configuration.verifiesPeer = false
+        var c = testConfiguration()
+        c.connectionOptions.tls = try TLSContext(configuration)
+        let log = LogRecorder()
+        let client = try await RPCClient.connect(to: server.server.address, on: harness.loop, configuration: c, logger: log.logger)
+        let answer = try await withTimeout("a call to an unchecked server") { try await client.send([7]) }
+        XCTAssertEqual(answer, [7], "an expired certificate from an untrusted CA is accepted")
+        XCTAssertTrue(log.contains("the server's certificate is not checked"), "\(log.messages.withLock { $0 })")
+        await client.close()
+        await server.server.shutdown()
+    }
+
     func testACleanCloseSendsCloseNotifyAndTheServerSeesThePeerClose() async throws {
         let certificates = try TestCertificates.get()
         let harness = try LoopHarness()
