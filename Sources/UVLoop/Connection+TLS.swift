@@ -225,27 +225,7 @@ extension Connection {
             guard encryptPending(tls) else { return }
             drainCiphertext(tls)
             if cipherPending.readableCount > 0 {
-                var buf = uv_buf_t(base: cipherPending.readPointer, len: cipherPending.readableCount)
-                let n = uv_try_write(uvStream, &buf, 1)
-                if n > 0 {
-                    cipherPending.consume(Int(n))
-                    withLoop { $0.bytesWrittenTotal &+= UInt64(n) }
-                } else if n < 0 && n != UV_EAGAIN.rawValue {
-                    return fail(writeError(n))
-                }
-                if cipherPending.readableCount > 0 {
-                    swap(&cipherPending, &inFlight)
-                    if writeRequest == nil { writeRequest = .allocate(capacity: 1) }
-                    uv_req_set_data(UnsafeMutableRawPointer(writeRequest!).assumingMemoryBound(to: uv_req_t.self),
-                                    Unmanaged.passUnretained(self).toOpaque())
-                    buf = uv_buf_t(base: inFlight.readPointer, len: inFlight.readableCount)
-                    let rc = uv_write(writeRequest, uvStream, &buf, 1, connectionWriteCallback)
-                    if rc < 0 { return fail(writeError(rc)) }
-                    writeInFlight = true
-                    watchWrite()
-                } else {
-                    cipherPending.reset()
-                }
+                guard writeToSocket(&cipherPending) != nil else { return }
             }
         }
         if writable && pendingWriteBytes > options.writeHighWaterMark { becameUnwritable() }

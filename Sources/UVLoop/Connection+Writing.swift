@@ -125,32 +125,44 @@ extension Connection {
         guard state == .open || state == .closing, !isHandleClosing else { return }
         if let tls { return flushTLS(tls) }
         if !writeInFlight && pending.readableCount > 0 {
-            var buf = uv_buf_t(base: pending.readPointer, len: pending.readableCount)
-            let n = uv_try_write(uvStream, &buf, 1)
-            if n > 0 {
-                pending.consume(Int(n))
-                bytesWritten += UInt64(n)
-                withLoop { $0.bytesWrittenTotal &+= UInt64(n) }
-            } else if n < 0 && n != UV_EAGAIN.rawValue {
-                fail(writeError(n))
-                return
-            }
-            if pending.readableCount > 0 {
-                // The socket is full: hand the rest to libuv, which writes it when it can.
-                swap(&pending, &inFlight)
-                if writeRequest == nil { writeRequest = .allocate(capacity: 1) }
-                uv_req_set_data(UnsafeMutableRawPointer(writeRequest!).assumingMemoryBound(to: uv_req_t.self),
-                                Unmanaged.passUnretained(self).toOpaque())
-                buf = uv_buf_t(base: inFlight.readPointer, len: inFlight.readableCount)
-                let rc = uv_write(writeRequest, uvStream, &buf, 1, connectionWriteCallback)
-                if rc < 0 { fail(writeError(rc)); return }
-                writeInFlight = true
-                watchWrite()
-            } else {
-                pending.reset()
-            }
+            guard let took = writeToSocket(&pending) else { return }
+            bytesWritten += UInt64(took)
         }
         writeProgressed()
+    }
+
+    /// Writes `buffer` (pending plaintext, or TLS ciphertext) to the socket:
+    /// `uv_try_write` first; what the socket did not take goes to one
+    /// `uv_write` from `inFlight`, swapped in (no copy). Returns how many
+    /// bytes the socket took at once, or nil when the connection failed.
+    func writeToSocket(_ buffer: inout OutgoingBuffer) -> Int? {
+        var buf = uv_buf_t(base: buffer.readPointer, len: buffer.readableCount)
+        let n = uv_try_write(uvStream, &buf, 1)
+        if n > 0 {
+            buffer.consume(Int(n))
+            withLoop { $0.bytesWrittenTotal &+= UInt64(n) }
+        } else if n < 0 && n != UV_EAGAIN.rawValue {
+            fail(writeError(n))
+            return nil
+        }
+        guard buffer.readableCount > 0 else {
+            buffer.reset()
+            return Int(max(n, 0))
+        }
+        // The socket is full: hand the rest to libuv, which writes it when it can.
+        swap(&buffer, &inFlight)
+        if writeRequest == nil { writeRequest = .allocate(capacity: 1) }
+        uv_req_set_data(UnsafeMutableRawPointer(writeRequest!).assumingMemoryBound(to: uv_req_t.self),
+                        Unmanaged.passUnretained(self).toOpaque())
+        buf = uv_buf_t(base: inFlight.readPointer, len: inFlight.readableCount)
+        let rc = uv_write(writeRequest, uvStream, &buf, 1, connectionWriteCallback)
+        if rc < 0 {
+            fail(writeError(rc))
+            return nil
+        }
+        writeInFlight = true
+        watchWrite()
+        return Int(max(n, 0))
     }
 
     func writeCompleted(status: Int32) {

@@ -48,33 +48,32 @@ final class TLSForeignPeerTests: XCTestCase {
         })
     }
 
-    func testAPythonSSLClientIsServedAndItsCloseNotifyIsACleanEnd() async throws {
+    /// Runs the Python client (with `extra` arguments) against a reversing
+    /// TLS server; returns its run and how the server's endpoint closed.
+    private func pythonClientRun(_ extra: [String]) async throws -> (run: (status: Int32, output: String), closed: String) {
         let certificates = try TestCertificates.get()
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let closed = LockedValue([String]())
         let server = try await reversingServer(harness, certificates, closed: closed)
-        guard case .ipv4(_, let port) = server.address else { return XCTFail("\(server.address)") }
-        let run = try runPeer(["client", "127.0.0.1", "\(port)", certificates.caFile, "localhost"])
+        guard case .ipv4(_, let port) = server.address else { throw TestTimeout(what: "an IPv4 address, not \(server.address)") }
+        let run = try runPeer(["client", "127.0.0.1", "\(port)", certificates.caFile, "localhost"] + extra)
+        try waitUntil("the server to see the end") { !closed.withLock { $0.isEmpty } }
+        await server.shutdown()
+        return (run, closed.withLock { $0 }.joined(separator: "; "))
+    }
+
+    func testAPythonSSLClientIsServedAndItsCloseNotifyIsACleanEnd() async throws {
+        let (run, closed) = try await pythonClientRun([])
         XCTAssertEqual(run.status, 0, run.output)
         XCTAssertTrue(run.output.contains("ok 3"), run.output)
-        try waitUntil("the server to see the close") { !closed.withLock { $0.isEmpty } }
-        XCTAssertEqual(closed.withLock { $0 }, ["closed by the peer"])
-        await server.shutdown()
+        XCTAssertEqual(closed, "closed by the peer")
     }
 
     func testAStreamCutWithoutCloseNotifyIsNotACleanEnd() async throws {
-        let certificates = try TestCertificates.get()
-        let harness = try LoopHarness()
-        defer { harness.shutdownCleanly() }
-        let closed = LockedValue([String]())
-        let server = try await reversingServer(harness, certificates, closed: closed)
-        guard case .ipv4(_, let port) = server.address else { return XCTFail("\(server.address)") }
-        let run = try runPeer(["client", "127.0.0.1", "\(port)", certificates.caFile, "localhost", "truncate"])
+        let (run, closed) = try await pythonClientRun(["truncate"])
         XCTAssertEqual(run.status, 0, run.output)
-        try waitUntil("the server to see the cut") { !closed.withLock { $0.isEmpty } }
-        XCTAssertTrue(closed.withLock { $0 }[0].contains("without close_notify"), "\(closed.withLock { $0 })")
-        await server.shutdown()
+        XCTAssertTrue(closed.contains("without close_notify"), closed)
     }
 
     func testUVRPCClientAgainstAPythonSSLServer() async throws {
