@@ -18,18 +18,8 @@ final class KeyValueExampleTests: XCTestCase {
         defer { _ = try? server.stop() }
         guard case .ipv4(_, let port) = server.address else { return XCTFail("\(server.address)") }
 
-        let client = Process()
-        client.executableURL = try example("example-kv-client")
-        client.arguments = ["\(port)"]
-        let output = Pipe()
-        client.standardOutput = output
-        let finished = Promise<Void>()
-        client.terminationHandler = { _ in finished.fulfill(()) }
-        defer { client.terminationHandler = nil }
-        try client.run()
-        do { try finished.wait("the key-value client", seconds: 30) } catch { client.terminate(); throw error }
-        let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertEqual(client.terminationStatus, 0, printed)
+        let (status, printed) = try runToCompletion(try example("example-kv-client"), ["\(port)"], seconds: 30)
+        XCTAssertEqual(status, 0, printed)
         let lines = printed.split(separator: "\n").map(String.init)
         XCTAssertEqual(Array(lines.prefix(6)), [
             "SET greeting hello -> OK", "GET greeting -> hello", "DEL greeting -> OK", "GET greeting -> NOT_FOUND",

@@ -22,18 +22,7 @@ final class TLSForeignPeerTests: XCTestCase {
 
     /// Runs the peer script to completion (at most 60 s); returns its status and output.
     private func runPeer(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = try python()
-        process.arguments = [peerScript] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let finished = Promise<Void>()
-        process.terminationHandler = { _ in finished.fulfill(()) }
-        defer { process.terminationHandler = nil }
-        try process.run()
-        do { try finished.wait("the Python peer", seconds: 60) } catch { process.terminate(); throw error }
-        return (process.terminationStatus, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        try runToCompletion(try python(), [peerScript] + arguments)
     }
 
     /// A reversing TLS server whose endpoints report how they closed.

@@ -6,8 +6,15 @@ import XCTest
 
 /// Runs the `uvrpc` tool to completion (at most `seconds`); returns status and output.
 func runTool(_ arguments: [String], seconds: Double = 60) throws -> (status: Int32, output: String) {
+    try runToCompletion(uvrpcTool, arguments, seconds: seconds)
+}
+
+/// Runs `executable` to completion (at most `seconds`, else it is terminated
+/// and this throws); returns its status and its output (stdout and stderr).
+func runToCompletion(_ executable: URL, _ arguments: [String],
+                     seconds: Double = 60) throws -> (status: Int32, output: String) {
     let process = Process()
-    process.executableURL = uvrpcTool
+    process.executableURL = executable
     process.arguments = arguments
     let pipe = Pipe()
     process.standardOutput = pipe
@@ -16,7 +23,7 @@ func runTool(_ arguments: [String], seconds: Double = 60) throws -> (status: Int
     process.terminationHandler = { _ in finished.fulfill(()) }
     defer { process.terminationHandler = nil } // Process keeps its handler, and so our promise, alive
     try process.run()
-    do { try finished.wait("uvrpc \(arguments.joined(separator: " "))", seconds: seconds) } catch {
+    do { try finished.wait("\(executable.lastPathComponent) \(arguments.joined(separator: " "))", seconds: seconds) } catch {
         process.terminate()
         throw error
     }
