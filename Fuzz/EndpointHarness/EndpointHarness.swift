@@ -21,12 +21,13 @@ public func fuzzEndpoint(_ data: [UInt8]) -> Int {
     let peer = LockedValue<Int32>(-1)
     let ready = DispatchSemaphore(value: 0)
     let closed = DispatchSemaphore(value: 0)
+    let agreed = LockedValue<RPCExtensions>([])
     loop.execute {
         do {
             let (connection, peerDescriptor) = try Connection.overSocketPair(on: loop)
             peer.withLock { $0 = peerDescriptor }
             ready.signal()
-            drive(connection, with: data) { closed.signal() }
+            drive(connection, with: data, agreed: agreed) { closed.signal() }
         } catch {
             preconditionFailure("fuzz harness: cannot make a socket pair: \(error)")
         }
@@ -37,7 +38,7 @@ public func fuzzEndpoint(_ data: [UInt8]) -> Int {
     let written = readToEnd(fd)
     close(fd)
     precondition(closed.wait(timeout: .now() + 30) == .success, "fuzz harness: the endpoint did not close")
-    return checkWellFormed(written)
+    return checkWellFormed(written, agreed: agreed.withLock { $0 })
 }
 
 /// What the handler does with a message, chosen by its first byte.
@@ -63,7 +64,8 @@ private func handle(_ request: RPCRequest, kept: LoopBoundBox<[RPCRequest]>) thr
     }
 }
 
-private func drive(_ connection: Connection, with data: [UInt8], whenClosed: @escaping @Sendable () -> Void) {
+private func drive(_ connection: Connection, with data: [UInt8], agreed: LockedValue<RPCExtensions>,
+                   whenClosed: @escaping @Sendable () -> Void) {
     var configuration = RPCEndpoint.Configuration()
     configuration.maximumPayloadSize = 1 << 20
     configuration.sendsKeepalives = false
@@ -87,7 +89,11 @@ private func drive(_ connection: Connection, with data: [UInt8], whenClosed: @es
         if taken < n { break } // reading paused (backpressure) or closed
         offset += n
     }
-    for request in kept.value { _ = try? request.respond([7]) }
+    agreed.withLock { $0 = endpoint.activeExtensions }
+    for (i, request) in kept.value.enumerated() {
+        // Kept requests are answered, failed (an ERROR where agreed) or found cancelled.
+        if i % 2 == 0 { _ = try? request.respond([7]) } else { _ = try? request.fail("kept request \(i) failed") }
+    }
     kept.value.removeAll()
     endpoint.close()
 }
@@ -105,7 +111,7 @@ private func readToEnd(_ fd: Int32) -> [UInt8] {
 
 /// The endpoint's output must be its handshake, then whole packets; returns
 /// how many of them were responses.
-private func checkWellFormed(_ bytes: [UInt8]) -> Int {
+private func checkWellFormed(_ bytes: [UInt8], agreed: RPCExtensions) -> Int {
     final class Counter: PacketSink {
         var handshakes = 0
         var responses = 0
@@ -113,8 +119,18 @@ private func checkWellFormed(_ bytes: [UInt8]) -> Int {
         func receivedKeepalive() -> Bool { true }
         func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
         func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { responses += 1; return true }
+        func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
+            precondition(reason.count <= Wire.maximumErrorReason, "the endpoint wrote an error reason of \(reason.count) bytes")
+            responses += 1
+            return true
+        }
+        func receivedCancel(id: UInt16) -> Bool { true }
+        func receivedCancelAcknowledgement(id: UInt16) -> Bool { true }
+        func receivedGoAway() -> Bool { true }
     }
-    var parser = PacketParser(maximumPayloadSize: 1 << 21, inlinePayloadLimit: 1 << 22)
+    // Only the extensions the input's handshake announced may appear (the
+    // checker's parser takes no other packet type).
+    var parser = PacketParser(maximumPayloadSize: 1 << 21, inlinePayloadLimit: 1 << 22, extensions: agreed)
     let counter = Counter()
     let consumed = bytes.withUnsafeBytes { raw in
         Result { () throws(ProtocolViolation) in try parser.parse(raw, into: counter) }

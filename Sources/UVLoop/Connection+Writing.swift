@@ -237,6 +237,7 @@ extension Connection {
             writable = true
             onWritabilityChanged?(true)
         }
+        if wantsWriteProgress, state == .open, let onWriteProgress { onWriteProgress() }
         if state == .closing && pendingWriteBytes == 0 && !writeInFlight { shutdownAndClose() }
     }
 }

@@ -50,6 +50,12 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) package var directReadBuffer: (() -> UnsafeMutableRawBufferPointer?)?
     /// Called with the number of bytes read into the buffer `directReadBuffer` gave.
     @exclusivity(unchecked) package var onDirectRead: ((Int) -> Void)?
+    /// Called (on the loop) after each flush or completed write while
+    /// ``wantsWriteProgress`` is set: a protocol layer that feeds its writes
+    /// piecemeal (chunked transfers) tops the outgoing bytes up here.
+    @exclusivity(unchecked) package var onWriteProgress: (() -> Void)?
+    /// Whether ``onWriteProgress`` is called (one flag test per flush when not).
+    @exclusivity(unchecked) package var wantsWriteProgress = false
 
     /// Where the pending read lands.
     enum ReadTarget { case ring, shared, direct }
@@ -304,6 +310,7 @@ public final class Connection: HandleOwner {
         self.onWritabilityChanged = nil
         self.directReadBuffer = nil
         self.onDirectRead = nil
+        self.onWriteProgress = nil
         onClose?(closeReason)
     }
 }

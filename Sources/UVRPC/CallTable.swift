@@ -12,12 +12,18 @@
 /// - Deadlines form an intrusive doubly linked list sorted by deadline. Most
 ///   calls use the same timeout, so insertion is at the tail in O(1); removal
 ///   on response is O(1). The endpoint keeps one timer armed for the head.
+/// - A cancelled call (extension `cancel`) keeps its id reserved, out of the
+///   deadline list, until the peer acknowledges the cancel
+///   (``reserve(_:)`` / ``release(_:)``): only then can no late packet for it
+///   arrive, so only then is the id handed out again.
 struct CallTable<Completion> {
     struct Slot {
         var completion: Completion?
         var deadline: UInt64 = 0
         var id: UInt16 = 0
         var closeOnError = true
+        /// Cancelled, waiting for the peer's acknowledgement: the id stays taken.
+        var reserved = false
         var prev: Int32 = -1
         var next: Int32 = -1
         var isLive: Bool { completion != nil }
@@ -27,8 +33,12 @@ struct CallTable<Completion> {
     private var mask = 0
     private let initialCapacity: Int
     private(set) var nextID: UInt16
-    /// Number of live calls.
+    /// Number of live calls, reserved ids included.
     private(set) var count = 0
+    /// Ids reserved by cancelled calls (part of `count`).
+    private(set) var reservedCount = 0
+    /// Calls in flight: live calls that are not reserved.
+    var activeCount: Int { count - reservedCount }
     /// Head and tail ids of the deadline list, or -1.
     private(set) var head: Int32 = -1
     private var tail: Int32 = -1
@@ -70,6 +80,7 @@ struct CallTable<Completion> {
         slots[i].deadline = deadline
         slots[i].id = id
         slots[i].closeOnError = closeOnError
+        slots[i].reserved = false
         linkSorted(Int32(id))
         return id
     }
@@ -79,7 +90,7 @@ struct CallTable<Completion> {
     mutating func remove(_ id: UInt16) -> (completion: Completion, closeOnError: Bool)? {
         guard !slots.isEmpty else { return nil }
         let i = Int(id) & mask
-        guard slots[i].isLive, slots[i].id == id else { return nil }
+        guard slots[i].isLive, slots[i].id == id, !slots[i].reserved else { return nil }
         let completion = slots[i].completion!
         let closeOnError = slots[i].closeOnError
         unlink(Int32(id))
@@ -87,6 +98,32 @@ struct CallTable<Completion> {
         count -= 1
         return (completion, closeOnError)
     }
+
+    /// Ends live call `id` but keeps its id taken (a cancelled call, until the
+    /// peer's acknowledgement); returns what ``remove(_:)`` returns.
+    mutating func reserve(_ id: UInt16) -> (completion: Completion, closeOnError: Bool)? {
+        guard !slots.isEmpty else { return nil }
+        let i = Int(id) & mask
+        guard slots[i].isLive, slots[i].id == id, !slots[i].reserved else { return nil }
+        unlink(Int32(id))
+        slots[i].reserved = true
+        reservedCount += 1
+        return (slots[i].completion!, slots[i].closeOnError)
+    }
+
+    /// Frees reserved id `id`; false if it was not reserved.
+    mutating func release(_ id: UInt16) -> Bool {
+        guard !slots.isEmpty else { return false }
+        let i = Int(id) & mask
+        guard slots[i].isLive, slots[i].id == id, slots[i].reserved else { return false }
+        slots[i] = Slot()
+        count -= 1
+        reservedCount -= 1
+        return true
+    }
+
+    /// The closeOnError flag of live call `id`.
+    func closesOnError(_ id: UInt16) -> Bool { slots[Int(id) & mask].closeOnError }
 
     /// Removes and returns the id of the earliest call if its deadline is at or before `now`.
     mutating func popExpired(now: UInt64) -> UInt16? {

@@ -207,6 +207,7 @@ enum CallFailureKind: String, CaseIterable {
     case timedOut = "timed_out", closed, peerTooOld = "peer_too_old", tooManyInFlight = "too_many_in_flight"
     case payloadTooLarge = "payload_too_large", sendBufferFull = "send_buffer_full"
     case noConnection = "no_connection", cancelled
+    case peerHandlerFailed = "peer_handler_failed", peerGoingAway = "peer_going_away"
 
     init(_ error: RPCError) {
         switch error {
@@ -217,6 +218,8 @@ enum CallFailureKind: String, CaseIterable {
         case .payloadTooLarge: self = .payloadTooLarge
         case .sendBufferFull: self = .sendBufferFull
         case .noConnection: self = .noConnection
+        case .peerHandlerFailed: self = .peerHandlerFailed
+        case .peerGoingAway: self = .peerGoingAway
         }
     }
 
@@ -227,7 +230,8 @@ enum CallFailureKind: String, CaseIterable {
 enum ViolationKind: String, CaseIterable {
     case unknownPacketType = "unknown_packet_type", secondHandshake = "second_handshake"
     case malformedHandshake = "malformed_handshake", handshakeTooLarge = "handshake_too_large"
-    case payloadTooLarge = "payload_too_large"
+    case payloadTooLarge = "payload_too_large", errorReasonTooLong = "error_reason_too_long"
+    case badChunk = "bad_chunk", unexpectedCancelAcknowledgement = "unexpected_cancel_ack"
 
     init(_ violation: ProtocolViolation) {
         switch violation {
@@ -236,6 +240,9 @@ enum ViolationKind: String, CaseIterable {
         case .malformedHandshake: self = .malformedHandshake
         case .handshakeTooLarge: self = .handshakeTooLarge
         case .payloadTooLarge: self = .payloadTooLarge
+        case .errorReasonTooLong: self = .errorReasonTooLong
+        case .chunkNotStarted, .chunkPastEnd, .transferAlreadyStarted, .tooManyTransfers: self = .badChunk
+        case .unexpectedCancelAcknowledgement: self = .unexpectedCancelAcknowledgement
         }
     }
 

@@ -9,8 +9,18 @@ package protocol PacketSink: AnyObject {
     func receivedKeepalive() -> Bool
     /// A MESSAGE or MESSAGE_BIG packet.
     func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool
-    /// A RESPONSE or RESPONSE_BIG packet.
+    /// A RESPONSE or RESPONSE_BIG packet, or a chunked response complete.
     func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool
+    /// An ERROR packet (extension `error`): the answer to our call `id` failed in the peer's handler.
+    func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool
+    /// A CANCEL packet (extension `cancel`): the peer gave up its call `id`
+    /// (a chunked message `id` being received was dropped already).
+    func receivedCancel(id: UInt16) -> Bool
+    /// A CANCEL_ACK packet (extension `cancel`): the peer is done with our
+    /// cancelled call `id` (a chunked response `id` being received was dropped already).
+    func receivedCancelAcknowledgement(id: UInt16) -> Bool
+    /// A GOAWAY packet (extension `goaway`).
+    func receivedGoAway() -> Bool
 }
 
 /// The incremental efro.rpc stream parser: a state machine over bytes.
@@ -26,6 +36,13 @@ package protocol PacketSink: AnyObject {
 /// gets one exact-size buffer, filled as bytes arrive, delivered once
 /// complete and then freed. A declared length over ``maximumPayloadSize`` is
 /// a protocol violation thrown before anything is allocated.
+///
+/// The packets of an extension (types 6-13) are accepted only when both
+/// handshakes announced it (``agreedExtensions``); before, they are unknown
+/// packet types like any other. Chunked payloads (extension `chunk`) are
+/// reassembled here: a START allocates the exact-size buffer, each CHUNK is
+/// copied (or read straight, see ``bigPayloadRemainder``) into place, and the
+/// complete payload goes to the sink as if it had come in one packet.
 package struct PacketParser: ~Copyable {
     private enum State {
         case handshakeLength
@@ -33,7 +50,29 @@ package struct PacketParser: ~Copyable {
         case packets
         /// Filling `bigBuffer` with the payload of a big frame.
         case bigPayload(isMessage: Bool, id: UInt16, filled: Int)
+        /// Inside a CHUNK of transfer `key`, with `remaining` of its bytes still to come.
+        case chunkPayload(key: UInt32, remaining: Int)
     }
+
+    /// A chunked payload being reassembled.
+    private struct Transfer {
+        /// Invariant: owned by the parser from START until delivered or dropped.
+        var buffer: UnsafeMutableRawBufferPointer
+        var filled = 0
+    }
+    /// Transfers in progress, by `Self.transferKey`.
+    private var transfers: [UInt32: Transfer] = [:]
+    private var messageTransfers = 0
+    private var responseTransfers = 0
+    /// Extensions this side announces; with the peer's, they make ``agreedExtensions``.
+    package let localExtensions: RPCExtensions
+    /// The extensions both handshakes announced (empty until the peer's arrived).
+    package private(set) var agreedExtensions: RPCExtensions = []
+    /// A CHUNK remainder at least this long is offered for a direct read.
+    static let directChunkReadMinimum = 4096
+
+    @inline(__always)
+    private static func transferKey(isMessage: Bool, id: UInt16) -> UInt32 { (isMessage ? 0x1_0000 : 0) | UInt32(id) }
 
     private var state = State.handshakeLength
     /// Exact-size storage of the big payload being received, else nil.
@@ -69,6 +108,11 @@ package struct PacketParser: ~Copyable {
     /// be filled: a caller may read the next bytes of the stream straight
     /// into it (no copy) and then call ``didFillBigPayload(_:_:)``. Else nil.
     package var bigPayloadRemainder: UnsafeMutableRawBufferPointer? {
+        if case .chunkPayload(let key, let remaining) = state, remaining >= Self.directChunkReadMinimum,
+           let transfer = transfers[key] {
+            // Safe: as below; a transfer's buffer is freed only when it is delivered or dropped.
+            return UnsafeMutableRawBufferPointer(rebasing: transfer.buffer[transfer.filled..<(transfer.filled + remaining)])
+        }
         guard case .bigPayload(_, _, let filled) = state, let buffer = bigBuffer else { return nil }
         // Safe: the buffer lives until the payload is delivered or discarded, which
         // only didFillBigPayload / discardPartialPacket / deinit do.
@@ -78,6 +122,19 @@ package struct PacketParser: ~Copyable {
     /// Records `count` stream bytes written into ``bigPayloadRemainder``;
     /// delivers the packet when its payload is complete.
     package mutating func didFillBigPayload(_ count: Int, into sink: some PacketSink) {
+        if case .chunkPayload(let key, let remaining) = state {
+            precondition(count >= 0 && count <= remaining,
+                         "PacketParser.didFillBigPayload(\(count)) exceeds the \(remaining) bytes left of the chunk")
+            streamOffset += UInt64(count)
+            transfers[key]!.filled += count
+            if count < remaining {
+                state = .chunkPayload(key: key, remaining: remaining - count)
+            } else {
+                state = .packets
+                _ = finishChunk(key, into: sink)
+            }
+            return
+        }
         guard case .bigPayload(let isMessage, let id, let filled) = state, let buffer = bigBuffer else {
             preconditionFailure("PacketParser.didFillBigPayload without a big payload being received")
         }
@@ -95,24 +152,138 @@ package struct PacketParser: ~Copyable {
         _ = isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
     }
 
-    /// Creates a parser at the start of a stream.
+    /// Creates a parser at the start of a stream; `extensions` are the ones
+    /// this side announces (the packets of those the peer announces too are accepted).
     package init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
-                inlinePayloadLimit: Int = 65536) {
+                inlinePayloadLimit: Int = 65536, extensions: RPCExtensions = []) {
         self.maximumPayloadSize = maximumPayloadSize
         self.maximumHandshakeSize = maximumHandshakeSize
         self.inlinePayloadLimit = inlinePayloadLimit
+        self.localExtensions = extensions
     }
 
     deinit {
         bigBuffer?.deallocate()
+        for transfer in transfers.values { transfer.buffer.deallocate() }
     }
 
-    /// Drops a big payload being received (frees its buffer); for a stream
-    /// that ended. Parsing must not continue afterwards.
+    /// Drops a big payload being received and every chunked transfer (frees
+    /// their buffers); for a stream that ended. Parsing must not continue afterwards.
     package mutating func discardPartialPacket() {
         bigBuffer?.deallocate()
         bigBuffer = nil
-        if case .bigPayload = state { state = .packets }
+        for transfer in transfers.values { transfer.buffer.deallocate() }
+        transfers.removeAll()
+        messageTransfers = 0
+        responseTransfers = 0
+        switch state {
+        case .bigPayload, .chunkPayload: state = .packets
+        default: break
+        }
+    }
+
+    /// Bytes of chunked payloads being reassembled (their buffers).
+    package var reassemblyBytes: Int { transfers.values.reduce(0) { $0 + $1.buffer.count } }
+
+    /// Drops transfer `key` if it is in progress (its sender gave it up).
+    private mutating func dropTransfer(_ key: UInt32) {
+        guard let transfer = transfers.removeValue(forKey: key) else { return }
+        transfer.buffer.deallocate()
+        if key & 0x1_0000 != 0 { messageTransfers -= 1 } else { responseTransfers -= 1 }
+    }
+
+    /// After a chunk's last byte: delivers transfer `key` if it is complete.
+    /// Returns whether parsing should go on.
+    private mutating func finishChunk(_ key: UInt32, into sink: some PacketSink) -> Bool {
+        guard let transfer = transfers[key], transfer.filled == transfer.buffer.count else { return true }
+        transfers[key] = nil
+        let isMessage = key & 0x1_0000 != 0
+        if isMessage { messageTransfers -= 1 } else { responseTransfers -= 1 }
+        defer { transfer.buffer.deallocate() }
+        let id = UInt16(truncatingIfNeeded: key)
+        let payload = UnsafeRawBufferPointer(transfer.buffer)
+        return isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
+    }
+
+    /// Whether the packet type `type` belongs to an extension both sides announced.
+    @inline(__always)
+    private func agreed(_ type: UInt8) -> Bool {
+        switch type {
+        case 6: return agreedExtensions.contains(.errorAnswers)
+        case 7, 8: return agreedExtensions.contains(.cancellation)
+        case 9, 10, 11, 12: return agreedExtensions.contains(.chunking)
+        case 13: return agreedExtensions.contains(.goAway)
+        default: return false
+        }
+    }
+
+    /// Parses one extension packet (type 6-13, agreed) at `offset`. Returns
+    /// the bytes it consumed (0: wait for more) and whether to go on.
+    private mutating func parseExtensionPacket(_ type: UInt8, _ input: UnsafeRawBufferPointer, at offset: Int,
+                                               into sink: some PacketSink) throws(ProtocolViolation) -> (Int, Bool) {
+        let available = input.count - offset
+        func u16(_ at: Int) -> Int { Int(input[offset + at]) << 8 | Int(input[offset + at + 1]) }
+        switch type {
+        case 13:
+            return (1, sink.receivedGoAway())
+        case 7, 8:
+            guard available >= 3 else { return (0, true) }
+            let id = UInt16(u16(1))
+            if type == 7 {
+                dropTransfer(Self.transferKey(isMessage: true, id: id))
+                return (3, sink.receivedCancel(id: id))
+            }
+            dropTransfer(Self.transferKey(isMessage: false, id: id))
+            return (3, sink.receivedCancelAcknowledgement(id: id))
+        case 6:
+            guard available >= 5 else { return (0, true) }
+            let length = u16(3)
+            if length > Wire.maximumErrorReason { throw .errorReasonTooLong(declared: length, limit: Wire.maximumErrorReason) }
+            guard available >= 5 + length else { return (0, true) }
+            let reason = UnsafeRawBufferPointer(rebasing: input[(offset + 5)..<(offset + 5 + length)])
+            return (5 + length, sink.receivedError(id: UInt16(u16(1)), reason: reason))
+        case 9, 10:
+            guard available >= 7 else { return (0, true) }
+            let packet = PacketType(rawValue: type)!
+            let id = UInt16(u16(1))
+            let total = u16(3) << 16 | u16(5)
+            if total > maximumPayloadSize { throw .payloadTooLarge(declared: total, limit: maximumPayloadSize, packet: packet) }
+            let isMessage = type == 9
+            let key = Self.transferKey(isMessage: isMessage, id: id)
+            if transfers[key] != nil { throw .transferAlreadyStarted(packet: packet, id: id) }
+            if (isMessage ? messageTransfers : responseTransfers) >= Wire.maximumTransfers {
+                throw .tooManyTransfers(packet: packet, limit: Wire.maximumTransfers)
+            }
+            if total == 0 {
+                let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+                return (7, isMessage ? sink.receivedMessage(id: id, payload: empty) : sink.receivedResponse(id: id, payload: empty))
+            }
+            transfers[key] = Transfer(buffer: .allocate(byteCount: total, alignment: 16))
+            if isMessage { messageTransfers += 1 } else { responseTransfers += 1 }
+            return (7, true)
+        default: // 11, 12
+            guard available >= 5 else { return (0, true) }
+            let packet = PacketType(rawValue: type)!
+            let id = UInt16(u16(1))
+            let length = u16(3)
+            let key = Self.transferKey(isMessage: type == 11, id: id)
+            guard let transfer = transfers[key] else { throw .chunkNotStarted(packet: packet, id: id) }
+            if transfer.filled + length > transfer.buffer.count {
+                throw .chunkPastEnd(packet: packet, id: id, total: transfer.buffer.count, through: transfer.filled + length)
+            }
+            let n = min(available - 5, length)
+            if n > 0 {
+                // Safe: n bytes are inside `input` and, by the check above, inside the buffer.
+                (transfer.buffer.baseAddress! + transfer.filled)
+                    .copyMemory(from: input.baseAddress! + offset + 5, byteCount: n)
+            }
+            transfers[key]!.filled += n
+            if n < length {
+                state = .chunkPayload(key: key, remaining: length - n)
+                return (5 + n, true)
+            }
+            return (5 + n, finishChunk(key, into: sink))
+        }
     }
 
     /// Parses as many complete units of `input` as possible, handing each to
@@ -188,6 +359,11 @@ package struct PacketParser: ~Copyable {
                     } else {
                         return offset // wait for the rest of the frame
                     }
+                case 6...13 where agreed(type):
+                    let (used, goOn) = try parseExtensionPacket(type, input, at: offset, into: sink)
+                    if used == 0 { return offset }
+                    offset += used
+                    if !goOn { return offset }
                 case 0:
                     streamOffset += UInt64(offset)
                     let at = streamOffset
@@ -218,6 +394,21 @@ package struct PacketParser: ~Copyable {
                                      : sink.receivedResponse(id: id, payload: payload)
                 if !goOn { return offset }
 
+            case .chunkPayload(let key, let remaining):
+                let n = min(available, remaining)
+                let transfer = transfers[key]!
+                // Safe: n bytes are inside `input`, and `remaining` was checked against the buffer.
+                (transfer.buffer.baseAddress! + transfer.filled)
+                    .copyMemory(from: input.baseAddress! + offset, byteCount: n)
+                transfers[key]!.filled += n
+                offset += n
+                if n < remaining {
+                    state = .chunkPayload(key: key, remaining: remaining - n)
+                    return offset
+                }
+                state = .packets
+                if !finishChunk(key, into: sink) { return offset }
+
             case .handshakeLength:
                 guard available >= 4 else { return offset }
                 let length = UInt32(input[offset]) << 24 | UInt32(input[offset + 1]) << 16
@@ -233,6 +424,7 @@ package struct PacketParser: ~Copyable {
                 let info = try PeerInfo(json: UnsafeRawBufferPointer(rebasing: input[offset..<(offset + length)]))
                 offset += length
                 state = .packets
+                agreedExtensions = localExtensions.intersection(info.extensions)
                 if !sink.receivedHandshake(info) { return offset }
             }
         }

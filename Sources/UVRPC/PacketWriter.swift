@@ -13,19 +13,46 @@ public enum PacketWriter {
     /// integer (byte 0 lowest), and how many bytes it has (5 or 7).
     @inline(__always)
     public static func header(isResponse: Bool, id: UInt16, payloadCount n: Int) -> (bits: UInt64, count: Int) {
-        // Big-endian id in bytes 1-2: the byte-swapped id, one byte up.
-        let idBits = UInt64(id.byteSwapped) << 8
         if n <= Wire.maximumShortPayload {
-            let type = isResponse ? PacketType.response.rawValue : PacketType.message.rawValue
-            return (UInt64(type) | idBits | UInt64(UInt16(truncatingIfNeeded: n).byteSwapped) << 24, Wire.shortHeaderSize)
+            return (shortHeader(isResponse ? .response : .message, id: id, length: n), Wire.shortHeaderSize)
         }
         precondition(n <= Wire.maximumPayload, "payload of \(n) bytes exceeds the protocol's u32 length")
-        do {
-            let type = isResponse ? PacketType.responseBig.rawValue : PacketType.messageBig.rawValue
-            let length = UInt64(n >> 24 & 0xff) << 24 | UInt64(n >> 16 & 0xff) << 32
-                | UInt64(n >> 8 & 0xff) << 40 | UInt64(n & 0xff) << 48
-            return (UInt64(type) | idBits | length, Wire.bigHeaderSize)
+        return (wideHeader(isResponse ? .responseBig : .messageBig, id: id, length: n), Wire.bigHeaderSize)
+    }
+
+    /// `type`, u16 `id` (3 bytes, memory order in an integer): CANCEL, CANCEL_ACK.
+    @inline(__always)
+    static func idHeader(_ type: PacketType, id: UInt16) -> UInt64 {
+        // Big-endian id in bytes 1-2: the byte-swapped id, one byte up.
+        UInt64(type.rawValue) | UInt64(id.byteSwapped) << 8
+    }
+
+    /// `type`, u16 `id`, u16 `length` (5 bytes): MESSAGE, RESPONSE, ERROR, the CHUNKs.
+    @inline(__always)
+    static func shortHeader(_ type: PacketType, id: UInt16, length: Int) -> UInt64 {
+        idHeader(type, id: id) | UInt64(UInt16(truncatingIfNeeded: length).byteSwapped) << 24
+    }
+
+    /// `type`, u16 `id`, u32 `length` (7 bytes): the *_BIG packets and the STARTs.
+    @inline(__always)
+    static func wideHeader(_ type: PacketType, id: UInt16, length n: Int) -> UInt64 {
+        idHeader(type, id: id) | UInt64(n >> 24 & 0xff) << 24 | UInt64(n >> 16 & 0xff) << 32
+            | UInt64(n >> 8 & 0xff) << 40 | UInt64(n & 0xff) << 48
+    }
+
+    /// An extension packet as a new array: `type`, `id` and, by type, a
+    /// u16 length and `payload` (ERROR, the CHUNKs), a u32 `total` (the
+    /// STARTs) or nothing more (CANCEL, CANCEL_ACK; GOAWAY is the type
+    /// byte alone). For tests and tools; the endpoint encodes in place.
+    public static func extensionPacket(_ type: PacketType, id: UInt16 = 0, total: Int = 0, payload: [UInt8] = []) -> [UInt8] {
+        let bits: UInt64, count: Int
+        switch type {
+        case .goAway: (bits, count) = (UInt64(type.rawValue), 1)
+        case .cancel, .cancelAcknowledged: (bits, count) = (idHeader(type, id: id), 3)
+        case .messageStart, .responseStart: (bits, count) = (wideHeader(type, id: id, length: total), 7)
+        default: (bits, count) = (shortHeader(type, id: id, length: payload.count), 5)
         }
+        return withUnsafeBytes(of: bits.littleEndian) { Array($0.prefix(count)) } + payload
     }
 
     /// Writes a MESSAGE (or RESPONSE when `isResponse`) with `id` and

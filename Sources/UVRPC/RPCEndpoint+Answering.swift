@@ -50,9 +50,9 @@ extension RPCEndpoint {
         } catch {
             if !currentAnswered {
                 currentAnswered = true // abandoned: a later answer is refused
-                logger.error("message handler failed; no response sent", metadata: [
-                    "rpc.id": "\(id)", "rpc.error": "\(error)",
-                ])
+                let sent = sendErrorAnswer(to: id, reason: "\(error)")
+                logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
+                             metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
             } else {
                 logger.error("message handler failed after answering", metadata: [
                     "rpc.id": "\(id)", "rpc.error": "\(error)",
@@ -78,11 +78,35 @@ extension RPCEndpoint {
             checkLoop("RPCRequest.respond")
             guard let entry = unanswered[id], entry.token == token else {
                 if closing { throw .closed(endpoint: label, messageID: id) }
+                if cancelledRequests[id] == token { throw .cancelled(endpoint: label, messageID: id) }
                 throw .alreadyAnswered(endpoint: label, messageID: id)
             }
             unanswered[id] = nil
         }
         try respond(to: id, with: payload)
+        closeIfDrained()
+    }
+
+    /// Answers the request `token` with an error: ``RPCRequest/fail(_:)``.
+    func fail(token: UInt64, reason: String) throws(RPCResponseError) {
+        let id = UInt16(truncatingIfNeeded: token)
+        if token == currentToken {
+            guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
+            currentAnswered = true
+        } else {
+            checkLoop("RPCRequest.fail")
+            guard let entry = unanswered[id], entry.token == token else {
+                if closing { throw .closed(endpoint: label, messageID: id) }
+                if cancelledRequests[id] == token { throw .cancelled(endpoint: label, messageID: id) }
+                throw .alreadyAnswered(endpoint: label, messageID: id)
+            }
+            unanswered[id] = nil
+        }
+        guard !closing else { throw .closed(endpoint: label, messageID: id) }
+        if !sendErrorAnswer(to: id, reason: reason) {
+            logger.error("message failed; the peer takes no error answers, so no response was sent",
+                         metadata: ["rpc.id": "\(id)", "rpc.reason": "\(reason)"])
+        }
         closeIfDrained()
     }
 
@@ -94,13 +118,21 @@ extension RPCEndpoint {
         return unanswered[id]?.token != token
     }
 
-    /// Writes the answer to message `id`.
+    /// Writes the answer to message `id`; `owned`, when given, holds the same
+    /// bytes (a chunked transfer keeps it instead of a copy).
     @inline(__always)
-    func respond(to id: UInt16, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+    func respond(to id: UInt16, with payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) throws(RPCResponseError) {
         guard !closing else { throw .closed(endpoint: label, messageID: id) }
-        if payload.count > Wire.maximumShortPayload, let peer = _peerInfo, !peer.acceptsBigPayloads {
-            throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
-                              peerProtocol: peer.protocolVersion)
+        if payload.count > Wire.maximumShortPayload {
+            if let peer = _peerInfo, !peer.acceptsBigPayloads {
+                throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
+                                  peerProtocol: peer.protocolVersion)
+            }
+            if sendsChunked(payload.count) {
+                startTransfer(isResponse: true, id: id, payload: payload, owned: owned)
+                metrics.responsesSent &+= 1
+                return
+            }
         }
         do {
             try writeFrame(isResponse: true, id: id, payload: payload)

@@ -49,13 +49,15 @@ extension RPCEndpoint {
         // and work() never leaves it), the only thread that touches the endpoint.
         let endpoint = UncheckedSendable(self)
         workerTasks[key] = Task(executorPreference: eventLoop.taskExecutor) {
-            await endpoint.value.work()
+            await endpoint.value.work(key: key)
             endpoint.value.workerTasks[key] = nil
         }
     }
 
-    /// A worker's life: drain the queue, park, repeat; returns when it should end.
-    private func work() async {
+    /// A worker's life: drain the queue, park, repeat; returns when it should
+    /// end. A worker whose handler call was cancelled by the peer (its task
+    /// cancelled) ends after that call; another takes the queue.
+    private func work(key: UInt64) async {
         while true {
             scheduledWorkers -= 1 // running now
             while let (id, payload) = nextQueuedRequest() {
@@ -71,22 +73,40 @@ extension RPCEndpoint {
                                               peerCertificateSubject: connection.peerCertificateSubject,
                                               userValue: _userValue, endpoint: asyncEndpoint)
                 runningAsyncHandlers += 1
+                let sequence = nextSequence
+                nextSequence &+= 1
+                runningRequests[id] = RunningRequest(sequence: sequence, worker: key)
                 defer {
                     runningAsyncHandlers -= 1
                     closeIfDrained()
                 }
-                do {
-                    let response = try await handle(request)
-                    let sent = response.withUnsafeBytes { raw in
-                        Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw) }
+                let outcome: Result<[UInt8], any Error>
+                do { outcome = .success(try await handle(request)) } catch { outcome = .failure(error) }
+                // Answer only if the peer did not cancel the call (nor reuse its id since).
+                let entry = runningRequests[id]
+                let current = entry?.sequence == sequence
+                if current { runningRequests[id] = nil }
+                if !current || entry!.cancelled {
+                    logger.debug("message handler ended after the peer cancelled it; no answer sent", metadata: ["rpc.id": "\(id)"])
+                } else {
+                    switch outcome {
+                    case .success(let response):
+                        let sent = response.withUnsafeBytes { raw in
+                            Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw, owned: response) }
+                        }
+                        if case .failure(let error) = sent {
+                            logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+                        }
+                    case .failure(let error):
+                        let sent = sendErrorAnswer(to: id, reason: "\(error)")
+                        logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
+                                     metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                     }
-                    if case .failure(let error) = sent {
-                        logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
-                    }
-                } catch {
-                    logger.error("message handler failed; no response sent", metadata: [
-                        "rpc.id": "\(id)", "rpc.error": "\(error)",
-                    ])
+                }
+                if Task.isCancelled && !closing {
+                    // This worker's task was cancelled for that call: it cannot run more handlers.
+                    if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
+                    return
                 }
             }
             if closing || idleWorkers.count >= Self.maximumIdleWorkers { return }

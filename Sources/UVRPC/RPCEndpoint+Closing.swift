@@ -62,6 +62,9 @@ extension RPCEndpoint {
         // Closing stops handling: running async handlers are cancelled (their
         // answers would be refused anyway), kept requests can no longer be answered.
         stopAsyncWorkers()
+        runningRequests.removeAll()
+        cancelledRequests.removeAll()
+        dropAllTransfers()
         dropUnansweredRequests()
         let waiting = deferredSends + blockedSends[blockedSendsHead...]
         deferredSends.removeAll()

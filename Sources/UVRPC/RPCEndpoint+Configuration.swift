@@ -29,11 +29,17 @@ extension RPCEndpoint {
         /// for example) lets calls in flight finish, for ``RPCServer`` and
         /// ``RPCClientPool`` run as services. Default 10 s.
         public var shutdownGracePeriod: Duration = .seconds(10)
+        /// The protocol extensions this side announces (see ``RPCExtensions``);
+        /// each is used only with a peer that announces it too. Default: all.
+        /// With none, the handshake is byte for byte the reference's.
+        public var extensions: RPCExtensions = .all
 
         /// The reference's defaults.
         public init() {}
 
         /// This side's handshake as written on the wire.
-        var handshakeBytes: [UInt8] { PeerInfo(keepaliveInterval: keepaliveInterval.seconds).handshakeBytes }
+        var handshakeBytes: [UInt8] {
+            PeerInfo(keepaliveInterval: keepaliveInterval.seconds, extensions: extensions).handshakeBytes
+        }
     }
 }

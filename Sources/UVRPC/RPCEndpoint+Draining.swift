@@ -27,10 +27,11 @@ extension RPCEndpoint {
         guard !closing else { return }
         if draining { return }
         draining = true
+        sendGoAwayIfAgreed()
         drainTimer = eventLoop.scheduleTimer(after: gracePeriod) { [unowned self] in
             guard !self.closing else { return }
             self.logger.info("drain ran out of time; closing", metadata: [
-                "rpc.in-flight": "\(self.calls.count)", "rpc.unanswered": "\(self.unanswered.count)",
+                "rpc.in-flight": "\(self.calls.activeCount)", "rpc.unanswered": "\(self.unanswered.count)",
             ])
             self.close(reason: .drainTimedOut(gracePeriod))
         }
@@ -39,7 +40,7 @@ extension RPCEndpoint {
 
     /// True when nothing is in flight in either direction.
     var hasNothingInFlight: Bool {
-        calls.count == 0 && deferredSends.isEmpty && blockedSendsHead == blockedSends.count
+        calls.activeCount == 0 && deferredSends.isEmpty && blockedSendsHead == blockedSends.count
             && unanswered.isEmpty && currentToken == 0 && waitingMessages.isEmpty
             && asyncQueueHead == asyncQueue.count && runningAsyncHandlers == 0
     }

@@ -15,8 +15,8 @@ extension RPCEndpoint: PacketSink {
         // Backpressure: take no new message while answers pile up unsent; the
         // peer's bytes wait in the kernel (and its sends back up) until the
         // connection drains below its low-water mark.
-        if !connection.isWritable, parser.isAtPacketBoundary,
-           bytes[0] == PacketType.message.rawValue || bytes[0] == PacketType.messageBig.rawValue {
+        if readingBackpressured, parser.isAtPacketBoundary, bytes[0] == PacketType.message.rawValue
+            || bytes[0] == PacketType.messageBig.rawValue || bytes[0] == PacketType.messageStart.rawValue {
             pausedForBackpressure = true
             connection.pauseReading()
             return 0
@@ -29,11 +29,7 @@ extension RPCEndpoint: PacketSink {
         do {
             return try parser.parse(bytes, into: self)
         } catch {
-            logger.error("protocol violation; closing", metadata: [
-                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
-                "rpc.violation": "\(error)",
-            ])
-            close(reason: .protocolViolation(error))
+            protocolViolated(error)
             return bytes.count
         }
     }
@@ -58,7 +54,9 @@ extension RPCEndpoint: PacketSink {
 
     package func receivedHandshake(_ info: PeerInfo) -> Bool {
         _peerInfo = info
+        agreed = configuration.extensions.intersection(info.extensions)
         logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
+        sendGoAwayIfAgreed()
         sendDeferred()
         if !closing, let onHandshake = _onHandshake { onHandshake(info) }
         return !closing
@@ -80,7 +78,8 @@ extension RPCEndpoint: PacketSink {
             if waitingMessages.count < Self.maximumWaitingMessages {
                 waitingMessages.append((id, Array(payload)))
             } else {
-                logger.warning("message received but no onMessage handler is set and 1024 are waiting; no response sent",
+                let sent = sendErrorAnswer(to: id, reason: "no message handler is set on \(label) and 1024 messages wait for one")
+                logger.warning("message received but no onMessage handler is set and 1024 are waiting; \(sent ? "answered with an error" : "no response sent")",
                                metadata: ["rpc.id": "\(id)"])
             }
         }
@@ -102,7 +101,8 @@ extension RPCEndpoint: PacketSink {
         deferredSends.removeAll()
         for send in pending {
             send.payload.withUnsafeBytes {
-                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
+                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
+                          owned: send.payload)
             }
         }
     }
@@ -116,7 +116,7 @@ extension RPCEndpoint: PacketSink {
     /// (a late response is then ignored) without closing the endpoint.
     func cancelCall(_ call: AsyncCall) {
         guard !call.isFinished else { return }
-        if let id = call.id { _ = removeCall(id) }
+        if let id = call.id { _ = cancelOutgoingCall(id) }
         deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
         metrics.callCancelled()
         call.finish(.failure(CancellationError()))

@@ -121,13 +121,16 @@ extension RPCEndpoint {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .borrowed(completion))
     }
 
+    /// Starts a call; `owned`, when given, holds the same bytes as `payload`
+    /// (a chunked transfer keeps it instead of a copy).
     func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
-                           completion: Completion) {
+                   completion: Completion, owned: [UInt8]? = nil) {
         checkLoop("RPCEndpoint.send")
         if completion.isAbandoned { return }
         if let reason = _closeReason {
             return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason))
         }
+        if _peerIsGoingAway { return completion.fail(on: self, .peerGoingAway(endpoint: label)) }
         if payload.count > Wire.maximumPayload {
             return completion.fail(on: self, .payloadTooLarge(endpoint: label, payloadSize: payload.count))
         }
@@ -145,7 +148,7 @@ extension RPCEndpoint {
             }
         }
         if case .async = completion {} else {
-            let pending = connection.pendingWriteBytes
+            let pending = connection.pendingWriteBytes + unsentTransferBytes
             let limit = configuration.maximumPendingWriteBytes
             if pending > 0 && pending + PacketWriter.frameSize(payloadCount: payload.count) > limit {
                 return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
@@ -158,13 +161,16 @@ extension RPCEndpoint {
             return completion.fail(on: self, .tooManyInFlight(endpoint: label))
         }
         if case .async(let call) = completion { call.id = id }
-        do {
+        if sendsChunked(payload.count) {
+            startTransfer(isResponse: false, id: id, payload: payload, owned: owned)
+            metrics.callsSent &+= 1
+        } else { do {
             try writeFrame(isResponse: false, id: id, payload: payload)
         } catch {
             // The connection is closing under us; the close path reports it.
             _ = calls.remove(id) // never written: not counted as sent, nor as ended
             return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
-        }
+        } }
         if deadline < armedDeadline { armDeadlineTimer(now: now) }
     }
 
@@ -180,7 +186,7 @@ extension RPCEndpoint {
             return
         }
         payload.withUnsafeBytes {
-            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call))
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call), owned: payload)
         }
     }
 
@@ -191,7 +197,8 @@ extension RPCEndpoint {
             blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
             blockedSendsHead += 1
             send.payload.withUnsafeBytes {
-                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion)
+                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
+                          owned: send.payload)
             }
         }
         if blockedSendsHead == blockedSends.count {
@@ -202,15 +209,24 @@ extension RPCEndpoint {
 
     func writabilityChanged(_ writable: Bool) {
         if writable {
-            if pausedForBackpressure {
-                pausedForBackpressure = false
-                // The peer's silence while we were not reading does not count.
-                lastReceived = eventLoop.now
-                connection.resumeReading()
-            }
+            if pausedForBackpressure && !readingBackpressured { resumeReadingAfterBackpressure() }
             startBlockedSends()
         }
         _onWritabilityChanged?(writable)
+    }
+
+    /// Whether to take no new incoming message: answers pile up unsent (in
+    /// the connection, or as chunked transfers waiting to be written).
+    @inline(__always)
+    var readingBackpressured: Bool {
+        !connection.isWritable || unsentTransferBytes > configuration.maximumPendingWriteBytes
+    }
+
+    func resumeReadingAfterBackpressure() {
+        pausedForBackpressure = false
+        // The peer's silence while we were not reading does not count.
+        lastReceived = eventLoop.now
+        connection.resumeReading()
     }
 
     @inline(__always)
@@ -230,7 +246,10 @@ extension RPCEndpoint {
     func expireCalls() {
         armedDeadline = .max
         let now = eventLoop.now
-        while let id = calls.popExpired(now: now), let (call, closeOnError) = removeCall(id) {
+        while let id = calls.popExpired(now: now) {
+            // A call that keeps the endpoint open tells the peer it gave up (extension `cancel`).
+            let closeOnError = calls.closesOnError(id)
+            guard let call = closeOnError ? removeCall(id)?.0 : cancelOutgoingCall(id) else { break }
             let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
             call.completion.fail(on: self, error)

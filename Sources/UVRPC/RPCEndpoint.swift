@@ -148,6 +148,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var nextSequence: UInt64 = 1
     /// Requests whose handler returned without answering, by message id.
     @exclusivity(unchecked) var unanswered: [UInt16: UnansweredRequest] = [:]
+    /// Tokens of kept requests the peer cancelled, by message id (extension `cancel`).
+    @exclusivity(unchecked) var cancelledRequests: [UInt16: UInt64] = [:]
 
     // Async handlers (see RPCEndpoint+AsyncHandlers.swift).
     /// Requests waiting for a worker, oldest first from `asyncQueueHead`.
@@ -170,6 +172,38 @@ public final class RPCEndpoint {
     /// Messages that arrived before any handler was set.
     @exclusivity(unchecked) var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
     static let maximumWaitingMessages = 1024
+
+    // Extensions (see RPCEndpoint+Extensions.swift and RPCEndpoint+Chunking.swift).
+    /// The extensions both handshakes announced; empty until the peer's arrived.
+    @exclusivity(unchecked) var agreed: RPCExtensions = []
+    /// Async handlers running, by message id (for the peer's CANCEL).
+    @exclusivity(unchecked) var runningRequests: [UInt16: RunningRequest] = [:]
+    /// Chunked transfers being sent, and those waiting for a turn.
+    @exclusivity(unchecked) var activeTransfers: [OutgoingTransfer] = []
+    @exclusivity(unchecked) var waitingTransfers: [OutgoingTransfer] = []
+    @exclusivity(unchecked) var transferCursor = 0
+    /// Payload bytes of transfers not yet written to the connection.
+    @exclusivity(unchecked) var unsentTransferBytes = 0
+    @exclusivity(unchecked) var goAwaySent = false
+    @exclusivity(unchecked) var _peerIsGoingAway = false
+    /// Lets an owner (``RPCClientPool``) stop using the endpoint when the peer sends GOAWAY.
+    @exclusivity(unchecked) var didReceiveGoAwayForOwner: (() -> Void)?
+
+    /// True once the peer said it is draining (extension `goaway`): sends on
+    /// this endpoint then fail at once with ``RPCError/peerGoingAway(endpoint:)``
+    /// (calls already written still get their answers). Loop-bound.
+    public var peerIsGoingAway: Bool {
+        checkLoop("RPCEndpoint.peerIsGoingAway")
+        return _peerIsGoingAway
+    }
+
+    /// The extensions in use on this connection: those both handshakes
+    /// announced (empty until the peer's handshake arrived, and with an
+    /// efro.rpc peer). Loop-bound.
+    public var activeExtensions: RPCExtensions {
+        checkLoop("RPCEndpoint.activeExtensions")
+        return agreed
+    }
 
     /// Called once, after the connection closed, with the reason. Loop-bound.
     public var onClose: ((RPCCloseReason) -> Void)? {
@@ -202,7 +236,7 @@ public final class RPCEndpoint {
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
         checkLoop("RPCEndpoint.inFlightCount")
-        return calls.count + deferredSends.count + (blockedSends.count - blockedSendsHead)
+        return calls.activeCount + deferredSends.count + (blockedSends.count - blockedSendsHead)
     }
 
     /// False while the connection holds more unsent bytes than its high-water
@@ -269,7 +303,8 @@ public final class RPCEndpoint {
         if let tls = connection.options.tls?.configuration, tls.role == .client, !tls.verifiesPeer {
             logger.warning("TLS: the server's certificate is not checked (verifiesPeer is off): any server is accepted")
         }
-        self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize)
+        self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize,
+                                   extensions: configuration.extensions)
         let now = connection.loop.now
         lastReceived = now
         openedAt = now
@@ -284,6 +319,7 @@ public final class RPCEndpoint {
             self.parser.didFillBigPayload(count, into: self)
             self.closeIfDrained()
         }
+        connection.onWriteProgress = { [unowned self] in self.pumpChunks() }
         do {
             try connection.write(handshake)
         } catch {

@@ -60,6 +60,12 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
     /// the caller sends faster than the peer reads and ignored
     /// ``RPCEndpoint/isWritable``.
     case sendBufferFull(endpoint: String, pendingBytes: Int, limit: Int)
+    /// The peer's handler failed and said why (extension `error`): the
+    /// connection is fine, and the endpoint stays open whatever `closeOnError` says.
+    case peerHandlerFailed(endpoint: String, messageID: UInt16, reason: String)
+    /// The peer is draining (it sent GOAWAY, extension `goaway`): no new call
+    /// is sent on this endpoint. The call was not sent; send it on another connection.
+    case peerGoingAway(endpoint: String)
     /// An ``RPCClientPool`` had no open connection to any of `addresses`;
     /// `lastConnectError` is the most recent reason a connection could not
     /// be made or was lost, if there was one.
@@ -80,6 +86,10 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
             return "cannot send \(n) bytes on \(e): over the protocol's 4 GiB limit"
         case .sendBufferFull(let e, let pending, let limit):
             return "cannot send on \(e): \(pending) bytes are already waiting for the peer to read them and the limit is \(limit) (wait for isWritable)"
+        case .peerHandlerFailed(let e, let id, let reason):
+            return "message \(id) on \(e) failed in the peer's handler: \(reason)"
+        case .peerGoingAway(let e):
+            return "cannot send on \(e): the peer is draining (it sent go-away); send on another connection"
         case .noConnection(let addresses, let last):
             return "cannot send: no connection to \(addresses.joined(separator: ", ")) is open"
                 + (last.map { " (last error: \($0))" } ?? "")
@@ -96,6 +106,8 @@ public enum RPCResponseError: Error, Equatable, Sendable, CustomStringConvertibl
     case closed(endpoint: String, messageID: UInt16)
     /// The answer is over 65535 bytes and the peer speaks protocol 1.
     case peerTooOld(endpoint: String, messageID: UInt16, payloadSize: Int, peerProtocol: Int)
+    /// The peer cancelled its call (extension `cancel`): it wants no answer.
+    case cancelled(endpoint: String, messageID: UInt16)
 
     public var description: String {
         switch self {
@@ -104,6 +116,8 @@ public enum RPCResponseError: Error, Equatable, Sendable, CustomStringConvertibl
         case .closed(let e, let id): return "cannot answer message \(id) on \(e): the endpoint is closed"
         case .peerTooOld(let e, let id, let n, let p):
             return "cannot answer message \(id) on \(e) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"
+        case .cancelled(let e, let id):
+            return "message \(id) on \(e) was cancelled by the peer, which wants no answer"
         }
     }
 }

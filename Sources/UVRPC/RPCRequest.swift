@@ -54,8 +54,13 @@ public struct RPCRequest {
     /// server's accept hook attached, or what the owner set since.
     public var userValue: (any Sendable)? { endpoint._userValue }
     /// True once answered, or once the request can no longer be answered (its
-    /// handler threw, the endpoint closed, or the peer reused its id).
+    /// handler threw, the endpoint closed, the peer cancelled it or reused its id).
     public var isAnswered: Bool { endpoint.isAnswered(token: token) }
+    /// True once the peer cancelled its call (extension `cancel`): a request
+    /// kept for a later answer should stop its work; answering it throws
+    /// ``RPCResponseError/cancelled(endpoint:messageID:)``. (A cancel is read
+    /// between handler calls, so it is always false during the handler call.)
+    public var isCancelled: Bool { endpoint.isCancelled(token: token) }
 
     /// Sends `payload` as the answer.
     /// - Throws: ``RPCResponseError`` when the request was already answered
@@ -71,6 +76,17 @@ public struct RPCRequest {
             Result { () throws(RPCResponseError) in try endpoint.answer(token: token, with: raw) }
         }
         try result.get()
+    }
+
+    /// Answers with a failure instead of a payload, for a request answered
+    /// later (within the handler call, throwing does the same): a peer that
+    /// takes error answers (extension `error`) fails its call at once with
+    /// ``RPCError/peerHandlerFailed(endpoint:messageID:reason:)`` carrying
+    /// `reason` (cut to ``Wire/maximumErrorReason`` bytes); to an efro.rpc
+    /// peer nothing is sent, as the reference does, and it is logged.
+    /// - Throws: ``RPCResponseError`` as ``respond(_:)-(UnsafeRawBufferPointer)`` does.
+    public func fail(_ reason: String) throws(RPCResponseError) {
+        try endpoint.fail(token: token, reason: reason)
     }
 }
 

@@ -14,6 +14,14 @@ public enum Wire {
     public static let bigHeaderSize = 7
     /// Largest payload any packet can declare (u32 length).
     public static let maximumPayload = Int(UInt32.max)
+    /// Largest reason an ERROR packet may carry, in UTF-8 bytes (longer
+    /// reasons are cut by the sender; a longer declared length is a protocol violation).
+    public static let maximumErrorReason = 1024
+    /// Bytes of payload per CHUNK packet (the last chunk of a payload may be shorter).
+    public static let chunkSize = 32768
+    /// Chunked transfers each side may have in progress at once, per kind
+    /// (messages, responses); a sender starts more only as earlier ones end.
+    public static let maximumTransfers = 4
 }
 
 /// The first byte of every packet after the handshake.
@@ -30,6 +38,24 @@ public enum PacketType: UInt8, Sendable, CustomStringConvertible {
     case messageBig = 4
     /// u16 id, u32 length, payload (payloads over 65535 bytes).
     case responseBig = 5
+    /// Extension `error`: u16 id, u16 length, UTF-8 reason: the answer to
+    /// MESSAGE `id` when its handler failed.
+    case error = 6
+    /// Extension `cancel`: u16 id of the sender's own call, which it gave up.
+    case cancel = 7
+    /// Extension `cancel`: u16 id of the peer's cancelled call: nothing more
+    /// will be sent for it, and the peer may reuse the id.
+    case cancelAcknowledged = 8
+    /// Extension `chunk`: u16 id, u32 total length: a chunked message begins.
+    case messageStart = 9
+    /// Extension `chunk`: u16 id, u32 total length: a chunked response begins.
+    case responseStart = 10
+    /// Extension `chunk`: u16 id, u16 length, the next bytes of message `id`.
+    case messageChunk = 11
+    /// Extension `chunk`: u16 id, u16 length, the next bytes of response `id`.
+    case responseChunk = 12
+    /// Extension `goaway`: the sender is draining; start no new call on this connection.
+    case goAway = 13
 
     public var description: String {
         switch self {
@@ -39,25 +65,39 @@ public enum PacketType: UInt8, Sendable, CustomStringConvertible {
         case .response: return "RESPONSE"
         case .messageBig: return "MESSAGE_BIG"
         case .responseBig: return "RESPONSE_BIG"
+        case .error: return "ERROR"
+        case .cancel: return "CANCEL"
+        case .cancelAcknowledged: return "CANCEL_ACK"
+        case .messageStart: return "MESSAGE_START"
+        case .responseStart: return "RESPONSE_START"
+        case .messageChunk: return "MESSAGE_CHUNK"
+        case .responseChunk: return "RESPONSE_CHUNK"
+        case .goAway: return "GOAWAY"
         }
     }
 }
 
-/// What a side announces in its handshake: its protocol version (`p`) and
-/// keepalive interval in seconds (`k`).
+/// What a side announces in its handshake: its protocol version (`p`),
+/// keepalive interval in seconds (`k`) and, a UVRPC addition, the
+/// extensions it speaks (`x`, absent when there are none).
 public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     /// The sender's protocol version (`p`).
     public var protocolVersion: Int
     /// The sender's keepalive interval in seconds (`k`).
     public var keepaliveInterval: Double
+    /// The extensions the sender announced (`x`); empty for an efro.rpc peer.
+    public var extensions: RPCExtensions
 
     /// Creates peer info; `protocolVersion` defaults to this library's.
-    public init(protocolVersion: Int = Wire.protocolVersion, keepaliveInterval: Double) {
+    public init(protocolVersion: Int = Wire.protocolVersion, keepaliveInterval: Double, extensions: RPCExtensions = []) {
         self.protocolVersion = protocolVersion
         self.keepaliveInterval = keepaliveInterval
+        self.extensions = extensions
     }
 
-    public var description: String { "protocol \(protocolVersion), keepalive \(keepaliveInterval) s" }
+    public var description: String {
+        "protocol \(protocolVersion), keepalive \(keepaliveInterval) s" + (extensions.isEmpty ? "" : ", extensions \(extensions)")
+    }
 
     /// True when the peer can receive payloads over 65535 bytes (*_BIG packets):
     /// protocol 2 and newer.
@@ -65,8 +105,10 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
 
     /// The compact JSON the reference writes, `p` first: `{"p":2,"k":10.73}`.
     /// Whole intervals keep their `.0` (`5.0`), as Python's `json.dumps` does.
+    /// Extensions follow as a third key, `"x":["error",...]`, only when there are any.
     public var json: String {
-        "{\"p\":\(protocolVersion),\"k\":\(PeerInfo.pythonFloat(keepaliveInterval))}"
+        let x = extensions.isEmpty ? "" : ",\"x\":\(extensions)"
+        return "{\"p\":\(protocolVersion),\"k\":\(PeerInfo.pythonFloat(keepaliveInterval))\(x)}"
     }
 
     /// Python's `repr(float)`: the shortest round-tripping digits, with `.0`
@@ -97,17 +139,19 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
 
     /// Reads a handshake body liberally: any valid JSON object, keys in any
     /// order, whitespace, unknown keys ignored, `k` as an integer or a float.
+    /// `x` is read as a list of extension names; names this library does not
+    /// know, and an `x` that is not a list of strings, are ignored.
     /// - Throws: ``ProtocolViolation/malformedHandshake(_:)`` saying what is wrong.
     public init(json bytes: UnsafeRawBufferPointer) throws(ProtocolViolation) {
         var parser = JSONScanner(bytes)
-        let (p, k) = try parser.parseHandshakeObject()
+        let (p, k, x) = try parser.parseHandshakeObject()
         guard let p else { throw .malformedHandshake("missing \"p\" (protocol version)") }
         guard let k else { throw .malformedHandshake("missing \"k\" (keepalive interval)") }
         guard let version = Int(exactly: p), version >= 0 else {
             throw .malformedHandshake("\"p\" is \(p), not a protocol version")
         }
         guard k.isFinite, k >= 0 else { throw .malformedHandshake("\"k\" is \(k), not a keepalive interval") }
-        self.init(protocolVersion: version, keepaliveInterval: k)
+        self.init(protocolVersion: version, keepaliveInterval: k, extensions: x)
     }
 }
 
@@ -123,6 +167,18 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
     case handshakeTooLarge(declared: UInt32, limit: Int)
     /// A packet declares a payload larger than the configured maximum.
     case payloadTooLarge(declared: Int, limit: Int, packet: PacketType)
+    /// An ERROR packet declares a reason longer than ``Wire/maximumErrorReason``.
+    case errorReasonTooLong(declared: Int, limit: Int)
+    /// A CHUNK for an id whose transfer was never started (or already ended).
+    case chunkNotStarted(packet: PacketType, id: UInt16)
+    /// A CHUNK that goes past the total length its transfer announced.
+    case chunkPastEnd(packet: PacketType, id: UInt16, total: Int, through: Int)
+    /// A START for an id whose transfer is still in progress.
+    case transferAlreadyStarted(packet: PacketType, id: UInt16)
+    /// A START while ``Wire/maximumTransfers`` transfers of its kind are in progress.
+    case tooManyTransfers(packet: PacketType, limit: Int)
+    /// A CANCEL_ACK for an id this side never cancelled.
+    case unexpectedCancelAcknowledgement(id: UInt16)
 
     public var description: String {
         switch self {
@@ -133,12 +189,24 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
         case .handshakeTooLarge(let n, let limit): return "handshake declares \(n) bytes, over the limit of \(limit)"
         case .payloadTooLarge(let n, let limit, let type):
             return "\(type) declares a payload of \(n) bytes, over the maximum of \(limit)"
+        case .errorReasonTooLong(let n, let limit):
+            return "ERROR declares a reason of \(n) bytes, over the limit of \(limit)"
+        case .chunkNotStarted(let type, let id):
+            return "\(type) for id \(id), whose transfer was never started"
+        case .chunkPastEnd(let type, let id, let total, let through):
+            return "\(type) for id \(id) runs to byte \(through) of a transfer announced as \(total) bytes"
+        case .transferAlreadyStarted(let type, let id):
+            return "\(type) for id \(id), whose transfer is still in progress"
+        case .tooManyTransfers(let type, let limit):
+            return "\(type) while \(limit) transfers of its kind are already in progress"
+        case .unexpectedCancelAcknowledgement(let id):
+            return "CANCEL_ACK for id \(id), which this side never cancelled"
         }
     }
 }
 
 /// A small strict JSON reader, enough to validate any JSON text and pull
-/// the numbers `p` and `k` out of a top-level object. No allocation beyond
+/// the numbers `p` and `k` and the extension names of `x` out of a top-level object. No allocation beyond
 /// the key being compared; nesting depth is bounded, so hostile input cannot
 /// exhaust the stack.
 struct JSONScanner {
@@ -162,8 +230,8 @@ struct JSONScanner {
         i += 1
     }
 
-    mutating func parseHandshakeObject() throws(ProtocolViolation) -> (p: Double?, k: Double?) {
-        var p: Double?, k: Double?
+    mutating func parseHandshakeObject() throws(ProtocolViolation) -> (p: Double?, k: Double?, x: RPCExtensions) {
+        var p: Double?, k: Double?, x: RPCExtensions = []
         try expect(UInt8(ascii: "{"))
         skipWhitespace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
@@ -180,6 +248,8 @@ struct JSONScanner {
                     }
                     let value = try parseNumber()
                     if key == "p" { p = value } else { k = value }
+                } else if key == "x", i < bytes.count, bytes[i] == UInt8(ascii: "[") {
+                    x = try parseExtensionNames()
                 } else {
                     try skipValue(depth: 1)
                 }
@@ -192,7 +262,28 @@ struct JSONScanner {
         }
         skipWhitespace()
         guard i == bytes.count else { throw fail("trailing bytes after the object") }
-        return (p, k)
+        return (p, k, x)
+    }
+
+    /// Parses the list of `x`: known names become extensions, anything else is skipped.
+    private mutating func parseExtensionNames() throws(ProtocolViolation) -> RPCExtensions {
+        var found: RPCExtensions = []
+        i += 1 // "["
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return found }
+        while true {
+            skipWhitespace()
+            if i < bytes.count, bytes[i] == UInt8(ascii: "\"") {
+                if let known = RPCExtensions(wireName: try parseString()) { found.insert(known) }
+            } else {
+                try skipValue(depth: 2)
+            }
+            skipWhitespace()
+            guard i < bytes.count else { throw fail("unterminated array") }
+            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+            if bytes[i] == UInt8(ascii: "]") { i += 1; return found }
+            throw fail("expected ',' or ']'")
+        }
     }
 
     /// Parses a string; returns it only when it is short (keys we care about), else "".

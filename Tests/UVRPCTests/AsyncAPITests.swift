@@ -173,8 +173,17 @@ final class AsyncAPITests: XCTestCase {
         XCTAssertEqual(cancelled, 1000)
         XCTAssertEqual(try harness.sync { client.endpoint.inFlightCount }, 0, "no leaked ids")
         XCTAssertFalse(try harness.sync { client.endpoint.isClosing }, "cancelling does not close the endpoint")
-        // The late answers to the cancelled calls are ignored...
-        try harness.sync { for request in held.value { try request.respond([0]) } }
+        // The server heard every cancel (extension `cancel`): the kept requests
+        // say so, and answering one is refused (the client reserved each id
+        // until the server's acknowledgement, so nothing late can reach a new call).
+        try waitUntil("the server saw the cancels") { (try? harness.sync { held.value.allSatisfy(\.isCancelled) }) ?? false }
+        try harness.sync {
+            for request in held.value {
+                XCTAssertThrowsError(try request.respond([0])) { error in
+                    guard case RPCResponseError.cancelled = error else { return XCTFail("\(error)") }
+                }
+            }
+        }
         // ...and 1000 more calls succeed.
         let ok = try await withTimeout("1000 more calls") {
             try await withThrowingTaskGroup(of: Bool.self) { group in

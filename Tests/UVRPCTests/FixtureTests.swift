@@ -55,6 +55,8 @@ final class FixtureTests: XCTestCase {
                 XCTAssertEqual(id, entry.id, "\(what) at \(entry.offset)")
                 XCTAssertEqual(payload.count, entry.length, "\(what) at \(entry.offset)")
                 XCTAssertEqual(payload.withUnsafeBytes { sha256Hex($0) }, entry.sha256, "\(what) at \(entry.offset)")
+            case .error, .cancel, .cancelAcknowledged, .goAway:
+                XCTFail("\(what) at \(entry.offset): \(event) in a reference session")
             }
         }
     }

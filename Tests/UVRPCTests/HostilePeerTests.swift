@@ -112,7 +112,7 @@ final class HostilePeerTests: XCTestCase {
                        file: file, line: line)
         XCTAssertEqual(server.closes.withLock { $0 }, 1, file: file, line: line)
         // The server's own handshake reached the peer before it closed.
-        let expected = PeerInfo(keepaliveInterval: 0.1).handshakeBytes
+        let expected = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
         XCTAssertEqual(Array(peer.received.withLock { $0 }.prefix(expected.count)), expected, file: file, line: line)
         try checkServerStillServes(harness, server.address)
     }
@@ -149,7 +149,7 @@ final class HostilePeerTests: XCTestCase {
         let peer = try RawPeer(harness: harness, address: server.address)
         try peer.send(harness, handshake + PacketWriter.frame(isResponse: true, id: 1234, payload: [1])
                       + PacketWriter.frame(isResponse: false, id: 7, payload: Array("hi".utf8)))
-        let serverHandshake = PeerInfo(keepaliveInterval: 0.1).handshakeBytes
+        let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
         let answer = PacketWriter.frame(isResponse: true, id: 7, payload: Array("ih".utf8))
         _ = try peer.waitForFrame(answer, at: serverHandshake.count, "the answer to message 7")
         XCTAssertFalse(server.firstClose.isFulfilled, "the unknown response id closed nothing")
@@ -171,7 +171,7 @@ final class HostilePeerTests: XCTestCase {
         try peer.send(harness, PeerInfo(protocolVersion: 1, keepaliveInterval: 10).handshakeBytes
                       + PacketWriter.frame(isResponse: false, id: 9, payload: [1, 2]))
         let endpoint = try endpointBox.wait("endpoint")
-        let serverHandshake = PeerInfo(keepaliveInterval: 0.1).handshakeBytes
+        let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
         var offset = try peer.waitForFrame(PacketWriter.frame(isResponse: true, id: 9, payload: [2, 1]),
                                            at: serverHandshake.count, "the answer to message 9")
         XCTAssertEqual(try harness.sync { endpoint.value.peerInfo?.protocolVersion }, 1)

@@ -51,12 +51,14 @@ final class MetricsTests: XCTestCase {
         let server = try LoopHarness("metrics-server")
         let client = try LoopHarness("metrics-client")
         let calls = 50, size = 100
+        let serverSawTheEnd = Promise<RPCCloseReason>()
         let address = try server.sync { () -> SocketAddress in
             let listening = try RPCServer(loop: server.loop, address: .ipv4(host: "127.0.0.1", port: 0),
                                           configuration: testConfiguration(keepaliveInterval: .seconds(60))) { endpoint in
                 endpoint.onMessage = { request in
                     if request.payload.first != 0 { try request.respond(request.payload) } // [0...] is never answered
                 }
+                endpoint.onClose = { serverSawTheEnd.fulfill($0) }
             }
             return listening.address
         }
@@ -79,6 +81,7 @@ final class MetricsTests: XCTestCase {
         }
         let seen = try outcomes.wait("the calls")
         XCTAssertEqual(seen.filter { $0 == "ok" }.count, calls, "\(seen)")
+        XCTAssertEqual(try serverSawTheEnd.wait("the server's endpoint closing"), .peerClosed)
         // The loops publish at the end of each turn, and once more when they close.
         client.shutdownCleanly()
         server.shutdownCleanly()

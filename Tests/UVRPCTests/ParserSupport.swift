@@ -6,7 +6,10 @@ enum Event: Equatable, CustomStringConvertible {
     case keepalive
     case message(id: UInt16, payload: [UInt8])
     case response(id: UInt16, payload: [UInt8])
-
+    case error(id: UInt16, reason: String)
+    case cancel(id: UInt16)
+    case cancelAcknowledged(id: UInt16)
+    case goAway
 
     var description: String {
         switch self {
@@ -14,6 +17,10 @@ enum Event: Equatable, CustomStringConvertible {
         case .keepalive: return "keepalive"
         case .message(let id, let p): return "message(\(id), \(p.count) bytes)"
         case .response(let id, let p): return "response(\(id), \(p.count) bytes)"
+        case .error(let id, let reason): return "error(\(id), \(reason))"
+        case .cancel(let id): return "cancel(\(id))"
+        case .cancelAcknowledged(let id): return "cancelAcknowledged(\(id))"
+        case .goAway: return "goAway"
         }
     }
 }
@@ -31,6 +38,12 @@ final class EventRecorder: PacketSink {
     func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         record(.response(id: id, payload: Array(payload)))
     }
+    func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
+        record(.error(id: id, reason: String(decoding: reason, as: UTF8.self)))
+    }
+    func receivedCancel(id: UInt16) -> Bool { record(.cancel(id: id)) }
+    func receivedCancelAcknowledgement(id: UInt16) -> Bool { record(.cancelAcknowledged(id: id)) }
+    func receivedGoAway() -> Bool { record(.goAway) }
     private func record(_ event: Event) -> Bool {
         events.append(event)
         return events.count < limit
@@ -45,9 +58,10 @@ final class EventRecorder: PacketSink {
 /// With `direct`, chunks go straight into a big payload's buffer whenever the
 /// parser offers one and nothing is pending, as the endpoint's direct reads do.
 func parseInChunks(_ stream: [UInt8], bufferLimit: Int = 8192, maximumPayloadSize: Int = 64 << 20,
-                   allowTrailing: Bool = false, direct: Bool = false,
+                   allowTrailing: Bool = false, direct: Bool = false, extensions: RPCExtensions = [],
                    chunkSize: () -> Int) throws(ProtocolViolation) -> [Event] {
-    var parser = PacketParser(maximumPayloadSize: maximumPayloadSize, inlinePayloadLimit: bufferLimit - 7)
+    var parser = PacketParser(maximumPayloadSize: maximumPayloadSize, inlinePayloadLimit: bufferLimit - 7,
+                              extensions: extensions)
     let recorder = EventRecorder()
     var pending: [UInt8] = []
     var position = 0

@@ -1,0 +1,153 @@
+import Logging
+import UVLoop
+
+/// Error answers, cancellation and go-away (extensions `error`, `cancel`,
+/// `goaway`; see Docs/PROTOCOL.md). Each is used only when both handshakes
+/// announced it (``agreed``); with an efro.rpc peer everything here is
+/// skipped and the endpoint behaves as the reference does.
+///
+/// Cancellation keeps ids unambiguous: the caller that cancels call `id`
+/// (its task was cancelled, or it timed out without closing the endpoint)
+/// writes CANCEL and keeps `id` reserved; the peer drops the message (or
+/// cancels its handler), sends nothing more for `id`, and writes CANCEL_ACK.
+/// Whatever the peer wrote for `id` before it read the CANCEL (an answer
+/// crossing the cancel, chunks of a response) arrives before the CANCEL_ACK
+/// and is ignored; only at the CANCEL_ACK is `id` free for a new call.
+extension RPCEndpoint {
+    /// An async handler running, by message id: what a CANCEL for it must reach.
+    struct RunningRequest {
+        /// Tells this request from a newer one with the same id.
+        var sequence: UInt64
+        /// The worker task running its handler.
+        var worker: UInt64
+        var cancelled = false
+    }
+
+    // MARK: Error answers
+
+    /// Answers message `id` with an ERROR carrying `reason` (cut to
+    /// ``Wire/maximumErrorReason`` bytes of UTF-8), when the peer takes them;
+    /// otherwise sends nothing, as the reference does. Returns whether it was sent.
+    @discardableResult
+    func sendErrorAnswer(to id: UInt16, reason: String) -> Bool {
+        guard agreed.contains(.errorAnswers), !closing else { return false }
+        var bytes = Array(reason.utf8)
+        if bytes.count > Wire.maximumErrorReason {
+            var end = Wire.maximumErrorReason
+            while end > 0 && bytes[end] & 0xC0 == 0x80 { end -= 1 } // not inside a UTF-8 sequence
+            bytes.removeSubrange(end...)
+        }
+        let header = PacketWriter.shortHeader(.error, id: id, length: bytes.count)
+        let written = bytes.withUnsafeBytes { raw in
+            Result { () throws(ConnectionError) in try connection.write(header: header, headerCount: 5, payload: raw) }
+        }
+        guard case .success = written else { return false }
+        metrics.responsesSent &+= 1
+        return true
+    }
+
+    package func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
+        if let (call, _) = removeCall(id) {
+            // The connection is fine: a failed handler does not close the endpoint, whatever closeOnError says.
+            call.completion.fail(on: self, .peerHandlerFailed(endpoint: label, messageID: id,
+                                                             reason: String(decoding: reason, as: UTF8.self)))
+        } else {
+            logger.debug("error answer for an unknown, expired or cancelled message id; ignored", metadata: ["rpc.id": "\(id)"])
+        }
+        return !closing
+    }
+
+    // MARK: Cancelling our calls
+
+    /// Ends outgoing call `id` as cancelled: with the extension, tells the
+    /// peer and keeps the id until it confirms; without, just frees the id
+    /// (a late answer is then ignored, or taken for a later call with the
+    /// same id 65536 calls on, as with the reference). Returns what the call
+    /// table held for it.
+    func cancelOutgoingCall(_ id: UInt16) -> PendingCall? {
+        guard agreed.contains(.cancellation) else { return removeCall(id)?.0 }
+        guard let (call, _) = calls.reserve(id) else { return nil }
+        metrics.callEnded(startedAt: call.startedAt)
+        dropTransfer(isResponse: false, id: id)
+        let header = PacketWriter.idHeader(.cancel, id: id)
+        try? connection.write(header: header, headerCount: 3, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        return call
+    }
+
+    package func receivedCancelAcknowledgement(id: UInt16) -> Bool {
+        guard calls.release(id) else {
+            protocolViolated(.unexpectedCancelAcknowledgement(id: id))
+            return false
+        }
+        return !closing
+    }
+
+    // MARK: The peer cancels its call
+
+    package func receivedCancel(id: UInt16) -> Bool {
+        var found = "nothing (already answered)"
+        if let running = runningRequests[id], !running.cancelled {
+            runningRequests[id]!.cancelled = true
+            workerTasks[running.worker]?.cancel()
+            found = "a running async handler"
+        } else if let queued = asyncQueue[asyncQueueHead...].firstIndex(where: { $0.id == id }) {
+            asyncQueue.remove(at: queued)
+            found = "a queued message"
+        } else if let waiting = waitingMessages.firstIndex(where: { $0.id == id }) {
+            waitingMessages.remove(at: waiting)
+            found = "a message waiting for a handler"
+        } else if let kept = unanswered.removeValue(forKey: id) {
+            cancelledRequests[id] = kept.token
+            found = "a request kept unanswered"
+        }
+        dropTransfer(isResponse: true, id: id)
+        logger.debug("the peer cancelled a message", metadata: ["rpc.id": "\(id)", "rpc.cancelled": "\(found)"])
+        let header = PacketWriter.idHeader(.cancelAcknowledged, id: id)
+        try? connection.write(header: header, headerCount: 3, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        closeIfDrained()
+        return !closing
+    }
+
+    /// Whether callback request `token` was cancelled by the peer.
+    func isCancelled(token: UInt64) -> Bool {
+        let id = UInt16(truncatingIfNeeded: token)
+        if token == currentToken { return false } // a CANCEL cannot arrive while its handler runs
+        checkLoop("RPCRequest.isCancelled")
+        return cancelledRequests[id] == token
+    }
+
+    // MARK: Go-away
+
+    /// Tells the peer this side is draining (once), when it takes GOAWAY.
+    func sendGoAwayIfAgreed() {
+        guard draining, !goAwaySent, agreed.contains(.goAway), !closing else { return }
+        goAwaySent = true
+        try? connection.write(header: UInt64(PacketType.goAway.rawValue), headerCount: 1,
+                              payload: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    package func receivedGoAway() -> Bool {
+        guard !_peerIsGoingAway else { return !closing }
+        _peerIsGoingAway = true
+        logger.info("the peer is draining (go-away): no new calls on this connection",
+                    metadata: ["rpc.in-flight": "\(calls.activeCount)"])
+        // Sends not written yet never reached the peer: they fail now, and may be sent elsewhere.
+        let waiting = deferredSends + blockedSends[blockedSendsHead...]
+        deferredSends.removeAll()
+        blockedSends.removeAll()
+        blockedSendsHead = 0
+        for send in waiting { send.completion.fail(on: self, .peerGoingAway(endpoint: label)) }
+        didReceiveGoAwayForOwner?()
+        closeIfDrained()
+        return !closing
+    }
+
+    /// Closes for a protocol violation found above the parser (logged with the peer).
+    func protocolViolated(_ violation: ProtocolViolation) {
+        logger.error("protocol violation; closing", metadata: [
+            "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+            "rpc.violation": "\(violation)",
+        ])
+        close(reason: .protocolViolation(violation))
+    }
+}
