@@ -127,10 +127,21 @@ public final class RPCClientPool: Sendable {
     /// - Throws: ``RPCError/noConnection(addresses:lastConnectError:)`` at
     ///   once when no connection is open; otherwise what
     ///   ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` throws.
+    /// A call that meets a connection whose server just said it is draining
+    /// (``RPCError/peerGoingAway(endpoint:)``: the call was not sent) is sent
+    /// again on another connection.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
-        guard let (connection, endpoint) = pick() else { throw noConnection }
-        defer { connection.callEnded() }
-        return try await endpoint.send(payload, timeout: timeout, closeOnError: closeOnError)
+        var attempts = 0
+        while true {
+            guard let (connection, endpoint) = pick() else { throw noConnection }
+            defer { connection.callEnded() }
+            do {
+                return try await endpoint.send(payload, timeout: timeout, closeOnError: closeOnError)
+            } catch RPCError.peerGoingAway(let label) {
+                attempts += 1
+                if attempts >= connections.count { throw RPCError.peerGoingAway(endpoint: label) }
+            }
+        }
     }
 
     /// Sends `payload` on the open connection with the fewest calls in
@@ -275,7 +286,8 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
             case .success(let endpoint):
                 if stopped { return endpoint.close() }
                 attempts = 0
-                endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint.closeReason ?? .local) }
+                endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint, endpoint.closeReason ?? .local) }
+                endpoint.didReceiveGoAwayForOwner = { [self, unowned endpoint] in goingAway(endpoint) }
                 self.endpoint.withLock { $0 = endpoint.asyncEndpoint }
                 isOpen.store(true, ordering: .releasing)
                 onEndpoint?(endpoint)
@@ -286,7 +298,24 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
         }
     }
 
-    private func lost(_ reason: RPCCloseReason) {
+    /// Whether `endpoint` is the one calls are sent on now.
+    private func isCurrent(_ endpoint: RPCEndpoint) -> Bool {
+        self.endpoint.withLock { $0?.endpoint === endpoint }
+    }
+
+    /// The server said it is draining (GOAWAY): calls go elsewhere at once,
+    /// and a new connection is made; the old one finishes its calls and closes.
+    private func goingAway(_ endpoint: RPCEndpoint) {
+        guard isCurrent(endpoint) else { return }
+        isOpen.store(false, ordering: .releasing)
+        self.endpoint.withLock { $0 = nil }
+        guard !stopped else { return }
+        logger.info("pooled connection's server is draining; making a new connection", metadata: ["rpc.peer": "\(address)"])
+        connect()
+    }
+
+    private func lost(_ closed: RPCEndpoint, _ reason: RPCCloseReason) {
+        guard isCurrent(closed) else { return } // one that went away, already replaced
         isOpen.store(false, ordering: .releasing)
         endpoint.withLock { $0 = nil }
         guard !stopped else { return }

@@ -151,3 +151,10 @@ extension RPCEndpoint {
         close(reason: .protocolViolation(violation))
     }
 }
+
+extension RPCEndpoint {
+    /// Ids held by cancelled calls until the peer's CANCEL_ACK (for tests). Loop-bound.
+    package var reservedCallIDCount: Int { calls.reservedCount }
+    /// Async handler calls running now (for tests). Loop-bound.
+    package var runningAsyncHandlerCount: Int { runningAsyncHandlers }
+}

@@ -148,7 +148,9 @@ extension RPCEndpoint {
             }
         }
         if case .async = completion {} else {
-            let pending = connection.pendingWriteBytes + unsentTransferBytes
+            // Chunked transfers wait apart from the connection's bytes: a small
+            // call is held back by neither the other's bytes.
+            let pending = sendsChunked(payload.count) ? unsentTransferBytes : connection.pendingWriteBytes
             let limit = configuration.maximumPendingWriteBytes
             if pending > 0 && pending + PacketWriter.frameSize(payloadCount: payload.count) > limit {
                 return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))

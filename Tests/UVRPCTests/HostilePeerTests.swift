@@ -4,7 +4,7 @@ import UVTestSupport
 import XCTest
 
 /// A peer speaking raw bytes to an RPCServer: what it sends, and what comes back.
-private final class RawPeer: Sendable {
+final class RawPeer: Sendable {
     let received = LockedValue([UInt8]())
     /// Waiters for "at least N bytes received".
     private let waiters = LockedValue([(count: Int, promise: Promise<[UInt8]>)]())

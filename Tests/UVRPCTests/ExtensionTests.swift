@@ -1,0 +1,310 @@
+import Foundation
+import UVLoop
+import UVRPC
+import UVTestSupport
+import XCTest
+
+/// The negotiated extensions (Docs/PROTOCOL.md, "Extensions") between two
+/// UVRPC peers, and their absence towards a peer that did not announce them.
+final class ExtensionTests: XCTestCase {
+    struct Refused: Error, CustomStringConvertible { var description: String { "refused by the test handler" } }
+
+    // MARK: Handshake
+
+    func testTheHandshakeAnnouncesExtensionsAndIsTheReferencesWithoutThem() {
+        var configuration = RPCEndpoint.Configuration()
+        XCTAssertEqual(String(decoding: PeerInfo(keepaliveInterval: 10.73, extensions: configuration.extensions).handshakeBytes.dropFirst(4), as: UTF8.self),
+                       #"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}"#)
+        configuration.extensions = []
+        // Byte for byte the reference's handshake (shared PROTOCOL.md).
+        XCTAssertEqual(configuration.keepaliveInterval, .milliseconds(10_730))
+        XCTAssertEqual(PeerInfo(keepaliveInterval: 10.73, extensions: configuration.extensions).handshakeBytes,
+                       [0x00, 0x00, 0x00, 0x11, 0x7b, 0x22, 0x70, 0x22, 0x3a, 0x32, 0x2c, 0x22, 0x6b, 0x22, 0x3a,
+                        0x31, 0x30, 0x2e, 0x37, 0x33, 0x7d])
+    }
+
+    func testExtensionNamesAreReadLiberally() throws {
+        func read(_ json: String) throws -> RPCExtensions {
+            try Array(json.utf8).withUnsafeBytes { try PeerInfo(json: $0) }.extensions
+        }
+        XCTAssertEqual(try read(#"{"k":1,"x":["goaway","later-extension",3,{"a":[]},"error"],"p":2}"#), [.goAway, .errorAnswers])
+        XCTAssertEqual(try read(#"{"p":2,"k":10.73,"x":{"ext":[1,2]}}"#), [], "an x that is not a list is ignored")
+        XCTAssertEqual(try read(#"{"p":2,"k":1,"x":"error"}"#), [])
+        XCTAssertEqual(try read(#"{"p":2,"k":1,"x":[]}"#), [])
+        XCTAssertEqual(try read(#"{"p":2,"k":1}"#), [])
+        XCTAssertThrowsError(try read(#"{"p":2,"k":1,"x":["error",]}"#), "still strict JSON")
+    }
+
+    // MARK: Error answers
+
+    func testAFailingHandlerFailsTheCallAtOnceWithItsReason() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let kept = LoopBoundBox.sendingValue([RPCRequest](), loop: harness.loop)
+        let longReason = String(repeating: "é", count: 1000) // 2000 bytes of UTF-8
+        let pair = try harness.endpointPair(serverHandler: { request in
+            switch request.payload.first {
+            case 0: throw Refused()
+            case 1: kept.value.append(request) // failed later
+            default: throw NSError(domain: longReason, code: 1)
+            }
+        })
+        // A 60 s timeout: only an error answer can end these calls within the test's wait.
+        guard case .failure(.peerHandlerFailed(_, _, let reason)) = try harness.call(pair.client, [0], timeout: .seconds(60)) else {
+            return XCTFail("expected an error answer")
+        }
+        XCTAssertEqual(reason, "refused by the test handler")
+        let later = Promise<Result<[UInt8], RPCError>>()
+        try harness.sync { pair.client.value.send([1], timeout: .seconds(60)) { later.fulfill($0) } }
+        try waitUntil("the kept request") { (try? harness.sync { kept.value.count }) == 1 }
+        try harness.sync {
+            try kept.value[0].fail("no such key")
+            XCTAssertThrowsError(try kept.value[0].respond([1]), "a failed request is answered")
+        }
+        guard case .failure(.peerHandlerFailed(_, _, "no such key")) = try later.wait("the failed kept request") else {
+            return XCTFail("expected the kept request's error")
+        }
+        guard case .failure(.peerHandlerFailed(_, _, let cut)) = try harness.call(pair.client, [2], timeout: .seconds(60)) else {
+            return XCTFail("expected an error answer")
+        }
+        XCTAssertLessThanOrEqual(cut.utf8.count, Wire.maximumErrorReason)
+        XCTAssertGreaterThan(cut.utf8.count, Wire.maximumErrorReason - 2, "cut at a character boundary, not shorter")
+        XCTAssertFalse(try harness.sync { pair.client.value.isClosing }, "an error answer does not close the endpoint")
+    }
+
+    func testAFailingAsyncHandlerFailsTheCallAtOnce() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration()) { request in
+            if request.payload == [0] { throw Refused() }
+            return request.payload
+        }
+        let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
+        do {
+            _ = try await client.send([0], timeout: .seconds(60))
+            XCTFail("expected an error answer")
+        } catch RPCError.peerHandlerFailed(_, _, let reason) {
+            XCTAssertEqual(reason, "refused by the test handler")
+        }
+        let echoed = try await client.send([5])
+        XCTAssertEqual(echoed, [5])
+        await client.close()
+        await server.shutdown()
+    }
+
+    // MARK: A peer that did not announce them
+
+    func testARecordedReferenceSessionGetsNoExtensionPacket() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+        let stream = try [UInt8](Data(contentsOf: fixtures.appendingPathComponent("efro-session-c2s.bin")))
+        let index = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("efro-session-c2s.json"))) as! [[String: Any]]
+        let messages = index.filter { ($0["type"] as? String)?.hasPrefix("MESSAGE") == true }.count
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let handled = LockedValue(0)
+        let serverEndpoint = Promise<LoopBound<RPCEndpoint>>()
+        let address = try harness.sync {
+            // Quiet keepalives, so the reply is the handshake alone; every handler fails.
+            try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                          configuration: testConfiguration(keepaliveInterval: .seconds(60))) { endpoint in
+                endpoint.onMessage = { _ in handled.withLock { $0 += 1 }; throw Refused() }
+                serverEndpoint.fulfill(LoopBound(endpoint, loop: loop))
+            }.address
+        }
+        let peer = try RawPeer(harness: harness, address: address)
+        try peer.send(harness, stream)
+        try waitUntil("the server handled every recorded message") { handled.withLock { $0 } == messages }
+        let endpoint = try serverEndpoint.wait("the server's endpoint")
+        // Draining would send GOAWAY to a peer that takes it.
+        try harness.sync {
+            XCTAssertEqual(endpoint.value.activeExtensions, [])
+            endpoint.value.close(gracePeriod: .seconds(10))
+        }
+        _ = try peer.closed.wait("the drained close")
+        let handshake = PeerInfo(keepaliveInterval: 60, extensions: .all).handshakeBytes
+        let received = peer.received.withLock { $0 }
+        XCTAssertEqual(Array(received.prefix(handshake.count)), handshake)
+        XCTAssertEqual(Array(received.dropFirst(handshake.count)), [],
+                       "no ERROR for the \(messages) failed messages, no GOAWAY: nothing after the handshake")
+    }
+
+    func testAPeerWithoutChunkingGetsWholeBigPackets() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let pair = try harness.endpointPair(client: testConfiguration { $0.extensions = [.errorAnswers, .cancellation, .goAway] })
+        let payload = pseudoRandomBytes(count: 300_000, seed: 3)
+        XCTAssertEqual(try harness.call(pair.client, payload).get(), payload.reversed())
+        XCTAssertEqual(try harness.sync { pair.server.value.activeExtensions }, [.errorAnswers, .cancellation, .goAway])
+    }
+
+    // MARK: Cancellation
+
+    func testCancellingACallCancelsTheAsyncHandlerAndFreesTheIdOnBothSides() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let started = Promise<Void>()
+        let sawCancellation = Promise<Bool>()
+        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration()) { request in
+            guard request.payload == [0] else { return request.payload }
+            started.fulfill(())
+            // Waits for its cancellation (bounded: the test fails, not hangs, without it).
+            for _ in 0..<2000 where !Task.isCancelled { try? await Task.sleep(for: .milliseconds(10)) }
+            sawCancellation.fulfill(Task.isCancelled)
+            return [9] // must not be sent
+        }
+        let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
+        let call = Task { try await client.send([0], timeout: .seconds(60)) }
+        try started.wait("the handler to start")
+        call.cancel()
+        do {
+            _ = try await call.value
+            XCTFail("the call was answered")
+        } catch is CancellationError {}
+        XCTAssertTrue(try sawCancellation.wait("the handler's end"), "the handler's task was cancelled")
+        // The client keeps the id until the server's CANCEL_ACK, then frees it.
+        try waitUntil("the id freed") { (try? harness.sync { client.endpoint.reservedCallIDCount }) == 0 }
+        let serverSide = await server.endpoints.first { _ in true }!
+        try waitUntil("the server's handler ended") {
+            (try? harness.sync { serverSide.endpoint.runningAsyncHandlerCount }) == 0
+        }
+        // The worker that ran the cancelled handler ended; the others go on.
+        let results = try await withThrowingTaskGroup(of: [UInt8].self) { group in
+            for i in 0..<50 { group.addTask { try await client.send([1, UInt8(i)]) } }
+            return try await group.reduce(into: 0) { n, _ in n += 1 }
+        }
+        XCTAssertEqual(results, 50)
+        XCTAssertFalse(try harness.sync { client.endpoint.isClosing })
+        await client.close()
+        await server.shutdown()
+    }
+
+    func testACallThatTimesOutWithoutClosingCancelsTheKeptRequest() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let kept = LoopBoundBox.sendingValue([RPCRequest](), loop: harness.loop)
+        let pair = try harness.endpointPair(serverHandler: { request in kept.value.append(request) })
+        guard case .failure(.timedOut) = try harness.call(pair.client, [0], timeout: .milliseconds(20), closeOnError: false) else {
+            return XCTFail("expected a timeout")
+        }
+        try waitUntil("the server saw the cancel") { (try? harness.sync { kept.value.first?.isCancelled }) == true }
+        try waitUntil("the client's id freed") { (try? harness.sync { pair.client.value.reservedCallIDCount }) == 0 }
+        try harness.sync {
+            XCTAssertThrowsError(try kept.value[0].respond([1])) { error in
+                XCTAssertEqual(error as? RPCResponseError, .cancelled(endpoint: pair.server.value.label, messageID: 65530))
+            }
+            XCTAssertEqual(pair.server.value.unansweredRequestCount, 0)
+        }
+    }
+
+    // MARK: Chunking
+
+    func testAHundredMebibytesInChunksInterleaveWithTenThousandSmallCalls() throws {
+        let size = sanitizerInUse == nil ? 100 << 20 : 16 << 20
+        let small = 10_000
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let big = pseudoRandomBytes(count: size, seed: 15)
+        let smallBeforeBig = LockedValue(-1)
+        let smallSeen = LoopBoundBox.sendingValue(0, loop: harness.loop)
+        let configuration = testConfiguration { $0.maximumPayloadSize = 128 << 20 }
+        let pair = try harness.endpointPair(server: configuration, client: configuration, serverHandler: { request in
+            if request.payload.count == size {
+                // Every byte checked on arrival, then echoed (chunked back).
+                XCTAssertTrue(request.payload.elementsEqual(big), "the big payload arrived intact")
+                smallBeforeBig.withLock { $0 = smallSeen.value }
+                try request.respond(request.payload)
+            } else {
+                smallSeen.value += 1
+                try request.respond(request.payload)
+            }
+        })
+        let bigDone = Promise<Bool>()
+        let smallDone = Promise<Int>()
+        try harness.sync {
+            let client = pair.client.value
+            XCTAssertEqual(client.activeExtensions, .all)
+            client.send(big, timeout: .seconds(120)) { result in
+                bigDone.fulfill((try? result.get()).map { $0 == big } ?? false)
+            }
+            // Written right after the first window of chunks: they reach the
+            // server long before the big payload's last chunk.
+            var answered = 0
+            for i in 0..<small {
+                let payload = [UInt8(i & 0xff), UInt8(i >> 8)]
+                client.send(payload, timeout: .seconds(120)) { result in
+                    if (try? result.get()) == payload { answered += 1 } else { XCTFail("small call \(i): \(result)") }
+                    if answered == small { smallDone.fulfill(answered) }
+                }
+            }
+        }
+        XCTAssertEqual(try smallDone.wait("the small calls", seconds: 120), small)
+        XCTAssertTrue(try bigDone.wait("the big call", seconds: 120), "the echoed big payload, every byte")
+        XCTAssertEqual(smallBeforeBig.withLock { $0 }, small, "every small message arrived before the big one was complete")
+        try harness.sync {
+            XCTAssertLessThanOrEqual(pair.client.value.connection.peakPendingWriteBytes, 1 << 20,
+                                     "the big payload never sat whole in the outgoing buffer")
+        }
+    }
+
+    // MARK: Go-away
+
+    func testGoAwayStopsNewCallsAndLetsCallsInFlightFinish() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let kept = LoopBoundBox.sendingValue([RPCRequest](), loop: harness.loop)
+        let pair = try harness.endpointPair(serverHandler: { request in kept.value.append(request) })
+        let inFlight = Promise<Result<[UInt8], RPCError>>()
+        try harness.sync { pair.client.value.send([1], timeout: .seconds(60)) { inFlight.fulfill($0) } }
+        try waitUntil("the call in flight") { (try? harness.sync { kept.value.count }) == 1 }
+        try harness.sync { pair.server.value.close(gracePeriod: .seconds(30)) }
+        try waitUntil("the client heard go-away") { (try? harness.sync { pair.client.value.peerIsGoingAway }) == true }
+        guard case .failure(.peerGoingAway) = try harness.call(pair.client, [2]) else {
+            return XCTFail("a new call was sent to a draining peer")
+        }
+        try harness.sync { try kept.value[0].respond([7]) }
+        XCTAssertEqual(try inFlight.wait("the call in flight").get(), [7])
+        XCTAssertEqual(try pair.serverClosed.wait("the server's drain"), .drained)
+    }
+
+    func testAPoolMovesCallsOffAConnectionWhoseServerIsDraining() async throws {
+        let group = try EventLoopGroup(name: "goaway", loopCount: 1)
+        let loop = group.loops[0]
+        let kept = LockedValue<LoopBound<RPCRequest>?>(nil)
+        func server(_ name: UInt8) async throws -> RPCServer {
+            try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration(),
+                                     onEndpoint: { endpoint in
+                endpoint.onMessage = { request in
+                    if Array(request.payload) == [0] { kept.withLock { $0 = LoopBound(request, loop: loop) }; return }
+                    try request.respond([name])
+                }
+            })
+        }
+        let a = try await server(1), b = try await server(2)
+        var poolConfiguration = RPCClientPool.Configuration()
+        poolConfiguration.endpoint = testConfiguration()
+        let pool = await RPCClientPool.connect(to: [a.address, b.address], on: group, configuration: poolConfiguration)
+        // Hold a call on server 1, then drain it.
+        let held = Task { try await pool.send([0], timeout: .seconds(60)) }
+        try waitUntil("a held call") { kept.withLock { $0 != nil } }
+        let heldOnA = try await loop.submit { kept.withLock { $0!.value.endpoint.connection.localAddress?.port } } == a.address.port
+        let drained = heldOnA ? a : b, other: UInt8 = heldOnA ? 2 : 1
+        let draining = Task { await drained.shutdown(gracePeriod: .seconds(30)) }
+        try waitUntil("the pool saw go-away") { pool.connectionStates.filter(\.isOpen).count == 1 }
+        for _ in 0..<20 {
+            let answer = try await pool.send([1])
+            XCTAssertEqual(answer, [other], "calls go to the server that is not draining")
+        }
+        try await loop.submit { try kept.withLock { try $0!.value.respond([3]) } }
+        let heldAnswer = try await held.value
+        XCTAssertEqual(heldAnswer, [3], "the call in flight finished")
+        await draining.value
+        await pool.close()
+        await a.shutdown()
+        await b.shutdown()
+        let status = await group.shutdownAndWait()
+        XCTAssertEqual(status, 0)
+    }
+}
