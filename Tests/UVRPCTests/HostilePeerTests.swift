@@ -185,3 +185,116 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertFalse(peer.received.withLock { $0 }.contains(PacketType.messageBig.rawValue), "no MESSAGE_BIG type byte was sent")
     }
 }
+
+/// Hostile input on each extension packet, from a peer that announced the
+/// extensions; and the race of a CANCEL crossing the answer on the wire.
+extension HostilePeerTests {
+    private var extendedHandshake: [UInt8] { PeerInfo(keepaliveInterval: 10, extensions: .all).handshakeBytes }
+
+    private func packet(_ type: PacketType, id: UInt16 = 0, total: Int = 0, payload: [UInt8] = []) -> [UInt8] {
+        PacketWriter.extensionPacket(type, id: id, total: total, payload: payload)
+    }
+
+    func testAnExtensionPacketFromAPeerThatDidNotAnnounceItIsAnUnknownType() throws {
+        try checkViolation(handshake + packet(.goAway), expect: .unknownPacketType(13, streamOffset: UInt64(handshake.count)))
+    }
+
+    func testACancelAcknowledgementForAnIdNeverCancelledClosesOnlyThatConnection() throws {
+        try checkViolation(extendedHandshake + packet(.cancelAcknowledged, id: 77), expect: .unexpectedCancelAcknowledgement(id: 77))
+    }
+
+    func testAChunkPastTheAnnouncedLengthClosesOnlyThatConnection() throws {
+        try checkViolation(extendedHandshake + packet(.messageStart, id: 1, total: 100_000)
+                           + packet(.messageChunk, id: 1, payload: [UInt8](repeating: 1, count: 60_000))
+                           + packet(.messageChunk, id: 1, payload: [UInt8](repeating: 1, count: 40_001)),
+                           expect: .chunkPastEnd(packet: .messageChunk, id: 1, total: 100_000, through: 100_001))
+    }
+
+    func testAChunkForAnIdNeverStartedClosesOnlyThatConnection() throws {
+        try checkViolation(extendedHandshake + packet(.responseChunk, id: 9, payload: [1, 2, 3]),
+                           expect: .chunkNotStarted(packet: .responseChunk, id: 9))
+    }
+
+    func testAStartTwiceOrOneTooManyClosesOnlyThatConnection() throws {
+        try checkViolation(extendedHandshake + packet(.messageStart, id: 1, total: 70_000) + packet(.messageStart, id: 1, total: 70_000),
+                           expect: .transferAlreadyStarted(packet: .messageStart, id: 1))
+        let five = (1...5).flatMap { packet(.messageStart, id: UInt16($0), total: 70_000) }
+        try checkViolation(extendedHandshake + five, expect: .tooManyTransfers(packet: .messageStart, limit: Wire.maximumTransfers))
+    }
+
+    func testAStartOverTheMaximumPayloadClosesBeforeAllocating() throws {
+        try checkViolation(extendedHandshake + packet(.responseStart, id: 1, total: Int(UInt32.max)),
+                           expect: .payloadTooLarge(declared: Int(UInt32.max), limit: 64 << 20, packet: .responseStart))
+    }
+
+    func testAnErrorReasonOverTheLimitClosesOnlyThatConnection() throws {
+        try checkViolation(extendedHandshake + packet(.error, id: 65530, payload: [UInt8](repeating: 0x61, count: 1025)),
+                           expect: .errorReasonTooLong(declared: 1025, limit: Wire.maximumErrorReason))
+    }
+
+    /// The peer sends a message, the server answers at once, and the peer's
+    /// CANCEL for it crosses the answer: the server acknowledges the unknown
+    /// id and goes on.
+    func testACancelCrossingTheAnswerIsAcknowledgedAndHarmless() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let server = try startServer(harness)
+        let peer = try RawPeer(harness: harness, address: server.address)
+        try peer.send(harness, extendedHandshake + PacketWriter.frame(isResponse: false, id: 5, payload: [1, 2]))
+        var offset = try peer.waitForFrame(PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes, at: 0, "the handshake")
+        offset = try peer.waitForFrame(PacketWriter.frame(isResponse: true, id: 5, payload: [2, 1]), at: offset, "the answer")
+        try peer.send(harness, packet(.cancel, id: 5) + PacketWriter.frame(isResponse: false, id: 6, payload: [3, 4]))
+        offset = try peer.waitForFrame(packet(.cancelAcknowledged, id: 5), at: offset, "the acknowledgement")
+        _ = try peer.waitForFrame(PacketWriter.frame(isResponse: true, id: 6, payload: [4, 3]), at: offset, "the next answer")
+        XCTAssertFalse(peer.closed.isFulfilled)
+    }
+
+    /// A client's call times out; its CANCEL crosses the server's answer,
+    /// which arrives after the cancel and must be ignored; the id stays
+    /// reserved until the CANCEL_ACK, so the late answer can reach no other call.
+    func testALateAnswerCrossingTheCancelReachesNoCall() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        // The raw side plays the server: it reads what the client writes.
+        let accepted = Promise<LoopBound<Connection>>()
+        let fromClient = LockedValue([UInt8]())
+        let listener = try harness.sync {
+            LoopBound(try loop.listen(on: .ipv4(host: "127.0.0.1", port: 0)) { connection in
+                connection.onRead = { bytes in fromClient.withLock { $0 += bytes }; return bytes.count }
+                accepted.fulfill(LoopBound(connection, loop: loop))
+            }, loop: loop)
+        }
+        let client = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
+        try harness.sync {
+            RPCClient.connect(to: listener.value.address, on: loop, configuration: testConfiguration()) { result in
+                client.fulfill(result.map { LoopBound($0, loop: loop) })
+            }
+        }
+        let connection = try accepted.wait("the client's connection")
+        let handshake = extendedHandshake, acknowledgement = packet(.cancelAcknowledged, id: 65530)
+        try harness.sync { try connection.value.write(handshake) }
+        let endpoint = try client.wait("connect").get()
+        guard case .failure(.timedOut) = try harness.call(endpoint, [1], timeout: .milliseconds(30), closeOnError: false) else {
+            return XCTFail("expected the timeout")
+        }
+        try waitUntil("the CANCEL") {
+            let events = (try? parseInChunks(fromClient.withLock { $0 }, allowTrailing: true, extensions: .all) { Int.max }) ?? []
+            return events.filter { $0 != .keepalive } == [.handshake(PeerInfo(keepaliveInterval: 0.1, extensions: .all)),
+                                                          .message(id: 65530, payload: [1]), .cancel(id: 65530)]
+        }
+        XCTAssertEqual(try harness.sync { endpoint.value.reservedCallIDCount }, 1, "the id is reserved until acknowledged")
+        // The answer crossed the cancel: it arrives first, then the acknowledgement.
+        let late = Promise<Result<[UInt8], RPCError>>()
+        try harness.sync {
+            try connection.value.write(PacketWriter.frame(isResponse: true, id: 65530, payload: [9]))
+            endpoint.value.send([2], timeout: .seconds(20)) { late.fulfill($0) } // id 65531: 65530 is still taken
+            try connection.value.write(acknowledgement)
+        }
+        try waitUntil("the id freed") { (try? harness.sync { endpoint.value.reservedCallIDCount }) == 0 }
+        try harness.sync { try connection.value.write(PacketWriter.frame(isResponse: true, id: 65531, payload: [2, 2])) }
+        XCTAssertEqual(try late.wait("the next call").get(), [2, 2], "the late answer [9] reached no call")
+        XCTAssertFalse(try harness.sync { endpoint.value.isClosing })
+        try harness.sync { endpoint.value.close(); listener.value.close() }
+    }
+}
