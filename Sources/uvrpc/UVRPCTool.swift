@@ -46,6 +46,9 @@ struct EndpointOptions: ParsableArguments {
     @Option(help: "Largest payload accepted from a peer, in bytes; a larger one closes that connection.")
     var maxPayload: Int = 64 << 20
 
+    @Flag(help: "Announce no protocol extension (error answers, cancel, chunking, go-away): the handshake is the reference's, byte for byte.")
+    var noExtensions = false
+
     func validate() throws {
         guard keepaliveInterval > 0 else { throw ValidationError("--keepalive-interval must be positive") }
         guard keepaliveTimeout > 0 else { throw ValidationError("--keepalive-timeout must be positive") }
@@ -61,8 +64,15 @@ struct EndpointOptions: ParsableArguments {
         c.handshakeTimeout = .milliseconds(Int64(handshakeTimeout * 1000))
         c.connectionOptions.writeTimeout = writeTimeout > 0 ? .milliseconds(Int64(writeTimeout * 1000)) : nil
         c.maximumPayloadSize = maxPayload
+        if noExtensions { c.extensions = [] }
         return c
     }
+}
+
+/// What `serve --fail-every N` throws: its text is the error answer's reason.
+struct ToolHandlerFailure: Error, CustomStringConvertible {
+    var message: Int
+    var description: String { "uvrpc serve --fail-every: message \(message) of this connection fails" }
 }
 
 /// Prints to stderr (diagnostics never mix with the stdout protocol of the tool).
@@ -153,6 +163,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Answer each message after this many seconds (a timer, not a blocked loop), for drain tests and demos.")
     var answerAfter: Double?
 
+    @Option(help: "The echo handler throws on every Nth message (a peer with error answers sees its call fail at once, an efro.rpc peer sees no answer), for tests and demos.")
+    var failEvery: Int?
+
     @OptionGroup var endpoint: EndpointOptions
 
     @OptionGroup var tls: ServerTLSOptions
@@ -168,6 +181,7 @@ struct Serve: ParsableCommand {
         guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
         guard grace >= 0 else { throw ValidationError("--grace must not be negative, not \(grace)") }
         if let answerAfter, answerAfter < 0 { throw ValidationError("--answer-after must not be negative, not \(answerAfter)") }
+        if let failEvery, failEvery < 1 { throw ValidationError("--fail-every must be at least 1, not \(failEvery)") }
         if let metrics, SocketAddress(parsing: metrics) == nil {
             throw ValidationError("--metrics must be HOST:PORT or [IPV6]:PORT, not \(metrics)")
         }
@@ -198,12 +212,20 @@ struct Serve: ParsableCommand {
         }
         let (spread, backlog, endpointConfiguration) = (self.spread, self.backlog, configuration)
         let delay = answerAfter.map { Duration.nanoseconds(Int64($0 * 1e9)) }
+        let failEvery = self.failEvery
         let server: RPCServer
         do {
             server = try runBlocking {
                 try await RPCServer.bind(on: group, address: address, spread: spread, configuration: endpointConfiguration,
                                          backlog: backlog, logger: logger, onEndpoint: { endpoint in
-                                             if let delay {
+                                             if let failEvery {
+                                                 var seen = 0 // per connection, on its loop
+                                                 endpoint.onMessage = { request in
+                                                     seen += 1
+                                                     if seen % failEvery == 0 { throw ToolHandlerFailure(message: seen) }
+                                                     try request.respond(request.payload)
+                                                 }
+                                             } else if let delay {
                                                  endpoint.onMessage = { request in
                                                      let answer = Array(request.payload) // the view ends with this call
                                                      _ = endpoint.loop.scheduleTimer(after: delay) {

@@ -60,6 +60,26 @@ final class ToolTests: XCTestCase {
         XCTAssertEqual(try server.stop(), 0, "serve exits 0 on SIGTERM")
     }
 
+    /// `serve --fail-every 3`: a client with error answers sees every third
+    /// call fail at once with the handler's reason; `call --no-extensions`
+    /// (the reference's behaviour) sees those calls time out instead.
+    func testServeFailEveryAnswersWithErrorsUnlessTheClientTurnedExtensionsOff() throws {
+        try skipUnlessBuilt()
+        let server = try ServeProcess(tool: tool, ["--fail-every", "3"])
+        defer { _ = try? server.stop() }
+        let call = try run(["call", "--connect", "\(server.address)", "--count", "9", "--size", "16", "--concurrency", "1",
+                            "--connections", "1", "--timeout", "60"])
+        XCTAssertNotEqual(call.status, 0, call.output)
+        XCTAssertTrue(call.output.contains("ok: 6, mismatched: 0, failed: 3"), call.output)
+        XCTAssertTrue(call.output.contains("failed in the peer's handler: uvrpc serve --fail-every: message 3 of this connection fails"),
+                      call.output)
+        let plain = try run(["call", "--connect", "\(server.address)", "--count", "3", "--size", "16", "--concurrency", "1",
+                             "--connections", "1", "--timeout", "0.3", "--no-extensions"])
+        XCTAssertTrue(plain.output.contains("ok: 2, mismatched: 0, failed: 1"), plain.output)
+        XCTAssertTrue(plain.output.contains("got no response within"), plain.output)
+        XCTAssertEqual(try server.stop(), 0)
+    }
+
     /// SIGTERM with calls in flight (answered 3 s after they arrive): they
     /// are answered, then serve exits 0; with --grace 0 they fail instead.
     func testServeDrainsCallsInFlightOnSIGTERMWithinTheGracePeriod() throws {
