@@ -13,7 +13,8 @@ struct Bench: ParsableCommand {
             server (`uvrpc serve`) and the C server (`uvrpc-c serve`), both started as child \
             processes, and prints Swift, C and Swift/C. Scenarios: small (with a row for the \
             README's async echo server), latency, medium, bulk, tls (both servers over TLS, and against their own \
-            plaintext), fanin, cores, allocs, idle (default: all). With --pin same (the default) server and load share CPU 0; \
+            plaintext), fanin, cores, allocs, idle, hol (Swift only: 64 B calls beside 64 MiB echoes, chunked \
+            and not, against an idle connection) (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
             """
@@ -49,7 +50,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
-    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle"]
+    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -281,6 +282,41 @@ struct Bench: ParsableCommand {
             let (m, r) = try measureCores(progress: progress)
             measurements += m
             rows += r
+        }
+        if wanted.contains("hol") && connect == nil {
+            // Swift client and server in this process; the figure is the ratio to the idle connection.
+            var results: [HeadOfLineMode: [HeadOfLineResult]] = [:]
+            for round in 1...`repeat` {
+                for mode in HeadOfLineMode.allCases {
+                    progress("hol: 16 calls of 64 B in flight, \(mode.rawValue), \(max(duration, 2)) s, run \(round) of \(`repeat`)")
+                    let result = try measureHeadOfLine(mode, seconds: max(duration, 2))
+                    progress("hol: \(mode.rawValue): \(result.smallCalls) small calls, \(result.bigCalls) big calls of 64 MiB answered")
+                    results[mode, default: []].append(result)
+                }
+            }
+            func median(_ mode: HeadOfLineMode, _ key: KeyPath<HeadOfLineResult, Double>) -> Double {
+                let values = results[mode]!.map { $0[keyPath: key] }.sorted()
+                return values[values.count / 2]
+            }
+            for mode in HeadOfLineMode.allCases where mode.hasSmallCalls {
+                let label = mode == .idle ? "64 B, 16 in flight, idle connection" : "64 B, 16 in flight, beside 64 MiB both ways, \(mode.rawValue)"
+                let (p50, p99) = (median(mode, \.p50Microseconds), median(mode, \.p99Microseconds))
+                measurements.append(Measurement(scenario: "hol", impl: .swift, params: "mode=\(mode.rawValue)", p50: p50, p99: p99))
+                rows.append(Row(scenario: "hol", params: label, metric: "p50 us", swift: p50, c: nil, higherIsBetter: false))
+                rows.append(Row(scenario: "hol", params: label, metric: "p99 us", swift: p99, c: nil, higherIsBetter: false))
+            }
+            for mode in HeadOfLineMode.allCases where mode.hasBigCalls {
+                let rate = median(mode, \.bigMegabytesPerSecond)
+                let label = mode.hasSmallCalls ? "64 MiB echoes beside the small calls, \(mode.rawValue)" : "64 MiB echoes alone, \(mode.rawValue.dropFirst(5))"
+                var m = Measurement(scenario: "hol", impl: .swift, params: "mode=\(mode.rawValue),big")
+                m.megabytesPerSecond = rate
+                measurements.append(m)
+                rows.append(Row(scenario: "hol", params: label, metric: "MB/s", swift: rate, c: nil, higherIsBetter: true))
+            }
+            for mode in [HeadOfLineMode.chunked, .unchunked] {
+                rows.append(Row(scenario: "hol", params: "p99 \(mode.rawValue) / p99 idle (target for chunked <= 3)", metric: "ratio",
+                                swift: median(mode, \.p99Microseconds) / median(.idle, \.p99Microseconds), c: nil, higherIsBetter: false))
+            }
         }
         if wanted.contains("idle") && connect == nil {
             var m: [Measurement] = []

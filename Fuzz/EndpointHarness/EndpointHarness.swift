@@ -127,6 +127,7 @@ private func checkWellFormed(_ bytes: [UInt8], agreed: RPCExtensions) -> Int {
         func receivedCancel(id: UInt16) -> Bool { true }
         func receivedCancelAcknowledgement(id: UInt16) -> Bool { true }
         func receivedGoAway() -> Bool { true }
+        func receivedChunkAcknowledgement(bytes: Int) -> Bool { true }
     }
     // Only the extensions the input's handshake announced may appear (the
     // checker's parser takes no other packet type).

@@ -231,7 +231,7 @@ enum ViolationKind: String, CaseIterable {
     case unknownPacketType = "unknown_packet_type", secondHandshake = "second_handshake"
     case malformedHandshake = "malformed_handshake", handshakeTooLarge = "handshake_too_large"
     case payloadTooLarge = "payload_too_large", errorReasonTooLong = "error_reason_too_long"
-    case badChunk = "bad_chunk", unexpectedCancelAcknowledgement = "unexpected_cancel_ack"
+    case badChunk = "bad_chunk", unexpectedCancelAcknowledgement = "unexpected_acknowledgement"
 
     init(_ violation: ProtocolViolation) {
         switch violation {
@@ -242,7 +242,7 @@ enum ViolationKind: String, CaseIterable {
         case .payloadTooLarge: self = .payloadTooLarge
         case .errorReasonTooLong: self = .errorReasonTooLong
         case .chunkNotStarted, .chunkPastEnd, .transferAlreadyStarted, .tooManyTransfers: self = .badChunk
-        case .unexpectedCancelAcknowledgement: self = .unexpectedCancelAcknowledgement
+        case .unexpectedCancelAcknowledgement, .excessChunkAcknowledgement: self = .unexpectedCancelAcknowledgement
         }
     }
 

@@ -21,6 +21,8 @@ package protocol PacketSink: AnyObject {
     func receivedCancelAcknowledgement(id: UInt16) -> Bool
     /// A GOAWAY packet (extension `goaway`).
     func receivedGoAway() -> Bool
+    /// A CHUNK_ACK packet (extension `chunk`): the peer consumed `bytes` more of our chunks.
+    func receivedChunkAcknowledgement(bytes: Int) -> Bool
 }
 
 /// The incremental efro.rpc stream parser: a state machine over bytes.
@@ -56,10 +58,18 @@ package struct PacketParser: ~Copyable {
 
     /// A chunked payload being reassembled.
     private struct Transfer {
-        /// Invariant: owned by the parser from START until delivered or dropped.
+        /// Invariant: owned by the parser from START until delivered or dropped;
+        /// holds at least `total` bytes (more when it is the spare buffer reused).
         var buffer: UnsafeMutableRawBufferPointer
+        /// The payload's length, announced by START.
+        var total: Int
         var filled = 0
     }
+    /// The buffer of the last big transfer delivered, kept for the next one:
+    /// steady big traffic then allocates, faults in and unmaps nothing
+    /// (each of which stalls the loop). Freed by ``releaseSpareBuffer()``
+    /// when the connection is idle, and at the end.
+    private var spareBuffer: UnsafeMutableRawBufferPointer?
     /// Transfers in progress, by `Self.transferKey`.
     private var transfers: [UInt32: Transfer] = [:]
     private var messageTransfers = 0
@@ -68,7 +78,13 @@ package struct PacketParser: ~Copyable {
     package let localExtensions: RPCExtensions
     /// The extensions both handshakes announced (empty until the peer's arrived).
     package private(set) var agreedExtensions: RPCExtensions = []
-    /// A CHUNK remainder at least this long is offered for a direct read.
+    /// CHUNK payload bytes consumed and not yet acknowledged to the peer
+    /// (the endpoint sends a CHUNK_ACK after each read: ``takeChunkBytesToAcknowledge()``).
+    package private(set) var chunkBytesToAcknowledge = 0
+    /// A CHUNK remainder at least this long is offered for a direct read
+    /// (this library's 8 KiB chunks never are: a read syscall per chunk
+    /// costs more than copying them out of the shared read buffer; a peer's
+    /// longer chunks, up to 64 KiB, can be).
     static let directChunkReadMinimum = 4096
 
     @inline(__always)
@@ -147,7 +163,7 @@ package struct PacketParser: ~Copyable {
         }
         state = .packets
         bigBuffer = nil
-        defer { buffer.deallocate() }
+        defer { BufferReleaser.deallocate(buffer) }
         let payload = UnsafeRawBufferPointer(buffer)
         _ = isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
     }
@@ -165,6 +181,7 @@ package struct PacketParser: ~Copyable {
     deinit {
         bigBuffer?.deallocate()
         for transfer in transfers.values { transfer.buffer.deallocate() }
+        spareBuffer?.deallocate()
     }
 
     /// Drops a big payload being received and every chunked transfer (frees
@@ -174,6 +191,8 @@ package struct PacketParser: ~Copyable {
         bigBuffer = nil
         for transfer in transfers.values { transfer.buffer.deallocate() }
         transfers.removeAll()
+        spareBuffer?.deallocate()
+        spareBuffer = nil
         messageTransfers = 0
         responseTransfers = 0
         switch state {
@@ -182,26 +201,61 @@ package struct PacketParser: ~Copyable {
         }
     }
 
+    /// Returns ``chunkBytesToAcknowledge`` and starts counting again.
+    package mutating func takeChunkBytesToAcknowledge() -> Int {
+        defer { chunkBytesToAcknowledge = 0 }
+        return chunkBytesToAcknowledge
+    }
+
     /// Bytes of chunked payloads being reassembled (their buffers).
-    package var reassemblyBytes: Int { transfers.values.reduce(0) { $0 + $1.buffer.count } }
+    package var reassemblyBytes: Int { transfers.values.reduce(0) { $0 + $1.buffer.count } + (spareBuffer?.count ?? 0) }
+
+    /// Frees the spare reassembly buffer (the connection went idle).
+    package mutating func releaseSpareBuffer() {
+        if let spare = spareBuffer { BufferReleaser.deallocate(spare) }
+        spareBuffer = nil
+    }
+
+    /// A buffer for a transfer of `total` bytes: the spare one when it fits
+    /// without wasting more than half of it, else a new one.
+    private mutating func reassemblyBuffer(_ total: Int) -> UnsafeMutableRawBufferPointer {
+        if let spare = spareBuffer, spare.count >= total, spare.count / 2 <= total {
+            spareBuffer = nil
+            return spare
+        }
+        return .allocate(byteCount: total, alignment: 16)
+    }
+
+    /// Takes back a delivered or dropped transfer's buffer: kept as the spare when big, else freed.
+    private mutating func recycle(_ buffer: UnsafeMutableRawBufferPointer) {
+        if buffer.count >= BufferReleaser.threshold {
+            if let old = spareBuffer {
+                if old.count >= buffer.count { return BufferReleaser.deallocate(buffer) }
+                BufferReleaser.deallocate(old)
+            }
+            spareBuffer = buffer
+        } else {
+            buffer.deallocate()
+        }
+    }
 
     /// Drops transfer `key` if it is in progress (its sender gave it up).
     private mutating func dropTransfer(_ key: UInt32) {
         guard let transfer = transfers.removeValue(forKey: key) else { return }
-        transfer.buffer.deallocate()
+        recycle(transfer.buffer)
         if key & 0x1_0000 != 0 { messageTransfers -= 1 } else { responseTransfers -= 1 }
     }
 
     /// After a chunk's last byte: delivers transfer `key` if it is complete.
     /// Returns whether parsing should go on.
     private mutating func finishChunk(_ key: UInt32, into sink: some PacketSink) -> Bool {
-        guard let transfer = transfers[key], transfer.filled == transfer.buffer.count else { return true }
+        guard let transfer = transfers[key], transfer.filled == transfer.total else { return true }
         transfers[key] = nil
         let isMessage = key & 0x1_0000 != 0
         if isMessage { messageTransfers -= 1 } else { responseTransfers -= 1 }
-        defer { transfer.buffer.deallocate() }
+        defer { recycle(transfer.buffer) }
         let id = UInt16(truncatingIfNeeded: key)
-        let payload = UnsafeRawBufferPointer(transfer.buffer)
+        let payload = UnsafeRawBufferPointer(rebasing: transfer.buffer[0..<transfer.total])
         return isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
     }
 
@@ -211,7 +265,7 @@ package struct PacketParser: ~Copyable {
         switch type {
         case 6: return agreedExtensions.contains(.errorAnswers)
         case 7, 8: return agreedExtensions.contains(.cancellation)
-        case 9, 10, 11, 12: return agreedExtensions.contains(.chunking)
+        case 9, 10, 11, 12, 14: return agreedExtensions.contains(.chunking)
         case 13: return agreedExtensions.contains(.goAway)
         default: return false
         }
@@ -226,6 +280,9 @@ package struct PacketParser: ~Copyable {
         switch type {
         case 13:
             return (1, sink.receivedGoAway())
+        case 14:
+            guard available >= 5 else { return (0, true) }
+            return (5, sink.receivedChunkAcknowledgement(bytes: u16(1) << 16 | u16(3)))
         case 7, 8:
             guard available >= 3 else { return (0, true) }
             let id = UInt16(u16(1))
@@ -258,7 +315,7 @@ package struct PacketParser: ~Copyable {
                 let empty = UnsafeRawBufferPointer(start: nil, count: 0)
                 return (7, isMessage ? sink.receivedMessage(id: id, payload: empty) : sink.receivedResponse(id: id, payload: empty))
             }
-            transfers[key] = Transfer(buffer: .allocate(byteCount: total, alignment: 16))
+            transfers[key] = Transfer(buffer: reassemblyBuffer(total), total: total)
             if isMessage { messageTransfers += 1 } else { responseTransfers += 1 }
             return (7, true)
         default: // 11, 12
@@ -268,8 +325,8 @@ package struct PacketParser: ~Copyable {
             let length = u16(3)
             let key = Self.transferKey(isMessage: type == 11, id: id)
             guard let transfer = transfers[key] else { throw .chunkNotStarted(packet: packet, id: id) }
-            if transfer.filled + length > transfer.buffer.count {
-                throw .chunkPastEnd(packet: packet, id: id, total: transfer.buffer.count, through: transfer.filled + length)
+            if transfer.filled + length > transfer.total {
+                throw .chunkPastEnd(packet: packet, id: id, total: transfer.total, through: transfer.filled + length)
             }
             let n = min(available - 5, length)
             if n > 0 {
@@ -278,6 +335,7 @@ package struct PacketParser: ~Copyable {
                     .copyMemory(from: input.baseAddress! + offset + 5, byteCount: n)
             }
             transfers[key]!.filled += n
+            chunkBytesToAcknowledge += length // the whole chunk is taken, even the part still to come
             if n < length {
                 state = .chunkPayload(key: key, remaining: length - n)
                 return (5 + n, true)
@@ -359,7 +417,7 @@ package struct PacketParser: ~Copyable {
                     } else {
                         return offset // wait for the rest of the frame
                     }
-                case 6...13 where agreed(type):
+                case 6...14 where agreed(type):
                     let (used, goOn) = try parseExtensionPacket(type, input, at: offset, into: sink)
                     if used == 0 { return offset }
                     offset += used
@@ -388,7 +446,7 @@ package struct PacketParser: ~Copyable {
                 }
                 state = .packets
                 bigBuffer = nil
-                defer { buffer.deallocate() }
+                defer { BufferReleaser.deallocate(buffer) }
                 let payload = UnsafeRawBufferPointer(buffer)
                 let goOn = isMessage ? sink.receivedMessage(id: id, payload: payload)
                                      : sink.receivedResponse(id: id, payload: payload)

@@ -40,14 +40,23 @@ public enum PacketWriter {
             | UInt64(n >> 8 & 0xff) << 40 | UInt64(n & 0xff) << 48
     }
 
+    /// `type`, u32 `count` (5 bytes): CHUNK_ACK.
+    @inline(__always)
+    static func countHeader(_ type: PacketType, count n: Int) -> UInt64 {
+        UInt64(type.rawValue) | UInt64(n >> 24 & 0xff) << 8 | UInt64(n >> 16 & 0xff) << 16
+            | UInt64(n >> 8 & 0xff) << 24 | UInt64(n & 0xff) << 32
+    }
+
     /// An extension packet as a new array: `type`, `id` and, by type, a
     /// u16 length and `payload` (ERROR, the CHUNKs), a u32 `total` (the
     /// STARTs) or nothing more (CANCEL, CANCEL_ACK; GOAWAY is the type
-    /// byte alone). For tests and tools; the endpoint encodes in place.
+    /// byte alone; CHUNK_ACK carries `total` as its u32 count). For tests and
+    /// tools; the endpoint encodes in place.
     public static func extensionPacket(_ type: PacketType, id: UInt16 = 0, total: Int = 0, payload: [UInt8] = []) -> [UInt8] {
         let bits: UInt64, count: Int
         switch type {
         case .goAway: (bits, count) = (UInt64(type.rawValue), 1)
+        case .chunkAcknowledged: (bits, count) = (countHeader(type, count: total), 5)
         case .cancel, .cancelAcknowledged: (bits, count) = (idHeader(type, id: id), 3)
         case .messageStart, .responseStart: (bits, count) = (wideHeader(type, id: id, length: total), 7)
         default: (bits, count) = (shortHeader(type, id: id, length: payload.count), 5)

@@ -68,7 +68,7 @@ extension RPCEndpoint {
 
     /// Answers the request `token` (its message id in the low 16 bits): ``RPCRequest/respond(_:)-(UnsafeRawBufferPointer)``.
     @inline(__always)
-    func answer(token: UInt64, with payload: UnsafeRawBufferPointer) throws(RPCResponseError) {
+    func answer(token: UInt64, with payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) throws(RPCResponseError) {
         let id = UInt16(truncatingIfNeeded: token)
         if token == currentToken {
             // Answered within its handler call, on the loop (see the type's comment).
@@ -83,7 +83,7 @@ extension RPCEndpoint {
             }
             unanswered[id] = nil
         }
-        try respond(to: id, with: payload)
+        try respond(to: id, with: payload, owned: owned)
         closeIfDrained()
     }
 

@@ -5,12 +5,23 @@ import UVLoop
 /// With the extension agreed, a payload over 65535 bytes is not written as
 /// one MESSAGE_BIG / RESPONSE_BIG (which the connection would send whole
 /// before anything written after it) but as a *transfer*: a START with the
-/// total length, then CHUNKs of up to ``Wire/chunkSize`` bytes. Chunks are
-/// fed to the connection only while it holds less than ``chunkWindow``
-/// unsent bytes, one chunk per transfer in turn, so a small packet written
-/// meanwhile waits behind at most that window, and big transfers share the
-/// connection fairly. The connection calls back after each flush
-/// (`Connection.onWriteProgress`), which tops the window up again.
+/// total length, then CHUNKs of up to ``chunkPayloadSize`` bytes, one chunk
+/// per transfer in turn (big transfers share the connection fairly), and
+/// only while fewer than ``chunkWindow`` chunk bytes are on their way: a
+/// small packet written meanwhile waits behind at most that many. The connection calls back after each flush
+/// (`Connection.onWriteProgress`), which tops the window up again on the
+/// loop's next iteration: never in the same turn, or a fast socket would
+/// take the whole payload in one turn while nothing is read.
+///
+/// "On their way" counts every buffer between the two sides: the kernel's
+/// socket buffers hold megabytes, so a limit on this side's unsent bytes
+/// alone would still let a small packet queue behind that much. The peer
+/// acknowledges the chunk bytes it has read (CHUNK_ACK, after each read),
+/// and the window bounds the bytes written and not yet acknowledged. It is
+/// ``latencyWindow`` while small packets flow on the loop (a small call
+/// then waits behind about a loopback's 30 µs of chunks), and the larger
+/// ``bulkWindow`` while only big transfers do (throughput is the window per
+/// round trip).
 ///
 /// At most ``Wire/maximumTransfers`` transfers of each kind (messages,
 /// responses) are in progress at once, as the peer enforces; more wait,
@@ -29,8 +40,28 @@ extension RPCEndpoint {
         var sent = 0
     }
 
-    /// Unsent bytes the connection may hold before more chunks are written.
-    static let chunkWindow = 128 << 10
+    /// Bytes of payload per CHUNK (the last chunk of a payload may be shorter).
+    static let chunkPayloadSize = 8192
+    /// The window while small packets flow (see the type's comment).
+    static let latencyWindow = 32 << 10
+    /// The window while only big transfers flow.
+    static let bulkWindow = 1 << 20
+    /// Small packets written within this many milliseconds keep the latency window.
+    static let smallTrafficMemory: UInt64 = 1000
+
+    /// The current window: ``latencyWindow`` when small packets were written
+    /// on this loop within ``smallTrafficMemory``, else ``bulkWindow``.
+    var chunkWindow: Int {
+        // The loop's packet counters: no cost on the small-packet path, and a
+        // busy neighbour connection on the loop counts as small traffic too.
+        let small = metrics.callsSent &+ metrics.responsesSent
+        let now = eventLoop.now
+        if small != smallPacketsAtLastPump {
+            smallPacketsAtLastPump = small
+            lastSmallPacketAt = now
+        }
+        return now &- lastSmallPacketAt < Self.smallTrafficMemory ? Self.latencyWindow : Self.bulkWindow
+    }
 
     /// Whether a payload of `count` bytes goes out as a chunked transfer.
     @inline(__always)
@@ -64,14 +95,16 @@ extension RPCEndpoint {
         }
     }
 
-    /// Writes chunks, one per transfer in turn, while the connection holds
-    /// less than ``chunkWindow`` unsent bytes.
+    /// Writes chunks, one per transfer in turn, while fewer than
+    /// ``chunkWindow`` chunk bytes are on their way.
     func pumpChunks() {
-        while !activeTransfers.isEmpty, !closing, connection.pendingWriteBytes < Self.chunkWindow {
+        guard !activeTransfers.isEmpty else { return }
+        let window = chunkWindow
+        while !activeTransfers.isEmpty, !closing, chunkBytesUnacknowledged + Self.chunkPayloadSize <= window {
             if transferCursor >= activeTransfers.count { transferCursor = 0 }
             let i = transferCursor
             let (id, isResponse, sent) = (activeTransfers[i].id, activeTransfers[i].isResponse, activeTransfers[i].sent)
-            let n = min(Wire.chunkSize, activeTransfers[i].payload.count - sent)
+            let n = min(Self.chunkPayloadSize, activeTransfers[i].payload.count - sent)
             let header = PacketWriter.shortHeader(isResponse ? .responseChunk : .messageChunk, id: id, length: n)
             let written = activeTransfers[i].payload.withUnsafeBytes { all in
                 Result { () throws(ConnectionError) in
@@ -82,13 +115,45 @@ extension RPCEndpoint {
             guard case .success = written else { return } // closing: the close path ends the transfers
             activeTransfers[i].sent += n
             unsentTransferBytes -= n
+            chunkBytesUnacknowledged += n
             if sent + n == activeTransfers[i].payload.count {
-                activeTransfers.remove(at: i)
+                BufferReleaser.release(activeTransfers.remove(at: i).payload)
                 transferEnded(isResponse: isResponse)
             } else {
                 transferCursor = i + 1
             }
         }
+    }
+
+    /// Tells the peer how many chunk bytes this side read (after each read).
+    func acknowledgeChunks() {
+        let count = parser.takeChunkBytesToAcknowledge()
+        guard !closing else { return }
+        try? connection.write(header: PacketWriter.countHeader(.chunkAcknowledged, count: count), headerCount: 5,
+                              payload: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    package func receivedChunkAcknowledgement(bytes: Int) -> Bool {
+        guard bytes <= chunkBytesUnacknowledged else {
+            protocolViolated(.excessChunkAcknowledgement(acknowledged: bytes, outstanding: chunkBytesUnacknowledged))
+            return false
+        }
+        chunkBytesUnacknowledged -= bytes
+        pumpChunks()
+        return !closing
+    }
+
+    /// Tops the window up on the next loop iteration (after its reads).
+    func schedulePump() {
+        guard !pumpScheduled, !activeTransfers.isEmpty, !closing else { return }
+        pumpScheduled = true
+        if pumpTimer == nil {
+            pumpTimer = eventLoop.makeTimer { [unowned self] in
+                self.pumpScheduled = false
+                self.pumpChunks()
+            }
+        }
+        pumpTimer!.start(after: .zero)
     }
 
     /// Drops the transfer of message (or response) `id`, started or waiting,
@@ -118,6 +183,10 @@ extension RPCEndpoint {
         activeTransfers.removeAll()
         waitingTransfers.removeAll()
         unsentTransferBytes = 0
+        chunkBytesUnacknowledged = 0
         connection.wantsWriteProgress = false
+        pumpTimer?.close()
+        pumpTimer = nil
+        pumpScheduled = false
     }
 }

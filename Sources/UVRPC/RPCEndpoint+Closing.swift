@@ -8,7 +8,10 @@ extension RPCEndpoint {
     func checkLiveness() {
         let now = eventLoop.now
         // Nothing arrived for a whole period: give the connection's buffers back.
-        if now - lastReceived >= livenessPeriod { connection.releaseIdleBuffers() }
+        if now - lastReceived >= livenessPeriod {
+            connection.releaseIdleBuffers()
+            parser.releaseSpareBuffer()
+        }
         if !unanswered.isEmpty { reportOverdueRequests(now: now) }
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")

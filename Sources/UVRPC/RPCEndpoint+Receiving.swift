@@ -24,6 +24,7 @@ extension RPCEndpoint: PacketSink {
         parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
         defer {
             if !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
+            if parser.chunkBytesToAcknowledge > 0 { acknowledgeChunks() }
             closeIfDrained()
         }
         do {

@@ -83,11 +83,11 @@ extension RPCEndpoint {
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
                      completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
         payload.withUnsafeBytes {
-            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion), owned: payload)
         }
     }
 
-    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)``:
+    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)-(UnsafeRawBufferPointer,_,_,_)``:
     /// the caller's tag and the response (a view valid only during the call)
     /// or the error. Loop-bound. Set it once; no closure is created per call,
     /// so this path allocates nothing per round trip.
@@ -111,6 +111,15 @@ extension RPCEndpoint {
     public func send(_ payload: UnsafeRawBufferPointer, tag: UInt64, timeout: Duration? = nil,
                      closeOnError: Bool = true) {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag))
+    }
+
+    /// Sends `payload`; see ``send(_:tag:timeout:closeOnError:)-(UnsafeRawBufferPointer,_,_,_)``.
+    /// A big payload sent in chunks is kept, not copied: with the borrowed
+    /// response, a big call costs no copy on this side.
+    public func send(_ payload: [UInt8], tag: UInt64, timeout: Duration? = nil, closeOnError: Bool = true) {
+        payload.withUnsafeBytes {
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag), owned: payload)
+        }
     }
 
     /// Like ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``,

@@ -184,6 +184,15 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var transferCursor = 0
     /// Payload bytes of transfers not yet written to the connection.
     @exclusivity(unchecked) var unsentTransferBytes = 0
+    /// Runs ``pumpChunks()`` on the next loop iteration, after its reads.
+    @exclusivity(unchecked) var pumpTimer: LoopTimer?
+    @exclusivity(unchecked) var pumpScheduled = false
+    /// CHUNK payload bytes written and not yet acknowledged by the peer (kept under ``chunkWindow``).
+    @exclusivity(unchecked) var chunkBytesUnacknowledged = 0
+    /// The loop's count of MESSAGE / RESPONSE packets written, when chunks were last written.
+    @exclusivity(unchecked) var smallPacketsAtLastPump = 0
+    /// When a small packet was last seen written (loop milliseconds).
+    @exclusivity(unchecked) var lastSmallPacketAt: UInt64 = 0
     @exclusivity(unchecked) var goAwaySent = false
     @exclusivity(unchecked) var _peerIsGoingAway = false
     /// Lets an owner (``RPCClientPool``) stop using the endpoint when the peer sends GOAWAY.
@@ -319,7 +328,7 @@ public final class RPCEndpoint {
             self.parser.didFillBigPayload(count, into: self)
             self.closeIfDrained()
         }
-        connection.onWriteProgress = { [unowned self] in self.pumpChunks() }
+        connection.onWriteProgress = { [unowned self] in self.schedulePump() }
         do {
             try connection.write(handshake)
         } catch {

@@ -73,7 +73,7 @@ public struct RPCRequest {
     /// Sends `payload` as the answer; see ``respond(_:)-(UnsafeRawBufferPointer)``.
     public func respond(_ payload: [UInt8]) throws(RPCResponseError) {
         let result = payload.withUnsafeBytes { raw in
-            Result { () throws(RPCResponseError) in try endpoint.answer(token: token, with: raw) }
+            Result { () throws(RPCResponseError) in try endpoint.answer(token: token, with: raw, owned: payload) }
         }
         try result.get()
     }

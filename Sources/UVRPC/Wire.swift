@@ -17,8 +17,6 @@ public enum Wire {
     /// Largest reason an ERROR packet may carry, in UTF-8 bytes (longer
     /// reasons are cut by the sender; a longer declared length is a protocol violation).
     public static let maximumErrorReason = 1024
-    /// Bytes of payload per CHUNK packet (the last chunk of a payload may be shorter).
-    public static let chunkSize = 32768
     /// Chunked transfers each side may have in progress at once, per kind
     /// (messages, responses); a sender starts more only as earlier ones end.
     public static let maximumTransfers = 4
@@ -56,6 +54,10 @@ public enum PacketType: UInt8, Sendable, CustomStringConvertible {
     case responseChunk = 12
     /// Extension `goaway`: the sender is draining; start no new call on this connection.
     case goAway = 13
+    /// Extension `chunk`: u32 count: the sender has read this many more
+    /// bytes of CHUNK payloads (flow control: the peer keeps the bytes it
+    /// wrote and saw unacknowledged under a window).
+    case chunkAcknowledged = 14
 
     public var description: String {
         switch self {
@@ -73,6 +75,7 @@ public enum PacketType: UInt8, Sendable, CustomStringConvertible {
         case .messageChunk: return "MESSAGE_CHUNK"
         case .responseChunk: return "RESPONSE_CHUNK"
         case .goAway: return "GOAWAY"
+        case .chunkAcknowledged: return "CHUNK_ACK"
         }
     }
 }
@@ -179,6 +182,8 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
     case tooManyTransfers(packet: PacketType, limit: Int)
     /// A CANCEL_ACK for an id this side never cancelled.
     case unexpectedCancelAcknowledgement(id: UInt16)
+    /// A CHUNK_ACK for more chunk bytes than this side sent and had not seen acknowledged.
+    case excessChunkAcknowledgement(acknowledged: Int, outstanding: Int)
 
     public var description: String {
         switch self {
@@ -201,6 +206,8 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
             return "\(type) while \(limit) transfers of its kind are already in progress"
         case .unexpectedCancelAcknowledgement(let id):
             return "CANCEL_ACK for id \(id), which this side never cancelled"
+        case .excessChunkAcknowledgement(let n, let outstanding):
+            return "CHUNK_ACK for \(n) bytes while \(outstanding) were unacknowledged"
         }
     }
 }

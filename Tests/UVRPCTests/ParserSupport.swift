@@ -10,6 +10,7 @@ enum Event: Equatable, CustomStringConvertible {
     case cancel(id: UInt16)
     case cancelAcknowledged(id: UInt16)
     case goAway
+    case chunkAcknowledged(bytes: Int)
 
     var description: String {
         switch self {
@@ -21,6 +22,7 @@ enum Event: Equatable, CustomStringConvertible {
         case .cancel(let id): return "cancel(\(id))"
         case .cancelAcknowledged(let id): return "cancelAcknowledged(\(id))"
         case .goAway: return "goAway"
+        case .chunkAcknowledged(let n): return "chunkAcknowledged(\(n))"
         }
     }
 }
@@ -44,6 +46,7 @@ final class EventRecorder: PacketSink {
     func receivedCancel(id: UInt16) -> Bool { record(.cancel(id: id)) }
     func receivedCancelAcknowledgement(id: UInt16) -> Bool { record(.cancelAcknowledged(id: id)) }
     func receivedGoAway() -> Bool { record(.goAway) }
+    func receivedChunkAcknowledgement(bytes: Int) -> Bool { record(.chunkAcknowledged(bytes: bytes)) }
     private func record(_ event: Event) -> Bool {
         events.append(event)
         return events.count < limit
