@@ -100,7 +100,12 @@ extension RPCEndpoint {
     func pumpChunks() {
         guard !activeTransfers.isEmpty else { return }
         let window = chunkWindow
-        while !activeTransfers.isEmpty, !closing, chunkBytesUnacknowledged + Self.chunkPayloadSize <= window {
+        // While reading is paused (backpressure), the peer's CHUNK_ACKs are not
+        // read either: chunks then go as the connection drains (what the
+        // window would let pass, minus the acknowledgements), or neither side moves.
+        while !activeTransfers.isEmpty, !closing,
+              chunkBytesUnacknowledged + Self.chunkPayloadSize <= window
+                || (pausedForBackpressure && connection.pendingWriteBytes < Self.latencyWindow) {
             if transferCursor >= activeTransfers.count { transferCursor = 0 }
             let i = transferCursor
             let (id, isResponse, sent) = (activeTransfers[i].id, activeTransfers[i].isResponse, activeTransfers[i].sent)
@@ -188,5 +193,13 @@ extension RPCEndpoint {
         pumpTimer?.close()
         pumpTimer = nil
         pumpScheduled = false
+    }
+}
+
+extension RPCEndpoint {
+    /// The chunk sender's state, for tests and debugging. Loop-bound.
+    package var chunkStateDescription: String {
+        "transfers \(activeTransfers.count)+\(waitingTransfers.count), unsent \(unsentTransferBytes), unacknowledged \(chunkBytesUnacknowledged), "
+            + "window \(chunkWindow), paused \(pausedForBackpressure), pending \(connection.pendingWriteBytes), closing \(closing)"
     }
 }

@@ -19,6 +19,7 @@ extension RPCEndpoint: PacketSink {
             || bytes[0] == PacketType.messageBig.rawValue || bytes[0] == PacketType.messageStart.rawValue {
             pausedForBackpressure = true
             connection.pauseReading()
+            schedulePump() // chunks no longer wait for acknowledgements (see pumpChunks)
             return 0
         }
         parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
@@ -38,8 +39,8 @@ extension RPCEndpoint: PacketSink {
     @inline(__always)
     package func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         handleMessage(id: id, payload: payload)
-        // Stop after it if its answer made the connection unwritable.
-        return !closing && connection.isWritable
+        // Stop after it if its answer made the connection unwritable (or chunked answers pile up).
+        return !closing && !readingBackpressured
     }
 
     package func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {

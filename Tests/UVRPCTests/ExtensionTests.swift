@@ -213,7 +213,9 @@ final class ExtensionTests: XCTestCase {
         let pair = try harness.endpointPair(server: configuration, client: configuration, serverHandler: { request in
             if request.payload.count == size {
                 // Every byte checked on arrival, then echoed (chunked back).
-                XCTAssertTrue(request.payload.elementsEqual(big), "the big payload arrived intact")
+                // (memcmp: a byte-wise comparison in a debug build would hold the loop for seconds)
+                XCTAssertEqual(big.withUnsafeBytes { memcmp($0.baseAddress!, request.payload.baseAddress!, size) }, 0,
+                               "the big payload arrived intact")
                 smallBeforeBig.withLock { $0 = smallSeen.value }
                 try request.respond(request.payload)
             } else {
@@ -221,13 +223,16 @@ final class ExtensionTests: XCTestCase {
                 try request.respond(request.payload)
             }
         })
-        let bigDone = Promise<Bool>()
+        let bigDone = Promise<String>()
         let smallDone = Promise<Int>()
         try harness.sync {
             let client = pair.client.value
             XCTAssertEqual(client.activeExtensions, .all)
             client.send(big, timeout: .seconds(120)) { result in
-                bigDone.fulfill((try? result.get()).map { $0 == big } ?? false)
+                switch result {
+                case .success(let echoed): bigDone.fulfill(echoed == big ? "intact" : "\(echoed.count) bytes, not the payload")
+                case .failure(let error): bigDone.fulfill("\(error)")
+                }
             }
             // Written right after the first window of chunks: they reach the
             // server long before the big payload's last chunk.
@@ -241,12 +246,36 @@ final class ExtensionTests: XCTestCase {
             }
         }
         XCTAssertEqual(try smallDone.wait("the small calls", seconds: 120), small)
-        XCTAssertTrue(try bigDone.wait("the big call", seconds: 120), "the echoed big payload, every byte")
+        XCTAssertEqual(try bigDone.wait("the big call", seconds: 120), "intact", "the echoed big payload, every byte")
         XCTAssertEqual(smallBeforeBig.withLock { $0 }, small, "every small message arrived before the big one was complete")
         try harness.sync {
-            XCTAssertLessThanOrEqual(pair.client.value.connection.peakPendingWriteBytes, 1 << 20,
+            // At most the bulk window (1 MiB, before any small packet was written) and the small calls.
+            XCTAssertLessThanOrEqual(pair.client.value.connection.peakPendingWriteBytes, 2 << 20,
                                      "the big payload never sat whole in the outgoing buffer")
         }
+    }
+
+    /// A server whose chunked answers pile up past its limit stops reading
+    /// new messages (backpressure), and with them the client's CHUNK_ACKs:
+    /// its chunks must then go without acknowledgements, or neither side moves.
+    func testChunkedAnswersPilingUpPauseReadingWithoutDeadlock() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let server = testConfiguration { $0.maximumPendingWriteBytes = 1 << 20 }
+        let pair = try harness.endpointPair(server: server)
+        let payloads = (0..<8).map { pseudoRandomBytes(count: 3 << 20, seed: UInt64(20 + $0)) }
+        let answered = Promise<Int>()
+        try harness.sync {
+            var ok = 0, ended = 0
+            for payload in payloads + payloads.map({ Array($0.prefix(100)) }) {
+                pair.client.value.send(payload, timeout: .seconds(60)) { result in
+                    if (try? result.get()) == payload.reversed() { ok += 1 }
+                    ended += 1
+                    if ended == 2 * payloads.count { answered.fulfill(ok) }
+                }
+            }
+        }
+        XCTAssertEqual(try answered.wait("every call", seconds: 60), 2 * payloads.count)
     }
 
     // MARK: Go-away
