@@ -30,6 +30,23 @@ seeds = {
  "liberal": handshake(b' { "x" : [1, {"y": null}], "k" : 5 , "p" : 2 }'),
  "protocol1": handshake(b'{"k":5.0,"p":1}') + bytes([5,0,2,0,0,0,1,0x21]),
 }
+# The extensions (Docs/PROTOCOL.md): announced, then each packet type.
+ext = handshake(b'{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}')
+def chunks(kind, id, payload, size=30000):
+    out = b""
+    for i in range(0, len(payload), size):
+        part = payload[i:i + size]
+        out += bytes([kind]) + struct.pack(">HH", id, len(part)) + part
+    return out
+big = bytes([4]) + bytes(range(256)) * 273
+seeds["ext-error-cancel"] = ext + bytes([2,0,1,0,1,1, 2,0,2,0,1,0]) + bytes([7,0,2]) + bytes([6,0xff,0xfa,0,4]) + b"nope"
+seeds["ext-chunks"] = (ext + bytes([9,0,5]) + struct.pack(">I", len(big)) + chunks(11, 5, big)
+    + bytes([10,0xff,0xfb]) + struct.pack(">I", 70000) + chunks(12, 0xfffb, bytes(70000), 20000)
+    + bytes([14]) + struct.pack(">I", 0) + bytes([13]) + bytes([2,0,9,0,1,4]))
+seeds["ext-cancel-transfer"] = (ext + bytes([9,0,5]) + struct.pack(">I", 90000) + chunks(11, 5, bytes(1000))
+    + bytes([7,0,5]) + bytes([9,0,5]) + struct.pack(">I", 10) + chunks(11, 5, bytes([4]) * 10))
+seeds["ext-bad-ack"] = ext + bytes([8,0xff,0xfa])
+seeds["ext-chunk-not-started"] = ext + bytes([12,0,3,0,2,1,2])
 for name, data in seeds.items():
     with open(os.path.join("Fuzz/corpus", "seed-" + name), "wb") as f:
         f.write(data)

@@ -32,7 +32,7 @@ final class FuzzCorpusTests: XCTestCase {
         func outcome(_ data: [UInt8], direct: Bool = false, _ chunk: @escaping () -> Int) -> String {
             do {
                 return try parseInChunks(data, bufferLimit: 4096, maximumPayloadSize: 1 << 20, allowTrailing: true,
-                                        direct: direct, chunkSize: chunk)
+                                        direct: direct, extensions: .all, chunkSize: chunk)
                     .map(\.description).joined(separator: ",")
             } catch {
                 return "violation: \(error)"

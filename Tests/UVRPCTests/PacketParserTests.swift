@@ -1,4 +1,5 @@
 import UVRPC
+import UVTestSupport
 import XCTest
 
 final class PacketParserTests: XCTestCase {
@@ -65,6 +66,64 @@ final class PacketParserTests: XCTestCase {
             XCTAssertEqual(try parseInChunks(stream, bufferLimit: 512, direct: true,
                                              chunkSize: { Int.random(in: 1...3000, using: &rng) }),
                            expected, "direct reads, seed \(seed)")
+        }
+    }
+
+    /// A stream of every extension packet: two chunked messages and a chunked
+    /// response interleaved with small packets, a transfer dropped by CANCEL
+    /// and one by CANCEL_ACK, an ERROR, a CHUNK_ACK, a GOAWAY.
+    private func extensionStream() -> (stream: [UInt8], events: [Event]) {
+        func x(_ type: PacketType, id: UInt16 = 0, total: Int = 0, payload: [UInt8] = []) -> [UInt8] {
+            PacketWriter.extensionPacket(type, id: id, total: total, payload: payload)
+        }
+        let a = pseudoRandomBytes(count: 100_000, seed: 1), b = pseudoRandomBytes(count: 70_000, seed: 2)
+        let r = pseudoRandomBytes(count: 66_000, seed: 3)
+        let info = PeerInfo(keepaliveInterval: 10.73, extensions: .all)
+        var stream = info.handshakeBytes
+        var events: [Event] = [.handshake(info)]
+        stream += x(.messageStart, id: 1, total: a.count) + x(.messageStart, id: 2, total: b.count)
+            + x(.responseStart, id: 9, total: r.count) + x(.messageStart, id: 3, total: 50_000) + x(.responseStart, id: 4, total: 80_000)
+        var offsets = (a: 0, b: 0, r: 0)
+        var round = 0
+        while offsets.a < a.count || offsets.b < b.count || offsets.r < r.count {
+            for (payload, id, type) in [(a, UInt16(1), PacketType.messageChunk), (b, 2, .messageChunk), (r, 9, .responseChunk)] {
+                let done = id == 1 ? offsets.a : id == 2 ? offsets.b : offsets.r
+                guard done < payload.count else { continue }
+                let n = min(8192 + round * 977 % 4000, payload.count - done)
+                stream += x(type, id: id, payload: Array(payload[done..<(done + n)]))
+                if id == 1 { offsets.a += n } else if id == 2 { offsets.b += n } else { offsets.r += n }
+                if done + n == payload.count {
+                    events.append(type == .messageChunk ? .message(id: id, payload: payload) : .response(id: id, payload: payload))
+                }
+            }
+            if round == 2 {
+                // Chunks of 3 and 4, then both given up: nothing is delivered for them.
+                stream += x(.messageChunk, id: 3, payload: [1, 2, 3]) + x(.responseChunk, id: 4, payload: [4])
+                stream += x(.cancel, id: 3) + x(.cancelAcknowledged, id: 4)
+                events += [.cancel(id: 3), .cancelAcknowledged(id: 4)]
+            }
+            stream += PacketWriter.frame(isResponse: false, id: UInt16(100 + round), payload: [UInt8(round)]) + [0x01]
+            events += [.message(id: UInt16(100 + round), payload: [UInt8(round)]), .keepalive]
+            round += 1
+        }
+        stream += x(.error, id: 7, payload: Array("no such key".utf8)) + x(.chunkAcknowledged, total: 123_456) + x(.goAway)
+        events += [.error(id: 7, reason: "no such key"), .chunkAcknowledged(bytes: 123_456), .goAway]
+        return (stream, events)
+    }
+
+    func testExtensionPacketsGiveIdenticalEventsWholeByteByByteInRandomChunksAndDirect() throws {
+        let (stream, expected) = extensionStream()
+        XCTAssertEqual(try parseInChunks(stream, extensions: .all, chunkSize: { stream.count }), expected, "whole")
+        XCTAssertEqual(try parseInChunks(stream, extensions: .all, chunkSize: { 1 }), expected, "byte by byte")
+        var rng = SplitMix(state: 15)
+        XCTAssertEqual(try parseInChunks(stream, extensions: .all, chunkSize: { Int.random(in: 1...9000, using: &rng) }),
+                       expected, "random chunks")
+        XCTAssertEqual(try parseInChunks(stream, bufferLimit: 512, direct: true, extensions: .all,
+                                         chunkSize: { Int.random(in: 1...30000, using: &rng) }), expected, "direct reads")
+        // A parser that did not announce them takes the first extension packet for an unknown type.
+        let plainHandshake = PeerInfo(keepaliveInterval: 10.73, extensions: .all).handshakeBytes.count
+        XCTAssertThrowsError(try parseInChunks(stream, chunkSize: { stream.count })) { error in
+            XCTAssertEqual(error as? ProtocolViolation, .unknownPacketType(9, streamOffset: UInt64(plainHandshake)))
         }
     }
 
