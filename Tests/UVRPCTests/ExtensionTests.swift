@@ -23,6 +23,24 @@ final class ExtensionTests: XCTestCase {
                         0x31, 0x30, 0x2e, 0x37, 0x33, 0x7d])
     }
 
+    /// The byte vectors of Docs/PROTOCOL.md, "Extensions".
+    func testTheExtensionByteVectors() {
+        func x(_ type: PacketType, id: UInt16 = 0, total: Int = 0, payload: [UInt8] = []) -> [UInt8] {
+            PacketWriter.extensionPacket(type, id: id, total: total, payload: payload)
+        }
+        XCTAssertEqual(PeerInfo(keepaliveInterval: 10.73, extensions: .all).handshakeBytes,
+                       [0x00, 0x00, 0x00, 0x39] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}"#.utf8))
+        XCTAssertEqual(x(.error, id: 7, payload: Array("no".utf8)), [0x06, 0x00, 0x07, 0x00, 0x02, 0x6e, 0x6f])
+        XCTAssertEqual(x(.cancel, id: 7), [0x07, 0x00, 0x07])
+        XCTAssertEqual(x(.cancelAcknowledged, id: 7), [0x08, 0x00, 0x07])
+        XCTAssertEqual(x(.messageStart, id: 1, total: 70000), [0x09, 0x00, 0x01, 0x00, 0x01, 0x11, 0x70])
+        XCTAssertEqual(x(.responseStart, id: 1, total: 70000), [0x0a, 0x00, 0x01, 0x00, 0x01, 0x11, 0x70])
+        XCTAssertEqual(x(.messageChunk, id: 1, payload: Array("abc".utf8)), [0x0b, 0x00, 0x01, 0x00, 0x03, 0x61, 0x62, 0x63])
+        XCTAssertEqual(x(.responseChunk, id: 1, payload: Array("abc".utf8)), [0x0c, 0x00, 0x01, 0x00, 0x03, 0x61, 0x62, 0x63])
+        XCTAssertEqual(x(.goAway), [0x0d])
+        XCTAssertEqual(x(.chunkAcknowledged, total: 70000), [0x0e, 0x00, 0x01, 0x11, 0x70])
+    }
+
     func testExtensionNamesAreReadLiberally() throws {
         func read(_ json: String) throws -> RPCExtensions {
             try Array(json.utf8).withUnsafeBytes { try PeerInfo(json: $0) }.extensions
