@@ -13,11 +13,31 @@ mkdir -p .build-fuzz Fuzz/corpus
 # libFuzzer entry point linked against their objects.
 swift build -c release --target EndpointFuzzHarness --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address
 # Every object of the harness's dependency closure (UVLoop, UVRPC and the packages they use).
-objects=$(find .build-fuzz/release -path '*.build/*.o' | grep -v -e '/uvrpc.build/' -e 'PackageTests' -e '/example-' -e '/uvrpc-')
+# The objects of the sources each module has now (its output-file-map.json; a
+# folder can still hold objects of files since deleted), plus C targets' objects.
+mapfile -d '' objects < <(python3 - <<'PY'
+import glob, json, os, sys
+found = []
+for folder in glob.glob(".build-fuzz/release/*.build"):
+    name = os.path.basename(folder)
+    if name in ("uvrpc.build",) or "PackageTests" in name or name.startswith(("example-", "uvrpc-")):
+        continue
+    mapping = os.path.join(folder, "output-file-map.json")
+    if os.path.exists(mapping):
+        for source, outputs in json.load(open(mapping)).items():
+            if source and os.path.exists(outputs.get("object", "")):
+                found.append(outputs["object"])
+    else:
+        found += glob.glob(os.path.join(folder, "**", "*.o"), recursive=True)
+sys.stdout.write("".join(path + "\0" for path in found))
+PY
+)
+rm -f .build-fuzz/endpoint-fuzzer
 swiftc -parse-as-library -O -sanitize=fuzzer,address Fuzz/EndpointFuzzer.swift \
     -I .build-fuzz/release/Modules -I Sources/CLibUV -I Sources/COpenSSL \
-    $objects -luv -lssl -lcrypto \
+    "${objects[@]}" -luv -lssl -lcrypto \
     -o .build-fuzz/endpoint-fuzzer 2>&1 | grep -v "Cannot export local symbol" || true
+[ -x .build-fuzz/endpoint-fuzzer ] || { echo "fuzz.sh: linking the fuzzer failed (see above)" >&2; exit 1; }
 # Seeds: the byte vectors of PROTOCOL.md.
 python3 - <<'PY'
 import os, struct

@@ -61,9 +61,14 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     ///
     /// - Throws: an ``RPCError`` (timed out, closed, peer too old, every id
     ///   in flight), as the callback API reports; or `CancellationError` when
-    ///   the task is cancelled first. Cancelling frees the call's id (a late
-    ///   response is ignored) and, unlike the reference (which closes the whole
-    ///   endpoint when a send is cancelled), leaves the endpoint open.
+    ///   the task is cancelled first. Cancelling ends the call and, unlike the
+    ///   reference (which closes the whole endpoint when a send is
+    ///   cancelled), leaves the endpoint open. A UVRPC peer is told (extension
+    ///   `cancel`): its handler is cancelled, and the id stays reserved until
+    ///   it confirms, so a late answer can reach no later call. With an
+    ///   efro.rpc peer the id is freed at once and a late answer is ignored.
+    ///   A UVRPC peer's failed handler makes this throw
+    ///   ``RPCError/peerHandlerFailed(endpoint:messageID:reason:)`` at once.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
         // One allocation (the call) plus the response's Array; the hop to the
         // loop costs a closure only when the caller is not on the loop already.
@@ -90,8 +95,11 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     }
 
     /// Handles every incoming message with `handler`, given an
-    /// ``RPCAsyncRequest``; its return value is the answer, and throwing
-    /// sends no response and is logged. Handlers run in worker tasks on the
+    /// ``RPCAsyncRequest``; its return value is the answer. Throwing is
+    /// logged and answers with the error's description to a UVRPC peer
+    /// (extension `error`); to an efro.rpc peer it sends nothing. When the
+    /// peer cancels the call, the handler's task is cancelled and its
+    /// return value is not sent. Handlers run in worker tasks on the
     /// endpoint's loop, concurrently: one that awaits holds up no other.
     /// Messages that arrived before it was set are handed to it. Replaces a
     /// callback ``RPCEndpoint/onMessage`` handler.

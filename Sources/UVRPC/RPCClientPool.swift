@@ -147,7 +147,10 @@ public final class RPCClientPool: Sendable {
     /// Sends `payload` on the open connection with the fewest calls in
     /// flight; `completion` runs on the calling loop with a copy of the
     /// response or the error. Must be called on an event loop (any: the call
-    /// hops to its connection's loop when that is another one).
+    /// hops to its connection's loop when that is another one). A call that
+    /// meets a connection whose server just went away fails with
+    /// ``RPCError/peerGoingAway(endpoint:)`` (it was not sent; the async
+    /// `send` sends it again elsewhere).
     /// ``RPCError/noConnection(addresses:lastConnectError:)`` is reported
     /// before this returns.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,

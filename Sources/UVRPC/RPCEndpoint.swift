@@ -13,8 +13,11 @@ import UVLoop
 /// - Incoming messages go to ``onMessage`` as an ``RPCRequest`` (or to an
 ///   async handler as an ``RPCAsyncRequest``), answered now or later,
 ///   exactly once. Handlers do not block each other. A handler that throws,
-///   or leaves its request unanswered, sends no response (the peer's call
-///   then times out), and it is logged.
+///   or leaves its request unanswered, sends no response to an efro.rpc
+///   peer (the peer's call then times out), and it is logged; a UVRPC peer
+///   gets an error answer for a throwing handler (see ``RPCExtensions``).
+/// - Between UVRPC peers, ``RPCExtensions`` (error answers, cancellation,
+///   chunked big payloads, go-away) are used; ``activeExtensions`` says which.
 /// - ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)`` registers the call under
 ///   the next free 16-bit id (starting at 65530, wrapping) and completes with
 ///   the response or an ``RPCError``. With `closeOnError` (the default, as in
@@ -70,7 +73,9 @@ public final class RPCEndpoint {
 
     /// Handles each incoming message, as an ``RPCRequest``: what came in,
     /// from whom, and the way to answer it (now or later, exactly once).
-    /// Throwing sends no response and is logged. Loop-bound. Messages that
+    /// Throwing is logged, and answers with an error to a peer that takes
+    /// error answers (``RPCExtensions/errorAnswers``; to an efro.rpc peer it
+    /// sends nothing). Loop-bound. Messages that
     /// arrive while no handler is set wait (up to 1024) for one.
     ///
     /// For an async handler, see ``RPCAsyncEndpoint/onMessage(_:)``; setting one replaces the other.
