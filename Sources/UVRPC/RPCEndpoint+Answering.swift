@@ -48,22 +48,30 @@ extension RPCEndpoint {
                 try $0.body(RPCRequest(payload: payload, endpoint: self, token: token))
             }
         } catch {
-            if !currentAnswered {
-                currentAnswered = true // abandoned: a later answer is refused
-                let sent = sendErrorAnswer(to: id, reason: "\(error)")
-                logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
-                             metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
-            } else {
-                logger.error("message handler failed after answering", metadata: [
-                    "rpc.id": "\(id)", "rpc.error": "\(error)",
-                ])
-            }
+            callbackHandlerFailed(id: id, error: error)
         }
         if !currentAnswered && !closing {
             unanswered[id] = UnansweredRequest(token: token, since: eventLoop.now)
         }
         currentToken = outerToken
         currentAnswered = outerAnswered
+    }
+
+    /// A callback handler threw: answers with an error if it had not
+    /// answered (and the peer takes error answers), and logs it. Out of
+    /// line, so that the per-message path stays small enough to be inlined.
+    @inline(never)
+    func callbackHandlerFailed(id: UInt16, error: any Error) {
+        if !currentAnswered {
+            currentAnswered = true // abandoned: a later answer is refused
+            let sent = sendErrorAnswer(to: id, reason: "\(error)")
+            logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
+                         metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+        } else {
+            logger.error("message handler failed after answering", metadata: [
+                "rpc.id": "\(id)", "rpc.error": "\(error)",
+            ])
+        }
     }
 
     /// Answers the request `token` (its message id in the low 16 bits): ``RPCRequest/respond(_:)-(UnsafeRawBufferPointer)``.

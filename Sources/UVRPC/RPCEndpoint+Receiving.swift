@@ -77,13 +77,20 @@ extension RPCEndpoint: PacketSink {
         case .async?:
             enqueueAsyncRequest(id: id, payload: Array(payload))
         case nil:
-            if waitingMessages.count < Self.maximumWaitingMessages {
-                waitingMessages.append((id, Array(payload)))
-            } else {
-                let sent = sendErrorAnswer(to: id, reason: "no message handler is set on \(label) and 1024 messages wait for one")
-                logger.warning("message received but no onMessage handler is set and 1024 are waiting; \(sent ? "answered with an error" : "no response sent")",
-                               metadata: ["rpc.id": "\(id)"])
-            }
+            holdUntilAHandlerIsSet(id: id, payload: payload)
+        }
+    }
+
+    /// A message that arrived before any handler was set waits (up to 1024).
+    /// Out of line: the per-message path stays small enough to be inlined.
+    @inline(never)
+    func holdUntilAHandlerIsSet(id: UInt16, payload: UnsafeRawBufferPointer) {
+        if waitingMessages.count < Self.maximumWaitingMessages {
+            waitingMessages.append((id, Array(payload)))
+        } else {
+            let sent = sendErrorAnswer(to: id, reason: "no message handler is set on \(label) and 1024 messages wait for one")
+            logger.warning("message received but no onMessage handler is set and 1024 are waiting; \(sent ? "answered with an error" : "no response sent")",
+                           metadata: ["rpc.id": "\(id)"])
         }
     }
 
