@@ -77,45 +77,46 @@ extension RPCEndpoint {
     /// Answers the request `token` (its message id in the low 16 bits): ``RPCRequest/respond(_:)-(UnsafeRawBufferPointer)``.
     @inline(__always)
     func answer(token: UInt64, with payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) throws(RPCResponseError) {
-        let id = UInt16(truncatingIfNeeded: token)
-        if token == currentToken {
-            // Answered within its handler call, on the loop (see the type's comment).
-            guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
-            currentAnswered = true
-        } else {
-            checkLoop("RPCRequest.respond")
-            guard let entry = unanswered[id], entry.token == token else {
-                if closing { throw .closed(endpoint: label, messageID: id) }
-                if cancelledRequests[id] == token { throw .cancelled(endpoint: label, messageID: id) }
-                throw .alreadyAnswered(endpoint: label, messageID: id)
-            }
-            unanswered[id] = nil
-        }
+        let id = try claim(token: token, "RPCRequest.respond")
         try respond(to: id, with: payload, owned: owned)
         closeIfDrained()
     }
 
     /// Answers the request `token` with an error: ``RPCRequest/fail(_:)``.
     func fail(token: UInt64, reason: String) throws(RPCResponseError) {
-        let id = UInt16(truncatingIfNeeded: token)
-        if token == currentToken {
-            guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
-            currentAnswered = true
-        } else {
-            checkLoop("RPCRequest.fail")
-            guard let entry = unanswered[id], entry.token == token else {
-                if closing { throw .closed(endpoint: label, messageID: id) }
-                if cancelledRequests[id] == token { throw .cancelled(endpoint: label, messageID: id) }
-                throw .alreadyAnswered(endpoint: label, messageID: id)
-            }
-            unanswered[id] = nil
-        }
+        let id = try claim(token: token, "RPCRequest.fail")
         guard !closing else { throw .closed(endpoint: label, messageID: id) }
         if !sendErrorAnswer(to: id, reason: reason) {
             logger.error("message failed; the peer takes no error answers, so no response was sent",
                          metadata: ["rpc.id": "\(id)", "rpc.reason": "\(reason)"])
         }
         closeIfDrained()
+    }
+
+    /// Marks the request `token` answered and returns its message id, or
+    /// throws why it cannot be answered (any more).
+    @inline(__always)
+    func claim(token: UInt64, _ api: StaticString) throws(RPCResponseError) -> UInt16 {
+        let id = UInt16(truncatingIfNeeded: token)
+        if token == currentToken {
+            // Answered within its handler call, on the loop (see the type's comment).
+            guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
+            currentAnswered = true
+        } else {
+            try claimKeptRequest(id: id, token: token, api)
+        }
+        return id
+    }
+
+    /// ``claim(token:_:)`` for a request kept past its handler call.
+    func claimKeptRequest(id: UInt16, token: UInt64, _ api: StaticString) throws(RPCResponseError) {
+        checkLoop(api)
+        guard let entry = unanswered[id], entry.token == token else {
+            if closing { throw .closed(endpoint: label, messageID: id) }
+            if cancelledRequests[id] == token { throw .cancelled(endpoint: label, messageID: id) }
+            throw .alreadyAnswered(endpoint: label, messageID: id)
+        }
+        unanswered[id] = nil
     }
 
     /// Whether the request `token` was answered or can no longer be.
