@@ -46,7 +46,7 @@ package protocol PacketSink: AnyObject {
 /// copied (or read straight, see ``bigPayloadRemainder``) into place, and the
 /// complete payload goes to the sink as if it had come in one packet.
 package struct PacketParser: ~Copyable {
-    private enum State {
+    enum State {
         case handshakeLength
         case handshakeBody(length: Int)
         case packets
@@ -57,7 +57,7 @@ package struct PacketParser: ~Copyable {
     }
 
     /// A chunked payload being reassembled.
-    private struct Transfer {
+    struct Transfer {
         /// Invariant: owned by the parser from START until delivered or dropped;
         /// holds at least `total` bytes (more when it is the spare buffer reused).
         var buffer: UnsafeMutableRawBufferPointer
@@ -69,18 +69,18 @@ package struct PacketParser: ~Copyable {
     /// steady big traffic then allocates, faults in and unmaps nothing
     /// (each of which stalls the loop). Freed by ``releaseSpareBuffer()``
     /// when the connection is idle, and at the end.
-    private var spareBuffer: UnsafeMutableRawBufferPointer?
+    var spareBuffer: UnsafeMutableRawBufferPointer?
     /// Transfers in progress, by `Self.transferKey`.
-    private var transfers: [UInt32: Transfer] = [:]
-    private var messageTransfers = 0
-    private var responseTransfers = 0
+    var transfers: [UInt32: Transfer] = [:]
+    var messageTransfers = 0
+    var responseTransfers = 0
     /// Extensions this side announces; with the peer's, they make ``agreedExtensions``.
     package let localExtensions: RPCExtensions
     /// The extensions both handshakes announced (empty until the peer's arrived).
-    package private(set) var agreedExtensions: RPCExtensions = []
+    package internal(set) var agreedExtensions: RPCExtensions = []
     /// CHUNK payload bytes consumed and not yet acknowledged to the peer
     /// (the endpoint sends a CHUNK_ACK after each read: ``takeChunkBytesToAcknowledge()``).
-    package private(set) var chunkBytesToAcknowledge = 0
+    package internal(set) var chunkBytesToAcknowledge = 0
     /// A CHUNK remainder at least this long is offered for a direct read
     /// (this library's 8 KiB chunks never are: a read syscall per chunk
     /// costs more than copying them out of the shared read buffer; a peer's
@@ -88,14 +88,14 @@ package struct PacketParser: ~Copyable {
     static let directChunkReadMinimum = 4096
 
     @inline(__always)
-    private static func transferKey(isMessage: Bool, id: UInt16) -> UInt32 { (isMessage ? 0x1_0000 : 0) | UInt32(id) }
+    static func transferKey(isMessage: Bool, id: UInt16) -> UInt32 { (isMessage ? 0x1_0000 : 0) | UInt32(id) }
 
-    private var state = State.handshakeLength
+    var state = State.handshakeLength
     /// Exact-size storage of the big payload being received, else nil.
     /// Invariant: owned by this parser; freed after delivery or in deinit.
     private var bigBuffer: UnsafeMutableRawBufferPointer?
     /// Bytes consumed since the start of the stream (for error messages).
-    package private(set) var streamOffset: UInt64 = 0
+    package internal(set) var streamOffset: UInt64 = 0
 
     /// Largest payload accepted; a larger declared length is a protocol violation.
     package var maximumPayloadSize: Int
@@ -198,175 +198,6 @@ package struct PacketParser: ~Copyable {
         switch state {
         case .bigPayload, .chunkPayload: state = .packets
         default: break
-        }
-    }
-
-    /// Returns ``chunkBytesToAcknowledge`` and starts counting again.
-    package mutating func takeChunkBytesToAcknowledge() -> Int {
-        defer { chunkBytesToAcknowledge = 0 }
-        return chunkBytesToAcknowledge
-    }
-
-    /// Bytes of chunked payloads being reassembled (their buffers).
-    package var reassemblyBytes: Int { transfers.values.reduce(0) { $0 + $1.buffer.count } + (spareBuffer?.count ?? 0) }
-
-    /// Frees the spare reassembly buffer (the connection went idle).
-    package mutating func releaseSpareBuffer() {
-        if let spare = spareBuffer { BufferReleaser.deallocate(spare) }
-        spareBuffer = nil
-    }
-
-    /// A buffer for a transfer of `total` bytes: the spare one when it fits
-    /// without wasting more than half of it, else a new one.
-    private mutating func reassemblyBuffer(_ total: Int) -> UnsafeMutableRawBufferPointer {
-        if let spare = spareBuffer, spare.count >= total, spare.count / 2 <= total {
-            spareBuffer = nil
-            return spare
-        }
-        return .allocate(byteCount: total, alignment: 16)
-    }
-
-    /// Takes back a delivered or dropped transfer's buffer: kept as the spare when big, else freed.
-    private mutating func recycle(_ buffer: UnsafeMutableRawBufferPointer) {
-        if buffer.count >= BufferReleaser.threshold {
-            if let old = spareBuffer {
-                if old.count >= buffer.count { return BufferReleaser.deallocate(buffer) }
-                BufferReleaser.deallocate(old)
-            }
-            spareBuffer = buffer
-        } else {
-            buffer.deallocate()
-        }
-    }
-
-    /// Drops transfer `key` if it is in progress (its sender gave it up).
-    private mutating func dropTransfer(_ key: UInt32) {
-        guard let transfer = transfers.removeValue(forKey: key) else { return }
-        recycle(transfer.buffer)
-        if key & 0x1_0000 != 0 { messageTransfers -= 1 } else { responseTransfers -= 1 }
-    }
-
-    /// After a chunk's last byte: delivers transfer `key` if it is complete.
-    /// Returns whether parsing should go on.
-    @inline(never)
-    private mutating func finishChunk(_ key: UInt32, into sink: some PacketSink) -> Bool {
-        guard let transfer = transfers[key], transfer.filled == transfer.total else { return true }
-        transfers[key] = nil
-        let isMessage = key & 0x1_0000 != 0
-        if isMessage { messageTransfers -= 1 } else { responseTransfers -= 1 }
-        defer { recycle(transfer.buffer) }
-        let id = UInt16(truncatingIfNeeded: key)
-        let payload = UnsafeRawBufferPointer(rebasing: transfer.buffer[0..<transfer.total])
-        return isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
-    }
-
-    /// Copies the next bytes of the CHUNK being received from `input` at
-    /// `offset` into place; returns the bytes taken and whether to go on.
-    @inline(never)
-    private mutating func continueChunk(_ key: UInt32, remaining: Int, _ input: UnsafeRawBufferPointer, at offset: Int,
-                                        into sink: some PacketSink) -> (Int, Bool) {
-        let n = min(input.count - offset, remaining)
-        let transfer = transfers[key]!
-        // Safe: n bytes are inside `input`, and `remaining` was checked against the buffer.
-        (transfer.buffer.baseAddress! + transfer.filled).copyMemory(from: input.baseAddress! + offset, byteCount: n)
-        transfers[key]!.filled += n
-        if n < remaining {
-            state = .chunkPayload(key: key, remaining: remaining - n)
-            return (n, true)
-        }
-        state = .packets
-        return (n, finishChunk(key, into: sink))
-    }
-
-    /// Whether the packet type `type` belongs to an extension both sides announced.
-    @inline(__always)
-    private func agreed(_ type: UInt8) -> Bool {
-        switch type {
-        case 6: return agreedExtensions.contains(.errorAnswers)
-        case 7, 8: return agreedExtensions.contains(.cancellation)
-        case 9, 10, 11, 12, 14: return agreedExtensions.contains(.chunking)
-        case 13: return agreedExtensions.contains(.goAway)
-        default: return false
-        }
-    }
-
-    /// Parses one extension packet (type 6-14, agreed) at `offset`. Returns
-    /// the bytes it consumed (0: wait for more) and whether to go on.
-    /// (Not inlined: inside `parse` it made the specialised per-frame path
-    /// stop inlining the sink's `receivedMessage`, ~27 instructions per call.)
-    @inline(never)
-    private mutating func parseExtensionPacket(_ type: UInt8, _ input: UnsafeRawBufferPointer, at offset: Int,
-                                               into sink: some PacketSink) throws(ProtocolViolation) -> (Int, Bool) {
-        let available = input.count - offset
-        func u16(_ at: Int) -> Int { Int(input[offset + at]) << 8 | Int(input[offset + at + 1]) }
-        guard agreed(type) else {
-            // Not agreed: an unknown type, as for the reference (see the type's comment).
-            throw .unknownPacketType(type, streamOffset: streamOffset + UInt64(offset))
-        }
-        switch type {
-        case 13:
-            return (1, sink.receivedGoAway())
-        case 14:
-            guard available >= 5 else { return (0, true) }
-            return (5, sink.receivedChunkAcknowledgement(bytes: u16(1) << 16 | u16(3)))
-        case 7, 8:
-            guard available >= 3 else { return (0, true) }
-            let id = UInt16(u16(1))
-            if type == 7 {
-                dropTransfer(Self.transferKey(isMessage: true, id: id))
-                return (3, sink.receivedCancel(id: id))
-            }
-            dropTransfer(Self.transferKey(isMessage: false, id: id))
-            return (3, sink.receivedCancelAcknowledgement(id: id))
-        case 6:
-            guard available >= 5 else { return (0, true) }
-            let length = u16(3)
-            if length > Wire.maximumErrorReason { throw .errorReasonTooLong(declared: length, limit: Wire.maximumErrorReason) }
-            guard available >= 5 + length else { return (0, true) }
-            let reason = UnsafeRawBufferPointer(rebasing: input[(offset + 5)..<(offset + 5 + length)])
-            return (5 + length, sink.receivedError(id: UInt16(u16(1)), reason: reason))
-        case 9, 10:
-            guard available >= 7 else { return (0, true) }
-            let packet = PacketType(rawValue: type)!
-            let id = UInt16(u16(1))
-            let total = u16(3) << 16 | u16(5)
-            if total > maximumPayloadSize { throw .payloadTooLarge(declared: total, limit: maximumPayloadSize, packet: packet) }
-            let isMessage = type == 9
-            let key = Self.transferKey(isMessage: isMessage, id: id)
-            if transfers[key] != nil { throw .transferAlreadyStarted(packet: packet, id: id) }
-            if (isMessage ? messageTransfers : responseTransfers) >= Wire.maximumTransfers {
-                throw .tooManyTransfers(packet: packet, limit: Wire.maximumTransfers)
-            }
-            if total == 0 {
-                let empty = UnsafeRawBufferPointer(start: nil, count: 0)
-                return (7, isMessage ? sink.receivedMessage(id: id, payload: empty) : sink.receivedResponse(id: id, payload: empty))
-            }
-            transfers[key] = Transfer(buffer: reassemblyBuffer(total), total: total)
-            if isMessage { messageTransfers += 1 } else { responseTransfers += 1 }
-            return (7, true)
-        default: // 11, 12
-            guard available >= 5 else { return (0, true) }
-            let packet = PacketType(rawValue: type)!
-            let id = UInt16(u16(1))
-            let length = u16(3)
-            let key = Self.transferKey(isMessage: type == 11, id: id)
-            guard let transfer = transfers[key] else { throw .chunkNotStarted(packet: packet, id: id) }
-            if transfer.filled + length > transfer.total {
-                throw .chunkPastEnd(packet: packet, id: id, total: transfer.total, through: transfer.filled + length)
-            }
-            let n = min(available - 5, length)
-            if n > 0 {
-                // Safe: n bytes are inside `input` and, by the check above, inside the buffer.
-                (transfer.buffer.baseAddress! + transfer.filled)
-                    .copyMemory(from: input.baseAddress! + offset + 5, byteCount: n)
-            }
-            transfers[key]!.filled += n
-            chunkBytesToAcknowledge += length // the whole chunk is taken, even the part still to come
-            if n < length {
-                state = .chunkPayload(key: key, remaining: length - n)
-                return (5 + n, true)
-            }
-            return (5 + n, finishChunk(key, into: sink))
         }
     }
 

@@ -195,11 +195,3 @@ extension RPCEndpoint {
         pumpScheduled = false
     }
 }
-
-extension RPCEndpoint {
-    /// The chunk sender's state, for tests and debugging. Loop-bound.
-    package var chunkStateDescription: String {
-        "transfers \(activeTransfers.count)+\(waitingTransfers.count), unsent \(unsentTransferBytes), unacknowledged \(chunkBytesUnacknowledged), "
-            + "window \(chunkWindow), paused \(pausedForBackpressure), pending \(connection.pendingWriteBytes), closing \(closing)"
-    }
-}

@@ -1,0 +1,197 @@
+/// A small strict JSON reader, enough to validate any JSON text and pull
+/// the numbers `p` and `k` and the extension names of `x` out of a top-level object. No allocation beyond
+/// the key being compared; nesting depth is bounded, so hostile input cannot
+/// exhaust the stack.
+struct JSONScanner {
+    private let bytes: UnsafeRawBufferPointer
+    private var i = 0
+    private static let maximumDepth = 64
+
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    private func fail(_ what: String) -> ProtocolViolation {
+        .malformedHandshake("\(what) at byte \(i) of \(bytes.count)")
+    }
+
+    private mutating func skipWhitespace() {
+        while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x09 || bytes[i] == 0x0A || bytes[i] == 0x0D { i += 1 }
+    }
+
+    private mutating func expect(_ c: UInt8) throws(ProtocolViolation) {
+        skipWhitespace()
+        guard i < bytes.count, bytes[i] == c else { throw fail("expected '\(Character(Unicode.Scalar(c)))'") }
+        i += 1
+    }
+
+    mutating func parseHandshakeObject() throws(ProtocolViolation) -> (p: Double?, k: Double?, x: RPCExtensions) {
+        var p: Double?, k: Double?, x: RPCExtensions = []
+        try expect(UInt8(ascii: "{"))
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
+            i += 1
+        } else {
+            while true {
+                skipWhitespace()
+                let key = try parseString()
+                try expect(UInt8(ascii: ":"))
+                skipWhitespace()
+                if key == "p" || key == "k" {
+                    guard i < bytes.count, bytes[i] == UInt8(ascii: "-") || (bytes[i] >= 0x30 && bytes[i] <= 0x39) else {
+                        throw .malformedHandshake("\"\(key)\" is not a number")
+                    }
+                    let value = try parseNumber()
+                    if key == "p" { p = value } else { k = value }
+                } else if key == "x", i < bytes.count, bytes[i] == UInt8(ascii: "[") {
+                    x = try parseExtensionNames()
+                } else {
+                    try skipValue(depth: 1)
+                }
+                skipWhitespace()
+                guard i < bytes.count else { throw fail("unterminated object") }
+                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                if bytes[i] == UInt8(ascii: "}") { i += 1; break }
+                throw fail("expected ',' or '}'")
+            }
+        }
+        skipWhitespace()
+        guard i == bytes.count else { throw fail("trailing bytes after the object") }
+        return (p, k, x)
+    }
+
+    /// Parses the list of `x`: known names become extensions, anything else is skipped.
+    private mutating func parseExtensionNames() throws(ProtocolViolation) -> RPCExtensions {
+        var found: RPCExtensions = []
+        i += 1 // "["
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return found }
+        while true {
+            skipWhitespace()
+            if i < bytes.count, bytes[i] == UInt8(ascii: "\"") {
+                if let known = RPCExtensions(wireName: try parseString()) { found.insert(known) }
+            } else {
+                try skipValue(depth: 2)
+            }
+            skipWhitespace()
+            guard i < bytes.count else { throw fail("unterminated array") }
+            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+            if bytes[i] == UInt8(ascii: "]") { i += 1; return found }
+            throw fail("expected ',' or ']'")
+        }
+    }
+
+    /// Parses a string; returns it only when it is short (keys we care about), else "".
+    private mutating func parseString() throws(ProtocolViolation) -> String {
+        guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string") }
+        i += 1
+        let start = i
+        var plain = true
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == UInt8(ascii: "\"") {
+                let s = plain && i - start <= 8
+                    ? String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self) : ""
+                i += 1
+                return s
+            }
+            if c < 0x20 { throw fail("control character in string") }
+            if c == UInt8(ascii: "\\") {
+                plain = false
+                i += 1
+                guard i < bytes.count else { break }
+                switch bytes[i] {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"),
+                     UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                    i += 1
+                case UInt8(ascii: "u"):
+                    guard i + 4 < bytes.count else { throw fail("short \\u escape") }
+                    for j in 1...4 where !Self.isHex(bytes[i + j]) { throw fail("bad \\u escape") }
+                    i += 5
+                default:
+                    throw fail("bad escape")
+                }
+                continue
+            }
+            i += 1
+        }
+        throw fail("unterminated string")
+    }
+
+    private static func isHex(_ c: UInt8) -> Bool {
+        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66)
+    }
+
+    private mutating func parseNumber() throws(ProtocolViolation) -> Double {
+        let start = i
+        if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
+        func digits(_ s: inout JSONScanner) -> Int {
+            let from = s.i
+            while s.i < s.bytes.count, s.bytes[s.i] >= 0x30, s.bytes[s.i] <= 0x39 { s.i += 1 }
+            return s.i - from
+        }
+        let intStart = i
+        let intDigits = digits(&self)
+        guard intDigits > 0 else { throw fail("expected digits") }
+        if intDigits > 1 && bytes[intStart] == 0x30 { throw fail("leading zero in number") }
+        if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+            i += 1
+            guard digits(&self) > 0 else { throw fail("expected digits after '.'") }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard digits(&self) > 0 else { throw fail("expected exponent digits") }
+        }
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
+        guard let value = Double(text) else { throw fail("number out of range") }
+        return value
+    }
+
+    private mutating func skipValue(depth: Int) throws(ProtocolViolation) {
+        guard depth <= Self.maximumDepth else { throw fail("nesting deeper than \(Self.maximumDepth)") }
+        skipWhitespace()
+        guard i < bytes.count else { throw fail("expected a value") }
+        switch bytes[i] {
+        case UInt8(ascii: "\""):
+            _ = try parseString()
+        case UInt8(ascii: "{"):
+            i += 1
+            skipWhitespace()
+            if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return }
+            while true {
+                skipWhitespace()
+                _ = try parseString()
+                try expect(UInt8(ascii: ":"))
+                try skipValue(depth: depth + 1)
+                skipWhitespace()
+                guard i < bytes.count else { throw fail("unterminated object") }
+                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                if bytes[i] == UInt8(ascii: "}") { i += 1; return }
+                throw fail("expected ',' or '}'")
+            }
+        case UInt8(ascii: "["):
+            i += 1
+            skipWhitespace()
+            if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return }
+            while true {
+                try skipValue(depth: depth + 1)
+                skipWhitespace()
+                guard i < bytes.count else { throw fail("unterminated array") }
+                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                if bytes[i] == UInt8(ascii: "]") { i += 1; return }
+                throw fail("expected ',' or ']'")
+            }
+        case UInt8(ascii: "t"): try literal("true")
+        case UInt8(ascii: "f"): try literal("false")
+        case UInt8(ascii: "n"): try literal("null")
+        default:
+            _ = try parseNumber()
+        }
+    }
+
+    private mutating func literal(_ word: StaticString) throws(ProtocolViolation) {
+        let n = word.utf8CodeUnitCount
+        guard i + n <= bytes.count else { throw fail("truncated literal") }
+        for j in 0..<n where bytes[i + j] != word.utf8Start[j] { throw fail("bad literal") }
+        i += n
+    }
+}
