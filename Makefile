@@ -42,7 +42,8 @@ soak: bootstrap
 	bash scripts/soak.sh $(or $(SOAK_SECONDS),600)
 
 # The main job: uvrpc-bench on defaults (every scenario, Swift and C servers
-# under the same C load, about 30 s). Needs every product built in release.
+# under the same C load, and the Swift-only hol scenario; about 100 s). Needs
+# every product built in release.
 bench: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench
