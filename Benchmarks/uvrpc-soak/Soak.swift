@@ -49,13 +49,32 @@ struct Soak: ParsableCommand {
         let soak = SoakRun(loop: loop, address: server.address, clients: clients)
         print("soak: \(Int(seconds)) s against uvrpc serve (pid \(server.pid)) on \(server.address); "
               + "\(clients) good clients, a fault every 100 ms")
-        let baselineFDs = server.openDescriptors()
+        loop.start()
+        // libuv opens one descriptor of its own per loop (a reserve on /dev/null)
+        // at the loop's first connection: one connection made and closed first
+        // puts it in the baseline.
+        let warmedUp = DispatchSemaphore(value: 0)
+        let serverAddress = server.address
+        loop.execute {
+            loop.connect(to: serverAddress) { result in
+                if case .success(let connection) = result { connection.close() }
+                warmedUp.signal()
+            }
+        }
+        _ = warmedUp.wait(timeout: .now() + 10)
+        var settled = server.openDescriptors()
+        for _ in 0..<50 {
+            Thread.sleep(forTimeInterval: 0.1) // polling another process's /proc: no event to await
+            let now = server.openDescriptors()
+            if now == settled { break }
+            settled = now
+        }
+        let baselineFDs = settled
         let baselineRSS = server.residentBytes()
         print("seconds  good calls     wrong  errors   faults   RSS MiB  server fds")
         let start = Date()
         var maxRSS = baselineRSS
         loop.execute { soak.start() }
-        loop.start()
         var nextReport = report
         while true {
             let elapsed = Date().timeIntervalSince(start)

@@ -120,6 +120,7 @@ extension RPCEndpoint {
             guard case .success = written else { return } // closing: the close path ends the transfers
             activeTransfers[i].sent += n
             unsentTransferBytes -= n
+            if chunkBytesUnacknowledged == 0 { lastChunkProgressAt = eventLoop.now }
             chunkBytesUnacknowledged += n
             if sent + n == activeTransfers[i].payload.count {
                 BufferReleaser.release(activeTransfers.remove(at: i).payload)
@@ -144,8 +145,26 @@ extension RPCEndpoint {
             return false
         }
         chunkBytesUnacknowledged -= bytes
+        lastChunkProgressAt = eventLoop.now
         pumpChunks()
         return !closing
+    }
+
+    /// The write timeout, for chunks: a peer that acknowledges none of the
+    /// chunk bytes it was sent for ``ConnectionOptions/writeTimeout`` reads
+    /// nothing (its kernel buffers can hold the whole window, so the
+    /// connection's own write timeout never sees a write wait), and is cut
+    /// off the same way. Checked with the liveness checks.
+    func checkChunkAcknowledgements(now: UInt64) {
+        guard chunkBytesUnacknowledged > 0, !pausedForBackpressure, let timeout = connection.options.writeTimeout,
+              now &- lastChunkProgressAt >= timeout.roundedUpMilliseconds else { return }
+        logger.info("the peer acknowledged no chunk for the write timeout; closing", metadata: [
+            "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+            "rpc.unacknowledged": "\(chunkBytesUnacknowledged)",
+        ])
+        close(reason: .connectionFailed(.writeTimedOut(connection: connection.label,
+                                                       pendingBytes: chunkBytesUnacknowledged + unsentTransferBytes,
+                                                       timeout: timeout)))
     }
 
     /// Tops the window up on the next loop iteration (after its reads).

@@ -13,6 +13,7 @@ extension RPCEndpoint {
             parser.releaseSpareBuffer()
         }
         if !unanswered.isEmpty { reportOverdueRequests(now: now) }
+        if chunkBytesUnacknowledged > 0 { checkChunkAcknowledgements(now: now) }
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")
             close(reason: .handshakeTimeout(configuration.handshakeTimeout))

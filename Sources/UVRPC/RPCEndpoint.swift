@@ -194,6 +194,9 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var pumpScheduled = false
     /// CHUNK payload bytes written and not yet acknowledged by the peer (kept under ``chunkWindow``).
     @exclusivity(unchecked) var chunkBytesUnacknowledged = 0
+    /// When the peer last acknowledged chunk bytes, or chunk bytes went out
+    /// with none unacknowledged (loop milliseconds): for the acknowledgement timeout.
+    @exclusivity(unchecked) var lastChunkProgressAt: UInt64 = 0
     /// The loop's count of MESSAGE / RESPONSE packets written, when chunks were last written.
     @exclusivity(unchecked) var smallPacketsAtLastPump = 0
     /// When a small packet was last seen written (loop milliseconds).

@@ -232,6 +232,30 @@ extension HostilePeerTests {
                            expect: .errorReasonTooLong(declared: 1025, limit: Wire.maximumErrorReason))
     }
 
+    /// A peer that takes chunks but never acknowledges them reads nothing as
+    /// far as flow control is concerned: the server's window fills, and the
+    /// write timeout (0.5 s here) cuts it off, as it cuts off a peer whose
+    /// socket stops taking bytes.
+    func testAPeerThatNeverAcknowledgesChunksIsCutOffByTheWriteTimeout() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let server = try startServer(harness, configuration: testConfiguration {
+            $0.connectionOptions.writeTimeout = .milliseconds(500)
+        })
+        let peer = try RawPeer(harness: harness, address: server.address)
+        let big = [UInt8](repeating: 7, count: 3 << 20)
+        var stream = extendedHandshake + packet(.messageStart, id: 1, total: big.count)
+        for start in stride(from: 0, to: big.count, by: 60_000) {
+            stream += packet(.messageChunk, id: 1, payload: Array(big[start..<min(start + 60_000, big.count)]))
+        }
+        try peer.send(harness, stream) // and never a CHUNK_ACK for the 3 MiB answer
+        guard case .connectionFailed(.writeTimedOut) = try server.firstClose.wait("the server's close") else {
+            return XCTFail("expected the write timeout")
+        }
+        XCTAssertLessThan(peer.received.withLock { $0.count }, 2 << 20, "the answer stopped at the window")
+        try checkServerStillServes(harness, server.address)
+    }
+
     /// The peer sends a message, the server answers at once, and the peer's
     /// CANCEL for it crosses the answer: the server acknowledges the unknown
     /// id and goes on.
