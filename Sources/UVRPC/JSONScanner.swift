@@ -46,11 +46,7 @@ struct JSONScanner {
                 } else {
                     try skipValue(depth: 1)
                 }
-                skipWhitespace()
-                guard i < bytes.count else { throw fail("unterminated object") }
-                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                if bytes[i] == UInt8(ascii: "}") { i += 1; break }
-                throw fail("expected ',' or '}'")
+                if try containerEnds(UInt8(ascii: "}"), "object") { break }
             }
         }
         skipWhitespace()
@@ -61,9 +57,7 @@ struct JSONScanner {
     /// Parses the list of `x`: known names become extensions, anything else is skipped.
     private mutating func parseExtensionNames() throws(ProtocolViolation) -> RPCExtensions {
         var found: RPCExtensions = []
-        i += 1 // "["
-        skipWhitespace()
-        if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return found }
+        if opensEmpty(UInt8(ascii: "]")) { return found }
         while true {
             skipWhitespace()
             if i < bytes.count, bytes[i] == UInt8(ascii: "\"") {
@@ -71,11 +65,7 @@ struct JSONScanner {
             } else {
                 try skipValue(depth: 2)
             }
-            skipWhitespace()
-            guard i < bytes.count else { throw fail("unterminated array") }
-            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-            if bytes[i] == UInt8(ascii: "]") { i += 1; return found }
-            throw fail("expected ',' or ']'")
+            if try containerEnds(UInt8(ascii: "]"), "array") { return found }
         }
     }
 
@@ -154,38 +144,43 @@ struct JSONScanner {
         case UInt8(ascii: "\""):
             _ = try parseString()
         case UInt8(ascii: "{"):
-            i += 1
-            skipWhitespace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return }
-            while true {
+            if opensEmpty(UInt8(ascii: "}")) { return }
+            repeat {
                 skipWhitespace()
                 _ = try parseString()
                 try expect(UInt8(ascii: ":"))
                 try skipValue(depth: depth + 1)
-                skipWhitespace()
-                guard i < bytes.count else { throw fail("unterminated object") }
-                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                if bytes[i] == UInt8(ascii: "}") { i += 1; return }
-                throw fail("expected ',' or '}'")
-            }
+            } while try !containerEnds(UInt8(ascii: "}"), "object")
         case UInt8(ascii: "["):
-            i += 1
-            skipWhitespace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return }
-            while true {
+            if opensEmpty(UInt8(ascii: "]")) { return }
+            repeat {
                 try skipValue(depth: depth + 1)
-                skipWhitespace()
-                guard i < bytes.count else { throw fail("unterminated array") }
-                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                if bytes[i] == UInt8(ascii: "]") { i += 1; return }
-                throw fail("expected ',' or ']'")
-            }
+            } while try !containerEnds(UInt8(ascii: "]"), "array")
         case UInt8(ascii: "t"): try literal("true")
         case UInt8(ascii: "f"): try literal("false")
         case UInt8(ascii: "n"): try literal("null")
         default:
             _ = try parseNumber()
         }
+    }
+
+    /// At an opening bracket: takes it, and takes `close` too when it follows
+    /// at once; true for an empty container.
+    private mutating func opensEmpty(_ close: UInt8) -> Bool {
+        i += 1
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == close { i += 1; return true }
+        return false
+    }
+
+    /// After an element of an array or object (`name`): true at its closing
+    /// `close` (taken), false after a `,` (another element follows).
+    private mutating func containerEnds(_ close: UInt8, _ name: String) throws(ProtocolViolation) -> Bool {
+        skipWhitespace()
+        guard i < bytes.count else { throw fail("unterminated \(name)") }
+        if bytes[i] == UInt8(ascii: ",") { i += 1; return false }
+        if bytes[i] == close { i += 1; return true }
+        throw fail("expected ',' or '\(Character(Unicode.Scalar(close)))'")
     }
 
     private mutating func literal(_ word: StaticString) throws(ProtocolViolation) {

@@ -88,7 +88,7 @@ extension RPCEndpoint {
         let header = PacketWriter.wideHeader(transfer.isResponse ? .responseStart : .messageStart,
                                              id: transfer.id, length: transfer.payload.count)
         do {
-            try connection.write(header: header, headerCount: 7, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+            try writeControlPacket(header, headerCount: 7)
             activeTransfers.append(transfer)
         } catch {
             unsentTransferBytes -= transfer.payload.count - transfer.sent // closing: the close path reports it
@@ -135,8 +135,7 @@ extension RPCEndpoint {
     func acknowledgeChunks() {
         let count = parser.takeChunkBytesToAcknowledge()
         guard !closing else { return }
-        try? connection.write(header: PacketWriter.countHeader(.chunkAcknowledged, count: count), headerCount: 5,
-                              payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        try? writeControlPacket(PacketWriter.countHeader(.chunkAcknowledged, count: count), headerCount: 5)
     }
 
     package func receivedChunkAcknowledgement(bytes: Int) -> Bool {
@@ -169,14 +168,8 @@ extension RPCEndpoint {
 
     /// Tops the window up on the next loop iteration (after its reads).
     func schedulePump() {
-        guard !pumpScheduled, !activeTransfers.isEmpty, !closing else { return }
-        pumpScheduled = true
-        if pumpTimer == nil {
-            pumpTimer = eventLoop.makeTimer { [unowned self] in
-                self.pumpScheduled = false
-                self.pumpChunks()
-            }
-        }
+        guard !activeTransfers.isEmpty, !closing, pumpTimer?.isActive != true else { return }
+        if pumpTimer == nil { pumpTimer = eventLoop.makeTimer { [unowned self] in self.pumpChunks() } }
         pumpTimer!.start(after: .zero)
     }
 
@@ -211,6 +204,5 @@ extension RPCEndpoint {
         connection.wantsWriteProgress = false
         pumpTimer?.close()
         pumpTimer = nil
-        pumpScheduled = false
     }
 }

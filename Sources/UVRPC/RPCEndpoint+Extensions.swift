@@ -23,6 +23,12 @@ extension RPCEndpoint {
         var cancelled = false
     }
 
+    /// Writes a packet that is only a header (CANCEL, CANCEL_ACK, GOAWAY, a
+    /// START, CHUNK_ACK): the first `headerCount` bytes of `header`, memory order.
+    func writeControlPacket(_ header: UInt64, headerCount: Int) throws(ConnectionError) {
+        try connection.write(header: header, headerCount: headerCount, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
     // MARK: Error answers
 
     /// Answers message `id` with an ERROR carrying `reason` (cut to
@@ -69,8 +75,7 @@ extension RPCEndpoint {
         guard let (call, _) = calls.reserve(id) else { return nil }
         metrics.callEnded(startedAt: call.startedAt)
         dropTransfer(isResponse: false, id: id)
-        let header = PacketWriter.idHeader(.cancel, id: id)
-        try? connection.write(header: header, headerCount: 3, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        try? writeControlPacket(PacketWriter.idHeader(.cancel, id: id), headerCount: 3)
         return call
     }
 
@@ -102,8 +107,7 @@ extension RPCEndpoint {
         }
         dropTransfer(isResponse: true, id: id)
         logger.debug("the peer cancelled a message", metadata: ["rpc.id": "\(id)", "rpc.cancelled": "\(found)"])
-        let header = PacketWriter.idHeader(.cancelAcknowledged, id: id)
-        try? connection.write(header: header, headerCount: 3, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        try? writeControlPacket(PacketWriter.idHeader(.cancelAcknowledged, id: id), headerCount: 3)
         closeIfDrained()
         return !closing
     }
@@ -122,8 +126,7 @@ extension RPCEndpoint {
     func sendGoAwayIfAgreed() {
         guard draining, !goAwaySent, agreed.contains(.goAway), !closing else { return }
         goAwaySent = true
-        try? connection.write(header: UInt64(PacketType.goAway.rawValue), headerCount: 1,
-                              payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        try? writeControlPacket(UInt64(PacketType.goAway.rawValue), headerCount: 1)
     }
 
     package func receivedGoAway() -> Bool {

@@ -191,7 +191,6 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var unsentTransferBytes = 0
     /// Runs ``pumpChunks()`` on the next loop iteration, after its reads.
     @exclusivity(unchecked) var pumpTimer: LoopTimer?
-    @exclusivity(unchecked) var pumpScheduled = false
     /// CHUNK payload bytes written and not yet acknowledged by the peer (kept under ``chunkWindow``).
     @exclusivity(unchecked) var chunkBytesUnacknowledged = 0
     /// When the peer last acknowledged chunk bytes, or chunk bytes went out
