@@ -17,6 +17,7 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/prctl.h>
+#include <fcntl.h>
 
 /// Byte size of a sockaddr_storage, for Swift callers that allocate one.
 static inline size_t uvrpc_sockaddr_storage_size(void) { return sizeof(struct sockaddr_storage); }
@@ -121,6 +122,29 @@ static inline int uvrpc_unix_address(const char *path, struct sockaddr_un *addr,
 static inline int uvrpc_accept(int fd) {
     long client = syscall(SYS_accept4, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     return client >= 0 ? (int)client : -errno;
+}
+
+/// Whether `count` (at most 8) more descriptors can be opened right now:
+/// opens that many on /dev/null and closes them again. 0, or -errno
+/// (-EMFILE when the open-files limit is in the way).
+static inline int uvrpc_probe_descriptors(int count) {
+    int fds[8];
+    int opened = 0, err = 0;
+    if (count > 8) count = 8;
+    for (; opened < count; opened++) {
+        fds[opened] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fds[opened] < 0) { err = -errno; break; }
+    }
+    for (int i = 0; i < opened; i++) close(fds[i]);
+    return err;
+}
+
+/// How many descriptors below `limit` (at most 65536 are looked at) are open now.
+static inline int uvrpc_count_open_descriptors(int limit) {
+    if (limit > 65536) limit = 65536;
+    int n = 0;
+    for (int fd = 0; fd < limit; fd++) n += fcntl(fd, F_GETFD) != -1;
+    return n;
 }
 
 #endif

@@ -123,12 +123,22 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     public init(name: String = "uvloop") throws(UVError) {
         _ = EventLoop.ignoreSIGPIPE
         self.name = name
-        uvLoop = .allocate(capacity: 1)
-        let rc = uv_loop_init(uvLoop)
-        if rc != 0 {
-            uvLoop.deallocate()
-            throw UVError(code: rc, operation: "uv_loop_init", target: "event loop \(name)")
+        // Initialised before it is stored: a throw before every stored property
+        // is set runs no deinit, which would otherwise close and free the loop again.
+        // libuv's first loop makes a process-wide pipe and aborts the process
+        // when it cannot: make sure there is room for it (and the loop's epoll) first.
+        if !EventLoop.libuvReady.load(ordering: .acquiring) {
+            let rc = uvrpc_probe_descriptors(3)
+            if rc != 0 { throw UVError(code: rc, operation: "uv_loop_init", target: Self.target(name, rc)) }
         }
+        let loop = UnsafeMutablePointer<uv_loop_t>.allocate(capacity: 1)
+        let rc = uv_loop_init(loop)
+        if rc != 0 {
+            loop.deallocate()
+            throw UVError(code: rc, operation: "uv_loop_init", target: Self.target(name, rc))
+        }
+        EventLoop.libuvReady.store(true, ordering: .releasing)
+        uvLoop = loop
         wakeup = try LoopWakeup(loop: self)
         // Flush written bytes once per loop turn: after I/O callbacks (check) and
         // before blocking in poll (prepare, for bytes written by timers).
@@ -137,6 +147,13 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     }
 
     private static let ignoreSIGPIPE: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
+    /// Set once a libuv loop was made in this process (libuv's process-wide state exists).
+    private static let libuvReady = Atomic<Bool>(false)
+
+    /// The loop's name in errors, with the open-files limit when that is what failed.
+    private static func target(_ name: String, _ rc: Int32) -> String {
+        rc == UV_EMFILE.rawValue || rc == UV_ENFILE.rawValue ? "event loop \(name) (limit: \(openFilesLimit()))" : "event loop \(name)"
+    }
 
     deinit {
         if State(rawValue: state.load(ordering: .acquiring)) == .idle {

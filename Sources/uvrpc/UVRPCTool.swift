@@ -95,33 +95,6 @@ func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator
     }
 }
 
-/// Blocks until SIGINT or SIGTERM arrives (both are caught from then on).
-///
-/// The tool's commands stay synchronous (the async API runs through
-/// `runBlocking`): an async `main` parks the main thread in Dispatch, which
-/// valgrind cannot run, and `uvrpc serve` is what gets profiled under callgrind.
-func waitForSignal() {
-    let arrived = DispatchSemaphore(value: 0)
-    let sources = [SIGINT, SIGTERM].map { signum -> DispatchSourceSignal in
-        signal(signum, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: signum, queue: .global())
-        source.setEventHandler { arrived.signal() }
-        source.resume()
-        return source
-    }
-    arrived.wait()
-    for source in sources { source.cancel() }
-}
-
-/// Calls `report` on every SIGUSR1 until the returned source is cancelled.
-func onSIGUSR1(_ report: @escaping @Sendable () -> Void) -> DispatchSourceSignal {
-    signal(SIGUSR1, SIG_IGN)
-    let source = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
-    source.setEventHandler(handler: report)
-    source.resume()
-    return source
-}
-
 /// `--loops` and `--spread` parsing.
 extension ConnectionSpread: ExpressibleByArgument {}
 
@@ -196,7 +169,28 @@ struct Serve: ParsableCommand {
         // Before any endpoint exists: each loop makes its metric objects with its first endpoint.
         let registry = metrics.map { _ in bootstrapPrometheus() }
         let address: SocketAddress = unix.map { .unix(path: $0) } ?? SocketAddress(host: host, port: port)
-        let group = try EventLoopGroup(name: "uvrpc-serve", loopCount: loops)
+        StopSignals.unblockWatchedSignals() // before the loops' threads inherit this thread's mask
+        try ProcessLimits.checkDescriptorHeadroom(command: "uvrpc serve", loops: loops,
+                                                  sockets: 3 + (metrics == nil ? 0 : 1)) // listener, its reserve, a connection
+        let group: EventLoopGroup
+        do {
+            group = try EventLoopGroup(name: "uvrpc-serve", loopCount: loops)
+        } catch {
+            printError("uvrpc serve: cannot start: \(error)")
+            throw ToolExit.cannotConnect
+        }
+        // Watched before anything else opens descriptors; a second signal stops at
+        // once: every loop shuts down, which closes every connection without waiting.
+        let statusReport = LockedValue<(@Sendable () -> Void)?>(nil)
+        let signals: StopSignals
+        do {
+            signals = try StopSignals(on: group.loops[0], onSecond: { group.shutdown() },
+                                      onReport: { statusReport.withLock { $0 }?() })
+        } catch {
+            printError("uvrpc serve: cannot watch SIGINT / SIGTERM: \(error)")
+            group.shutdownAndWait()
+            throw ToolExit.cannotConnect
+        }
         let logger = {
             var logger = Logger(label: "uvrpc.serve")
             logger.logLevel = verbose ? .info : .warning
@@ -242,8 +236,8 @@ struct Serve: ParsableCommand {
             group.shutdownAndWait()
             throw ToolExit.cannotConnect
         }
-        // Installed before the listening line, so a SIGUSR1 sent after it never kills the process.
-        let report = onSIGUSR1 {
+        // SIGUSR1 is watched from the start (it never kills the process); it reports once the server exists.
+        statusReport.withLock { $0 = {
             let open = server.openEndpoints
             let counts = group.loops.map { loop in open.filter { $0.loop === loop }.count }
             // Messages received and not answered yet, read on each endpoint's loop.
@@ -258,7 +252,7 @@ struct Serve: ParsableCommand {
             }
             print("connections per loop: \(counts.map(String.init).joined(separator: " ")) (unanswered requests: \(unanswered))")
             fflush(nil)
-        }
+        } }
         print("listening on \(server.address)")
         if let registry, let metrics, let metricsAddress = SocketAddress(parsing: metrics) {
             do {
@@ -272,11 +266,13 @@ struct Serve: ParsableCommand {
             }
         }
         fflush(nil) // every stream: scripts wait for these lines
-        waitForSignal()
+        signals.waitForStop()
         let gracePeriod = Duration.nanoseconds(Int64(grace * 1e9))
         _ = try? runBlocking { await server.shutdown(gracePeriod: gracePeriod) }
-        report.cancel()
+        statusReport.withLock { $0 = nil }
+        StopSignals.blockWatchedSignals(on: group.loops)
         let status = group.shutdownAndWait()
+        if signals.stoppedAtOnce { printError("uvrpc serve: a second signal: stopped at once, without finishing the drain") }
         if status != 0 { printError("uvrpc serve: an event loop did not close cleanly (uv_loop_close: \(status.map(String.init) ?? "timed out"))") }
     }
 }
@@ -349,7 +345,14 @@ struct Call: ParsableCommand {
             printError("uvrpc call: \(error)")
             throw ToolExit.cannotConnect
         }
-        let group = try EventLoopGroup(name: "uvrpc-call", loopCount: loops)
+        try ProcessLimits.checkDescriptorHeadroom(command: "uvrpc call", loops: loops, sockets: connections)
+        let group: EventLoopGroup
+        do {
+            group = try EventLoopGroup(name: "uvrpc-call", loopCount: loops)
+        } catch {
+            printError("uvrpc call: cannot start: \(error)")
+            throw ToolExit.cannotConnect
+        }
         let summary = LockedValue(Summary())
         let configuration = {
             var configuration = RPCClientPool.Configuration()
