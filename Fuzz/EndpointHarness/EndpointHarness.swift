@@ -116,7 +116,7 @@ private func checkWellFormed(_ bytes: [UInt8], agreed: RPCExtensions) -> Int {
         var handshakes = 0
         var responses = 0
         func receivedHandshake(_ info: PeerInfo) -> Bool { handshakes += 1; return true }
-        func receivedKeepalive() -> Bool { true }
+        func receivedKeepalives(_ count: Int) -> Bool { true }
         func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
         func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { responses += 1; return true }
         func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {

@@ -7,14 +7,46 @@ import Glibc
 /// consumer's direct buffer), and handing the bytes to ``Connection/onRead``.
 extension Connection {
     /// Starts (or resumes) delivering reads to ``onRead``. Bytes already
-    /// buffered are offered at once.
+    /// buffered are offered at the start of the loop's next turn (before it
+    /// polls), never inside this call: a caller running inside another
+    /// connection's read must not have this one's bytes handled under it
+    /// (the loop's shared read buffer still holds that read).
     public func resumeReading() {
         preconditionInEventLoop("Connection.resumeReading()")
         wantsReading = true
         guard state == .open else { return }
-        if ring.readableCount > 0 { processReadable() }
+        scheduleResume()
+    }
+
+    /// Has ``resumeAtTurnStart()`` run at the start of the loop's next turn (once, however often asked).
+    func scheduleResume() {
+        guard !resumeScheduled else { return }
+        resumeScheduled = true
+        withLoop { $0.queueResume(self) }
+    }
+
+    /// Resumes reading at the start of a loop turn, outside any read: offers
+    /// the buffered bytes, restarts the socket reads and decrypts TLS records
+    /// read before the pause.
+    func resumeAtTurnStart() {
+        resumeScheduled = false
+        yielded = false
+        guard wantsReading, !isHandleClosing else { return }
+        if state == .open && ring.readableCount > 0 { processReadable() }
         startReading()
-        if tls != nil { decryptAvailable() } // records read before the pause
+        if tls != nil && state == .open { decryptAvailable() }
+    }
+
+    /// Stops reading for the rest of this loop turn; reading resumes at the
+    /// start of the next turn (bytes already read stay buffered). The
+    /// protocol layer calls it when this connection has had its share of the
+    /// turn (``ConnectionOptions/maximumReadBytesPerTurn`` does the same for bytes),
+    /// so that one busy peer cannot hold the loop from the others.
+    package func yieldForThisTurn() {
+        guard !yielded, !isHandleClosing else { return }
+        yielded = true
+        stopReading()
+        scheduleResume()
     }
 
     /// Stops reading from the socket (read-side backpressure: the peer's
@@ -26,7 +58,7 @@ extension Connection {
     }
 
     func startReading() {
-        guard !reading, wantsReading, state == .open || state == .closing && tls?.isEstablished == false else { return }
+        guard !reading, wantsReading, !yielded, state == .open || state == .closing && tls?.isEstablished == false else { return }
         let rc = uv_read_start(uvStream, connectionAllocCallback, connectionReadCallback)
         if rc < 0 { fail(.readFailed(UVError(code: rc, operation: "uv_read_start", target: label))) }
         else { reading = true }
@@ -46,7 +78,9 @@ extension Connection {
             if let directReadBuffer, let direct = directReadBuffer(), direct.count > 0 {
                 // Safe: the consumer keeps this buffer until onDirectRead reports the read.
                 readTarget = .direct
-                return uv_buf_t(base: direct.baseAddress!.assumingMemoryBound(to: CChar.self), len: direct.count)
+                // At most a turn's worth per read: one read of a big payload must not hold the loop.
+                return uv_buf_t(base: direct.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                len: min(direct.count, options.maximumReadBytesPerTurn))
             }
             // Safe: the shared buffer serves one read at a time (see EventLoop.sharedReadBuffer).
             readTarget = .shared
@@ -74,12 +108,23 @@ extension Connection {
     }
 
     func didRead(_ nread: Int) {
-        if nread > 0 { withLoop { $0.bytesReadTotal &+= UInt64(nread) } }
-        if tls != nil {
-            if nread > 0 { return didReadCiphertext(nread) }
-            if nread == Int(UV_EOF.rawValue) { return tlsStreamEnded() }
+        if nread > 0 {
+            let turn = withLoop { loop in
+                loop.bytesReadTotal &+= UInt64(nread)
+                return loop.turn
+            }
+            if turn != readTurn { (readTurn, bytesReadThisTurn) = (turn, 0) }
+            bytesReadThisTurn &+= nread
         }
-        deliverPlaintext(nread)
+        if tls != nil && nread > 0 {
+            didReadCiphertext(nread)
+        } else if tls != nil && nread == Int(UV_EOF.rawValue) {
+            return tlsStreamEnded()
+        } else {
+            deliverPlaintext(nread)
+        }
+        // Its share of this turn is used: the loop's other connections go first.
+        if bytesReadThisTurn >= options.maximumReadBytesPerTurn && reading { yieldForThisTurn() }
     }
 
     /// Hands `nread` bytes read (or decrypted) into the buffer ``readBuffer()``
@@ -158,7 +203,7 @@ extension Connection {
     /// closed the connection.
     @inline(__always)
     func offer(_ region: UnsafeRawBufferPointer) -> Int? {
-        guard wantsReading, state == .open || state == .closing, let onRead else { return nil }
+        guard wantsReading, !yielded, state == .open || state == .closing, let onRead else { return nil }
         let consumed = onRead(region)
         precondition(consumed >= 0 && consumed <= region.count,
                      "Connection \(label): onRead returned \(consumed) for \(region.count) readable bytes")
@@ -186,6 +231,11 @@ extension Connection {
         preconditionInEventLoop("Connection.deliverRead(_:)")
         var offset = 0
         while offset < bytes.count, wantsReading, state == .open, !isHandleClosing {
+            if yielded { // its share of the turn is used: go on as the next turn would
+                withLoop { $0.turn &+= 1 }
+                resumeAtTurnStart()
+                continue
+            }
             let buffer = readBuffer()
             guard let base = buffer.base, buffer.len > 0 else {
                 didRead(Int(UV_ENOBUFS.rawValue))

@@ -152,7 +152,7 @@ extension Connection {
         guard advanceHandshake() else { return }
         tls.isDecrypting = true
         defer { tls.isDecrypting = false }
-        while wantsReading, state == .open, !isHandleClosing {
+        while wantsReading, !yielded, state == .open, !isHandleClosing {
             let target = readBuffer()
             guard let base = target.base, target.len > 0 else {
                 return fail(.readBufferLimitExceeded(connection: label, limit: ring.capacity))

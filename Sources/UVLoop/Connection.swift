@@ -86,6 +86,13 @@ public final class Connection: HandleOwner {
     @exclusivity(unchecked) var reading = false
     @exclusivity(unchecked) var wantsReading = true
     @exclusivity(unchecked) var processingReads = false
+    /// Reading stopped for the rest of this loop turn (``yieldForThisTurn()``).
+    @exclusivity(unchecked) var yielded = false
+    /// Waiting in the loop's list for ``resumeAtTurnStart()``.
+    @exclusivity(unchecked) var resumeScheduled = false
+    /// The loop turn of the last read, and the bytes read in it.
+    @exclusivity(unchecked) var readTurn: UInt64 = 0
+    @exclusivity(unchecked) var bytesReadThisTurn = 0
     /// Why the connection is ending; nil means closed locally.
     @exclusivity(unchecked) var closeReason: ConnectionError?
 
@@ -145,6 +152,9 @@ public final class Connection: HandleOwner {
     /// opened (the high-water mark actually reached; kept after the close).
     public var peakPendingWriteBytes: Int { max(peakPending, pendingWriteBytes) }
     @exclusivity(unchecked) var peakPending = 0
+
+    /// True while libuv is reading the socket (for tests).
+    package var isReadingForTests: Bool { reading }
 
     /// Bytes read but not consumed by ``onRead`` yet.
     public var unconsumedReadBytes: Int { ring.readableCount }

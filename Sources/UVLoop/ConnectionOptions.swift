@@ -20,6 +20,12 @@ public struct ConnectionOptions: Sendable {
     /// ``ConnectionError/writeTimedOut(connection:pendingBytes:timeout:)``.
     /// `nil` waits forever. Checked only while the socket is full. Default 30 s.
     public var writeTimeout: Duration? = .seconds(30)
+    /// Most bytes read from this connection in one turn of its loop (and in
+    /// one read of a big payload straight into place): past it, reading
+    /// stops until the loop's next turn, so that a peer sending as fast as
+    /// it can delays the loop's other connections by at most this much work
+    /// per turn. Default 256 KiB.
+    public var maximumReadBytesPerTurn = 256 << 10
     /// Start reading as soon as the accept or connect callback returned. Default true.
     public var autoRead = true
     /// Speak TLS over the stream with this context (a server's for accepted

@@ -1,7 +1,8 @@
 import CLibUV
 
-/// The work each loop turn ends with, before and after each poll: task jobs
-/// enqueued on the loop thread itself, then the connections' pending writes.
+/// The work around each poll of the loop: before it, connections resume
+/// reading (``startTurn()``); before and after it, task jobs enqueued on the
+/// loop thread itself, then the connections' pending writes.
 extension EventLoop {
     /// Queues a task job enqueued on the loop thread, if the per-turn hooks
     /// will run it (not once shutdown began); false otherwise.
@@ -25,6 +26,27 @@ extension EventLoop {
             runPendingFlushes()
         } while !localJobs.isEmpty
         if let turnEndObserver { turnEndObserver(self) }
+    }
+
+    /// Resumes `connection`'s reading at the start of the next turn. While
+    /// any resume waits, the loop's poll does not block (the connection may
+    /// have bytes buffered, or its socket may not be watched now).
+    func queueResume(_ connection: Connection) {
+        if pendingResumes.isEmpty { resumeWaker?.start() }
+        pendingResumes.append(connection)
+    }
+
+    /// The start of a turn (before its poll): counts it, then resumes the
+    /// connections that asked (those that yield again wait for the next turn).
+    func startTurn() {
+        turn &+= 1
+        guard !pendingResumes.isEmpty else { return }
+        var batch = spareResumes
+        swap(&batch, &pendingResumes)
+        for connection in batch { connection.resumeAtTurnStart() }
+        batch.removeAll(keepingCapacity: true)
+        spareResumes = batch
+        if pendingResumes.isEmpty { resumeWaker?.stop() }
     }
 
     func runPendingFlushes() {
@@ -57,9 +79,43 @@ final class LoopTurnHook: HandleOwner {
             adoptHandle()
             uv_prepare_start(h) { prepare in
                 // Safe: the handle's data is this owner until its close callback.
-                HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(prepare))).takeUnretainedValue().loop.runTurnWork()
+                let loop = HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(prepare))).takeUnretainedValue().loop
+                loop.startTurn()
+                loop.runTurnWork()
             }
         }
         uv_unref(uvHandle)
+    }
+}
+
+/// A `uv_idle_t` that does nothing but keep the loop's poll from blocking
+/// while it is active (libuv polls with a zero timeout while an idle handle
+/// runs): active only while connections wait to resume reading at the next
+/// turn. Unreferenced, so it never keeps the loop alive.
+final class LoopResumeWaker: HandleOwner {
+    private var isActive = false
+
+    init(loop: EventLoop) throws(UVError) {
+        super.init(loop: loop, type: UV_IDLE, retainsLoop: false) // owned by the loop itself
+        try UVError.check(uv_idle_init(loop.uvLoop, idleHandle), "uv_idle_init", "event loop \(loop.name)")
+        adoptHandle()
+        uv_unref(uvHandle)
+    }
+
+    private var idleHandle: UnsafeMutablePointer<uv_idle_t> {
+        // Safe: this owner's handle was allocated as a uv_idle_t.
+        UnsafeMutablePointer<uv_idle_t>(OpaquePointer(handle))
+    }
+
+    func start() {
+        guard !isActive, !isHandleClosing else { return }
+        isActive = true
+        uv_idle_start(idleHandle) { _ in }
+    }
+
+    func stop() {
+        guard isActive, !isHandleClosing else { return }
+        isActive = false
+        uv_idle_stop(idleHandle)
     }
 }

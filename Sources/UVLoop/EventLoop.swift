@@ -80,6 +80,14 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     @exclusivity(unchecked) var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
     @exclusivity(unchecked) var pendingFlush: [Connection] = []
+    /// Connections to resume reading at the start of the next loop turn.
+    @exclusivity(unchecked) var pendingResumes: [Connection] = []
+    @exclusivity(unchecked) var spareResumes: [Connection] = []
+    /// Keeps the poll from blocking while resumes wait.
+    @exclusivity(unchecked) var resumeWaker: LoopResumeWaker?
+    /// Counts the loop's turns (one per poll): connections and the protocol
+    /// layer measure their share of a turn by it.
+    @exclusivity(unchecked) package var turn: UInt64 = 1
     /// Where a connection holding no unconsumed bytes reads into (see
     /// ``Connection``): one buffer for every connection of the loop, so idle
     /// connections own no read memory. Allocated on first use, freed in deinit.
@@ -143,6 +151,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         // Flush written bytes once per loop turn: after I/O callbacks (check) and
         // before blocking in poll (prepare, for bytes written by timers).
         flushHooks = [try LoopTurnHook(hookOn: self, type: UV_CHECK), try LoopTurnHook(hookOn: self, type: UV_PREPARE)]
+        resumeWaker = try LoopResumeWaker(loop: self)
         taskExecutor.attach(to: self)
     }
 
@@ -416,6 +425,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         }
         rc = uv_loop_close(uvLoop)
         pendingFlush.removeAll()
+        pendingResumes.removeAll()
         // A last publish of what the closes counted, then no more.
         if let turnEndObserver { turnEndObserver(self) }
         turnEndObserver = nil
@@ -424,6 +434,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         // The internal handles reference the loop; drop them so the loop can be freed.
         wakeup = nil
         flushHooks.removeAll()
+        resumeWaker = nil
         return rc
     }
 

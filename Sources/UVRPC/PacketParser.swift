@@ -5,8 +5,8 @@
 package protocol PacketSink: AnyObject {
     /// The peer's handshake (always first, exactly once).
     func receivedHandshake(_ info: PeerInfo) -> Bool
-    /// A KEEPALIVE packet.
-    func receivedKeepalive() -> Bool
+    /// `count` KEEPALIVE packets in a row (one or more): one unit of work.
+    func receivedKeepalives(_ count: Int) -> Bool
     /// A MESSAGE or MESSAGE_BIG packet.
     func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool
     /// A RESPONSE or RESPONSE_BIG packet, or a chunked response complete.
@@ -239,8 +239,11 @@ package struct PacketParser: ~Copyable {
                 let type = input[offset]
                 switch type {
                 case 1:
+                    // A run of KEEPALIVEs is one unit of work: a flood of them costs a scan, not a call each.
+                    let first = offset
                     offset += 1
-                    if !sink.receivedKeepalive() { return offset }
+                    while offset < count && input[offset] == 1 { offset += 1 }
+                    if !sink.receivedKeepalives(offset - first) { return offset }
                 case 2, 3, 4, 5:
                     let big = type >= 4
                     let header = big ? Wire.bigHeaderSize : Wire.shortHeaderSize

@@ -146,7 +146,7 @@ extension RPCEndpoint {
         chunkBytesUnacknowledged -= bytes
         lastChunkProgressAt = eventLoop.now
         pumpChunks()
-        return !closing
+        return countPacket()
     }
 
     /// The write timeout, for chunks: a peer that acknowledges none of the

@@ -14,6 +14,13 @@ extension RPCEndpoint {
         /// Largest incoming payload; a larger declared length closes the
         /// connection before anything is allocated. Default 64 MiB.
         public var maximumPayloadSize = 64 << 20
+        /// Most packets handled from this connection in one turn of its loop
+        /// (a run of KEEPALIVEs counts once): past it, reading stops until
+        /// the loop's next turn, so that a peer flooding small packets delays
+        /// the loop's other connections by at most this many handler calls
+        /// per turn (`ConnectionOptions/maximumReadBytesPerTurn` bounds the
+        /// bytes). Default 4096.
+        public var maximumPacketsPerTurn = 4096
         /// Send keepalives (turn off only to test the peer's keepalive timeout).
         public var sendsKeepalives = true
         /// Options for connections made by ``RPCServer`` and ``RPCClient``

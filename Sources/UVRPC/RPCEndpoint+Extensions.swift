@@ -60,7 +60,7 @@ extension RPCEndpoint {
         } else {
             logger.debug("error answer for an unknown, expired or cancelled message id; ignored", metadata: ["rpc.id": "\(id)"])
         }
-        return !closing
+        return countPacket()
     }
 
     // MARK: Cancelling our calls
@@ -84,7 +84,7 @@ extension RPCEndpoint {
             protocolViolated(.unexpectedCancelAcknowledgement(id: id))
             return false
         }
-        return !closing
+        return countPacket()
     }
 
     // MARK: The peer cancels its call
@@ -109,7 +109,8 @@ extension RPCEndpoint {
         logger.debug("the peer cancelled a message", metadata: ["rpc.id": "\(id)", "rpc.cancelled": "\(found)"])
         try? writeControlPacket(PacketWriter.idHeader(.cancelAcknowledged, id: id), headerCount: 3)
         closeIfDrained()
-        return !closing
+        // Its acknowledgement is output: stop while output piles up, as after a message.
+        return countPacket() && !readingBackpressured
     }
 
     /// Whether callback request `token` was cancelled by the peer.
@@ -130,7 +131,7 @@ extension RPCEndpoint {
     }
 
     package func receivedGoAway() -> Bool {
-        guard !_peerIsGoingAway else { return !closing }
+        guard !_peerIsGoingAway else { return countPacket() }
         _peerIsGoingAway = true
         logger.info("the peer is draining (go-away): no new calls on this connection",
                     metadata: ["rpc.in-flight": "\(calls.activeCount)"])
@@ -142,7 +143,7 @@ extension RPCEndpoint {
         for send in waiting { send.completion.fail(on: self, .peerGoingAway(endpoint: label)) }
         didReceiveGoAwayForOwner?()
         closeIfDrained()
-        return !closing
+        return countPacket()
     }
 
     /// Closes for a protocol violation found above the parser (logged with the peer).

@@ -12,20 +12,24 @@ extension RPCEndpoint: PacketSink {
     func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
         lastReceived = eventLoop.now
         if closing { return bytes.count }
-        // Backpressure: take no new message while answers pile up unsent; the
-        // peer's bytes wait in the kernel (and its sends back up) until the
-        // connection drains below its low-water mark.
-        if readingBackpressured, parser.isAtPacketBoundary, bytes[0] == PacketType.message.rawValue
-            || bytes[0] == PacketType.messageBig.rawValue || bytes[0] == PacketType.messageStart.rawValue {
+        // Backpressure: take no new packet that makes output (a message, a
+        // cancel) while output piles up unsent; the peer's bytes wait in the
+        // kernel (and its sends back up) until the connection drains below
+        // its low-water mark.
+        if readingBackpressured, parser.isAtPacketBoundary, Self.makesOutput(bytes[0]) {
             pausedForBackpressure = true
             connection.pauseReading()
             schedulePump() // chunks no longer wait for acknowledgements (see pumpChunks)
             return 0
         }
         parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
+        let turn = eventLoop.turn
+        if turn != packetTurn { (packetTurn, packetsLeftThisTurn) = (turn, configuration.maximumPacketsPerTurn) }
         defer {
             if !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
             if parser.chunkBytesToAcknowledge > 0 { acknowledgeChunks() }
+            // This connection had its share of the turn: the loop's others go first.
+            if packetsLeftThisTurn <= 0 && !closing { connection.yieldForThisTurn() }
             closeIfDrained()
         }
         do {
@@ -36,11 +40,26 @@ extension RPCEndpoint: PacketSink {
         }
     }
 
+    /// Whether a packet of type `type` makes this side write something back
+    /// (MESSAGE, MESSAGE_BIG, MESSAGE_START: an answer; CANCEL: CANCEL_ACK).
+    @inline(__always)
+    static func makesOutput(_ type: UInt8) -> Bool {
+        type == PacketType.message.rawValue || type == PacketType.messageBig.rawValue
+            || type == PacketType.messageStart.rawValue || type == PacketType.cancel.rawValue
+    }
+
+    /// Counts a packet handled against this turn's share; whether parsing may go on.
+    @inline(__always)
+    func countPacket() -> Bool {
+        packetsLeftThisTurn &-= 1
+        return packetsLeftThisTurn > 0 && !closing
+    }
+
     @inline(__always)
     package func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         handleMessage(id: id, payload: payload)
         // Stop after it if its answer made the connection unwritable (or chunked answers pile up).
-        return !closing && !readingBackpressured
+        return countPacket() && !readingBackpressured
     }
 
     package func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
@@ -49,10 +68,10 @@ extension RPCEndpoint: PacketSink {
         } else {
             logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
         }
-        return !closing
+        return countPacket()
     }
 
-    package func receivedKeepalive() -> Bool { !closing }
+    package func receivedKeepalives(_ count: Int) -> Bool { countPacket() }
 
     package func receivedHandshake(_ info: PeerInfo) -> Bool {
         _peerInfo = info

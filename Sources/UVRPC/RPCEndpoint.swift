@@ -277,6 +277,10 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
 
     @exclusivity(unchecked) var parser: PacketParser
+    /// Packets this endpoint may still handle in the loop turn `packetTurn`
+    /// (``Configuration/maximumPacketsPerTurn``).
+    @exclusivity(unchecked) var packetsLeftThisTurn = 0
+    @exclusivity(unchecked) var packetTurn: UInt64 = 0
     @exclusivity(unchecked) var calls = CallTable<PendingCall>()
     @exclusivity(unchecked) var deferredSends: [QueuedSend] = []
     /// Async sends waiting for writability, oldest first, from `blockedSendsHead`.

@@ -162,7 +162,7 @@ final class PacketParserTests: XCTestCase {
     }
 
     func testStopsWhenTheReceiverSaysSo() throws {
-        let stream = PeerInfo(keepaliveInterval: 1).handshakeBytes + [1, 1, 1]
+        let stream = PeerInfo(keepaliveInterval: 1).handshakeBytes + [1, 2, 0, 1, 0, 0, 1]
         var parser = PacketParser()
         let recorder = EventRecorder()
         recorder.limit = 2
@@ -170,6 +170,30 @@ final class PacketParserTests: XCTestCase {
             try parser.parse(raw, into: recorder)
         }
         XCTAssertEqual(recorder.events.count, 2)
-        XCTAssertEqual(consumed, stream.count - 2, "stopped right after the second unit")
+        XCTAssertEqual(consumed, stream.count - 6, "stopped right after the second unit")
+    }
+
+    func testARunOfKeepalivesIsOneUnit() throws {
+        // A flood of 1-byte KEEPALIVEs costs the receiver one call per run, not one per byte.
+        let stream = PeerInfo(keepaliveInterval: 1).handshakeBytes + [UInt8](repeating: 1, count: 1000) + [2, 0, 1, 0, 0]
+        var parser = PacketParser()
+        final class Runs: PacketSink {
+            var runs: [Int] = []
+            var messages = 0
+            func receivedHandshake(_ info: PeerInfo) -> Bool { true }
+            func receivedKeepalives(_ count: Int) -> Bool { runs.append(count); return true }
+            func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { messages += 1; return true }
+            func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
+            func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool { true }
+            func receivedCancel(id: UInt16) -> Bool { true }
+            func receivedCancelAcknowledgement(id: UInt16) -> Bool { true }
+            func receivedGoAway() -> Bool { true }
+            func receivedChunkAcknowledgement(bytes: Int) -> Bool { true }
+        }
+        let runs = Runs()
+        let consumed = try withBytes(stream) { (raw) throws(ProtocolViolation) -> Int in try parser.parse(raw, into: runs) }
+        XCTAssertEqual(consumed, stream.count)
+        XCTAssertEqual(runs.runs, [1000], "one call for the whole run")
+        XCTAssertEqual(runs.messages, 1)
     }
 }

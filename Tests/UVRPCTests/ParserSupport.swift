@@ -33,7 +33,12 @@ final class EventRecorder: PacketSink {
     var events: [Event] = []
     var limit = Int.max
     func receivedHandshake(_ info: PeerInfo) -> Bool { record(.handshake(info)) }
-    func receivedKeepalive() -> Bool { record(.keepalive) }
+    /// A run counts as one unit (as the parser treats it), recorded once per KEEPALIVE
+    /// so that the events do not depend on where the stream was cut.
+    func receivedKeepalives(_ count: Int) -> Bool {
+        events += repeatElement(.keepalive, count: count - 1)
+        return record(.keepalive)
+    }
     func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         record(.message(id: id, payload: Array(payload)))
     }
