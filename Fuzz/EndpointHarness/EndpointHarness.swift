@@ -124,7 +124,7 @@ private func checkWellFormed(_ bytes: [UInt8], agreed: RPCExtensions) -> Int {
             responses += 1
             return true
         }
-        func receivedCancel(id: UInt16) -> Bool { true }
+        func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool { true }
         func receivedCancelAcknowledgement(id: UInt16) -> Bool { true }
         func receivedGoAway() -> Bool { true }
         func receivedChunkAcknowledgement(bytes: Int) -> Bool { true }

@@ -185,6 +185,9 @@ extension Connection {
             closeReason = closeReason ?? .tlsTruncated(connection: label)
         }
         stopReading()
+        // Without a finished handshake nothing written can ever reach the peer: close at once
+        // (a graceful close would keep the descriptor for the close timeout).
+        if !tls.isEstablished { return terminate(reason: closeReason, reset: false) }
         close()
     }
 

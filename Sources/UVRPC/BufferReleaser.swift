@@ -1,4 +1,7 @@
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Frees big buffers off the loop thread. Freeing tens of MiB returns them
 /// to the kernel (`munmap`), which takes milliseconds: done on the loop, it
@@ -15,6 +18,15 @@ enum BufferReleaser {
         // Safe to send: the caller gives up the buffer; nothing else refers to it.
         let address = UInt(bitPattern: buffer.baseAddress)
         queue.async { UnsafeMutableRawPointer(bitPattern: address)?.deallocate() }
+    }
+
+    /// Frees `buffer`, which came from `malloc` (``PayloadMemory``), off the loop when it is big.
+    static func free(_ buffer: UnsafeMutableRawBufferPointer) {
+        guard let base = buffer.baseAddress else { return }
+        guard buffer.count >= threshold else { return Glibc.free(base) }
+        // Safe to send: the caller gives up the buffer; nothing else refers to it.
+        let address = UInt(bitPattern: base)
+        queue.async { Glibc.free(UnsafeMutableRawPointer(bitPattern: address)) }
     }
 
     /// Drops `bytes`, so that its storage (if this was the last reference) is freed off the loop when it is big.

@@ -63,6 +63,13 @@ struct CallTable<Completion> {
         return s.isLive && s.id == id
     }
 
+    /// Whether `id` is a call waiting for its response (live, not cancelled).
+    func isAwaited(_ id: UInt16) -> Bool {
+        guard !slots.isEmpty else { return false }
+        let s = slots[Int(id) & mask]
+        return s.isLive && s.id == id && !s.reserved
+    }
+
     /// Registers a call and returns its id, or nil when every id is in flight.
     mutating func insert(_ completion: Completion, deadline: UInt64, closeOnError: Bool) -> UInt16? {
         guard count < 65536 else { return nil }

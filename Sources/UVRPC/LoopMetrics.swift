@@ -21,7 +21,8 @@ import UVLoop
 /// - `uvrpc_calls_sent_total`, `uvrpc_calls_failed_total{error}`,
 ///   `uvrpc_calls_in_flight`, `uvrpc_call_duration_seconds` (outgoing calls);
 /// - `uvrpc_bytes_received_total`, `uvrpc_bytes_sent_total`;
-/// - `uvrpc_protocol_violations_total{violation}`, `uvrpc_accept_errors_total{error}`.
+/// - `uvrpc_protocol_violations_total{violation}`, `uvrpc_accept_errors_total{error}`;
+/// - `uvrpc_payloads_refused_total{reason}` (payloads in parts over a memory budget).
 final class LoopMetrics {
     // @exclusivity(unchecked): touched on the loop thread only, never by overlapping accesses.
     @exclusivity(unchecked) var connectionsAccepted = 0
@@ -35,6 +36,8 @@ final class LoopMetrics {
     @exclusivity(unchecked) var callsFailed = [Int](repeating: 0, count: CallFailureKind.allCases.count)
     @exclusivity(unchecked) var violations = [Int](repeating: 0, count: ViolationKind.allCases.count)
     @exclusivity(unchecked) var acceptErrors: [String: Int] = [:]
+    /// Payloads in parts refused, by ``PayloadRefusal/metricName``.
+    @exclusivity(unchecked) var payloadsRefused: [String: Int] = [:]
     /// Durations of ended calls, in nanoseconds, waiting to be published.
     @exclusivity(unchecked) private var durations: [Int64] = []
     /// True when a backend is bootstrapped: calls are timed and counts published.
@@ -48,6 +51,7 @@ final class LoopMetrics {
         var callsFailed = [Int](repeating: 0, count: CallFailureKind.allCases.count)
         var violations = [Int](repeating: 0, count: ViolationKind.allCases.count)
         var acceptErrors: [String: Int] = [:]
+        var payloadsRefused: [String: Int] = [:]
     }
 
     private let accepted: Counter
@@ -63,6 +67,7 @@ final class LoopMetrics {
     private let violationCounters: [Counter]
     private let duration: CoreMetrics.Timer
     private var acceptErrorCounters: [String: Counter] = [:]
+    private var refusalCounters: [String: Counter] = [:]
 
     private static let durationBatch = 4096
 
@@ -155,6 +160,10 @@ final class LoopMetrics {
         }
         if !durations.isEmpty { publishDurations() }
         if !acceptErrors.isEmpty && acceptErrors != published.acceptErrors { publishAcceptErrors() }
+        if !payloadsRefused.isEmpty && payloadsRefused != published.payloadsRefused {
+            publishCounts(payloadsRefused, &published.payloadsRefused, &refusalCounters,
+                          label: "uvrpc_payloads_refused_total", dimension: "reason")
+        }
     }
 
     private func publishDurations() {
@@ -163,16 +172,23 @@ final class LoopMetrics {
     }
 
     private func publishAcceptErrors() {
-        for (name, count) in acceptErrors {
-            let before = published.acceptErrors[name] ?? 0
+        publishCounts(acceptErrors, &published.acceptErrors, &acceptErrorCounters,
+                      label: "uvrpc_accept_errors_total", dimension: "error")
+    }
+
+    /// Publishes counts kept by name (a dimension whose values appear as they happen).
+    private func publishCounts(_ counts: [String: Int], _ published: inout [String: Int],
+                               _ counters: inout [String: Counter], label: String, dimension: String) {
+        for (name, count) in counts {
+            let before = published[name] ?? 0
             guard count != before else { continue }
-            let counter = acceptErrorCounters[name] ?? {
-                let made = Counter(label: "uvrpc_accept_errors_total", dimensions: [("error", name)])
-                acceptErrorCounters[name] = made
+            let counter = counters[name] ?? {
+                let made = Counter(label: label, dimensions: [(dimension, name)])
+                counters[name] = made
                 return made
             }()
             counter.increment(by: count &- before)
-            published.acceptErrors[name] = count
+            published[name] = count
         }
     }
 }
@@ -182,7 +198,7 @@ enum CloseKind: String, CaseIterable {
     case local, peerClosed = "peer_closed", reset, connectionFailed = "connection_failed"
     case keepaliveTimeout = "keepalive_timeout", handshakeTimeout = "handshake_timeout"
     case protocolViolation = "protocol_violation", callFailed = "call_failed"
-    case drained, drainTimedOut = "drain_timed_out"
+    case drained, drainTimedOut = "drain_timed_out", payloadStalled = "payload_stalled"
 
     init(_ reason: RPCCloseReason) {
         switch reason {
@@ -196,6 +212,7 @@ enum CloseKind: String, CaseIterable {
         case .callFailed: self = .callFailed
         case .drained: self = .drained
         case .drainTimedOut: self = .drainTimedOut
+        case .payloadStalled: self = .payloadStalled
         }
     }
 
@@ -208,6 +225,7 @@ enum CallFailureKind: String, CaseIterable {
     case payloadTooLarge = "payload_too_large", sendBufferFull = "send_buffer_full"
     case noConnection = "no_connection", cancelled
     case peerHandlerFailed = "peer_handler_failed", peerGoingAway = "peer_going_away"
+    case responseRefused = "response_refused"
 
     init(_ error: RPCError) {
         switch error {
@@ -220,6 +238,7 @@ enum CallFailureKind: String, CaseIterable {
         case .noConnection: self = .noConnection
         case .peerHandlerFailed: self = .peerHandlerFailed
         case .peerGoingAway: self = .peerGoingAway
+        case .responseRefused: self = .responseRefused
         }
     }
 
@@ -232,6 +251,7 @@ enum ViolationKind: String, CaseIterable {
     case malformedHandshake = "malformed_handshake", handshakeTooLarge = "handshake_too_large"
     case payloadTooLarge = "payload_too_large", errorReasonTooLong = "error_reason_too_long"
     case badChunk = "bad_chunk", unexpectedCancelAcknowledgement = "unexpected_acknowledgement"
+    case unexpectedCancel = "unexpected_cancel"
 
     init(_ violation: ProtocolViolation) {
         switch violation {
@@ -243,6 +263,7 @@ enum ViolationKind: String, CaseIterable {
         case .errorReasonTooLong: self = .errorReasonTooLong
         case .chunkNotStarted, .chunkPastEnd, .transferAlreadyStarted, .tooManyTransfers: self = .badChunk
         case .unexpectedCancelAcknowledgement, .excessChunkAcknowledgement: self = .unexpectedCancelAcknowledgement
+        case .unexpectedCancel: self = .unexpectedCancel
         }
     }
 

@@ -1,5 +1,6 @@
 /// The extension packets (types 6-14) and the reassembly of chunked
-/// payloads: the part of ``PacketParser`` that only a peer which announced
+/// payloads (their buffers: PacketParser+Partials.swift): the part of
+/// ``PacketParser`` that only a peer which announced
 /// the extensions reaches (see Docs/PROTOCOL.md, "Extensions"). Kept out of
 /// `parse`'s body: inlined there, it made the specialised frame loop stop
 /// inlining the sink's `receivedMessage`.
@@ -10,40 +11,14 @@ extension PacketParser {
         return chunkBytesToAcknowledge
     }
 
-    /// Frees the spare reassembly buffer (the connection went idle).
-    package mutating func releaseSpareBuffer() {
-        if let spare = spareBuffer { BufferReleaser.deallocate(spare) }
-        spareBuffer = nil
-    }
-
-    /// A buffer for a transfer of `total` bytes: the spare one when it fits
-    /// without wasting more than half of it, else a new one.
-    mutating func reassemblyBuffer(_ total: Int) -> UnsafeMutableRawBufferPointer {
-        if let spare = spareBuffer, spare.count >= total, spare.count / 2 <= total {
-            spareBuffer = nil
-            return spare
-        }
-        return .allocate(byteCount: total, alignment: 16)
-    }
-
-    /// Takes back a delivered or dropped transfer's buffer: kept as the spare when big, else freed.
-    mutating func recycle(_ buffer: UnsafeMutableRawBufferPointer) {
-        if buffer.count >= BufferReleaser.threshold {
-            if let old = spareBuffer {
-                if old.count >= buffer.count { return BufferReleaser.deallocate(buffer) }
-                BufferReleaser.deallocate(old)
-            }
-            spareBuffer = buffer
-        } else {
-            buffer.deallocate()
-        }
-    }
-
-    /// Drops transfer `key` if it is in progress (its sender gave it up).
-    mutating func dropTransfer(_ key: UInt32) {
-        guard let transfer = transfers.removeValue(forKey: key) else { return }
-        recycle(transfer.buffer)
+    /// Drops transfer `key` if it is in progress (its sender gave it up);
+    /// whether there was one.
+    @discardableResult
+    mutating func dropTransfer(_ key: UInt32) -> Bool {
+        guard let transfer = transfers.removeValue(forKey: key) else { return false }
+        if let buffer = transfer.buffer { recycle(buffer) }
         if key & 0x1_0000 != 0 { messageTransfers -= 1 } else { responseTransfers -= 1 }
+        return true
     }
 
     /// After a chunk's last byte: delivers transfer `key` if it is complete.
@@ -54,9 +29,10 @@ extension PacketParser {
         transfers[key] = nil
         let isMessage = key & 0x1_0000 != 0
         if isMessage { messageTransfers -= 1 } else { responseTransfers -= 1 }
-        defer { recycle(transfer.buffer) }
+        guard let buffer = transfer.buffer else { return true } // skipped: nothing to deliver
+        defer { recycle(buffer) }
         let id = UInt16(truncatingIfNeeded: key)
-        let payload = UnsafeRawBufferPointer(rebasing: transfer.buffer[0..<transfer.total])
+        let payload = UnsafeRawBufferPointer(rebasing: buffer[0..<transfer.total])
         return isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
     }
 
@@ -67,9 +43,12 @@ extension PacketParser {
                                         into sink: some PacketSink) -> (Int, Bool) {
         let n = min(input.count - offset, remaining)
         let transfer = transfers[key]!
-        // Safe: n bytes are inside `input`, and `remaining` was checked against the buffer.
-        (transfer.buffer.baseAddress! + transfer.filled).copyMemory(from: input.baseAddress! + offset, byteCount: n)
+        if let buffer = transfer.buffer { // else skipped
+            // Safe: n bytes are inside `input`, and `remaining` was checked against the buffer.
+            (buffer.baseAddress! + transfer.filled).copyMemory(from: input.baseAddress! + offset, byteCount: n)
+        }
         transfers[key]!.filled += n
+        noteTransferProgress(key)
         if n < remaining {
             state = .chunkPayload(key: key, remaining: remaining - n)
             return (n, true)
@@ -113,8 +92,8 @@ extension PacketParser {
             guard available >= 3 else { return (0, true) }
             let id = UInt16(u16(1))
             if type == 7 {
-                dropTransfer(Self.transferKey(isMessage: true, id: id))
-                return (3, sink.receivedCancel(id: id))
+                let dropped = dropTransfer(Self.transferKey(isMessage: true, id: id))
+                return (3, sink.receivedCancel(id: id, droppedPartialMessage: dropped))
             }
             dropTransfer(Self.transferKey(isMessage: false, id: id))
             return (3, sink.receivedCancelAcknowledgement(id: id))
@@ -141,9 +120,18 @@ extension PacketParser {
                 let empty = UnsafeRawBufferPointer(start: nil, count: 0)
                 return (7, isMessage ? sink.receivedMessage(id: id, payload: empty) : sink.receivedResponse(id: id, payload: empty))
             }
-            transfers[key] = Transfer(buffer: reassemblyBuffer(total), total: total)
+            // Kept only when it will be delivered and the budgets allow; else skipped as it arrives.
+            var buffer: UnsafeMutableRawBufferPointer?
+            var goOn = true
+            if isMessage || sink.awaitsResponse(id: id) {
+                switch reassemblyBuffer(total) {
+                case .success(let made): buffer = made
+                case .failure(let reason): goOn = sink.refusedPayload(isMessage: isMessage, id: id, size: total, reason: reason)
+                }
+            }
+            transfers[key] = Transfer(buffer: buffer, total: total, progress: Progress(at: clock, filled: 0))
             if isMessage { messageTransfers += 1 } else { responseTransfers += 1 }
-            return (7, true)
+            return (7, goOn)
         default: // 11, 12
             guard available >= 5 else { return (0, true) }
             let packet = PacketType(rawValue: type)!
@@ -155,12 +143,13 @@ extension PacketParser {
                 throw .chunkPastEnd(packet: packet, id: id, total: transfer.total, through: transfer.filled + length)
             }
             let n = min(available - 5, length)
-            if n > 0 {
+            if n > 0, let buffer = transfer.buffer { // else skipped
                 // Safe: n bytes are inside `input` and, by the check above, inside the buffer.
-                (transfer.buffer.baseAddress! + transfer.filled)
+                (buffer.baseAddress! + transfer.filled)
                     .copyMemory(from: input.baseAddress! + offset + 5, byteCount: n)
             }
             transfers[key]!.filled += n
+            noteTransferProgress(key)
             chunkBytesToAcknowledge += length // the whole chunk is taken, even the part still to come
             if n < length {
                 state = .chunkPayload(key: key, remaining: length - n)

@@ -14,8 +14,9 @@ package protocol PacketSink: AnyObject {
     /// An ERROR packet (extension `error`): the answer to our call `id` failed in the peer's handler.
     func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool
     /// A CANCEL packet (extension `cancel`): the peer gave up its call `id`
-    /// (a chunked message `id` being received was dropped already).
-    func receivedCancel(id: UInt16) -> Bool
+    /// (a chunked message `id` being received was dropped already:
+    /// `droppedPartialMessage` says whether there was one).
+    func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool
     /// A CANCEL_ACK packet (extension `cancel`): the peer is done with our
     /// cancelled call `id` (a chunked response `id` being received was dropped already).
     func receivedCancelAcknowledgement(id: UInt16) -> Bool
@@ -23,6 +24,20 @@ package protocol PacketSink: AnyObject {
     func receivedGoAway() -> Bool
     /// A CHUNK_ACK packet (extension `chunk`): the peer consumed `bytes` more of our chunks.
     func receivedChunkAcknowledgement(bytes: Int) -> Bool
+    /// A response is about to arrive in parts (a RESPONSE_BIG too big to
+    /// wait for in the read buffer, or a RESPONSE_START): whether a call
+    /// waits for it. One no call waits for is skipped as it arrives, never buffered.
+    func awaitsResponse(id: UInt16) -> Bool
+    /// A payload that arrives in parts could not be buffered (`reason`): its
+    /// bytes are skipped as they arrive, and it is never delivered.
+    func refusedPayload(isMessage: Bool, id: UInt16, size: Int, reason: PayloadRefusal) -> Bool
+}
+
+extension PacketSink {
+    /// Every response is awaited (a sink that keeps no call table).
+    package func awaitsResponse(id: UInt16) -> Bool { true }
+    /// A refused payload is only skipped.
+    package func refusedPayload(isMessage: Bool, id: UInt16, size: Int, reason: PayloadRefusal) -> Bool { true }
 }
 
 /// The incremental efro.rpc stream parser: a state machine over bytes.
@@ -37,7 +52,10 @@ package protocol PacketSink: AnyObject {
 /// (``inlinePayloadLimit``) is delivered as a view into it. A larger payload
 /// gets one exact-size buffer, filled as bytes arrive, delivered once
 /// complete and then freed. A declared length over ``maximumPayloadSize`` is
-/// a protocol violation thrown before anything is allocated.
+/// a protocol violation thrown before anything is allocated. Such buffers
+/// come from ``memory`` (the connection's budget and a shared one); a
+/// payload they cannot hold, and a response no call waits for, is skipped
+/// as it arrives instead (see PacketParser+Partials.swift).
 ///
 /// The packets of an extension (types 6-13) are accepted only when both
 /// handshakes announced it (``agreedExtensions``); before, they are unknown
@@ -50,20 +68,29 @@ package struct PacketParser: ~Copyable {
         case handshakeLength
         case handshakeBody(length: Int)
         case packets
-        /// Filling `bigBuffer` with the payload of a big frame.
-        case bigPayload(isMessage: Bool, id: UInt16, filled: Int)
+        /// Receiving the `total`-byte payload of a big frame into `bigBuffer`
+        /// (or skipping it, when `bigBuffer` is nil).
+        case bigPayload(isMessage: Bool, id: UInt16, filled: Int, total: Int)
         /// Inside a CHUNK of transfer `key`, with `remaining` of its bytes still to come.
         case chunkPayload(key: UInt32, remaining: Int)
     }
 
-    /// A chunked payload being reassembled.
+    /// A chunked payload being reassembled (or skipped).
     struct Transfer {
         /// Invariant: owned by the parser from START until delivered or dropped;
         /// holds at least `total` bytes (more when it is the spare buffer reused).
-        var buffer: UnsafeMutableRawBufferPointer
+        /// Nil for a payload being skipped (refused, or a response no call waits for).
+        var buffer: UnsafeMutableRawBufferPointer?
         /// The payload's length, announced by START.
         var total: Int
         var filled = 0
+        var progress: Progress
+    }
+
+    /// When a payload in parts last made progress (``progressQuantum`` bytes, or its start).
+    struct Progress {
+        var at: UInt64
+        var filled: Int
     }
     /// The buffer of the last big transfer delivered, kept for the next one:
     /// steady big traffic then allocates, faults in and unmaps nothing
@@ -93,7 +120,14 @@ package struct PacketParser: ~Copyable {
     var state = State.handshakeLength
     /// Exact-size storage of the big payload being received, else nil.
     /// Invariant: owned by this parser; freed after delivery or in deinit.
-    private var bigBuffer: UnsafeMutableRawBufferPointer?
+    var bigBuffer: UnsafeMutableRawBufferPointer?
+    /// Progress of the big payload being received.
+    var bigProgress = Progress(at: 0, filled: 0)
+    /// Where payload buffers come from, within the connection's and the shared budget.
+    package var memory: PayloadMemory
+    /// The caller's clock (loop milliseconds), set before each parse: when
+    /// payloads in parts made progress (see `stalledPayload(now:timeout:)`).
+    package var clock: UInt64 = 0
     /// Bytes consumed since the start of the stream (for error messages).
     package internal(set) var streamOffset: UInt64 = 0
 
@@ -125,11 +159,11 @@ package struct PacketParser: ~Copyable {
     /// into it (no copy) and then call ``didFillBigPayload(_:_:)``. Else nil.
     package var bigPayloadRemainder: UnsafeMutableRawBufferPointer? {
         if case .chunkPayload(let key, let remaining) = state, remaining >= Self.directChunkReadMinimum,
-           let transfer = transfers[key] {
+           let transfer = transfers[key], let buffer = transfer.buffer {
             // Safe: as below; a transfer's buffer is freed only when it is delivered or dropped.
-            return UnsafeMutableRawBufferPointer(rebasing: transfer.buffer[transfer.filled..<(transfer.filled + remaining)])
+            return UnsafeMutableRawBufferPointer(rebasing: buffer[transfer.filled..<(transfer.filled + remaining)])
         }
-        guard case .bigPayload(_, _, let filled) = state, let buffer = bigBuffer else { return nil }
+        guard case .bigPayload(_, _, let filled, _) = state, let buffer = bigBuffer else { return nil }
         // Safe: the buffer lives until the payload is delivered or discarded, which
         // only didFillBigPayload / discardPartialPacket / deinit do.
         return UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
@@ -143,6 +177,7 @@ package struct PacketParser: ~Copyable {
                          "PacketParser.didFillBigPayload(\(count)) exceeds the \(remaining) bytes left of the chunk")
             streamOffset += UInt64(count)
             transfers[key]!.filled += count
+            noteTransferProgress(key)
             if count < remaining {
                 state = .chunkPayload(key: key, remaining: remaining - count)
             } else {
@@ -151,19 +186,20 @@ package struct PacketParser: ~Copyable {
             }
             return
         }
-        guard case .bigPayload(let isMessage, let id, let filled) = state, let buffer = bigBuffer else {
+        guard case .bigPayload(let isMessage, let id, let filled, let total) = state, let buffer = bigBuffer else {
             preconditionFailure("PacketParser.didFillBigPayload without a big payload being received")
         }
-        precondition(count >= 0 && filled + count <= buffer.count,
-                     "PacketParser.didFillBigPayload(\(count)) exceeds the \(buffer.count - filled) bytes left")
+        precondition(count >= 0 && filled + count <= total,
+                     "PacketParser.didFillBigPayload(\(count)) exceeds the \(total - filled) bytes left")
         streamOffset += UInt64(count)
-        if filled + count < buffer.count {
-            state = .bigPayload(isMessage: isMessage, id: id, filled: filled + count)
+        noteBigProgress(filled: filled + count)
+        if filled + count < total {
+            state = .bigPayload(isMessage: isMessage, id: id, filled: filled + count, total: total)
             return
         }
         state = .packets
         bigBuffer = nil
-        defer { BufferReleaser.deallocate(buffer) }
+        defer { memory.free(buffer) }
         let payload = UnsafeRawBufferPointer(buffer)
         _ = isMessage ? sink.receivedMessage(id: id, payload: payload) : sink.receivedResponse(id: id, payload: payload)
     }
@@ -171,27 +207,30 @@ package struct PacketParser: ~Copyable {
     /// Creates a parser at the start of a stream; `extensions` are the ones
     /// this side announces (the packets of those the peer announces too are accepted).
     package init(maximumPayloadSize: Int = 64 << 20, maximumHandshakeSize: Int = 65536,
-                inlinePayloadLimit: Int = 65536, extensions: RPCExtensions = []) {
+                inlinePayloadLimit: Int = 65536, extensions: RPCExtensions = [], memory: PayloadMemory = PayloadMemory()) {
         self.maximumPayloadSize = maximumPayloadSize
         self.maximumHandshakeSize = maximumHandshakeSize
         self.inlinePayloadLimit = inlinePayloadLimit
         self.localExtensions = extensions
+        self.memory = memory
     }
 
     deinit {
-        bigBuffer?.deallocate()
-        for transfer in transfers.values { transfer.buffer.deallocate() }
-        spareBuffer?.deallocate()
+        // What is still held goes back to the shared budget with the buffers.
+        memory.shared?.release(memory.held)
+        if let bigBuffer { BufferReleaser.free(bigBuffer) }
+        for transfer in transfers.values { if let buffer = transfer.buffer { BufferReleaser.free(buffer) } }
+        if let spareBuffer { BufferReleaser.free(spareBuffer) }
     }
 
     /// Drops a big payload being received and every chunked transfer (frees
     /// their buffers); for a stream that ended. Parsing must not continue afterwards.
     package mutating func discardPartialPacket() {
-        bigBuffer?.deallocate()
+        if let buffer = bigBuffer { memory.free(buffer) }
         bigBuffer = nil
-        for transfer in transfers.values { transfer.buffer.deallocate() }
+        for transfer in transfers.values { if let buffer = transfer.buffer { memory.free(buffer) } }
         transfers.removeAll()
-        spareBuffer?.deallocate()
+        if let spare = spareBuffer { memory.free(spare) }
         spareBuffer = nil
         messageTransfers = 0
         responseTransfers = 0
@@ -270,10 +309,9 @@ package struct PacketParser: ~Copyable {
                                              : sink.receivedResponse(id: id, payload: payload)
                         if !goOn { return offset }
                     } else if length > inlinePayloadLimit {
-                        // Too big to wait for in the caller's buffer: stream it into its own.
-                        bigBuffer = .allocate(byteCount: length, alignment: 16)
+                        // Too big to wait for in the caller's buffer: stream it into its own (or skip it).
                         offset += header
-                        state = .bigPayload(isMessage: isMessage, id: id, filled: 0)
+                        if !startBigPayload(isMessage: isMessage, id: id, length: length, into: sink) { return offset }
                     } else {
                         return offset // wait for the rest of the frame
                     }
@@ -294,19 +332,22 @@ package struct PacketParser: ~Copyable {
                     throw .unknownPacketType(type, streamOffset: at)
                 }
 
-            case .bigPayload(let isMessage, let id, let filled):
-                let buffer = bigBuffer!
-                let n = min(available, buffer.count - filled)
-                buffer.baseAddress!.advanced(by: filled)
-                    .copyMemory(from: input.baseAddress!.advanced(by: offset), byteCount: n)
+            case .bigPayload(let isMessage, let id, let filled, let total):
+                let n = min(available, total - filled)
+                if let buffer = bigBuffer { // else skipped
+                    buffer.baseAddress!.advanced(by: filled)
+                        .copyMemory(from: input.baseAddress!.advanced(by: offset), byteCount: n)
+                }
                 offset += n
-                if filled + n < buffer.count {
-                    state = .bigPayload(isMessage: isMessage, id: id, filled: filled + n)
+                noteBigProgress(filled: filled + n)
+                if filled + n < total {
+                    state = .bigPayload(isMessage: isMessage, id: id, filled: filled + n, total: total)
                     return offset
                 }
                 state = .packets
+                guard let buffer = bigBuffer else { continue }
                 bigBuffer = nil
-                defer { BufferReleaser.deallocate(buffer) }
+                defer { memory.free(buffer) }
                 let payload = UnsafeRawBufferPointer(buffer)
                 let goOn = isMessage ? sink.receivedMessage(id: id, payload: payload)
                                      : sink.receivedResponse(id: id, payload: payload)

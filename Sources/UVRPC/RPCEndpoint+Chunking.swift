@@ -74,6 +74,7 @@ extension RPCEndpoint {
     func startTransfer(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) {
         let transfer = OutgoingTransfer(isResponse: isResponse, id: id, payload: owned ?? Array(payload))
         unsentTransferBytes += payload.count
+        payloadBudget?.charge(payload.count) // given back by discard(_:)
         if activeTransfers.lazy.filter({ $0.isResponse == isResponse }).count < Wire.maximumTransfers {
             activate(transfer)
         } else {
@@ -92,6 +93,7 @@ extension RPCEndpoint {
             activeTransfers.append(transfer)
         } catch {
             unsentTransferBytes -= transfer.payload.count - transfer.sent // closing: the close path reports it
+            discard(transfer)
         }
     }
 
@@ -120,10 +122,10 @@ extension RPCEndpoint {
             guard case .success = written else { return } // closing: the close path ends the transfers
             activeTransfers[i].sent += n
             unsentTransferBytes -= n
-            if chunkBytesUnacknowledged == 0 { lastChunkProgressAt = eventLoop.now }
+            if chunkBytesUnacknowledged == 0 { (lastChunkProgressAt, ackProgressAt) = (eventLoop.now, eventLoop.now) }
             chunkBytesUnacknowledged += n
             if sent + n == activeTransfers[i].payload.count {
-                BufferReleaser.release(activeTransfers.remove(at: i).payload)
+                discard(activeTransfers.remove(at: i))
                 transferEnded(isResponse: isResponse)
             } else {
                 transferCursor = i + 1
@@ -145,6 +147,10 @@ extension RPCEndpoint {
         }
         chunkBytesUnacknowledged -= bytes
         lastChunkProgressAt = eventLoop.now
+        ackedSinceProgress += bytes
+        if ackedSinceProgress >= PacketParser.progressQuantum || chunkBytesUnacknowledged == 0 {
+            (ackProgressAt, ackedSinceProgress) = (lastChunkProgressAt, 0)
+        }
         pumpChunks()
         return countPacket()
     }
@@ -155,8 +161,17 @@ extension RPCEndpoint {
     /// connection's own write timeout never sees a write wait), and is cut
     /// off the same way. Checked with the liveness checks.
     func checkChunkAcknowledgements(now: UInt64) {
-        guard chunkBytesUnacknowledged > 0, !pausedForBackpressure, let timeout = connection.options.writeTimeout,
-              now &- lastChunkProgressAt >= timeout.roundedUpMilliseconds else { return }
+        guard chunkBytesUnacknowledged > 0, !pausedForBackpressure else { return }
+        // A trickle of acknowledgements (less than 64 KiB per progress timeout) holds our chunks as long.
+        let progressTimeout = configuration.payloadProgressTimeout
+        if now &- ackProgressAt >= progressTimeout.roundedUpMilliseconds {
+            logger.info("the peer acknowledged less than 64 KiB of chunks within the progress timeout; closing", metadata: [
+                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+                "rpc.unacknowledged": "\(chunkBytesUnacknowledged)", "rpc.unsent": "\(unsentTransferBytes)",
+            ])
+            return close(reason: .payloadStalled(progressTimeout))
+        }
+        guard let timeout = connection.options.writeTimeout, now &- lastChunkProgressAt >= timeout.roundedUpMilliseconds else { return }
         logger.info("the peer acknowledged no chunk for the write timeout; closing", metadata: [
             "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
             "rpc.unacknowledged": "\(chunkBytesUnacknowledged)",
@@ -179,9 +194,12 @@ extension RPCEndpoint {
         if let i = activeTransfers.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
             let transfer = activeTransfers.remove(at: i)
             unsentTransferBytes -= transfer.payload.count - transfer.sent
+            discard(transfer)
             transferEnded(isResponse: isResponse)
         } else if let i = waitingTransfers.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
-            unsentTransferBytes -= waitingTransfers.remove(at: i).payload.count
+            let transfer = waitingTransfers.remove(at: i)
+            unsentTransferBytes -= transfer.payload.count
+            discard(transfer)
         }
     }
 
@@ -193,10 +211,19 @@ extension RPCEndpoint {
         }
         if activeTransfers.isEmpty { connection.wantsWriteProgress = false }
         if pausedForBackpressure && !readingBackpressured { resumeReadingAfterBackpressure() }
+        closeIfDrained()
+    }
+
+    /// A transfer ended (sent, cancelled or dropped): its payload is released
+    /// (off the loop when big) and its charge to the shared budget given back.
+    private func discard(_ transfer: OutgoingTransfer) {
+        payloadBudget?.release(transfer.payload.count)
+        BufferReleaser.release(transfer.payload)
     }
 
     /// Forgets every transfer (the endpoint is closing).
     func dropAllTransfers() {
+        for transfer in activeTransfers + waitingTransfers { discard(transfer) }
         activeTransfers.removeAll()
         waitingTransfers.removeAll()
         unsentTransferBytes = 0

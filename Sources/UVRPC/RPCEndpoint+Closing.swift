@@ -14,6 +14,7 @@ extension RPCEndpoint {
         }
         if !unanswered.isEmpty { reportOverdueRequests(now: now) }
         if chunkBytesUnacknowledged > 0 { checkChunkAcknowledgements(now: now) }
+        if !closing && !pausedForBackpressure { checkPayloadProgress(now: now) }
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")
             close(reason: .handshakeTimeout(configuration.handshakeTimeout))
@@ -23,6 +24,19 @@ extension RPCEndpoint {
                         metadata: ["rpc.silent-ms": "\(now - lastReceived)"])
             close(reason: .keepaliveTimeout(configuration.keepaliveTimeout))
         }
+    }
+
+    /// Closes when a payload arriving in parts has not moved 64 KiB within
+    /// the progress timeout: a peer keeping memory reserved by trickling bytes.
+    func checkPayloadProgress(now: UInt64) {
+        let timeout = configuration.payloadProgressTimeout
+        guard let stalled = parser.stalledPayload(now: now, timeout: timeout.roundedUpMilliseconds) else { return }
+        logger.info("a payload in parts moved less than 64 KiB within the progress timeout; closing", metadata: [
+            "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+            "rpc.id": "\(stalled.id)", "rpc.kind": "\(stalled.isMessage ? "message" : "response")",
+            "rpc.received": "\(stalled.received)", "rpc.size": "\(stalled.total)",
+        ])
+        close(reason: .payloadStalled(timeout))
     }
 
     // MARK: Closing
@@ -40,7 +54,7 @@ extension RPCEndpoint {
         closing = true
         metrics.connectionClosed(reason)
         switch reason {
-        case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut:
+        case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut, .payloadStalled:
             break // not logged, or logged where detected
         case .peerClosed, .drained:
             logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
@@ -53,11 +67,10 @@ extension RPCEndpoint {
         keepaliveTimer?.cancel()
         livenessTimer?.cancel()
         deadlineTimer?.close()
-        drainTimer?.cancel()
         keepaliveTimer = nil
         livenessTimer = nil
         deadlineTimer = nil
-        drainTimer = nil
+        // A drain's timer stays: at its deadline it aborts a connection still flushing.
         for id in calls.liveIDs() {
             if let (call, _) = removeCall(id) {
                 call.completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: reason))
@@ -75,10 +88,20 @@ extension RPCEndpoint {
         blockedSends.removeAll()
         blockedSendsHead = 0
         for send in waiting { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
-        connection.close()
+        switch reason {
+        case .handshakeTimeout, .payloadStalled:
+            // Nothing to finish with a peer that never spoke, or that stalls on purpose.
+            connection.abort()
+        case .drained where _peerInfo == nil:
+            connection.abort()
+        default:
+            connection.close() // flushes what is owed first (within the connection's close timeout)
+        }
     }
 
     func connectionDidClose(_ error: ConnectionError?) {
+        drainTimer?.cancel()
+        drainTimer = nil
         if !closing {
             let reason: RPCCloseReason
             switch error {

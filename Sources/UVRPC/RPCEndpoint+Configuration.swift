@@ -14,6 +14,32 @@ extension RPCEndpoint {
         /// Largest incoming payload; a larger declared length closes the
         /// connection before anything is allocated. Default 64 MiB.
         public var maximumPayloadSize = 64 << 20
+        /// Most bytes one connection may hold in payloads that arrive in parts
+        /// (a MESSAGE_BIG or RESPONSE_BIG over the read buffer, chunked
+        /// transfers), counted when each starts (its announced size) before
+        /// anything is allocated. One that would go past it is refused: its
+        /// bytes are skipped as they arrive, a message is answered with an
+        /// error (to a peer that takes error answers; an efro.rpc peer's call
+        /// times out), a response fails its call with
+        /// ``RPCError/responseRefused(endpoint:messageID:payloadSize:reason:)``,
+        /// and it is logged and counted (`uvrpc_payloads_refused_total`).
+        /// Default 256 MiB (four payloads of the default maximum size).
+        public var maximumPayloadMemory = 256 << 20
+        /// Most bytes all endpoints of one ``RPCServer`` together may hold in
+        /// payloads that arrive in parts and in big payloads (over 64 KiB)
+        /// waiting to be sent; past it, payloads that arrive in parts are
+        /// refused as ``maximumPayloadMemory`` says (answers already made are
+        /// still sent). Endpoints not made by a server have no such shared
+        /// limit. Default 1 GiB.
+        public var maximumServerPayloadMemory = 1 << 30
+        /// How long a payload that arrives or leaves in parts may go without
+        /// moving 64 KiB (or to its end): a MESSAGE_BIG or RESPONSE_BIG still
+        /// arriving, a chunked transfer either way (the peer's
+        /// acknowledgements of this side's chunks). One that moves slower is
+        /// a peer holding memory open by trickling bytes, and the endpoint
+        /// closes with ``RPCCloseReason/payloadStalled(_:)``. Time while this
+        /// side does not read (backpressure) does not count. Default 10 s.
+        public var payloadProgressTimeout: Duration = .seconds(10)
         /// Most packets handled from this connection in one turn of its loop
         /// (a run of KEEPALIVEs counts once): past it, reading stops until
         /// the loop's next turn, so that a peer flooding small packets delays

@@ -3,6 +3,11 @@ import UVLoop
 
 /// Graceful close: finish what is in flight, then close.
 ///
+/// Half a second after the deadline the connection is aborted if it has not
+/// closed by then, even when the endpoint had drained and only its last
+/// bytes were waiting for a peer that stopped reading: a drain never
+/// outlasts its grace period by more than that.
+///
 /// While an endpoint drains it goes on as before (an efro.rpc peer cannot be
 /// told to stop sending, so a message that arrives during the drain is
 /// handled and answered like any other, and counts as work in flight); it
@@ -28,21 +33,41 @@ extension RPCEndpoint {
         if draining { return }
         draining = true
         sendGoAwayIfAgreed()
+        // Cancelled when the connection has closed (the endpoint lives until then).
         drainTimer = eventLoop.scheduleTimer(after: gracePeriod) { [unowned self] in
-            guard !self.closing else { return }
-            self.logger.info("drain ran out of time; closing", metadata: [
-                "rpc.in-flight": "\(self.calls.activeCount)", "rpc.unanswered": "\(self.unanswered.count)",
-            ])
-            self.close(reason: .drainTimedOut(gracePeriod))
+            self.drainDeadlinePassed(gracePeriod)
         }
         closeIfDrained()
     }
 
-    /// True when nothing is in flight in either direction.
+    /// How long a drained (or timed-out) endpoint's connection may still take
+    /// to flush its last bytes once the grace period is over, before it is aborted.
+    static let drainFlushAllowance = Duration.milliseconds(500)
+
+    /// The grace period is over: close what is left (flushing what is owed),
+    /// and abort the connection if the peer has not taken those bytes
+    /// within ``drainFlushAllowance``.
+    private func drainDeadlinePassed(_ gracePeriod: Duration) {
+        if !closing {
+            logger.info("drain ran out of time; closing", metadata: [
+                "rpc.in-flight": "\(calls.activeCount)", "rpc.unanswered": "\(unanswered.count)",
+            ])
+            close(reason: .drainTimedOut(gracePeriod))
+        }
+        guard !_isClosed else { return }
+        drainTimer = eventLoop.scheduleTimer(after: Self.drainFlushAllowance) { [unowned self] in
+            if !self._isClosed { self.connection.abort() }
+        }
+    }
+
+    /// True when nothing is in flight in either direction: no call, no
+    /// message unanswered, and no payload still arriving or leaving in parts
+    /// (a message being received, an answer or a call being sent in chunks).
     var hasNothingInFlight: Bool {
         calls.activeCount == 0 && deferredSends.isEmpty && blockedSendsHead == blockedSends.count
             && unanswered.isEmpty && currentToken == 0 && waitingMessages.isEmpty
             && asyncQueueHead == asyncQueue.count && runningAsyncHandlers == 0
+            && activeTransfers.isEmpty && waitingTransfers.isEmpty && !parser.hasPartialMessage
     }
 
     /// Closes with ``RPCCloseReason/drained`` if draining and idle; called

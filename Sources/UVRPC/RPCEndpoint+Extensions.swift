@@ -89,8 +89,16 @@ extension RPCEndpoint {
 
     // MARK: The peer cancels its call
 
-    package func receivedCancel(id: UInt16) -> Bool {
-        var found = "nothing (already answered)"
+    package func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool {
+        // Each message may be cancelled once: no more CANCELs (and so CANCEL_ACKs) than messages.
+        if !droppedPartialMessage {
+            guard cancelCredits > 0 else {
+                protocolViolated(.unexpectedCancel(id: id))
+                return false
+            }
+            cancelCredits -= 1
+        }
+        var found = droppedPartialMessage ? "a message still arriving" : "nothing (already answered)"
         if let running = runningRequests[id], !running.cancelled {
             runningRequests[id]!.cancelled = true
             workerTasks[running.worker]?.cancel()

@@ -11,6 +11,7 @@ import UVLoop
 extension RPCEndpoint: PacketSink {
     func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
         lastReceived = eventLoop.now
+        parser.clock = lastReceived
         if closing { return bytes.count }
         // Backpressure: take no new packet that makes output (a message, a
         // cancel) while output piles up unsent; the peer's bytes wait in the
@@ -73,6 +74,32 @@ extension RPCEndpoint: PacketSink {
 
     package func receivedKeepalives(_ count: Int) -> Bool { countPacket() }
 
+    package func awaitsResponse(id: UInt16) -> Bool { calls.isAwaited(id) }
+
+    /// A payload in parts this side will not hold (see
+    /// ``Configuration/maximumPayloadMemory``): a message is answered with an
+    /// error, a response fails its call; the parser skips the bytes.
+    package func refusedPayload(isMessage: Bool, id: UInt16, size: Int, reason: PayloadRefusal) -> Bool {
+        metrics.payloadsRefused[reason.metricName, default: 0] &+= 1
+        let peer = connection.remoteAddress.map { "\($0)" } ?? connection.label
+        if isMessage {
+            cancelCredits &+= 1 // the peer may cancel it
+            let sent = sendErrorAnswer(to: id, reason: "message of \(size) bytes refused: \(reason)")
+            logger.warning("refused a message payload; \(sent ? "answered with an error" : "no response sent")", metadata: [
+                "rpc.peer": "\(peer)", "rpc.id": "\(id)", "rpc.size": "\(size)", "rpc.reason": "\(reason)",
+            ])
+        } else {
+            // With the extension, the peer is asked to stop sending it (the id stays reserved until it confirms).
+            let call = agreed.contains(.cancellation) ? cancelOutgoingCall(id) : removeCall(id)?.0
+            logger.warning("refused a response payload; the call fails", metadata: [
+                "rpc.peer": "\(peer)", "rpc.id": "\(id)", "rpc.size": "\(size)", "rpc.reason": "\(reason)",
+            ])
+            call?.completion.fail(on: self, .responseRefused(endpoint: label, messageID: id, payloadSize: size,
+                                                             reason: "\(reason)"))
+        }
+        return !closing
+    }
+
     package func receivedHandshake(_ info: PeerInfo) -> Bool {
         _peerInfo = info
         agreed = configuration.extensions.intersection(info.extensions)
@@ -86,6 +113,7 @@ extension RPCEndpoint: PacketSink {
     @inline(__always)
     func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
         metrics.messagesReceived &+= 1
+        cancelCredits &+= 1
         if let callbackHandler {
             runCallbackHandler(callbackHandler, id: id, payload: payload)
             return

@@ -235,16 +235,39 @@ extension RPCEndpoint {
 
     func resumeReadingAfterBackpressure() {
         pausedForBackpressure = false
-        // The peer's silence while we were not reading does not count.
+        // The peer's silence while we were not reading does not count, nor do
+        // its payloads and acknowledgements that could not move meanwhile.
         lastReceived = eventLoop.now
+        parser.restartProgressClocks(now: lastReceived)
+        (lastChunkProgressAt, ackProgressAt, ackedSinceProgress) = (lastReceived, lastReceived, 0)
         connection.resumeReading()
     }
 
     @inline(__always)
     func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer) throws(ConnectionError) {
         let header = PacketWriter.header(isResponse: isResponse, id: id, payloadCount: payload.count)
-        try connection.write(header: header.bits, headerCount: header.count, payload: payload)
+        if payload.count > Wire.maximumShortPayload, let payloadBudget {
+            try writeChargedFrame(header: header, payload: payload, budget: payloadBudget)
+        } else {
+            try connection.write(header: header.bits, headerCount: header.count, payload: payload)
+        }
         if isResponse { metrics.responsesSent &+= 1 } else { metrics.callsSent &+= 1 }
+    }
+
+    /// Writes a whole big frame (a peer without chunking) whose payload counts
+    /// against the shared budget until it reached the socket.
+    @inline(never)
+    func writeChargedFrame(header: (bits: UInt64, count: Int), payload: UnsafeRawBufferPointer,
+                           budget: MemoryBudget) throws(ConnectionError) {
+        let count = payload.count
+        try connection.write(header: header.bits, headerCount: header.count, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        budget.charge(count)
+        do {
+            try connection.write(payload) { _ in budget.release(count) } // written or failed: no longer held
+        } catch {
+            budget.release(count)
+            throw error
+        }
     }
 
     func armDeadlineTimer(now: UInt64) {

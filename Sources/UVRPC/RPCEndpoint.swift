@@ -54,6 +54,9 @@ public final class RPCEndpoint {
     unowned(unsafe) let eventLoop: EventLoop
     /// The loop's metrics counters (see ``LoopMetrics``), counted on the loop.
     let metrics: LoopMetrics
+    /// The memory budget shared with the other endpoints of a server, if any:
+    /// payloads in parts (through the parser) and big payloads waiting to be sent count against it.
+    let payloadBudget: MemoryBudget?
 
     /// The loop-thread check of every loop-bound member, without a retain of the loop.
     @inline(__always)
@@ -196,6 +199,10 @@ public final class RPCEndpoint {
     /// When the peer last acknowledged chunk bytes, or chunk bytes went out
     /// with none unacknowledged (loop milliseconds): for the acknowledgement timeout.
     @exclusivity(unchecked) var lastChunkProgressAt: UInt64 = 0
+    /// When the peer's acknowledgements last moved 64 KiB (or cleared every
+    /// chunk byte), and the bytes acknowledged since: for ``Configuration/payloadProgressTimeout``.
+    @exclusivity(unchecked) var ackProgressAt: UInt64 = 0
+    @exclusivity(unchecked) var ackedSinceProgress = 0
     /// The loop's count of MESSAGE / RESPONSE packets written, when chunks were last written.
     @exclusivity(unchecked) var smallPacketsAtLastPump = 0
     /// When a small packet was last seen written (loop milliseconds).
@@ -277,6 +284,9 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
 
     @exclusivity(unchecked) var parser: PacketParser
+    /// Messages received (or refused) minus CANCELs for them: a CANCEL beyond
+    /// this is a violation (each makes an acknowledgement).
+    @exclusivity(unchecked) var cancelCredits = 0
     /// Packets this endpoint may still handle in the loop turn `packetTurn`
     /// (``Configuration/maximumPacketsPerTurn``).
     @exclusivity(unchecked) var packetsLeftThisTurn = 0
@@ -303,13 +313,15 @@ public final class RPCEndpoint {
     public convenience init(connection: Connection, configuration: Configuration = Configuration(),
                             label: String? = nil, logger: Logger? = nil) {
         self.init(connection: connection, configuration: configuration, label: label, logger: logger,
-                  handshake: configuration.handshakeBytes)
+                  handshake: configuration.handshakeBytes, payloadBudget: nil)
     }
 
     /// As the public init, with the handshake bytes made once by the caller
     /// (a server makes them once for all its endpoints: formatting them costs
-    /// more than the rest of setting up an endpoint).
-    init(connection: Connection, configuration: Configuration, label: String?, logger: Logger?, handshake: [UInt8]) {
+    /// more than the rest of setting up an endpoint) and the budget its
+    /// payloads in parts share with other endpoints (a server's), if any.
+    init(connection: Connection, configuration: Configuration, label: String?, logger: Logger?, handshake: [UInt8],
+         payloadBudget: MemoryBudget?) {
         connection.loop.preconditionInEventLoop("RPCEndpoint.init")
         self.connection = connection
         self.eventLoop = connection.loop
@@ -323,8 +335,10 @@ public final class RPCEndpoint {
         if let tls = connection.options.tls?.configuration, tls.role == .client, !tls.verifiesPeer {
             logger.warning("TLS: the server's certificate is not checked (verifiesPeer is off): any server is accepted")
         }
+        self.payloadBudget = payloadBudget
         self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize,
-                                   extensions: configuration.extensions)
+                                   extensions: configuration.extensions,
+                                   memory: PayloadMemory(limit: configuration.maximumPayloadMemory, shared: payloadBudget))
         let now = connection.loop.now
         lastReceived = now
         openedAt = now
@@ -336,6 +350,7 @@ public final class RPCEndpoint {
         connection.directReadBuffer = { !self.closing ? self.parser.bigPayloadRemainder : nil }
         connection.onDirectRead = { count in
             self.lastReceived = self.eventLoop.now
+            self.parser.clock = self.lastReceived
             self.parser.didFillBigPayload(count, into: self)
             self.closeIfDrained()
         }
@@ -352,7 +367,8 @@ public final class RPCEndpoint {
                 PacketWriter.keepalive.withUnsafeBytes { try? self.connection.write($0) }
             }
         }
-        let period = min(configuration.keepaliveTimeout, configuration.handshakeTimeout) / 4
+        let period = min(configuration.keepaliveTimeout, configuration.handshakeTimeout,
+                         configuration.payloadProgressTimeout) / 4
         let clamped = max(period, .milliseconds(5))
         livenessPeriod = clamped.roundedUpMilliseconds
         livenessTimer = eventLoop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in

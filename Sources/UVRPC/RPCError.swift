@@ -24,6 +24,10 @@ public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
     case drained
     /// A graceful close ran out of time: what was still in flight was failed.
     case drainTimedOut(Duration)
+    /// A payload arriving or leaving in parts moved less than 64 KiB within
+    /// this time (``RPCEndpoint/Configuration/payloadProgressTimeout``): the
+    /// peer held it open by trickling bytes or acknowledgements.
+    case payloadStalled(Duration)
 
     public var description: String {
         switch self {
@@ -37,6 +41,7 @@ public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
         case .callFailed(let e): return "a call failed with closeOnError: \(e)"
         case .drained: return "drained: closed gracefully with nothing in flight"
         case .drainTimedOut(let t): return "drained: closed when the grace period of \(t) ran out with work in flight"
+        case .payloadStalled(let t): return "a payload in parts moved less than 64 KiB within \(t) (the peer trickles it)"
         }
     }
 }
@@ -70,6 +75,12 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
     /// `lastConnectError` is the most recent reason a connection could not
     /// be made or was lost, if there was one.
     case noConnection(addresses: [String], lastConnectError: String?)
+    /// The response is a payload in parts that this side would not hold
+    /// (``RPCEndpoint/Configuration/maximumPayloadMemory``, the server's
+    /// shared limit, or an allocation that failed): `reason` says which. The
+    /// call failed; the endpoint stays open (the response's bytes are skipped,
+    /// and a UVRPC peer is asked to stop sending them).
+    case responseRefused(endpoint: String, messageID: UInt16, payloadSize: Int, reason: String)
 
     public var description: String {
         switch self {
@@ -90,6 +101,8 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
             return "message \(id) on \(e) failed in the peer's handler: \(reason)"
         case .peerGoingAway(let e):
             return "cannot send on \(e): the peer is draining (it sent go-away); send on another connection"
+        case .responseRefused(let e, let id, let n, let reason):
+            return "message \(id) on \(e) failed: its response of \(n) bytes was refused: \(reason)"
         case .noConnection(let addresses, let last):
             return "cannot send: no connection to \(addresses.joined(separator: ", ")) is open"
                 + (last.map { " (last error: \($0))" } ?? "")

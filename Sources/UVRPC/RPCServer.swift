@@ -244,6 +244,8 @@ private final class ServerCore: Sendable {
     let logger: Logger
     /// The handshake every endpoint writes, made once.
     private let handshake: [UInt8]
+    /// The memory budget all its endpoints share (``RPCEndpoint/Configuration/maximumServerPayloadMemory``).
+    let payloadBudget: MemoryBudget
     private let onEndpoint: @Sendable (RPCEndpoint) -> Void
     private let admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?
     private let continuation: AsyncStream<RPCAsyncEndpoint>.Continuation
@@ -267,6 +269,7 @@ private final class ServerCore: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.handshake = configuration.handshakeBytes
+        self.payloadBudget = MemoryBudget(limit: configuration.maximumServerPayloadMemory)
         self.continuation = continuation
         self.onEndpoint = onEndpoint
     }
@@ -297,7 +300,7 @@ private final class ServerCore: Sendable {
             }
         }
         let endpoint = RPCEndpoint(connection: connection, configuration: configuration, label: nil, logger: logger,
-                                   handshake: handshake)
+                                   handshake: handshake, payloadBudget: payloadBudget)
         let key = ObjectIdentifier(endpoint)
         let admitted = state.withLock { state -> Bool in
             guard state.admitting else { return false }

@@ -182,6 +182,9 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
     case tooManyTransfers(packet: PacketType, limit: Int)
     /// A CANCEL_ACK for an id this side never cancelled.
     case unexpectedCancelAcknowledgement(id: UInt16)
+    /// A CANCEL when every message received was cancelled already (more
+    /// cancels than messages: each one would make this side write an acknowledgement).
+    case unexpectedCancel(id: UInt16)
     /// A CHUNK_ACK for more chunk bytes than this side sent and had not seen acknowledged.
     case excessChunkAcknowledgement(acknowledged: Int, outstanding: Int)
 
@@ -206,6 +209,8 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
             return "\(type) while \(limit) transfers of its kind are already in progress"
         case .unexpectedCancelAcknowledgement(let id):
             return "CANCEL_ACK for id \(id), which this side never cancelled"
+        case .unexpectedCancel(let id):
+            return "CANCEL for id \(id) when every message received was cancelled already"
         case .excessChunkAcknowledgement(let n, let outstanding):
             return "CHUNK_ACK for \(n) bytes while \(outstanding) were unacknowledged"
         }

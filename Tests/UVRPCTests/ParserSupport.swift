@@ -48,7 +48,7 @@ final class EventRecorder: PacketSink {
     func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
         record(.error(id: id, reason: String(decoding: reason, as: UTF8.self)))
     }
-    func receivedCancel(id: UInt16) -> Bool { record(.cancel(id: id)) }
+    func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool { record(.cancel(id: id)) }
     func receivedCancelAcknowledgement(id: UInt16) -> Bool { record(.cancelAcknowledged(id: id)) }
     func receivedGoAway() -> Bool { record(.goAway) }
     func receivedChunkAcknowledgement(bytes: Int) -> Bool { record(.chunkAcknowledged(bytes: bytes)) }
