@@ -68,6 +68,10 @@ public final class RPCServer: Sendable {
     /// loop, in no particular order. Callable from any thread.
     public var openEndpoints: [RPCAsyncEndpoint] { core.openEndpoints }
 
+    /// Bytes its endpoints hold now against ``RPCEndpoint/Configuration/maximumServerPayloadMemory``
+    /// (for tests and the attack tool). Callable from any thread.
+    package var payloadMemoryInUse: Int { core.payloadBudget.usedBytes }
+
     /// Starts listening on `address` (TCP or `unix:` path) on `loop`; must be
     /// called on the loop thread (from another thread: `loop.submitAndWait { try RPCServer(loop: ...) }`).
     /// - Parameters:

@@ -1,3 +1,4 @@
+import Foundation
 import UVLoop
 import UVRPC
 import UVTestSupport
@@ -84,4 +85,40 @@ func monotonicMilliseconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) * 1000 + Double(ts.tv_nsec) / 1e6
+}
+
+/// A blocking writer on a plain socket, for a peer that writes as fast as the kernel takes bytes.
+final class FDWriter: @unchecked Sendable { // the descriptor is written by one thread at a time
+    let fd: Int32
+    init(connectingTo address: SocketAddress) throws {
+        guard case .ipv4(let host, let port) = address else { throw TestTimeout(what: "an IPv4 address") }
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr(host)
+        let rc = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Foundation.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { throw TestTimeout(what: "connect: errno \(errno)") }
+    }
+    func write(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + offset, bytes.count - offset) }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+    /// Reads what is there without blocking (nothing when the peer wrote nothing yet); the bytes read.
+    func drain() -> Int {
+        var total = 0
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n <= 0 { return total }
+            total += n
+        }
+    }
+    func close() { _ = Foundation.close(fd) }
 }

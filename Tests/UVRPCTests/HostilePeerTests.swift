@@ -68,38 +68,39 @@ final class RawPeer: Sendable {
     }
 }
 
-final class HostilePeerTests: XCTestCase {
-    /// Serves reversing endpoints and records each endpoint's close reason.
-    private func startServer(_ harness: LoopHarness, configuration: RPCEndpoint.Configuration = testConfiguration())
-        throws -> (address: SocketAddress, firstClose: Promise<RPCCloseReason>, closes: LockedValue<Int>) {
-        let loop = harness.loop
-        let firstClose = Promise<RPCCloseReason>()
-        let closes = LockedValue(0)
-        let address = try harness.sync {
-            try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
-                endpoint.onMessage = reversing
-                endpoint.onClose = { reason in
-                    closes.withLock { $0 += 1 }
-                    firstClose.fulfill(reason)
-                }
-            }.address
-        }
-        return (address, firstClose, closes)
-    }
-
-    /// Checks that a good client still gets correct answers from the server.
-    private func checkServerStillServes(_ harness: LoopHarness, _ address: SocketAddress) throws {
-        let loop = harness.loop
-        let done = Promise<Result<[UInt8], RPCError>>()
-        try harness.sync {
-            RPCClient.connect(to: address, on: loop, configuration: testConfiguration()) { result in
-                guard case .success(let client) = result else { return XCTFail("\(result)") }
-                client.send([1, 2, 3]) { response in done.fulfill(response); client.close() }
+/// Serves reversing endpoints and records each endpoint's close reason.
+func startServer(_ harness: LoopHarness, configuration: RPCEndpoint.Configuration = testConfiguration())
+    throws -> (address: SocketAddress, firstClose: Promise<RPCCloseReason>, closes: LockedValue<Int>) {
+    let loop = harness.loop
+    let firstClose = Promise<RPCCloseReason>()
+    let closes = LockedValue(0)
+    let address = try harness.sync {
+        try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
+            endpoint.onMessage = reversing
+            endpoint.onClose = { reason in
+                closes.withLock { $0 += 1 }
+                firstClose.fulfill(reason)
             }
-        }
-        XCTAssertEqual(try done.wait("a good client's call").get(), [3, 2, 1])
+        }.address
     }
+    return (address, firstClose, closes)
+}
 
+/// Checks that a good client still gets correct answers from the server.
+func checkServerStillServes(_ harness: LoopHarness, _ address: SocketAddress,
+                            file: StaticString = #filePath, line: UInt = #line) throws {
+    let loop = harness.loop
+    let done = Promise<Result<[UInt8], RPCError>>()
+    try harness.sync {
+        RPCClient.connect(to: address, on: loop, configuration: testConfiguration()) { result in
+            guard case .success(let client) = result else { return XCTFail("\(result)") }
+            client.send([1, 2, 3]) { response in done.fulfill(response); client.close() }
+        }
+    }
+    XCTAssertEqual(try done.wait("a good client's call").get(), [3, 2, 1], file: file, line: line)
+}
+
+final class HostilePeerTests: XCTestCase {
     private func checkViolation(_ bytes: [UInt8], expect: ProtocolViolation,
                                 file: StaticString = #filePath, line: UInt = #line) throws {
         let harness = try LoopHarness()
