@@ -75,30 +75,20 @@ static inline int uvrpc_pin_current_thread(int cpu) {
     return syscall(SYS_sched_setaffinity, 0, sizeof mask, &mask) == 0 ? 0 : errno;
 }
 
-/// libuv's own SO_REUSEPORT bind flag where it has one (1.49 and later), else 0:
-/// then the option is set on the socket before binding.
-static inline unsigned int uvrpc_tcp_reuseport_flag(void) {
-#if UV_VERSION_HEX >= 0x013100 /* 1.49.0 */
-    return UV_TCP_REUSEPORT;
-#else
-    return 0;
-#endif
-}
-
-/// Sets SO_REUSEPORT on a socket; 0 or an errno value.
-static inline int uvrpc_set_reuseport(int fd) {
-    int on = 1;
-    return setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == 0 ? 0 : errno;
-}
-
 /// A non-blocking, close-on-exec listening socket bound to `addr` (an
 /// AF_INET, AF_INET6 or AF_UNIX address of `length` bytes); TCP sockets get
-/// SO_REUSEADDR as libuv gives them. Returns the descriptor or -errno.
-static inline int uvrpc_listen_socket(const struct sockaddr *addr, socklen_t length, int backlog) {
+/// SO_REUSEADDR as libuv gives them, and SO_REUSEPORT when `reuseport` is
+/// set (one socket per loop on the same port). Returns the descriptor or -errno.
+static inline int uvrpc_listen_socket(const struct sockaddr *addr, socklen_t length, int backlog, int reuseport) {
     int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     int on = 1;
     if (addr->sa_family != AF_UNIX) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
     if (bind(fd, addr, length) != 0 || listen(fd, backlog) != 0) {
         int err = errno;
         close(fd);

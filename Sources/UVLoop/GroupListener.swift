@@ -30,31 +30,11 @@ public final class GroupListener: Sendable {
     public let spread: ConnectionSpread
     /// The loops connections are made on.
     public let loops: [EventLoop]
-    private let parts: [Part]
+    /// Each loop's share of the listening: the round-robin acceptor, or one acceptor per loop (reuse-port).
+    private let parts: [LoopBound<RoundRobinAcceptor>]
     private let closing: Countdown
 
-    /// One loop's share of the listening: a libuv listener, or the acceptor.
-    private enum Part: Sendable {
-        case listener(LoopBound<Listener>)
-        case acceptor(LoopBound<RoundRobinAcceptor>)
-
-        var loop: EventLoop {
-            switch self {
-            case .listener(let l): return l.loop
-            case .acceptor(let a): return a.loop
-            }
-        }
-
-        /// Closes it (on its loop).
-        func close() {
-            switch self {
-            case .listener(let l): l.value.close()
-            case .acceptor(let a): a.value.close()
-            }
-        }
-    }
-
-    private init(address: SocketAddress, spread: ConnectionSpread, loops: [EventLoop], parts: [Part],
+    private init(address: SocketAddress, spread: ConnectionSpread, loops: [EventLoop], parts: [LoopBound<RoundRobinAcceptor>],
                  closing: Countdown) {
         (self.address, self.spread, self.loops, self.parts, self.closing) = (address, spread, loops, parts, closing)
     }
@@ -64,7 +44,7 @@ public final class GroupListener: Sendable {
     public func close() {
         for part in parts {
             let loop = part.loop
-            if loop.inEventLoop { part.close() } else { loop.execute { part.close() } }
+            if loop.inEventLoop { part.value.close() } else { loop.execute { part.value.close() } }
         }
     }
 
@@ -92,7 +72,7 @@ public final class GroupListener: Sendable {
         let acceptor = try makeAcceptor(loops: [loop], address: address, backlog: backlog, options: options,
                                         closing: closing, onAcceptError: onAcceptError, onAccept: onAccept)
         return GroupListener(address: acceptor.address, spread: .roundRobin, loops: [loop],
-                             parts: [.acceptor(LoopBound(acceptor, loop: loop))], closing: closing)
+                             parts: [LoopBound(acceptor, loop: loop)], closing: closing)
     }
 
     /// Listens on `address` for `loops` (from any thread or task).
@@ -130,25 +110,24 @@ public final class GroupListener: Sendable {
                           target: "\(address) (Unix socket servers spread connections round robin only)")
         }
         let closing = Countdown(loops.count)
-        var parts: [Part] = []
+        var parts: [LoopBound<RoundRobinAcceptor>] = []
         var bound = address
         for loop in loops {
             let target = bound
-            let made = await loop.submitIfRunning { () -> Result<LoopBound<Listener>, UVError> in
+            // This library's acceptor, not libuv's listener: it reports connections refused for lack of descriptors.
+            let made = await loop.submitIfRunning { () -> Result<LoopBound<RoundRobinAcceptor>, UVError> in
                 Result { () throws(UVError) in
-                    let listener = try Listener(loop: loop, address: target, backlog: backlog, options: options,
-                                                reusePort: true, onAccept: onAccept)
-                    listener.onAcceptError = onAcceptError
-                    listener.onClose = { closing.countDown() }
-                    return LoopBound(listener, loop: loop)
+                    LoopBound(try makeAcceptor(loops: [loop], address: target, backlog: backlog, options: options,
+                                               closing: closing, reusePort: true, onAcceptError: onAcceptError,
+                                               onAccept: onAccept), loop: loop)
                 }
             }
             switch made ?? .failure(.loopShutDown(operation: "listen", target: "\(target)")) {
-            case .success(let listener):
-                parts.append(.listener(listener))
-                if parts.count == 1 { bound = await loop.submitIfRunning { listener.value.address } ?? bound }
+            case .success(let acceptor):
+                parts.append(acceptor)
+                if parts.count == 1 { bound = await loop.submitIfRunning { acceptor.value.address } ?? bound }
             case .failure(let error):
-                for part in parts { _ = await part.loop.submitIfRunning { part.close() } }
+                for part in parts { _ = await part.loop.submitIfRunning { part.value.close() } }
                 throw error
             }
         }
@@ -171,14 +150,14 @@ public final class GroupListener: Sendable {
         }
         let acceptor = try (made ?? .failure(UVError.loopShutDown(operation: "listen", target: "\(address)"))).get()
         let bound = await acceptorLoop.submitIfRunning { acceptor.value.address } ?? address
-        return GroupListener(address: bound, spread: .roundRobin, loops: loops, parts: [.acceptor(acceptor)],
+        return GroupListener(address: bound, spread: .roundRobin, loops: loops, parts: [acceptor],
                              closing: closing)
     }
 
     /// An acceptor on `loops[0]` (called on its thread) that opens each
     /// accepted descriptor as a connection of the next loop in turn.
     private static func makeAcceptor(loops: [EventLoop], address: SocketAddress, backlog: Int32,
-                                     options: ConnectionOptions, closing: Countdown,
+                                     options: ConnectionOptions, closing: Countdown, reusePort: Bool = false,
                                      onAcceptError: @escaping @Sendable (UVError) -> Void,
                                      onAccept: @escaping @Sendable (Connection) -> Void) throws(UVError) -> RoundRobinAcceptor {
         let acceptorLoop = loops[0]
@@ -193,7 +172,8 @@ public final class GroupListener: Sendable {
                 onAcceptError(error)
             }
         }
-        let acceptor = try RoundRobinAcceptor(loop: acceptorLoop, address: address, backlog: backlog) { fd, listening in
+        let acceptor = try RoundRobinAcceptor(loop: acceptorLoop, address: address, backlog: backlog,
+                                              reusePort: reusePort) { fd, listening in
             let target = loops[turn]
             turn = turn + 1 == loops.count ? 0 : turn + 1
             if target === acceptorLoop { return adopt(fd, target, listening) }

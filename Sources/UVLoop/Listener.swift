@@ -19,7 +19,7 @@ public final class Listener: HandleOwner {
     public var onClose: (() -> Void)?
 
     init(loop: EventLoop, address: SocketAddress, backlog: Int32, options: ConnectionOptions,
-         reusePort: Bool = false, onAccept: @escaping (Connection) -> Void) throws(UVError) {
+         onAccept: @escaping (Connection) -> Void) throws(UVError) {
         self.address = address
         self.connectionOptions = options
         self.onAccept = onAccept
@@ -35,28 +35,11 @@ public final class Listener: HandleOwner {
             } catch { closeHandle(); throw error }
         case .ipv4, .ipv6:
             let tcp = UnsafeMutablePointer<uv_tcp_t>(OpaquePointer(handle))
-            if reusePort {
-                // The socket must exist before bind to carry SO_REUSEPORT (libuv
-                // before 1.49 has no bind flag for it).
-                let family = if case .ipv6 = address { AF_INET6 } else { AF_INET }
-                try UVError.check(uv_tcp_init_ex(loop.uvLoop, tcp, UInt32(family)), "uv_tcp_init_ex", target)
-            } else {
-                try UVError.check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init", target)
-            }
+            try UVError.check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init", target)
             adoptHandle()
             do throws(UVError) {
-                var bindFlags: UInt32 = 0
-                if reusePort {
-                    bindFlags = uvrpc_tcp_reuseport_flag()
-                    if bindFlags == 0 {
-                        var fd = uv_os_fd_t(-1)
-                        try UVError.check(uv_fileno(uvHandle, &fd), "uv_fileno", target)
-                        let err = uvrpc_set_reuseport(fd)
-                        if err != 0 { throw UVError(code: -err, operation: "setsockopt(SO_REUSEPORT)", target: target) }
-                    }
-                }
                 _ = try address.withSockAddr { addr throws(UVError) in
-                    try UVError.check(uv_tcp_bind(tcp, addr, bindFlags), "bind", target)
+                    try UVError.check(uv_tcp_bind(tcp, addr, 0), "bind", target)
                 }
                 if let bound = SocketAddress.of(tcp: tcp, peer: false) { self.address = bound }
             } catch { closeHandle(); throw error }

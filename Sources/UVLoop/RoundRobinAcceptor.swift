@@ -29,14 +29,17 @@ final class HandedOffSocket: Sendable {
     }
 }
 
-/// The accepting half of a round-robin ``GroupListener``: one listening
-/// socket (TCP or Unix), watched with a `uv_poll_t` on one loop, whose
-/// accepted descriptors are handed to the group's loops in turn.
+/// The accepting half of a ``GroupListener``: one listening socket (TCP or
+/// Unix), watched with a `uv_poll_t` on one loop, whose accepted
+/// descriptors are handed to the group's loops in turn (round robin), or
+/// kept on its own loop (one such socket per loop, with `SO_REUSEPORT`).
 ///
 /// libuv's own listener accepts into a handle of its loop; to hand a
 /// connection to another loop the descriptor itself must travel, so this
 /// accepts with `accept4` and gives each descriptor to the next loop, where
-/// ``Connection`` opens it with `uv_tcp_open` / `uv_pipe_open`.
+/// ``Connection`` opens it with `uv_tcp_open` / `uv_pipe_open`. It also
+/// reports every connection it refuses for lack of descriptors (libuv's
+/// listener refuses them silently), whichever way connections are spread.
 final class RoundRobinAcceptor: HandleOwner {
     /// The listening socket's descriptor; closed after the poll handle.
     private let descriptor: Int32
@@ -45,18 +48,17 @@ final class RoundRobinAcceptor: HandleOwner {
     private var handOff: ((Int32, SocketAddress) -> Void)?
     var onAcceptError: ((UVError) -> Void)?
     var onClose: (() -> Void)?
-    /// A descriptor held in reserve (on /dev/null): when the process runs out
-    /// of descriptors, closing it frees one to accept and close each waiting
-    /// connection, so their clients learn at once instead of waiting in the
-    /// kernel's queue (libuv's own listener does the same, silently).
-    private var reserve: Int32
     /// Set while accepting is paused after running out of descriptors with no reserve.
     private var retryTimer: LoopTimer?
+    /// True once connections waiting for a descriptor were reported (once
+    /// until one is accepted again, not at every retry).
+    private var reportedWaiting = false
     private static let retryDelay = Duration.milliseconds(100)
     /// At most this many accepts per poll callback, so one burst cannot hold the loop.
     private static let acceptsPerWakeup = 256
 
-    init(loop: EventLoop, address: SocketAddress, backlog: Int32, handOff: @escaping (Int32, SocketAddress) -> Void) throws(UVError) {
+    init(loop: EventLoop, address: SocketAddress, backlog: Int32, reusePort: Bool = false,
+         handOff: @escaping (Int32, SocketAddress) -> Void) throws(UVError) {
         let target = "listener \(address)"
         var fd: Int32 = -1
         switch address {
@@ -66,18 +68,17 @@ final class RoundRobinAcceptor: HandleOwner {
             try UVError.check(uvrpc_unix_address(path, &storage, &length), "bind", target)
             fd = withUnsafePointer(to: &storage) { p in
                 // Safe: a sockaddr_un begins with the sockaddr fields.
-                uvrpc_listen_socket(UnsafePointer(OpaquePointer(p)), length, backlog)
+                uvrpc_listen_socket(UnsafePointer(OpaquePointer(p)), length, backlog, 0)
             }
         case .ipv4, .ipv6:
             fd = try address.withSockAddr { addr in
                 let length = socklen_t(addr.pointee.sa_family == sa_family_t(AF_INET6)
                                        ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
-                return uvrpc_listen_socket(addr, length, backlog)
+                return uvrpc_listen_socket(addr, length, backlog, reusePort ? 1 : 0)
             }
         }
         if fd < 0 { throw UVError(code: fd, operation: "listen", target: target) } // -errno is libuv's code on Unix
         self.descriptor = fd
-        self.reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
         self.address = address.isUnix ? address : (Self.boundAddress(of: fd) ?? address)
         self.handOff = handOff
         super.init(loop: loop, type: UV_POLL)
@@ -85,7 +86,6 @@ final class RoundRobinAcceptor: HandleOwner {
         let rc = uv_poll_init(loop.uvLoop, poll, fd)
         if rc < 0 {
             systemClose(fd)
-            if reserve >= 0 { systemClose(reserve) }
             if case .unix(let path) = address { unlink(path) }
             throw UVError(code: rc, operation: "uv_poll_init", target: target)
         }
@@ -118,11 +118,15 @@ final class RoundRobinAcceptor: HandleOwner {
             onAcceptError?(UVError(code: status, operation: "poll", target: "listener \(address)"))
             return
         }
-        if reserve < 0 { reserve = open("/dev/null", O_RDONLY | O_CLOEXEC) } // taken back if it could not be before
         for _ in 0..<Self.acceptsPerWakeup {
-            let fd = uvrpc_accept(descriptor)
-            if fd == -EMFILE || fd == -ENFILE, refuseWaitingConnections(fd) { return }
+            // Out of descriptors, the process's reserve refuses the waiting connections (see DescriptorReserve).
+            let (fd, refused) = DescriptorReserve.shared.accept(on: descriptor, refusingAtMost: Self.acceptsPerWakeup)
+            for _ in 0..<refused where !isHandleClosing {
+                onAcceptError?(UVError(code: UV_EMFILE.rawValue, operation: "accept",
+                                       target: "listener \(address) (connection refused: out of descriptors)"))
+            }
             if fd >= 0 {
+                reportedWaiting = false
                 handOff?(fd, address)
                 if isHandleClosing { return } // the hand-off closed the listener
                 continue
@@ -132,34 +136,25 @@ final class RoundRobinAcceptor: HandleOwner {
                 return
             case EINTR, ECONNABORTED, EPROTO:
                 continue // that connection is gone; the next may be fine
+            case EMFILE where refused == 0, ENFILE where refused == 0:
+                // Out of descriptors with no reserve to refuse with: the
+                // connections wait in the kernel's queue. Said once, then
+                // retried after a pause (the poll would fire again at once).
+                if !reportedWaiting {
+                    reportedWaiting = true
+                    onAcceptError?(UVError(code: fd, operation: "accept",
+                                           target: "listener \(address) (connections wait: no descriptor to refuse them with)"))
+                }
+                pauseAccepting()
+                return
             default:
-                // Out of descriptors or memory: the pending connection stays in
-                // the kernel's queue and the poll would fire again at once, so
-                // pause accepting for a moment instead of spinning.
-                onAcceptError?(UVError(code: fd, operation: "accept", target: "listener \(address)"))
+                // Out of memory, or more waiting than one turn refuses: pause a
+                // moment instead of spinning on a poll that fires at once.
+                if refused == 0 { onAcceptError?(UVError(code: fd, operation: "accept", target: "listener \(address)")) }
                 pauseAccepting()
                 return
             }
         }
-    }
-
-    /// Out of descriptors (`error`): spends the reserve descriptor to accept
-    /// and close every waiting connection, reporting each, then takes the
-    /// reserve back. False when there is no reserve (the caller goes on as
-    /// for any other error).
-    private func refuseWaitingConnections(_ error: Int32) -> Bool {
-        guard reserve >= 0 else { return false }
-        systemClose(reserve)
-        reserve = -1
-        for _ in 0..<Self.acceptsPerWakeup where !isHandleClosing {
-            let fd = uvrpc_accept(descriptor)
-            guard fd >= 0 else { break } // EAGAIN: none left (or another error: retried at the next wakeup)
-            systemClose(fd)
-            onAcceptError?(UVError(code: error, operation: "accept", target: "listener \(address) (connection refused: out of descriptors)"))
-        }
-        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        if reserve < 0 && !isHandleClosing { pauseAccepting() } // still out: wait instead of spinning
-        return true
     }
 
     private func pauseAccepting() {
@@ -180,8 +175,6 @@ final class RoundRobinAcceptor: HandleOwner {
     override func handleDidClose() {
         // libuv is done with the descriptor once the poll handle is closed.
         systemClose(descriptor)
-        if reserve >= 0 { systemClose(reserve) }
-        reserve = -1
         if case .unix(let path) = address { unlink(path) }
         retryTimer?.cancel()
         retryTimer = nil

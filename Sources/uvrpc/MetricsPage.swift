@@ -5,17 +5,34 @@ import UVLoop
 /// on one of the tool's loops that answers `GET /metrics` with the Prometheus
 /// text format (swift-prometheus renders it) and closes each connection after
 /// its answer. Enough for a Prometheus scraper or `curl`; not a web server.
+///
+/// Its own small budget, so that it can never hold what the RPC port needs:
+/// at most ``maximumConnections`` connections at once (a new one closes the
+/// oldest, so that idle connections cannot lock a scraper out), each closed
+/// if its request has not arrived within ``requestTimeout``.
 enum MetricsPage {
     /// Largest request head read; a longer one is refused.
     static let maximumRequestHead = 8 << 10
+    /// Connections open at once; a new one past it closes the oldest.
+    static let maximumConnections = 16
+    /// How long a connection may take to send its request (and be answered).
+    static let requestTimeout = Duration.seconds(10)
 
     /// Starts serving `registry` on `address` on `loop` (from any thread) and
     /// returns the bound address (with the chosen port for port 0).
     static func serve(_ registry: PrometheusCollectorRegistry, on address: SocketAddress,
                       loop: EventLoop) throws -> SocketAddress {
         try loop.submitAndWait {
+            var open: [Connection] = [] // oldest first; on the loop
             // The listener keeps itself alive until the loop shuts down.
-            try loop.listen(on: address) { connection in
+            return try loop.listen(on: address) { connection in
+                if open.count >= maximumConnections { open.removeFirst().abort() }
+                open.append(connection)
+                let deadline = loop.scheduleTimer(after: requestTimeout) { connection.abort() }
+                connection.onClose = { [unowned connection] _ in
+                    open.removeAll { $0 === connection }
+                    deadline.cancel()
+                }
                 connection.onRead = { bytes in answer(bytes, on: connection, registry: registry) }
             }.address
         }

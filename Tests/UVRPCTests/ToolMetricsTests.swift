@@ -114,13 +114,44 @@ final class ToolMetricsTests: XCTestCase {
         XCTAssertEqual(try server.stop(), 0)
     }
 
+    /// The metrics port keeps to its own budget: 16 connections at once (a
+    /// new one closes the oldest, so idle ones cannot lock a scraper out),
+    /// each closed when its request has not come within 10 s.
+    func testTheMetricsPortHoldsAtMostSixteenConnectionsAndClosesIdleOnes() throws {
+        try skipUnlessBuilt()
+        let server = try ServeProcess(tool: uvrpcTool, ["--metrics", "127.0.0.1:0"])
+        defer { _ = try? server.stop() }
+        let metrics = try metricsAddress(of: server)
+        let idle = try (0..<20).map { _ in try connectBlocking(metrics) }
+        defer { for fd in idle { close(fd) } }
+        var byte: UInt8 = 0
+        for fd in idle.prefix(4) { XCTAssertLessThanOrEqual(read(fd, &byte, 1), 0, "the oldest are closed") }
+        XCTAssertEqual(try httpGet(metrics, "/metrics").status, 200, "a scraper still gets its page")
+        // The rest are closed once they have sent no request for 10 s (the read timeout of connectBlocking is 10 s too).
+        let started = monotonicMilliseconds()
+        var closedAt: Double?
+        while closedAt == nil && monotonicMilliseconds() - started < 30_000 {
+            if read(idle[19], &byte, 1) <= 0 && errno != EAGAIN && errno != EWOULDBLOCK { closedAt = monotonicMilliseconds() }
+        }
+        XCTAssertNotNil(closedAt, "an idle connection is closed within 30 s")
+        XCTAssertEqual(try server.stop(), 0)
+    }
+
     /// With 64 open files and 120 connections arriving, the connections past
     /// the limit are refused at once (closed, not left waiting), the operator
     /// is told once for the burst with the limit, they are counted, and the
-    /// server accepts again once descriptors are free.
+    /// server accepts again once descriptors are free: with one loop, and
+    /// with a listening socket per loop (reuse-port, which libuv's own
+    /// listener would refuse silently).
     func testRunningOutOfDescriptorsIsLoggedOncePerBurstCountedAndRecovered() throws {
         try skipUnlessBuilt()
-        let command = "ulimit -n 64 && exec '\(uvrpcTool.path)' serve --port 0 --metrics 127.0.0.1:0"
+        for spread in ["", "--loops 2 --spread reuse-port"] {
+            try checkRunningOutOfDescriptors(spread)
+        }
+    }
+
+    private func checkRunningOutOfDescriptors(_ spread: String) throws {
+        let command = "ulimit -n 64 && exec '\(uvrpcTool.path)' serve --port 0 --metrics 127.0.0.1:0 \(spread)"
         let server = try ServeProcess(executable: URL(fileURLWithPath: "/bin/sh"), arguments: ["-c", command])
         defer { _ = try? server.stop() }
         let metrics = try metricsAddress(of: server)
