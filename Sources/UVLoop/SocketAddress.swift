@@ -36,6 +36,14 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(host: host, port: port)
     }
 
+    /// The host, for IP addresses (nil for a Unix socket).
+    public var host: String? {
+        switch self {
+        case .ipv4(let h, _), .ipv6(let h, _): return h
+        case .unix: return nil
+        }
+    }
+
     /// The port, for IP addresses.
     public var port: Int? {
         switch self {

@@ -22,7 +22,8 @@ import UVLoop
 ///   `uvrpc_calls_in_flight`, `uvrpc_call_duration_seconds` (outgoing calls);
 /// - `uvrpc_bytes_received_total`, `uvrpc_bytes_sent_total`;
 /// - `uvrpc_protocol_violations_total{violation}`, `uvrpc_accept_errors_total{error}`;
-/// - `uvrpc_payloads_refused_total{reason}` (payloads in parts over a memory budget).
+/// - `uvrpc_payloads_refused_total{reason}` (payloads in parts over a memory budget),
+///   `uvrpc_connections_refused_total{reason}` (connections a server closed as they arrived).
 final class LoopMetrics {
     // @exclusivity(unchecked): touched on the loop thread only, never by overlapping accesses.
     @exclusivity(unchecked) var connectionsAccepted = 0
@@ -38,6 +39,8 @@ final class LoopMetrics {
     @exclusivity(unchecked) var acceptErrors: [String: Int] = [:]
     /// Payloads in parts refused, by ``PayloadRefusal/metricName``.
     @exclusivity(unchecked) var payloadsRefused: [String: Int] = [:]
+    /// Connections a server closed as they arrived, by ``RefusalKind``.
+    @exclusivity(unchecked) var connectionsRefused: [String: Int] = [:]
     /// Durations of ended calls, in nanoseconds, waiting to be published.
     @exclusivity(unchecked) private var durations: [Int64] = []
     /// True when a backend is bootstrapped: calls are timed and counts published.
@@ -52,6 +55,7 @@ final class LoopMetrics {
         var violations = [Int](repeating: 0, count: ViolationKind.allCases.count)
         var acceptErrors: [String: Int] = [:]
         var payloadsRefused: [String: Int] = [:]
+        var connectionsRefused: [String: Int] = [:]
     }
 
     private let accepted: Counter
@@ -68,6 +72,7 @@ final class LoopMetrics {
     private let duration: CoreMetrics.Timer
     private var acceptErrorCounters: [String: Counter] = [:]
     private var refusalCounters: [String: Counter] = [:]
+    private var connectionRefusalCounters: [String: Counter] = [:]
 
     private static let durationBatch = 4096
 
@@ -164,6 +169,10 @@ final class LoopMetrics {
             publishCounts(payloadsRefused, &published.payloadsRefused, &refusalCounters,
                           label: "uvrpc_payloads_refused_total", dimension: "reason")
         }
+        if !connectionsRefused.isEmpty && connectionsRefused != published.connectionsRefused {
+            publishCounts(connectionsRefused, &published.connectionsRefused, &connectionRefusalCounters,
+                          label: "uvrpc_connections_refused_total", dimension: "reason")
+        }
     }
 
     private func publishDurations() {
@@ -217,6 +226,11 @@ enum CloseKind: String, CaseIterable {
     }
 
     var index: Int { Self.allCases.firstIndex(of: self)! }
+}
+
+/// The `reason` dimension of `uvrpc_connections_refused_total`.
+enum RefusalKind: String {
+    case tlsHandshakeRate = "tls_handshake_rate"
 }
 
 /// The `error` dimension of `uvrpc_calls_failed_total`.

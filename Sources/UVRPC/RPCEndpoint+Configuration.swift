@@ -40,6 +40,13 @@ extension RPCEndpoint {
         /// closes with ``RPCCloseReason/payloadStalled(_:)``. Time while this
         /// side does not read (backpressure) does not count. Default 10 s.
         public var payloadProgressTimeout: Duration = .seconds(10)
+        /// For a TLS ``RPCServer``: how many new connections (each a TLS
+        /// handshake, which costs the server a signature) one peer address may
+        /// open, as a rate with a burst; past it, its connections are closed
+        /// as they arrive, logged and counted
+        /// (`uvrpc_connections_refused_total{reason="tls_handshake_rate"}`).
+        /// Nil: no limit. Default 64 at once, then 32 a second.
+        public var tlsHandshakesPerPeer: RPCRateLimit? = RPCRateLimit(perSecond: 32, burst: 64)
         /// Most packets handled from this connection in one turn of its loop
         /// (a run of KEEPALIVEs counts once): past it, reading stops until
         /// the loop's next turn, so that a peer flooding small packets delays

@@ -156,6 +156,11 @@ extension RPCEndpoint: PacketSink {
         let pending = deferredSends
         deferredSends.removeAll()
         for send in pending {
+            // An async send waits for writability here too, as it would have when made after the handshake.
+            if case .async(let call) = send.completion {
+                startAsyncCall(send.payload, timeout: send.timeout, closeOnError: send.closeOnError, call: call)
+                continue
+            }
             send.payload.withUnsafeBytes {
                 startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
                           owned: send.payload)

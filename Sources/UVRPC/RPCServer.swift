@@ -250,6 +250,8 @@ private final class ServerCore: Sendable {
     private let handshake: [UInt8]
     /// The memory budget all its endpoints share (``RPCEndpoint/Configuration/maximumServerPayloadMemory``).
     let payloadBudget: MemoryBudget
+    /// New TLS connections per peer address (``RPCEndpoint/Configuration/tlsHandshakesPerPeer``), when serving TLS.
+    private let handshakeLimiter: PeerRateLimiter?
     private let onEndpoint: @Sendable (RPCEndpoint) -> Void
     private let admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?
     private let continuation: AsyncStream<RPCAsyncEndpoint>.Continuation
@@ -274,6 +276,8 @@ private final class ServerCore: Sendable {
         self.logger = logger
         self.handshake = configuration.handshakeBytes
         self.payloadBudget = MemoryBudget(limit: configuration.maximumServerPayloadMemory)
+        self.handshakeLimiter = configuration.connectionOptions.tls == nil ? nil
+            : configuration.tlsHandshakesPerPeer.map(PeerRateLimiter.init)
         self.continuation = continuation
         self.onEndpoint = onEndpoint
     }
@@ -293,6 +297,12 @@ private final class ServerCore: Sendable {
     func accept(_ connection: Connection) {
         LoopMetrics.of(connection.loop).connectionsAccepted &+= 1
         acceptRecovered()
+        if let handshakeLimiter, let peer = connection.remoteAddress?.host, !handshakeLimiter.allow(peer) {
+            LoopMetrics.of(connection.loop).connectionsRefused[RefusalKind.tlsHandshakeRate.rawValue, default: 0] &+= 1
+            logger.info("connection refused: the peer opens TLS connections faster than its limit",
+                        metadata: ["rpc.peer": "\(connection.label)"])
+            return connection.abort() // before its handshake costs anything
+        }
         var userValue: (any Sendable)?
         if let admit {
             switch admit(connection.remoteAddress) {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import UVLoop
+import UVRPC
 
 /// `uvrpc serve`'s TLS options: without them it serves plaintext.
 struct ServerTLSOptions: ParsableArguments {
@@ -12,9 +13,18 @@ struct ServerTLSOptions: ParsableArguments {
     @Option(name: .customLong("tls-client-ca"), help: "Require client certificates signed by these CAs (PEM file): mutual TLS.")
     var clientCA: String?
 
+    @Option(name: .customLong("tls-handshakes-per-peer"), help: "New TLS connections one peer address may open per second, in bursts of twice as many; more are closed as they arrive. 0: no limit.")
+    var handshakesPerPeer: Double = 32
+
     func validate() throws {
         if (certificate == nil) != (key == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         if clientCA != nil && certificate == nil { throw ValidationError("--tls-client-ca needs --tls-cert and --tls-key") }
+        guard handshakesPerPeer >= 0 else { throw ValidationError("--tls-handshakes-per-peer must not be negative") }
+    }
+
+    /// The limit of new TLS connections per peer address, or nil for none.
+    var handshakeLimit: RPCRateLimit? {
+        handshakesPerPeer > 0 ? RPCRateLimit(perSecond: handshakesPerPeer, burst: max(1, Int(handshakesPerPeer * 2))) : nil
     }
 
     /// The server's TLS context, or nil for plaintext.

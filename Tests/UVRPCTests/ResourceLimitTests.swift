@@ -352,3 +352,46 @@ final class ResourceLimitTests: XCTestCase {
         XCTAssertEqual(reason, RPCCloseReason.handshakeTimeout(.milliseconds(300)))
     }
 }
+
+/// A peer that opens TLS connections faster than its limit has the rest
+/// closed as they arrive, before their handshake costs the server a signature.
+final class HandshakeRateTests: XCTestCase {
+    func testTLSConnectionsPastAPeersRateAreClosedBeforeTheirHandshake() async throws {
+        let certificates = try TestCertificates.get()
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let serverContext = try certificates.serverContext(), clientContext = try certificates.clientContext()
+        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration {
+                                                  $0.connectionOptions.tls = serverContext
+                                                  // Two at once, then one every 1000 s: none more within the test.
+                                                  $0.tlsHandshakesPerPeer = RPCRateLimit(perSecond: 0.001, burst: 2)
+                                              }) { request in request.payload }
+        let clientConfiguration = testConfiguration { $0.connectionOptions.tls = clientContext }
+        var outcomes: [String] = []
+        var clients: [RPCAsyncEndpoint] = []
+        for i in 0..<4 {
+            do {
+                let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: clientConfiguration)
+                clients.append(client)
+                outcomes.append(try await client.send([UInt8(i)], timeout: .seconds(20), closeOnError: false) == [UInt8(i)] ? "served" : "wrong")
+            } catch {
+                outcomes.append("refused")
+            }
+        }
+        XCTAssertEqual(outcomes, ["served", "served", "refused", "refused"])
+        for client in clients { await client.close() }
+        await server.shutdown()
+    }
+
+    func testTheLimiterAllowsABurstThenTheRatePerPeer() {
+        let limiter = PeerRateLimiter(RPCRateLimit(perSecond: 10, burst: 3))
+        let second: UInt64 = 1_000_000_000
+        XCTAssertEqual((0..<4).map { _ in limiter.allow("a", now: 5 * second) }, [true, true, true, false])
+        XCTAssertTrue(limiter.allow("b", now: 5 * second), "each peer has its own bucket")
+        XCTAssertFalse(limiter.allow("a", now: 5 * second + second / 20), "half a token came back")
+        XCTAssertTrue(limiter.allow("a", now: 5 * second + second / 10), "one token a tenth of a second")
+        XCTAssertEqual((0..<4).map { _ in limiter.allow("a", now: 100 * second) }, [true, true, true, false],
+                       "refilled to the burst, never past it")
+    }
+}

@@ -93,6 +93,7 @@ final class TLSBehaviourTests: XCTestCase {
                                               configuration: tlsConfiguration(try certificates.serverContext()) {
             $0.maximumPayloadSize = 1 << 20
             $0.handshakeTimeout = .seconds(2)
+            $0.tlsHandshakesPerPeer = nil // 1 200 connections from one address, on purpose
         }, handler: { request in request.payload }, onEndpoint: { endpoint in
             endpoint.onClose = { _ in closes.withLock { $0 += 1 } }
         })
