@@ -259,7 +259,13 @@ extension Connection {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
             throw UVError(code: -errno, operation: "socketpair", target: label)
         }
-        let connection = try adopting(descriptor: fds[0], on: loop, unixDomain: true, options: options, label: label)
+        let connection: Connection
+        do {
+            connection = try adopting(descriptor: fds[0], on: loop, unixDomain: true, options: options, label: label)
+        } catch {
+            systemClose(fds[1]) // adopting closed fds[0]; the other end was the caller's only once this returned
+            throw error
+        }
         connection.startIfWanted()
         return (connection, fds[1])
     }

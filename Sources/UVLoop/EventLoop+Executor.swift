@@ -1,3 +1,7 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 /// The loop as a Swift concurrency executor: actors whose `unownedExecutor`
 /// is the loop, and tasks started with
@@ -138,21 +142,53 @@ enum JobKind: Sendable {
 /// in its own context: a task job runs as nonisolated code with the loop as
 /// its task executor, so the task goes on inline after each resumption
 /// instead of hopping (queueing a second job) every time.
-public final class LoopTaskExecutor: TaskExecutor, @unchecked Sendable { // `owner` set once in the loop's init
-    // Sendable invariant: `owner` is written once, by the loop's init, before
-    // the loop (and so this object) is visible to any other thread.
-    /// The loop whose thread runs the jobs. It keeps this object alive; a job
-    /// enqueued after the loop closed is dropped by the loop (with a warning).
-    public var loop: EventLoop { owner! }
-    // Safe: the loop owns this object, so it outlives every call made through it.
-    private unowned(unsafe) var owner: EventLoop?
+///
+/// A task that prefers this executor may outlive the loop object itself:
+/// its jobs are then dropped (with a warning, as after the loop closed),
+/// never handed to freed memory.
+public final class LoopTaskExecutor: TaskExecutor, @unchecked Sendable { // see the invariant below
+    // Sendable invariant: `owner`, `ownerName` and `weakOwner` are written once, by the loop's
+    // init, before the loop (and so this object) is visible to any other thread; `owner` is
+    // used off the loop thread only under `attached`'s lock, which the loop's deinit takes
+    // (to detach) before any of the loop is torn down.
+    /// The loop whose thread runs the jobs, while it exists.
+    public var loop: EventLoop? { weakOwner }
+    private weak var weakOwner: EventLoop?
+    /// The loop, unretained: valid while `attached` is true (see the invariant).
+    private var owner: UnsafeMutableRawPointer?
+    private var ownerName = ""
+    private let attached = Mutex<Bool>(false)
+    private let warnedDetached = Atomic<Bool>(false)
 
     init() {}
 
-    func attach(to loop: EventLoop) { owner = loop }
+    func attach(to loop: EventLoop) {
+        owner = Unmanaged.passUnretained(loop).toOpaque()
+        weakOwner = loop
+        ownerName = loop.name
+        attached.withLock { $0 = true }
+    }
+
+    /// Called first by the loop's deinit: later jobs are dropped.
+    func detach() { attached.withLock { $0 = false } }
 
     public func enqueue(_ job: consuming ExecutorJob) {
-        owner!.enqueue(UnownedJob(job), as: .taskPreferenceJob)
+        let job = UnownedJob(job)
+        // On the loop's own thread the loop is running, so it is alive: no lock (the common case).
+        if let current = pthread_getspecific(currentLoopKey), current == owner {
+            // Safe: the loop runs on this thread, so it is alive for the call.
+            return Unmanaged<EventLoop>.fromOpaque(current)._withUnsafeGuaranteedRef { $0.enqueue(job, as: .taskPreferenceJob) }
+        }
+        let delivered = attached.withLock { attached -> Bool in
+            guard attached, let owner else { return false }
+            // Safe: the loop's deinit waits for this lock before anything of it is freed.
+            Unmanaged<EventLoop>.fromOpaque(owner)._withUnsafeGuaranteedRef { $0.enqueue(job, as: .taskPreferenceJob) }
+            return true
+        }
+        if !delivered && !warnedDetached.exchange(true, ordering: .relaxed) {
+            let text = "UVLoop warning: event loop '\(ownerName)' no longer exists; a Swift task that prefers its executor cannot resume\n"
+            _ = text.withCString { write(2, $0, strlen($0)) }
+        }
     }
 
     public func asUnownedTaskExecutor() -> UnownedTaskExecutor {

@@ -165,6 +165,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     }
 
     deinit {
+        taskExecutor.detach() // first: an executor's job from another thread must not reach a loop being freed
         if State(rawValue: state.load(ordering: .acquiring)) == .idle {
             // Never ran: close the internal handles and the loop on this thread.
             beginShutdown()
@@ -451,7 +452,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
 }
 
 /// The thread-specific slot holding the loop that runs on a thread (``EventLoop/current``).
-private let currentLoopKey: pthread_key_t = {
+let currentLoopKey: pthread_key_t = {
     var key = pthread_key_t()
     let rc = pthread_key_create(&key, nil)
     precondition(rc == 0, "pthread_key_create failed: \(rc)")

@@ -181,9 +181,24 @@ public final class RPCClientPool: Sendable {
     /// Closes every connection (their calls in flight fail) and stops
     /// making new ones; returns once all are closed. Callable from any thread or task.
     public func close() async {
+        await closeEach { await $0.close() }
+    }
+
+    /// Stops every connection and runs `close` on each endpoint still open
+    /// (those in use, and those whose server went away, still finishing
+    /// their calls), at once; returns when they are closed and any connect
+    /// under way has ended (the endpoint it made closed too).
+    private func closeEach(_ close: @escaping @Sendable (RPCAsyncEndpoint) async -> Void) async {
+        var endpoints: [RPCAsyncEndpoint] = []
+        var connects: [Countdown] = []
         for connection in connections {
-            guard let endpoint = await connection.loop.submitIfRunning({ connection.stop() }) ?? nil else { continue }
-            await endpoint.close()
+            guard let stopped = await connection.loop.submitIfRunning({ connection.stop() }) else { continue }
+            endpoints += stopped.endpoints
+            if let connect = stopped.connecting { connects.append(connect) }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for endpoint in endpoints { group.addTask { await close(endpoint) } }
+            for connect in connects { group.addTask { await connect.wait() } }
         }
     }
 
@@ -207,13 +222,7 @@ public final class RPCClientPool: Sendable {
     /// ``RPCCloseReason/drainTimedOut(_:)``; returns once all are closed.
     /// Callable from any thread or task.
     public func close(gracePeriod: Duration) async {
-        var endpoints: [RPCAsyncEndpoint] = []
-        for connection in connections {
-            if let endpoint = await connection.loop.submitIfRunning({ connection.stop() }) ?? nil { endpoints.append(endpoint) }
-        }
-        await withTaskGroup(of: Void.self) { group in
-            for endpoint in endpoints { group.addTask { await endpoint.close(gracePeriod: gracePeriod) } }
-        }
+        await closeEach { await $0.close(gracePeriod: gracePeriod) }
     }
 
     /// The open connection with the fewest calls in flight, counted as
@@ -245,8 +254,8 @@ public final class RPCClientPool: Sendable {
 
 /// One connection of a pool: made on its loop, made again when it closes.
 private final class PooledConnection: @unchecked Sendable { // loop-only fields below; the rest atomic or locked
-    // Sendable invariant: `attempts`, `retryTimer`, `stopped` and `triedOnce` are touched
-    // only on `loop`'s thread; `endpoint` only under its lock;
+    // Sendable invariant: `attempts`, `retryTimer`, `stopped`, `triedOnce`, `retiring` and
+    // `connecting` are touched only on `loop`'s thread; `endpoint` only under its lock;
     // `isOpen` and `inFlight` are atomics; the other stored properties are immutable.
     let address: SocketAddress
     let loop: EventLoop
@@ -263,6 +272,10 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     private var attempts = 0
     private var retryTimer: LoopTimer?
     private var stopped = false
+    /// Endpoints whose server went away: no new calls, still finishing theirs (until they close).
+    private var retiring: [RPCEndpoint] = []
+    /// Counted down when the connect under way has ended (with its endpoint closed, if the pool stopped meanwhile).
+    private var connecting: Countdown?
 
     init(address: SocketAddress, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
          onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, firstAttempts: Countdown,
@@ -280,14 +293,21 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
     func start() { connect() }
 
     private func connect() {
+        let attempt = Countdown(1)
+        connecting = attempt
         RPCClient.connect(to: address, on: loop, timeout: configuration.connectTimeout,
                           configuration: configuration.endpoint, logger: logger) { [self] result in
             defer {
                 if !triedOnce { triedOnce = true; firstAttempts.countDown() }
             }
+            if connecting === attempt { connecting = nil }
+            if case .success(let endpoint) = result, stopped {
+                endpoint.didCloseForOwner = { attempt.countDown() } // close() waits for this one too
+                return endpoint.close()
+            }
+            attempt.countDown()
             switch result {
             case .success(let endpoint):
-                if stopped { return endpoint.close() }
                 attempts = 0
                 endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint, endpoint.closeReason ?? .local) }
                 endpoint.didReceiveGoAwayForOwner = { [self, unowned endpoint] in goingAway(endpoint) }
@@ -312,12 +332,14 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
         guard isCurrent(endpoint) else { return }
         isOpen.store(false, ordering: .releasing)
         self.endpoint.withLock { $0 = nil }
+        retiring.append(endpoint)
         guard !stopped else { return }
         logger.info("pooled connection's server is draining; making a new connection", metadata: ["rpc.peer": "\(address)"])
         connect()
     }
 
     private func lost(_ closed: RPCEndpoint, _ reason: RPCCloseReason) {
+        retiring.removeAll { $0 === closed }
         guard isCurrent(closed) else { return } // one that went away, already replaced
         isOpen.store(false, ordering: .releasing)
         endpoint.withLock { $0 = nil }
@@ -339,12 +361,15 @@ private final class PooledConnection: @unchecked Sendable { // loop-only fields 
         }
     }
 
-    /// Stops reconnecting (on the loop); returns the open endpoint, if any, to close.
-    func stop() -> RPCAsyncEndpoint? {
+    /// Stops reconnecting (on the loop); returns every endpoint still open
+    /// (the one in use and those going away) to close, and the connect under
+    /// way, if any, to wait for.
+    func stop() -> (endpoints: [RPCAsyncEndpoint], connecting: Countdown?) {
         stopped = true
         retryTimer?.cancel()
         retryTimer = nil
-        return endpoint.withLock { $0 }
+        let current = endpoint.withLock { $0 }
+        return ((current.map { [$0] } ?? []) + retiring.map(\.asyncEndpoint), connecting)
     }
 
     /// Counts a call about to be sent and returns the endpoint to send it on,

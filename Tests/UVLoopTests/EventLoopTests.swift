@@ -178,6 +178,34 @@ final class EventLoopTests: XCTestCase {
         XCTAssertNil(weakLoop, "no reference cycle keeps a stopped loop alive")
     }
 
+    /// A task that prefers the loop's executor and outlives the loop object:
+    /// resuming it must not reach the freed loop (its job is dropped, with a
+    /// warning). Without the executor's detach this was a use after free
+    /// (reported by AddressSanitizer).
+    func testATaskThatOutlivesItsLoopIsDroppedNotRunOnFreedMemory() throws {
+        weak var weakLoop: EventLoop?
+        let parked = LockedValue<CheckedContinuation<Void, Never>?>(nil)
+        let resumed = LockedValue(false)
+        let executor: LoopTaskExecutor = try {
+            let loop = try EventLoop(name: "outlived")
+            weakLoop = loop
+            loop.start()
+            let executor = loop.taskExecutor
+            Task(executorPreference: executor) {
+                await withCheckedContinuation { continuation in parked.withLock { $0 = continuation } }
+                resumed.withLock { $0 = true }
+            }
+            try waitUntil("the task parked") { parked.withLock { $0 != nil } }
+            XCTAssertEqual(loop.shutdownAndWait(timeout: .seconds(20)), 0)
+            return executor
+        }()
+        // The loop's thread lets go of it just after shutdownAndWait returns: no event says when.
+        try waitUntil("the loop object to be freed") { weakLoop == nil }
+        XCTAssertNil(executor.loop)
+        parked.withLock { $0!.resume() } // enqueues the task's next job on the executor of a loop that no longer exists
+        XCTAssertFalse(resumed.withLock { $0 }, "the job was dropped")
+    }
+
     func testALoopThatNeverRanCanBeDropped() throws {
         weak var weakLoop: EventLoop?
         try {

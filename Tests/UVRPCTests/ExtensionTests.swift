@@ -354,4 +354,35 @@ final class ExtensionTests: XCTestCase {
         let status = await group.shutdownAndWait()
         XCTAssertEqual(status, 0)
     }
+    /// A pool closed while a connection whose server went away still
+    /// finishes a call: close() closes that connection too, and returns only
+    /// once it is closed (its call failed with it).
+    func testClosingAPoolClosesConnectionsStillFinishingAfterGoAway() async throws {
+        let group = try EventLoopGroup(name: "goaway-close", loopCount: 1)
+        let loop = group.loops[0]
+        let kept = LockedValue<LoopBound<RPCRequest>?>(nil)
+        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration(),
+                                              onEndpoint: { endpoint in
+            endpoint.onMessage = { request in kept.withLock { $0 = LoopBound(request, loop: loop) } }
+        })
+        var poolConfiguration = RPCClientPool.Configuration()
+        poolConfiguration.endpoint = testConfiguration()
+        let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: poolConfiguration)
+        let ended = LockedValue<String?>(nil)
+        let held = Task {
+            do { _ = try await pool.send([0], timeout: .seconds(60)); ended.withLock { $0 = "answered" } }
+            catch { ended.withLock { $0 = "\(error)" } }
+        }
+        try waitUntil("a held call") { kept.withLock { $0 != nil } }
+        let draining = Task { await server.shutdown(gracePeriod: .seconds(60)) }
+        try waitUntil("the pool saw go-away") { !pool.connectionStates[0].isOpen }
+        await pool.close()
+        let outcome = ended.withLock { $0 }
+        XCTAssertNotNil(outcome, "the call on the connection going away ended before close() returned")
+        XCTAssertTrue(outcome?.contains("closed") == true, outcome ?? "")
+        await held.value
+        await draining.value
+        let status = await group.shutdownAndWait()
+        XCTAssertEqual(status, 0)
+    }
 }
