@@ -7,6 +7,14 @@ extension RPCEndpoint {
 
     func checkLiveness() {
         let now = eventLoop.now
+        // A check long overdue means this loop itself was held up (a handler
+        // that blocked it, a long computation on it): the peer's payloads and
+        // acknowledgements could not be read meanwhile, so their clocks start again.
+        if now &- lastLivenessCheck > 2 &* livenessPeriod {
+            parser.restartProgressClocks(now: now)
+            (ackProgressAt, ackedSinceProgress) = (now, 0)
+        }
+        lastLivenessCheck = now
         // Nothing arrived for a whole period: give the connection's buffers back.
         if now - lastReceived >= livenessPeriod {
             connection.releaseIdleBuffers()

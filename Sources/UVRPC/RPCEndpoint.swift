@@ -303,8 +303,9 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var keepaliveTimer: LoopTimer?
     @exclusivity(unchecked) var livenessTimer: LoopTimer?
     @exclusivity(unchecked) var lastReceived: UInt64
-    /// Milliseconds between liveness checks.
+    /// Milliseconds between liveness checks, and when the last one ran.
     @exclusivity(unchecked) var livenessPeriod: UInt64 = 0
+    @exclusivity(unchecked) var lastLivenessCheck: UInt64 = 0
     let openedAt: UInt64
 
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
@@ -341,6 +342,7 @@ public final class RPCEndpoint {
                                    memory: PayloadMemory(limit: configuration.maximumPayloadMemory, shared: payloadBudget))
         let now = connection.loop.now
         lastReceived = now
+        lastLivenessCheck = now
         openedAt = now
 
         connection.onRead = { bytes in self.handleReadable(bytes) }

@@ -81,12 +81,16 @@ func printError(_ text: String) {
     _ = line.withCString { write(2, $0, strlen($0)) }
 }
 
-/// `count` random bytes, a word at a time.
+/// `count` random bytes, a word at a time: from the system's generator
+/// only the seed (a syscall per word made big calls take seconds of the
+/// loop's time), the rest from xorshift64*, which is plenty for checking echoes.
 func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
-    [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+    var state = generator.next() | 1
+    return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
         var i = 0
         while i < count {
-            var word = generator.next()
+            state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+            var word = state &* 2685821657736338717
             let n = min(8, count - i)
             withUnsafeBytes(of: &word) { buffer.baseAddress!.advanced(by: i).initialize(from: $0.baseAddress!.assumingMemoryBound(to: UInt8.self), count: n) }
             i += n
@@ -404,22 +408,31 @@ struct Call: ParsableCommand {
         let started = Atomic<Int>(0), finished = Atomic<Int>(0)
         let clock = ContinuousClock(), start = clock.now
         let finishedAll = DispatchSemaphore(value: 0)
+        /// Calls that met a full send buffer, waiting for another call to end (backpressure, not failure).
+        let waiting = LockedValue<[@Sendable () -> Void]>([])
         do {
             if count == 0 { finishedAll.signal() }
-            @Sendable func sendNext() {
-                let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard index < count else { return }
-                var generator = SystemRandomNumberGenerator()
-                let payload = randomBytes(size, using: &generator)
+            @Sendable func send(_ index: Int, _ payload: [UInt8]) {
                 pool.send(payload, timeout: callTimeout, closeOnError: false) { result in
+                    if case .failure(.sendBufferFull) = result {
+                        return waiting.withLock { $0.append { send(index, payload) } }
+                    }
                     switch result {
                     case .success(let answer) where answer == payload: summary.withLock { $0.ok += 1 }
                     case .success: summary.withLock { $0.mismatched += 1 }
                     case .failure(let error):
                         summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
                     }
+                    // Room was made: the waiting calls try again (those still too big wait again).
+                    for retry in waiting.withLock({ list in defer { list.removeAll() }; return list }) { retry() }
                     if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { finishedAll.signal() } else { sendNext() }
                 }
+            }
+            @Sendable func sendNext() {
+                let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard index < count else { return }
+                var generator = SystemRandomNumberGenerator()
+                send(index, randomBytes(size, using: &generator))
             }
             for lane in 0..<min(concurrency, count) { loops[lane % loops.count].execute { sendNext() } }
         }

@@ -193,6 +193,30 @@ final class ResourceLimitTests: XCTestCase {
         XCTAssertLessThan(peer.received.withLock { $0.count }, 2 << 20, "the answer stopped at the window")
     }
 
+    /// A side whose own loop was held up (a blocking handler) does not blame
+    /// its peer for the payloads and acknowledgements it could not read meanwhile.
+    func testABlockedLoopDoesNotCountAgainstThePeersProgress() async throws {
+        let serverHarness = try LoopHarness("progress-server"), clientHarness = try LoopHarness("progress-client")
+        defer {
+            clientHarness.shutdownCleanly()
+            serverHarness.shutdownCleanly()
+        }
+        let server = try await RPCServer.bind(on: serverHarness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
+                                              configuration: testConfiguration()) { request in request.payload }
+        let client = try await RPCClient.connect(to: server.address, on: clientHarness.loop,
+                                                 configuration: testConfiguration { $0.payloadProgressTimeout = .milliseconds(300) })
+        _ = try await client.send([1]) // the handshakes are done: the big call goes in chunks at once
+        let payload = pseudoRandomBytes(count: 8 << 20, seed: 8)
+        let outcome = Promise<Result<[UInt8], RPCError>>()
+        try clientHarness.sync {
+            client.endpoint.send(payload, timeout: .seconds(60), closeOnError: false) { outcome.fulfill($0) }
+            usleep(1_000_000) // the client's loop is held up with its transfer under way (not a wait for anything)
+        }
+        XCTAssertTrue(try outcome.wait("the big call").get() == payload, "the transfer went on after the loop was free again")
+        await client.close()
+        await server.shutdown()
+    }
+
     // MARK: Acknowledgements under backpressure
 
     /// CANCELs make CANCEL_ACKs: a peer that stops reading and floods them

@@ -60,6 +60,21 @@ final class ToolTests: XCTestCase {
         XCTAssertEqual(try server.stop(), 0, "serve exits 0 on SIGTERM")
     }
 
+    /// Two 40 MiB calls at once would take the connection past its 64 MiB of
+    /// unsent bytes: the second waits for the first (backpressure) instead of
+    /// failing with `sendBufferFull`.
+    func testCallWaitsWhenTheSendBufferIsFullInsteadOfFailing() throws {
+        try skipUnlessBuilt()
+        let server = try ServeProcess(tool: tool, [])
+        defer { _ = try? server.stop() }
+        let size = sanitizerInUse == nil ? 40 << 20 : 34 << 20
+        let call = try run(["call", "--connect", "\(server.address)", "--count", "3", "--size", "\(size)", "--concurrency", "2"],
+                           seconds: 300)
+        XCTAssertEqual(call.status, 0, call.output)
+        XCTAssertTrue(call.output.contains("ok: 3, mismatched: 0, failed: 0"), call.output)
+        XCTAssertEqual(try server.stop(), 0)
+    }
+
     /// `serve --fail-every 3`: a client with error answers sees every third
     /// call fail at once with the handler's reason; `call --no-extensions`
     /// (the reference's behaviour) sees those calls time out instead.
