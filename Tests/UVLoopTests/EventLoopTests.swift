@@ -1,4 +1,5 @@
 import Dispatch
+import CLibUV
 import Synchronization
 import UVLoop
 import UVTestSupport
@@ -204,6 +205,33 @@ final class EventLoopTests: XCTestCase {
         XCTAssertNil(executor.loop)
         parked.withLock { $0!.resume() } // enqueues the task's next job on the executor of a loop that no longer exists
         XCTAssertFalse(resumed.withLock { $0 }, "the job was dropped")
+    }
+
+    /// A loop that cannot be made for lack of descriptors throws EMFILE,
+    /// naming the limit; nothing of it is closed or freed twice (its deinit
+    /// ran on the freed libuv loop and crashed `uvrpc serve` under `ulimit -n` 4 to 10).
+    func testALoopThatCannotBeMadeForLackOfDescriptorsThrows() throws {
+        var saved = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+        var highest: Int32 = 2
+        for fd in 0..<Int32(min(saved.rlim_cur, 65536)) where fcntl(fd, F_GETFD) != -1 { highest = fd }
+        var limited = saved
+        limited.rlim_cur = rlim_t(highest + 16)
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limited)
+        var fillers: [Int32] = []
+        defer {
+            for fd in fillers { close(fd) }
+            setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+        }
+        while case let fd = open("/dev/null", O_RDONLY | O_CLOEXEC), fd >= 0 { fillers.append(fd) }
+        close(fillers.removeLast()) // one descriptor left: a loop needs four
+        do {
+            _ = try EventLoop(name: "no-descriptors")
+            XCTFail("the loop cannot have been made")
+        } catch {
+            XCTAssertEqual(error.code, UV_EMFILE.rawValue, "\(error)")
+            XCTAssertTrue("\(error)".contains("limit:"), "\(error)")
+        }
     }
 
     func testALoopThatNeverRanCanBeDropped() throws {
