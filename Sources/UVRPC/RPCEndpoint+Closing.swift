@@ -8,11 +8,12 @@ extension RPCEndpoint {
     func checkLiveness() {
         let now = eventLoop.now
         // A check long overdue means this loop itself was held up (a handler
-        // that blocked it, a long computation on it): the peer's payloads and
-        // acknowledgements could not be read meanwhile, so their clocks start again.
+        // that blocked it, a long computation on it): the peer's packets,
+        // payloads and acknowledgements could not be read meanwhile, so their clocks start again.
         if now &- lastLivenessCheck > 2 &* livenessPeriod {
             parser.restartProgressClocks(now: now)
             (ackProgressAt, ackedSinceProgress) = (now, 0)
+            lastReceived = now // and what the peer sent meanwhile is still unread: its keepalive clock too
         }
         lastLivenessCheck = now
         // Nothing arrived for a whole period: give the connection's buffers back.

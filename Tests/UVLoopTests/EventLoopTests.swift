@@ -211,6 +211,9 @@ final class EventLoopTests: XCTestCase {
     /// naming the limit; nothing of it is closed or freed twice (its deinit
     /// ran on the freed libuv loop and crashed `uvrpc serve` under `ulimit -n` 4 to 10).
     func testALoopThatCannotBeMadeForLackOfDescriptorsThrows() throws {
+        // A loop first, so that libuv's process-wide state exists and uv_loop_init itself fails below
+        // (the process's first loop is refused earlier, by the probe for that state: see `uvrpc serve`'s tests).
+        _ = try EventLoop(name: "first")
         var saved = rlimit()
         getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
         var highest: Int32 = 2

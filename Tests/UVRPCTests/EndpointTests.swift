@@ -36,18 +36,21 @@ final class EndpointTests: XCTestCase {
         XCTAssertEqual(try done.wait("big send").get(), payload.reversed())
     }
 
-    func testSixSlowMessagesEachWayCompleteInAboutOneSlowPeriod() throws {
+    /// Six slow messages each way are handled at once: every handler keeps
+    /// its request unanswered until all twelve have arrived, which can only
+    /// happen if an unanswered request holds up no other (else this waits forever).
+    func testSixSlowMessagesEachWayAreAllInFlightAtOnce() throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
+        let kept = try harness.sync { LoopBoundBox([(RPCRequest, [UInt8])](), loop: loop) }
         let slow: @Sendable (RPCRequest) throws -> Void = { request in
-            let payload = request.payload
-            let answer = Array(payload.reversed())
-            _ = loop.scheduleTimer(after: .seconds(1)) { try? request.respond(answer) }
+            kept.value.append((request, Array(request.payload.reversed())))
+            guard kept.value.count == 12 else { return }
+            for (request, answer) in kept.value { try request.respond(answer) }
         }
         let pair = try harness.endpointPair(serverHandler: slow, clientHandler: slow)
         let done = Promise<Int>()
-        let start = monotonicMilliseconds()
         try harness.sync {
             let ok = LoopBoundBox(0, loop: loop)
             let failed = LoopBoundBox(0, loop: loop)
@@ -60,10 +63,7 @@ final class EndpointTests: XCTestCase {
                 }
             }
         }
-        XCTAssertEqual(try done.wait("slow messages"), 12)
-        let elapsed = monotonicMilliseconds() - start
-        XCTAssertGreaterThanOrEqual(elapsed, 990, "each answer takes one second")
-        XCTAssertLessThan(elapsed, 2000, "slow handlers run concurrently: about one period, well under two")
+        XCTAssertEqual(try done.wait("twelve messages in flight at once"), 12)
     }
 
     func testKeepaliveTimeoutClosesWhenThePeerSendsNoKeepalives() throws {
@@ -74,23 +74,22 @@ final class EndpointTests: XCTestCase {
         let watchful = testConfiguration(keepaliveInterval: .milliseconds(100), keepaliveTimeout: .milliseconds(500))
         let start = monotonicMilliseconds()
         let pair = try harness.endpointPair(server: watchful, client: silent)
-        let reason = try pair.serverClosed.wait("keepalive timeout", seconds: 10)
+        let reason = try pair.serverClosed.wait("keepalive timeout", seconds: 30)
         let elapsed = monotonicMilliseconds() - start
         XCTAssertEqual(reason, .keepaliveTimeout(.milliseconds(500)))
-        XCTAssertGreaterThanOrEqual(elapsed, 450)
-        XCTAssertLessThan(elapsed, 1500, "closes soon after the timeout")
+        XCTAssertGreaterThanOrEqual(elapsed, 450, "not before the timeout")
         XCTAssertEqual(try pair.clientClosed.wait("client sees the close"), .peerClosed)
     }
 
     func testNoKeepaliveTimeoutWhileKeepalivesFlow() throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let config = testConfiguration(keepaliveInterval: .milliseconds(50), keepaliveTimeout: .milliseconds(300))
+        let config = testConfiguration(keepaliveInterval: .milliseconds(50), keepaliveTimeout: .milliseconds(600))
         let pair = try harness.endpointPair(server: config, client: config)
         let loop = harness.loop
         let later = Promise<(Bool, Bool)>()
         try harness.sync {
-            _ = loop.scheduleTimer(after: .milliseconds(1200)) {
+            _ = loop.scheduleTimer(after: .milliseconds(2400)) {
                 later.fulfill((pair.server.value.isClosing, pair.client.value.isClosing))
             }
         }

@@ -24,8 +24,8 @@ final class FaultTests: XCTestCase {
                 try? peer.write([0, 0, 0, 17, 0x7b])
             }
         }
-        XCTAssertEqual(try reason.wait("handshake timeout"), .handshakeTimeout(.milliseconds(300)))
-        XCTAssertLessThan(monotonicMilliseconds() - start, 2000)
+        XCTAssertEqual(try reason.wait("handshake timeout", seconds: 30), .handshakeTimeout(.milliseconds(300)))
+        XCTAssertGreaterThanOrEqual(monotonicMilliseconds() - start, 290, "not before the timeout")
     }
 
     func testAWholeSessionDeliveredOneByteAtATimeIsAnsweredCorrectly() throws {
@@ -93,10 +93,9 @@ final class FaultTests: XCTestCase {
             }
         }
         _ = try allHeld.wait("1000 calls in flight")
-        let start = monotonicMilliseconds()
         try harness.sync { pair.server.value.connection.abort() } // RST, as a killed process's socket
-        let results = try outcomes.wait("every pending call to end", seconds: 10)
-        XCTAssertLessThan(monotonicMilliseconds() - start, 1000)
+        // Ended by the reset itself: the keepalive timeout (10 s) and the calls' timeouts (20 s) are far off.
+        let results = try outcomes.wait("every pending call to end", seconds: 9)
         XCTAssertEqual(results.filter { $0.contains("reset by the peer") }.count, 1000, results.first ?? "")
         XCTAssertEqual(try pair.clientClosed.wait("client close"), .reset)
     }
