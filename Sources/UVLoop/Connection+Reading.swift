@@ -274,21 +274,16 @@ extension Connection {
 // MARK: libuv callbacks
 
 let connectionAllocCallback: uv_alloc_cb = { handle, _, buf in
-    // Safe: the handle's data is its Connection until its close callback, so it is
-    // alive (without a retain) for this call.
-    buf!.pointee = HandleOwner.owner(of: handle)._withUnsafeGuaranteedRef {
-        let connection = unsafeDowncast($0, to: Connection.self)
-        guard connection.tls != nil else { return connection.readBuffer() }
-        // TLS: ciphertext lands in the loop's ciphertext buffer and goes straight to OpenSSL.
-        return uv_buf_t(base: connection.withLoop { $0.cipherReadBuffer }.assumingMemoryBound(to: CChar.self),
-                        len: EventLoop.sharedReadBufferSize)
-    }
+    // The handle's data is its Connection until its close callback (see HandleOwner).
+    let connection = unsafeDowncast(HandleOwner.owner(of: handle).takeUnretainedValue(), to: Connection.self)
+    guard connection.tls != nil else { return buf!.pointee = connection.readBuffer() }
+    // TLS: ciphertext lands in the loop's ciphertext buffer and goes straight to OpenSSL.
+    buf!.pointee = uv_buf_t(base: connection.withLoop { $0.cipherReadBuffer }.assumingMemoryBound(to: CChar.self),
+                            len: EventLoop.sharedReadBufferSize)
 }
 
 let connectionReadCallback: uv_read_cb = { stream, nread, _ in
-    // Safe: the handle's data is its Connection until its close callback; the read
-    // callback never runs after it, and the handle keeps its owner alive until then.
-    HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream)))._withUnsafeGuaranteedRef {
-        unsafeDowncast($0, to: Connection.self).didRead(nread)
-    }
+    // The handle's data is its Connection until its close callback; the read callback never runs after it.
+    unsafeDowncast(HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(stream))).takeUnretainedValue(),
+                   to: Connection.self).didRead(nread)
 }

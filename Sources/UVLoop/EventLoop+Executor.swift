@@ -176,12 +176,12 @@ public final class LoopTaskExecutor: TaskExecutor, @unchecked Sendable { // see 
         let job = UnownedJob(job)
         // On the loop's own thread the loop is running, so it is alive: no lock (the common case).
         if let current = pthread_getspecific(currentLoopKey), current == owner {
-            // Safe: the loop runs on this thread, so it is alive for the call.
-            return Unmanaged<EventLoop>.fromOpaque(current)._withUnsafeGuaranteedRef { $0.enqueue(job, as: .taskPreferenceJob) }
+            // The loop runs on this thread, so it is alive for the call.
+            return Unmanaged<EventLoop>.fromOpaque(current).takeUnretainedValue().enqueue(job, as: .taskPreferenceJob)
         }
         let delivered = attached.withLock { attached -> Bool in
             guard attached, let owner else { return false }
-            // Safe: the loop's deinit waits for this lock before anything of it is freed.
+            // Not retained: the loop's deinit (which may have begun) waits for this lock before anything of it is freed.
             Unmanaged<EventLoop>.fromOpaque(owner)._withUnsafeGuaranteedRef { $0.enqueue(job, as: .taskPreferenceJob) }
             return true
         }

@@ -43,7 +43,9 @@ extension RPCEndpoint {
         currentToken = token
         currentAnswered = false
         do {
-            // Borrowed, not retained: see `callbackHandler` and `retiredHandlers`.
+            // Borrowed, not retained (see `callbackHandler` and `retiredHandlers`): a retain and
+            // release here cost 34 instructions per call of the echo server (272 against 238,
+            // callgrind, `scripts/instructions-per-call.sh 1 1 256 3`).
             try handler._withUnsafeGuaranteedRef {
                 try $0.body(RPCRequest(payload: payload, endpoint: self, token: token))
             }
