@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test test-tsan test-asan fuzz soak bench bench-docs bench-check docs clean
+.PHONY: bootstrap build test test-tsan test-asan fuzz soak attack bench bench-docs bench-check docs clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -40,6 +40,12 @@ fuzz:
 # Soak: uvrpc serve under checked traffic and faults; SOAK_SECONDS=600 by default.
 soak: bootstrap
 	bash scripts/soak.sh $(or $(SOAK_SECONDS),600)
+
+# Hostile peers against uvrpc serve, each scenario checked against its target
+# (memory, cut-off times, the probe's latency; Docs/RELIABILITY.md). About 3 minutes.
+attack: bootstrap
+	$(SWIFT) build -c release
+	.build/release/uvrpc-attack
 
 # The main job: uvrpc-bench on defaults (every scenario, Swift and C servers
 # under the same C load, and the Swift-only hol scenario; about 100 s). Needs

@@ -102,17 +102,30 @@ let package = Package(
         // The benchmark: Swift and C servers under the same load, figures as ratios.
         .executableTarget(
             name: "uvrpc-bench",
-            dependencies: ["UVLoop", "UVRPC", "MallocCounter",
+            dependencies: ["UVLoop", "UVRPC", "MallocCounter", "ServerChild",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Benchmarks/uvrpc-bench"
         ),
+        // A uvrpc serve child process and its /proc figures, for the soak and attack tools.
+        .target(
+            name: "ServerChild",
+            dependencies: ["UVLoop"],
+            path: "Benchmarks/ServerChild"
+        ),
         // The soak test: checked traffic and faults against a uvrpc serve child (make soak).
         .executableTarget(
             name: "uvrpc-soak",
-            dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["UVLoop", "UVRPC", "ServerChild", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks/uvrpc-soak"
+        ),
+        // Hostile peers against a uvrpc serve child while a probe client calls: memory, cut-off times,
+        // the probe's latency, descriptors (make attack; Docs/RELIABILITY.md).
+        .executableTarget(
+            name: "uvrpc-attack",
+            dependencies: ["UVLoop", "UVRPC", "ServerChild", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks/uvrpc-attack"
         ),
         // The endpoint's whole receive path under arbitrary bytes, through an in-memory
         // transport: used by the libFuzzer target (scripts/fuzz.sh) and the corpus replay test.

@@ -1,6 +1,7 @@
 import CoreMetrics
 import Dispatch
 import MallocCounter
+import ServerChild
 import Prometheus
 import UVLoop
 import UVRPC

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ServerChild
 import UVLoop
 import UVRPC
 

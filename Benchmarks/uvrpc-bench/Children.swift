@@ -1,4 +1,5 @@
 import Foundation
+import ServerChild
 
 /// A child process of the benchmark (a server or a load generator).
 final class Child {

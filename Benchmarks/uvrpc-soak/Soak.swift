@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import UVLoop
+import ServerChild
 import UVRPC
 
 /// Drives a `uvrpc serve` child with checked traffic and a stream of faults
@@ -44,7 +45,7 @@ struct Soak: ParsableCommand {
         let server = try ServerChild(executable, ["--write-timeout", "2", "--handshake-timeout", "2",
                                                   "--keepalive-interval", "1", "--max-payload", "\(4 << 20)",
                                                   "--verbose"])
-        defer { server.kill() }
+        defer { server.kill9() }
         let loop = try EventLoop(name: "uvrpc-soak")
         let soak = SoakRun(loop: loop, address: server.address, clients: clients)
         print("soak: \(Int(seconds)) s against uvrpc serve (pid \(server.pid)) on \(server.address); "
@@ -118,65 +119,6 @@ struct Soak: ParsableCommand {
             && s.faultsClosed == s.faultsStarted && status == 0
         print(ok ? "soak: PASS" : "soak: FAIL")
         if !ok { throw ExitCode(1) }
-    }
-}
-
-/// The `uvrpc serve` child: its address, /proc figures and log file.
-final class ServerChild {
-    let process = Process()
-    let address: SocketAddress
-    let logPath: String
-
-    init(_ executable: URL, _ arguments: [String]) throws {
-        process.executableURL = executable
-        process.arguments = ["serve", "--port", "0"] + arguments
-        let out = Pipe()
-        process.standardOutput = out
-        logPath = FileManager.default.temporaryDirectory.appendingPathComponent("uvrpc-soak-serve-\(getpid()).log").path
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.standardError = FileHandle(forWritingAtPath: logPath)
-        try process.run()
-        var bytes: [UInt8] = []
-        let handle = out.fileHandleForReading
-        while let chunk = try? handle.read(upToCount: 1), let byte = chunk.first, byte != 10 { bytes.append(byte) }
-        let line = String(decoding: bytes, as: UTF8.self)
-        guard line.hasPrefix("listening on "), let address = SocketAddress(parsing: String(line.dropFirst(13))) else {
-            process.terminate()
-            throw ValidationError("uvrpc serve did not start: '\(line)'")
-        }
-        self.address = address
-    }
-
-    var pid: Int32 { process.processIdentifier }
-    var isRunning: Bool { process.isRunning }
-
-    func residentBytes() -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kib = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap({ Int($0) })
-        else { return 0 }
-        return kib * 1024
-    }
-
-    func openDescriptors() -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
-    }
-
-    func logLines() -> Int {
-        ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").split(separator: "\n").count
-    }
-
-    /// SIGTERM, and the exit status (bounded wait; SIGKILL after 10 s).
-    func stop() -> Int32 {
-        guard process.isRunning else { return process.terminationStatus }
-        process.terminate()
-        for _ in 0..<200 where process.isRunning { Thread.sleep(forTimeInterval: 0.05) } // bounded wait for exit
-        if process.isRunning { kill(); return -9 }
-        return process.terminationStatus
-    }
-
-    func kill() {
-        if process.isRunning { Foundation.kill(pid, SIGKILL) }
     }
 }
 

@@ -183,9 +183,15 @@ final class ToolMetricsTests: XCTestCase {
         var byte: UInt8 = 0
         XCTAssertEqual(read(again, &byte, 1), 1, "served again once descriptors are free")
         try server.waitForLog("accepting connections again")
-        XCTAssertEqual(server.stderr.components(separatedBy: "refusing connections").count - 1, 1,
-                       "told once for the burst:\n\(server.stderr)")
-        XCTAssertTrue(server.stderr.contains("rpc.refused=\(refused)"), server.stderr)
+        // Told once per burst, not per connection (a descriptor freed meanwhile, by anything in
+        // the process, ends a burst early: under ThreadSanitizer its runtime's own files do);
+        // every refusal is in the bursts' counts.
+        let stderr = server.stderr
+        let bursts = stderr.components(separatedBy: "refusing connections").count - 1
+        XCTAssertTrue(bursts >= 1 && bursts <= 3, "told once per burst (\(bursts) bursts):\n\(stderr)")
+        let counted = stderr.components(separatedBy: "rpc.refused=").dropFirst()
+            .compactMap { Int($0.prefix { $0.isNumber }) }.reduce(0, +)
+        XCTAssertEqual(counted, refused, stderr)
         let samples = parsePrometheus(try httpGet(metrics, "/metrics").body)
         XCTAssertEqual(samples["uvrpc_accept_errors_total{error=\"EMFILE\"}"], Double(refused))
         XCTAssertEqual(try server.stop(), 0)
