@@ -146,7 +146,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UVRPCTests",
-            dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness",
+            dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness", "ServerChild",
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "MetricsTestKit", package: "swift-metrics")],

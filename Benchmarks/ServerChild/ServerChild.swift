@@ -109,3 +109,29 @@ public struct ServerChildError: Error, CustomStringConvertible {
     public let description: String
     public init(description: String) { self.description = description }
 }
+
+/// A blocking TCP connection to `address` (IPv4), as an outside client
+/// makes one: its descriptor. With `receiveTimeout`, reads give up after that many seconds.
+public func connectTCP(to address: SocketAddress, receiveTimeout: Double? = nil) throws -> Int32 {
+    guard case .ipv4(let host, let port) = address else { throw ServerChildError(description: "an IPv4 address, not \(address)") }
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ServerChildError(description: "a socket: errno \(errno)") }
+    if let receiveTimeout {
+        var timeout = timeval(tv_sec: Int(receiveTimeout), tv_usec: Int((receiveTimeout - receiveTimeout.rounded(.down)) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = UInt16(port).bigEndian
+    addr.sin_addr.s_addr = inet_addr(host)
+    let rc = withUnsafePointer(to: &addr) { p in
+        // Safe: a sockaddr_in begins with the sockaddr fields; connect reads `size` bytes.
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else {
+        let error = errno
+        close(fd)
+        throw ServerChildError(description: "connect to \(address): errno \(error)")
+    }
+    return fd
+}

@@ -21,21 +21,7 @@ final class RawSocket: @unchecked Sendable { // the descriptor is thread-safe; `
     private let cutOff = Atomic<UInt64>(0)
 
     init(_ address: SocketAddress) throws {
-        guard case .ipv4(let host, let port) = address else { throw ServerChildError(description: "an IPv4 address, not \(address)") }
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr(host)
-        let rc = withUnsafePointer(to: &addr) { p in
-            // Safe: a sockaddr_in begins with the sockaddr fields.
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw ServerChildError(description: "connect to \(address): errno \(error)")
-        }
+        fd = try connectTCP(to: address)
         // Writes give up every 100 ms, so that a writer the server stopped reading can see its deadline.
         var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

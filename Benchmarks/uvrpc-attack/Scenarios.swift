@@ -41,17 +41,20 @@ struct Attacks {
         return ("probe p50 \(ms(l.p50)), p99 \(ms(l.p99)) over \(l.calls) calls, \(probe.failureCount) failed", l.p99)
     }
 
+    /// A `uvrpc serve` child on its defaults, its RSS now, a sampler of its peak, and one attacker connected.
+    private func serverAndAttacker() throws -> (ServerChild, baseline: Int, PeakSampler, RawSocket) {
+        let server = try ServerChild(tool, [])
+        return (server, server.residentBytes(), PeakSampler(server), try RawSocket(server.address))
+    }
+
     // MARK: 1. CANCELs whose acknowledgements pile up
 
     /// A peer that sends messages and a CANCEL for each, as fast as it can,
     /// while it reads ~190 KB/s: its acknowledgements (and answers) count
     /// against backpressure, so the server reads only as fast as it reads.
     func cancelFlood() throws -> Outcome {
-        let server = try ServerChild(tool, [])
-        defer { _ = server.stop() }
-        let baseline = server.residentBytes(), sampler = PeakSampler(server)
-        let attacker = try RawSocket(server.address)
-        defer { attacker.close() }
+        let (server, baseline, sampler, attacker) = try serverAndAttacker()
+        defer { attacker.close(); _ = server.stop() }
         attacker.write(Self.extended)
         let batch = (0..<1000).flatMap { PacketWriter.frame(isResponse: false, id: UInt16($0), payload: []) }
             + (0..<1000).flatMap { Self.packet(.cancel, id: UInt16($0)) }
@@ -224,6 +227,16 @@ struct Attacks {
 
     // MARK: 5. Shutdown and its grace period
 
+    /// Sends SIGTERM and times the exit: its status (nil for a signal), the seconds, and a figure saying both.
+    private static func signalAndTimeExit(_ server: ServerChild, _ what: String = "SIGTERM")
+        -> (status: Int32?, seconds: Double, figure: String) {
+        let signalled = now()
+        server.signal(SIGTERM)
+        let status = server.waitForExit(seconds: 40)
+        let exit = seconds(signalled, now())
+        return (status, exit, "exit \(status.map(String.init) ?? "by a signal") \(String(format: "%.2f", exit)) s after \(what)")
+    }
+
     /// `--grace 2`, and a peer that reads none of a 16 MiB answer: the exit
     /// comes within the grace period plus a second.
     func graceWithANonReader() throws -> Outcome {
@@ -233,13 +246,9 @@ struct Attacks {
         defer { peer.close() }
         peer.write(Self.plain + PacketWriter.frame(isResponse: false, id: 1, payload: [UInt8](repeating: 1, count: 16 << 20)))
         usleep(500_000) // the server answers into its buffers meanwhile
-        let signalled = now()
-        server.signal(SIGTERM)
-        let status = server.waitForExit(seconds: 20)
-        let exit = seconds(signalled, now())
-        return Outcome(scenario: "grace 2 s, a peer not reading", figures: [
-            "exit \(status.map(String.init) ?? "by a signal") \(String(format: "%.2f", exit)) s after SIGTERM",
-        ], target: "exit <= G + 1 s = 3 s", met: status == 0 && exit <= 3)
+        let (status, exit, figure) = Self.signalAndTimeExit(server)
+        return Outcome(scenario: "grace 2 s, a peer not reading", figures: [figure],
+                       target: "exit <= G + 1 s = 3 s", met: status == 0 && exit <= 3)
     }
 
     /// `--grace 30` with a call held for a minute: a second SIGTERM stops at once.
@@ -252,13 +261,9 @@ struct Attacks {
         usleep(300_000) // the call reaches the server
         server.signal(SIGTERM)
         usleep(300_000) // the drain begins (a second signal must not merge with the first)
-        let second = now()
-        server.signal(SIGTERM)
-        let status = server.waitForExit(seconds: 40)
-        let exit = seconds(second, now())
-        return Outcome(scenario: "second signal during a drain", figures: [
-            "exit \(status.map(String.init) ?? "by a signal") \(String(format: "%.2f", exit)) s after the second SIGTERM",
-        ], target: "at once (< 1 s)", met: status == 0 && exit < 1)
+        let (status, exit, figure) = Self.signalAndTimeExit(server, "the second SIGTERM")
+        return Outcome(scenario: "second signal during a drain", figures: [figure], target: "at once (< 1 s)",
+                       met: status == 0 && exit < 1)
     }
 
     /// Under `ulimit -n 32` with 40 connections (more than it can hold):
@@ -269,13 +274,9 @@ struct Attacks {
         let peers = try (0..<40).map { _ in try RawSocket(server.address) }
         defer { for peer in peers { peer.close() } }
         usleep(300_000) // the server accepts (and refuses) them
-        let signalled = now()
-        server.signal(SIGTERM)
-        let status = server.waitForExit(seconds: 20)
-        let exit = seconds(signalled, now())
+        let (status, exit, figure) = Self.signalAndTimeExit(server)
         return Outcome(scenario: "SIGTERM at ulimit -n 32", figures: [
-            "exit \(status.map(String.init) ?? "by a signal") \(String(format: "%.2f", exit)) s after SIGTERM",
-            "refused connections logged: \(server.log.contains("refusing connections") ? "yes" : "no")",
+            figure, "refused connections logged: \(server.log.contains("refusing connections") ? "yes" : "no")",
         ], target: "a clean exit within the grace period", met: status == 0 && exit < 11)
     }
 
@@ -489,11 +490,8 @@ struct Attacks {
     /// A peer sends four 64 MiB chunked messages, then acknowledges the
     /// answers 8 KiB every 5 s: cut off by the progress timeout.
     func slowAcknowledgements() throws -> Outcome {
-        let server = try ServerChild(tool, [])
-        defer { _ = server.stop() }
-        let baseline = server.residentBytes(), sampler = PeakSampler(server)
-        let attacker = try RawSocket(server.address)
-        defer { attacker.close() }
+        let (server, baseline, sampler, attacker) = try serverAndAttacker()
+        defer { attacker.close(); _ = server.stop() }
         let total = 64 << 20
         let filler = [UInt8](repeating: 0x3C, count: 60_000)
         var sentAt: UInt64 = 0

@@ -41,6 +41,18 @@ enum ProcessLimits {
                    + "need at least \(needed) more (raise the limit to \(open + needed) or more)")
         throw ToolExit.cannotConnect
     }
+
+    /// The command's loops, after checking that the descriptors they and
+    /// `sockets` sockets need are there; a failure says so and exits 3.
+    static func startLoops(command: String, name: String, loops: Int, sockets: Int) throws -> EventLoopGroup {
+        try checkDescriptorHeadroom(command: command, loops: loops, sockets: sockets)
+        do {
+            return try EventLoopGroup(name: name, loopCount: loops)
+        } catch {
+            printError("\(command): cannot start: \(error)")
+            throw ToolExit.cannotConnect
+        }
+    }
 }
 
 /// SIGINT and SIGTERM (and optionally SIGUSR1), watched on an event loop:

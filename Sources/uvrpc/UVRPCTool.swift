@@ -174,15 +174,8 @@ struct Serve: ParsableCommand {
         let registry = metrics.map { _ in bootstrapPrometheus() }
         let address: SocketAddress = unix.map { .unix(path: $0) } ?? SocketAddress(host: host, port: port)
         StopSignals.unblockWatchedSignals() // before the loops' threads inherit this thread's mask
-        try ProcessLimits.checkDescriptorHeadroom(command: "uvrpc serve", loops: loops,
-                                                  sockets: 3 + (metrics == nil ? 0 : 1)) // listener, its reserve, a connection
-        let group: EventLoopGroup
-        do {
-            group = try EventLoopGroup(name: "uvrpc-serve", loopCount: loops)
-        } catch {
-            printError("uvrpc serve: cannot start: \(error)")
-            throw ToolExit.cannotConnect
-        }
+        let group = try ProcessLimits.startLoops(command: "uvrpc serve", name: "uvrpc-serve", loops: loops,
+                                                 sockets: 3 + (metrics == nil ? 0 : 1)) // listener, its reserve, a connection
         // Watched before anything else opens descriptors; a second signal stops at
         // once: every loop shuts down, which closes every connection without waiting.
         let statusReport = LockedValue<(@Sendable () -> Void)?>(nil)
@@ -350,14 +343,7 @@ struct Call: ParsableCommand {
             printError("uvrpc call: \(error)")
             throw ToolExit.cannotConnect
         }
-        try ProcessLimits.checkDescriptorHeadroom(command: "uvrpc call", loops: loops, sockets: connections)
-        let group: EventLoopGroup
-        do {
-            group = try EventLoopGroup(name: "uvrpc-call", loopCount: loops)
-        } catch {
-            printError("uvrpc call: cannot start: \(error)")
-            throw ToolExit.cannotConnect
-        }
+        let group = try ProcessLimits.startLoops(command: "uvrpc call", name: "uvrpc-call", loops: loops, sockets: connections)
         let summary = LockedValue(Summary())
         let configuration = {
             var configuration = RPCClientPool.Configuration()

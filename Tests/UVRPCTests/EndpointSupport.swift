@@ -1,6 +1,7 @@
 import Foundation
 import UVLoop
 import UVRPC
+import ServerChild
 import UVTestSupport
 import XCTest
 
@@ -90,18 +91,7 @@ func monotonicMilliseconds() -> Double {
 /// A blocking writer on a plain socket, for a peer that writes as fast as the kernel takes bytes.
 final class FDWriter: @unchecked Sendable { // the descriptor is written by one thread at a time
     let fd: Int32
-    init(connectingTo address: SocketAddress) throws {
-        guard case .ipv4(let host, let port) = address else { throw TestTimeout(what: "an IPv4 address") }
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr(host)
-        let rc = withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Foundation.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { throw TestTimeout(what: "connect: errno \(errno)") }
-    }
+    init(connectingTo address: SocketAddress) throws { fd = try connectTCP(to: address) }
     func write(_ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {

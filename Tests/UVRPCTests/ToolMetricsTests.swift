@@ -1,4 +1,5 @@
 import Foundation
+import ServerChild
 import UVLoop
 import UVTestSupport
 import XCTest
@@ -6,25 +7,8 @@ import XCTest
 import Glibc
 #endif
 
-/// A blocking TCP connection to `address` (IPv4 loopback), for talking to a
-/// child process as an outside client would; reads time out after 10 s.
-private func connectBlocking(_ address: SocketAddress) throws -> Int32 {
-    guard case .ipv4(let host, let port) = address else { throw TestTimeout(what: "an IPv4 address, not \(address)") }
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestTimeout(what: "a socket (errno \(errno))") }
-    var timeout = timeval(tv_sec: 10, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    sin.sin_port = in_port_t(UInt16(port).bigEndian)
-    inet_pton(AF_INET, host, &sin.sin_addr)
-    let rc = withUnsafePointer(to: &sin) { p in
-        // Safe: a sockaddr_in begins with the sockaddr fields; connect reads `size` bytes.
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard rc == 0 else { close(fd); throw TestTimeout(what: "a connection to \(address) (errno \(errno))") }
-    return fd
-}
+/// A blocking TCP connection to `address`, as an outside client makes one; reads time out after 10 s.
+private func connectBlocking(_ address: SocketAddress) throws -> Int32 { try connectTCP(to: address, receiveTimeout: 10) }
 
 /// `GET path` over HTTP/1.1; returns the status line's code and the body.
 private func httpGet(_ address: SocketAddress, _ path: String) throws -> (status: Int, body: String) {
