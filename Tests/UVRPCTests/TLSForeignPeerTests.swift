@@ -100,7 +100,9 @@ final class TLSForeignPeerTests: XCTestCase {
         XCTAssertEqual(good.status, 0, good.output)
         XCTAssertTrue(good.output.contains("ok: 300, mismatched: 0, failed: 0"), good.output)
         let untrusted = try runTool(["call", "--connect", "\(server.address)", "--count", "1", "--tls-ca", certificates.otherCAFile])
-        XCTAssertEqual(untrusted.status, 1, untrusted.output)
+        // The TCP connect succeeds and the TLS handshake fails just after: as a connection that
+        // could not be made (3) or as the call it failed (1), whichever the tool sees first.
+        XCTAssertTrue([1, 3].contains(untrusted.status), untrusted.output)
         XCTAssertTrue(untrusted.output.contains("TLS failed: handshake failed: certificate verification failed"), untrusted.output)
         let noCertificate = try runTool(["call", "--connect", "\(server.address)", "--count", "1", "--tls-ca", certificates.caFile])
         XCTAssertEqual(noCertificate.status, 1, noCertificate.output)
