@@ -41,7 +41,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         case task(UnownedJob, JobKind)
     }
 
-    private struct JobQueue {
+    struct JobQueue {
         var jobs: [Work] = []
         /// False once the loop is closed: nothing can run any more.
         var accepting = true
@@ -51,7 +51,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         /// Set by shutdown().
         var shutdownRequested = false
     }
-    private let jobs = LockedValue(JobQueue())
+    let jobs = LockedValue(JobQueue())
     /// pthread_t of the thread inside `run()`, or 0.
     private let threadID = Atomic<UInt>(0)
     private enum State: UInt8 { case idle = 0, running = 1, stopped = 2 }
@@ -69,9 +69,9 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     // MARK: loop-thread state
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
-    @exclusivity(unchecked) private var wakeup: LoopWakeup!
+    @exclusivity(unchecked) var wakeup: LoopWakeup!
     @exclusivity(unchecked) var flushHooks: [LoopTurnHook] = []
-    @exclusivity(unchecked) private var spareJobs: [Work] = []
+    @exclusivity(unchecked) var spareJobs: [Work] = []
     /// Task jobs enqueued on the loop thread itself (a task resumed by loop
     /// code): run by the per-turn hooks, without the lock and the wakeup
     /// syscall that jobs from other threads need.
@@ -339,50 +339,11 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// nil while it has not stopped.
     public var loopCloseStatus: Int32? { closeStatus.withLock { $0 } }
 
-    // MARK: Work from other threads
-
-    /// Runs `job` on the loop thread, after the jobs submitted before it by
-    /// the same thread. Callable from any thread (also from the loop itself:
-    /// the job then runs later in this or the next loop turn).
-    /// - Returns: false, and drops `job`, when the loop is shutting down.
-    @discardableResult
-    public func execute(_ job: @escaping @Sendable () -> Void) -> Bool {
-        submit(.closure(job))
-    }
-
-    func submit(_ work: Work) -> Bool {
-        jobs.withLock { queue -> Bool in
-            guard queue.accepting else { return false }
-            queue.jobs.append(work)
-            // Waking while holding the lock keeps shutdown from closing the
-            // wakeup handle under us; uv_async_send coalesces repeated wakes.
-            if queue.jobs.count == 1 && queue.wakeupOpen { wakeup.send() }
-            return true
-        }
-    }
-
-    fileprivate func runJobs() {
-        // Take the spare array out (not a copy: a second reference would make the
-        // queue's next append reallocate), hand it to the queue, run the batch.
-        var batch: [Work] = []
-        swap(&batch, &spareJobs)
-        jobs.withLock { swap(&$0.jobs, &batch) }
-        for work in batch {
-            switch work {
-            case .closure(let job): job()
-            case .task(let job, let kind):
-                run(job, kind)
-            }
-        }
-        batch.removeAll(keepingCapacity: true)
-        spareJobs = batch
-    }
-
     // MARK: Shutdown
 
     /// Called when the wakeup fires: runs the jobs, and starts shutting down
     /// when asked to.
-    fileprivate func wakeupFired() {
+    func wakeupFired() {
         runJobs()
         if jobs.withLock({ $0.shutdownRequested }) { beginShutdown() }
     }
@@ -473,22 +434,5 @@ extension Duration {
         if seconds < 0 { return 0 }
         let ms = UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000)
         return ms
-    }
-}
-
-/// The loop's `uv_async_t`: wakes it for ``EventLoop/execute(_:)`` and shutdown.
-private final class LoopWakeup: HandleOwner {
-    init(loop: EventLoop) throws(UVError) {
-        super.init(loop: loop, type: UV_ASYNC, retainsLoop: false) // owned by the loop itself
-        let handle = UnsafeMutablePointer<uv_async_t>(OpaquePointer(self.handle))
-        try UVError.check(uv_async_init(loop.uvLoop, handle, { async in
-            // Safe: the handle's data is this owner until its close callback.
-            HandleOwner.owner(of: UnsafeMutablePointer(OpaquePointer(async))).takeUnretainedValue().loop.wakeupFired()
-        }), "uv_async_init", "event loop \(loop.name)")
-        adoptHandle()
-    }
-
-    func send() {
-        uv_async_send(UnsafeMutablePointer<uv_async_t>(OpaquePointer(handle)))
     }
 }
