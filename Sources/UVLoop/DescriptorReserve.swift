@@ -1,5 +1,4 @@
 import CLibUV
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,7 +17,7 @@ final class DescriptorReserve: Sendable {
     static let shared = DescriptorReserve()
 
     /// The reserve descriptor, or -1 while it could not be opened.
-    private let reserve = Mutex<Int32>(-1)
+    private let reserve = LockedValue<Int32>(-1)
 
     private static func openReserve() -> Int32 { open("/dev/null", O_RDONLY | O_CLOEXEC) }
 

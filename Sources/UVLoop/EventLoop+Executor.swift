@@ -157,7 +157,7 @@ public final class LoopTaskExecutor: TaskExecutor, @unchecked Sendable { // see 
     /// The loop, unretained: valid while `attached` is true (see the invariant).
     private var owner: UnsafeMutableRawPointer?
     private var ownerName = ""
-    private let attached = Mutex<Bool>(false)
+    private let attached = LockedValue<Bool>(false)
     private let warnedDetached = Atomic<Bool>(false)
 
     init() {}

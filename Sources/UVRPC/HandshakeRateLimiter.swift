@@ -1,4 +1,3 @@
-import Synchronization
 import UVLoop
 
 /// A rate with a burst: up to `burst` events at once, then `perSecond` on
@@ -27,7 +26,7 @@ package final class PeerRateLimiter: Sendable {
         var refilledAt: UInt64
     }
     private let limit: RPCRateLimit
-    private let buckets = Mutex<[String: Bucket]>([:])
+    private let buckets = LockedValue<[String: Bucket]>([:])
     /// Buckets kept before full ones (which hold nothing worth keeping) are dropped.
     private static let prunedAbove = 4096
 
