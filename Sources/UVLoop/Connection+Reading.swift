@@ -148,6 +148,7 @@ extension Connection {
             let code = Int32(nread)
             switch code {
             case UV_EOF.rawValue:
+                peerEnded = true
                 closeReason = closeReason ?? .endOfStream(connection: label)
                 stopReading()
                 // Flush what we still owe the peer, then close.

@@ -179,6 +179,7 @@ extension Connection {
     /// The end of the socket's stream under TLS: clean only after the peer's close_notify.
     func tlsStreamEnded() {
         guard let tls else { return }
+        peerEnded = true
         if uvrpc_ssl_received_shutdown(tls.ssl) != 0 || !tls.isEstablished && closeReason != nil {
             closeReason = closeReason ?? .endOfStream(connection: label)
         } else {

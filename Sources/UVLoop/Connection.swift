@@ -93,6 +93,12 @@ public final class Connection: HandleOwner {
     /// The loop turn of the last read, and the bytes read in it.
     @exclusivity(unchecked) var readTurn: UInt64 = 0
     @exclusivity(unchecked) var bytesReadThisTurn = 0
+    /// The peer's end of stream was read (nothing more can arrive: no linger needed).
+    @exclusivity(unchecked) var peerEnded = false
+    /// Whether a graceful close waits for the peer's end (see `linger()`).
+    @exclusivity(unchecked) var lingerWanted = true
+    /// The write side is shut down: waiting for the peer's end (see `linger()`).
+    @exclusivity(unchecked) var lingering = false
     /// Why the connection is ending; nil means closed locally.
     @exclusivity(unchecked) var closeReason: ConnectionError?
 
@@ -223,72 +229,7 @@ public final class Connection: HandleOwner {
         if state == .closing && tls?.isEstablished == false { startReading() }
     }
 
-    // MARK: Closing
-
-    /// Closes gracefully: stops reading, flushes pending writes (for at most
-    /// ``ConnectionOptions/gracefulCloseTimeout``), shuts down the write side,
-    /// then closes. Idempotent; ``onClose`` reports the end.
-    public func close() {
-        preconditionInEventLoop("Connection.close()")
-        guard state == .open || state == .connecting else { return }
-        state = .closing
-        // TLS: a handshake under way still needs the peer's bytes; what was
-        // written meanwhile goes out (then close_notify) once it finishes.
-        if tls?.isEstablished ?? true { stopReading() }
-        beginTLSClose()
-        if pendingWriteBytes == 0 && !writeInFlight {
-            shutdownAndClose()
-        } else {
-            flushNow()
-            if state == .closing && !isHandleClosing {
-                closeTimer = loop.scheduleTimer(after: options.gracefulCloseTimeout) { [unowned self] in
-                    self.fail(.closeTimedOut(connection: self.label, pendingBytes: self.pendingWriteBytes))
-                }
-            }
-        }
-    }
-
-    /// Closes at once: pending writes are dropped (their completions fail)
-    /// and a TCP peer gets a reset. Idempotent.
-    public func abort() {
-        preconditionInEventLoop("Connection.abort()")
-        terminate(reason: nil, reset: true)
-    }
-
-    /// Ends the connection because of `error` (reported to ``onClose``).
-    func fail(_ error: ConnectionError) {
-        terminate(reason: error, reset: false)
-    }
-
-    func shutdownAndClose() {
-        guard !isHandleClosing, shutdownRequest == nil else { return }
-        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
-        shutdownRequest = request
-        uv_req_set_data(UnsafeMutableRawPointer(request).assumingMemoryBound(to: uv_req_t.self),
-                        Unmanaged.passUnretained(self).toOpaque())
-        let rc = uv_shutdown(request, uvStream) { request, _ in
-            // Safe: the request's data is its connection, alive while the handle is open
-            // (libuv calls this before the handle's close callback).
-            let connection = Unmanaged<Connection>.fromOpaque(uv_req_get_data(
-                UnsafeMutableRawPointer(request!).assumingMemoryBound(to: uv_req_t.self))!).takeUnretainedValue()
-            request!.deallocate()
-            connection.shutdownRequest = nil
-            connection.closeHandle()
-        }
-        if rc < 0 {
-            request.deallocate()
-            shutdownRequest = nil
-            closeHandle()
-        }
-    }
-
-    func terminate(reason: ConnectionError?, reset: Bool) {
-        guard !isHandleClosing else { return }
-        if closeReason == nil { closeReason = reason }
-        state = .closing
-        stopReading()
-        closeHandle(reset: reset && !isUnixDomain)
-    }
+    // MARK: Closing (the rest is in Connection+Closing.swift)
 
     override func closeForShutdown() {
         terminate(reason: nil, reset: false)

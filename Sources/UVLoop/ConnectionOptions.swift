@@ -15,6 +15,13 @@ public struct ConnectionOptions: Sendable {
     /// How long a graceful ``Connection/close()`` may take to flush pending
     /// writes before the connection is aborted. Default 10 s.
     public var gracefulCloseTimeout: Duration = .seconds(10)
+    /// How long a graceful ``Connection/close()``, once everything is sent
+    /// and the write side shut down, waits for the peer to close its side,
+    /// dropping whatever it still sends. Closing a socket that has unread
+    /// bytes coming makes the kernel reset the connection, and the reset
+    /// destroys what the peer had not read yet (the last answers).
+    /// Zero closes at once. Default 2 s.
+    public var lingerTimeout: Duration = .seconds(2)
     /// How long a write may wait without the socket taking a single byte
     /// (the peer is not reading) before the connection fails with
     /// ``ConnectionError/writeTimedOut(connection:pendingBytes:timeout:)``.

@@ -103,6 +103,8 @@ extension RPCEndpoint {
             connection.abort()
         case .drained where _peerInfo == nil:
             connection.abort()
+        case .keepaliveTimeout:
+            connection.close(lingering: false) // a peer silent that long will not end its side either
         default:
             connection.close() // flushes what is owed first (within the connection's close timeout)
         }
