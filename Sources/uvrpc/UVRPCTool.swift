@@ -394,14 +394,18 @@ struct Call: ParsableCommand {
         let started = Atomic<Int>(0), finished = Atomic<Int>(0)
         let clock = ContinuousClock(), start = clock.now
         let finishedAll = DispatchSemaphore(value: 0)
-        /// Calls that met a full send buffer, waiting for another call to end (backpressure, not failure).
-        let waiting = LockedValue<[@Sendable () -> Void]>([])
         do {
             if count == 0 { finishedAll.signal() }
             @Sendable func send(_ index: Int, _ payload: [UInt8]) {
                 pool.send(payload, timeout: callTimeout, closeOnError: false) { result in
+                    // A full send buffer is backpressure, not failure: the call tries again once
+                    // the socket had time to take bytes (waiting for another call's end could wait
+                    // forever when none is left in flight).
                     if case .failure(.sendBufferFull) = result {
-                        return waiting.withLock { $0.append { send(index, payload) } }
+                        let loop = loops[index % loops.count] // pool.send is made on a loop
+                        return DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(5)) {
+                            loop.execute { send(index, payload) }
+                        }
                     }
                     switch result {
                     case .success(let answer) where answer == payload: summary.withLock { $0.ok += 1 }
@@ -409,8 +413,6 @@ struct Call: ParsableCommand {
                     case .failure(let error):
                         summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
                     }
-                    // Room was made: the waiting calls try again (those still too big wait again).
-                    for retry in waiting.withLock({ list in defer { list.removeAll() }; return list }) { retry() }
                     if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { finishedAll.signal() } else { sendNext() }
                 }
             }
