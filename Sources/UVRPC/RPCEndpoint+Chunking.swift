@@ -166,14 +166,14 @@ extension RPCEndpoint {
         let progressTimeout = configuration.payloadProgressTimeout
         if now &- ackProgressAt >= progressTimeout.roundedUpMilliseconds {
             logger.info("the peer acknowledged less than 64 KiB of chunks within the progress timeout; closing", metadata: [
-                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+                "rpc.peer": "\(peerDescription)",
                 "rpc.unacknowledged": "\(chunkBytesUnacknowledged)", "rpc.unsent": "\(unsentTransferBytes)",
             ])
             return close(reason: .payloadStalled(progressTimeout))
         }
         guard let timeout = connection.options.writeTimeout, now &- lastChunkProgressAt >= timeout.roundedUpMilliseconds else { return }
         logger.info("the peer acknowledged no chunk for the write timeout; closing", metadata: [
-            "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+            "rpc.peer": "\(peerDescription)",
             "rpc.unacknowledged": "\(chunkBytesUnacknowledged)",
         ])
         close(reason: .connectionFailed(.writeTimedOut(connection: connection.label,

@@ -41,7 +41,7 @@ extension RPCEndpoint {
         let timeout = configuration.payloadProgressTimeout
         guard let stalled = parser.stalledPayload(now: now, timeout: timeout.roundedUpMilliseconds) else { return }
         logger.info("a payload in parts moved less than 64 KiB within the progress timeout; closing", metadata: [
-            "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+            "rpc.peer": "\(peerDescription)",
             "rpc.id": "\(stalled.id)", "rpc.kind": "\(stalled.isMessage ? "message" : "response")",
             "rpc.received": "\(stalled.received)", "rpc.size": "\(stalled.total)",
         ])
@@ -69,7 +69,7 @@ extension RPCEndpoint {
             logger.debug("closing", metadata: ["rpc.reason": "\(reason)"])
         case .reset, .connectionFailed, .callFailed:
             logger.info("closing", metadata: [
-                "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+                "rpc.peer": "\(peerDescription)",
                 "rpc.reason": "\(reason)",
             ])
         }

@@ -157,7 +157,7 @@ extension RPCEndpoint {
     /// Closes for a protocol violation found above the parser (logged with the peer).
     func protocolViolated(_ violation: ProtocolViolation) {
         logger.error("protocol violation; closing", metadata: [
-            "rpc.peer": "\(connection.remoteAddress.map { "\($0)" } ?? connection.label)",
+            "rpc.peer": "\(peerDescription)",
             "rpc.violation": "\(violation)",
         ])
         close(reason: .protocolViolation(violation))

@@ -81,7 +81,7 @@ extension RPCEndpoint: PacketSink {
     /// error, a response fails its call; the parser skips the bytes.
     package func refusedPayload(isMessage: Bool, id: UInt16, size: Int, reason: PayloadRefusal) -> Bool {
         metrics.payloadsRefused[reason.metricName, default: 0] &+= 1
-        let peer = connection.remoteAddress.map { "\($0)" } ?? connection.label
+        let peer = peerDescription
         if isMessage {
             cancelCredits &+= 1 // the peer may cancel it
             let sent = sendErrorAnswer(to: id, reason: "message of \(size) bytes refused: \(reason)")

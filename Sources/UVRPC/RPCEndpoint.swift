@@ -59,6 +59,9 @@ public final class RPCEndpoint {
     /// payloads in parts (through the parser) and big payloads waiting to be sent count against it.
     let payloadBudget: MemoryBudget?
 
+    /// The peer for logs: its address, or the connection's label (a Unix socket's path).
+    var peerDescription: String { connection.remoteAddress.map { "\($0)" } ?? connection.label }
+
     /// The loop-thread check of every loop-bound member.
     @inline(__always)
     func checkLoop(_ api: StaticString) {
