@@ -89,6 +89,13 @@ final class StopSignals: Sendable {
     /// watchers close (which would end the process by that signal).
     static func blockWatchedSignals(on loops: [EventLoop]) {
         for loop in loops { _ = try? loop.submitAndWait { changeMask(SIG_BLOCK) } }
+        blockOnThisThread()
+    }
+
+    /// Keeps the signals the tool watches off the calling thread (call it
+    /// once the loops are started: they take them, and only they may, for
+    /// ``blockWatchedSignals(on:)`` to leave no thread that could).
+    static func blockOnThisThread() {
         changeMask(SIG_BLOCK)
     }
 

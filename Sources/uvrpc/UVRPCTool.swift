@@ -176,13 +176,20 @@ struct Serve: ParsableCommand {
         StopSignals.unblockWatchedSignals() // before the loops' threads inherit this thread's mask
         let group = try ProcessLimits.startLoops(command: "uvrpc serve", name: "uvrpc-serve", loops: loops,
                                                  sockets: 3 + (metrics == nil ? 0 : 1)) // listener, its reserve, a connection
+        StopSignals.blockOnThisThread() // only the loops take the signals from now on
         // Watched before anything else opens descriptors; a second signal stops at
         // once: every loop shuts down, which closes every connection without waiting.
+        // The signals are blocked first: closing the watchers restores their default
+        // action, and a later SIGTERM would then end the process by that signal.
         let statusReport = LockedValue<(@Sendable () -> Void)?>(nil)
         let signals: StopSignals
         do {
-            signals = try StopSignals(on: group.loops[0], onSecond: { group.shutdown() },
-                                      onReport: { statusReport.withLock { $0 }?() })
+            signals = try StopSignals(on: group.loops[0], onSecond: {
+                DispatchQueue.global().async { // off the loop: blocking waits for every loop
+                    StopSignals.blockWatchedSignals(on: group.loops)
+                    group.shutdown()
+                }
+            }, onReport: { statusReport.withLock { $0 }?() })
         } catch {
             printError("uvrpc serve: cannot watch SIGINT / SIGTERM: \(error)")
             group.shutdownAndWait()
