@@ -92,7 +92,7 @@ private func drive(_ connection: Connection, with data: [UInt8], agreed: LockedV
     agreed.withLock { $0 = endpoint.activeExtensions }
     for (i, request) in kept.value.enumerated() {
         // Kept requests are answered, failed (an ERROR where agreed) or found cancelled.
-        if i % 2 == 0 { _ = try? request.respond([7]) } else { _ = try? request.fail("kept request \(i) failed") }
+        if i % 2 == 0 { _ = try? request.respond([7]) } else { _ = try? request.fail(RPCError(code: .handlerFailed, message: "kept request \(i) failed")) }
     }
     kept.value.removeAll()
     endpoint.close()
@@ -119,7 +119,7 @@ private func checkWellFormed(_ bytes: [UInt8], agreed: RPCExtensions) -> Int {
         func receivedKeepalives(_ count: Int) -> Bool { true }
         func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
         func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { responses += 1; return true }
-        func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
+        func receivedError(id: UInt16, code: UInt8, reason: UnsafeRawBufferPointer) -> Bool {
             precondition(reason.count <= Wire.maximumErrorReason, "the endpoint wrote an error reason of \(reason.count) bytes")
             responses += 1
             return true

@@ -23,8 +23,8 @@ struct JSONScanner {
         i += 1
     }
 
-    mutating func parseHandshakeObject() throws(ProtocolViolation) -> (p: Double?, k: Double?, x: RPCExtensions) {
-        var p: Double?, k: Double?, x: RPCExtensions = []
+    mutating func parseHandshakeObject() throws(ProtocolViolation) -> (p: Double?, k: Double?, x: RPCExtensions, m: Double?) {
+        var p: Double?, k: Double?, x: RPCExtensions = [], m: Double?
         try expect(UInt8(ascii: "{"))
         skipWhitespace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
@@ -41,6 +41,8 @@ struct JSONScanner {
                     }
                     let value = try parseNumber()
                     if key == "p" { p = value } else { k = value }
+                } else if key == "m", i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 {
+                    m = try parseNumber()
                 } else if key == "x", i < bytes.count, bytes[i] == UInt8(ascii: "[") {
                     x = try parseExtensionNames()
                 } else {
@@ -51,7 +53,7 @@ struct JSONScanner {
         }
         skipWhitespace()
         guard i == bytes.count else { throw fail("trailing bytes after the object") }
-        return (p, k, x)
+        return (p, k, x, m)
     }
 
     /// Parses the list of `x`: known names become extensions, anything else is skipped.

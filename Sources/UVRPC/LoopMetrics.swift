@@ -239,10 +239,10 @@ enum CallFailureKind: String, CaseIterable {
     case payloadTooLarge = "payload_too_large", sendBufferFull = "send_buffer_full"
     case noConnection = "no_connection", cancelled
     case peerHandlerFailed = "peer_handler_failed", peerGoingAway = "peer_going_away"
-    case responseRefused = "response_refused"
+    case responseRefused = "response_refused", overPeerLimit = "over_peer_limit", other
 
     init(_ error: RPCError) {
-        switch error {
+        switch error.reason {
         case .timedOut: self = .timedOut
         case .closed: self = .closed
         case .peerTooOld: self = .peerTooOld
@@ -250,7 +250,9 @@ enum CallFailureKind: String, CaseIterable {
         case .payloadTooLarge: self = .payloadTooLarge
         case .sendBufferFull: self = .sendBufferFull
         case .noConnection: self = .noConnection
-        case .peerHandlerFailed: self = .peerHandlerFailed
+        case .peerFailed: self = .peerHandlerFailed
+        case .overPeerLimit: self = .overPeerLimit
+        case .custom: self = .other
         case .peerGoingAway: self = .peerGoingAway
         case .responseRefused: self = .responseRefused
         }

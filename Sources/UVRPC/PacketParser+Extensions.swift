@@ -98,12 +98,12 @@ extension PacketParser {
             dropTransfer(Self.transferKey(isMessage: false, id: id))
             return (3, sink.receivedCancelAcknowledgement(id: id))
         case 6:
-            guard available >= 5 else { return (0, true) }
-            let length = u16(3)
+            guard available >= 6 else { return (0, true) }
+            let length = u16(4)
             if length > Wire.maximumErrorReason { throw .errorReasonTooLong(declared: length, limit: Wire.maximumErrorReason) }
-            guard available >= 5 + length else { return (0, true) }
-            let reason = UnsafeRawBufferPointer(rebasing: input[(offset + 5)..<(offset + 5 + length)])
-            return (5 + length, sink.receivedError(id: UInt16(u16(1)), reason: reason))
+            guard available >= 6 + length else { return (0, true) }
+            let reason = UnsafeRawBufferPointer(rebasing: input[(offset + 6)..<(offset + 6 + length)])
+            return (6 + length, sink.receivedError(id: UInt16(u16(1)), code: input[offset + 3], reason: reason))
         case 9, 10:
             guard available >= 7 else { return (0, true) }
             let packet = PacketType(rawValue: type)!

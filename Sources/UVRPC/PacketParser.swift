@@ -12,7 +12,7 @@ package protocol PacketSink: AnyObject {
     /// A RESPONSE or RESPONSE_BIG packet, or a chunked response complete.
     func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool
     /// An ERROR packet (extension `error`): the answer to our call `id` failed in the peer's handler.
-    func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool
+    func receivedError(id: UInt16, code: UInt8, reason: UnsafeRawBufferPointer) -> Bool
     /// A CANCEL packet (extension `cancel`): the peer gave up its call `id`
     /// (a chunked message `id` being received was dropped already:
     /// `droppedPartialMessage` says whether there was one).

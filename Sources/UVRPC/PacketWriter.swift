@@ -33,6 +33,12 @@ public enum PacketWriter {
         idHeader(type, id: id) | UInt64(UInt16(truncatingIfNeeded: length).byteSwapped) << 24
     }
 
+    /// ERROR, u16 `id`, u8 `code`, u16 `length` (6 bytes).
+    @inline(__always)
+    static func errorHeader(id: UInt16, code: UInt8, length: Int) -> UInt64 {
+        idHeader(.error, id: id) | UInt64(code) << 24 | UInt64(UInt16(truncatingIfNeeded: length).byteSwapped) << 32
+    }
+
     /// `type`, u16 `id`, u32 `length` (7 bytes): the *_BIG packets and the STARTs.
     @inline(__always)
     static func wideHeader(_ type: PacketType, id: UInt16, length n: Int) -> UInt64 {
@@ -48,17 +54,20 @@ public enum PacketWriter {
     }
 
     /// An extension packet as a new array: `type`, `id` and, by type, a
-    /// u16 length and `payload` (ERROR, the CHUNKs), a u32 `total` (the
+    /// u16 length and `payload` (the CHUNKs; ERROR has its `code` byte
+    /// before the length), a u32 `total` (the
     /// STARTs) or nothing more (CANCEL, CANCEL_ACK; GOAWAY is the type
     /// byte alone; CHUNK_ACK carries `total` as its u32 count). For tests and
     /// tools; the endpoint encodes in place.
-    public static func extensionPacket(_ type: PacketType, id: UInt16 = 0, total: Int = 0, payload: [UInt8] = []) -> [UInt8] {
+    package static func extensionPacket(_ type: PacketType, id: UInt16 = 0, total: Int = 0, code: UInt8 = 5,
+                                        payload: [UInt8] = []) -> [UInt8] {
         let bits: UInt64, count: Int
         switch type {
         case .goAway: (bits, count) = (UInt64(type.rawValue), 1)
         case .chunkAcknowledged: (bits, count) = (countHeader(type, count: total), 5)
         case .cancel, .cancelAcknowledged: (bits, count) = (idHeader(type, id: id), 3)
         case .messageStart, .responseStart: (bits, count) = (wideHeader(type, id: id, length: total), 7)
+        case .error: (bits, count) = (errorHeader(id: id, code: code, length: payload.count), 6)
         default: (bits, count) = (shortHeader(type, id: id, length: payload.count), 5)
         }
         return withUnsafeBytes(of: bits.littleEndian) { Array($0.prefix(count)) } + payload

@@ -68,7 +68,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     ///   it confirms, so a late answer can reach no later call. With an
     ///   efro.rpc peer the id is freed at once and a late answer is ignored.
     ///   A UVRPC peer's failed handler makes this throw
-    ///   ``RPCError/peerHandlerFailed(endpoint:messageID:reason:)`` at once.
+    ///   an ``RPCError`` of code ``RPCError/Code/handlerFailed`` at once.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
         // One allocation (the call) plus the response's Array; the hop to the
         // loop costs a closure only when the caller is not on the loop already.

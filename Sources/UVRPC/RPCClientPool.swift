@@ -14,7 +14,11 @@ import UVLoop
 /// calls in flight (ties taken in turn). A connection that closes is made
 /// again after a capped exponential backoff; its calls in flight fail as any
 /// endpoint's do, and new calls go to the connections still open. With none
-/// open, a call fails at once with ``RPCError/noConnection(addresses:lastConnectError:)``.
+/// open, a call fails at once with code ``RPCError/Code/unavailable``.
+///
+/// A failed call never closes its pooled connection (unlike a single
+/// endpoint's `closeOnError` default, the reference's): one slow call must
+/// not fail the other calls that share the connection.
 ///
 /// ```swift
 /// let pool = await RPCClientPool.connect(to: [a, b, c], on: group)
@@ -124,22 +128,23 @@ public final class RPCClientPool: Sendable {
 
     /// Sends `payload` on the open connection with the fewest calls in
     /// flight and returns the response. Callable from any thread or task.
-    /// - Throws: ``RPCError/noConnection(addresses:lastConnectError:)`` at
+    /// - Throws: an ``RPCError``: code ``RPCError/Code/unavailable`` at
     ///   once when no connection is open; otherwise what
-    ///   ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` throws.
+    ///   ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` throws (the
+    ///   connection stays open whatever the call's fate).
     /// A call that meets a connection whose server just said it is draining
-    /// (``RPCError/peerGoingAway(endpoint:)``: the call was not sent) is sent
-    /// again on another connection.
-    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
+    /// (the call was not sent) is sent again on another connection.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
         var attempts = 0
         while true {
             guard let (connection, endpoint) = pick() else { throw noConnection }
             defer { connection.callEnded() }
             do {
-                return try await endpoint.send(payload, timeout: timeout, closeOnError: closeOnError)
-            } catch RPCError.peerGoingAway(let label) {
+                return try await endpoint.send(payload, timeout: timeout, closeOnError: false)
+            } catch let error as RPCError {
+                guard case .peerGoingAway = error.reason else { throw error }
                 attempts += 1
-                if attempts >= connections.count { throw RPCError.peerGoingAway(endpoint: label) }
+                if attempts >= connections.count { throw error }
             }
         }
     }
@@ -148,26 +153,26 @@ public final class RPCClientPool: Sendable {
     /// flight; `completion` runs on the calling loop with a copy of the
     /// response or the error. Must be called on an event loop (any: the call
     /// hops to its connection's loop when that is another one). A call that
-    /// meets a connection whose server just went away fails with
-    /// ``RPCError/peerGoingAway(endpoint:)`` (it was not sent; the async
-    /// `send` sends it again elsewhere).
-    /// ``RPCError/noConnection(addresses:lastConnectError:)`` is reported
-    /// before this returns.
-    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
+    /// meets a connection whose server just went away fails with code
+    /// ``RPCError/Code/unavailable`` (it was not sent, so it is retryable; the
+    /// async `send` sends it again elsewhere). With no connection open the
+    /// failure is reported before this returns. The connection stays open
+    /// whatever the call's fate.
+    public func send(_ payload: [UInt8], timeout: Duration? = nil,
                      completion: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) {
         guard let caller = EventLoop.current else {
-            preconditionFailure("RPCClientPool.send(_:timeout:closeOnError:completion:) must be called on an event loop "
-                                + "(its completion runs there); use send(_:timeout:closeOnError:) async elsewhere")
+            preconditionFailure("RPCClientPool.send(_:timeout:completion:) must be called on an event loop "
+                                + "(its completion runs there); use the async send(_:timeout:) elsewhere")
         }
         guard let (connection, endpoint) = pick() else { return completion(.failure(noConnection)) }
         if connection.loop === caller {
-            return endpoint.endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
+            return endpoint.endpoint.send(payload, timeout: timeout, closeOnError: false) { result in
                 connection.callEnded()
                 completion(result)
             }
         }
         let sent = connection.loop.execute {
-            endpoint.endpoint.send(payload, timeout: timeout, closeOnError: closeOnError) { result in
+            endpoint.endpoint.send(payload, timeout: timeout, closeOnError: false) { result in
                 connection.callEnded()
                 caller.execute { completion(result) } // dropped only if the caller's loop is gone
             }

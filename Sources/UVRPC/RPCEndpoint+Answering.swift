@@ -66,7 +66,8 @@ extension RPCEndpoint {
     func callbackHandlerFailed(id: UInt16, error: any Error) {
         if !currentAnswered {
             currentAnswered = true // abandoned: a later answer is refused
-            let sent = sendErrorAnswer(to: id, reason: "\(error)")
+            let (code, reason) = publicFailure(of: error)
+            let sent = sendErrorAnswer(to: id, code: code, reason: reason)
             logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
                          metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
         } else {
@@ -85,13 +86,13 @@ extension RPCEndpoint {
     }
 
     /// Answers the request `token` with an error: ``RPCRequest/fail(_:)``.
-    func fail(token: UInt64, reason: String) throws(RPCResponseError) {
+    func fail(token: UInt64, error: any Error) throws(RPCResponseError) {
         let id = try claim(token: token, "RPCRequest.fail")
         guard !closing else { throw .closed(endpoint: label, messageID: id) }
-        if !sendErrorAnswer(to: id, reason: reason) {
-            logger.error("message failed; the peer takes no error answers, so no response was sent",
-                         metadata: ["rpc.id": "\(id)", "rpc.reason": "\(reason)"])
-        }
+        let (code, reason) = publicFailure(of: error)
+        let sent = sendErrorAnswer(to: id, code: code, reason: reason)
+        logger.error("message failed; \(sent ? "answered with an error" : "the peer takes no error answers, so no response was sent")",
+                     metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
         closeIfDrained()
     }
 

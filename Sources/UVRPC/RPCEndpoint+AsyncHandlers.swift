@@ -98,7 +98,8 @@ extension RPCEndpoint {
                             logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                         }
                     case .failure(let error):
-                        let sent = sendErrorAnswer(to: id, reason: "\(error)")
+                        let (code, reason) = publicFailure(of: error)
+                        let sent = sendErrorAnswer(to: id, code: code, reason: reason)
                         logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
                                      metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                     }

@@ -78,8 +78,9 @@ extension RPCEndpoint {
         public init() {}
 
         /// This side's handshake as written on the wire.
-        var handshakeBytes: [UInt8] {
-            PeerInfo(keepaliveInterval: keepaliveInterval.seconds, extensions: extensions).handshakeBytes
+        package var handshakeBytes: [UInt8] {
+            PeerInfo(keepaliveInterval: keepaliveInterval.seconds, extensions: extensions,
+                     maximumPayloadSize: maximumPayloadSize).handshakeBytes
         }
     }
 }

@@ -52,12 +52,27 @@ extension RPCEndpoint {
             logger.info("drain ran out of time; closing", metadata: [
                 "rpc.in-flight": "\(calls.activeCount)", "rpc.unanswered": "\(unanswered.count)",
             ])
+            answerOwedRequestsAsStopped(after: gracePeriod)
             close(reason: .drainTimedOut(gracePeriod))
         }
         guard !_isClosed else { return }
         drainTimer = eventLoop.scheduleTimer(after: Self.drainFlushAllowance) { [unowned self] in
             if !self._isClosed { self.connection.abort() }
         }
+    }
+
+    /// Tells the peer (when it takes error answers) that each message it is
+    /// still owed an answer for will get none: an ERROR with code
+    /// ``RPCError/Code/unavailable``, so its caller learns that the server
+    /// stopped, not that the connection broke.
+    private func answerOwedRequestsAsStopped(after gracePeriod: Duration) {
+        guard agreed.contains(.errorAnswers) else { return }
+        var owed = Set(unanswered.keys.filter { cancelledRequests[$0] == nil }) // a cancelled call wants nothing
+        for (id, running) in runningRequests where !running.cancelled { owed.insert(id) }
+        for job in asyncQueue[asyncQueueHead...] { owed.insert(job.id) }
+        for message in waitingMessages { owed.insert(message.id) }
+        let reason = "the server stopped after draining for \(gracePeriod)"
+        for id in owed.sorted() { sendErrorAnswer(to: id, code: .unavailable, reason: reason) }
     }
 
     /// True when nothing is in flight in either direction: no call, no

@@ -31,11 +31,11 @@ extension RPCEndpoint {
 
     // MARK: Error answers
 
-    /// Answers message `id` with an ERROR carrying `reason` (cut to
-    /// ``Wire/maximumErrorReason`` bytes of UTF-8), when the peer takes them;
-    /// otherwise sends nothing, as the reference does. Returns whether it was sent.
+    /// Answers message `id` with an ERROR carrying `code` and `reason` (cut
+    /// to ``Wire/maximumErrorReason`` bytes of UTF-8), when the peer takes
+    /// them; otherwise sends nothing, as the reference does. Returns whether it was sent.
     @discardableResult
-    func sendErrorAnswer(to id: UInt16, reason: String) -> Bool {
+    func sendErrorAnswer(to id: UInt16, code: RPCError.Code, reason: String) -> Bool {
         guard agreed.contains(.errorAnswers), !closing else { return false }
         var bytes = Array(reason.utf8)
         if bytes.count > Wire.maximumErrorReason {
@@ -43,20 +43,20 @@ extension RPCEndpoint {
             while end > 0 && bytes[end] & 0xC0 == 0x80 { end -= 1 } // not inside a UTF-8 sequence
             bytes.removeSubrange(end...)
         }
-        let header = PacketWriter.shortHeader(.error, id: id, length: bytes.count)
+        let header = PacketWriter.errorHeader(id: id, code: code.rawValue, length: bytes.count)
         let written = bytes.withUnsafeBytes { raw in
-            Result { () throws(ConnectionError) in try connection.write(header: header, headerCount: 5, payload: raw) }
+            Result { () throws(ConnectionError) in try connection.write(header: header, headerCount: 6, payload: raw) }
         }
         guard case .success = written else { return false }
         metrics.responsesSent &+= 1
         return true
     }
 
-    package func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
+    package func receivedError(id: UInt16, code: UInt8, reason: UnsafeRawBufferPointer) -> Bool {
         if let (call, _) = removeCall(id) {
             // The connection is fine: a failed handler does not close the endpoint, whatever closeOnError says.
-            call.completion.fail(on: self, .peerHandlerFailed(endpoint: label, messageID: id,
-                                                             reason: String(decoding: reason, as: UTF8.self)))
+            call.completion.fail(on: self, .peerFailed(endpoint: label, messageID: id, code: RPCError.Code(rawValue: code),
+                                                      reason: String(decoding: reason, as: UTF8.self)))
         } else {
             logger.debug("error answer for an unknown, expired or cancelled message id; ignored", metadata: ["rpc.id": "\(id)"])
         }

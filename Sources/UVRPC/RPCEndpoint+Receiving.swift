@@ -84,7 +84,7 @@ extension RPCEndpoint: PacketSink {
         let peer = peerDescription
         if isMessage {
             cancelCredits &+= 1 // the peer may cancel it
-            let sent = sendErrorAnswer(to: id, reason: "message of \(size) bytes refused: \(reason)")
+            let sent = sendErrorAnswer(to: id, code: .resourceExhausted, reason: "message of \(size) bytes refused: \(reason)")
             logger.warning("refused a message payload; \(sent ? "answered with an error" : "no response sent")", metadata: [
                 "rpc.peer": "\(peer)", "rpc.id": "\(id)", "rpc.size": "\(size)", "rpc.reason": "\(reason)",
             ])
@@ -135,7 +135,7 @@ extension RPCEndpoint: PacketSink {
         if waitingMessages.count < Self.maximumWaitingMessages {
             waitingMessages.append((id, Array(payload)))
         } else {
-            let sent = sendErrorAnswer(to: id, reason: "no message handler is set on \(label) and 1024 messages wait for one")
+            let sent = sendErrorAnswer(to: id, code: .resourceExhausted, reason: "no message handler is set on \(label) and 1024 messages wait for one")
             logger.warning("message received but no onMessage handler is set and 1024 are waiting; \(sent ? "answered with an error" : "no response sent")",
                            metadata: ["rpc.id": "\(id)"])
         }

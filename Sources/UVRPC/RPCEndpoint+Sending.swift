@@ -143,6 +143,9 @@ extension RPCEndpoint {
         if payload.count > Wire.maximumPayload {
             return completion.fail(on: self, .payloadTooLarge(endpoint: label, payloadSize: payload.count))
         }
+        if let limit = _peerInfo?.maximumPayloadSize, payload.count > limit {
+            return completion.fail(on: self, .overPeerLimit(endpoint: label, payloadSize: payload.count, peerLimit: limit))
+        }
         let timeout = timeout ?? configuration.messageTimeout
         if payload.count > Wire.maximumShortPayload {
             guard let peer = _peerInfo else {
@@ -180,7 +183,7 @@ extension RPCEndpoint {
         } catch {
             // The connection is closing under us; the close path reports it.
             _ = calls.remove(id) // never written: not counted as sent, nor as ended
-            return completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: _closeReason ?? .connectionFailed(error)))
+            return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: _closeReason ?? .connectionFailed(error)))
         } }
         if deadline < armedDeadline { armDeadlineTimer(now: now) }
     }

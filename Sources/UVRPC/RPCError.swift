@@ -1,89 +1,182 @@
 import UVLoop
 
-/// Why an endpoint closed. Passed to ``RPCEndpoint/onClose``.
-public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
-    /// ``RPCEndpoint/close()`` was called (or the loop shut down).
-    case local
-    /// The peer closed the connection (end of stream).
-    case peerClosed
-    /// The peer reset the connection.
-    case reset
-    /// The connection failed (read or write error, or a buffer limit).
-    case connectionFailed(ConnectionError)
-    /// Nothing arrived from the peer for longer than the keepalive timeout.
-    case keepaliveTimeout(Duration)
-    /// The peer's handshake did not arrive within the handshake timeout.
-    case handshakeTimeout(Duration)
-    /// The peer broke the protocol.
-    case protocolViolation(ProtocolViolation)
-    /// A call failed with `closeOnError` set (the reference's default), which
-    /// closes the whole endpoint.
-    case callFailed(RPCError)
-    /// A graceful close (``RPCEndpoint/close(gracePeriod:)``, a server's
-    /// ``RPCServer/shutdown(gracePeriod:)``) finished: nothing was left in flight.
-    case drained
-    /// A graceful close ran out of time: what was still in flight was failed.
-    case drainTimedOut(Duration)
-    /// A payload arriving or leaving in parts moved less than 64 KiB within
-    /// this time (``RPCEndpoint/Configuration/payloadProgressTimeout``): the
-    /// peer held it open by trickling bytes or acknowledgements.
-    case payloadStalled(Duration)
+/// Why a call (an outgoing message) failed: a ``code`` to decide on, a
+/// ``message`` that names what went wrong and on which endpoint, whether the
+/// request reached the peer (``requestWasSent``) and whether sending it again
+/// is safe (``isRetryable``), and the underlying ``cause`` when there is one.
+///
+/// ```swift
+/// do {
+///     let answer = try await endpoint.send(request)
+/// } catch let error as RPCError where error.isRetryable {
+///     // not sent: send it again, on this connection later or on another
+/// } catch let error as RPCError where error.code == .deadlineExceeded {
+///     // sent, no answer in time: the peer may or may not have handled it
+/// }
+/// ```
+///
+/// A handler may throw one to answer a UVRPC caller with its code and
+/// message (it is an ``RPCPublicError``); other errors a handler throws reach
+/// the caller only as "the handler failed".
+///
+/// Codes are values, not enum cases: new ones may appear in a later version
+/// without breaking a `switch` (which needs a `default`).
+public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What kind of failure this is. New codes may be added; match the ones
+    /// you handle and keep a `default`.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// Its byte in an ERROR answer on the wire (the `error` extension).
+        package let rawValue: UInt8
 
-    public var description: String {
-        switch self {
-        case .local: return "closed locally"
-        case .peerClosed: return "closed by the peer"
-        case .reset: return "connection reset by the peer"
-        case .connectionFailed(let e): return "connection failed: \(e)"
-        case .keepaliveTimeout(let t): return "no keepalive or other packet from the peer for \(t)"
-        case .handshakeTimeout(let t): return "no handshake from the peer within \(t)"
-        case .protocolViolation(let v): return "protocol violation: \(v)"
-        case .callFailed(let e): return "a call failed with closeOnError: \(e)"
-        case .drained: return "drained: closed gracefully with nothing in flight"
-        case .drainTimedOut(let t): return "drained: closed when the grace period of \(t) ran out with work in flight"
-        case .payloadStalled(let t): return "a payload in parts moved less than 64 KiB within \(t) (the peer trickles it)"
+        package init(rawValue: UInt8) { self.rawValue = rawValue }
+
+        /// The call was cancelled (by its task, or by the peer).
+        public static let cancelled = Code(rawValue: 1)
+        /// No answer arrived within the call's timeout. The request was sent;
+        /// the peer may have handled it.
+        public static let deadlineExceeded = Code(rawValue: 2)
+        /// The peer could not be reached or stopped serving: no connection,
+        /// the connection closed or failed, the peer is draining, or it
+        /// stopped before answering. Retry when ``RPCError/isRetryable``.
+        public static let unavailable = Code(rawValue: 3)
+        /// A limit was in the way: a payload over what the peer or this side
+        /// takes, too much unsent, every message id in flight, memory.
+        public static let resourceExhausted = Code(rawValue: 4)
+        /// The peer's handler failed (threw or gave up on the request).
+        public static let handlerFailed = Code(rawValue: 5)
+        /// A peer broke the protocol; the connection was closed.
+        public static let protocolViolation = Code(rawValue: 6)
+        /// TLS failed: handshake, certificate, or the encrypted stream.
+        public static let tls = Code(rawValue: 7)
+        /// This side closed the endpoint (or the loop shut down) before the call ended.
+        public static let closed = Code(rawValue: 8)
+        /// A fault inside this library or the peer's; not the caller's doing.
+        public static let internalError = Code(rawValue: 9)
+        /// For handlers: the request is malformed or not acceptable.
+        public static let invalidArgument = Code(rawValue: 10)
+        /// For handlers: what the request names does not exist.
+        public static let notFound = Code(rawValue: 11)
+        /// For handlers: the caller may not do this.
+        public static let permissionDenied = Code(rawValue: 12)
+
+        public var description: String {
+            switch rawValue {
+            case 1: return "cancelled"
+            case 2: return "deadline exceeded"
+            case 3: return "unavailable"
+            case 4: return "resource exhausted"
+            case 5: return "handler failed"
+            case 6: return "protocol violation"
+            case 7: return "TLS"
+            case 8: return "closed"
+            case 9: return "internal error"
+            case 10: return "invalid argument"
+            case 11: return "not found"
+            case 12: return "permission denied"
+            default: return "code \(rawValue)"
+            }
         }
     }
-}
 
-/// Why a call (an outgoing message) failed. Each case names the endpoint
-/// (its label) and, where there is one, the message id.
-public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// No response arrived within the timeout (the reference's communication error).
-    case timedOut(endpoint: String, messageID: UInt16, timeout: Duration)
-    /// The endpoint closed (or was already closed) before a response arrived.
-    case closed(endpoint: String, messageID: UInt16?, reason: RPCCloseReason)
-    /// The payload is over 65535 bytes and the peer speaks protocol 1, which
-    /// cannot receive *_BIG packets.
-    case peerTooOld(endpoint: String, payloadSize: Int, peerProtocol: Int)
-    /// All 65536 message ids are in flight; no id is free for another call.
-    case tooManyInFlight(endpoint: String)
-    /// The payload exceeds what a packet can declare (4 GiB - 1).
-    case payloadTooLarge(endpoint: String, payloadSize: Int)
-    /// The connection already holds `pendingBytes` unsent and this call
-    /// would take it over `limit` (``RPCEndpoint/Configuration/maximumPendingWriteBytes``):
-    /// the caller sends faster than the peer reads and ignored
-    /// ``RPCEndpoint/isWritable``.
-    case sendBufferFull(endpoint: String, pendingBytes: Int, limit: Int)
-    /// The peer's handler failed and said why (extension `error`): the
-    /// connection is fine, and the endpoint stays open whatever `closeOnError` says.
-    case peerHandlerFailed(endpoint: String, messageID: UInt16, reason: String)
-    /// The peer is draining (it sent GOAWAY, extension `goaway`): no new call
-    /// is sent on this endpoint. The call was not sent; send it on another connection.
-    case peerGoingAway(endpoint: String)
-    /// An ``RPCClientPool`` had no open connection to any of `addresses`;
-    /// `lastConnectError` is the most recent reason a connection could not
-    /// be made or was lost, if there was one.
-    case noConnection(addresses: [String], lastConnectError: String?)
-    /// The response is a payload in parts that this side would not hold
-    /// (``RPCEndpoint/Configuration/maximumPayloadMemory``, the server's
-    /// shared limit, or an allocation that failed): `reason` says which. The
-    /// call failed; the endpoint stays open (the response's bytes are skipped,
-    /// and a UVRPC peer is asked to stop sending them).
-    case responseRefused(endpoint: String, messageID: UInt16, payloadSize: Int, reason: String)
+    /// What happened, as this side knows it. Internal so that new kinds of
+    /// failure never break a user's exhaustive `switch`.
+    package indirect enum Reason: Equatable, Sendable {
+        case timedOut(endpoint: String, messageID: UInt16, timeout: Duration)
+        case closed(endpoint: String, messageID: UInt16?, reason: RPCCloseReason)
+        case peerTooOld(endpoint: String, payloadSize: Int, peerProtocol: Int)
+        case tooManyInFlight(endpoint: String)
+        case payloadTooLarge(endpoint: String, payloadSize: Int)
+        case overPeerLimit(endpoint: String, payloadSize: Int, peerLimit: Int)
+        case sendBufferFull(endpoint: String, pendingBytes: Int, limit: Int)
+        case peerFailed(endpoint: String, messageID: UInt16, code: Code, reason: String)
+        case peerGoingAway(endpoint: String)
+        case noConnection(addresses: [String], lastConnectError: String?)
+        case responseRefused(endpoint: String, messageID: UInt16, payloadSize: Int, reason: String)
+        case custom(code: Code, message: String)
+    }
 
-    public var description: String {
-        switch self {
+    /// What happened (for this library's metrics and tests).
+    package let reason: Reason
+
+    package init(_ reason: Reason) { self.reason = reason }
+
+    /// An error to throw from a handler: a UVRPC caller's call fails with
+    /// `code` and `message` (cut to ``Wire/maximumErrorReason`` bytes).
+    public init(code: Code, message: String) { self.reason = .custom(code: code, message: message) }
+
+    /// The kind of failure.
+    public var code: Code {
+        switch reason {
+        case .timedOut: return .deadlineExceeded
+        case .closed(_, _, let close): return close.errorCode
+        case .peerTooOld, .tooManyInFlight, .payloadTooLarge, .overPeerLimit, .sendBufferFull, .responseRefused:
+            return .resourceExhausted
+        case .peerFailed(_, _, let code, _): return code
+        case .peerGoingAway, .noConnection: return .unavailable
+        case .custom(let code, _): return code
+        }
+    }
+
+    /// The label of the endpoint the call was made on (nil when there was none).
+    public var endpoint: String? {
+        switch reason {
+        case .timedOut(let e, _, _), .closed(let e, _, _), .peerTooOld(let e, _, _), .tooManyInFlight(let e),
+             .payloadTooLarge(let e, _), .overPeerLimit(let e, _, _), .sendBufferFull(let e, _, _),
+             .peerFailed(let e, _, _, _), .peerGoingAway(let e), .responseRefused(let e, _, _, _):
+            return e
+        case .noConnection, .custom: return nil
+        }
+    }
+
+    /// The id the call was sent with (nil when it was not sent).
+    public var messageID: UInt16? {
+        switch reason {
+        case .timedOut(_, let id, _), .peerFailed(_, let id, _, _), .responseRefused(_, let id, _, _): return id
+        case .closed(_, let id, _): return id
+        default: return nil
+        }
+    }
+
+    /// Whether the request was written to the connection (and so may have
+    /// reached the peer and been handled). False when it failed before: no
+    /// connection, a limit, the peer draining, the endpoint closed.
+    public var requestWasSent: Bool { messageID != nil }
+
+    /// Whether sending the same request again is safe: it was never sent,
+    /// and the failure is one that passes (another connection, a moment
+    /// later). A request that was sent is never called retryable: whether
+    /// the peer handled it is unknown, so only the caller can tell whether
+    /// doing it twice is harmless.
+    public var isRetryable: Bool {
+        guard !requestWasSent else { return false }
+        switch reason {
+        case .peerGoingAway, .noConnection, .sendBufferFull, .tooManyInFlight: return true
+        case .closed(_, _, let close): return close.errorCode == .unavailable
+        default: return false
+        }
+    }
+
+    /// Why the endpoint closed, when the call failed because it did.
+    public var closeReason: RPCCloseReason? {
+        if case .closed(_, _, let close) = reason { return close }
+        return nil
+    }
+
+    /// The lower-level error behind this one: the connection's failure, the
+    /// peer's protocol violation.
+    public var cause: (any Error & Sendable)? {
+        guard case .closed(_, _, let close) = reason else { return nil }
+        switch close {
+        case .connectionFailed(let error): return error
+        case .protocolViolation(let violation): return violation
+        case .callFailed(let error): return error
+        default: return nil
+        }
+    }
+
+    /// What went wrong, naming the endpoint and message.
+    public var message: String {
+        switch reason {
         case .timedOut(let e, let id, let t):
             return "message \(id) on \(e) got no response within \(t)"
         case .closed(let e, let id, let reason):
@@ -95,10 +188,12 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
             return "cannot send on \(e): all 65536 message ids are in flight"
         case .payloadTooLarge(let e, let n):
             return "cannot send \(n) bytes on \(e): over the protocol's 4 GiB limit"
+        case .overPeerLimit(let e, let n, let limit):
+            return "cannot send \(n) bytes on \(e): the peer takes at most \(limit) bytes per message (its maximumPayloadSize)"
         case .sendBufferFull(let e, let pending, let limit):
             return "cannot send on \(e): \(pending) bytes are already waiting for the peer to read them and the limit is \(limit) (wait for isWritable)"
-        case .peerHandlerFailed(let e, let id, let reason):
-            return "message \(id) on \(e) failed in the peer's handler: \(reason)"
+        case .peerFailed(let e, let id, _, let reason):
+            return "message \(id) on \(e) failed in the peer: \(reason)"
         case .peerGoingAway(let e):
             return "cannot send on \(e): the peer is draining (it sent go-away); send on another connection"
         case .responseRefused(let e, let id, let n, let reason):
@@ -106,31 +201,102 @@ public indirect enum RPCError: Error, Equatable, Sendable, CustomStringConvertib
         case .noConnection(let addresses, let last):
             return "cannot send: no connection to \(addresses.joined(separator: ", ")) is open"
                 + (last.map { " (last error: \($0))" } ?? "")
+        case .custom(_, let message):
+            return message
+        }
+    }
+
+    public var description: String { "\(code): \(message)" }
+
+    public static func == (lhs: RPCError, rhs: RPCError) -> Bool { lhs.reason == rhs.reason }
+}
+
+// The internal ways this library makes errors, named as the failures they are.
+extension RPCError {
+    static func timedOut(endpoint: String, messageID: UInt16, timeout: Duration) -> RPCError {
+        RPCError(.timedOut(endpoint: endpoint, messageID: messageID, timeout: timeout))
+    }
+    static func closed(endpoint: String, messageID: UInt16?, reason: RPCCloseReason) -> RPCError {
+        RPCError(.closed(endpoint: endpoint, messageID: messageID, reason: reason))
+    }
+    static func peerTooOld(endpoint: String, payloadSize: Int, peerProtocol: Int) -> RPCError {
+        RPCError(.peerTooOld(endpoint: endpoint, payloadSize: payloadSize, peerProtocol: peerProtocol))
+    }
+    static func tooManyInFlight(endpoint: String) -> RPCError { RPCError(.tooManyInFlight(endpoint: endpoint)) }
+    static func payloadTooLarge(endpoint: String, payloadSize: Int) -> RPCError {
+        RPCError(.payloadTooLarge(endpoint: endpoint, payloadSize: payloadSize))
+    }
+    static func overPeerLimit(endpoint: String, payloadSize: Int, peerLimit: Int) -> RPCError {
+        RPCError(.overPeerLimit(endpoint: endpoint, payloadSize: payloadSize, peerLimit: peerLimit))
+    }
+    static func sendBufferFull(endpoint: String, pendingBytes: Int, limit: Int) -> RPCError {
+        RPCError(.sendBufferFull(endpoint: endpoint, pendingBytes: pendingBytes, limit: limit))
+    }
+    static func peerFailed(endpoint: String, messageID: UInt16, code: Code, reason: String) -> RPCError {
+        RPCError(.peerFailed(endpoint: endpoint, messageID: messageID, code: code, reason: reason))
+    }
+    static func peerGoingAway(endpoint: String) -> RPCError { RPCError(.peerGoingAway(endpoint: endpoint)) }
+    static func noConnection(addresses: [String], lastConnectError: String?) -> RPCError {
+        RPCError(.noConnection(addresses: addresses, lastConnectError: lastConnectError))
+    }
+    static func responseRefused(endpoint: String, messageID: UInt16, payloadSize: Int, reason: String) -> RPCError {
+        RPCError(.responseRefused(endpoint: endpoint, messageID: messageID, payloadSize: payloadSize, reason: reason))
+    }
+}
+
+/// An error whose code and text a handler may show to its callers.
+///
+/// By default a handler's error stays on the server: the server logs it and
+/// a UVRPC caller learns only that "the handler failed" (code
+/// ``RPCError/Code/handlerFailed``), so internal details (paths, queries,
+/// other users' data) never leak to clients. An error type that conforms is
+/// sent as it says, like efro's clean errors:
+///
+/// ```swift
+/// struct NoSuchKey: RPCPublicError {
+///     var key: String
+///     var code: RPCError.Code { .notFound }
+///     var publicDescription: String { "no such key: \(key)" }
+/// }
+/// ```
+///
+/// ``RPCError`` conforms: throwing one (or rethrowing a downstream call's)
+/// answers with its code and message.
+public protocol RPCPublicError: Error {
+    /// The code the caller's ``RPCError`` carries (``RPCError/Code/handlerFailed`` by default).
+    var code: RPCError.Code { get }
+    /// The text the caller's ``RPCError`` carries (the error's description by
+    /// default), cut to ``Wire/maximumErrorReason`` bytes.
+    var publicDescription: String { get }
+}
+
+extension RPCPublicError {
+    public var code: RPCError.Code { .handlerFailed }
+    public var publicDescription: String { String(describing: self) }
+}
+
+extension RPCError: RPCPublicError {
+    public var publicDescription: String { message }
+}
+
+extension RPCCloseReason {
+    /// The code of a call that failed because the endpoint closed for this reason.
+    var errorCode: RPCError.Code {
+        switch self {
+        case .local, .callFailed, .drained: return .closed
+        case .connectionFailed(.tlsFailed), .connectionFailed(.tlsTruncated): return .tls
+        case .protocolViolation: return .protocolViolation
+        case .peerClosed, .reset, .connectionFailed, .keepaliveTimeout, .handshakeTimeout, .drainTimedOut,
+             .payloadStalled:
+            return .unavailable
         }
     }
 }
 
-/// Why answering an incoming message failed.
-public enum RPCResponseError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// The message was already answered, or can no longer be (its handler
-    /// threw, or the peer sent a new message with its id).
-    case alreadyAnswered(endpoint: String, messageID: UInt16)
-    /// The endpoint closed before the answer.
-    case closed(endpoint: String, messageID: UInt16)
-    /// The answer is over 65535 bytes and the peer speaks protocol 1.
-    case peerTooOld(endpoint: String, messageID: UInt16, payloadSize: Int, peerProtocol: Int)
-    /// The peer cancelled its call (extension `cancel`): it wants no answer.
-    case cancelled(endpoint: String, messageID: UInt16)
-
-    public var description: String {
-        switch self {
-        case .alreadyAnswered(let e, let id):
-            return "message \(id) on \(e) was already answered, or can no longer be (its handler threw, or the peer reused its id)"
-        case .closed(let e, let id): return "cannot answer message \(id) on \(e): the endpoint is closed"
-        case .peerTooOld(let e, let id, let n, let p):
-            return "cannot answer message \(id) on \(e) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"
-        case .cancelled(let e, let id):
-            return "message \(id) on \(e) was cancelled by the peer, which wants no answer"
-        }
-    }
+/// What a failed handler's error becomes for the caller: its code and text
+/// when it opts in (``RPCPublicError``), else a generic line.
+func publicFailure(of error: any Error) -> (code: RPCError.Code, reason: String) {
+    if let error = error as? any RPCPublicError { return (error.code, error.publicDescription) }
+    if error is CancellationError { return (.cancelled, "the handler was cancelled") }
+    return (.handlerFailed, "the handler failed")
 }

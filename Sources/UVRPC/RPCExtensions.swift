@@ -6,7 +6,7 @@
 ///
 /// - ``errorAnswers``: a handler that fails answers with an ERROR packet
 ///   (its reason); the caller's call fails at once with
-///   ``RPCError/peerHandlerFailed(endpoint:messageID:reason:)`` instead of
+///   an ``RPCError`` with the peer's code instead of
 ///   waiting for its timeout.
 /// - ``cancellation``: a call that is cancelled (its task) or times out
 ///   without closing the endpoint tells the peer, which cancels the handler

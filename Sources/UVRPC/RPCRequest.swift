@@ -78,15 +78,16 @@ public struct RPCRequest {
         try result.get()
     }
 
-    /// Answers with a failure instead of a payload, for a request answered
-    /// later (within the handler call, throwing does the same): a peer that
-    /// takes error answers (extension `error`) fails its call at once with
-    /// ``RPCError/peerHandlerFailed(endpoint:messageID:reason:)`` carrying
-    /// `reason` (cut to ``Wire/maximumErrorReason`` bytes); to an efro.rpc
-    /// peer nothing is sent, as the reference does, and it is logged.
+    /// Answers with `error` instead of a payload, for a request answered
+    /// later (within the handler call, throwing does the same), and logs it:
+    /// a peer that takes error answers (extension `error`) fails its call at
+    /// once with an ``RPCError`` of code ``RPCError/Code/handlerFailed`` and
+    /// the text "the handler failed", or with the error's own code and text
+    /// when it is an ``RPCPublicError``; to an efro.rpc peer nothing is
+    /// sent, as the reference does.
     /// - Throws: ``RPCResponseError`` as ``respond(_:)-(UnsafeRawBufferPointer)`` does.
-    public func fail(_ reason: String) throws(RPCResponseError) {
-        try endpoint.fail(token: token, reason: reason)
+    public func fail(_ error: any Error) throws(RPCResponseError) {
+        try endpoint.fail(token: token, error: error)
     }
 }
 

@@ -81,8 +81,9 @@ public enum PacketType: UInt8, Sendable, CustomStringConvertible {
 }
 
 /// What a side announces in its handshake: its protocol version (`p`),
-/// keepalive interval in seconds (`k`) and, a UVRPC addition, the
-/// extensions it speaks (`x`, absent when there are none).
+/// keepalive interval in seconds (`k`) and, UVRPC additions, the
+/// extensions it speaks (`x`) and the largest payload it takes (`m`), both
+/// absent when it announces no extension.
 public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     /// The sender's protocol version (`p`).
     public var protocolVersion: Int
@@ -90,12 +91,18 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     public var keepaliveInterval: Double
     /// The extensions the sender announced (`x`); empty for an efro.rpc peer.
     public var extensions: RPCExtensions
+    /// The largest payload the sender takes (`m`, its
+    /// ``RPCEndpoint/Configuration/maximumPayloadSize``); nil for an efro.rpc
+    /// peer, which announces none. A call over it fails before it is sent.
+    public var maximumPayloadSize: Int?
 
     /// Creates peer info; `protocolVersion` defaults to this library's.
-    public init(protocolVersion: Int = Wire.protocolVersion, keepaliveInterval: Double, extensions: RPCExtensions = []) {
+    public init(protocolVersion: Int = Wire.protocolVersion, keepaliveInterval: Double, extensions: RPCExtensions = [],
+                maximumPayloadSize: Int? = nil) {
         self.protocolVersion = protocolVersion
         self.keepaliveInterval = keepaliveInterval
         self.extensions = extensions
+        self.maximumPayloadSize = maximumPayloadSize
     }
 
     public var description: String {
@@ -108,9 +115,12 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
 
     /// The compact JSON the reference writes, `p` first: `{"p":2,"k":10.73}`.
     /// Whole intervals keep their `.0` (`5.0`), as Python's `json.dumps` does.
-    /// Extensions follow as a third key, `"x":["error",...]`, only when there are any.
-    public var json: String {
-        let x = extensions.isEmpty ? "" : ",\"x\":\(extensions)"
+    /// Extensions follow as a third key, `"x":["error",...]`, and the largest
+    /// payload as a fourth, `"m":67108864`, only when there are extensions
+    /// (without, the handshake is byte for byte the reference's).
+    package var json: String {
+        var x = extensions.isEmpty ? "" : ",\"x\":\(extensions)"
+        if !extensions.isEmpty, let m = maximumPayloadSize { x += ",\"m\":\(m)" }
         return "{\"p\":\(protocolVersion),\"k\":\(PeerInfo.pythonFloat(keepaliveInterval))\(x)}"
     }
 
@@ -134,7 +144,7 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// The full handshake: u32 big-endian length, then ``json``.
-    public var handshakeBytes: [UInt8] {
+    package var handshakeBytes: [UInt8] {
         let body = Array(json.utf8)
         let n = UInt32(body.count)
         return [UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
@@ -147,14 +157,16 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     /// - Throws: ``ProtocolViolation/malformedHandshake(_:)`` saying what is wrong.
     public init(json bytes: UnsafeRawBufferPointer) throws(ProtocolViolation) {
         var parser = JSONScanner(bytes)
-        let (p, k, x) = try parser.parseHandshakeObject()
+        let (p, k, x, m) = try parser.parseHandshakeObject()
         guard let p else { throw .malformedHandshake("missing \"p\" (protocol version)") }
         guard let k else { throw .malformedHandshake("missing \"k\" (keepalive interval)") }
         guard let version = Int(exactly: p), version >= 0 else {
             throw .malformedHandshake("\"p\" is \(p), not a protocol version")
         }
         guard k.isFinite, k >= 0 else { throw .malformedHandshake("\"k\" is \(k), not a keepalive interval") }
-        self.init(protocolVersion: version, keepaliveInterval: k, extensions: x)
+        // An `m` that is not a whole number within the protocol's limit is ignored, like unknown keys.
+        let limit = m.flatMap { Int(exactly: $0) }.flatMap { $0 <= Wire.maximumPayload ? $0 : nil }
+        self.init(protocolVersion: version, keepaliveInterval: k, extensions: x, maximumPayloadSize: limit)
     }
 }
 

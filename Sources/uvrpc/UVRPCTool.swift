@@ -69,8 +69,8 @@ struct EndpointOptions: ParsableArguments {
     }
 }
 
-/// What `serve --fail-every N` throws: its text is the error answer's reason.
-struct ToolHandlerFailure: Error, CustomStringConvertible {
+/// What `serve --fail-every N` throws: public, so its text is the error answer's reason.
+struct ToolHandlerFailure: RPCPublicError, CustomStringConvertible {
     var message: Int
     var description: String { "uvrpc serve --fail-every: message \(message) of this connection fails" }
 }
@@ -404,11 +404,11 @@ struct Call: ParsableCommand {
         do {
             if count == 0 { finishedAll.signal() }
             @Sendable func send(_ index: Int, _ payload: [UInt8]) {
-                pool.send(payload, timeout: callTimeout, closeOnError: false) { result in
+                pool.send(payload, timeout: callTimeout) { result in
                     // A full send buffer is backpressure, not failure: the call tries again once
                     // the socket had time to take bytes (waiting for another call's end could wait
                     // forever when none is left in flight).
-                    if case .failure(.sendBufferFull) = result {
+                    if case .failure(let error) = result, case .sendBufferFull = error.reason {
                         let loop = loops[index % loops.count] // pool.send is made on a loop
                         return DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(5)) {
                             loop.execute { send(index, payload) }

@@ -117,17 +117,20 @@ final class AsyncAPITests: XCTestCase {
             _ = try await client.send([0], timeout: .milliseconds(200), closeOnError: false)
             XCTFail("expected a timeout")
         } catch let error as RPCError {
-            guard case .timedOut(_, _, .milliseconds(200)) = error else { return XCTFail("\(error)") }
+            guard case .timedOut(_, _, .milliseconds(200)) = error.reason else { return XCTFail("\(error)") }
+            XCTAssertEqual(error.code, .deadlineExceeded)
+            XCTAssertTrue(error.requestWasSent)
+            XCTAssertFalse(error.isRetryable, "a call that was sent is never called retryable")
         }
         let echoed = try await client.send([5])
         XCTAssertEqual(echoed, [5], "closeOnError false kept the endpoint up")
         do {
             _ = try await client.send([0], timeout: .milliseconds(200))
             XCTFail("expected a timeout")
-        } catch RPCError.timedOut {
+        } catch let error as RPCError where error.code == .deadlineExceeded {
         }
         let reason = try await withTimeout("client close") { await client.closed() }
-        guard case .callFailed(.timedOut) = reason else { return XCTFail("\(reason)") }
+        guard case .callFailed(let failed) = reason, failed.code == .deadlineExceeded else { return XCTFail("\(reason)") }
         let serverReason = try await withTimeout("server close") { await serverEndpoint.closed() }
         XCTAssertEqual(serverReason, .peerClosed)
     }

@@ -134,7 +134,9 @@ final class BackpressureTests: XCTestCase {
         let highWater = ConnectionOptions().writeHighWaterMark
         XCTAssertEqual(outcome.sentWhileWritable, highWater / 60_005 + 1, "isWritable turned false just past the high-water mark")
         XCTAssertEqual(outcome.reported, [false])
-        guard case .sendBufferFull(_, let pending, 8 << 20)? = outcome.failure else {
+        XCTAssertEqual(outcome.failure?.code, .resourceExhausted)
+        XCTAssertEqual(outcome.failure?.isRetryable, true, "nothing was sent; it may be sent again once writable")
+        guard case .sendBufferFull(_, let pending, 8 << 20)? = outcome.failure?.reason else {
             return XCTFail("expected sendBufferFull, got \(String(describing: outcome.failure))")
         }
         XCTAssertEqual(pending, outcome.pendingAtFailure)

@@ -173,7 +173,9 @@ final class ClientPoolTests: XCTestCase {
                 XCTFail("a call with no server up must fail")
             } catch let error as RPCError {
                 lastError = error
-                guard case .noConnection(let addresses, let last) = error else { return XCTFail("\(error)") }
+                guard case .noConnection(let addresses, let last) = error.reason else { return XCTFail("\(error)") }
+                XCTAssertEqual(error.code, .unavailable)
+                XCTAssertTrue(error.isRetryable)
                 XCTAssertEqual(addresses, servers.addresses.map(\.description))
                 if last?.contains("ECONNREFUSED") == true { break } // a reconnect attempt was refused
             }

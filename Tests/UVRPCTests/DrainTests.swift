@@ -75,16 +75,24 @@ final class DrainTests: XCTestCase {
         let held = try await holdingServer(on: harness.loop)
         let client = try await RPCClient.connect(to: held.server.address, on: harness.loop,
                                                  configuration: testConfiguration())
+        // A client without extensions, as an efro.rpc peer: it can only see the connection close.
+        let plain = try await RPCClient.connect(to: held.server.address, on: harness.loop,
+                                                configuration: testConfiguration { $0.extensions = [] })
         let outcomes = try sendCalls(2, on: client, harness: harness)
-        try waitUntil("the server holds the 2 calls") { (try? harness.sync { held.kept.value.count }) == 2 }
+        let plainOutcome = try sendCalls(1, on: plain, harness: harness)[0]
+        try waitUntil("the server holds the 3 calls") { (try? harness.sync { held.kept.value.count }) == 3 }
 
         // Never answered: the grace period ends the drain.
         try await withTimeout("the shutdown to return") { await held.server.shutdown(gracePeriod: .milliseconds(100)) }
         XCTAssertEqual(try held.closeReason.wait("the server endpoint's close"), .drainTimedOut(.milliseconds(100)))
         for outcome in outcomes {
-            guard case .failure(.closed(_, _, .peerClosed)) = try outcome.wait("a call") else {
-                return XCTFail("a call in flight when the drain ran out must fail with the peer's close")
-            }
+            guard case .failure(let error) = try outcome.wait("a call") else { return XCTFail("a held call was answered") }
+            XCTAssertEqual(error.code, .unavailable, "a UVRPC caller learns that the server stopped: \(error)")
+            XCTAssertTrue(error.message.contains("the server stopped after draining for 0.1 seconds"), error.message)
+            XCTAssertTrue(error.requestWasSent)
+        }
+        guard case .failure(let error) = try plainOutcome.wait("the plain call"), error.closeReason == .peerClosed else {
+            return XCTFail("a call from a peer without error answers fails with the peer's close")
         }
         let late = try harness.sync { () -> String in
             do { try held.kept.value[0].respond([1]); return "answered" } catch { return "\(error)" }

@@ -110,16 +110,18 @@ final class EndpointTests: XCTestCase {
             if Array(payload) == Array("echo".utf8) { try request.respond(Array(payload)) } else { held.value.append(request) }
         })
         let first = try harness.call(pair.client, [1], timeout: .milliseconds(200), closeOnError: false)
-        guard case .failure(.timedOut(_, let id, let timeout)) = first else { return XCTFail("expected a timeout, got \(first)") }
+        guard case .failure(let error) = first, case .timedOut(_, let id, let timeout) = error.reason else {
+            return XCTFail("expected a timeout, got \(first)")
+        }
         XCTAssertEqual(id, 65530, "the first id is the reference's 65530")
         XCTAssertEqual(timeout, .milliseconds(200), "the error names the call's own timeout")
         XCTAssertFalse(try harness.sync { pair.client.value.isClosing }, "closeOnError false keeps the endpoint up")
         XCTAssertEqual(try harness.call(pair.client, Array("echo".utf8)).get(), Array("echo".utf8))
 
         let second = try harness.call(pair.client, [2], timeout: .milliseconds(200), closeOnError: true)
-        guard case .failure(.timedOut) = second else { return XCTFail("expected a timeout, got \(second)") }
+        guard case .failure(let error) = second, error.code == .deadlineExceeded else { return XCTFail("expected a timeout, got \(second)") }
         let reason = try pair.clientClosed.wait("close on error")
-        guard case .callFailed(.timedOut) = reason else { return XCTFail("expected callFailed(timedOut), got \(reason)") }
+        guard case .callFailed(let failed) = reason, failed.code == .deadlineExceeded else { return XCTFail("expected callFailed(timedOut), got \(reason)") }
         XCTAssertEqual(try pair.serverClosed.wait("peer closed"), .peerClosed)
     }
 
@@ -137,7 +139,7 @@ final class EndpointTests: XCTestCase {
             }
         })
         let late = try harness.call(pair.client, [0], timeout: .milliseconds(100), closeOnError: false)
-        guard case .failure(.timedOut) = late else { return XCTFail("expected a timeout, got \(late)") }
+        guard case .failure(let error) = late, error.code == .deadlineExceeded else { return XCTFail("expected a timeout, got \(late)") }
         let waited = Promise<Int>()
         try harness.sync { _ = loop.scheduleTimer(after: .milliseconds(400)) { waited.fulfill(pair.client.value.inFlightCount) } }
         XCTAssertEqual(try waited.wait("the late response"), 0)
@@ -218,7 +220,7 @@ final class EndpointTests: XCTestCase {
         })
         for first: UInt8 in [0, 1] {
             let r = try harness.call(pair.client, [first], timeout: .milliseconds(200), closeOnError: false)
-            guard case .failure(.timedOut) = r else { return XCTFail("expected a timeout for \(first), got \(r)") }
+            guard case .failure(let error) = r, error.code == .deadlineExceeded else { return XCTFail("expected a timeout for \(first), got \(r)") }
         }
         XCTAssertEqual(try harness.call(pair.client, [2]).get(), [2])
     }
@@ -303,7 +305,7 @@ final class EndpointTests: XCTestCase {
                 switch result {
                 case .success(let bytes): outcomes[tag] = "\(Array(bytes))"
                 case .failure(let error):
-                    if case .timedOut = error { outcomes[tag] = "timed out" } else { outcomes[tag] = "\(error)" }
+                    if error.code == .deadlineExceeded { outcomes[tag] = "timed out" } else { outcomes[tag] = "\(error)" }
                 }
                 if outcomes.count == 101 { done.fulfill(outcomes) }
             }

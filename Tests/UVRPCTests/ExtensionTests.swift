@@ -7,7 +7,13 @@ import XCTest
 /// The negotiated extensions (Docs/PROTOCOL.md, "Extensions") between two
 /// UVRPC peers, and their absence towards a peer that did not announce them.
 final class ExtensionTests: XCTestCase {
-    struct Refused: Error, CustomStringConvertible { var description: String { "refused by the test handler" } }
+    /// An error whose text a handler shows its callers.
+    struct Refused: RPCPublicError, CustomStringConvertible {
+        var code: RPCError.Code { .permissionDenied }
+        var description: String { "refused by the test handler" }
+    }
+    /// An error whose text stays on the server.
+    struct Secret: Error, CustomStringConvertible { var description: String { "database password is hunter2" } }
 
     // MARK: Handshake
 
@@ -30,7 +36,11 @@ final class ExtensionTests: XCTestCase {
         }
         XCTAssertEqual(PeerInfo(keepaliveInterval: 10.73, extensions: .all).handshakeBytes,
                        [0x00, 0x00, 0x00, 0x39] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}"#.utf8))
-        XCTAssertEqual(x(.error, id: 7, payload: Array("no".utf8)), [0x06, 0x00, 0x07, 0x00, 0x02, 0x6e, 0x6f])
+        XCTAssertEqual(x(.error, id: 7, payload: Array("no".utf8)), [0x06, 0x00, 0x07, 0x05, 0x00, 0x02, 0x6e, 0x6f])
+        XCTAssertEqual(PacketWriter.extensionPacket(.error, id: 7, code: RPCError.Code.unavailable.rawValue, payload: Array("no".utf8)),
+                       [0x06, 0x00, 0x07, 0x03, 0x00, 0x02, 0x6e, 0x6f])
+        XCTAssertEqual(PeerInfo(keepaliveInterval: 10.73, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes,
+                       [0x00, 0x00, 0x00, 0x46] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"],"m":67108864}"#.utf8))
         XCTAssertEqual(x(.cancel, id: 7), [0x07, 0x00, 0x07])
         XCTAssertEqual(x(.cancelAcknowledged, id: 7), [0x08, 0x00, 0x07])
         XCTAssertEqual(x(.messageStart, id: 1, total: 70000), [0x09, 0x00, 0x01, 0x00, 0x01, 0x11, 0x70])
@@ -53,6 +63,41 @@ final class ExtensionTests: XCTestCase {
         XCTAssertThrowsError(try read(#"{"p":2,"k":1,"x":["error",]}"#), "still strict JSON")
     }
 
+    func testTheLargestPayloadIsAnnouncedAndReadLiberally() throws {
+        func read(_ json: String) throws -> Int? {
+            try Array(json.utf8).withUnsafeBytes { try PeerInfo(json: $0) }.maximumPayloadSize
+        }
+        XCTAssertEqual(try read(#"{"p":2,"k":1,"x":[],"m":1000}"#), 1000)
+        XCTAssertNil(try read(#"{"p":2,"k":1,"m":1.5}"#), "not a whole number: ignored")
+        XCTAssertNil(try read(#"{"p":2,"k":1,"m":"big"}"#), "not a number: ignored")
+        XCTAssertNil(try read(#"{"p":2,"k":1,"m":99999999999}"#), "over the protocol's limit: ignored")
+        XCTAssertNil(try read(#"{"p":2,"k":1}"#))
+        var configuration = RPCEndpoint.Configuration()
+        configuration.maximumPayloadSize = 1000
+        XCTAssertTrue(String(decoding: configuration.handshakeBytes.dropFirst(4), as: UTF8.self).hasSuffix(#","m":1000}"#))
+        configuration.extensions = []
+        XCTAssertEqual(String(decoding: configuration.handshakeBytes.dropFirst(4), as: UTF8.self), #"{"p":2,"k":10.73}"#,
+                       "without extensions, the reference's handshake")
+    }
+
+    func testACallOverThePeersLimitFailsAtOnceAndTheConnectionKeepsServing() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let pair = try harness.endpointPair(server: testConfiguration { $0.maximumPayloadSize = 100_000 })
+        XCTAssertEqual(try harness.call(pair.client, [1, 2]).get(), [2, 1], "the peer's handshake is in")
+        // A 60 s timeout: only a failure before sending can end it within the test's wait.
+        guard case .failure(let error) = try harness.call(pair.client, [UInt8](repeating: 7, count: 100_001), timeout: .seconds(60)) else {
+            return XCTFail("a call over the peer's limit was sent")
+        }
+        XCTAssertEqual(error.code, .resourceExhausted)
+        XCTAssertFalse(error.requestWasSent)
+        XCTAssertFalse(error.isRetryable, "the same payload will never fit")
+        XCTAssertTrue(error.message.contains("100001 bytes") && error.message.contains("at most 100000"), error.message)
+        let fits = [UInt8](repeating: 3, count: 100_000)
+        XCTAssertEqual(try harness.call(pair.client, fits).get(), fits, "the connection keeps serving")
+        XCTAssertFalse(try harness.sync { pair.client.value.isClosing })
+    }
+
     // MARK: Error answers
 
     func testAFailingHandlerFailsTheCallAtOnceWithItsReason() throws {
@@ -64,25 +109,38 @@ final class ExtensionTests: XCTestCase {
             switch request.payload.first {
             case 0: throw Refused()
             case 1: kept.value.append(request) // failed later
-            default: throw NSError(domain: longReason, code: 1)
+            case 2: throw RPCError(code: .invalidArgument, message: longReason)
+            default: throw Secret()
             }
         })
         // A 60 s timeout: only an error answer can end these calls within the test's wait.
-        guard case .failure(.peerHandlerFailed(_, _, let reason)) = try harness.call(pair.client, [0], timeout: .seconds(60)) else {
+        guard case .failure(let error) = try harness.call(pair.client, [0], timeout: .seconds(60)),
+              case .peerFailed(_, _, let code, let reason) = error.reason else {
             return XCTFail("expected an error answer")
         }
-        XCTAssertEqual(reason, "refused by the test handler")
+        XCTAssertEqual(reason, "refused by the test handler", "an RPCPublicError's text reaches the caller")
+        XCTAssertEqual(code, .permissionDenied, "with its code")
+        XCTAssertEqual(error.code, .permissionDenied)
+        XCTAssertTrue(error.requestWasSent)
+        guard case .failure(let hidden) = try harness.call(pair.client, [3], timeout: .seconds(60)),
+              case .peerFailed(_, _, .handlerFailed, let hiddenReason) = hidden.reason else {
+            return XCTFail("expected an error answer")
+        }
+        XCTAssertEqual(hiddenReason, "the handler failed", "a private error's text never reaches the caller")
+        XCTAssertFalse(hidden.description.contains("hunter2"))
         let later = Promise<Result<[UInt8], RPCError>>()
         try harness.sync { pair.client.value.send([1], timeout: .seconds(60)) { later.fulfill($0) } }
         try waitUntil("the kept request") { (try? harness.sync { kept.value.count }) == 1 }
         try harness.sync {
-            try kept.value[0].fail("no such key")
+            try kept.value[0].fail(RPCError(code: .notFound, message: "no such key"))
             XCTAssertThrowsError(try kept.value[0].respond([1]), "a failed request is answered")
         }
-        guard case .failure(.peerHandlerFailed(_, _, "no such key")) = try later.wait("the failed kept request") else {
+        guard case .failure(let keptError) = try later.wait("the failed kept request"),
+              case .peerFailed(_, _, .notFound, "no such key") = keptError.reason else {
             return XCTFail("expected the kept request's error")
         }
-        guard case .failure(.peerHandlerFailed(_, _, let cut)) = try harness.call(pair.client, [2], timeout: .seconds(60)) else {
+        guard case .failure(let long) = try harness.call(pair.client, [2], timeout: .seconds(60)),
+              case .peerFailed(_, _, .invalidArgument, let cut) = long.reason else {
             return XCTFail("expected an error answer")
         }
         XCTAssertLessThanOrEqual(cut.utf8.count, Wire.maximumErrorReason)
@@ -102,8 +160,9 @@ final class ExtensionTests: XCTestCase {
         do {
             _ = try await client.send([0], timeout: .seconds(60))
             XCTFail("expected an error answer")
-        } catch RPCError.peerHandlerFailed(_, _, let reason) {
-            XCTAssertEqual(reason, "refused by the test handler")
+        } catch let error as RPCError {
+            XCTAssertEqual(error.code, .permissionDenied)
+            XCTAssertTrue(error.message.hasSuffix("failed in the peer: refused by the test handler"), error.message)
         }
         let echoed = try await client.send([5])
         XCTAssertEqual(echoed, [5])
@@ -141,7 +200,7 @@ final class ExtensionTests: XCTestCase {
             endpoint.value.close(gracePeriod: .seconds(10))
         }
         _ = try peer.closed.wait("the drained close")
-        let handshake = PeerInfo(keepaliveInterval: 60, extensions: .all).handshakeBytes
+        let handshake = PeerInfo(keepaliveInterval: 60, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes
         let received = peer.received.withLock { $0 }
         XCTAssertEqual(Array(received.prefix(handshake.count)), handshake)
         XCTAssertEqual(Array(received.dropFirst(handshake.count)), [],
@@ -204,7 +263,8 @@ final class ExtensionTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let kept = LoopBoundBox.sendingValue([RPCRequest](), loop: harness.loop)
         let pair = try harness.endpointPair(serverHandler: { request in kept.value.append(request) })
-        guard case .failure(.timedOut) = try harness.call(pair.client, [0], timeout: .milliseconds(20), closeOnError: false) else {
+        guard case .failure(let error) = try harness.call(pair.client, [0], timeout: .milliseconds(20), closeOnError: false),
+              error.code == .deadlineExceeded else {
             return XCTFail("expected a timeout")
         }
         try waitUntil("the server saw the cancel") { (try? harness.sync { kept.value.first?.isCancelled }) == true }
@@ -308,7 +368,7 @@ final class ExtensionTests: XCTestCase {
         try waitUntil("the call in flight") { (try? harness.sync { kept.value.count }) == 1 }
         try harness.sync { pair.server.value.close(gracePeriod: .seconds(30)) }
         try waitUntil("the client heard go-away") { (try? harness.sync { pair.client.value.peerIsGoingAway }) == true }
-        guard case .failure(.peerGoingAway) = try harness.call(pair.client, [2]) else {
+        guard case .failure(let error) = try harness.call(pair.client, [2]), case .peerGoingAway = error.reason else {
             return XCTFail("a new call was sent to a draining peer")
         }
         try harness.sync { try kept.value[0].respond([7]) }

@@ -51,7 +51,7 @@ final class FaultTests: XCTestCase {
             loop.connect(to: server.address) { result in
                 guard case .success(let peer) = result else { return XCTFail("\(result)") }
                 var received: [UInt8] = []
-                let handshakeSize = PeerInfo(keepaliveInterval: 10, extensions: .all).handshakeBytes.count
+                let handshakeSize = PeerInfo(keepaliveInterval: 10, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes.count
                 peer.onRead = { bytes in
                     received += Array(bytes)
                     // Skip the server's handshake and any keepalives in front of the answers.

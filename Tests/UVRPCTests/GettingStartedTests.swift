@@ -129,7 +129,7 @@ final class GettingStartedTests: XCTestCase {
             _ = try? clientLoop.sync {
                 RPCClient.connect(to: address, on: clientLoop.loop) { result in
                     guard case .success(let client) = result else {
-                        return outcome.fulfill(.failure(.noConnection(addresses: [], lastConnectError: "\(result)")))
+                        return outcome.fulfill(.failure(RPCError(code: .unavailable, message: "\(result)")))
                     }
                     client.send([4, 2], timeout: .seconds(10), closeOnError: false) { outcome.fulfill($0) }
                 }

@@ -113,7 +113,7 @@ final class HostilePeerTests: XCTestCase {
                        file: file, line: line)
         XCTAssertEqual(server.closes.withLock { $0 }, 1, file: file, line: line)
         // The server's own handshake reached the peer before it closed.
-        let expected = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
+        let expected = PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes
         XCTAssertEqual(Array(peer.received.withLock { $0 }.prefix(expected.count)), expected, file: file, line: line)
         try checkServerStillServes(harness, server.address)
     }
@@ -150,7 +150,7 @@ final class HostilePeerTests: XCTestCase {
         let peer = try RawPeer(harness: harness, address: server.address)
         try peer.send(harness, handshake + PacketWriter.frame(isResponse: true, id: 1234, payload: [1])
                       + PacketWriter.frame(isResponse: false, id: 7, payload: Array("hi".utf8)))
-        let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
+        let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes
         let answer = PacketWriter.frame(isResponse: true, id: 7, payload: Array("ih".utf8))
         _ = try peer.waitForFrame(answer, at: serverHandshake.count, "the answer to message 7")
         XCTAssertFalse(server.firstClose.isFulfilled, "the unknown response id closed nothing")
@@ -172,12 +172,12 @@ final class HostilePeerTests: XCTestCase {
         try peer.send(harness, PeerInfo(protocolVersion: 1, keepaliveInterval: 10).handshakeBytes
                       + PacketWriter.frame(isResponse: false, id: 9, payload: [1, 2]))
         let endpoint = try endpointBox.wait("endpoint")
-        let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
+        let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes
         var offset = try peer.waitForFrame(PacketWriter.frame(isResponse: true, id: 9, payload: [2, 1]),
                                            at: serverHandshake.count, "the answer to message 9")
         XCTAssertEqual(try harness.sync { endpoint.value.peerInfo?.protocolVersion }, 1)
         let big = try harness.call(endpoint, [UInt8](repeating: 1, count: 70000), timeout: .milliseconds(100))
-        guard case .failure(.peerTooOld(_, 70000, 1)) = big else { return XCTFail("expected peerTooOld, got \(big)") }
+        guard case .failure(let error) = big, case .peerTooOld(_, 70000, 1) = error.reason else { return XCTFail("expected peerTooOld, got \(big)") }
         XCTAssertFalse(try harness.sync { endpoint.value.isClosing }, "refusing one call does not close the endpoint")
         // A small message still goes out, as a short MESSAGE with the first id.
         try harness.sync { endpoint.value.send([5, 6]) { _ in } }
@@ -266,7 +266,7 @@ extension HostilePeerTests {
         let server = try startServer(harness)
         let peer = try RawPeer(harness: harness, address: server.address)
         try peer.send(harness, extendedHandshake + PacketWriter.frame(isResponse: false, id: 5, payload: [1, 2]))
-        var offset = try peer.waitForFrame(PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes, at: 0, "the handshake")
+        var offset = try peer.waitForFrame(PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes, at: 0, "the handshake")
         offset = try peer.waitForFrame(PacketWriter.frame(isResponse: true, id: 5, payload: [2, 1]), at: offset, "the answer")
         try peer.send(harness, packet(.cancel, id: 5) + PacketWriter.frame(isResponse: false, id: 6, payload: [3, 4]))
         offset = try peer.waitForFrame(packet(.cancelAcknowledged, id: 5), at: offset, "the acknowledgement")
@@ -300,12 +300,13 @@ extension HostilePeerTests {
         let handshake = extendedHandshake, acknowledgement = packet(.cancelAcknowledged, id: 65530)
         try harness.sync { try connection.value.write(handshake) }
         let endpoint = try client.wait("connect").get()
-        guard case .failure(.timedOut) = try harness.call(endpoint, [1], timeout: .milliseconds(30), closeOnError: false) else {
+        guard case .failure(let error) = try harness.call(endpoint, [1], timeout: .milliseconds(30), closeOnError: false),
+              error.code == .deadlineExceeded else {
             return XCTFail("expected the timeout")
         }
         try waitUntil("the CANCEL") {
             let events = (try? parseInChunks(fromClient.withLock { $0 }, allowTrailing: true, extensions: .all) { Int.max }) ?? []
-            return events.filter { $0 != .keepalive } == [.handshake(PeerInfo(keepaliveInterval: 0.1, extensions: .all)),
+            return events.filter { $0 != .keepalive } == [.handshake(PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20)),
                                                           .message(id: 65530, payload: [1]), .cancel(id: 65530)]
         }
         XCTAssertEqual(try harness.sync { endpoint.value.reservedCallIDCount }, 1, "the id is reserved until acknowledged")

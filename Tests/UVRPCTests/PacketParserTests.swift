@@ -184,7 +184,7 @@ final class PacketParserTests: XCTestCase {
             func receivedKeepalives(_ count: Int) -> Bool { runs.append(count); return true }
             func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { messages += 1; return true }
             func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
-            func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool { true }
+            func receivedError(id: UInt16, code: UInt8, reason: UnsafeRawBufferPointer) -> Bool { true }
             func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool { true }
             func receivedCancelAcknowledgement(id: UInt16) -> Bool { true }
             func receivedGoAway() -> Bool { true }

@@ -45,7 +45,7 @@ final class EventRecorder: PacketSink {
     func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         record(.response(id: id, payload: Array(payload)))
     }
-    func receivedError(id: UInt16, reason: UnsafeRawBufferPointer) -> Bool {
+    func receivedError(id: UInt16, code: UInt8, reason: UnsafeRawBufferPointer) -> Bool {
         record(.error(id: id, reason: String(decoding: reason, as: UTF8.self)))
     }
     func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool { record(.cancel(id: id)) }

@@ -222,7 +222,7 @@ final class ProcessFaultTests: XCTestCase {
         try ignoring.write(harness, handshake + PacketWriter.frame(isResponse: true, id: 4321, payload: [1])
                            + PacketWriter.frame(isResponse: false, id: 7, payload: Array("hi".utf8)))
         let answer = PacketWriter.frame(isResponse: true, id: 7, payload: Array("hi".utf8))
-        let serverHandshake = PeerInfo(keepaliveInterval: 0.2, extensions: .all).handshakeBytes
+        let serverHandshake = PeerInfo(keepaliveInterval: 0.2, extensions: .all, maximumPayloadSize: 100_000).handshakeBytes
         try waitUntil("the answer after an unknown response id") {
             ignoring.received.withLock { $0.starts(with: serverHandshake) && $0.dropFirst(serverHandshake.count).drop { $0 == 1 }.starts(with: answer) }
         }

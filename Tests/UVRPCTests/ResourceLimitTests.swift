@@ -12,7 +12,7 @@ import XCTest
 /// outlasts its grace period.
 final class ResourceLimitTests: XCTestCase {
     private static let extendedHandshake = PeerInfo(keepaliveInterval: 10, extensions: .all).handshakeBytes
-    private static let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all).handshakeBytes
+    private static let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes
     private var extendedHandshake: [UInt8] { Self.extendedHandshake }
     private var serverHandshake: [UInt8] { Self.serverHandshake }
 
@@ -135,7 +135,8 @@ final class ResourceLimitTests: XCTestCase {
         do {
             _ = try await first.send(pseudoRandomBytes(count: 800_000, seed: 3), timeout: .seconds(20), closeOnError: false)
             XCTFail("the server's budget must refuse it")
-        } catch RPCError.peerHandlerFailed(_, _, let reason) {
+        } catch let error as RPCError {
+            guard case .peerFailed(_, _, .resourceExhausted, let reason) = error.reason else { return XCTFail("\(error)") }
             XCTAssertTrue(reason.contains("the server holds") && reason.contains("its limit is 1048576"), reason)
         }
         // Small calls go on, on both connections.

@@ -86,7 +86,7 @@ final class ToolTests: XCTestCase {
                             "--connections", "1", "--timeout", "60"])
         XCTAssertNotEqual(call.status, 0, call.output)
         XCTAssertTrue(call.output.contains("ok: 6, mismatched: 0, failed: 3"), call.output)
-        XCTAssertTrue(call.output.contains("failed in the peer's handler: uvrpc serve --fail-every: message 3 of this connection fails"),
+        XCTAssertTrue(call.output.contains("failed in the peer: uvrpc serve --fail-every: message 3 of this connection fails"),
                       call.output)
         let plain = try run(["call", "--connect", "\(server.address)", "--count", "3", "--size", "16", "--concurrency", "1",
                              "--connections", "1", "--timeout", "0.3", "--no-extensions"])
