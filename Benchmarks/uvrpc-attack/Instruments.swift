@@ -135,7 +135,7 @@ final class Probe: @unchecked Sendable { // `samples` and `failures` are locked;
     func stop() {
         running.store(false, ordering: .relaxed)
         _ = finished.wait(timeout: .now() + 35)
-        group.shutdownAndWait()
+        group.syncShutdown()
     }
 }
 

@@ -28,7 +28,7 @@ extension Attacks {
             }
         }
         let group = try EventLoopGroup(name: "drain-client", loopCount: 1)
-        defer { group.shutdownAndWait() }
+        defer { group.syncShutdown() }
         let results = LockedValue([String](repeating: "pending", count: 3))
         let finished = DispatchGroup()
         let configuration = { var c = RPCEndpoint.Configuration(); c.maximumPayloadSize = 64 << 20; return c }()
@@ -160,7 +160,7 @@ extension Attacks {
         }
         let client = try TLSContext(.client(trustRoots: .certificates(.file(files.ca))))
         let group = try EventLoopGroup(name: "tls-clients", loopCount: 1)
-        defer { group.shutdownAndWait() }
+        defer { group.syncShutdown() }
         var ok = 0, failed = 0
         var configuration = RPCEndpoint.Configuration()
         configuration.connectionOptions.tls = client
@@ -257,7 +257,7 @@ extension Attacks {
     func bigCalls() throws -> Outcome {
         try latencyUnder("four 200 MiB calls", extra: ["--max-payload", "\(256 << 20)"], seconds: 0) { address, _ in
             let group = try EventLoopGroup(name: "big-calls", loopCount: 1)
-            defer { group.shutdownAndWait() }
+            defer { group.syncShutdown() }
             var configuration = RPCEndpoint.Configuration()
             configuration.maximumPayloadSize = 256 << 20
             let payload = [UInt8](repeating: 0xA5, count: 200 << 20)
@@ -315,7 +315,7 @@ extension Attacks {
     private static func captureClientHello(ca: String) throws -> [UInt8] {
         let loop = try EventLoop(name: "capture")
         loop.start()
-        defer { loop.shutdownAndWait() }
+        defer { loop.syncShutdown() }
         let captured = LockedValue([UInt8]()), got = DispatchSemaphore(value: 0)
         let context = try TLSContext(.client(trustRoots: .certificates(.file(ca))))
         try loop.submitAndWait {

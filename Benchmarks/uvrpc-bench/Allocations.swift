@@ -38,18 +38,15 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int, tls: Bool = 
     let serverGroup = try EventLoopGroup(name: "alloc-server", loopCount: loops)
     let clientGroup = try EventLoopGroup(name: "alloc-client", loopCount: loops)
     defer {
-        clientGroup.shutdownAndWait()
-        serverGroup.shutdownAndWait()
+        clientGroup.syncShutdown()
+        serverGroup.syncShutdown()
     }
-    let server = try runBlocking {
-        try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0),
-                                 configuration: serverSettings, onEndpoint: { endpoint in
-            switch api {
-            case .callback: endpoint.onMessage = { request in try request.respond(request.payload) }
-            case .async: endpoint.asyncEndpoint.onMessage { request in request.payload }
-            }
-        })
+    let handler: RPCServer.Handler = switch api {
+    case .callback: .callback { endpoint in endpoint.onMessage = { request in try request.respond(request.payload) } }
+    case .async: .async { request in request.payload }
     }
+    let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: serverSettings),
+                               on: serverGroup, handler: handler).startAndWait()
     let endpoints = try runBlocking {
         var endpoints: [RPCAsyncEndpoint] = []
         for loop in clientGroup.loops {
@@ -109,7 +106,7 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int, tls: Bool = 
     let serverAfter = allocations(serverGroup), clientAfter = allocations(clientGroup)
     let serverSSLAfter = openSSLAllocations(serverGroup), clientSSLAfter = openSSLAllocations(clientGroup)
     let measured = Double(perConnection * loops)
-    try runBlocking { await server.shutdown() }
+    server.stopAndWait()
     return AllocationFigures(server: Double(serverAfter - serverBefore) / measured,
                              client: Double(clientAfter - clientBefore) / measured,
                              serverOpenSSL: Double(serverSSLAfter - serverSSLBefore) / measured,

@@ -398,23 +398,25 @@ struct Bench: ParsableCommand {
     /// `--serve`: the Swift echo server, until SIGINT/SIGTERM.
     func serveSwift() throws {
         let loop = try EventLoop(name: "bench-serve")
-        let port = self.port
-        loop.execute {
+        var configuration = RPCServer.Configuration(address: .ipv4(host: "127.0.0.1", port: port))
+        configuration.backlog = 4096
+        let server = RPCServer(configuration: configuration, on: loop, handler: .callback { endpoint in
+            endpoint.onMessage = { request in try request.respond(request.payload) }
+        })
+        Task.detached {
             do {
-                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: port), backlog: 4096) { endpoint in
-                    endpoint.onMessage = { request in try request.respond(request.payload) }
-                }
-                print("listening on \(server.address)")
+                let running = try await server.start()
+                print("listening on \(running.address)")
                 fflush(nil)
             } catch {
                 FileHandle.standardError.write(Data("uvrpc-bench: cannot listen: \(error)\n".utf8))
-                loop.shutdown()
+                loop.beginShutdown()
             }
         }
         let sources = [SIGINT, SIGTERM].map { signum -> DispatchSourceSignal in
             signal(signum, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signum, queue: .global())
-            source.setEventHandler { loop.shutdown() }
+            source.setEventHandler { loop.beginShutdown() }
             source.resume()
             return source
         }

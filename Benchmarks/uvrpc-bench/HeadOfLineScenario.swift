@@ -42,8 +42,8 @@ func measureHeadOfLine(_ mode: HeadOfLineMode, seconds: Double, bigSize: Int = 6
     serverLoop.start()
     clientLoop.start()
     defer {
-        _ = clientLoop.shutdownAndWait()
-        _ = serverLoop.shutdownAndWait()
+        _ = clientLoop.syncShutdown()
+        _ = serverLoop.syncShutdown()
     }
     var configuration = RPCEndpoint.Configuration()
     configuration.maximumPayloadSize = bigSize + 1024
@@ -52,15 +52,14 @@ func measureHeadOfLine(_ mode: HeadOfLineMode, seconds: Double, bigSize: Int = 6
     if !mode.chunks { clientConfiguration.extensions.remove(.chunking) }
     let serverConfiguration = configuration
     let big = [UInt8](repeating: 0x5a, count: bigSize)
-    let address = try serverLoop.submitAndWait {
-        try RPCServer(loop: serverLoop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: serverConfiguration) { endpoint in
-            // Small calls are echoed; a big one is answered with a big payload of the server's own
-            // (no copy on either side: the bench measures waiting, not copying).
-            endpoint.onMessage = { request in
-                if request.payload.count == bigSize { try request.respond(big) } else { try request.respond(request.payload) }
-            }
-        }.address
-    }
+    let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: serverConfiguration),
+                                on: serverLoop, handler: .callback { endpoint in
+        // Small calls are echoed; a big one is answered with a big payload of the server's own
+        // (no copy on either side: the bench measures waiting, not copying).
+        endpoint.onMessage = { request in
+            if request.payload.count == bigSize { try request.respond(big) } else { try request.respond(request.payload) }
+        }
+    }).startAndWait().address // stopped by the loop's shutdown
     struct Outcome: Sendable { var latencies: [UInt64]; var bigCalls: Int; var error: String? }
     let done = Mutex<Outcome?>(nil)
     let finished = DispatchSemaphore(value: 0)

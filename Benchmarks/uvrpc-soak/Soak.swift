@@ -93,7 +93,7 @@ struct Soak: ParsableCommand {
         let finished = DispatchSemaphore(value: 0)
         loop.execute { soak.stop { finished.signal() } }
         let drained = finished.wait(timeout: .now() + 30) == .success
-        let loopClosed = loop.shutdownAndWait(timeout: .seconds(10)) == 0
+        let loopClosed = loop.syncShutdown(timeout: .seconds(10)) == 0
         // Server-side closes follow the clients' within a few loop turns.
         var fds = server.openDescriptors()
         for _ in 0..<100 where fds > baselineFDs {

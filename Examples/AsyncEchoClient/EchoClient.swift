@@ -15,6 +15,6 @@ struct EchoClient {
             print("call failed: \(error)")                    // an RPCError says what happened, and to whom
         }
         await endpoint.close()
-        await loop.shutdownAndWait()
+        await loop.shutdown()
     }
 }

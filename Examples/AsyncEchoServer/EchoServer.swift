@@ -14,12 +14,17 @@ struct EchoServer {
         let port = CommandLine.arguments.dropFirst().first.flatMap { Int($0) } ?? 9000
         let loop = try EventLoop(name: "echo-server")
         loop.start()                                          // the loop runs on its own thread
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: port)) { request in
+        let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: port)), on: loop,
+                               handler: .async { request in
             request.payload                                   // the answer; handlers run in tasks on the loop
+        })
+        try await withThrowingDiscardingTaskGroup { tasks in
+            tasks.addTask { try await server.run() }          // listens, serves until closed or cancelled
+            if let address = await server.listeningAddress {
+                print("listening on \(address)")
+                fflush(nil)                                   // for scripts reading this line through a pipe
+            }
         }
-        print("listening on \(server.address)")
-        fflush(nil)                                           // for scripts reading this line through a pipe
-        await server.run()                                    // until server.shutdown() is called
-        await loop.shutdownAndWait()
+        await loop.shutdown()
     }
 }

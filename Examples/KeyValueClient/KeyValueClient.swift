@@ -29,6 +29,6 @@ struct KeyValueClient {
         print(polls < 250 ? "session expired" : "session did not expire")
         print("STATS -> \(try await send("STATS"))")
         await kv.close()
-        await loop.shutdownAndWait()
+        await loop.shutdown()
     }
 }

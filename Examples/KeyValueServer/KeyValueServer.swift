@@ -78,28 +78,30 @@ struct KeyValueServer {
     static func main() throws {
         let port = CommandLine.arguments.dropFirst().first.flatMap { Int($0) } ?? 9100
         let loop = try EventLoop(name: "kv")
+        let store = LoopBound.sendingValue(Store(loop: loop), loop: loop) // touched on the loop only
+        let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: port)), on: loop,
+                               admit: { _ in .accept(userValue: Session()) }, handler: .callback { endpoint in
+            endpoint.onMessage = { request in
+                let command = String(decoding: request.payload, as: UTF8.self)
+                let answer = run(command, store: store.value, session: request.userValue as! Session)
+                try request.respond(Array(answer.utf8))
+            }
+        })
+        Task.detached {                                  // detached: the main thread is busy running the loop
+            do { try await server.run() } catch { print("kv server: cannot start: \(error)") }
+            loop.beginShutdown()                         // loop.run() returns
+        }
+        Task.detached {
+            guard let address = await server.listeningAddress else { return }
+            print("listening on \(address)")
+            fflush(nil)                                  // every stream, for scripts reading this line through a pipe
+        }
         loop.execute {                                   // the first job once loop.run() starts
             do {
-                let store = Store(loop: loop)
-                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: port),
-                                           admit: { _ in .accept(userValue: Session()) }) { endpoint in
-                    endpoint.onMessage = { request in
-                        let command = String(decoding: request.payload, as: UTF8.self)
-                        let answer = run(command, store: store, session: request.userValue as! Session)
-                        try request.respond(Array(answer.utf8))
-                    }
-                }
-                print("listening on \(server.address)")
-                fflush(nil)                              // every stream, for scripts reading this line through a pipe
-                try loop.onSignals([SIGINT, SIGTERM]) { _ in
-                    Task {
-                        await server.shutdown(gracePeriod: .seconds(5))
-                        loop.shutdown()                  // loop.run() returns
-                    }
-                }
+                try loop.onSignals([SIGINT, SIGTERM]) { _ in server.close(gracePeriod: .seconds(5)) }
             } catch {
-                print("kv server: cannot start: \(error)")
-                loop.shutdown()
+                print("kv server: cannot watch signals: \(error)")
+                server.close()
             }
         }
         try loop.run()

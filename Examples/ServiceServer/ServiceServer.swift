@@ -20,27 +20,28 @@ struct ServiceServer {
         let delay = Duration.milliseconds(arguments.dropFirst().first ?? 0)
         let logger = Logger(label: "service-server")
         let loops = try EventLoopGroup(name: "rpc", loopCount: 1)
-        var configuration = RPCEndpoint.Configuration()
-        configuration.shutdownGracePeriod = .seconds(10)
-        let server = try await RPCServer.bind(on: loops, address: .ipv4(host: "127.0.0.1", port: port),
-                                              configuration: configuration, handler: { request in
+        var configuration = RPCServer.Configuration(address: .ipv4(host: "127.0.0.1", port: port))
+        configuration.endpoint.shutdownGracePeriod = .seconds(10)
+        let server = RPCServer(configuration: configuration, on: loops, logger: logger, handler: .async { request in
             if delay > .zero { try? await Task.sleep(for: delay) } // a slow handler, to see the drain wait for it
             return request.payload
         })
-        let group = ServiceGroup(configuration: .init(services: [Announced(server: server)],
-                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // Nothing listens before the group runs the server, and the group traps
+        // its signals before it starts its services: a SIGTERM at any time drains.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: server), .init(service: Announcer(server: server), successTerminationBehavior: .ignore)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()                                 // returns once the drain is over
-        await loops.shutdownAndWait()
+        await loops.shutdown()
     }
 }
 
-/// The server, announced once the group runs (it traps its signals before it
-/// starts its services, so a SIGTERM sent after this line always drains).
-struct Announced: Service {
+/// Prints the address once the server listens, for scripts reading it through a pipe.
+struct Announcer: Service {
     let server: RPCServer
     func run() async {
-        print("listening on \(server.address)")
+        guard let address = await server.listeningAddress else { return }
+        print("listening on \(address)")
         fflush(nil)
-        await server.run()
     }
 }

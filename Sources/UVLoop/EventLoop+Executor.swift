@@ -38,13 +38,14 @@ extension EventLoop: SerialExecutor {
         }
     }
 
-    /// Shuts the loop down (see ``EventLoop/shutdown()``) and returns, without
-    /// blocking a thread, once it has stopped: what `uv_loop_close` returned
-    /// (0 when every handle was closed). Must not be awaited on the loop itself.
+    /// Shuts the loop down (see ``EventLoop/beginShutdown()``) and returns,
+    /// without blocking a thread, once it has stopped: what `uv_loop_close`
+    /// returned (0 when every handle was closed). Must not be awaited on the
+    /// loop itself.
     @discardableResult
-    public func shutdownAndWait() async -> Int32? {
-        precondition(!inEventLoop, "EventLoop '\(name)': shutdownAndWait() awaited on the loop's own thread would never return")
-        shutdown()
+    public func shutdown() async -> Int32? {
+        precondition(!inEventLoop, "EventLoop '\(name)': shutdown() awaited on the loop's own thread would never return")
+        beginShutdown()
         if !hasStarted { return nil }
         return await withCheckedContinuation { continuation in
             if let status = stopWaiters.withLock({ state -> Int32?? in
@@ -81,12 +82,13 @@ extension EventLoop {
     }
 
     /// ``submit(_:)-(()->T)`` for code that is not async: blocks the calling
-    /// thread until `body` ran on the loop. Must not be called on this loop's
-    /// own thread (it would wait for itself); there, call `body` directly.
+    /// thread until `body` ran on the loop. Refused on every event-loop
+    /// thread: on this loop it would wait for itself, and blocking one loop
+    /// while it waits for another can deadlock; there, use `execute` or `submit`.
     /// - Throws: ``EventLoopError/shutDown(loop:)`` when the loop no longer
     ///   takes work; otherwise what `body` threw.
     public func submitAndWait<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
-        precondition(!inEventLoop, "EventLoop '\(name)': submitAndWait called on the loop's own thread would wait for itself")
+        Self.refuseBlockingOnALoop("EventLoop '\(name)': submitAndWait")
         let result = LockedValue<Result<T, any Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
         let accepted = execute {

@@ -168,7 +168,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         taskExecutor.detach() // first: an executor's job from another thread must not reach a loop being freed
         if State(rawValue: state.load(ordering: .acquiring)) == .idle {
             // Never ran: close the internal handles and the loop on this thread.
-            beginShutdown()
+            closeEverything()
             finishRun()
         }
         uvLoop.deallocate()
@@ -252,6 +252,18 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         pthread_getspecific(currentLoopKey).map { Unmanaged<EventLoop>.fromOpaque($0).takeUnretainedValue() }
     }
 
+    /// Stops the process with a message when the caller runs on any event
+    /// loop's thread: `what` blocks its thread, and a loop that blocks can
+    /// deadlock (waiting for itself, or for a loop that waits for it) and
+    /// stalls every connection on it meanwhile.
+    static func refuseBlockingOnALoop(_ what: String) {
+        if let current = EventLoop.current {
+            preconditionFailure("\(what) blocks its thread, and it was called on event loop '\(current.name)': "
+                                + "blocking a loop stalls every connection on it and can deadlock; "
+                                + "use the async form, or execute(_:), from a loop")
+        }
+    }
+
     /// Starts the loop on a new thread named after the loop and returns at once.
     public func start() {
         start(pinnedTo: nil)
@@ -288,7 +300,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// report `onClose`). Jobs submitted until the loop is finally closed
     /// still run, so work that closing handles sets off (completions, resumed
     /// tasks) is not lost; once the loop is closed ``execute(_:)`` refuses jobs.
-    public func shutdown() {
+    public func beginShutdown() {
         jobs.withLock { queue in
             guard queue.wakeupOpen, !queue.shutdownRequested else { return }
             queue.shutdownRequested = true
@@ -297,14 +309,16 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         }
     }
 
-    /// Shuts the loop down and waits (at most `timeout`) until it stopped.
-    /// Must not be called on the loop's own thread.
+    /// Shuts the loop down and blocks the calling thread (at most `timeout`)
+    /// until it stopped; ``shutdown()`` is the async form. Refused on every
+    /// event-loop thread: blocking one loop while it waits for another can
+    /// deadlock (the other may be waiting for this one).
     /// - Returns: what `uv_loop_close` returned (0: every handle was closed),
     ///   or nil when the loop did not stop within `timeout`.
     @discardableResult
-    public func shutdownAndWait(timeout: Duration = .seconds(30)) -> Int32? {
-        precondition(!inEventLoop, "EventLoop '\(name)': shutdownAndWait() called on the loop's own thread would deadlock")
-        shutdown()
+    public func syncShutdown(timeout: Duration = .seconds(30)) -> Int32? {
+        Self.refuseBlockingOnALoop("EventLoop '\(name)': syncShutdown()")
+        beginShutdown()
         if State(rawValue: state.load(ordering: .acquiring)) == .idle { return nil }
         let (s, atto) = timeout.components
         let nanos = max(0, Int(s) * 1_000_000_000 + Int(atto / 1_000_000_000))
@@ -345,10 +359,10 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// when asked to.
     func wakeupFired() {
         runJobs()
-        if jobs.withLock({ $0.shutdownRequested }) { beginShutdown() }
+        if jobs.withLock({ $0.shutdownRequested }) { closeEverything() }
     }
 
-    fileprivate func beginShutdown() {
+    fileprivate func closeEverything() {
         guard !shutdownStarted else { return }
         shutdownStarted = true
         runTurnWork() // task jobs queued locally before now (later ones take the shared queue)

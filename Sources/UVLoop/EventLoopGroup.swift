@@ -18,7 +18,7 @@ import Glibc
 /// let group = try EventLoopGroup(name: "rpc")          // one loop per CPU
 /// let loop = group.next()                              // round robin
 /// // ...
-/// await group.shutdownAndWait()                        // closes every loop
+/// await group.shutdown()                        // closes every loop
 /// ```
 public final class EventLoopGroup: Sendable {
     /// The group's name; loop `i` and its thread are named `NAME-i`.
@@ -77,37 +77,38 @@ public final class EventLoopGroup: Sendable {
         return loop
     }
 
-    /// Asks every loop to shut down (see ``EventLoop/shutdown()``); returns at once.
-    public func shutdown() {
-        for loop in loops { loop.shutdown() }
+    /// Asks every loop to shut down (see ``EventLoop/beginShutdown()``); returns at once.
+    public func beginShutdown() {
+        for loop in loops { loop.beginShutdown() }
     }
 
-    /// Shuts every loop down and waits, at most `timeout` in all, until each
-    /// has stopped. Must not be called on one of the group's loops.
+    /// Shuts every loop down and blocks the calling thread, at most `timeout`
+    /// in all, until each has stopped; ``shutdown()`` is the async form.
+    /// Refused on every event-loop thread (see ``EventLoop/syncShutdown(timeout:)``).
     /// - Returns: 0 when every loop's `uv_loop_close` returned 0; the first
     ///   other status otherwise; nil when a loop did not stop in time.
     @discardableResult
-    public func shutdownAndWait(timeout: Duration = .seconds(30)) -> Int32? {
-        precondition(current == nil, "EventLoopGroup '\(name)': shutdownAndWait() called on one of its loops would deadlock")
-        shutdown()
+    public func syncShutdown(timeout: Duration = .seconds(30)) -> Int32? {
+        EventLoop.refuseBlockingOnALoop("EventLoopGroup '\(name)': syncShutdown()")
+        beginShutdown()
         let deadline = ContinuousClock.now + timeout
         var statuses: [Int32?] = []
         for loop in loops {
             let remaining = max(.zero, deadline - ContinuousClock.now)
-            statuses.append(loop.shutdownAndWait(timeout: remaining))
+            statuses.append(loop.syncShutdown(timeout: remaining))
         }
         return Self.combined(statuses)
     }
 
     /// Shuts every loop down and returns, without blocking a thread, once
-    /// each has stopped; see ``shutdownAndWait(timeout:)``. Must not be
+    /// each has stopped; see ``syncShutdown(timeout:)``. Must not be
     /// awaited on one of the group's loops.
     @discardableResult
-    public func shutdownAndWait() async -> Int32? {
-        precondition(current == nil, "EventLoopGroup '\(name)': shutdownAndWait() awaited on one of its loops would never return")
-        shutdown()
+    public func shutdown() async -> Int32? {
+        precondition(current == nil, "EventLoopGroup '\(name)': shutdown() awaited on one of its loops would never return")
+        beginShutdown()
         var statuses: [Int32?] = []
-        for loop in loops { statuses.append(await loop.shutdownAndWait()) }
+        for loop in loops { statuses.append(await loop.shutdown()) }
         return Self.combined(statuses)
     }
 

@@ -12,7 +12,7 @@ import CLibUV
 ///     let server = try! RPCServer(loop: loop, address: address) { ... }
 ///     try? loop.onSignals([SIGINT, SIGTERM]) { _ in
 ///         server.close()                       // or drain: await server.shutdown(gracePeriod:)
-///         loop.shutdown()
+///         loop.beginShutdown()
 ///     }
 /// }
 /// try loop.run()

@@ -57,7 +57,10 @@ extension RPCEndpoint {
         close(reason: .local)
     }
 
-    func close(reason: RPCCloseReason) {
+    /// Closes with `reason`; without `lingering`, the connection closes as
+    /// soon as what is owed is flushed, without reading what the peer still
+    /// sends (a server whose task was cancelled must end promptly).
+    func close(reason: RPCCloseReason, lingering: Bool = true) {
         guard !closing else { return }
         _closeReason = reason
         closing = true
@@ -106,7 +109,7 @@ extension RPCEndpoint {
         case .keepaliveTimeout:
             connection.close(lingering: false) // a peer silent that long will not end its side either
         default:
-            connection.close() // flushes what is owed first (within the connection's close timeout)
+            connection.close(lingering: lingering) // flushes what is owed first (within the connection's close timeout)
         }
     }
 

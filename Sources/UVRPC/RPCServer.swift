@@ -6,45 +6,64 @@ import UVLoop
 /// connection becomes an ``RPCEndpoint``. One misbehaving connection closes
 /// alone; the server keeps serving the others.
 ///
+/// Make it with its configuration and its handler, then ``run()`` it: the
+/// server listens only inside `run()`, serves until it is closed, and
+/// `run()` returns once every connection has closed. It is a `Service`
+/// (swift-service-lifecycle): under a `ServiceGroup`, a graceful shutdown
+/// (SIGTERM) drains it, and cancelling `run()`'s task closes it at once.
+///
+/// ```swift
+/// let server = RPCServer(configuration: .init(address: .ipv4(host: "0.0.0.0", port: 7000)),
+///                        on: group, handler: .async { request in request.payload })
+/// try await withThrowingDiscardingTaskGroup { tasks in
+///     tasks.addTask { try await server.run() }
+///     print("listening on", await server.listeningAddress!)
+/// }
+/// ```
+///
 /// A server runs on one loop or on every loop of an `EventLoopGroup`: each
 /// endpoint lives on one loop for its whole life, and its handlers run there
-/// (`ConnectionSpread` says how connections are spread over the loops).
-///
-/// Two ways to use it:
-/// - callback API: `RPCServer(loop:address:...) { endpoint in ... }` on the
-///   loop thread, or `try await RPCServer.bind(on: group, ..., onEndpoint:)`
-///   for a group; `onEndpoint` runs on each endpoint's loop and sets its
-///   handlers (``RPCEndpoint/onMessage``) before any byte is read.
-/// - async API: `try await RPCServer.bind(on: loop or group, ...) { request in ... }`
-///   with an async message handler (given an ``RPCAsyncRequest``) for every endpoint.
-///
-/// Either way an `admit` hook may look at each new connection's address
-/// first, refuse it (it is closed before any byte is read or written) or
-/// attach a per-connection value that every handler call on it sees
-/// (``RPCEndpoint/userValue``).
-///
-/// Either way ``endpoints`` yields every new endpoint, ``openEndpoints``
-/// lists the open ones, ``close(closingEndpoints:)`` and ``shutdown()`` end
-/// it on every loop, and ``run()`` waits until it is over; all of these work
-/// from any thread.
-///
-/// A listening server keeps itself alive until ``close(closingEndpoints:)``,
-/// ``shutdown()`` or loop shutdown, so dropping the reference does not stop it.
+/// (``Configuration/spread`` says how connections are spread over the loops).
 public final class RPCServer: Sendable {
-    /// The loops its endpoints run on (one for a server made on a loop).
-    public var loops: [EventLoop] { listener.loops }
-    /// The bound address (with the chosen port when listening on port 0).
-    public var address: SocketAddress { listener.address }
-    /// How connections are spread over ``loops``.
-    public var spread: ConnectionSpread { listener.spread }
-    /// Settings of every endpoint it makes.
-    public var configuration: RPCEndpoint.Configuration { core.configuration }
-    /// New endpoints (their `Sendable` handles), in accept order, for
-    /// `for await endpoint in server.endpoints`.
-    /// Endpoints nobody consumed are kept up to the newest 1024 (older ones
-    /// keep being served; they are only not delivered here; a closed one
-    /// kept here has released its buffers). Ends once the server stopped accepting.
-    public let endpoints: AsyncStream<RPCAsyncEndpoint>
+    /// Where and how a server listens, and the settings of its endpoints.
+    public struct Configuration: Sendable {
+        /// TCP (port 0 picks a free one; see ``RPCServer/listeningAddress``) or a Unix socket path.
+        public var address: SocketAddress
+        /// How connections are spread over the loops. Default round robin.
+        public var spread: ConnectionSpread = .roundRobin
+        /// The kernel's queue of connections not yet accepted (per socket). Default 511.
+        public var backlog: Int32 = 511
+        /// Settings of every endpoint: timeouts, limits, TLS, extensions.
+        public var endpoint: RPCEndpoint.Configuration
+
+        /// Listens on `address`; every endpoint gets `endpoint`.
+        public init(address: SocketAddress, spread: ConnectionSpread = .roundRobin, backlog: Int32 = 511,
+                    endpoint: RPCEndpoint.Configuration = RPCEndpoint.Configuration()) {
+            self.address = address
+            self.spread = spread
+            self.backlog = backlog
+            self.endpoint = endpoint
+        }
+    }
+
+    /// How a server answers the messages of its endpoints.
+    public struct Handler: Sendable {
+        let install: @Sendable (RPCEndpoint) -> Void
+
+        /// Answers every message with `handler`'s return value, in worker
+        /// tasks on the endpoint's loop (see ``RPCAsyncEndpoint/onMessage(_:)``).
+        /// The way for most servers.
+        public static func async(_ handler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) -> Handler {
+            Handler { $0.installAsyncHandler(handler) }
+        }
+
+        /// The advanced, zero-copy layer: `setUp` runs on each new endpoint's
+        /// loop, before any byte is read, and sets its callback handlers
+        /// (``RPCEndpoint/onMessage``, ``RPCEndpoint/onClose``...).
+        public static func callback(_ setUp: @escaping @Sendable (RPCEndpoint) -> Void) -> Handler {
+            Handler(install: setUp)
+        }
+    }
 
     /// What the `admit` hook decides for a new connection.
     public enum Admission: Sendable {
@@ -54,14 +73,36 @@ public final class RPCServer: Sendable {
         case refuse
     }
 
-    private let core: ServerCore
-    private let listener: GroupListener
+    /// The server's configuration.
+    public let configuration: Configuration
+    /// The loops its endpoints run on.
+    public let loops: [EventLoop]
+    /// New endpoints (their `Sendable` handles), in accept order, for
+    /// `for await endpoint in server.endpoints`.
+    /// Endpoints nobody consumed are kept up to the newest 1024 (older ones
+    /// keep being served; they are only not delivered here; a closed one
+    /// kept here has released its buffers). Ends once the server stopped accepting.
+    public let endpoints: AsyncStream<RPCAsyncEndpoint>
 
-    private init(core: ServerCore, listener: GroupListener, endpoints: AsyncStream<RPCAsyncEndpoint>) {
-        self.core = core
-        self.listener = listener
-        self.endpoints = endpoints
-        listener.whenClosed { core.listenerDidClose() }
+    private let core: ServerCore
+    private let lifecycle = LockedValue(Lifecycle())
+
+    /// Makes a server; nothing listens until ``run()``.
+    /// - Parameters:
+    ///   - configuration: the address, spread, backlog and endpoint settings.
+    ///   - loops: one loop, or a group whose every loop serves connections.
+    ///   - logger: where the server and its endpoints log; nothing by default.
+    ///   - admit: called on the connection's loop with each new connection's
+    ///     peer address, before anything else: refuse it, or accept it with a
+    ///     user value. Every connection is accepted without a value when nil.
+    ///   - handler: how messages are answered.
+    public init(configuration: Configuration, on loops: some EventLoopProvider, logger: Logger? = nil,
+                admit: (@Sendable (SocketAddress?) -> Admission)? = nil, handler: Handler) {
+        self.configuration = configuration
+        self.loops = loops.loops
+        let install = handler.install
+        (core, endpoints) = ServerCore.make(configuration: configuration.endpoint, logger: logger, admit: admit,
+                                            onEndpoint: install)
     }
 
     /// The endpoints that are open now (their `Sendable` handles), on every
@@ -72,330 +113,219 @@ public final class RPCServer: Sendable {
     /// (for tests and the attack tool). Callable from any thread.
     package var payloadMemoryInUse: Int { core.payloadBudget.usedBytes }
 
-    /// Starts listening on `address` (TCP or `unix:` path) on `loop`; must be
-    /// called on the loop thread (from another thread: `loop.submitAndWait { try RPCServer(loop: ...) }`).
-    /// - Parameters:
-    ///   - loop: the loop every endpoint runs on.
-    ///   - address: TCP (port 0 picks a free one) or a Unix socket path.
-    ///   - configuration: settings of every endpoint.
-    ///   - backlog: the kernel's queue of connections not yet accepted.
-    ///   - logger: where the server and its endpoints log; nothing by default.
-    ///   - admit: called on the loop with each new connection's peer address,
-    ///     before anything else: refuse it, or accept it with a user value.
-    ///     Every connection is accepted without a value when it is nil.
-    ///   - onEndpoint: called on the loop with each new endpoint
-    ///     (its handshake already sent); set its handlers here.
-    /// - Throws: `UVError` naming the address when binding fails.
-    public convenience init(loop: EventLoop, address: SocketAddress,
-                            configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                            backlog: Int32 = 511, logger: Logger? = nil,
-                            admit: ((SocketAddress?) -> Admission)? = nil,
-                            onEndpoint: @escaping (RPCEndpoint) -> Void) throws(UVError) {
-        loop.preconditionInEventLoop("RPCServer.init")
-        // Safe to send: every connection of this listener is accepted on `loop`, the
-        // thread these closures were made on, so they are only ever called there.
-        let handler = UncheckedSendable(onEndpoint)
-        var sendableAdmit: (@Sendable (SocketAddress?) -> Admission)?
-        if let admit {
-            let admitter = UncheckedSendable(admit)
-            sendableAdmit = { address in admitter.value(address) }
+    /// The address the server listens on (with the chosen port when the
+    /// configuration says port 0), once ``run()`` is listening. Waits until
+    /// then; nil when the server stops (or binding fails, which ``run()``
+    /// throws) before it listened, or when the waiting task is cancelled.
+    public var listeningAddress: SocketAddress? {
+        get async {
+            let waiter = AddressWaiter()
+            return await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    waiter.install(continuation)
+                    let known = lifecycle.withLock { state -> SocketAddress?? in
+                        switch state.phase {
+                        case .listening(let listener): return .some(listener.address)
+                        case .stopped: return .some(nil)
+                        case .idle, .binding:
+                            state.addressWaiters.append(waiter)
+                            return nil
+                        }
+                    }
+                    if let known { waiter.resume(known) }
+                }
+            } onCancel: {
+                waiter.resume(nil)
+            }
         }
-        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger,
-                                                admit: sendableAdmit) { handler.value($0) }
-        let listener = try GroupListener.listen(onCurrentLoop: loop, address: address, backlog: backlog,
-                                                options: configuration.connectionOptions,
-                                                onAcceptError: core.acceptFailed, onAccept: core.accept)
-        self.init(core: core, listener: listener, endpoints: endpoints)
     }
 
-    /// Starts listening on `address` for every loop of `group`, from any
-    /// thread or task; each connection becomes an endpoint on one loop
-    /// (spread as `spread` says) and stays there.
-    /// - Parameters:
-    ///   - group: the loops the endpoints run on.
-    ///   - address: TCP (port 0 picks a free one) or a Unix socket path.
-    ///   - spread: how connections are spread over the loops.
-    ///   - configuration: settings of every endpoint.
-    ///   - backlog: the kernel's queue of connections not yet accepted.
-    ///   - logger: where the server and its endpoints log; nothing by default.
-    ///   - handler: answers every incoming message of every endpoint (in
-    ///     worker tasks on the endpoint's loop), if given.
-    ///   - onEndpoint: called on each new endpoint's loop (its handshake
-    ///     already sent), before any byte is read: set callback handlers here.
-    ///   - admit: called on the connection's loop with each new connection's
-    ///     peer address, before anything else: refuse it, or accept it with a
-    ///     user value. Every connection is accepted without a value when nil.
+    /// Listens, serves until the server is closed, and returns once every
+    /// connection has closed. Callable once, from any task.
+    ///
+    /// - A graceful shutdown of the `ServiceGroup` running it (SIGTERM), or
+    ///   ``close(gracePeriod:)``, drains: stops accepting, lets every endpoint
+    ///   finish what is in flight, and closes the rest at the grace period
+    ///   (``RPCEndpoint/Configuration/shutdownGracePeriod`` under a
+    ///   `ServiceGroup`).
+    /// - Cancelling the task, or ``close()``, closes at once: each endpoint
+    ///   fails its in-flight calls, flushes what it owes and closes, without
+    ///   waiting for its peer.
+    /// - A server closed before `run()` returns at once, without listening.
     /// - Throws: `UVError` naming the address when binding fails.
-    public static func bind(on group: EventLoopGroup, address: SocketAddress,
-                            spread: ConnectionSpread = .roundRobin,
-                            configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                            backlog: Int32 = 511, logger: Logger? = nil,
-                            handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil,
-                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil,
-                            admit: (@Sendable (SocketAddress?) -> Admission)? = nil) async throws(UVError) -> RPCServer {
-        try await bind(loops: group.loops, address: address, spread: spread, configuration: configuration,
-                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint, admit: admit)
-    }
-
-    /// Starts listening on `address` on `loop`, from any thread or task;
-    /// see ``bind(on:address:spread:configuration:backlog:logger:handler:onEndpoint:admit:)-(EventLoopGroup,_,_,_,_,_,_,_,_)``.
-    public static func bind(on loop: EventLoop, address: SocketAddress,
-                            configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                            backlog: Int32 = 511, logger: Logger? = nil,
-                            handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil,
-                            onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil,
-                            admit: (@Sendable (SocketAddress?) -> Admission)? = nil) async throws(UVError) -> RPCServer {
-        try await bind(loops: [loop], address: address, spread: .roundRobin, configuration: configuration,
-                       backlog: backlog, logger: logger, handler: handler, onEndpoint: onEndpoint, admit: admit)
-    }
-
-    private static func bind(loops: [EventLoop], address: SocketAddress, spread: ConnectionSpread,
-                             configuration: RPCEndpoint.Configuration, backlog: Int32, logger: Logger?,
-                             handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])?,
-                             onEndpoint: (@Sendable (RPCEndpoint) -> Void)?,
-                             admit: (@Sendable (SocketAddress?) -> Admission)?) async throws(UVError) -> RPCServer {
-        let (core, endpoints) = ServerCore.make(configuration: configuration, logger: logger, admit: admit) { endpoint in
-            onEndpoint?(endpoint)
-            if let handler { endpoint.installAsyncHandler(handler) }
+    public func run() async throws {
+        let start = lifecycle.withLock { state -> Bool in
+            precondition(!state.hasRun, "RPCServer.run() called a second time: a server runs once")
+            state.hasRun = true
+            guard state.stopRequest == nil, !Task.isCancelled else {
+                state.phase = .stopped
+                return false
+            }
+            state.phase = .binding
+            return true
         }
-        let listener = try await GroupListener.listen(loops: loops, address: address, spread: spread, backlog: backlog,
-                                                      options: configuration.connectionOptions,
-                                                      onAcceptError: core.acceptFailed, onAccept: core.accept)
-        return RPCServer(core: core, listener: listener, endpoints: endpoints)
+        guard start else { return finish() }
+        let listener: GroupListener
+        do {
+            listener = try await GroupListener.listen(
+                loops: loops, address: configuration.address, spread: configuration.spread,
+                backlog: configuration.backlog, options: configuration.endpoint.connectionOptions,
+                onAcceptError: core.acceptFailed, onAccept: core.accept)
+        } catch {
+            finish()
+            throw error
+        }
+        listener.whenClosed { [core] in core.listenerDidClose() }
+        let (waiters, pending) = lifecycle.withLock { state in
+            state.phase = .listening(listener)
+            defer { state.addressWaiters.removeAll() }
+            return (state.addressWaiters, state.stopRequest)
+        }
+        for waiter in waiters { waiter.resume(listener.address) }
+        if let pending { stop(listener, pending) }
+        let gracePeriod = configuration.endpoint.shutdownGracePeriod
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await withCheckedContinuation { continuation in core.whenFinished { continuation.resume() } }
+            } onGracefulShutdown: {
+                self.close(gracePeriod: gracePeriod)
+            }
+        } onCancel: {
+            self.close()
+        }
+        finish()
+    }
+
+    /// Closes at once, from any thread, and returns at once: stops accepting
+    /// on every loop, and every endpoint fails its in-flight calls, flushes
+    /// what it owes and closes. ``run()`` returns when all are closed. A
+    /// server not yet running never listens.
+    public func close() {
+        request(.now)
+    }
+
+    /// Closes gracefully, from any thread, and returns at once: stops
+    /// accepting at once (on every loop), lets every endpoint finish what is
+    /// in flight (answer the messages it received, get the responses to its
+    /// own calls) and close as soon as it has nothing in flight; at
+    /// `gracePeriod` closes the rest (a UVRPC caller's calls still in flight
+    /// fail with code ``RPCError/Code/unavailable``). ``run()`` returns when
+    /// all are closed. A message that arrives during the drain is handled
+    /// like any other (an efro.rpc peer cannot be told to stop sending); see
+    /// ``RPCEndpoint/close(gracePeriod:)``.
+    public func close(gracePeriod: Duration) {
+        request(.graceful(gracePeriod))
+    }
+
+    // MARK: Lifecycle
+
+    private enum StopRequest {
+        case now
+        case graceful(Duration)
+    }
+
+    private enum Phase {
+        case idle
+        case binding
+        case listening(GroupListener)
+        case stopped
+    }
+
+    private struct Lifecycle {
+        var phase = Phase.idle
+        var hasRun = false
+        /// The strongest stop asked for so far (at once beats graceful).
+        var stopRequest: StopRequest?
+        var addressWaiters: [AddressWaiter] = []
+    }
+
+    private func request(_ request: StopRequest) {
+        let (listener, waiters) = lifecycle.withLock { state -> (GroupListener?, [AddressWaiter]) in
+            switch (state.stopRequest, request) {
+            case (nil, _), (.graceful?, .now): state.stopRequest = request
+            default: return (nil, []) // asked already, as strongly
+            }
+            switch state.phase {
+            case .idle:
+                state.phase = .stopped // run() will return at once
+                defer { state.addressWaiters.removeAll() }
+                return (nil, state.addressWaiters)
+            case .binding, .stopped: return (nil, []) // run() applies it once bound
+            case .listening(let listener): return (listener, [])
+            }
+        }
+        for waiter in waiters { waiter.resume(nil) }
+        if let listener { stop(listener, request) }
     }
 
     /// Stops accepting on every loop (connections accepted but not yet
-    /// handed to their loop are closed too); with `closingEndpoints`, closes
-    /// every open endpoint as well (each on its loop). Callable from any
-    /// thread; returns at once (``run()`` waits for the end).
-    public func close(closingEndpoints: Bool = true) {
-        if closingEndpoints {
-            stopAccepting { $0.close(reason: .local) }
-        } else {
-            stopAccepting(then: nil)
-        }
-    }
-
-    /// Stops accepting on every loop and closes the listener, then runs
-    /// `action` on each endpoint open now, on the endpoint's own loop.
-    private func stopAccepting(then action: (@Sendable (RPCEndpoint) -> Void)?) {
+    /// handed to their loop are closed too) and closes or drains each open
+    /// endpoint, on its own loop.
+    private func stop(_ listener: GroupListener, _ request: StopRequest) {
         let open = core.stopAdmitting()
         listener.close()
-        guard let action else { return }
         for handle in open {
+            let action: @Sendable (RPCEndpoint) -> Void
+            switch request {
+            case .now: action = { $0.close(reason: .local, lingering: false) }
+            case .graceful(let gracePeriod): action = { $0.beginDrain(gracePeriod: gracePeriod) }
+            }
             let loop = handle.loop
             if loop.inEventLoop { action(handle.endpoint) } else { loop.execute { action(handle.endpoint) } }
         }
     }
 
-    /// Waits until the server is over: it stopped accepting on every loop
-    /// and every one of its endpoints closed. Callable from any thread or task.
-    ///
-    /// As a `Service` under a `ServiceGroup` (swift-service-lifecycle), a
-    /// graceful shutdown of the group (SIGTERM, for example) starts
-    /// ``shutdown(gracePeriod:)`` with the configuration's
-    /// ``RPCEndpoint/Configuration/shutdownGracePeriod``, and this returns
-    /// when the drain is over.
-    public func run() async {
-        let gracePeriod = configuration.shutdownGracePeriod
-        await withGracefulShutdownHandler {
-            await waitUntilFinished()
-        } onGracefulShutdown: {
-            self.beginShutdown(gracePeriod: gracePeriod)
+    /// `run()` is over: address waiters learn that no address is coming.
+    private func finish() {
+        let waiters = lifecycle.withLock { state -> [AddressWaiter] in
+            state.phase = .stopped
+            defer { state.addressWaiters.removeAll() }
+            return state.addressWaiters
         }
-    }
-
-    private func waitUntilFinished() async {
-        await withCheckedContinuation { continuation in core.whenFinished { continuation.resume() } }
-    }
-
-    /// Closes the server and every endpoint (see ``close(closingEndpoints:)``;
-    /// each endpoint fails its in-flight calls and flushes what it owes),
-    /// and returns when everything is closed. Callable from any thread or task.
-    public func shutdown() async {
-        close(closingEndpoints: true)
-        await waitUntilFinished()
-    }
-
-    /// Shuts down gracefully: stops accepting at once (on every loop), lets
-    /// every endpoint finish what is in flight (answer the messages it
-    /// received, get the responses to its own calls) and close as soon as it
-    /// has nothing in flight; at `gracePeriod` closes the rest, failing what
-    /// is left with ``RPCCloseReason/drainTimedOut(_:)``. Returns when
-    /// everything is closed. Callable from any thread or task. A message
-    /// that arrives during the drain is handled like any other (an efro.rpc
-    /// peer cannot be told to stop sending); see
-    /// ``RPCEndpoint/close(gracePeriod:)``.
-    public func shutdown(gracePeriod: Duration) async {
-        beginShutdown(gracePeriod: gracePeriod)
-        await waitUntilFinished()
-    }
-
-    /// Stops accepting and starts draining every endpoint; returns at once.
-    private func beginShutdown(gracePeriod: Duration) {
-        stopAccepting { $0.beginDrain(gracePeriod: gracePeriod) }
+        for waiter in waiters { waiter.resume(nil) }
     }
 }
 
 /// A server runs as a `Service` (swift-service-lifecycle): see ``RPCServer/run()``.
 extension RPCServer: Service {}
 
-/// What a server's listener and endpoints share: the open endpoints and the
-/// end of the server. Its methods are called on the endpoints' loops (accept,
-/// close) and from any thread (listing, closing, waiting).
-private final class ServerCore: Sendable {
-    let configuration: RPCEndpoint.Configuration
-    let logger: Logger
-    /// The handshake every endpoint writes, made once.
-    private let handshake: [UInt8]
-    /// The memory budget all its endpoints share (``RPCEndpoint/Configuration/maximumServerPayloadMemory``).
-    let payloadBudget: MemoryBudget
-    /// New TLS connections per peer address (``RPCEndpoint/Configuration/tlsHandshakesPerPeer``), when serving TLS.
-    private let handshakeLimiter: PeerRateLimiter?
-    private let onEndpoint: @Sendable (RPCEndpoint) -> Void
-    private let admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?
-    private let continuation: AsyncStream<RPCAsyncEndpoint>.Continuation
-
-    private struct State {
-        var open: [ObjectIdentifier: RPCAsyncEndpoint] = [:]
-        /// Set by close: connections still arriving are turned away.
-        var admitting = true
-        var listenerClosed = false
-        var finishWaiters: [@Sendable () -> Void] = []
+/// One task waiting for ``RPCServer/listeningAddress``: resumed once, by the
+/// server or by the task's cancellation, whichever comes first (either may
+/// come before the continuation is installed).
+private final class AddressWaiter: Sendable {
+    private enum State {
+        case waiting
+        case installed(CheckedContinuation<SocketAddress?, Never>)
+        case resolved(SocketAddress?)
+        case done
     }
-    private let state = LockedValue(State())
-    /// Connections refused for lack of descriptors since the last accepted one.
-    private let refusedForDescriptors = LockedValue(0)
+    private let state = LockedValue(State.waiting)
 
-    private init(configuration: RPCEndpoint.Configuration, logger: Logger,
-                 continuation: AsyncStream<RPCAsyncEndpoint>.Continuation,
-                 admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?,
-                 onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) {
-        self.admit = admit
-        self.configuration = configuration
-        self.logger = logger
-        self.handshake = configuration.handshakeBytes
-        self.payloadBudget = MemoryBudget(limit: configuration.maximumServerPayloadMemory)
-        self.handshakeLimiter = configuration.connectionOptions.tls == nil ? nil
-            : configuration.tlsHandshakesPerPeer.map(PeerRateLimiter.init)
-        self.continuation = continuation
-        self.onEndpoint = onEndpoint
-    }
-
-    static func make(configuration: RPCEndpoint.Configuration, logger: Logger?,
-                     admit: (@Sendable (SocketAddress?) -> RPCServer.Admission)?,
-                     onEndpoint: @escaping @Sendable (RPCEndpoint) -> Void) -> (ServerCore, AsyncStream<RPCAsyncEndpoint>) {
-        let (endpoints, continuation) = AsyncStream.makeStream(of: RPCAsyncEndpoint.self, bufferingPolicy: .bufferingNewest(1024))
-        let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
-        return (ServerCore(configuration: configuration, logger: logger, continuation: continuation,
-                           admit: admit, onEndpoint: onEndpoint), endpoints)
-    }
-
-    var openEndpoints: [RPCAsyncEndpoint] { state.withLock { Array($0.open.values) } }
-
-    /// Makes the endpoint of a new connection (on the connection's loop).
-    func accept(_ connection: Connection) {
-        LoopMetrics.of(connection.loop).connectionsAccepted &+= 1
-        acceptRecovered()
-        if let handshakeLimiter, let peer = connection.remoteAddress?.host, !handshakeLimiter.allow(peer) {
-            LoopMetrics.of(connection.loop).connectionsRefused[RefusalKind.tlsHandshakeRate.rawValue, default: 0] &+= 1
-            logger.info("connection refused: the peer opens TLS connections faster than its limit",
-                        metadata: ["rpc.peer": "\(connection.label)"])
-            return connection.abort() // before its handshake costs anything
+    func install(_ continuation: CheckedContinuation<SocketAddress?, Never>) {
+        let early = state.withLock { state -> SocketAddress?? in
+            guard case .resolved(let address) = state else {
+                state = .installed(continuation)
+                return nil
+            }
+            state = .done
+            return .some(address)
         }
-        var userValue: (any Sendable)?
-        if let admit {
-            switch admit(connection.remoteAddress) {
-            case .accept(let value):
-                userValue = value
-            case .refuse:
-                logger.debug("connection refused by the admit hook", metadata: ["rpc.peer": "\(connection.label)"])
-                return connection.close()
+        if let early { continuation.resume(returning: early) }
+    }
+
+    func resume(_ address: SocketAddress?) {
+        let continuation = state.withLock { state -> CheckedContinuation<SocketAddress?, Never>? in
+            switch state {
+            case .waiting:
+                state = .resolved(address)
+                return nil
+            case .installed(let continuation):
+                state = .done
+                return continuation
+            case .resolved, .done:
+                return nil
             }
         }
-        let endpoint = RPCEndpoint(connection: connection, configuration: configuration, label: nil, logger: logger,
-                                   handshake: handshake, payloadBudget: payloadBudget)
-        let key = ObjectIdentifier(endpoint)
-        let admitted = state.withLock { state -> Bool in
-            guard state.admitting else { return false }
-            state.open[key] = endpoint.asyncEndpoint
-            return true
-        }
-        guard admitted else { return endpoint.close() } // arrived after close(): turned away
-        endpoint._userValue = userValue
-        endpoint.didCloseForOwner = { [self] in endpointDidClose(key) }
-        onEndpoint(endpoint)
-        continuation.yield(endpoint.asyncEndpoint)
+        continuation?.resume(returning: address)
     }
-
-    /// Counts a failed accept (on the listener's loop) and logs it: once per
-    /// burst when the process is out of descriptors (libuv keeps a reserve
-    /// descriptor to turn such connections away instead of spinning), else each time.
-    func acceptFailed(_ error: UVError) {
-        if let loop = EventLoop.current { LoopMetrics.of(loop).acceptErrors[error.name, default: 0] += 1 }
-        guard error.isOutOfDescriptors else {
-            return logger.warning("accept failed", metadata: ["rpc.error": "\(error)"])
-        }
-        let first = refusedForDescriptors.withLock { count -> Bool in
-            count += 1
-            return count == 1
-        }
-        if first {
-            logger.warning("refusing connections: out of file descriptors", metadata: [
-                "rpc.error": "\(error)", "rpc.open-files-limit": "\(openFilesLimit())",
-            ])
-        }
-    }
-
-    /// Ends a burst of connections refused for lack of descriptors (a connection was accepted).
-    private func acceptRecovered() {
-        let refused = refusedForDescriptors.withLock { count -> Int in
-            defer { count = 0 }
-            return count
-        }
-        if refused > 0 {
-            logger.warning("accepting connections again", metadata: [
-                "rpc.refused": "\(refused)", "rpc.open-files-limit": "\(openFilesLimit())",
-            ])
-        }
-    }
-
-    /// Turns later connections away; returns the endpoints open now.
-    func stopAdmitting() -> [RPCAsyncEndpoint] {
-        state.withLock { state in
-            state.admitting = false
-            return Array(state.open.values)
-        }
-    }
-
-    private func endpointDidClose(_ key: ObjectIdentifier) {
-        finishIfDone { $0.open[key] = nil }
-    }
-
-    func listenerDidClose() {
-        continuation.finish()
-        finishIfDone { $0.listenerClosed = true }
-    }
-
-    func whenFinished(_ body: @escaping @Sendable () -> Void) {
-        finishIfDone { $0.finishWaiters.append(body) }
-    }
-
-    /// Applies `change`, then runs the finish waiters if the server is over.
-    private func finishIfDone(_ change: (inout State) -> Void) {
-        let waiters = state.withLock { state -> [@Sendable () -> Void] in
-            change(&state)
-            guard state.listenerClosed, state.open.isEmpty else { return [] }
-            defer { state.finishWaiters.removeAll() }
-            return state.finishWaiters
-        }
-        for waiter in waiters { waiter() }
-    }
-}
-
-/// Carries a value the compiler cannot prove Sendable across a `@Sendable`
-/// boundary; each use states why it is only touched on one thread.
-struct UncheckedSendable<Value>: @unchecked Sendable { // see each use for the invariant
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

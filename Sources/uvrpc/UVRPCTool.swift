@@ -187,12 +187,12 @@ struct Serve: ParsableCommand {
             signals = try StopSignals(on: group.loops[0], onSecond: {
                 DispatchQueue.global().async { // off the loop: blocking waits for every loop
                     StopSignals.blockWatchedSignals(on: group.loops)
-                    group.shutdown()
+                    group.beginShutdown()
                 }
             }, onReport: { statusReport.withLock { $0 }?() })
         } catch {
             printError("uvrpc serve: cannot watch SIGINT / SIGTERM: \(error)")
-            group.shutdownAndWait()
+            group.syncShutdown()
             throw ToolExit.cannotConnect
         }
         let logger = {
@@ -206,39 +206,38 @@ struct Serve: ParsableCommand {
             configuration.tlsHandshakesPerPeer = tls.handshakeLimit
         } catch {
             printError("uvrpc serve: \(error)")
-            group.shutdownAndWait()
+            group.syncShutdown()
             throw ToolExit.cannotConnect
         }
-        let (spread, backlog, endpointConfiguration) = (self.spread, self.backlog, configuration)
+        var serverConfiguration = RPCServer.Configuration(address: address, endpoint: configuration)
+        (serverConfiguration.spread, serverConfiguration.backlog) = (spread, backlog)
         let delay = answerAfter.map { Duration.nanoseconds(Int64($0 * 1e9)) }
         let failEvery = self.failEvery
-        let server: RPCServer
-        do {
-            server = try runBlocking {
-                try await RPCServer.bind(on: group, address: address, spread: spread, configuration: endpointConfiguration,
-                                         backlog: backlog, logger: logger, onEndpoint: { endpoint in
-                                             if let failEvery {
-                                                 var seen = 0 // per connection, on its loop
-                                                 endpoint.onMessage = { request in
-                                                     seen += 1
-                                                     if seen % failEvery == 0 { throw ToolHandlerFailure(message: seen) }
-                                                     try request.respond(request.payload)
-                                                 }
-                                             } else if let delay {
-                                                 endpoint.onMessage = { request in
-                                                     let answer = Array(request.payload) // the view ends with this call
-                                                     _ = endpoint.loop.scheduleTimer(after: delay) {
-                                                         _ = try? request.respond(answer)
-                                                     }
-                                                 }
-                                             } else {
-                                                 endpoint.onMessage = { request in try request.respond(request.payload) }
-                                             }
-                                         })
+        let server = RPCServer(configuration: serverConfiguration, on: group, logger: logger, handler: .callback { endpoint in
+            if let failEvery {
+                var seen = 0 // per connection, on its loop
+                endpoint.onMessage = { request in
+                    seen += 1
+                    if seen % failEvery == 0 { throw ToolHandlerFailure(message: seen) }
+                    try request.respond(request.payload)
+                }
+            } else if let delay {
+                endpoint.onMessage = { request in
+                    let answer = Array(request.payload) // the view ends with this call
+                    _ = endpoint.loop.scheduleTimer(after: delay) {
+                        _ = try? request.respond(answer)
+                    }
+                }
+            } else {
+                endpoint.onMessage = { request in try request.respond(request.payload) }
             }
-        } catch {
-            printError("uvrpc serve: cannot listen: \(error)")
-            group.shutdownAndWait()
+        })
+        let running = Task.detached { try await server.run() }
+        guard let listening = try? runBlocking({ await server.listeningAddress }) else {
+            let outcome = try? runBlocking { await running.result }
+            let reason = if case .failure(let error)? = outcome { "\(error)" } else { "the server stopped first" }
+            printError("uvrpc serve: cannot listen: \(reason)")
+            group.syncShutdown()
             throw ToolExit.cannotConnect
         }
         // SIGUSR1 is watched from the start (it never kills the process); it reports once the server exists.
@@ -258,25 +257,27 @@ struct Serve: ParsableCommand {
             print("connections per loop: \(counts.map(String.init).joined(separator: " ")) (unanswered requests: \(unanswered))")
             fflush(nil)
         } }
-        print("listening on \(server.address)")
+        print("listening on \(listening)")
         if let registry, let metrics, let metricsAddress = SocketAddress(parsing: metrics) {
             do {
                 let bound = try MetricsPage.serve(registry, on: metricsAddress, loop: group.loops[0])
                 print("metrics on http://\(bound)/metrics")
             } catch {
                 printError("uvrpc serve: cannot serve the metrics: \(error)")
-                _ = try? runBlocking { await server.shutdown() }
-                group.shutdownAndWait()
+                server.close()
+                _ = try? runBlocking { try await running.value }
+                group.syncShutdown()
                 throw ToolExit.cannotConnect
             }
         }
         fflush(nil) // every stream: scripts wait for these lines
         signals.waitForStop()
         let gracePeriod = Duration.nanoseconds(Int64(grace * 1e9))
-        _ = try? runBlocking { await server.shutdown(gracePeriod: gracePeriod) }
+        server.close(gracePeriod: gracePeriod)
+        _ = try? runBlocking { try await running.value }
         statusReport.withLock { $0 = nil }
         StopSignals.blockWatchedSignals(on: group.loops)
-        let status = group.shutdownAndWait()
+        let status = group.syncShutdown()
         if signals.stoppedAtOnce { printError("uvrpc serve: a second signal: stopped at once, without finishing the drain") }
         if status != 0 { printError("uvrpc serve: an event loop did not close cleanly (uv_loop_close: \(status.map(String.init) ?? "timed out"))") }
     }
@@ -377,13 +378,13 @@ struct Call: ParsableCommand {
         guard pool.connectionStates.allSatisfy(\.isOpen) else {
             printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(address)")")
             try runBlocking { await pool.close() }
-            group.shutdownAndWait()
+            group.syncShutdown()
             throw ToolExit.cannotConnect
         }
         let seconds = runCalls(on: pool, loops: group.loops, summary: summary)
         if hold > 0 { usleep(UInt32(hold * 1_000_000)) } // keepalives flow meanwhile, on the loops
         try runBlocking { await pool.close() }
-        group.shutdownAndWait()
+        group.syncShutdown()
         let s = summary.withLock { $0 }
         let rate = seconds > 0 ? Double(s.ok) / seconds : 0
         print("calls: \(count), ok: \(s.ok), mismatched: \(s.mismatched), failed: \(s.failed.count), "

@@ -96,7 +96,7 @@ private struct GroupFixture {
         await listener.closed()
         try clients.closeAll()
         clients.harness.shutdownCleanly(file: file, line: line)
-        let status = await group.shutdownAndWait()
+        let status = await group.shutdown()
         XCTAssertEqual(status, 0, file: file, line: line)
     }
 }
@@ -121,7 +121,7 @@ final class EventLoopGroupTests: XCTestCase {
         let picked = (0..<6).map { _ in group.next().name }
         XCTAssertEqual(Set(picked.prefix(3)), Set(["grp-0", "grp-1", "grp-2"]))
         XCTAssertEqual(Array(picked.prefix(3)), Array(picked.suffix(3)))
-        XCTAssertEqual(group.shutdownAndWait(timeout: .seconds(20)), 0, "every loop's uv_loop_close returned 0")
+        XCTAssertEqual(group.syncShutdown(timeout: .seconds(20)), 0, "every loop's uv_loop_close returned 0")
         for loop in group.loops { XCTAssertEqual(loop.loopCloseStatus, 0) }
     }
 
@@ -130,7 +130,7 @@ final class EventLoopGroupTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(cpus, 1)
         XCTAssertLessThanOrEqual(cpus, ProcessInfo.processInfo.processorCount)
         let group = try EventLoopGroup(name: "pinned", pinsThreads: true)
-        defer { XCTAssertEqual(group.shutdownAndWait(timeout: .seconds(20)), 0) }
+        defer { XCTAssertEqual(group.syncShutdown(timeout: .seconds(20)), 0) }
         XCTAssertEqual(group.loops.count, cpus)
         for loop in group.loops {
             let allowed = Promise<Int32>()
@@ -180,7 +180,7 @@ final class EventLoopGroupTests: XCTestCase {
     func testADescriptorHandedToAClosedLoopIsClosedNotLeaked() async throws {
         let fixture = try await GroupFixture("gone", spread: .roundRobin)
         let (group, clients, log, listener) = (fixture.group, fixture.clients, fixture.log, fixture.listener)
-        XCTAssertEqual(group.loops[1].shutdownAndWait(timeout: .seconds(20)), 0)
+        XCTAssertEqual(group.loops[1].syncShutdown(timeout: .seconds(20)), 0)
         let before = ProcessFigures.openSockets()
         try clients.connect(10, to: listener.address)
         try log.wait(for: 5) // the five handed to the live loop
@@ -205,12 +205,12 @@ final class EventLoopGroupTests: XCTestCase {
             release.wait()
         }
         holding.wait()
-        group.loops[1].shutdown()
+        group.loops[1].beginShutdown()
         try clients.connect(1, to: listener.address) // B: handed to loop 1, queued behind the held job
         try clients.connect(1, to: listener.address) // C: loop 0, accepted after B was handed off
         try log.wait(for: 1)
         release.signal() // loop 1 begins its shutdown, then meets B's descriptor
-        XCTAssertEqual(group.loops[1].shutdownAndWait(timeout: .seconds(20)), 0)
+        XCTAssertEqual(group.loops[1].syncShutdown(timeout: .seconds(20)), 0)
         try waitUntil("B to see its connection closed") { clients.ended.withLock { $0.count } == 1 }
         XCTAssertEqual(log.perLoop, ["mid-0": 2], "B never became a connection of loop 1")
         try clients.closeAll()

@@ -140,7 +140,7 @@ final class EventLoopTests: XCTestCase {
             }
         }
         XCTAssertTrue(try connected.wait("connect"))
-        let status = loop.shutdownAndWait(timeout: .seconds(20))
+        let status = loop.syncShutdown(timeout: .seconds(20))
         XCTAssertEqual(status, 0, "uv_loop_close returns 0 after shutdown")
         XCTAssertEqual(loop.loopCloseStatus, 0)
         XCTAssertEqual(closes.load(ordering: .relaxed), 2, "both connections were closed and told")
@@ -152,7 +152,7 @@ final class EventLoopTests: XCTestCase {
         let ranOnLoop = Atomic<Bool>(false)
         XCTAssertTrue(loop.execute {
             ranOnLoop.store(loop.inEventLoop, ordering: .relaxed)
-            _ = loop.scheduleTimer(after: .milliseconds(1)) { loop.shutdown() }
+            _ = loop.scheduleTimer(after: .milliseconds(1)) { loop.beginShutdown() }
         })
         try loop.run()
         XCTAssertTrue(ranOnLoop.load(ordering: .relaxed))
@@ -173,7 +173,7 @@ final class EventLoopTests: XCTestCase {
         try {
             let loop = try EventLoop(name: "freed")
             weakLoop = loop
-            loop.execute { _ = loop.scheduleTimer(after: .milliseconds(1)) { loop.shutdown() } }
+            loop.execute { _ = loop.scheduleTimer(after: .milliseconds(1)) { loop.beginShutdown() } }
             try loop.run()
         }()
         XCTAssertNil(weakLoop, "no reference cycle keeps a stopped loop alive")
@@ -197,7 +197,7 @@ final class EventLoopTests: XCTestCase {
                 resumed.withLock { $0 = true }
             }
             try waitUntil("the task parked") { parked.withLock { $0 != nil } }
-            XCTAssertEqual(loop.shutdownAndWait(timeout: .seconds(20)), 0)
+            XCTAssertEqual(loop.syncShutdown(timeout: .seconds(20)), 0)
             return executor
         }()
         // The loop's thread lets go of it just after shutdownAndWait returns: no event says when.
@@ -286,7 +286,7 @@ final class SubmitTests: XCTestCase {
         XCTAssertThrowsError(try loop.submitAndWait { () throws -> Int in throw Refused() }) {
             XCTAssertEqual($0 as? Refused, Refused())
         }
-        let status = await loop.shutdownAndWait()
+        let status = await loop.shutdown()
         XCTAssertEqual(status, 0)
         do {
             _ = try await loop.submit { 1 }

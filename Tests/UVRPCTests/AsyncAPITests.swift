@@ -26,9 +26,8 @@ private func asyncPair(_ loop: EventLoop,
                        client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
                        serverHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync,
                        clientHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync)
-    async throws -> (server: RPCServer, serverEndpoint: RPCAsyncEndpoint, client: RPCAsyncEndpoint) {
-    let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                          configuration: serverConfiguration, handler: serverHandler)
+    async throws -> (server: RunningServer, serverEndpoint: RPCAsyncEndpoint, client: RPCAsyncEndpoint) {
+    let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: serverConfiguration), on: loop, handler: .async(serverHandler)).start()
     let client = try await RPCClient.connect(to: server.address, on: loop, configuration: clientConfiguration,
                                              handler: clientHandler)
     var iterator = server.endpoints.makeAsyncIterator()
@@ -155,8 +154,7 @@ final class AsyncAPITests: XCTestCase {
         // A callback server that holds "hold" messages unanswered and echoes the rest.
         let held = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
         let allHeld = Promise<Void>()
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration())
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback { _ in }).start()
         let client = try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration())
         var iterator = server.endpoints.makeAsyncIterator()
         let serverEndpoint = await iterator.next()!
@@ -242,8 +240,7 @@ final class AsyncAPITests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration(), handler: reversingAsync)
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .async(reversingAsync)).start()
         var clients: [RPCAsyncEndpoint] = []
         for _ in 0..<3 {
             clients.append(try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration()))
@@ -258,9 +255,7 @@ final class AsyncAPITests: XCTestCase {
             let answer = try await client.send([1, 2])
             XCTAssertEqual(answer, [2, 1])
         }
-        let runner = Task { await server.run() }
-        try await withTimeout("graceful shutdown") { await server.shutdown() }
-        try await withTimeout("run() to return") { await runner.value }
+        try await withTimeout("graceful shutdown and run() to return") { await server.stop() }
         XCTAssertEqual(try harness.sync { server.openEndpoints.count }, 0)
         for client in clients {
             let reason = try await withTimeout("clients see the close") { await client.closed() }
@@ -276,8 +271,7 @@ final class AsyncAPITests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration())
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback { _ in }).start()
         let client = try await RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration())
         let pending = Task { try await client.send([4, 5, 6]) }
         var iterator = server.endpoints.makeAsyncIterator()

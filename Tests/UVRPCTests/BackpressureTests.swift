@@ -21,11 +21,9 @@ final class BackpressureTests: XCTestCase {
             serverHarness.shutdownCleanly()
         }
         let serverLoop = serverHarness.loop, clientLoop = clientHarness.loop
-        let address = try serverHarness.sync {
-            try RPCServer(loop: serverLoop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration()) {
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: serverLoop, handler: .callback {
                 $0.onMessage = { request in try request.respond(Self.ack(request.payload)) }
-            }.address
-        }
+            }).startAndWait().address
         // Whole MESSAGE_BIG packets (no chunking): each waits in the outgoing
         // buffer. Chunked transfers are held to a window instead (ChunkingTests).
         let client = try await RPCClient.connect(to: address, on: clientLoop,
@@ -80,8 +78,9 @@ final class BackpressureTests: XCTestCase {
         }
         let closed = Promise<RPCCloseReason>()
         let handshake = Promise<Void>()
+        let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: silent), on: loop,
+                                   handler: .callback { _ in }).startAndWait()
         let client = try harness.sync { () -> Promise<Result<LoopBound<RPCEndpoint>, ConnectError>> in
-            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: silent) { _ in }
             let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
             RPCClient.connect(to: server.address, on: loop, configuration: configuration) { result in
                 connected.fulfill(result.map { endpoint in
@@ -163,18 +162,16 @@ final class BackpressureTests: XCTestCase {
         let configuration = testConfiguration { $0.connectionOptions.writeTimeout = .milliseconds(500) }
         let hostileClosed = Promise<RPCCloseReason>()
         let hostileConnection = Promise<LoopBound<Connection>>()
-        let server = try harness.sync { () -> LoopBound<RPCServer> in
-            let first = LoopBoundBox(true, loop: loop)
-            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
-                endpoint.onMessage = { request in try request.respond(request.payload) }
-                guard first.value else { return }
-                first.value = false // the first connection is the hostile one
-                endpoint.onClose = { hostileClosed.fulfill($0) }
-                hostileConnection.fulfill(LoopBound(endpoint.connection, loop: loop))
-            }
-            return LoopBound(server, loop: loop)
-        }
-        let address = try harness.sync { server.value.address }
+        let first = LoopBoundBox.sendingValue(true, loop: loop)
+        let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration),
+                                   on: loop, handler: .callback { endpoint in
+            endpoint.onMessage = { request in try request.respond(request.payload) }
+            guard first.value else { return }
+            first.value = false // the first connection is the hostile one
+            endpoint.onClose = { hostileClosed.fulfill($0) }
+            hostileConnection.fulfill(LoopBound(endpoint.connection, loop: loop))
+        }).startAndWait()
+        let address = server.address
 
         // The hostile peer: handshake, then 64 KiB messages as fast as its socket takes them; never reads.
         let sentMessages = LockedValue(0)

@@ -8,7 +8,7 @@ import XCTest
 private final class ThreeServers: Sendable {
     let harness: LoopHarness
     let addresses: [SocketAddress]
-    private let servers: LockedValue<[RPCServer?]>
+    private let servers: LockedValue<[RunningServer?]>
     /// Messages each server received.
     let received = LockedValue([0, 0, 0])
     /// While true, messages are held (their requests kept) until ``releaseHeld()``.
@@ -30,15 +30,15 @@ private final class ThreeServers: Sendable {
 
     private static func start(_ index: Int, on loop: EventLoop, address: SocketAddress, received: LockedValue<[Int]>,
                               holding: LoopBoundBox<Bool>, held: LoopBoundBox<[(RPCRequest, [UInt8])]>,
-                              into servers: LockedValue<[RPCServer?]>) async throws -> SocketAddress {
-        let server = try await RPCServer.bind(on: loop, address: address, configuration: testConfiguration(), onEndpoint: { endpoint in
+                              into servers: LockedValue<[RunningServer?]>) async throws -> SocketAddress {
+        let server = try await RPCServer(configuration: .init(address: address, endpoint: testConfiguration()), on: loop, handler: .callback { endpoint in
             endpoint.onMessage = { request in
                 let payload = request.payload
                 received.withLock { $0[index] += 1 }
                 let answer = Array(payload) + [UInt8(index)]
                 if holding.value { held.value.append((request, answer)) } else { try request.respond(answer) }
             }
-        })
+        }).start()
         servers.withLock { $0[index] = server }
         return server.address
     }
@@ -55,7 +55,7 @@ private final class ThreeServers: Sendable {
 
     func stop(_ index: Int) async {
         guard let server = servers.withLock({ $0[index] }) else { return }
-        await server.shutdown()
+        await server.stop()
         servers.withLock { $0[index] = nil }
     }
 
@@ -115,7 +115,7 @@ final class ClientPoolTests: XCTestCase {
         await pool.close()
         await servers.stopAll()
         servers.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
+        let status = await group.shutdown()
         XCTAssertEqual(status, 0)
     }
 
@@ -186,7 +186,7 @@ final class ClientPoolTests: XCTestCase {
               + "with none up: \(lastError.map { "\($0)" } ?? "-")")
         await pool.close()
         servers.harness.shutdownCleanly()
-        let status = await group.shutdownAndWait()
+        let status = await group.shutdown()
         XCTAssertEqual(status, 0)
     }
 }

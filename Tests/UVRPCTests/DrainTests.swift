@@ -10,7 +10,7 @@ final class DrainTests: XCTestCase {
     /// A server whose handler keeps every request (answered by the test), and
     /// the server endpoint's close reason.
     private struct HoldingServer {
-        let server: RPCServer
+        let server: RunningServer
         let kept: LoopBoundBox<[RPCRequest]>
         let closeReason: Promise<RPCCloseReason>
     }
@@ -18,11 +18,10 @@ final class DrainTests: XCTestCase {
     private func holdingServer(on loop: EventLoop) async throws -> HoldingServer {
         let kept = LoopBoundBox.sendingValue([RPCRequest](), loop: loop)
         let closeReason = Promise<RPCCloseReason>()
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration(), onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback { endpoint in
             endpoint.onMessage = { kept.value.append($0) }
             endpoint.onClose = { closeReason.fulfill($0) }
-        })
+        }).start()
         return HoldingServer(server: server, kept: kept, closeReason: closeReason)
     }
 
@@ -47,7 +46,7 @@ final class DrainTests: XCTestCase {
         let outcomes = try sendCalls(3, on: client, harness: harness)
         try waitUntil("the server holds the 3 calls") { (try? harness.sync { held.kept.value.count }) == 3 }
 
-        let shutdown = Task { await held.server.shutdown(gracePeriod: .seconds(60)) }
+        let shutdown = Task { await held.server.stop(gracePeriod: .seconds(60)) }
         // The listener closes at once: the endpoints stream ends, and a new connection is refused.
         try await withTimeout("the listener to close") { for await _ in held.server.endpoints {} }
         do {
@@ -83,7 +82,7 @@ final class DrainTests: XCTestCase {
         try waitUntil("the server holds the 3 calls") { (try? harness.sync { held.kept.value.count }) == 3 }
 
         // Never answered: the grace period ends the drain.
-        try await withTimeout("the shutdown to return") { await held.server.shutdown(gracePeriod: .milliseconds(100)) }
+        try await withTimeout("the shutdown to return") { await held.server.stop(gracePeriod: .milliseconds(100)) }
         XCTAssertEqual(try held.closeReason.wait("the server endpoint's close"), .drainTimedOut(.milliseconds(100)))
         for outcome in outcomes {
             guard case .failure(let error) = try outcome.wait("a call") else { return XCTFail("a held call was answered") }
@@ -103,10 +102,9 @@ final class DrainTests: XCTestCase {
     func testAnIdleEndpointDrainsAtOnceAndOutgoingCallsFinishFirst() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration(), onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .callback { endpoint in
             endpoint.onMessage = reversing
-        })
+        }).start()
         let kept = LoopBoundBox.sendingValue([RPCRequest](), loop: harness.loop)
         let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         // The client drains while its own call waits for the answer: the call
@@ -116,6 +114,6 @@ final class DrainTests: XCTestCase {
         let reason = await client.close(gracePeriod: .seconds(60))
         XCTAssertEqual(try outcome.wait("the call").get(), [0])
         XCTAssertEqual(reason, .drained)
-        await server.shutdown(gracePeriod: .seconds(60))
+        await server.stop(gracePeriod: .seconds(60))
     }
 }

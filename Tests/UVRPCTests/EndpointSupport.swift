@@ -14,7 +14,7 @@ func reversing(_ request: RPCRequest) throws {
 struct EndpointPair: Sendable {
     let server: LoopBound<RPCEndpoint>
     let client: LoopBound<RPCEndpoint>
-    let rpcServer: LoopBound<RPCServer>
+    let rpcServer: RunningServer
     /// Fulfilled with each side's close reason.
     let serverClosed: Promise<RPCCloseReason>
     let clientClosed: Promise<RPCCloseReason>
@@ -51,20 +51,20 @@ extension LoopHarness {
         let clientPromise = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
         let serverClosed = Promise<RPCCloseReason>()
         let clientClosed = Promise<RPCCloseReason>()
-        let rpcServer = try sync { () -> LoopBound<RPCServer> in
-            let server = try RPCServer(loop: loop, address: address, configuration: serverConfiguration) { endpoint in
-                endpoint.onMessage = serverHandler
-                endpoint.onClose = { serverClosed.fulfill($0) }
-                serverPromise.fulfill(LoopBound(endpoint, loop: loop))
-            }
-            RPCClient.connect(to: server.address, on: loop, configuration: clientConfiguration) { result in
+        let rpcServer = try RPCServer(configuration: .init(address: address, endpoint: serverConfiguration), on: loop,
+                                      handler: .callback { endpoint in
+            endpoint.onMessage = serverHandler
+            endpoint.onClose = { serverClosed.fulfill($0) }
+            serverPromise.fulfill(LoopBound(endpoint, loop: loop))
+        }).startAndWait()
+        try sync {
+            RPCClient.connect(to: rpcServer.address, on: loop, configuration: clientConfiguration) { result in
                 clientPromise.fulfill(result.map { endpoint in
                     endpoint.onMessage = clientHandler
                     endpoint.onClose = { clientClosed.fulfill($0) }
                     return LoopBound(endpoint, loop: loop)
                 })
             }
-            return LoopBound(server, loop: loop)
         }
         let client = try clientPromise.wait("client connect").get()
         let server = try serverPromise.wait("server accept")

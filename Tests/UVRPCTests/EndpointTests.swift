@@ -24,9 +24,9 @@ final class EndpointTests: XCTestCase {
         let loop = harness.loop
         let payload = pseudoRandomBytes(count: 1 << 20, seed: 5)
         let done = Promise<Result<[UInt8], RPCError>>()
+        let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                   on: loop, handler: .callback { $0.onMessage = reversing }).startAndWait()
         try harness.sync {
-            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                       configuration: testConfiguration()) { $0.onMessage = reversing }
             RPCClient.connect(to: server.address, on: loop, configuration: testConfiguration()) { result in
                 guard case .success(let client) = result else { return XCTFail("\(result)") }
                 XCTAssertNil(client.peerInfo, "the peer's handshake cannot have arrived yet")

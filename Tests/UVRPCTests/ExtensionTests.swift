@@ -151,11 +151,10 @@ final class ExtensionTests: XCTestCase {
     func testAFailingAsyncHandlerFailsTheCallAtOnce() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration()) { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request in
             if request.payload == [0] { throw Refused() }
             return request.payload
-        }
+        }).start()
         let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         do {
             _ = try await client.send([0], timeout: .seconds(60))
@@ -167,7 +166,7 @@ final class ExtensionTests: XCTestCase {
         let echoed = try await client.send([5])
         XCTAssertEqual(echoed, [5])
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 
     // MARK: A peer that did not announce them
@@ -182,14 +181,11 @@ final class ExtensionTests: XCTestCase {
         let loop = harness.loop
         let handled = LockedValue(0)
         let serverEndpoint = Promise<LoopBound<RPCEndpoint>>()
-        let address = try harness.sync {
-            // Quiet keepalives, so the reply is the handshake alone; every handler fails.
-            try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                          configuration: testConfiguration(keepaliveInterval: .seconds(60))) { endpoint in
+        // Quiet keepalives, so the reply is the handshake alone; every handler fails.
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration(keepaliveInterval: .seconds(60))), on: loop, handler: .callback { endpoint in
                 endpoint.onMessage = { _ in handled.withLock { $0 += 1 }; throw Refused() }
                 serverEndpoint.fulfill(LoopBound(endpoint, loop: loop))
-            }.address
-        }
+            }).startAndWait().address
         let peer = try RawPeer(harness: harness, address: address)
         try peer.send(harness, stream)
         try waitUntil("the server handled every recorded message") { handled.withLock { $0 } == messages }
@@ -223,15 +219,14 @@ final class ExtensionTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let started = Promise<Void>()
         let sawCancellation = Promise<Bool>()
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration()) { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request in
             guard request.payload == [0] else { return request.payload }
             started.fulfill(())
             // Waits for its cancellation (bounded: the test fails, not hangs, without it).
             for _ in 0..<2000 where !Task.isCancelled { try? await Task.sleep(for: .milliseconds(10)) }
             sawCancellation.fulfill(Task.isCancelled)
             return [9] // must not be sent
-        }
+        }).start()
         let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         let call = Task { try await client.send([0], timeout: .seconds(60)) }
         try started.wait("the handler to start")
@@ -255,7 +250,7 @@ final class ExtensionTests: XCTestCase {
         XCTAssertEqual(results, 50)
         XCTAssertFalse(try harness.sync { client.endpoint.isClosing })
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 
     func testACallThatTimesOutWithoutClosingCancelsTheKeptRequest() throws {
@@ -380,14 +375,13 @@ final class ExtensionTests: XCTestCase {
         let group = try EventLoopGroup(name: "goaway", loopCount: 1)
         let loop = group.loops[0]
         let kept = LockedValue<LoopBound<RPCRequest>?>(nil)
-        func server(_ name: UInt8) async throws -> RPCServer {
-            try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration(),
-                                     onEndpoint: { endpoint in
+        func server(_ name: UInt8) async throws -> RunningServer {
+            try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback { endpoint in
                 endpoint.onMessage = { request in
                     if Array(request.payload) == [0] { kept.withLock { $0 = LoopBound(request, loop: loop) }; return }
                     try request.respond([name])
                 }
-            })
+            }).start()
         }
         let a = try await server(1), b = try await server(2)
         var poolConfiguration = RPCClientPool.Configuration()
@@ -398,7 +392,7 @@ final class ExtensionTests: XCTestCase {
         try waitUntil("a held call") { kept.withLock { $0 != nil } }
         let heldOnA = try await loop.submit { kept.withLock { $0!.value.endpoint.connection.localAddress?.port } } == a.address.port
         let drained = heldOnA ? a : b, other: UInt8 = heldOnA ? 2 : 1
-        let draining = Task { await drained.shutdown(gracePeriod: .seconds(30)) }
+        let draining = Task { await drained.stop(gracePeriod: .seconds(30)) }
         try waitUntil("the pool saw go-away") { pool.connectionStates.filter(\.isOpen).count == 1 }
         for _ in 0..<20 {
             let answer = try await pool.send([1])
@@ -409,9 +403,9 @@ final class ExtensionTests: XCTestCase {
         XCTAssertEqual(heldAnswer, [3], "the call in flight finished")
         await draining.value
         await pool.close()
-        await a.shutdown()
-        await b.shutdown()
-        let status = await group.shutdownAndWait()
+        await a.stop()
+        await b.stop()
+        let status = await group.shutdown()
         XCTAssertEqual(status, 0)
     }
     /// A pool closed while a connection whose server went away still
@@ -421,10 +415,9 @@ final class ExtensionTests: XCTestCase {
         let group = try EventLoopGroup(name: "goaway-close", loopCount: 1)
         let loop = group.loops[0]
         let kept = LockedValue<LoopBound<RPCRequest>?>(nil)
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration(),
-                                              onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback { endpoint in
             endpoint.onMessage = { request in kept.withLock { $0 = LoopBound(request, loop: loop) } }
-        })
+        }).start()
         var poolConfiguration = RPCClientPool.Configuration()
         poolConfiguration.endpoint = testConfiguration()
         let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: poolConfiguration)
@@ -434,7 +427,7 @@ final class ExtensionTests: XCTestCase {
             catch { ended.withLock { $0 = "\(error)" } }
         }
         try waitUntil("a held call") { kept.withLock { $0 != nil } }
-        let draining = Task { await server.shutdown(gracePeriod: .seconds(60)) }
+        let draining = Task { await server.stop(gracePeriod: .seconds(60)) }
         try waitUntil("the pool saw go-away") { !pool.connectionStates[0].isOpen }
         await pool.close()
         let outcome = ended.withLock { $0 }
@@ -442,7 +435,7 @@ final class ExtensionTests: XCTestCase {
         XCTAssertTrue(outcome?.contains("closed") == true, outcome ?? "")
         await held.value
         await draining.value
-        let status = await group.shutdownAndWait()
+        let status = await group.shutdown()
         XCTAssertEqual(status, 0)
     }
 }

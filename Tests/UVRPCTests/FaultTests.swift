@@ -13,10 +13,10 @@ final class FaultTests: XCTestCase {
         let configuration = testConfiguration { $0.handshakeTimeout = .milliseconds(300) }
         let reason = Promise<RPCCloseReason>()
         let start = monotonicMilliseconds()
+        let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: loop, handler: .callback {
+            $0.onClose = { reason.fulfill($0) }
+        }).startAndWait()
         try harness.sync {
-            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) {
-                $0.onClose = { reason.fulfill($0) }
-            }
             // Half a handshake, then silence (keepalive timeout is 10 s, so only the handshake timeout can fire).
             loop.connect(to: server.address) { result in
                 guard case .success(let peer) = result else { return XCTFail("\(result)") }
@@ -41,13 +41,13 @@ final class FaultTests: XCTestCase {
         }
         let answers = Promise<[UInt8]>()
         let (session, answerBytes) = (stream, expected)
+        // Keepalives every 10 s: none lands between the answers of this short session.
+        let quiet = testConfiguration(keepaliveInterval: .seconds(10))
+        let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: quiet), on: loop, handler: .callback {
+            $0.onMessage = reversing
+        }).startAndWait()
         try harness.sync {
             let stream = session, expected = answerBytes
-            // Keepalives every 10 s: none lands between the answers of this short session.
-            let quiet = testConfiguration(keepaliveInterval: .seconds(10))
-            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: quiet) {
-                $0.onMessage = reversing
-            }
             loop.connect(to: server.address) { result in
                 guard case .success(let peer) = result else { return XCTFail("\(result)") }
                 var received: [UInt8] = []
@@ -110,16 +110,15 @@ final class FaultTests: XCTestCase {
         let loop = harness.loop
         let cycles = 10_000
         let serverSideClosed = Promise<Void>()
-        let address = try harness.sync {
-            let closes = LoopBoundBox(0, loop: loop)
-            return try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration()) {
-                $0.onMessage = reversing
-                $0.onClose = { _ in
-                    closes.value += 1
-                    if closes.value == cycles { serverSideClosed.fulfill(()) }
-                }
-            }.address
-        }
+        let closes = LoopBoundBox.sendingValue(0, loop: loop)
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                    on: loop, handler: .callback {
+            $0.onMessage = reversing
+            $0.onClose = { _ in
+                closes.value += 1
+                if closes.value == cycles { serverSideClosed.fulfill(()) }
+            }
+        }).startAndWait().address
         let before = openDescriptors()
         let rssBefore = ProcessFigures.residentBytes() ?? 0
         let done = Promise<Int>()

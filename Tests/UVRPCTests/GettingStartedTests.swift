@@ -9,20 +9,26 @@ final class GettingStartedTests: XCTestCase {
     func testTheCallbackEchoServerAndClientOfTheDocs() throws {
         let loop = try EventLoop(name: "rpc")
         let answer = LockedValue<String?>(nil)
-        loop.execute {
-            do {
-                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
-                    endpoint.onMessage = { request in
-                        try request.respond(request.payload)
-                    }
-                    endpoint.onClose = { reason in print("\(endpoint.label) closed: \(reason)") }
-                }
-                print("listening on \(server.address)")
-                RPCClient.connect(to: server.address, on: loop) { result in
+        let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
+                               handler: .callback { endpoint in
+            endpoint.onMessage = { request in
+                try request.respond(request.payload)
+            }
+            endpoint.onClose = { reason in print("\(endpoint.label) closed: \(reason)") }
+        })
+        Task.detached {                                           // not on the main actor: this thread runs the loop
+            do { try await server.run() } catch { print("cannot listen: \(error)") }
+            loop.beginShutdown()                                  // loop.run() returns
+        }
+        Task.detached {
+            guard let address = await server.listeningAddress else { return }
+            print("listening on \(address)")
+            loop.execute {
+                RPCClient.connect(to: address, on: loop) { result in
                     switch result {
                     case .failure(let error):
                         print("connect failed: \(error)")
-                        loop.shutdown()
+                        server.close()
                     case .success(let endpoint):
                         endpoint.send(Array("hello".utf8), timeout: .seconds(5)) { response in
                             switch response {
@@ -30,18 +36,15 @@ final class GettingStartedTests: XCTestCase {
                             case .failure(let error): print("call failed: \(error)")
                             }
                             endpoint.close()
-                            loop.shutdown()
+                            server.close()
                         }
                     }
                 }
-            } catch {
-                print("cannot listen: \(error)")
-                loop.shutdown()
             }
         }
         // A guard so that a broken example fails instead of hanging the suite.
         let watchdog = LockedValue(false)
-        loop.execute { _ = loop.scheduleTimer(after: .seconds(20)) { watchdog.withLock { $0 = true }; loop.shutdown() } }
+        loop.execute { _ = loop.scheduleTimer(after: .seconds(20)) { watchdog.withLock { $0 = true }; loop.beginShutdown() } }
         try loop.run()
         XCTAssertFalse(watchdog.withLock { $0 }, "the example did not finish within 20 s")
         XCTAssertEqual(answer.withLock { $0 }, "hello")
@@ -59,11 +62,10 @@ final class GettingStartedTests: XCTestCase {
         let harness = try LoopHarness("rpc")
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let address = try harness.sync { () -> SocketAddress in
-            let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), admit: { address in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop, admit: { address in
                 guard let address, case .ipv4(let host, _) = address, host == "127.0.0.1" else { return .refuse }
                 return .accept(userValue: Session(peer: "\(address)"))
-            }) { endpoint in
+            }, handler: .callback { endpoint in
                 endpoint.onHandshake = { info in print("\(endpoint.label) speaks protocol \(info.protocolVersion)") }
                 endpoint.onMessage = { request in
                     let session = request.userValue as! Session
@@ -75,9 +77,7 @@ final class GettingStartedTests: XCTestCase {
                         try request.respond(Array("\(session.peer) call \(session.calls)".utf8))
                     }
                 }
-            }
-            return server.address
-        }
+            }).startAndWait().address
         let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
         try harness.sync {
             RPCClient.connect(to: address, on: loop) { connected.fulfill($0.map { LoopBound($0, loop: loop) }) }
@@ -101,26 +101,29 @@ final class GettingStartedTests: XCTestCase {
     func testTheStoppingCleanlyExampleOfTheDocs() throws {
         let loop = try EventLoop(name: "rpc")
         let listening = Promise<SocketAddress>()
+        let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
+                               handler: .callback { endpoint in
+            endpoint.onMessage = { request in
+                // (Test only: the signal comes while this call is held, and
+                // it is answered from a timer during the drain.)
+                kill(getpid(), SIGUSR2)
+                let answer = Array(request.payload)
+                _ = loop.scheduleTimer(after: .milliseconds(50)) { try? request.respond(answer) }
+            }
+        })
         loop.execute {
             do {
-                let server = try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { endpoint in
-                    endpoint.onMessage = { request in
-                        // (Test only: the signal comes while this call is held, and
-                        // it is answered from a timer during the drain.)
-                        kill(getpid(), SIGUSR2)
-                        let answer = Array(request.payload)
-                        _ = loop.scheduleTimer(after: .milliseconds(50)) { try? request.respond(answer) }
-                    }
-                }
-                try loop.onSignals([SIGUSR2]) { _ in
-                    Task { await server.shutdown(gracePeriod: .seconds(10)); loop.shutdown() }
-                }
-                listening.fulfill(server.address)
+                try loop.onSignals([SIGUSR2]) { _ in server.close(gracePeriod: .seconds(10)) }
             } catch {
-                print("cannot start: \(error)")
-                loop.shutdown()
+                print("cannot watch signals: \(error)")
+                server.close()
             }
         }
+        Task.detached {                                           // not on the main actor: this thread runs the loop
+            do { try await server.run() } catch { print("cannot listen: \(error)") }
+            loop.beginShutdown()                                  // after the drain
+        }
+        Task.detached { if let address = await server.listeningAddress { listening.fulfill(address) } }
         let outcome = Promise<Result<[UInt8], RPCError>>()
         let clientLoop = try LoopHarness("client")
         defer { clientLoop.shutdownCleanly() }
@@ -137,7 +140,7 @@ final class GettingStartedTests: XCTestCase {
         }
         // A guard so that a broken example fails instead of hanging the suite.
         let watchdog = LockedValue(false)
-        loop.execute { _ = loop.scheduleTimer(after: .seconds(20)) { watchdog.withLock { $0 = true }; loop.shutdown() } }
+        loop.execute { _ = loop.scheduleTimer(after: .seconds(20)) { watchdog.withLock { $0 = true }; loop.beginShutdown() } }
         try loop.run()                                           // returns after the drain
         XCTAssertFalse(watchdog.withLock { $0 }, "the example did not finish within 20 s")
         XCTAssertEqual(try outcome.wait("the call in flight").get(), [4, 2])
@@ -148,29 +151,31 @@ final class GettingStartedTests: XCTestCase {
     func testTheAsyncEchoServerAndClientOfTheReadme() async throws {
         let loop = try EventLoop(name: "echo-server")
         loop.start()
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0)) { request in
-            request.payload
+        let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
+                               handler: .async { request in
+            request.payload                                   // the answer; handlers run in tasks on the loop
+        })
+        try await withThrowingDiscardingTaskGroup { tasks in
+            tasks.addTask { try await server.run() }          // listens, serves until closed or cancelled
+            let listening = await server.listeningAddress
+            let address = try XCTUnwrap(listening)
+            let endpoint = try await RPCClient.connect(to: address, on: loop)
+            let answer = try await endpoint.send(Array("hello".utf8), timeout: .seconds(5))
+            XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+            let reason = await endpoint.close()
+            XCTAssertEqual(reason, .local)
+            server.close()                                    // run() returns, and so does the group
         }
-        let serverDone = Task { await server.run() }
-        let endpoint = try await RPCClient.connect(to: server.address, on: loop)
-        let answer = try await endpoint.send(Array("hello".utf8), timeout: .seconds(5))
-        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
-        let reason = await endpoint.close()
-        XCTAssertEqual(reason, .local)
-        await server.shutdown()
-        await serverDone.value
-        let status = await loop.shutdownAndWait()
+        let status = await loop.shutdown()
         XCTAssertEqual(status, 0)
     }
 
     /// The multi-core server and client pool of Docs/GETTING_STARTED.md (port 0).
     func testTheMultiCoreServerAndClientPoolOfTheDocs() async throws {
         let serverLoops = try EventLoopGroup(name: "rpc")
-        let server = try await RPCServer.bind(on: serverLoops, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              spread: .roundRobin) { request in
-            request.payload
-        }
-        XCTAssertEqual(server.loops.count, EventLoopGroup.availableCPUCount)
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), spread: .roundRobin),
+                                         on: serverLoops, handler: .async { request in request.payload }).start()
+        XCTAssertEqual(server.server.loops.count, EventLoopGroup.availableCPUCount)
         let clientLoops = try EventLoopGroup(name: "client", loopCount: 2)
         var configuration = RPCClientPool.Configuration()
         configuration.connectionsPerAddress = 2
@@ -179,9 +184,9 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
         XCTAssertEqual(pool.connectionStates.map(\.loop), ["client-0", "client-1"])
         await pool.close()
-        await server.shutdown()
-        let clientStatus = await clientLoops.shutdownAndWait()
-        let serverStatus = await serverLoops.shutdownAndWait()
+        await server.stop()
+        let clientStatus = await clientLoops.shutdown()
+        let serverStatus = await serverLoops.shutdown()
         XCTAssertEqual(clientStatus, 0)
         XCTAssertEqual(serverStatus, 0)
     }

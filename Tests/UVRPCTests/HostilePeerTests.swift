@@ -74,15 +74,13 @@ func startServer(_ harness: LoopHarness, configuration: RPCEndpoint.Configuratio
     let loop = harness.loop
     let firstClose = Promise<RPCCloseReason>()
     let closes = LockedValue(0)
-    let address = try harness.sync {
-        try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
+    let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: loop, handler: .callback { endpoint in
             endpoint.onMessage = reversing
             endpoint.onClose = { reason in
                 closes.withLock { $0 += 1 }
                 firstClose.fulfill(reason)
             }
-        }.address
-    }
+        }).startAndWait().address
     return (address, firstClose, closes)
 }
 
@@ -161,12 +159,10 @@ final class HostilePeerTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         let endpointBox = Promise<LoopBound<RPCEndpoint>>()
-        let address = try harness.sync {
-            try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: testConfiguration()) {
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback {
                 $0.onMessage = reversing
                 endpointBox.fulfill(LoopBound($0, loop: loop))
-            }.address
-        }
+            }).startAndWait().address
         let peer = try RawPeer(harness: harness, address: address)
         // A handshake announcing protocol 1, then a message: its answer proves the handshake was read.
         try peer.send(harness, PeerInfo(protocolVersion: 1, keepaliveInterval: 10).handshakeBytes

@@ -51,13 +51,12 @@ final class LoopFairnessTests: XCTestCase {
         var configuration = testConfiguration()
         configuration.maximumPacketsPerTurn = 64
         let perTurn = LoopBoundBox.sendingValue([UInt64: Int](), loop: serverHarness.loop)
-        let server = try await RPCServer.bind(on: serverHarness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: configuration, onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: serverHarness.loop, handler: .callback { endpoint in
             endpoint.onMessage = { request in
                 perTurn.value[serverHarness.loop.turn, default: 0] += 1
                 try request.respond(request.payload)
             }
-        })
+        }).start()
         let client = try await RPCClient.connect(to: server.address, on: clientHarness.loop, configuration: testConfiguration())
         let count = 20_000
         let answered = Promise<Int>()
@@ -77,7 +76,7 @@ final class LoopFairnessTests: XCTestCase {
         XCTAssertEqual(shares.values.reduce(0, +), count)
         XCTAssertLessThanOrEqual(shares.values.max()!, 64, "messages handled in one turn")
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 
     /// Connection A's handler resumes connection B, whose TLS records are

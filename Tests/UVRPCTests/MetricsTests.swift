@@ -52,16 +52,12 @@ final class MetricsTests: XCTestCase {
         let client = try LoopHarness("metrics-client")
         let calls = 50, size = 100
         let serverSawTheEnd = Promise<RPCCloseReason>()
-        let address = try server.sync { () -> SocketAddress in
-            let listening = try RPCServer(loop: server.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                          configuration: testConfiguration(keepaliveInterval: .seconds(60))) { endpoint in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration(keepaliveInterval: .seconds(60))), on: server.loop, handler: .callback { endpoint in
                 endpoint.onMessage = { request in
                     if request.payload.first != 0 { try request.respond(request.payload) } // [0...] is never answered
                 }
                 endpoint.onClose = { serverSawTheEnd.fulfill($0) }
-            }
-            return listening.address
-        }
+            }).startAndWait().address
         let outcomes = Promise<[String]>()
         try client.sync {
             RPCClient.connect(to: address, on: client.loop,
@@ -107,12 +103,9 @@ final class MetricsTests: XCTestCase {
         let before = Figures.read()
         let harness = try LoopHarness("metrics-violation")
         let closed = Promise<RPCCloseReason>()
-        let address = try harness.sync { () -> SocketAddress in
-            try RPCServer(loop: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                          configuration: testConfiguration()) { endpoint in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .callback { endpoint in
                 endpoint.onClose = { closed.fulfill($0) }
-            }.address
-        }
+            }).startAndWait().address
         try harness.sync {
             harness.loop.connect(to: address) { result in
                 guard case .success(let connection) = result else { return }

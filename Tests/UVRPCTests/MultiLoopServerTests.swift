@@ -23,8 +23,7 @@ final class MultiLoopServerTests: XCTestCase {
         let serverGroup = try EventLoopGroup(name: "srv", loopCount: 2)
         let clientGroup = try EventLoopGroup(name: "cli", loopCount: 2)
         let landed = LockedValue<[String: Int]>([:])
-        let server = try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0), spread: spread,
-                                              configuration: testConfiguration(), onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), spread: spread, endpoint: testConfiguration()), on: serverGroup, handler: .callback { endpoint in
             // Runs on the endpoint's own loop, before any byte is read.
             XCTAssertTrue(EventLoop.current === endpoint.loop)
             landed.withLock { $0[endpoint.loop.name, default: 0] += 1 }
@@ -32,9 +31,9 @@ final class MultiLoopServerTests: XCTestCase {
                 XCTAssertTrue(endpoint.loop.inEventLoop, "handlers run on the endpoint's loop")
                 try reversing(request)
             }
-        })
-        XCTAssertEqual(server.spread, spread)
-        XCTAssertEqual(server.loops.count, 2)
+        }).start()
+        XCTAssertEqual(server.server.configuration.spread, spread)
+        XCTAssertEqual(server.server.loops.count, 2)
         let clients = try await connectAndCall(32, to: server.address, on: clientGroup)
         let perLoop = landed.withLock { $0 }
         XCTAssertEqual(perLoop.values.reduce(0, +), 32)
@@ -50,14 +49,14 @@ final class MultiLoopServerTests: XCTestCase {
             if streamed == 32 { break }
         }
         XCTAssertEqual(streamed, 32)
-        try await withTimeout("the server's shutdown") { await server.shutdown() }
+        try await withTimeout("the server's shutdown") { await server.stop() }
         XCTAssertEqual(server.openEndpoints.count, 0)
         for client in clients {
             let reason = await client.closed()
             XCTAssertEqual(reason, .peerClosed, "the server closed every endpoint, on both loops")
         }
-        let clientStatus = await clientGroup.shutdownAndWait()
-        let serverStatus = await serverGroup.shutdownAndWait()
+        let clientStatus = await clientGroup.shutdown()
+        let serverStatus = await serverGroup.shutdown()
         XCTAssertEqual(clientStatus, 0)
         XCTAssertEqual(serverStatus, 0)
     }
@@ -72,11 +71,10 @@ final class MultiLoopServerTests: XCTestCase {
 
     func testAsyncHandlersOfAGroupServerRunOnTheirEndpointsLoop() async throws {
         let group = try EventLoopGroup(name: "async", loopCount: 2)
-        let server = try await RPCServer.bind(on: group, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration()) { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: group, handler: .async { request in
             // The loop the task runs on, appended to the request.
             request.payload + Array((EventLoop.current?.name ?? "none").utf8)
-        }
+        }).start()
         var loopsSeen: Set<String> = []
         for index in 0..<4 {
             let client = try await RPCClient.connect(to: server.address, on: group, configuration: testConfiguration())
@@ -86,8 +84,8 @@ final class MultiLoopServerTests: XCTestCase {
             await client.close()
         }
         XCTAssertEqual(loopsSeen, ["async-0", "async-1"], "each endpoint's handler ran on its own loop")
-        await server.shutdown()
-        let status = await group.shutdownAndWait()
+        await server.stop()
+        let status = await group.shutdown()
         XCTAssertEqual(status, 0)
     }
 
@@ -95,8 +93,7 @@ final class MultiLoopServerTests: XCTestCase {
         let serverGroup = try EventLoopGroup(name: "block", loopCount: 2)
         let clientLoop = try LoopHarness("block-client")
         let blocking = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
-        let server = try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              spread: .roundRobin, configuration: testConfiguration(), onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), spread: .roundRobin, endpoint: testConfiguration()), on: serverGroup, handler: .callback { endpoint in
             endpoint.onMessage = { request in
                 let payload = request.payload
                 if payload.first == 0xB1 {
@@ -106,7 +103,7 @@ final class MultiLoopServerTests: XCTestCase {
                 }
                 try request.respond(payload)
             }
-        })
+        }).start()
         // Round robin: the first connection lands on block-0, the second on block-1.
         let first = try await RPCClient.connect(to: server.address, on: clientLoop.loop, configuration: testConfiguration())
         _ = try await first.send([1])
@@ -123,9 +120,9 @@ final class MultiLoopServerTests: XCTestCase {
         release.signal()
         let late = try await withTimeout("the held call") { try await blocked.value }
         XCTAssertEqual(late, [0xB1])
-        await server.shutdown()
+        await server.stop()
         clientLoop.shutdownCleanly()
-        let status = await serverGroup.shutdownAndWait()
+        let status = await serverGroup.shutdown()
         XCTAssertEqual(status, 0)
     }
 
@@ -133,13 +130,12 @@ final class MultiLoopServerTests: XCTestCase {
         let serverGroup = try EventLoopGroup(name: "held", loopCount: 2)
         let clientGroup = try EventLoopGroup(name: "busy", loopCount: 2)
         let received = LockedValue(0)
-        let server = try await RPCServer.bind(on: serverGroup, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration(), onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: serverGroup, handler: .callback { endpoint in
             endpoint.onMessage = { _ in
                 // Never answered (the request is dropped): every call stays in flight.
                 received.withLock { $0 += 1 }
             }
-        })
+        }).start()
         let calls = 4 * 8
         var clients: [RPCAsyncEndpoint] = []
         for _ in 0..<4 { clients.append(try await RPCClient.connect(to: server.address, on: clientGroup, configuration: testConfiguration())) }
@@ -162,15 +158,15 @@ final class MultiLoopServerTests: XCTestCase {
             }
         }
         try waitUntil("every call to reach the server", seconds: 20) { received.withLock { $0 } == calls }
-        let status = await clientGroup.shutdownAndWait()
+        let status = await clientGroup.shutdown()
         XCTAssertEqual(status, 0, "every client loop closed with 0")
         let failures = try await withTimeout("the calls' outcomes") { try await outcomes.value }
         XCTAssertEqual(failures.count, calls)
         for failure in failures {
             XCTAssertTrue(failure.contains("failed: the endpoint is closed (closed locally)"), failure)
         }
-        await server.shutdown()
-        let serverStatus = await serverGroup.shutdownAndWait()
+        await server.stop()
+        let serverStatus = await serverGroup.shutdown()
         XCTAssertEqual(serverStatus, 0)
     }
 }

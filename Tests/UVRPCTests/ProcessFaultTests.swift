@@ -410,13 +410,11 @@ final class ProcessFaultTests: XCTestCase {
         let paused = testConfiguration { $0.connectionOptions.autoRead = false }
         let endpoints = LockedValue([LoopBound<RPCEndpoint>]())
         let closes = LockedValue([RPCCloseReason]())
-        let address = try harness.sync {
-            try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: paused) { endpoint in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: paused), on: loop, handler: .callback { endpoint in
                 endpoint.onMessage = { request in try request.respond(request.payload) }
                 endpoint.onClose = { reason in closes.withLock { $0.append(reason) } }
                 endpoints.withLock { $0.append(LoopBound(endpoint, loop: loop)) }
-            }.address
-        }
+            }).startAndWait().address
         guard case .ipv4(_, let port) = address else { return XCTFail("\(address)") }
         let descriptorsBefore = ProcessFigures.openSockets()
 

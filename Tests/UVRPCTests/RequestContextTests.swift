@@ -39,22 +39,18 @@ final class RequestContextTests: XCTestCase {
     private func describingServer(_ harness: LoopHarness, admitted: LockedValue<[SocketAddress?]>,
                                   endpoints: LockedValue<[ObjectIdentifier]>) throws -> SocketAddress {
         let counter = LockedValue(0)
-        return try harness.sync { () -> SocketAddress in
-            let server = try RPCServer(loop: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                       configuration: testConfiguration(), admit: { address in
+        return try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, admit: { address in
                 admitted.withLock { $0.append(address) }
                 let n = counter.withLock { n -> Int in n += 1; return n }
                 return .accept(userValue: "session-\(n)")
-            }) { endpoint in
+            }, handler: .callback { endpoint in
                 endpoints.withLock { $0.append(ObjectIdentifier(endpoint)) }
                 endpoint.onMessage = { request in
                     let text = "\(request.userValue as? String ?? "none")|\(request.peerAddress.map { "\($0)" } ?? "none")"
                         + "|\(request.peerInfo.keepaliveInterval)|\(ObjectIdentifier(request.endpoint) == ObjectIdentifier(endpoint))"
                     try request.respond(Array(text.utf8))
                 }
-            }
-            return server.address
-        }
+            }).startAndWait().address
     }
 
     func testEachRequestKnowsItsConnectionPeerAndUserValue() throws {
@@ -93,14 +89,11 @@ final class RequestContextTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let made = LockedValue(0)
-        let server = try harness.sync { () -> LoopBound<RPCServer> in
-            let server = try RPCServer(loop: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                       configuration: testConfiguration(), admit: { _ in .refuse }) { _ in
-                made.withLock { $0 += 1 }
-            }
-            return LoopBound(server, loop: harness.loop)
-        }
-        let address = try harness.sync { server.value.address }
+        let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                   on: harness.loop, admit: { _ in .refuse }, handler: .callback { _ in
+            made.withLock { $0 += 1 }
+        }).startAndWait()
+        let address = server.address
         let closed = Promise<RPCCloseReason>()
         let handshake = Promise<Bool>()
         try harness.sync {
@@ -116,25 +109,21 @@ final class RequestContextTests: XCTestCase {
         XCTAssertEqual(try closed.wait("the refused client's close"), .peerClosed)
         XCTAssertFalse(try handshake.wait("handshake or close"), "a refused connection gets no handshake")
         XCTAssertEqual(made.withLock { $0 }, 0, "no endpoint is made for a refused connection")
-        XCTAssertTrue(try harness.sync { server.value.openEndpoints.isEmpty })
-        try harness.sync { server.value.close() }
+        XCTAssertTrue(server.openEndpoints.isEmpty)
+        server.stopAndWait()
     }
 
     func testTheHandshakeEventComesFirstWithThePeersInfo() throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let events = LockedValue([String]())
-        let address = try harness.sync { () -> SocketAddress in
-            let server = try RPCServer(loop: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                       configuration: testConfiguration()) { endpoint in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .callback { endpoint in
                 endpoint.onHandshake = { info in events.withLock { $0.append("handshake \(info.keepaliveInterval)") } }
                 endpoint.onMessage = { request in
                     events.withLock { $0.append("message") }
                     try request.respond(request.payload)
                 }
-            }
-            return server.address
-        }
+            }).startAndWait().address
         let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
         try harness.sync {
             RPCClient.connect(to: address, on: harness.loop,
@@ -187,17 +176,13 @@ final class RequestContextTests: XCTestCase {
         }
         let reachedHandler = Promise<Void>()
         let endpoint = Promise<LoopBound<RPCEndpoint>>()
-        let address = try harness.sync { () -> SocketAddress in
-            let server = try RPCServer(loop: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                       configuration: serverConfiguration, logger: log.logger) { server in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: serverConfiguration), on: harness.loop, logger: log.logger, handler: .callback { server in
                 endpoint.fulfill(LoopBound(server, loop: harness.loop))
                 server.onMessage = { request in
                     kept.value.append(request) // neither answered nor failed
                     reachedHandler.fulfill(())
                 }
-            }
-            return server.address
-        }
+            }).startAndWait().address
         let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
         try harness.sync {
             RPCClient.connect(to: address, on: harness.loop, configuration: testConfiguration()) { result in
@@ -223,21 +208,20 @@ final class RequestContextTests: XCTestCase {
     func testAsyncHandlersSeeTheSameContext() async throws {
         let loop = try EventLoop(name: "async-context")
         loop.start()
-        let server = try await RPCServer.bind(on: loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration(), handler: { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, admit: { _ in .accept(userValue: 42) }, handler: .async { request in
             XCTAssertTrue(loop.inEventLoop, "async handlers run on the endpoint's loop")
             let text = "\(request.userValue as? Int ?? -1)|\(request.peerAddress.map { "\($0)" } ?? "none")"
                 + "|\(request.peerInfo.keepaliveInterval)|\(request.messageID)|\(request.payload.count)"
             return Array(text.utf8)
-        }, admit: { _ in .accept(userValue: 42) })
+        }).start()
         let client = try await RPCClient.connect(to: server.address, on: loop,
                                                  configuration: testConfiguration(keepaliveInterval: .milliseconds(300)))
         let local = await loop.submitIfRunning { client.endpoint.connection.localAddress.map { "\($0)" } ?? "?" } ?? "?"
         let answer = try await client.send([1, 2, 3, 4], timeout: .seconds(10))
         XCTAssertEqual(String(decoding: answer, as: UTF8.self), "42|\(local)|0.3|65530|4")
         await client.close()
-        await server.shutdown()
-        let status = await loop.shutdownAndWait()
+        await server.stop()
+        let status = await loop.shutdown()
         XCTAssertEqual(status, 0)
     }
 }

@@ -33,13 +33,11 @@ final class ResourceLimitTests: XCTestCase {
         let loop = harness.loop
         let endpoints = LockedValue([LoopBound<RPCEndpoint>]())
         let closed = Promise<RPCCloseReason>()
-        let address = try harness.sync {
-            try RPCServer(loop: loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: configuration) { endpoint in
+        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: loop, handler: .callback { endpoint in
                 endpoint.onMessage = reversing
                 endpoint.onClose = { closed.fulfill($0) }
                 endpoints.withLock { $0.append(LoopBound(endpoint, loop: loop)) }
-            }.address
-        }
+            }).startAndWait().address
         return (address, endpoints, closed)
     }
 
@@ -115,8 +113,7 @@ final class ResourceLimitTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let configuration = testConfiguration { $0.maximumServerPayloadMemory = 1 << 20 }
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: configuration) { request in Array(request.payload.reversed()) }
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: harness.loop, handler: .async { request in Array(request.payload.reversed()) }).start()
         let first = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         let second = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         // Held halfway: each client's upload starts, then waits behind a peer that reads nothing more.
@@ -152,7 +149,7 @@ final class ResourceLimitTests: XCTestCase {
         XCTAssertEqual(afterwards.count, 800_000)
         await first.close()
         await second.close()
-        await server.shutdown()
+        await server.stop()
     }
 
     // MARK: Progress
@@ -202,8 +199,7 @@ final class ResourceLimitTests: XCTestCase {
             clientHarness.shutdownCleanly()
             serverHarness.shutdownCleanly()
         }
-        let server = try await RPCServer.bind(on: serverHarness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration()) { request in request.payload }
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: serverHarness.loop, handler: .async { request in request.payload }).start()
         let client = try await RPCClient.connect(to: server.address, on: clientHarness.loop,
                                                  configuration: testConfiguration { $0.payloadProgressTimeout = .milliseconds(300) })
         _ = try await client.send([1]) // the handshakes are done: the big call goes in chunks at once
@@ -215,7 +211,7 @@ final class ResourceLimitTests: XCTestCase {
         }
         XCTAssertTrue(try outcome.wait("the big call").get() == payload, "the transfer went on after the loop was free again")
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 
     // MARK: Acknowledgements under backpressure
@@ -272,20 +268,19 @@ final class ResourceLimitTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let size = sanitizerInUse == nil ? 16 << 20 : 4 << 20
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration(), onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .callback { endpoint in
             endpoint.onMessage = { request in
                 try request.respond(request.payload) // a chunked transfer begins...
                 endpoint.close(gracePeriod: .seconds(60)) // ...and the drain with it
             }
-        })
+        }).start()
         let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         let payload = pseudoRandomBytes(count: size, seed: 5)
         let answer = try await client.send(payload, timeout: .seconds(60), closeOnError: false)
         XCTAssertTrue(answer == payload, "the whole answer arrived")
         let reason = await client.closed()
         XCTAssertEqual(reason, .peerClosed, "then the server closed, drained")
-        await server.shutdown()
+        await server.stop()
     }
 
     /// A drain that starts while a message arrives in parts (chunks, then a
@@ -330,8 +325,7 @@ final class ResourceLimitTests: XCTestCase {
             $0.connectionOptions.gracefulCloseTimeout = .seconds(60)
             $0.connectionOptions.writeTimeout = nil // only the drain may end it
         }
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: configuration, onEndpoint: { $0.onMessage = reversing })
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: harness.loop, handler: .callback { $0.onMessage = reversing }).start()
         // An efro.rpc peer (no chunking): an 8 MiB MESSAGE_BIG, and it never reads the answer.
         let writer = try FDWriter(connectingTo: server.address)
         defer { writer.close() }
@@ -343,7 +337,7 @@ final class ResourceLimitTests: XCTestCase {
             }
         }
         // Well under the close timeout, whatever the machine's speed: the grace period plus half a second.
-        try await withTimeout("the drain to end", seconds: 30) { await server.shutdown(gracePeriod: .milliseconds(200)) }
+        try await withTimeout("the drain to end", seconds: 30) { await server.stop(gracePeriod: .milliseconds(200)) }
     }
 
     // MARK: TLS connections that never finish their handshake
@@ -386,12 +380,11 @@ final class HandshakeRateTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let serverContext = try certificates.serverContext(), clientContext = try certificates.clientContext()
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: testConfiguration {
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration {
                                                   $0.connectionOptions.tls = serverContext
                                                   // Two at once, then one every 1000 s: none more within the test.
                                                   $0.tlsHandshakesPerPeer = RPCRateLimit(perSecond: 0.001, burst: 2)
-                                              }) { request in request.payload }
+                                              }), on: harness.loop, handler: .async { request in request.payload }).start()
         let clientConfiguration = testConfiguration { $0.connectionOptions.tls = clientContext }
         var outcomes: [String] = []
         var clients: [RPCAsyncEndpoint] = []
@@ -406,7 +399,7 @@ final class HandshakeRateTests: XCTestCase {
         }
         XCTAssertEqual(outcomes, ["served", "served", "refused", "refused"])
         for client in clients { await client.close() }
-        await server.shutdown()
+        await server.stop()
     }
 
     func testTheLimiterAllowsABurstThenTheRatePerPeer() {

@@ -20,10 +20,7 @@ final class TLSBehaviourTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let closed = Promise<RPCCloseReason>()
-        let server = try await RPCServer.bind(
-            on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-            configuration: tlsConfiguration(try certificates.serverContext()) { $0.keepaliveTimeout = .milliseconds(300) },
-            onEndpoint: { endpoint in endpoint.onClose = { closed.fulfill($0) } })
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: tlsConfiguration(try certificates.serverContext()) { $0.keepaliveTimeout = .milliseconds(300) }), on: harness.loop, handler: .callback { endpoint in endpoint.onClose = { closed.fulfill($0) } }).start()
         let client = try await RPCClient.connect(
             to: server.address, on: harness.loop,
             configuration: tlsConfiguration(try certificates.clientContext()) { $0.sendsKeepalives = false })
@@ -32,7 +29,7 @@ final class TLSBehaviourTests: XCTestCase {
         }
         let reason = await client.closed()
         XCTAssertEqual(reason, .peerClosed, "the server closed cleanly (close_notify)")
-        await server.shutdown()
+        await server.stop()
     }
 
     func testAFastSenderIsHeldBackByBackpressureOverTLS() async throws {
@@ -43,10 +40,9 @@ final class TLSBehaviourTests: XCTestCase {
             clientHarness.shutdownCleanly()
             serverHarness.shutdownCleanly()
         }
-        let server = try await RPCServer.bind(on: serverHarness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: tlsConfiguration(try certificates.serverContext())) { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: tlsConfiguration(try certificates.serverContext())), on: serverHarness.loop, handler: .async { request in
             [UInt8(truncatingIfNeeded: request.payload.count >> 20)]
-        }
+        }).start()
         // Whole MESSAGE_BIG packets (no chunking), which wait in the outgoing buffer.
         var clientConfiguration = tlsConfiguration(try certificates.clientContext())
         clientConfiguration.extensions = []
@@ -73,7 +69,7 @@ final class TLSBehaviourTests: XCTestCase {
         XCTAssertLessThanOrEqual(observed, highWater + frame + frame / 100,
                                  "unsent bytes stay under the high-water mark plus one message")
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 
     /// Every fuzz-corpus input, written as the plaintext of a TLS stream to a
@@ -89,14 +85,14 @@ final class TLSBehaviourTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let closes = LockedValue(0)
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                              configuration: tlsConfiguration(try certificates.serverContext()) {
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: tlsConfiguration(try certificates.serverContext()) {
             $0.maximumPayloadSize = 1 << 20
             $0.handshakeTimeout = .seconds(2)
             $0.tlsHandshakesPerPeer = nil // 1 200 connections from one address, on purpose
-        }, handler: { request in request.payload }, onEndpoint: { endpoint in
+        }), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { _ in closes.withLock { $0 += 1 } }
-        })
+            endpoint.asyncEndpoint.onMessage { request in request.payload }
+        }).start()
         let options = try { () throws -> ConnectionOptions in
             var options = ConnectionOptions()
             options.tls = try certificates.clientContext()
@@ -143,6 +139,6 @@ final class TLSBehaviourTests: XCTestCase {
         let answer = try await withTimeout("a good call afterwards") { try await client.send([4, 2]) }
         XCTAssertEqual(answer, [4, 2])
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 }

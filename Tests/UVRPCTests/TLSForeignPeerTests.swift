@@ -27,14 +27,13 @@ final class TLSForeignPeerTests: XCTestCase {
 
     /// A reversing TLS server whose endpoints report how they closed.
     private func reversingServer(_ harness: LoopHarness, _ certificates: TestCertificates,
-                                 closed: LockedValue<[String]>) async throws -> RPCServer {
+                                 closed: LockedValue<[String]>) async throws -> RunningServer {
         var c = testConfiguration()
         c.connectionOptions.tls = try certificates.serverContext()
-        return try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: c,
-                                        handler: { request in Array(request.payload.reversed()) },
-                                        onEndpoint: { endpoint in
+        return try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in closed.withLock { $0.append("\(reason)") } }
-        })
+            endpoint.asyncEndpoint.onMessage { request in Array(request.payload.reversed()) }
+        }).start()
     }
 
     /// Runs the Python client (with `extra` arguments) against a reversing
@@ -48,7 +47,7 @@ final class TLSForeignPeerTests: XCTestCase {
         guard case .ipv4(_, let port) = server.address else { throw TestTimeout(what: "an IPv4 address, not \(server.address)") }
         let run = try runPeer(["client", "127.0.0.1", "\(port)", certificates.caFile, "localhost"] + extra)
         try waitUntil("the server to see the end") { !closed.withLock { $0.isEmpty } }
-        await server.shutdown()
+        await server.stop()
         return (run, closed.withLock { $0 }.joined(separator: "; "))
     }
 

@@ -13,11 +13,10 @@ final class TLSTests: XCTestCase {
         return c
     }
 
-    private func echoServer(_ harness: LoopHarness, tls: TLSContext) async throws -> RPCServer {
-        try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                 configuration: configuration(tls)) { request in
+    private func echoServer(_ harness: LoopHarness, tls: TLSContext) async throws -> RunningServer {
+        try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration(tls)), on: harness.loop, handler: .async { request in
             Array(request.payload.reversed())
-        }
+        }).start()
     }
 
     func testMessagesBothWaysOverTLSIncluding5MiB() async throws {
@@ -42,7 +41,7 @@ final class TLSTests: XCTestCase {
         let isTLS = try await client.withEndpoint { $0.connection.isTLS }
         XCTAssertTrue(isTLS)
         await client.close()
-        await server.shutdown()
+        await server.stop()
     }
 }
 
@@ -52,7 +51,7 @@ final class TLSTests: XCTestCase {
 final class TLSFailureTests: XCTestCase {
     /// A TLS echo server whose endpoints report how they closed.
     private struct Server {
-        let server: RPCServer
+        let server: RunningServer
         let closeReasons: LockedValue<[String]>
     }
 
@@ -60,11 +59,10 @@ final class TLSFailureTests: XCTestCase {
         var c = testConfiguration()
         c.connectionOptions.tls = tls
         let reasons = LockedValue([String]())
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: c,
-                                              handler: { request in request.payload },
-                                              onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in reasons.withLock { $0.append("\(reason)") } }
-        })
+            endpoint.asyncEndpoint.onMessage { request in request.payload }
+        }).start()
         return Server(server: server, closeReasons: reasons)
     }
 
@@ -117,7 +115,7 @@ final class TLSFailureTests: XCTestCase {
         assertFailed(result, containing: "127.0.0.1:") // names the peer
         try waitForServerClose(server, containing: "unknown ca")
         try await assertGoodClientServed(server, harness, certificates)
-        await server.server.shutdown()
+        await server.server.stop()
     }
 
     func testANameMismatchAndAnExpiredCertificateAreRefused() async throws {
@@ -132,12 +130,12 @@ final class TLSFailureTests: XCTestCase {
         let byName = try await call(server.server.address, harness, tls: try certificates.clientContext(), serverName: "localhost")
         XCTAssertEqual(try byName.get(), [1, 2, 3])
         try await assertGoodClientServed(server, harness, certificates)
-        await server.server.shutdown()
+        await server.server.stop()
 
         let expired = try await self.server(harness, tls: try certificates.serverContext(chain: certificates.expiredChain))
         let result = try await call(expired.server.address, harness, tls: try certificates.clientContext())
         assertFailed(result, containing: "certificate has expired")
-        await expired.server.shutdown()
+        await expired.server.stop()
     }
 
     func testPlaintextToATLSPortAndTLSToAPlaintextPortFailWithAReason() async throws {
@@ -149,13 +147,12 @@ final class TLSFailureTests: XCTestCase {
         _ = try await call(server.server.address, harness, tls: nil)
         try waitForServerClose(server, containing: "TLS failed: handshake failed")
         try await assertGoodClientServed(server, harness, certificates)
-        await server.server.shutdown()
+        await server.server.stop()
         // A TLS client against a plaintext server: the client names it.
-        let plain = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0),
-                                             configuration: testConfiguration()) { request in request.payload }
+        let plain = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request in request.payload }).start()
         let result = try await call(plain.address, harness, tls: try certificates.clientContext())
         assertFailed(result, containing: "TLS failed: handshake failed")
-        await plain.shutdown()
+        await plain.stop()
     }
 
     func testMutualTLSRequiresAClientCertificateAndHandlersSeeItsSubject() async throws {
@@ -165,13 +162,12 @@ final class TLSFailureTests: XCTestCase {
         var c = testConfiguration()
         c.connectionOptions.tls = try certificates.serverContext(requireClientCertificates: true)
         let reasons = LockedValue([String]())
-        let server = try await RPCServer.bind(on: harness.loop, address: .ipv4(host: "127.0.0.1", port: 0), configuration: c,
-                                              onEndpoint: { endpoint in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in reasons.withLock { $0.append("\(reason)") } }
             endpoint.onMessage = { request in
                 try request.respond(Array((request.peerCertificateSubject ?? "none").utf8))
             }
-        })
+        }).start()
         let without = try await call(server.address, harness, tls: try certificates.clientContext())
         guard case .failure = without else { return XCTFail("a client without a certificate was served") }
         try waitUntil("the server refused the client without a certificate") {
@@ -179,7 +175,7 @@ final class TLSFailureTests: XCTestCase {
         }
         let with = try await call(server.address, harness, tls: try certificates.clientContext(withCertificate: true))
         XCTAssertEqual(String(decoding: try with.get(), as: UTF8.self), "CN=client-1,O=UVRPC Tests")
-        await server.shutdown()
+        await server.stop()
     }
 
     func testTurningVerificationOffAcceptsAnyServerAndSaysSo() async throws {
@@ -197,7 +193,7 @@ final class TLSFailureTests: XCTestCase {
         XCTAssertEqual(answer, [7], "an expired certificate from an untrusted CA is accepted")
         XCTAssertTrue(log.contains("the server's certificate is not checked"), "\(log.messages.withLock { $0 })")
         await client.close()
-        await server.server.shutdown()
+        await server.server.stop()
     }
 
     func testACleanCloseSendsCloseNotifyAndTheServerSeesThePeerClose() async throws {
@@ -207,7 +203,7 @@ final class TLSFailureTests: XCTestCase {
         let server = try await server(harness, tls: try certificates.serverContext())
         try await assertGoodClientServed(server, harness, certificates) // closes with close()
         try waitForServerClose(server, containing: "closed by the peer")
-        await server.server.shutdown()
+        await server.server.stop()
     }
 
     func testAContextThatCannotLoadSaysWhat() throws {

@@ -56,7 +56,7 @@ public final class LoopHarness: Sendable {
 
     /// Shuts the loop down and asserts that `uv_loop_close` returned 0.
     public func shutdownCleanly(file: StaticString = #filePath, line: UInt = #line) {
-        let status = loop.shutdownAndWait(timeout: .seconds(20))
+        let status = loop.syncShutdown(timeout: .seconds(20))
         XCTAssertEqual(status, 0, "uv_loop_close must return 0 (every handle closed)", file: file, line: line)
     }
 }
