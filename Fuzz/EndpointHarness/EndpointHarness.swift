@@ -55,7 +55,7 @@ private func handle(_ request: RPCRequest, kept: LoopBoundBox<[RPCRequest]>) thr
             try request.respond([0])
             preconditionFailure("a second answer was accepted")
         } catch {
-            guard case .alreadyAnswered = error else { preconditionFailure("a second answer failed with \(error)") }
+            guard case .alreadyAnswered = error.kind else { preconditionFailure("a second answer failed with \(error)") }
         }
     case 3?:
         return // never answered

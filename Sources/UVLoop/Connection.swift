@@ -156,21 +156,21 @@ public final class Connection: HandleOwner {
 
     /// The most bytes that waited to be written at once since the connection
     /// opened (the high-water mark actually reached; kept after the close).
-    public var peakPendingWriteBytes: Int { max(peakPending, pendingWriteBytes) }
+    package var peakPendingWriteBytes: Int { max(peakPending, pendingWriteBytes) }
     @exclusivity(unchecked) var peakPending = 0
 
     /// True while libuv is reading the socket (for tests).
     package var isReadingForTests: Bool { reading }
 
     /// Bytes read but not consumed by ``onRead`` yet.
-    public var unconsumedReadBytes: Int { ring.readableCount }
+    package var unconsumedReadBytes: Int { ring.readableCount }
 
     /// Current read buffer capacity (grows for large unconsumed data, shrinks back).
     public var readBufferCapacity: Int { ring.capacity }
 
     /// Bytes of buffer memory this connection owns now: its read ring (none
     /// while it holds no unconsumed bytes and never did) and its outgoing buffers.
-    public var ownedBufferBytes: Int {
+    package var ownedBufferBytes: Int {
         (ring.hasStorage ? ring.capacity : 0) + pending.allocatedBytes + inFlight.allocatedBytes
     }
 

@@ -443,7 +443,7 @@ private final class LoopStart {
 
 extension Duration {
     /// Whole milliseconds, rounded up, never negative (libuv's timer unit).
-    public var roundedUpMilliseconds: UInt64 {
+    package var roundedUpMilliseconds: UInt64 {
         let (seconds, atto) = components
         if seconds < 0 { return 0 }
         let ms = UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000)

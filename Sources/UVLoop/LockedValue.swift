@@ -10,14 +10,14 @@ import Darwin
 /// A pthread mutex rather than `Synchronization.Mutex`: on Linux the latter
 /// locks with raw futex calls that ThreadSanitizer cannot see, so every
 /// access it guards is reported as a race.
-public final class LockedValue<Value>: @unchecked Sendable { // value touched only under the mutex
+package final class LockedValue<Value>: @unchecked Sendable { // value touched only under the mutex
     // Sendable invariant: `value` is only read or written between
     // pthread_mutex_lock and pthread_mutex_unlock of `mutex`.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value
 
     /// Wraps `value`.
-    public init(_ value: sending Value) {
+    package init(_ value: sending Value) {
         self.value = value
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
@@ -32,7 +32,7 @@ public final class LockedValue<Value>: @unchecked Sendable { // value touched on
 
     /// Runs `body` with exclusive access to the value.
     @inline(__always)
-    public func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+    package func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)

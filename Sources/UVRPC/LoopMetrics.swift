@@ -126,7 +126,7 @@ final class LoopMetrics {
     func callCancelled() { callsFailed[CallFailureKind.cancelled.index] &+= 1 }
     func connectionClosed(_ reason: RPCCloseReason) {
         connectionsClosed[CloseKind(reason).index] &+= 1
-        if case .protocolViolation(let violation) = reason { violations[ViolationKind(violation).index] &+= 1 }
+        if case .protocolViolation(let violation) = reason.kind { violations[ViolationKind(violation).index] &+= 1 }
     }
 
     /// Publishes what changed since the last time (the loop's turn-end observer).
@@ -210,7 +210,7 @@ enum CloseKind: String, CaseIterable {
     case drained, drainTimedOut = "drain_timed_out", payloadStalled = "payload_stalled"
 
     init(_ reason: RPCCloseReason) {
-        switch reason {
+        switch reason.kind {
         case .local: self = .local
         case .peerClosed: self = .peerClosed
         case .reset: self = .reset
@@ -270,7 +270,7 @@ enum ViolationKind: String, CaseIterable {
     case unexpectedCancel = "unexpected_cancel"
 
     init(_ violation: ProtocolViolation) {
-        switch violation {
+        switch violation.kind {
         case .unknownPacketType: self = .unknownPacketType
         case .secondHandshake: self = .secondHandshake
         case .malformedHandshake: self = .malformedHandshake

@@ -1,10 +1,10 @@
 /// Encodes efro.rpc packets straight into a caller's buffer (the
 /// connection's outgoing buffer), choosing the short form for payloads up to
 /// 65535 bytes and the *_BIG form above, as the reference does.
-public enum PacketWriter {
+package enum PacketWriter {
     /// Bytes a MESSAGE or RESPONSE packet with `payloadCount` bytes takes.
     @inline(__always)
-    public static func frameSize(payloadCount: Int) -> Int {
+    package static func frameSize(payloadCount: Int) -> Int {
         (payloadCount > Wire.maximumShortPayload ? Wire.bigHeaderSize : Wire.shortHeaderSize) + payloadCount
     }
 
@@ -12,7 +12,7 @@ public enum PacketWriter {
     /// a payload of `payloadCount` bytes, as bytes in memory order in an
     /// integer (byte 0 lowest), and how many bytes it has (5 or 7).
     @inline(__always)
-    public static func header(isResponse: Bool, id: UInt16, payloadCount n: Int) -> (bits: UInt64, count: Int) {
+    package static func header(isResponse: Bool, id: UInt16, payloadCount n: Int) -> (bits: UInt64, count: Int) {
         if n <= Wire.maximumShortPayload {
             return (shortHeader(isResponse ? .response : .message, id: id, length: n), Wire.shortHeaderSize)
         }
@@ -77,7 +77,7 @@ public enum PacketWriter {
     /// `payload` at `destination`, which must hold ``frameSize(payloadCount:)``
     /// bytes. Returns the bytes written.
     @inline(__always) @discardableResult
-    public static func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer,
+    package static func writeFrame(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer,
                                   to destination: UnsafeMutableRawPointer) -> Int {
         let header = header(isResponse: isResponse, id: id, payloadCount: payload.count)
         withUnsafeBytes(of: header.bits.littleEndian) { bytes in
@@ -89,7 +89,7 @@ public enum PacketWriter {
 
     /// A MESSAGE / RESPONSE packet as a new array (for tests and tools; the
     /// endpoint encodes in place).
-    public static func frame(isResponse: Bool, id: UInt16, payload: [UInt8]) -> [UInt8] {
+    package static func frame(isResponse: Bool, id: UInt16, payload: [UInt8]) -> [UInt8] {
         let size = frameSize(payloadCount: payload.count)
         return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             payload.withUnsafeBytes { p in
@@ -99,5 +99,5 @@ public enum PacketWriter {
     }
 
     /// The one-byte KEEPALIVE packet.
-    public static let keepalive: [UInt8] = [PacketType.keepalive.rawValue]
+    package static let keepalive: [UInt8] = [PacketType.keepalive.rawValue]
 }

@@ -7,7 +7,7 @@ import UVLoop
 /// to hand it to another thread; this handle is what crosses. Every member
 /// hops onto the endpoint's loop before it touches the endpoint (without a
 /// hop when the caller is on that loop already). Get one from
-/// ``RPCEndpoint/asyncEndpoint``, ``RPCClient/connect(to:on:timeout:configuration:logger:handler:)-(_,EventLoop,_,_,_,_)``,
+/// ``RPCEndpoint/asyncEndpoint``, ``RPCClient/connect(to:on:timeout:configuration:logger:handler:)``,
 /// ``RPCServer/endpoints`` or ``RPCAsyncRequest/endpoint``. Two handles of
 /// the same endpoint are equal.
 ///

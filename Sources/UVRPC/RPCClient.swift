@@ -3,11 +3,11 @@ import UVLoop
 
 /// Connects to an efro.rpc peer.
 public enum RPCClient {
-    /// Connects to `address` (TCP or `unix:` path) on `loop` and calls
-    /// `completion` on the loop with a ready ``RPCEndpoint`` (its handshake
-    /// sent; the peer's may still be on its way), or the `ConnectError`.
-    /// Must be called on the loop thread (the completion may then use
-    /// loop-bound state); from elsewhere, use the async form.
+    /// The callback layer: connects to `address` (TCP or `unix:` path) on
+    /// `loop` and calls `completion` on the loop with a ready ``RPCEndpoint``
+    /// (its handshake sent; the peer's may still be on its way), or the
+    /// `ConnectError`. Must be called on the loop thread (the completion may
+    /// then use loop-bound state); from elsewhere, use the async form.
     public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
@@ -17,15 +17,21 @@ public enum RPCClient {
         }
     }
 
-    /// Connects from any thread or task and returns the endpoint's `Sendable`
-    /// handle; fails after `timeout` with `ConnectError/timedOut(address:timeout:)`.
-    /// Incoming messages wait for a handler (``RPCAsyncEndpoint/onMessage(_:)``),
-    /// or are handled at once by `handler` when one is given.
-    public static func connect(to address: SocketAddress, on loop: EventLoop, timeout: Duration = .seconds(10),
+    /// Connects to `address` (TCP or `unix:` path) from any thread or task
+    /// and returns the endpoint's `Sendable` handle: the way for most
+    /// clients. With a group, the connection goes to its next loop (round
+    /// robin) and lives there for its whole life.
+    /// Incoming messages (a server may call its clients too) wait for a
+    /// handler (``RPCAsyncEndpoint/onMessage(_:)``), or are handled at once
+    /// by `handler` when one is given.
+    /// - Throws: ``ConnectError``: `timedOut` after `timeout`, a refused or
+    ///   failed connect naming the address, or the loop shut down.
+    public static func connect(to address: SocketAddress, on loops: some EventLoopProvider, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
                                handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
         async throws(ConnectError) -> RPCAsyncEndpoint {
+        let loop = loops.next()
         let result: Result<RPCAsyncEndpoint, ConnectError> = await withCheckedContinuation { continuation in
             let start: @Sendable () -> Void = {
                 connect(to: address, on: loop, timeout: timeout, configuration: configuration, logger: logger) { result in
@@ -38,18 +44,5 @@ public enum RPCClient {
             }
         }
         return try result.get()
-    }
-
-    /// Connects on the next loop of `group` (round robin; see
-    /// `EventLoopGroup/next()`), from any thread or task; otherwise as
-    /// ``connect(to:on:timeout:configuration:logger:handler:)-(_,EventLoop,_,_,_,_)``.
-    /// The endpoint lives on that loop for its whole life.
-    public static func connect(to address: SocketAddress, on group: EventLoopGroup, timeout: Duration = .seconds(10),
-                               configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
-                               logger: Logger? = nil,
-                               handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
-        async throws(ConnectError) -> RPCAsyncEndpoint {
-        try await connect(to: address, on: group.next(), timeout: timeout, configuration: configuration,
-                          logger: logger, handler: handler)
     }
 }

@@ -1,36 +1,45 @@
 import UVLoop
 
 /// Why an endpoint closed. Passed to ``RPCEndpoint/onClose``.
-public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
-    /// ``RPCEndpoint/close()`` was called (or the loop shut down).
-    case local
-    /// The peer closed the connection (end of stream).
-    case peerClosed
-    /// The peer reset the connection.
-    case reset
-    /// The connection failed (read or write error, or a buffer limit).
-    case connectionFailed(ConnectionError)
-    /// Nothing arrived from the peer for longer than the keepalive timeout.
-    case keepaliveTimeout(Duration)
-    /// The peer's handshake did not arrive within the handshake timeout.
-    case handshakeTimeout(Duration)
-    /// The peer broke the protocol.
-    case protocolViolation(ProtocolViolation)
-    /// A call failed with `closeOnError` set (the reference's default), which
-    /// closes the whole endpoint.
-    case callFailed(RPCError)
-    /// A graceful close (``RPCEndpoint/close(gracePeriod:)``, a server's
-    /// ``RPCServer/shutdown(gracePeriod:)``) finished: nothing was left in flight.
-    case drained
-    /// A graceful close ran out of time: what was still in flight was failed.
-    case drainTimedOut(Duration)
-    /// A payload arriving or leaving in parts moved less than 64 KiB within
-    /// this time (``RPCEndpoint/Configuration/payloadProgressTimeout``): the
-    /// peer held it open by trickling bytes or acknowledgements.
-    case payloadStalled(Duration)
+public struct RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
+    /// What happened. Package-internal, so that a new kind never breaks a
+    /// user's exhaustive `switch`; ``description`` says it.
+    package enum Kind: Equatable, Sendable {
+        /// ``RPCEndpoint/close()`` was called (or the loop shut down).
+        case local
+        /// The peer closed the connection (end of stream).
+        case peerClosed
+        /// The peer reset the connection.
+        case reset
+        /// The connection failed (read or write error, or a buffer limit).
+        case connectionFailed(ConnectionError)
+        /// Nothing arrived from the peer for longer than the keepalive timeout.
+        case keepaliveTimeout(Duration)
+        /// The peer's handshake did not arrive within the handshake timeout.
+        case handshakeTimeout(Duration)
+        /// The peer broke the protocol.
+        case protocolViolation(ProtocolViolation)
+        /// A call failed with `closeOnError` set (the reference's default), which
+        /// closes the whole endpoint.
+        case callFailed(RPCError)
+        /// A graceful close (``RPCEndpoint/close(gracePeriod:)``, a server's
+        /// ``RPCServer/shutdown(gracePeriod:)``) finished: nothing was left in flight.
+        case drained
+        /// A graceful close ran out of time: what was still in flight was failed.
+        case drainTimedOut(Duration)
+        /// A payload arriving or leaving in parts moved less than 64 KiB within
+        /// this time (``RPCEndpoint/Configuration/payloadProgressTimeout``): the
+        /// peer held it open by trickling bytes or acknowledgements.
+        case payloadStalled(Duration)
+    }
+
+    /// What happened.
+    package let kind: Kind
+
+    package init(_ kind: Kind) { self.kind = kind }
 
     public var description: String {
-        switch self {
+        switch kind {
         case .local: return "closed locally"
         case .peerClosed: return "closed by the peer"
         case .reset: return "connection reset by the peer"
@@ -44,4 +53,19 @@ public enum RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
         case .payloadStalled(let t): return "a payload in parts moved less than 64 KiB within \(t) (the peer trickles it)"
         }
     }
+}
+
+// The ways this library makes them, named as the kinds are.
+extension RPCCloseReason {
+    package static let local = RPCCloseReason(.local)
+    package static let peerClosed = RPCCloseReason(.peerClosed)
+    package static let reset = RPCCloseReason(.reset)
+    package static func connectionFailed(_ v0: ConnectionError) -> RPCCloseReason { RPCCloseReason(.connectionFailed(v0)) }
+    package static func keepaliveTimeout(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.keepaliveTimeout(v0)) }
+    package static func handshakeTimeout(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.handshakeTimeout(v0)) }
+    package static func protocolViolation(_ v0: ProtocolViolation) -> RPCCloseReason { RPCCloseReason(.protocolViolation(v0)) }
+    package static func callFailed(_ v0: RPCError) -> RPCCloseReason { RPCCloseReason(.callFailed(v0)) }
+    package static let drained = RPCCloseReason(.drained)
+    package static func drainTimedOut(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.drainTimedOut(v0)) }
+    package static func payloadStalled(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.payloadStalled(v0)) }
 }

@@ -65,7 +65,7 @@ extension RPCEndpoint {
         _closeReason = reason
         closing = true
         metrics.connectionClosed(reason)
-        switch reason {
+        switch reason.kind {
         case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut, .payloadStalled:
             break // not logged, or logged where detected
         case .peerClosed, .drained:
@@ -100,7 +100,7 @@ extension RPCEndpoint {
         blockedSends.removeAll()
         blockedSendsHead = 0
         for send in waiting { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
-        switch reason {
+        switch reason.kind {
         case .handshakeTimeout, .payloadStalled:
             // Nothing to finish with a peer that never spoke, or that stalls on purpose.
             connection.abort()

@@ -64,7 +64,8 @@ extension RPCEndpoint {
     }
 
     /// Sends `payload` as a message and calls `completion` (on the loop)
-    /// with a copy of the response, or the error that ended the call.
+    /// with a copy of the response, or the error that ended the call (a
+    /// borrowed payload, without a copy of it: for this package's tools).
     /// - Parameters:
     ///   - payload: the message; copied before this returns.
     ///   - timeout: defaults to ``Configuration/messageTimeout``.
@@ -74,12 +75,23 @@ extension RPCEndpoint {
     /// Errors known at once (closed endpoint, payload too big for a protocol-1
     /// peer, every id in flight) are reported through `completion` before
     /// this returns.
-    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
-                     completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
+    package func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
+                      completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .copied(completion))
     }
 
-    /// Sends `payload`; see ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``.
+    /// Sends `payload` as a message and calls `completion` once, on the
+    /// loop, with the response or the ``RPCError`` that ended the call.
+    /// Loop-bound: the callback layer (from a task, use
+    /// ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)``).
+    /// - Parameters:
+    ///   - payload: the message.
+    ///   - timeout: defaults to ``Configuration/messageTimeout``.
+    ///   - closeOnError: when the call fails (timeout, transport), close the
+    ///     whole endpoint, as the reference does by default.
+    ///   - completion: called once, on the loop, with the response or the error.
+    /// Errors known at once (closed endpoint, payload over the peer's limit,
+    /// every id in flight) are reported through `completion` before this returns.
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true,
                      completion: @escaping (Result<[UInt8], RPCError>) -> Void) {
         payload.withUnsafeBytes {
@@ -87,7 +99,7 @@ extension RPCEndpoint {
         }
     }
 
-    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)-(UnsafeRawBufferPointer,_,_,_)``:
+    /// Receives the outcome of every ``send(_:tag:timeout:closeOnError:)``:
     /// the caller's tag and the response (a view valid only during the call)
     /// or the error. Loop-bound. Set it once; no closure is created per call,
     /// so this path allocates nothing per round trip.
@@ -104,28 +116,28 @@ extension RPCEndpoint {
         }
     }
 
-    /// Sends `payload`; the response or error goes to ``onTaggedResponse``
-    /// with `tag` (any value the caller chooses, e.g. an index into its own
-    /// table). The allocation-free way to make calls. Errors known at once
-    /// are delivered before this returns.
+    /// The advanced, allocation-free way to call: sends `payload` (a
+    /// borrowed view, not copied unless it must wait) and delivers the
+    /// response or error to ``onTaggedResponse`` with `tag` (any value the
+    /// caller chooses, e.g. an index into its own table). No closure is made
+    /// per call. Errors known at once are delivered before this returns.
     public func send(_ payload: UnsafeRawBufferPointer, tag: UInt64, timeout: Duration? = nil,
                      closeOnError: Bool = true) {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag))
     }
 
-    /// Sends `payload`; see ``send(_:tag:timeout:closeOnError:)-(UnsafeRawBufferPointer,_,_,_)``.
+    /// Sends `payload`; see ``send(_:tag:timeout:closeOnError:)``.
     /// A big payload sent in chunks is kept, not copied: with the borrowed
     /// response, a big call costs no copy on this side.
-    public func send(_ payload: [UInt8], tag: UInt64, timeout: Duration? = nil, closeOnError: Bool = true) {
+    package func send(_ payload: [UInt8], tag: UInt64, timeout: Duration? = nil, closeOnError: Bool = true) {
         payload.withUnsafeBytes {
             startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag), owned: payload)
         }
     }
 
-    /// Like ``send(_:timeout:closeOnError:completion:)-(UnsafeRawBufferPointer,_,_,_)``,
-    /// but the response is a borrowed view, valid only during `completion`
-    /// (no copy is made).
-    public func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
+    /// Like ``send(_:timeout:closeOnError:completion:)``, but the response
+    /// is a borrowed view, valid only during `completion` (no copy is made).
+    package func send(_ payload: UnsafeRawBufferPointer, timeout: Duration? = nil, closeOnError: Bool = true,
                      borrowingResponse completion: @escaping (Result<UnsafeRawBufferPointer, RPCError>) -> Void) {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .borrowed(completion))
     }

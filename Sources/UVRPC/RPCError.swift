@@ -166,7 +166,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
     /// peer's protocol violation.
     public var cause: (any Error & Sendable)? {
         guard case .closed(_, _, let close) = reason else { return nil }
-        switch close {
+        switch close.kind {
         case .connectionFailed(let error): return error
         case .protocolViolation(let violation): return violation
         case .callFailed(let error): return error
@@ -282,7 +282,7 @@ extension RPCError: RPCPublicError {
 extension RPCCloseReason {
     /// The code of a call that failed because the endpoint closed for this reason.
     var errorCode: RPCError.Code {
-        switch self {
+        switch kind {
         case .local, .callFailed, .drained: return .closed
         case .connectionFailed(.tlsFailed), .connectionFailed(.tlsTruncated): return .tls
         case .protocolViolation: return .protocolViolation

@@ -9,9 +9,9 @@ public enum Wire {
     /// Largest payload of the short MESSAGE / RESPONSE forms (u16 length).
     public static let maximumShortPayload = 65535
     /// Header bytes of MESSAGE / RESPONSE: type, u16 id, u16 length.
-    public static let shortHeaderSize = 5
+    package static let shortHeaderSize = 5
     /// Header bytes of MESSAGE_BIG / RESPONSE_BIG: type, u16 id, u32 length.
-    public static let bigHeaderSize = 7
+    package static let bigHeaderSize = 7
     /// Largest payload any packet can declare (u32 length).
     public static let maximumPayload = Int(UInt32.max)
     /// Largest reason an ERROR packet may carry, in UTF-8 bytes (longer
@@ -23,7 +23,7 @@ public enum Wire {
 }
 
 /// The first byte of every packet after the handshake.
-public enum PacketType: UInt8, Sendable, CustomStringConvertible {
+package enum PacketType: UInt8, Sendable, CustomStringConvertible {
     /// Never valid after the handshake: a second handshake is a protocol error.
     case handshake = 0
     /// Liveness only; the packet is this one byte.
@@ -59,7 +59,7 @@ public enum PacketType: UInt8, Sendable, CustomStringConvertible {
     /// wrote and saw unacknowledged under a window).
     case chunkAcknowledged = 14
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .handshake: return "HANDSHAKE"
         case .keepalive: return "KEEPALIVE"
@@ -155,7 +155,7 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     /// `x` is read as a list of extension names; names this library does not
     /// know, and an `x` that is not a list of strings, are ignored.
     /// - Throws: ``ProtocolViolation/malformedHandshake(_:)`` saying what is wrong.
-    public init(json bytes: UnsafeRawBufferPointer) throws(ProtocolViolation) {
+    package init(json bytes: UnsafeRawBufferPointer) throws(ProtocolViolation) {
         var parser = JSONScanner(bytes)
         let (p, k, x, m) = try parser.parseHandshakeObject()
         guard let p else { throw .malformedHandshake("missing \"p\" (protocol version)") }
@@ -171,37 +171,46 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// A way in which the peer broke the protocol; each closes that connection.
-public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertible {
-    /// A packet type byte that is not 0-5, at this offset of the stream.
-    case unknownPacketType(UInt8, streamOffset: UInt64)
-    /// A HANDSHAKE type byte after the handshake.
-    case secondHandshake(streamOffset: UInt64)
-    /// The handshake is not a JSON object with numeric `p` and `k`.
-    case malformedHandshake(String)
-    /// The handshake declares more bytes than the limit.
-    case handshakeTooLarge(declared: UInt32, limit: Int)
-    /// A packet declares a payload larger than the configured maximum.
-    case payloadTooLarge(declared: Int, limit: Int, packet: PacketType)
-    /// An ERROR packet declares a reason longer than ``Wire/maximumErrorReason``.
-    case errorReasonTooLong(declared: Int, limit: Int)
-    /// A CHUNK for an id whose transfer was never started (or already ended).
-    case chunkNotStarted(packet: PacketType, id: UInt16)
-    /// A CHUNK that goes past the total length its transfer announced.
-    case chunkPastEnd(packet: PacketType, id: UInt16, total: Int, through: Int)
-    /// A START for an id whose transfer is still in progress.
-    case transferAlreadyStarted(packet: PacketType, id: UInt16)
-    /// A START while ``Wire/maximumTransfers`` transfers of its kind are in progress.
-    case tooManyTransfers(packet: PacketType, limit: Int)
-    /// A CANCEL_ACK for an id this side never cancelled.
-    case unexpectedCancelAcknowledgement(id: UInt16)
-    /// A CANCEL when every message received was cancelled already (more
-    /// cancels than messages: each one would make this side write an acknowledgement).
-    case unexpectedCancel(id: UInt16)
-    /// A CHUNK_ACK for more chunk bytes than this side sent and had not seen acknowledged.
-    case excessChunkAcknowledgement(acknowledged: Int, outstanding: Int)
+public struct ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What happened. Package-internal, so that a new kind never breaks a
+    /// user's exhaustive `switch`; ``description`` says it.
+    package enum Kind: Equatable, Sendable {
+        /// A packet type byte that is not 0-5, at this offset of the stream.
+        case unknownPacketType(UInt8, streamOffset: UInt64)
+        /// A HANDSHAKE type byte after the handshake.
+        case secondHandshake(streamOffset: UInt64)
+        /// The handshake is not a JSON object with numeric `p` and `k`.
+        case malformedHandshake(String)
+        /// The handshake declares more bytes than the limit.
+        case handshakeTooLarge(declared: UInt32, limit: Int)
+        /// A packet declares a payload larger than the configured maximum.
+        case payloadTooLarge(declared: Int, limit: Int, packet: PacketType)
+        /// An ERROR packet declares a reason longer than ``Wire/maximumErrorReason``.
+        case errorReasonTooLong(declared: Int, limit: Int)
+        /// A CHUNK for an id whose transfer was never started (or already ended).
+        case chunkNotStarted(packet: PacketType, id: UInt16)
+        /// A CHUNK that goes past the total length its transfer announced.
+        case chunkPastEnd(packet: PacketType, id: UInt16, total: Int, through: Int)
+        /// A START for an id whose transfer is still in progress.
+        case transferAlreadyStarted(packet: PacketType, id: UInt16)
+        /// A START while ``Wire/maximumTransfers`` transfers of its kind are in progress.
+        case tooManyTransfers(packet: PacketType, limit: Int)
+        /// A CANCEL_ACK for an id this side never cancelled.
+        case unexpectedCancelAcknowledgement(id: UInt16)
+        /// A CANCEL when every message received was cancelled already (more
+        /// cancels than messages: each one would make this side write an acknowledgement).
+        case unexpectedCancel(id: UInt16)
+        /// A CHUNK_ACK for more chunk bytes than this side sent and had not seen acknowledged.
+        case excessChunkAcknowledgement(acknowledged: Int, outstanding: Int)
+    }
+
+    /// What happened.
+    package let kind: Kind
+
+    package init(_ kind: Kind) { self.kind = kind }
 
     public var description: String {
-        switch self {
+        switch kind {
         case .unknownPacketType(let b, let off):
             return "unknown packet type byte \(b) (0x\(String(b, radix: 16))) at stream offset \(off)"
         case .secondHandshake(let off): return "second handshake (type byte 0) at stream offset \(off)"
@@ -227,4 +236,21 @@ public enum ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertib
             return "CHUNK_ACK for \(n) bytes while \(outstanding) were unacknowledged"
         }
     }
+}
+
+// The ways this library makes them, named as the kinds are.
+extension ProtocolViolation {
+    package static func unknownPacketType(_ v0: UInt8, streamOffset: UInt64) -> ProtocolViolation { ProtocolViolation(.unknownPacketType(v0, streamOffset: streamOffset)) }
+    package static func secondHandshake(streamOffset: UInt64) -> ProtocolViolation { ProtocolViolation(.secondHandshake(streamOffset: streamOffset)) }
+    package static func malformedHandshake(_ v0: String) -> ProtocolViolation { ProtocolViolation(.malformedHandshake(v0)) }
+    package static func handshakeTooLarge(declared: UInt32, limit: Int) -> ProtocolViolation { ProtocolViolation(.handshakeTooLarge(declared: declared, limit: limit)) }
+    package static func payloadTooLarge(declared: Int, limit: Int, packet: PacketType) -> ProtocolViolation { ProtocolViolation(.payloadTooLarge(declared: declared, limit: limit, packet: packet)) }
+    package static func errorReasonTooLong(declared: Int, limit: Int) -> ProtocolViolation { ProtocolViolation(.errorReasonTooLong(declared: declared, limit: limit)) }
+    package static func chunkNotStarted(packet: PacketType, id: UInt16) -> ProtocolViolation { ProtocolViolation(.chunkNotStarted(packet: packet, id: id)) }
+    package static func chunkPastEnd(packet: PacketType, id: UInt16, total: Int, through: Int) -> ProtocolViolation { ProtocolViolation(.chunkPastEnd(packet: packet, id: id, total: total, through: through)) }
+    package static func transferAlreadyStarted(packet: PacketType, id: UInt16) -> ProtocolViolation { ProtocolViolation(.transferAlreadyStarted(packet: packet, id: id)) }
+    package static func tooManyTransfers(packet: PacketType, limit: Int) -> ProtocolViolation { ProtocolViolation(.tooManyTransfers(packet: packet, limit: limit)) }
+    package static func unexpectedCancelAcknowledgement(id: UInt16) -> ProtocolViolation { ProtocolViolation(.unexpectedCancelAcknowledgement(id: id)) }
+    package static func unexpectedCancel(id: UInt16) -> ProtocolViolation { ProtocolViolation(.unexpectedCancel(id: id)) }
+    package static func excessChunkAcknowledgement(acknowledged: Int, outstanding: Int) -> ProtocolViolation { ProtocolViolation(.excessChunkAcknowledgement(acknowledged: acknowledged, outstanding: outstanding)) }
 }

@@ -129,7 +129,7 @@ final class AsyncAPITests: XCTestCase {
         } catch let error as RPCError where error.code == .deadlineExceeded {
         }
         let reason = try await withTimeout("client close") { await client.closed() }
-        guard case .callFailed(let failed) = reason, failed.code == .deadlineExceeded else { return XCTFail("\(reason)") }
+        guard case .callFailed(let failed) = reason.kind, failed.code == .deadlineExceeded else { return XCTFail("\(reason)") }
         let serverReason = try await withTimeout("server close") { await serverEndpoint.closed() }
         XCTAssertEqual(serverReason, .peerClosed)
     }
@@ -187,7 +187,7 @@ final class AsyncAPITests: XCTestCase {
         try harness.sync {
             for request in held.value {
                 XCTAssertThrowsError(try request.respond([0])) { error in
-                    guard case RPCResponseError.cancelled = error else { return XCTFail("\(error)") }
+                    guard let error = error as? RPCResponseError, case .cancelled = error.kind else { return XCTFail("\(error)") }
                 }
             }
         }

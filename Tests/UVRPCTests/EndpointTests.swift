@@ -121,7 +121,7 @@ final class EndpointTests: XCTestCase {
         let second = try harness.call(pair.client, [2], timeout: .milliseconds(200), closeOnError: true)
         guard case .failure(let error) = second, error.code == .deadlineExceeded else { return XCTFail("expected a timeout, got \(second)") }
         let reason = try pair.clientClosed.wait("close on error")
-        guard case .callFailed(let failed) = reason, failed.code == .deadlineExceeded else { return XCTFail("expected callFailed(timedOut), got \(reason)") }
+        guard case .callFailed(let failed) = reason.kind, failed.code == .deadlineExceeded else { return XCTFail("expected callFailed(timedOut), got \(reason)") }
         XCTAssertEqual(try pair.serverClosed.wait("peer closed"), .peerClosed)
     }
 

@@ -113,7 +113,8 @@ final class MetricsTests: XCTestCase {
                 try? connection.write(PeerInfo(keepaliveInterval: 10).handshakeBytes + [0x09]) // no such packet type
             }
         }
-        guard case .protocolViolation(.unknownPacketType) = try closed.wait("the server's close") else {
+        guard case .protocolViolation(let violation) = try closed.wait("the server's close").kind,
+              case .unknownPacketType = violation.kind else {
             return XCTFail("expected an unknown packet type")
         }
         harness.shutdownCleanly()

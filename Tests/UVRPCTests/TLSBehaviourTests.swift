@@ -24,7 +24,7 @@ final class TLSBehaviourTests: XCTestCase {
         let client = try await RPCClient.connect(
             to: server.address, on: harness.loop,
             configuration: tlsConfiguration(try certificates.clientContext()) { $0.sendsKeepalives = false })
-        guard case .keepaliveTimeout = try closed.wait("the server's keepalive timeout") else {
+        guard case .keepaliveTimeout = try closed.wait("the server's keepalive timeout").kind else {
             return XCTFail("expected a keepalive timeout")
         }
         let reason = await client.closed()

@@ -85,7 +85,7 @@ final class WireTests: XCTestCase {
         ]
         for (json, reason) in cases {
             XCTAssertThrowsError(try peer(json), json) { error in
-                guard case ProtocolViolation.malformedHandshake(let why) = error else {
+                guard let error = error as? ProtocolViolation, case .malformedHandshake(let why) = error.kind else {
                     return XCTFail("\(json): wrong error \(error)")
                 }
                 XCTAssertTrue(why.contains(reason), "\(json): \(why) should mention \(reason)")
