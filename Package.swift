@@ -49,12 +49,21 @@ let package = Package(
                            .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // The uvrpc command-line tool: `serve` (echo server) and `call` (load and check).
+        // Its folder is not `Sources/uvrpc`: that differs from `Sources/UVRPC` only
+        // by case, and the tree must check out on case-insensitive file systems.
         .executableTarget(
             name: "uvrpc",
             dependencies: ["UVLoop", "UVRPC", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "CoreMetrics", package: "swift-metrics"),
-                           .product(name: "Prometheus", package: "swift-prometheus")]
+                           .product(name: "Prometheus", package: "swift-prometheus")],
+            path: "Sources/uvrpc-tool"
+        ),
+        // Blocking calls made on a loop thread, for LoopMisuseTests (each must stop the process with a message).
+        .executableTarget(
+            name: "uvloop-misuse",
+            dependencies: ["UVLoop"],
+            path: "Tests/Misuse"
         ),
         // The README's async echo server and client, built with everything so they keep compiling.
         .executableTarget(

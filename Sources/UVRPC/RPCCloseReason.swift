@@ -55,17 +55,29 @@ public struct RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-// The ways this library makes them, named as the kinds are.
+// Each reason, to compare a close reason with (`reason == .drained`). New
+// ones may be added: compare with those you handle rather than switching.
 extension RPCCloseReason {
-    package static let local = RPCCloseReason(.local)
-    package static let peerClosed = RPCCloseReason(.peerClosed)
-    package static let reset = RPCCloseReason(.reset)
-    package static func connectionFailed(_ v0: ConnectionError) -> RPCCloseReason { RPCCloseReason(.connectionFailed(v0)) }
-    package static func keepaliveTimeout(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.keepaliveTimeout(v0)) }
-    package static func handshakeTimeout(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.handshakeTimeout(v0)) }
-    package static func protocolViolation(_ v0: ProtocolViolation) -> RPCCloseReason { RPCCloseReason(.protocolViolation(v0)) }
-    package static func callFailed(_ v0: RPCError) -> RPCCloseReason { RPCCloseReason(.callFailed(v0)) }
-    package static let drained = RPCCloseReason(.drained)
-    package static func drainTimedOut(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.drainTimedOut(v0)) }
-    package static func payloadStalled(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.payloadStalled(v0)) }
+    /// ``RPCEndpoint/close()`` was called (or the loop shut down).
+    public static let local = RPCCloseReason(.local)
+    /// The peer closed the connection.
+    public static let peerClosed = RPCCloseReason(.peerClosed)
+    /// The peer reset the connection.
+    public static let reset = RPCCloseReason(.reset)
+    /// The connection failed with this error.
+    public static func connectionFailed(_ v0: ConnectionError) -> RPCCloseReason { RPCCloseReason(.connectionFailed(v0)) }
+    /// Nothing arrived from the peer for this long.
+    public static func keepaliveTimeout(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.keepaliveTimeout(v0)) }
+    /// The peer's handshake did not arrive within this time.
+    public static func handshakeTimeout(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.handshakeTimeout(v0)) }
+    /// The peer broke the protocol so.
+    public static func protocolViolation(_ v0: ProtocolViolation) -> RPCCloseReason { RPCCloseReason(.protocolViolation(v0)) }
+    /// This call failed with `closeOnError`, which closed the endpoint.
+    public static func callFailed(_ v0: RPCError) -> RPCCloseReason { RPCCloseReason(.callFailed(v0)) }
+    /// A graceful close finished with nothing in flight.
+    public static let drained = RPCCloseReason(.drained)
+    /// A graceful close ran out of this grace period with work in flight.
+    public static func drainTimedOut(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.drainTimedOut(v0)) }
+    /// A payload in parts moved less than 64 KiB within this time.
+    public static func payloadStalled(_ v0: Duration) -> RPCCloseReason { RPCCloseReason(.payloadStalled(v0)) }
 }

@@ -1,0 +1,166 @@
+import ArgumentParser
+import Dispatch
+import CoreMetrics
+import Logging
+import Prometheus
+import Synchronization
+import UVLoop
+import UVRPC
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Call: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send messages of random bytes to an echo server and check every answer.",
+        discussion: """
+            Calls go over --connections connections spread over --loops event loops (each call on the \
+            connection with the fewest calls in flight). Messages the peer sends are echoed back. \
+            Prints a summary; exits non-zero on any mismatch, error or timeout.
+            """
+    )
+
+    @Option(help: "HOST:PORT, [IPV6]:PORT or unix:PATH of the server.")
+    var connect: String
+
+    @Option(help: "Number of messages to send.")
+    var count = 1000
+
+    @Option(help: "Bytes per message.")
+    var size = 64
+
+    @Option(help: "Messages in flight at once (over all connections).")
+    var concurrency = 16
+
+    @Option(help: "Seconds each call may take before it fails.")
+    var timeout: Double = 60
+
+    @Option(help: "Keep the connections open this many seconds after the calls (keepalives flowing).")
+    var hold: Double = 0
+
+    @Option(help: "Event loops (threads) the connections are spread over.")
+    var loops = 1
+
+    @Option(help: "Connections to the server.")
+    var connections = 1
+
+    @OptionGroup var endpoint: EndpointOptions
+
+    @OptionGroup var tls: ClientTLSOptions
+
+    func validate() throws {
+        guard SocketAddress(parsing: connect) != nil else {
+            throw ValidationError("--connect must be HOST:PORT, [IPV6]:PORT or unix:PATH, not '\(connect)'")
+        }
+        guard count >= 0 else { throw ValidationError("--count must not be negative") }
+        guard size >= 0 && size <= Int(UInt32.max) else { throw ValidationError("--size must be 0...4294967295") }
+        guard concurrency > 0 else { throw ValidationError("--concurrency must be positive") }
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        guard hold >= 0 else { throw ValidationError("--hold must not be negative") }
+        guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
+        guard connections >= 1 else { throw ValidationError("--connections must be at least 1, not \(connections)") }
+    }
+
+    struct Summary: Sendable {
+        var ok = 0
+        var mismatched = 0
+        var failed: [String] = []
+        var closeReason: String?
+        var echoed = 0
+    }
+
+    func run() throws {
+        let address = SocketAddress(parsing: connect)!
+        let tlsContext: TLSContext?
+        do {
+            tlsContext = try tls.context()
+        } catch {
+            printError("uvrpc call: \(error)")
+            throw ToolExit.cannotConnect
+        }
+        let group = try ProcessLimits.startLoops(command: "uvrpc call", name: "uvrpc-call", loops: loops, sockets: connections)
+        let summary = LockedValue(Summary())
+        let configuration = {
+            var configuration = RPCClientPool.Configuration()
+            configuration.connectionsPerAddress = connections
+            configuration.endpoint = endpoint.configuration
+            configuration.endpoint.connectionOptions.tls = tlsContext
+            configuration.endpoint.connectionOptions.tlsServerName = tls.serverName
+            // A lost connection fails the run; it is not made again behind the checks' back.
+            configuration.reconnectDelay = .seconds(3600)
+            configuration.maximumReconnectDelay = .seconds(3600)
+            return configuration
+        }()
+        let pool = try runBlocking {
+            await RPCClientPool.connect(to: [address], on: group, configuration: configuration) { endpoint in
+                endpoint.onMessage = { request in
+                    summary.withLock { $0.echoed += 1 }
+                    try request.respond(request.payload)
+                }
+                endpoint.onClose = { reason in
+                    if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
+                }
+            }
+        }
+        guard pool.connectionStates.allSatisfy(\.isOpen) else {
+            printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(address)")")
+            try runBlocking { await pool.close() }
+            group.syncShutdown()
+            throw ToolExit.cannotConnect
+        }
+        let seconds = runCalls(on: pool, loops: group.loops, summary: summary)
+        if hold > 0 { usleep(UInt32(hold * 1_000_000)) } // keepalives flow meanwhile, on the loops
+        try runBlocking { await pool.close() }
+        group.syncShutdown()
+        let s = summary.withLock { $0 }
+        let rate = seconds > 0 ? Double(s.ok) / seconds : 0
+        print("calls: \(count), ok: \(s.ok), mismatched: \(s.mismatched), failed: \(s.failed.count), "
+              + "echoed for the peer: \(s.echoed), seconds: \(seconds), calls/s: \(Int(rate))")
+        for line in s.failed where !line.isEmpty { printError(line) }
+        if let reason = s.closeReason { printError("uvrpc call: the connection ended: \(reason)") }
+        if s.ok != count || s.closeReason != nil { throw ToolExit.callFailed }
+    }
+
+    /// Keeps `concurrency` calls in flight, lanes spread over the loops (each
+    /// lane sends its next call when its last one ended); returns the seconds taken.
+    private func runCalls(on pool: RPCClientPool, loops: [EventLoop], summary: LockedValue<Summary>) -> Double {
+        let (count, size) = (self.count, self.size)
+        let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
+        let started = Atomic<Int>(0), finished = Atomic<Int>(0)
+        let clock = ContinuousClock(), start = clock.now
+        let finishedAll = DispatchSemaphore(value: 0)
+        do {
+            if count == 0 { finishedAll.signal() }
+            @Sendable func send(_ index: Int, _ payload: [UInt8]) {
+                pool.send(payload, timeout: callTimeout) { result in
+                    // A full send buffer is backpressure, not failure: the call tries again once
+                    // the socket had time to take bytes (waiting for another call's end could wait
+                    // forever when none is left in flight).
+                    if case .failure(let error) = result, case .sendBufferFull = error.reason {
+                        let loop = loops[index % loops.count] // pool.send is made on a loop
+                        return DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(5)) {
+                            loop.execute { send(index, payload) }
+                        }
+                    }
+                    switch result {
+                    case .success(let answer) where answer == payload: summary.withLock { $0.ok += 1 }
+                    case .success: summary.withLock { $0.mismatched += 1 }
+                    case .failure(let error):
+                        summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
+                    }
+                    if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { finishedAll.signal() } else { sendNext() }
+                }
+            }
+            @Sendable func sendNext() {
+                let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard index < count else { return }
+                var generator = SystemRandomNumberGenerator()
+                send(index, randomBytes(size, using: &generator))
+            }
+            for lane in 0..<min(concurrency, count) { loops[lane % loops.count].execute { sendNext() } }
+        }
+        finishedAll.wait()
+        let elapsed = clock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+}
