@@ -50,6 +50,9 @@ final class Session: @unchecked Sendable { // touched on its connection's loop o
     var commands = 0
 }
 
+/// Where each connection keeps its session.
+enum SessionKey: RPCConnectionKey { typealias Value = Session }
+
 /// Runs one command against `store`; returns the answer.
 func run(_ command: String, store: Store, session: Session) -> String {
     session.commands += 1
@@ -80,10 +83,10 @@ struct KeyValueServer {
         let loop = try EventLoop(name: "kv")
         let store = LoopBound.sendingValue(Store(loop: loop), loop: loop) // touched on the loop only
         let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: port)), on: loop,
-                               admit: { _ in .accept(userValue: Session()) }, handler: .callback { endpoint in
+                               admit: { _ in .accept([SessionKey.self: Session()]) }, handler: .callback { endpoint in
             endpoint.onMessage = { request in
                 let command = String(decoding: request.payload, as: UTF8.self)
-                let answer = run(command, store: store.value, session: request.userValue as! Session)
+                let answer = run(command, store: store.value, session: request.connectionValues[SessionKey.self]!)
                 try request.respond(Array(answer.utf8))
             }
         })

@@ -54,21 +54,16 @@ final class GettingStartedTests: XCTestCase {
     /// The request-context example of the docs (port 0), with two calls: one
     /// answered at once with the session's count, one answered from a timer.
     func testTheRequestContextExampleOfTheDocs() throws {
-        final class Session: @unchecked Sendable { // touched on its connection's loop only
-            let peer: String
-            var calls = 0
-            init(peer: String) { self.peer = peer }
-        }
         let harness = try LoopHarness("rpc")
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop, admit: { address in
                 guard let address, case .ipv4(let host, _) = address, host == "127.0.0.1" else { return .refuse }
-                return .accept(userValue: Session(peer: "\(address)"))
+                return .accept([SessionKey.self: Session(peer: "\(address)")])
             }, handler: .callback { endpoint in
                 endpoint.onHandshake = { info in print("\(endpoint.label) speaks protocol \(info.protocolVersion)") }
                 endpoint.onMessage = { request in
-                    let session = request.userValue as! Session
+                    let session = request.connectionValues[SessionKey.self]!
                     session.calls += 1
                     if request.payload.first == 0 {
                         let answer = Array(request.payload)
@@ -191,3 +186,13 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertEqual(serverStatus, 0)
     }
 }
+
+/// The docs' per-connection session (touched on its connection's loop only).
+final class Session: @unchecked Sendable { // touched on its connection's loop only
+    let peer: String
+    var calls = 0
+    init(peer: String) { self.peer = peer }
+}
+
+/// Where each connection of the docs' example keeps its session.
+enum SessionKey: RPCConnectionKey { typealias Value = Session }

@@ -42,11 +42,11 @@ final class RequestContextTests: XCTestCase {
         return try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, admit: { address in
                 admitted.withLock { $0.append(address) }
                 let n = counter.withLock { n -> Int in n += 1; return n }
-                return .accept(userValue: "session-\(n)")
+                return .accept([Label.self: "session-\(n)"])
             }, handler: .callback { endpoint in
                 endpoints.withLock { $0.append(ObjectIdentifier(endpoint)) }
                 endpoint.onMessage = { request in
-                    let text = "\(request.userValue as? String ?? "none")|\(request.peerAddress.map { "\($0)" } ?? "none")"
+                    let text = "\(request.connectionValues[Label.self] ?? "none")|\(request.peerAddress.map { "\($0)" } ?? "none")"
                         + "|\(request.peerInfo.keepaliveInterval)|\(ObjectIdentifier(request.endpoint) == ObjectIdentifier(endpoint))"
                     try request.respond(Array(text.utf8))
                 }
@@ -205,12 +205,22 @@ final class RequestContextTests: XCTestCase {
         try harness.sync { client.value.close() }
     }
 
+    func testConnectionValuesAreTypedByTheirKeys() {
+        var values: RPCConnectionValues = [Label.self: "a", Number.self: 7]
+        XCTAssertEqual(values[Label.self], "a")
+        XCTAssertEqual(values[Number.self], 7)
+        values[Number.self] = nil
+        XCTAssertNil(values[Number.self])
+        let mistyped: RPCConnectionValues = [Number.self: "not a number"]
+        XCTAssertTrue(mistyped.isEmpty, "a value of the wrong type for its key is dropped")
+    }
+
     func testAsyncHandlersSeeTheSameContext() async throws {
         let loop = try EventLoop(name: "async-context")
         loop.start()
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, admit: { _ in .accept(userValue: 42) }, handler: .async { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, admit: { _ in .accept([Number.self: 42]) }, handler: .async { request in
             XCTAssertTrue(loop.inEventLoop, "async handlers run on the endpoint's loop")
-            let text = "\(request.userValue as? Int ?? -1)|\(request.peerAddress.map { "\($0)" } ?? "none")"
+            let text = "\(request.connectionValues[Number.self] ?? -1)|\(request.peerAddress.map { "\($0)" } ?? "none")"
                 + "|\(request.peerInfo.keepaliveInterval)|\(request.messageID)|\(request.payload.count)"
             return Array(text.utf8)
         }).start()
@@ -225,3 +235,8 @@ final class RequestContextTests: XCTestCase {
         XCTAssertEqual(status, 0)
     }
 }
+
+/// A per-connection text, for the context tests.
+enum Label: RPCConnectionKey { typealias Value = String }
+/// A per-connection number, for the context tests.
+enum Number: RPCConnectionKey { typealias Value = Int }

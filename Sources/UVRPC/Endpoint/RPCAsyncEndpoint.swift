@@ -41,7 +41,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
 
     /// Runs `body` on the endpoint's loop with the loop-bound ``RPCEndpoint``
     /// and returns its result: the way to read or change its loop-bound state
-    /// (``RPCEndpoint/peerInfo``, ``RPCEndpoint/userValue``, its callback
+    /// (``RPCEndpoint/peerInfo``, ``RPCEndpoint/connectionValues``, its callback
     /// handlers...) from another thread or task.
     /// - Throws: what `body` throws, or `EventLoopError/shutDown(loop:)`
     ///   when the loop takes no more work.

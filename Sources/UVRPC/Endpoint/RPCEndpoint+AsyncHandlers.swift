@@ -71,7 +71,7 @@ extension RPCEndpoint {
                 let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
                                               peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
                                               peerCertificateSubject: connection.peerCertificateSubject,
-                                              userValue: _userValue, endpoint: asyncEndpoint)
+                                              connectionValues: _connectionValues, endpoint: asyncEndpoint)
                 runningAsyncHandlers += 1
                 let sequence = nextSequence
                 nextSequence &+= 1

@@ -110,16 +110,16 @@ public final class RPCEndpoint {
     }
     @exclusivity(unchecked) var _onHandshake: ((PeerInfo) -> Void)?
 
-    /// A value of the owner's for this connection (a session, an
-    /// authenticated user, a per-peer counter...), seen by every handler call
-    /// as ``RPCRequest/userValue`` and ``RPCAsyncRequest/userValue``.
-    /// ``RPCServer``'s accept hook sets it for each connection it admits.
-    /// Loop-bound.
-    public var userValue: (any Sendable)? {
-        get { checkLoop("RPCEndpoint.userValue"); return _userValue }
-        set { checkLoop("RPCEndpoint.userValue"); _userValue = newValue }
+    /// The owner's values for this connection (a session, an authenticated
+    /// user, a per-peer counter...), each under its ``RPCConnectionKey``,
+    /// seen by every handler call as ``RPCRequest/connectionValues`` and
+    /// ``RPCAsyncRequest/connectionValues``. ``RPCServer``'s admit hook sets
+    /// them for each connection it accepts. Loop-bound.
+    public var connectionValues: RPCConnectionValues {
+        get { checkLoop("RPCEndpoint.connectionValues"); return _connectionValues }
+        set { checkLoop("RPCEndpoint.connectionValues"); _connectionValues = newValue }
     }
-    @exclusivity(unchecked) var _userValue: (any Sendable)?
+    @exclusivity(unchecked) var _connectionValues = RPCConnectionValues()
 
     /// What handles incoming messages.
     enum MessageHandler {

@@ -50,9 +50,9 @@ public struct RPCRequest {
     /// Over TLS, the subject of the certificate the peer showed (RFC 2253,
     /// e.g. `CN=client-1,O=Example`; servers get one with mutual TLS); else nil.
     public var peerCertificateSubject: String? { endpoint.connection.peerCertificateSubject }
-    /// The per-connection value (``RPCEndpoint/userValue``): what the
-    /// server's accept hook attached, or what the owner set since.
-    public var userValue: (any Sendable)? { endpoint._userValue }
+    /// The connection's values (``RPCEndpoint/connectionValues``): what the
+    /// server's admit hook attached, or what the owner set since.
+    public var connectionValues: RPCConnectionValues { endpoint._connectionValues }
     /// True once answered, or once the request can no longer be answered (its
     /// handler threw, the endpoint closed, the peer cancelled it or reused its id).
     public var isAnswered: Bool { endpoint.isAnswered(token: token) }
@@ -113,8 +113,8 @@ public struct RPCAsyncRequest: Sendable {
     public let peerInfo: PeerInfo
     /// Over TLS, the subject of the certificate the peer showed (see ``RPCRequest/peerCertificateSubject``).
     public let peerCertificateSubject: String?
-    /// The per-connection value (``RPCEndpoint/userValue``) when the message arrived.
-    public let userValue: (any Sendable)?
+    /// The connection's values (``RPCEndpoint/connectionValues``) when the message arrived.
+    public let connectionValues: RPCConnectionValues
     /// The endpoint the message came in on (its `Sendable` handle).
     public let endpoint: RPCAsyncEndpoint
 }

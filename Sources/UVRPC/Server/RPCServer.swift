@@ -67,8 +67,8 @@ public final class RPCServer: Sendable {
 
     /// What the `admit` hook decides for a new connection.
     public enum Admission: Sendable {
-        /// Serve the connection; `userValue` becomes its endpoint's ``RPCEndpoint/userValue``.
-        case accept(userValue: (any Sendable)? = nil)
+        /// Serve the connection; `values` become its endpoint's ``RPCEndpoint/connectionValues``.
+        case accept(_ values: RPCConnectionValues = RPCConnectionValues())
         /// Close it at once, before any byte is read or written.
         case refuse
     }
@@ -93,8 +93,8 @@ public final class RPCServer: Sendable {
     ///   - loops: one loop, or a group whose every loop serves connections.
     ///   - logger: where the server and its endpoints log; nothing by default.
     ///   - admit: called on the connection's loop with each new connection's
-    ///     peer address, before anything else: refuse it, or accept it with a
-    ///     user value. Every connection is accepted without a value when nil.
+    ///     peer address, before anything else: refuse it, or accept it with its
+    ///     connection values. Every connection is accepted without a value when nil.
     ///   - handler: how messages are answered.
     public init(configuration: Configuration, on loops: some EventLoopProvider, logger: Logger? = nil,
                 admit: (@Sendable (SocketAddress?) -> Admission)? = nil, handler: Handler) {

@@ -64,11 +64,11 @@ final class ServerCore: Sendable {
                         metadata: ["rpc.peer": "\(connection.label)"])
             return connection.abort() // before its handshake costs anything
         }
-        var userValue: (any Sendable)?
+        var values = RPCConnectionValues()
         if let admit {
             switch admit(connection.remoteAddress) {
             case .accept(let value):
-                userValue = value
+                values = value
             case .refuse:
                 logger.debug("connection refused by the admit hook", metadata: ["rpc.peer": "\(connection.label)"])
                 return connection.close()
@@ -83,7 +83,7 @@ final class ServerCore: Sendable {
             return true
         }
         guard admitted else { return endpoint.close() } // arrived after close(): turned away
-        endpoint._userValue = userValue
+        endpoint._connectionValues = values
         endpoint.didCloseForOwner = { [self] in endpointDidClose(key) }
         onEndpoint(endpoint)
         continuation.yield(endpoint.asyncEndpoint)
