@@ -85,7 +85,6 @@ struct Call: ParsableCommand {
             configuration.connectionsPerAddress = connections
             configuration.endpoint = endpoint.configuration
             configuration.endpoint.connectionOptions.tls = tlsContext
-            configuration.endpoint.connectionOptions.tlsServerName = tls.serverName
             // A lost connection fails the run; it is not made again behind the checks' back.
             configuration.reconnectDelay = .seconds(3600)
             configuration.maximumReconnectDelay = .seconds(3600)

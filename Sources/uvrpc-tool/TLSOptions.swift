@@ -60,7 +60,8 @@ struct ClientTLSOptions: ParsableArguments {
     /// The client's TLS context, or nil for plaintext.
     func context() throws -> TLSContext? {
         guard ca != nil || serverName != nil || certificate != nil else { return nil }
-        var configuration = TLSConfiguration.client(trustRoots: ca.map { .certificates(.file($0)) } ?? .system)
+        var configuration = TLSConfiguration.client(trustRoots: ca.map { .certificates(.file($0)) } ?? .system,
+                                                    serverName: serverName)
         if let certificate, let key {
             configuration.certificateChain = .file(certificate)
             configuration.privateKey = .file(key)

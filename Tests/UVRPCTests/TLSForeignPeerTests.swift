@@ -72,8 +72,7 @@ final class TLSForeignPeerTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         var c = testConfiguration()
-        c.connectionOptions.tls = try certificates.clientContext()
-        c.connectionOptions.tlsServerName = "localhost"
+        c.connectionOptions.tls = try naming(certificates.clientContext(), "localhost")
         let client = try await RPCClient.connect(to: peer.address, on: harness.loop, configuration: c)
         for (i, size) in [3, 70_000, 5 << 20].enumerated() {
             let payload = pseudoRandomBytes(count: size, seed: UInt64(i + 40))

@@ -84,3 +84,11 @@ final class TestCertificates: Sendable {
         return try TLSContext(configuration)
     }
 }
+
+/// `tls` made again with `serverName` as the name the server's certificate must carry (itself when nil).
+func naming(_ tls: TLSContext?, _ serverName: String?) throws -> TLSContext? {
+    guard let tls, let serverName else { return tls }
+    var configuration = tls.configuration
+    configuration.serverName = serverName
+    return try TLSContext(configuration)
+}

@@ -6,10 +6,9 @@ import XCTest
 
 /// efro.rpc over TLS: UVRPC on both sides.
 final class TLSTests: XCTestCase {
-    private func configuration(_ tls: TLSContext, serverName: String? = nil) -> RPCEndpoint.Configuration {
+    private func configuration(_ tls: TLSContext, serverName: String? = nil) throws -> RPCEndpoint.Configuration {
         var c = testConfiguration()
-        c.connectionOptions.tls = tls
-        c.connectionOptions.tlsServerName = serverName
+        c.connectionOptions.tls = try naming(tls, serverName)
         return c
     }
 
@@ -70,8 +69,7 @@ final class TLSFailureTests: XCTestCase {
     private func call(_ address: SocketAddress, _ harness: LoopHarness, tls: TLSContext?,
                       serverName: String? = nil) async throws -> Result<[UInt8], any Error> {
         var c = testConfiguration()
-        c.connectionOptions.tls = tls
-        c.connectionOptions.tlsServerName = serverName
+        c.connectionOptions.tls = try naming(tls, serverName)
         let client = try await RPCClient.connect(to: address, on: harness.loop, configuration: c)
         let result: Result<[UInt8], any Error>
         do {

@@ -53,10 +53,13 @@ public struct TLSConfiguration: Sendable {
     /// default); for a server, the clients' CAs when ``requiresClientCertificate``.
     public var trustRoots: TrustRoots
     /// Client: check the server's certificate chain and that it names the
-    /// server (``ConnectionOptions/tlsServerName``, else the host connected
-    /// to); on by default. Turning it off accepts any server; every
+    /// server (``serverName``, else the host connected to); on by default. Turning it off accepts any server; every
     /// `RPCEndpoint` (UVRPC) made with it logs a warning saying so.
     public var verifiesPeer: Bool
+    /// Client: the name the server's certificate must carry, also sent as
+    /// SNI; nil (the default) means the host connected to (its IP address
+    /// for a numeric address).
+    public var serverName: String?
     /// Server: ask every client for a certificate signed by ``trustRoots``
     /// and refuse the handshake without one (mutual TLS). Off by default.
     public var requiresClientCertificate: Bool
@@ -68,9 +71,9 @@ public struct TLSConfiguration: Sendable {
     }
 
     /// A client's configuration: the CAs it trusts (the system's by default).
-    public static func client(trustRoots: TrustRoots = .system) -> TLSConfiguration {
+    public static func client(trustRoots: TrustRoots = .system, serverName: String? = nil) -> TLSConfiguration {
         TLSConfiguration(role: .client, certificateChain: nil, privateKey: nil, trustRoots: trustRoots,
-                         verifiesPeer: true, requiresClientCertificate: false)
+                         verifiesPeer: true, serverName: serverName, requiresClientCertificate: false)
     }
 }
 

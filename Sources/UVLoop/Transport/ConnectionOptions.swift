@@ -38,9 +38,6 @@ public struct ConnectionOptions: Sendable {
     /// Speak TLS over the stream with this context (a server's for accepted
     /// connections, a client's for connects). Nil (the default): plaintext.
     public var tls: TLSContext?
-    /// TLS client: the name the server's certificate must carry, also sent
-    /// as SNI (for a DNS name). Nil: the host connected to (an IP address).
-    public var tlsServerName: String?
 
     /// The defaults.
     public init() {}
