@@ -51,7 +51,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
-    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol"]
+    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol", "shared"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -363,6 +363,18 @@ struct Bench: ParsableCommand {
                                 swift: total - openSSL, c: nil, higherIsBetter: false))
                 rows.append(Row(scenario: "allocs", params: "callback, TLS, \(side) (OpenSSL)", metric: "mallocs/call",
                                 swift: openSSL, c: nil, higherIsBetter: false))
+            }
+        }
+        if wanted.contains("shared") {
+            let loops = max(2, EventLoopGroup.availableCPUCount)
+            for way in SharingWay.allCases {
+                progress("shared: one counter updated from \(loops) loops at once, by \(way.rawValue), in this process")
+                let updates = way == .actor ? 200_000 : 2_000_000
+                let nanoseconds = try runBlocking { try await measureSharedState(way, loops: loops, updates: updates) }
+                measurements.append(Measurement(scenario: "shared", impl: .swift, params: "way=\(way.rawValue),loops=\(loops)",
+                                                nanosecondsPerOperation: nanoseconds))
+                rows.append(Row(scenario: "shared", params: "\(way.rawValue), \(loops) loops at once", metric: "ns/update",
+                                swift: nanoseconds, c: nil, higherIsBetter: false))
             }
         }
         let names: (String, String?) = connect == nil ? ("Swift", "C") : ("external", nil)

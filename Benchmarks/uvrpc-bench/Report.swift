@@ -25,12 +25,14 @@ struct Measurement {
     var loopConnections: [Int]?
     /// CPU seconds each server loop's thread used under load.
     var loopCPUSeconds: [Double]?
+    /// Nanoseconds per operation (the shared scenario: per update on each loop).
+    var nanosecondsPerOperation: Double?
 }
 
 extension Measurement: Encodable {
     enum CodingKeys: String, CodingKey {
         case scenario, impl, params, calls_per_s, mb_per_s, p50_us, p99_us, p999_us, mallocs_per_call, bytes_per_conn
-        case cpu_s_per_million_calls, loop_connections, loop_cpu_s
+        case cpu_s_per_million_calls, loop_connections, loop_cpu_s, ns_per_op
     }
 
     /// Every field is written; absent ones as null.
@@ -49,6 +51,7 @@ extension Measurement: Encodable {
         try c.encode(cpuPerMillionCalls, forKey: .cpu_s_per_million_calls)
         try c.encode(loopConnections, forKey: .loop_connections)
         try c.encode(loopCPUSeconds, forKey: .loop_cpu_s)
+        try c.encode(nanosecondsPerOperation, forKey: .ns_per_op)
     }
 }
 

@@ -93,7 +93,7 @@ private struct GroupFixture {
     /// clients, and every loop (asserting `uv_loop_close` returned 0).
     func finish(file: StaticString = #filePath, line: UInt = #line) async throws {
         listener.close()
-        await listener.closed()
+        try await listener.closed()
         try clients.closeAll()
         clients.harness.shutdownCleanly(file: file, line: line)
         let status = await group.shutdown()

@@ -128,9 +128,9 @@ final class AsyncAPITests: XCTestCase {
             XCTFail("expected a timeout")
         } catch let error as RPCError where error.code == .deadlineExceeded {
         }
-        let reason = try await withTimeout("client close") { await client.closed() }
+        let reason = try await withTimeout("client close") { try await client.closed() }
         guard case .callFailed(let failed) = reason.kind, failed.code == .deadlineExceeded else { return XCTFail("\(reason)") }
-        let serverReason = try await withTimeout("server close") { await serverEndpoint.closed() }
+        let serverReason = try await withTimeout("server close") { try await serverEndpoint.closed() }
         XCTAssertEqual(serverReason, .peerClosed)
     }
 
@@ -141,9 +141,9 @@ final class AsyncAPITests: XCTestCase {
         silent.sendsKeepalives = false
         let watchful = testConfiguration(keepaliveInterval: .milliseconds(100), keepaliveTimeout: .milliseconds(400))
         let (_, serverEndpoint, client) = try await asyncPair(harness.loop, server: watchful, client: silent)
-        let reason = try await withTimeout("keepalive timeout", seconds: 10) { await serverEndpoint.closed() }
+        let reason = try await withTimeout("keepalive timeout", seconds: 10) { try await serverEndpoint.closed() }
         XCTAssertEqual(reason, .keepaliveTimeout(.milliseconds(400)))
-        let clientReason = try await withTimeout("client sees it") { await client.closed() }
+        let clientReason = try await withTimeout("client sees it") { try await client.closed() }
         XCTAssertEqual(clientReason, .peerClosed)
     }
 
@@ -223,6 +223,31 @@ final class AsyncAPITests: XCTestCase {
         XCTAssertEqual(try harness.sync { client.endpoint.inFlightCount }, 0)
     }
 
+    func testWaitsForAnEndAreCancellable() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let (server, _, client) = try await asyncPair(harness.loop)
+        let waiting = Task { try await client.closed() }
+        waiting.cancel()
+        do {
+            _ = try await withTimeout("closed() to end after its task was cancelled") { try await waiting.value }
+            XCTFail("closed() returned for an endpoint that is still open")
+        } catch is CancellationError {
+        }
+        let echoed = try await client.send([1, 2])
+        XCTAssertEqual(echoed, [2, 1], "cancelling the wait leaves the endpoint open")
+        // A loop whose shutdown is awaited by a cancelled task: the wait ends, the loop still stops.
+        let other = try EventLoop(name: "other")
+        other.start()
+        let stopping = Task { await other.shutdown() }
+        stopping.cancel()
+        _ = try await withTimeout("shutdown() to return after its task was cancelled") { await stopping.value }
+        let status = await other.shutdown()
+        XCTAssertEqual(status, 0)
+        await client.close()
+        await server.stop()
+    }
+
     func testAsyncConnectFailureIsATypedError() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
@@ -231,7 +256,7 @@ final class AsyncAPITests: XCTestCase {
             _ = try await RPCClient.connect(to: .ipv4(host: "127.0.0.1", port: port), on: harness.loop, timeout: .seconds(5))
             XCTFail("expected a refused connect")
         } catch {
-            guard case .failed(let uvError) = error else { return XCTFail("\(error)") }
+            guard case .failed(let uvError) = error.kind else { return XCTFail("\(error)") }
             XCTAssertEqual(uvError.name, "ECONNREFUSED")
         }
     }
@@ -258,7 +283,7 @@ final class AsyncAPITests: XCTestCase {
         try await withTimeout("graceful shutdown and run() to return") { await server.stop() }
         XCTAssertEqual(try harness.sync { server.openEndpoints.count }, 0)
         for client in clients {
-            let reason = try await withTimeout("clients see the close") { await client.closed() }
+            let reason = try await withTimeout("clients see the close") { try await client.closed() }
             XCTAssertEqual(reason, .peerClosed)
         }
         // The sequence has finished.

@@ -146,7 +146,7 @@ final class BackpressureTests: XCTestCase {
 
         // The peer reads nothing, so the write timeout ends the connection and every call with it.
         let reason = try closed.wait("the write timeout to close the client", seconds: 30)
-        guard case .connectionFailed(.writeTimedOut(_, _, .milliseconds(300))) = reason.kind else {
+        guard case .connectionFailed(let failure) = reason.kind, case .writeTimedOut(_, _, .milliseconds(300)) = failure.kind else {
             return XCTFail("expected a write timeout, got \(reason)")
         }
         let calls = outcome.sentWhileWritable + outcome.sentAfter - 1
@@ -214,7 +214,7 @@ final class BackpressureTests: XCTestCase {
             }
         }
         let reason = try hostileClosed.wait("the write timeout to cut off the peer that never reads", seconds: 30)
-        guard case .connectionFailed(.writeTimedOut(_, _, .milliseconds(500))) = reason.kind else {
+        guard case .connectionFailed(let failure) = reason.kind, case .writeTimedOut(_, _, .milliseconds(500)) = failure.kind else {
             return XCTFail("expected a write timeout, got \(reason)")
         }
         let good = try goodDone.wait("the good client's calls").get()

@@ -64,7 +64,7 @@ final class DrainTests: XCTestCase {
         }
         XCTAssertEqual(try held.closeReason.wait("the server endpoint's close"), .drained)
         try await withTimeout("the shutdown to return") { await shutdown.value }
-        let clientReason = await client.closed()
+        let clientReason = try await client.closed()
         XCTAssertEqual(clientReason, .peerClosed)
     }
 

@@ -51,49 +51,70 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertEqual(loop.loopCloseStatus, 0)
     }
 
-    /// The request-context example of the docs (port 0), with two calls: one
-    /// answered at once with the session's count, one answered from a timer.
-    func testTheRequestContextExampleOfTheDocs() throws {
-        let harness = try LoopHarness("rpc")
-        defer { harness.shutdownCleanly() }
-        let loop = harness.loop
-        let address = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop, admit: { address in
-                guard let address, case .ipv4(let host, _) = address, host == "127.0.0.1" else { return .refuse }
-                return .accept([SessionKey.self: Session(peer: "\(address)")])
-            }, handler: .callback { endpoint in
-                endpoint.onHandshake = { info in print("\(endpoint.label) speaks protocol \(info.protocolVersion)") }
-                endpoint.onMessage = { request in
-                    let session = request.connectionValues[SessionKey.self]!
-                    session.calls += 1
-                    if request.payload.first == 0 {
-                        let answer = Array(request.payload)
-                        _ = loop.scheduleTimer(after: .milliseconds(100)) { try? request.respond(answer) }
-                    } else {
-                        try request.respond(Array("\(session.peer) call \(session.calls)".utf8))
-                    }
-                }
-            }).startAndWait().address
-        let connected = Promise<Result<LoopBound<RPCEndpoint>, ConnectError>>()
-        try harness.sync {
-            RPCClient.connect(to: address, on: loop) { connected.fulfill($0.map { LoopBound($0, loop: loop) }) }
+    /// The per-connection values example of the docs (port 0): the admit hook
+    /// refuses nothing from 127.0.0.1 and gives each connection its session.
+    func testThePerConnectionValuesExampleOfTheDocs() async throws {
+        let loop = try EventLoop(name: "rpc")
+        loop.start()
+        let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
+                               admit: { address in
+            guard let address, case .ipv4(let host, _) = address, host == "127.0.0.1" else { return .refuse }
+            return .accept([SessionKey.self: Session(peer: "\(address)")])
+        }, handler: .async { request in
+            let session = request.connectionValues[SessionKey.self]!      // set for every admitted connection
+            session.calls += 1
+            return Array("\(session.peer) call \(session.calls)".utf8)
+        })
+        try await withThrowingDiscardingTaskGroup { tasks in
+            tasks.addTask { try await server.run() }
+            let listening = await server.listeningAddress
+            let address = try XCTUnwrap(listening)
+            let client = try await RPCClient.connect(to: address, on: loop)
+            let local = try await client.withEndpoint { "\($0.localAddress!)" }
+            _ = try await client.send([1], timeout: .seconds(10))
+            let second = try await client.send([2], timeout: .seconds(10))
+            XCTAssertEqual(String(decoding: second, as: UTF8.self), "\(local) call 2")
+            await client.close()
+            server.close()
         }
-        let client = try connected.wait("connect").get()
-        let local = try harness.sync { "\(client.value.connection.localAddress!)" }
-        let first = Promise<Result<[UInt8], RPCError>>()
-        let second = Promise<Result<[UInt8], RPCError>>()
-        try harness.sync {
-            client.value.send([0, 5], timeout: .seconds(10)) { first.fulfill($0) }
-            client.value.send([1], timeout: .seconds(10)) { second.fulfill($0) }
-        }
-        XCTAssertEqual(String(decoding: try second.wait("the direct answer").get(), as: UTF8.self), "\(local) call 2")
-        XCTAssertEqual(try first.wait("the later answer").get(), [0, 5])
-        try harness.sync { client.value.close() }
+        let status = await loop.shutdown()
+        XCTAssertEqual(status, 0)
     }
 
-    /// The "stopping cleanly" example of the docs (port 0, and SIGUSR2 in place of
+    /// The handler of the docs' error section: an RPCPublicError reaches the
+    /// caller with its code and text.
+    func testThePublicErrorExampleOfTheDocs() async throws {
+        struct NoSuchKey: RPCPublicError {
+            var key: String
+            var code: RPCError.Code { .notFound }
+            var publicDescription: String { "no such key: \(key)" }
+        }
+        let loop = try EventLoop(name: "rpc")
+        loop.start()
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
+                                         handler: .async { request in
+            throw NoSuchKey(key: String(decoding: request.payload, as: UTF8.self))
+        }).start()
+        let client = try await RPCClient.connect(to: server.address, on: loop)
+        do {
+            _ = try await client.send(Array("k".utf8), timeout: .seconds(10))
+            XCTFail("the handler throws")
+        } catch let error as RPCError where error.code == .notFound {
+            XCTAssertTrue(error.message.hasSuffix("no such key: k"), error.message)
+            XCTAssertTrue(error.requestWasSent)
+            XCTAssertFalse(error.isRetryable)
+        }
+        await client.close()
+        await server.stop()
+        let status = await loop.shutdown()
+        XCTAssertEqual(status, 0)
+    }
+
+    /// The callback-layer example of the docs (port 0, and SIGUSR2 in place of
     /// SIGINT / SIGTERM so that no other test's process is at risk): a call in
-    /// flight when the signal arrives is still answered, then run() returns.
-    func testTheStoppingCleanlyExampleOfTheDocs() throws {
+    /// flight when the signal arrives is still answered from a timer, the
+    /// drain ends, run() returns and so does loop.run().
+    func testTheCallbackLayerExampleOfTheDocs() throws {
         let loop = try EventLoop(name: "rpc")
         let listening = Promise<SocketAddress>()
         let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,

@@ -52,7 +52,7 @@ final class MultiLoopServerTests: XCTestCase {
         try await withTimeout("the server's shutdown") { await server.stop() }
         XCTAssertEqual(server.openEndpoints.count, 0)
         for client in clients {
-            let reason = await client.closed()
+            let reason = try await client.closed()
             XCTAssertEqual(reason, .peerClosed, "the server closed every endpoint, on both loops")
         }
         let clientStatus = await clientGroup.shutdown()

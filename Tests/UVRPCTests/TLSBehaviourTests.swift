@@ -27,7 +27,7 @@ final class TLSBehaviourTests: XCTestCase {
         guard case .keepaliveTimeout = try closed.wait("the server's keepalive timeout").kind else {
             return XCTFail("expected a keepalive timeout")
         }
-        let reason = await client.closed()
+        let reason = try await client.closed()
         XCTAssertEqual(reason, .peerClosed, "the server closed cleanly (close_notify)")
         await server.stop()
     }

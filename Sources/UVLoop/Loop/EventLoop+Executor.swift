@@ -40,21 +40,35 @@ extension EventLoop: SerialExecutor {
 
     /// Shuts the loop down (see ``EventLoop/beginShutdown()``) and returns,
     /// without blocking a thread, once it has stopped: what `uv_loop_close`
-    /// returned (0 when every handle was closed). Must not be awaited on the
-    /// loop itself.
+    /// returned (0 when every handle was closed). Must not be awaited by a
+    /// task that prefers this loop (`Task(executorPreference:)`) or is
+    /// isolated to it: that task would resume on the closed loop. Returns nil
+    /// at once when the task is cancelled (the loop still shuts down).
     @discardableResult
     public func shutdown() async -> Int32? {
-        precondition(!inEventLoop, "EventLoop '\(name)': shutdown() awaited on the loop's own thread would never return")
+        precondition(!currentTaskPrefersThisLoop,
+                     "EventLoop '\(name)': shutdown() awaited by a task that prefers this loop would never resume (it resumes on the closed loop)")
         beginShutdown()
         if !hasStarted { return nil }
-        return await withCheckedContinuation { continuation in
+        return await OneShot<Int32?>().wait(orWhenCancelled: nil) { waiter in
             if let status = stopWaiters.withLock({ state -> Int32?? in
                 if state.stopped { return .some(state.status) }
-                state.waiters.append(continuation)
+                state.waiters.append { waiter.resume($0) }
                 return nil
             }) {
-                continuation.resume(returning: status)
+                waiter.resume(status)
             }
+        }
+    }
+
+    /// True when the current task prefers this loop's task executor: after an
+    /// await it resumes on this loop, so it must not await the loop's end.
+    /// (A task without a preference may run on a loop's thread for a while,
+    /// after a child task that prefers the loop; that is no reason to refuse.)
+    var currentTaskPrefersThisLoop: Bool {
+        withUnsafeCurrentTask { task in
+            guard let preferred = task?.unownedTaskExecutor else { return false }
+            return preferred == taskExecutor.asUnownedTaskExecutor()
         }
     }
 

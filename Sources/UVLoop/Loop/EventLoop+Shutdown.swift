@@ -115,9 +115,9 @@ extension EventLoop {
         pendingFlush.removeAll()
         pendingResumes.removeAll()
         // A last publish of what the closes counted, then no more.
-        if let turnEndObserver { turnEndObserver(self) }
-        turnEndObserver = nil
-        protocolLayerState = nil
+        if let turnObserver { turnObserver.turnEnded(on: self) }
+        turnObserver = nil
+        attachedLayer = nil
         closeStatus.withLock { $0 = rc }
         // The internal handles reference the loop; drop them so the loop can be freed.
         wakeup = nil

@@ -25,7 +25,7 @@ extension EventLoop {
             }
             runPendingFlushes()
         } while !localJobs.isEmpty
-        if let turnEndObserver { turnEndObserver(self) }
+        if let turnObserver { turnObserver.turnEnded(on: self) }
     }
 
     /// Resumes `connection`'s reading at the start of the next turn. While

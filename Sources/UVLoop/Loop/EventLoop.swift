@@ -64,7 +64,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     struct StopWaiters {
         var stopped = false
         var status: Int32?
-        var waiters: [CheckedContinuation<Int32?, Never>] = []
+        var waiters: [@Sendable (Int32?) -> Void] = []
     }
     let stopWaiters = LockedValue(StopWaiters())
 
@@ -116,14 +116,13 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         return storage
     }
     /// Bytes read from and written to the sockets of this loop's connections
-    /// since it started: plain counters, for the protocol layer's metrics.
-    @exclusivity(unchecked) package var bytesReadTotal: UInt64 = 0
-    @exclusivity(unchecked) package var bytesWrittenTotal: UInt64 = 0
-    /// Runs after the per-turn work, twice a loop turn (before and after the
-    /// poll): where the protocol layer publishes its per-loop counters in batches.
-    @exclusivity(unchecked) package var turnEndObserver: ((EventLoop) -> Void)?
-    /// What the protocol layer keeps per loop (UVRPC's metrics); set on the loop thread.
-    @exclusivity(unchecked) package var protocolLayerState: AnyObject?
+    /// since it started (``trafficTotals``).
+    @exclusivity(unchecked) var bytesReadTotal: UInt64 = 0
+    @exclusivity(unchecked) var bytesWrittenTotal: UInt64 = 0
+    /// The protocol layer's object (``layer``), and the same when it asked to
+    /// be told of every turn's end (see `LoopLayer.swift`).
+    @exclusivity(unchecked) var attachedLayer: (any LoopLayer)?
+    @exclusivity(unchecked) var turnObserver: (any LoopLayer)?
 
     /// Creates the loop (not yet running).
     ///
@@ -237,13 +236,13 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
         threadID.store(0, ordering: .releasing)
         state.store(State.stopped.rawValue, ordering: .releasing)
         stoppedSignal.signal()
-        let waiters = stopWaiters.withLock { state -> [CheckedContinuation<Int32?, Never>] in
+        let waiters = stopWaiters.withLock { state -> [@Sendable (Int32?) -> Void] in
             state.stopped = true
             state.status = rc
             defer { state.waiters.removeAll() }
             return state.waiters
         }
-        for waiter in waiters { waiter.resume(returning: rc) }
+        for waiter in waiters { waiter(rc) }
         if rc != 0 { throw UVError(code: rc, operation: "uv_loop_close", target: "event loop \(name)") }
     }
 

@@ -102,10 +102,15 @@ public final class EventLoopGroup: Sendable {
 
     /// Shuts every loop down and returns, without blocking a thread, once
     /// each has stopped; see ``syncShutdown(timeout:)``. Must not be
-    /// awaited on one of the group's loops.
+    /// awaited by a task bound to one of the group's loops (see
+    /// ``EventLoop/shutdown()``). Returns nil at once when the
+    /// task is cancelled (the loops still shut down).
     @discardableResult
     public func shutdown() async -> Int32? {
-        precondition(current == nil, "EventLoopGroup '\(name)': shutdown() awaited on one of its loops would never return")
+        if let bound = loops.first(where: { $0.currentTaskPrefersThisLoop }) {
+            preconditionFailure("EventLoopGroup '\(name)': shutdown() awaited by a task that prefers its loop '\(bound.name)' "
+                                + "would never resume (it resumes on the closed loop)")
+        }
         beginShutdown()
         var statuses: [Int32?] = []
         for loop in loops { statuses.append(await loop.shutdown()) }

@@ -53,37 +53,46 @@ public struct UVError: Error, Equatable, Sendable, CustomStringConvertible {
 ///
 /// Every case names the connection by its label (by default its peer
 /// address), so a log line says to whom it happened.
-public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// The connection was closed locally (by `close`, `abort` or loop
-    /// shutdown) before the operation could complete.
-    case closed(connection: String)
-    /// The peer closed its side (end of stream).
-    case endOfStream(connection: String)
-    /// The peer reset the connection (`ECONNRESET`) or the pipe broke (`EPIPE`).
-    case reset(connection: String)
-    /// Reading failed with another libuv error.
-    case readFailed(UVError)
-    /// Writing failed with a libuv error.
-    case writeFailed(UVError)
-    /// The read handler left `limit` bytes unconsumed, filling the read
-    /// buffer at its maximum capacity.
-    case readBufferLimitExceeded(connection: String, limit: Int)
-    /// A graceful close could not flush pending writes within its timeout,
-    /// so the connection was aborted with `pendingBytes` unsent.
-    case closeTimedOut(connection: String, pendingBytes: Int)
-    /// The socket took no byte for `timeout` while `pendingBytes` waited to
-    /// be written: the peer stopped reading. The connection was aborted.
-    case writeTimedOut(connection: String, pendingBytes: Int, timeout: Duration)
-    /// TLS failed: the handshake (an untrusted or expired certificate, a
-    /// name mismatch, no common protocol, plaintext sent to a TLS port...) or
-    /// a record; `reason` is OpenSSL's.
-    case tlsFailed(connection: String, reason: String)
-    /// The peer ended the stream without TLS's close_notify: the data may
-    /// have been cut short, so this is not a clean end.
-    case tlsTruncated(connection: String)
+public struct ConnectionError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What happened. Package-internal, so that a new kind never breaks a
+    /// user's exhaustive `switch`; ``description`` says it.
+    package enum Kind: Equatable, Sendable {
+        /// The connection was closed locally (by `close`, `abort` or loop
+        /// shutdown) before the operation could complete.
+        case closed(connection: String)
+        /// The peer closed its side (end of stream).
+        case endOfStream(connection: String)
+        /// The peer reset the connection (`ECONNRESET`) or the pipe broke (`EPIPE`).
+        case reset(connection: String)
+        /// Reading failed with another libuv error.
+        case readFailed(UVError)
+        /// Writing failed with a libuv error.
+        case writeFailed(UVError)
+        /// The read handler left `limit` bytes unconsumed, filling the read
+        /// buffer at its maximum capacity.
+        case readBufferLimitExceeded(connection: String, limit: Int)
+        /// A graceful close could not flush pending writes within its timeout,
+        /// so the connection was aborted with `pendingBytes` unsent.
+        case closeTimedOut(connection: String, pendingBytes: Int)
+        /// The socket took no byte for `timeout` while `pendingBytes` waited to
+        /// be written: the peer stopped reading. The connection was aborted.
+        case writeTimedOut(connection: String, pendingBytes: Int, timeout: Duration)
+        /// TLS failed: the handshake (an untrusted or expired certificate, a
+        /// name mismatch, no common protocol, plaintext sent to a TLS port...) or
+        /// a record; `reason` is OpenSSL's.
+        case tlsFailed(connection: String, reason: String)
+        /// The peer ended the stream without TLS's close_notify: the data may
+        /// have been cut short, so this is not a clean end.
+        case tlsTruncated(connection: String)
+    }
+
+    /// What happened.
+    package let kind: Kind
+
+    package init(_ kind: Kind) { self.kind = kind }
 
     public var description: String {
-        switch self {
+        switch kind {
         case .closed(let c): return "connection \(c) is closed"
         case .endOfStream(let c): return "connection \(c) was closed by the peer (end of stream)"
         case .reset(let c): return "connection \(c) was reset by the peer"
@@ -102,25 +111,81 @@ public enum ConnectionError: Error, Equatable, Sendable, CustomStringConvertible
     }
 }
 
+extension ConnectionError {
+    /// True when TLS failed (the handshake, a certificate, or a stream cut
+    /// without close_notify).
+    public var isTLS: Bool {
+        switch kind {
+        case .tlsFailed, .tlsTruncated: return true
+        default: return false
+        }
+    }
+}
+
+// Each kind, to make one or compare with (`error == .reset(connection: label)`).
+extension ConnectionError {
+    /// The connection was closed locally (by `close`, `abort` or loop shutdown) before the operation could complete.
+    public static func closed(connection: String) -> ConnectionError { ConnectionError(.closed(connection: connection)) }
+    /// The peer closed its side (end of stream).
+    public static func endOfStream(connection: String) -> ConnectionError { ConnectionError(.endOfStream(connection: connection)) }
+    /// The peer reset the connection (`ECONNRESET`) or the pipe broke (`EPIPE`).
+    public static func reset(connection: String) -> ConnectionError { ConnectionError(.reset(connection: connection)) }
+    /// Reading failed with another libuv error.
+    public static func readFailed(_ v0: UVError) -> ConnectionError { ConnectionError(.readFailed(v0)) }
+    /// Writing failed with a libuv error.
+    public static func writeFailed(_ v0: UVError) -> ConnectionError { ConnectionError(.writeFailed(v0)) }
+    /// The read handler left `limit` bytes unconsumed, filling the read buffer at its maximum capacity.
+    public static func readBufferLimitExceeded(connection: String, limit: Int) -> ConnectionError { ConnectionError(.readBufferLimitExceeded(connection: connection, limit: limit)) }
+    /// A graceful close could not flush pending writes within its timeout, so the connection was aborted with `pendingBytes` unsent.
+    public static func closeTimedOut(connection: String, pendingBytes: Int) -> ConnectionError { ConnectionError(.closeTimedOut(connection: connection, pendingBytes: pendingBytes)) }
+    /// The socket took no byte for `timeout` while `pendingBytes` waited to be written: the peer stopped reading. The connection was aborted.
+    public static func writeTimedOut(connection: String, pendingBytes: Int, timeout: Duration) -> ConnectionError { ConnectionError(.writeTimedOut(connection: connection, pendingBytes: pendingBytes, timeout: timeout)) }
+    /// TLS failed: the handshake (an untrusted or expired certificate, a name mismatch, no common protocol, plaintext sent to a TLS port...) or a record; `reason` is OpenSSL's.
+    public static func tlsFailed(connection: String, reason: String) -> ConnectionError { ConnectionError(.tlsFailed(connection: connection, reason: reason)) }
+    /// The peer ended the stream without TLS's close_notify: the data may have been cut short, so this is not a clean end.
+    public static func tlsTruncated(connection: String) -> ConnectionError { ConnectionError(.tlsTruncated(connection: connection)) }
+}
+
 /// Why a connect attempt failed.
-public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// The address could not be parsed or resolved.
-    case invalidAddress(String)
-    /// libuv reported an error (refused, unreachable, ...).
-    case failed(UVError)
-    /// No connection was established within `timeout`.
-    case timedOut(address: String, timeout: Duration)
-    /// The event loop shut down before the connect completed.
-    case loopShutDown(address: String)
+public struct ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What happened. Package-internal, so that a new kind never breaks a
+    /// user's exhaustive `switch`; ``description`` says it.
+    package enum Kind: Equatable, Sendable {
+        /// The address could not be parsed or resolved.
+        case invalidAddress(String)
+        /// libuv reported an error (refused, unreachable, ...).
+        case failed(UVError)
+        /// No connection was established within `timeout`.
+        case timedOut(address: String, timeout: Duration)
+        /// The event loop shut down before the connect completed.
+        case loopShutDown(address: String)
+    }
+
+    /// What happened.
+    package let kind: Kind
+
+    package init(_ kind: Kind) { self.kind = kind }
 
     public var description: String {
-        switch self {
+        switch kind {
         case .invalidAddress(let a): return "invalid address \(a)"
         case .failed(let e): return e.description
         case .timedOut(let a, let t): return "connect to \(a) timed out after \(t)"
         case .loopShutDown(let a): return "connect to \(a) abandoned: the event loop shut down"
         }
     }
+}
+
+// Each kind, to make one or compare with.
+extension ConnectError {
+    /// The address could not be parsed or resolved.
+    public static func invalidAddress(_ v0: String) -> ConnectError { ConnectError(.invalidAddress(v0)) }
+    /// libuv reported an error (refused, unreachable, ...).
+    public static func failed(_ v0: UVError) -> ConnectError { ConnectError(.failed(v0)) }
+    /// No connection was established within `timeout`.
+    public static func timedOut(address: String, timeout: Duration) -> ConnectError { ConnectError(.timedOut(address: address, timeout: timeout)) }
+    /// The event loop shut down before the connect completed.
+    public static func loopShutDown(address: String) -> ConnectError { ConnectError(.loopShutDown(address: address)) }
 }
 
 /// This process's limit of open files (`RLIMIT_NOFILE`'s soft limit), for

@@ -51,8 +51,12 @@ public final class GroupListener: Sendable {
     /// Returns once no connection can arrive any more: every listening
     /// socket is closed and every connection accepted before was handed to
     /// its loop (or closed, when that loop was shut down).
-    public func closed() async {
-        await closing.wait()
+    /// - Throws: `CancellationError` when the task is cancelled first.
+    public func closed() async throws {
+        let ended = await OneShot<Bool>().wait(orWhenCancelled: false) { waiter in
+            closing.whenDone { waiter.resume(true) }
+        }
+        if !ended { throw CancellationError() }
     }
 
     /// Calls `body` (on some thread) once no connection can arrive any more;

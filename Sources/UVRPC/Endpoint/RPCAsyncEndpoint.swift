@@ -123,15 +123,22 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     }
 
     /// Waits until the endpoint is fully closed (by either side) and returns the reason.
-    public func closed() async -> RPCCloseReason {
-        await closing { _ in }
+    /// - Throws: `CancellationError` when the task is cancelled first (the
+    ///   endpoint stays as it is).
+    public func closed() async throws -> RPCCloseReason {
+        let reason = await OneShot<RPCCloseReason?>().wait(orWhenCancelled: nil) { waiter in
+            let queued = onLoop { endpoint in endpoint.addCloseWaiter { waiter.resume($0) } }
+            if !queued { waiter.resume(.local) }
+        }
+        guard let reason else { throw CancellationError() }
+        return reason
     }
 
     /// Runs `start` on the loop and waits for the close, returning its reason.
     private func closing(_ start: @escaping @Sendable (RPCEndpoint) -> Void) async -> RPCCloseReason {
         await withCheckedContinuation { continuation in
             let queued = onLoop { endpoint in
-                endpoint.addCloseWaiter(continuation)
+                endpoint.addCloseWaiter { continuation.resume(returning: $0) }
                 start(endpoint)
             }
             if !queued { continuation.resume(returning: .local) }

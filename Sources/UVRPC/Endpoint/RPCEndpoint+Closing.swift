@@ -118,11 +118,11 @@ extension RPCEndpoint {
         drainTimer = nil
         if !closing {
             let reason: RPCCloseReason
-            switch error {
+            switch error?.kind {
             case nil: reason = .local
             case .endOfStream?: reason = .peerClosed
             case .reset?: reason = .reset
-            case let other?: reason = .connectionFailed(other)
+            case .some: reason = .connectionFailed(error!)
             }
             close(reason: reason)
         }
@@ -143,6 +143,6 @@ extension RPCEndpoint {
         owner?()
         let waiters = closeWaiters
         closeWaiters.removeAll()
-        for waiter in waiters { waiter.resume(returning: reason) }
+        for waiter in waiters { waiter(reason) }
     }
 }

@@ -169,8 +169,8 @@ extension RPCEndpoint: PacketSink {
     }
 
     /// Registers a waiter for the end of the endpoint (on the loop).
-    func addCloseWaiter(_ waiter: CheckedContinuation<RPCCloseReason, Never>) {
-        if _isClosed { waiter.resume(returning: _closeReason ?? .local) } else { closeWaiters.append(waiter) }
+    func addCloseWaiter(_ waiter: @escaping (RPCCloseReason) -> Void) {
+        if _isClosed { waiter(_closeReason ?? .local) } else { closeWaiters.append(waiter) }
     }
 
     /// Abandons an async call that was cancelled (on the loop): frees its id

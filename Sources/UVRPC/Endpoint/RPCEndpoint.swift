@@ -244,7 +244,7 @@ public final class RPCEndpoint {
     /// Lets an owner (``RPCServer``) forget the endpoint once closed.
     @exclusivity(unchecked) var didCloseForOwner: (() -> Void)?
     /// Resumed when the endpoint is fully closed (``closed()``).
-    @exclusivity(unchecked) var closeWaiters: [CheckedContinuation<RPCCloseReason, Never>] = []
+    @exclusivity(unchecked) var closeWaiters: [(RPCCloseReason) -> Void] = []
 
     /// Why the endpoint is closing, once it is. Loop-bound.
     public var closeReason: RPCCloseReason? {

@@ -284,7 +284,7 @@ extension RPCCloseReason {
     var errorCode: RPCError.Code {
         switch kind {
         case .local, .callFailed, .drained: return .closed
-        case .connectionFailed(.tlsFailed), .connectionFailed(.tlsTruncated): return .tls
+        case .connectionFailed(let error) where error.isTLS: return .tls
         case .protocolViolation: return .protocolViolation
         case .peerClosed, .reset, .connectionFailed, .keepaliveTimeout, .handshakeTimeout, .drainTimedOut,
              .payloadStalled:

@@ -78,7 +78,7 @@ final class LoopMetrics {
 
     private init(loop: EventLoop) {
         isPublishing = !(MetricsSystem.factory is NOOPMetricsHandler)
-        published = Published(bytesRead: loop.bytesReadTotal, bytesWritten: loop.bytesWrittenTotal)
+        published = Published(bytesRead: loop.trafficTotals.bytesRead, bytesWritten: loop.trafficTotals.bytesWritten)
         accepted = Counter(label: "uvrpc_connections_accepted_total")
         open = Meter(label: "uvrpc_connections_open")
         closed = CloseKind.allCases.map {
@@ -102,10 +102,9 @@ final class LoopMetrics {
 
     /// The metrics of `loop`, made (and hooked to its turns) on first use. Loop thread only.
     static func of(_ loop: EventLoop) -> LoopMetrics {
-        if let existing = loop.protocolLayerState as? LoopMetrics { return existing }
+        if let existing = loop.layer as? LoopMetrics { return existing }
         let metrics = LoopMetrics(loop: loop)
-        loop.protocolLayerState = metrics
-        if metrics.isPublishing { loop.turnEndObserver = { metrics.publish($0) } }
+        loop.attach(metrics, observesTurns: metrics.isPublishing)
         return metrics
     }
 
@@ -155,13 +154,14 @@ final class LoopMetrics {
         for i in failed.indices where callsFailed[i] != published.callsFailed[i] {
             delta(callsFailed[i], &published.callsFailed[i], failed[i])
         }
-        if loop.bytesReadTotal != published.bytesRead {
-            bytesIn.increment(by: loop.bytesReadTotal &- published.bytesRead)
-            published.bytesRead = loop.bytesReadTotal
+        let traffic = loop.trafficTotals
+        if traffic.bytesRead != published.bytesRead {
+            bytesIn.increment(by: traffic.bytesRead &- published.bytesRead)
+            published.bytesRead = traffic.bytesRead
         }
-        if loop.bytesWrittenTotal != published.bytesWritten {
-            bytesOut.increment(by: loop.bytesWrittenTotal &- published.bytesWritten)
-            published.bytesWritten = loop.bytesWrittenTotal
+        if traffic.bytesWritten != published.bytesWritten {
+            bytesOut.increment(by: traffic.bytesWritten &- published.bytesWritten)
+            published.bytesWritten = traffic.bytesWritten
         }
         if !durations.isEmpty { publishDurations() }
         if !acceptErrors.isEmpty && acceptErrors != published.acceptErrors { publishAcceptErrors() }
@@ -284,4 +284,10 @@ enum ViolationKind: String, CaseIterable {
     }
 
     var index: Int { Self.allCases.firstIndex(of: self)! }
+}
+
+/// A loop's metrics are UVRPC's object on the loop (UVLoop's one seam for
+/// the layer above it): told at each turn's end, they publish what moved.
+extension LoopMetrics: LoopLayer {
+    func turnEnded(on loop: EventLoop) { publish(loop) }
 }

@@ -119,23 +119,17 @@ public final class RPCServer: Sendable {
     /// throws) before it listened, or when the waiting task is cancelled.
     public var listeningAddress: SocketAddress? {
         get async {
-            let waiter = AddressWaiter()
-            return await withTaskCancellationHandler {
-                await withCheckedContinuation { continuation in
-                    waiter.install(continuation)
-                    let known = lifecycle.withLock { state -> SocketAddress?? in
-                        switch state.phase {
-                        case .listening(let listener): return .some(listener.address)
-                        case .stopped: return .some(nil)
-                        case .idle, .binding:
-                            state.addressWaiters.append(waiter)
-                            return nil
-                        }
+            await OneShot<SocketAddress?>().wait(orWhenCancelled: nil) { waiter in
+                let known = lifecycle.withLock { state -> SocketAddress?? in
+                    switch state.phase {
+                    case .listening(let listener): return .some(listener.address)
+                    case .stopped: return .some(nil)
+                    case .idle, .binding:
+                        state.addressWaiters.append(waiter)
+                        return nil
                     }
-                    if let known { waiter.resume(known) }
                 }
-            } onCancel: {
-                waiter.resume(nil)
+                if let known { waiter.resume(known) }
             }
         }
     }
@@ -236,11 +230,11 @@ public final class RPCServer: Sendable {
         var hasRun = false
         /// The strongest stop asked for so far (at once beats graceful).
         var stopRequest: StopRequest?
-        var addressWaiters: [AddressWaiter] = []
+        var addressWaiters: [OneShot<SocketAddress?>] = []
     }
 
     private func request(_ request: StopRequest) {
-        let (listener, waiters) = lifecycle.withLock { state -> (GroupListener?, [AddressWaiter]) in
+        let (listener, waiters) = lifecycle.withLock { state -> (GroupListener?, [OneShot<SocketAddress?>]) in
             switch (state.stopRequest, request) {
             case (nil, _), (.graceful?, .now): state.stopRequest = request
             default: return (nil, []) // asked already, as strongly
@@ -277,7 +271,7 @@ public final class RPCServer: Sendable {
 
     /// `run()` is over: address waiters learn that no address is coming.
     private func finish() {
-        let waiters = lifecycle.withLock { state -> [AddressWaiter] in
+        let waiters = lifecycle.withLock { state -> [OneShot<SocketAddress?>] in
             state.phase = .stopped
             defer { state.addressWaiters.removeAll() }
             return state.addressWaiters
@@ -288,44 +282,3 @@ public final class RPCServer: Sendable {
 
 /// A server runs as a `Service` (swift-service-lifecycle): see ``RPCServer/run()``.
 extension RPCServer: Service {}
-
-/// One task waiting for ``RPCServer/listeningAddress``: resumed once, by the
-/// server or by the task's cancellation, whichever comes first (either may
-/// come before the continuation is installed).
-private final class AddressWaiter: Sendable {
-    private enum State {
-        case waiting
-        case installed(CheckedContinuation<SocketAddress?, Never>)
-        case resolved(SocketAddress?)
-        case done
-    }
-    private let state = LockedValue(State.waiting)
-
-    func install(_ continuation: CheckedContinuation<SocketAddress?, Never>) {
-        let early = state.withLock { state -> SocketAddress?? in
-            guard case .resolved(let address) = state else {
-                state = .installed(continuation)
-                return nil
-            }
-            state = .done
-            return .some(address)
-        }
-        if let early { continuation.resume(returning: early) }
-    }
-
-    func resume(_ address: SocketAddress?) {
-        let continuation = state.withLock { state -> CheckedContinuation<SocketAddress?, Never>? in
-            switch state {
-            case .waiting:
-                state = .resolved(address)
-                return nil
-            case .installed(let continuation):
-                state = .done
-                return continuation
-            case .resolved, .done:
-                return nil
-            }
-        }
-        continuation?.resume(returning: address)
-    }
-}
