@@ -15,7 +15,8 @@ struct Bench: ParsableCommand {
             processes, and prints Swift, C and Swift/C. Scenarios: small (with a row for the \
             README's async echo server), latency, medium, bulk, tls (both servers over TLS, and against their own \
             plaintext), fanin, cores, allocs, idle, hol (Swift only: 64 B calls beside 64 MiB echoes, chunked \
-            and not, against an idle connection) (default: all). With --pin same (the default) server and load share CPU 0; \
+            and not, against an idle connection), shared (Swift only: one counter updated from every loop at once, \
+            by a Mutex, an actor or per-loop shards) (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
             """
