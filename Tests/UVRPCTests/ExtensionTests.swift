@@ -98,6 +98,28 @@ final class ExtensionTests: XCTestCase {
         XCTAssertFalse(try harness.sync { pair.client.value.isClosing })
     }
 
+    func testAnAnswerOverTheCallersLimitIsAnErrorAnswerAndTheConnectionKeepsServing() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let refusal = Promise<String>()
+        let pair = try harness.endpointPair(client: testConfiguration { $0.maximumPayloadSize = 1000 }, serverHandler: { request in
+            if request.payload.first == 1 {
+                do { try request.respond([UInt8](repeating: 9, count: 1001)) } catch { refusal.fulfill("\(error)") }
+            } else {
+                try request.respond(Array(request.payload))
+            }
+        })
+        // A 60 s timeout: only the error answer can end the call within the test's wait.
+        guard case .failure(let error) = try harness.call(pair.client, [1], timeout: .seconds(60)) else {
+            return XCTFail("an answer over the caller's limit was sent")
+        }
+        XCTAssertEqual(error.code, .resourceExhausted)
+        XCTAssertTrue(error.message.contains("1001 bytes is over the caller's limit of 1000"), error.message)
+        XCTAssertTrue(try refusal.wait("the handler's error").contains("the peer takes at most 1000"))
+        XCTAssertEqual(try harness.call(pair.client, [2, 3]).get(), [2, 3], "the connection keeps serving")
+        XCTAssertFalse(try harness.sync { pair.client.value.isClosing })
+    }
+
     // MARK: Error answers
 
     func testAFailingHandlerFailsTheCallAtOnceWithItsReason() throws {

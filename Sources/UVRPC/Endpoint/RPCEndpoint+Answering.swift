@@ -135,6 +135,9 @@ extension RPCEndpoint {
     @inline(__always)
     func respond(to id: UInt16, with payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) throws(RPCResponseError) {
         guard !closing else { throw .closed(endpoint: label, messageID: id) }
+        if payload.count > peerPayloadLimit {
+            try refuseAnswerOverPeerLimit(id: id, size: payload.count, limit: peerPayloadLimit)
+        }
         if payload.count > Wire.maximumShortPayload {
             if let peer = _peerInfo, !peer.acceptsBigPayloads {
                 throw .peerTooOld(endpoint: label, messageID: id, payloadSize: payload.count,
@@ -151,6 +154,18 @@ extension RPCEndpoint {
         } catch {
             throw .closed(endpoint: label, messageID: id)
         }
+    }
+
+    /// An answer over the largest payload the peer announced would make it
+    /// close the connection: answer with an ERROR saying so instead, and throw.
+    @inline(never)
+    func refuseAnswerOverPeerLimit(id: UInt16, size: Int, limit: Int) throws(RPCResponseError) {
+        sendErrorAnswer(to: id, code: .resourceExhausted,
+                        reason: "the answer of \(size) bytes is over the caller's limit of \(limit) bytes (its maximumPayloadSize)")
+        logger.warning("answer over the peer's announced limit; answered with an error instead", metadata: [
+            "rpc.id": "\(id)", "rpc.size": "\(size)", "rpc.peer-limit": "\(limit)",
+        ])
+        throw .overPeerLimit(endpoint: label, messageID: id, payloadSize: size, peerLimit: limit)
     }
 
     /// Logs requests left unanswered for longer than the message timeout

@@ -102,6 +102,7 @@ extension RPCEndpoint: PacketSink {
 
     package func receivedHandshake(_ info: PeerInfo) -> Bool {
         _peerInfo = info
+        peerPayloadLimit = info.maximumPayloadSize ?? Int.max
         agreed = configuration.extensions.intersection(info.extensions)
         logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
         sendGoAwayIfAgreed()

@@ -155,8 +155,8 @@ extension RPCEndpoint {
         if payload.count > Wire.maximumPayload {
             return completion.fail(on: self, .payloadTooLarge(endpoint: label, payloadSize: payload.count))
         }
-        if let limit = _peerInfo?.maximumPayloadSize, payload.count > limit {
-            return completion.fail(on: self, .overPeerLimit(endpoint: label, payloadSize: payload.count, peerLimit: limit))
+        if payload.count > peerPayloadLimit {
+            return completion.fail(on: self, .overPeerLimit(endpoint: label, payloadSize: payload.count, peerLimit: peerPayloadLimit))
         }
         let timeout = timeout ?? configuration.messageTimeout
         if payload.count > Wire.maximumShortPayload {

@@ -80,6 +80,9 @@ public final class RPCEndpoint {
     // @exclusivity(unchecked): this state is touched only on the loop thread and never
     // by overlapping accesses; the dynamic checks cost ~40% of the instructions per call.
     @exclusivity(unchecked) var _peerInfo: PeerInfo?
+    /// The largest payload the peer announced (`m`), or `Int.max` while
+    /// unknown: one compare per call and per answer.
+    @exclusivity(unchecked) var peerPayloadLimit = Int.max
 
     /// Handles each incoming message, as an ``RPCRequest``: what came in,
     /// from whom, and the way to answer it (now or later, exactly once).

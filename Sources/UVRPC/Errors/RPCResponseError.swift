@@ -14,6 +14,9 @@ public struct RPCResponseError: Error, Equatable, Sendable, CustomStringConverti
         case peerTooOld(endpoint: String, messageID: UInt16, payloadSize: Int, peerProtocol: Int)
         /// The peer cancelled its call (extension `cancel`): it wants no answer.
         case cancelled(endpoint: String, messageID: UInt16)
+        /// The answer is over the largest payload the peer announced (the
+        /// handshake's `m`): the peer was answered with an ERROR saying so.
+        case overPeerLimit(endpoint: String, messageID: UInt16, payloadSize: Int, peerLimit: Int)
     }
 
     /// What happened.
@@ -30,6 +33,8 @@ public struct RPCResponseError: Error, Equatable, Sendable, CustomStringConverti
             return "cannot answer message \(id) on \(e) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"
         case .cancelled(let e, let id):
             return "message \(id) on \(e) was cancelled by the peer, which wants no answer"
+        case .overPeerLimit(let e, let id, let n, let limit):
+            return "cannot answer message \(id) on \(e) with \(n) bytes: the peer takes at most \(limit) (it was answered with an error saying so)"
         }
     }
 }
@@ -40,4 +45,5 @@ extension RPCResponseError {
     package static func closed(endpoint: String, messageID: UInt16) -> RPCResponseError { RPCResponseError(.closed(endpoint: endpoint, messageID: messageID)) }
     package static func peerTooOld(endpoint: String, messageID: UInt16, payloadSize: Int, peerProtocol: Int) -> RPCResponseError { RPCResponseError(.peerTooOld(endpoint: endpoint, messageID: messageID, payloadSize: payloadSize, peerProtocol: peerProtocol)) }
     package static func cancelled(endpoint: String, messageID: UInt16) -> RPCResponseError { RPCResponseError(.cancelled(endpoint: endpoint, messageID: messageID)) }
+    package static func overPeerLimit(endpoint: String, messageID: UInt16, payloadSize: Int, peerLimit: Int) -> RPCResponseError { RPCResponseError(.overPeerLimit(endpoint: endpoint, messageID: messageID, payloadSize: payloadSize, peerLimit: peerLimit)) }
 }
