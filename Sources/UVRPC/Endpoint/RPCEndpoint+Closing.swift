@@ -62,8 +62,7 @@ extension RPCEndpoint {
     /// sends (a server whose task was cancelled must end promptly).
     func close(reason: RPCCloseReason, lingering: Bool = true) {
         guard !closing else { return }
-        _closeReason = reason
-        closing = true
+        phase = .closing(reason)
         metrics.connectionClosed(reason)
         switch reason.kind {
         case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut, .payloadStalled:
@@ -126,7 +125,7 @@ extension RPCEndpoint {
             }
             close(reason: reason)
         }
-        _isClosed = true
+        phase = .closed(_closeReason ?? .local)
         // A closed endpoint may be kept (e.g. in RPCServer.endpoints): hold no big buffer.
         parser.discardPartialPacket()
         let onClose = _onClose

@@ -29,9 +29,8 @@ extension RPCEndpoint {
 
     /// ``close(gracePeriod:)`` on the loop (without the thread check).
     func beginDrain(gracePeriod: Duration) {
-        guard !closing else { return }
-        if draining { return }
-        draining = true
+        guard case .serving = phase else { return } // already draining, or closing
+        phase = .draining
         sendGoAwayIfAgreed()
         // Cancelled when the connection has closed (the endpoint lives until then).
         drainTimer = eventLoop.scheduleTimer(after: gracePeriod) { [unowned self] in
@@ -89,6 +88,6 @@ extension RPCEndpoint {
     /// wherever work in flight can end (one flag test when not draining).
     @inline(__always)
     func closeIfDrained() {
-        if draining && !closing && hasNothingInFlight { close(reason: .drained) }
+        if case .draining = phase, hasNothingInFlight { close(reason: .drained) }
     }
 }

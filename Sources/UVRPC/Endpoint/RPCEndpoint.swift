@@ -183,8 +183,11 @@ public final class RPCEndpoint {
 
     /// Async handler calls running now (suspended or not).
     @exclusivity(unchecked) var runningAsyncHandlers = 0
-    /// Set by ``close(gracePeriod:)``: close once nothing is in flight.
-    @exclusivity(unchecked) var draining = false
+    /// Set by ``close(gracePeriod:)`` (through ``phase``): close once nothing is in flight.
+    var draining: Bool {
+        if case .draining = phase { return true }
+        return false
+    }
     @exclusivity(unchecked) var drainTimer: LoopTimer?
 
     /// Messages that arrived before any handler was set.
@@ -254,10 +257,22 @@ public final class RPCEndpoint {
         checkLoop("RPCEndpoint.closeReason")
         return _closeReason
     }
-    @exclusivity(unchecked) var _closeReason: RPCCloseReason?
-    /// `_closeReason != nil`, as a plain flag for the per-message checks
-    /// (comparing the optional enum with nil costs a copy of its payload).
-    @exclusivity(unchecked) var closing = false
+    /// Where the endpoint is in its life: the one source of truth for
+    /// serving, draining, closing and closed.
+    @exclusivity(unchecked) var phase = EndpointPhase.serving {
+        didSet { closing = phase.isClosing }
+    }
+    /// Why it is closing or closed (from ``phase``).
+    var _closeReason: RPCCloseReason? {
+        switch phase {
+        case .serving, .draining: return nil
+        case .closing(let reason), .closed(let reason): return reason
+        }
+    }
+    /// ``phase`` is closing or closed, as a plain flag for the per-message
+    /// checks (matching the enum costs a copy of its payload); set only by
+    /// ``phase``'s observer.
+    @exclusivity(unchecked) private(set) var closing = false
     /// True once closing started (by ``close()`` or a failure). Loop-bound.
     public var isClosing: Bool { closeReason != nil }
     /// True once the connection is fully closed and ``onClose`` ran. Loop-bound.
@@ -265,7 +280,10 @@ public final class RPCEndpoint {
         checkLoop("RPCEndpoint.isClosed")
         return _isClosed
     }
-    @exclusivity(unchecked) var _isClosed = false
+    var _isClosed: Bool {
+        if case .closed = phase { return true }
+        return false
+    }
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
         checkLoop("RPCEndpoint.inFlightCount")
@@ -394,5 +412,27 @@ extension Duration {
     var seconds: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
+    }
+}
+
+/// Where an endpoint is in its life; it only moves down this list.
+enum EndpointPhase {
+    /// Calls and messages flow.
+    case serving
+    /// Still serving, and closes once nothing is in flight (or at the grace
+    /// period): ``RPCEndpoint/close(gracePeriod:)``.
+    case draining
+    /// Closing for this reason: in-flight calls failed, nothing new is
+    /// taken, the connection flushes what is owed.
+    case closing(RPCCloseReason)
+    /// The connection closed; the endpoint holds no buffer.
+    case closed(RPCCloseReason)
+
+    /// Closing or closed.
+    var isClosing: Bool {
+        switch self {
+        case .serving, .draining: return false
+        case .closing, .closed: return true
+        }
     }
 }
