@@ -30,27 +30,27 @@ extension RPCEndpoint {
 
     /// Queues a message for the async handler; makes sure a worker will take it.
     func enqueueAsyncRequest(id: UInt16, payload: [UInt8]) {
-        asyncQueue.append((id, payload))
-        if scheduledWorkers == 0 { scheduleWorker() }
+        workers.queue.append((id, payload))
+        if workers.scheduled == 0 { scheduleWorker() }
     }
 
     /// Wakes a parked worker, or starts one; it runs after the current job.
     private func scheduleWorker() {
-        scheduledWorkers += 1
-        if let parked = idleWorkers.popLast() {
+        workers.scheduled += 1
+        if let parked = workers.idle.popLast() {
             parked.resume(returning: true)
             return
         }
-        let key = nextWorkerKey
-        nextWorkerKey &+= 1
+        let key = workers.nextKey
+        workers.nextKey &+= 1
         // The task cannot start before this returns (it is queued on this loop),
         // so it is registered before it can unregister itself.
         // Safe to send: the task runs on this endpoint's loop (its executor preference,
         // and work() never leaves it), the only thread that touches the endpoint.
         let endpoint = UncheckedSendable(self)
-        workerTasks[key] = Task(executorPreference: eventLoop.taskExecutor) {
+        workers.tasks[key] = Task(executorPreference: eventLoop.taskExecutor) {
             await endpoint.value.work(key: key)
-            endpoint.value.workerTasks[key] = nil
+            endpoint.value.workers.tasks[key] = nil
         }
     }
 
@@ -59,7 +59,7 @@ extension RPCEndpoint {
     /// cancelled) ends after that call; another takes the queue.
     private func work(key: UInt64) async {
         while true {
-            scheduledWorkers -= 1 // running now
+            workers.scheduled -= 1 // running now
             while let (id, payload) = nextQueuedRequest() {
                 guard case .async(let handle)? = handler else {
                     // The handler changed since the message arrived: the current one takes it.
@@ -67,17 +67,17 @@ extension RPCEndpoint {
                     continue
                 }
                 // Should this handler suspend, another worker goes on with the queue.
-                if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
+                if workers.head < workers.queue.count && workers.scheduled == 0 { scheduleWorker() }
                 let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
                                               peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
                                               peerCertificateSubject: connection.peerCertificateSubject,
                                               connectionValues: _connectionValues, endpoint: asyncEndpoint)
-                runningAsyncHandlers += 1
+                workers.running += 1
                 let sequence = nextSequence
                 nextSequence &+= 1
                 runningRequests[id] = RunningRequest(sequence: sequence, worker: key)
                 defer {
-                    runningAsyncHandlers -= 1
+                    workers.running -= 1
                     closeIfDrained()
                 }
                 let outcome: Result<[UInt8], any Error>
@@ -106,23 +106,23 @@ extension RPCEndpoint {
                 }
                 if Task.isCancelled && !closing {
                     // This worker's task was cancelled for that call: it cannot run more handlers.
-                    if asyncQueueHead < asyncQueue.count && scheduledWorkers == 0 { scheduleWorker() }
+                    if workers.head < workers.queue.count && workers.scheduled == 0 { scheduleWorker() }
                     return
                 }
             }
-            if closing || idleWorkers.count >= Self.maximumIdleWorkers { return }
-            let woken = await withUnsafeContinuation { idleWorkers.append($0) }
+            if closing || workers.idle.count >= Self.maximumIdleWorkers { return }
+            let woken = await withUnsafeContinuation { workers.idle.append($0) }
             if !woken { return }
         }
     }
 
     private func nextQueuedRequest() -> (id: UInt16, payload: [UInt8])? {
-        guard !closing, asyncQueueHead < asyncQueue.count else { return nil }
-        let request = asyncQueue[asyncQueueHead]
-        asyncQueueHead += 1
-        if asyncQueueHead == asyncQueue.count {
-            asyncQueue.removeAll(keepingCapacity: asyncQueue.count <= 1024)
-            asyncQueueHead = 0
+        guard !closing, workers.head < workers.queue.count else { return nil }
+        let request = workers.queue[workers.head]
+        workers.head += 1
+        if workers.head == workers.queue.count {
+            workers.queue.removeAll(keepingCapacity: workers.queue.count <= 1024)
+            workers.head = 0
         }
         return request
     }
@@ -130,11 +130,11 @@ extension RPCEndpoint {
     /// Ends every worker (the endpoint is closing): parked ones at once,
     /// running handlers are cancelled and their workers end after them.
     func stopAsyncWorkers() {
-        asyncQueue.removeAll()
-        asyncQueueHead = 0
-        let parked = idleWorkers
-        idleWorkers.removeAll()
+        workers.queue.removeAll()
+        workers.head = 0
+        let parked = workers.idle
+        workers.idle.removeAll()
         for worker in parked { worker.resume(returning: false) }
-        for task in workerTasks.values { task.cancel() }
+        for task in workers.tasks.values { task.cancel() }
     }
 }

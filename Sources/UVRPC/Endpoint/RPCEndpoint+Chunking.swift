@@ -56,11 +56,11 @@ extension RPCEndpoint {
         // busy neighbour connection on the loop counts as small traffic too.
         let small = metrics.callsSent &+ metrics.responsesSent
         let now = eventLoop.now
-        if small != smallPacketsAtLastPump {
-            smallPacketsAtLastPump = small
-            lastSmallPacketAt = now
+        if small != outgoing.smallPacketsAtLastPump {
+            outgoing.smallPacketsAtLastPump = small
+            outgoing.lastSmallPacketAt = now
         }
-        return now &- lastSmallPacketAt < Self.smallTrafficMemory ? Self.latencyWindow : Self.bulkWindow
+        return now &- outgoing.lastSmallPacketAt < Self.smallTrafficMemory ? Self.latencyWindow : Self.bulkWindow
     }
 
     /// Whether a payload of `count` bytes goes out as a chunked transfer.
@@ -73,12 +73,12 @@ extension RPCEndpoint {
     /// `owned`, when given, holds the same bytes as `payload` and is kept instead of a copy.
     func startTransfer(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) {
         let transfer = OutgoingTransfer(isResponse: isResponse, id: id, payload: owned ?? Array(payload))
-        unsentTransferBytes += payload.count
+        outgoing.unsentBytes += payload.count
         payloadBudget?.charge(payload.count) // given back by discard(_:)
-        if activeTransfers.lazy.filter({ $0.isResponse == isResponse }).count < Wire.maximumTransfers {
+        if outgoing.active.lazy.filter({ $0.isResponse == isResponse }).count < Wire.maximumTransfers {
             activate(transfer)
         } else {
-            waitingTransfers.append(transfer)
+            outgoing.waiting.append(transfer)
         }
         connection.wantsWriteProgress = true
         pumpChunks()
@@ -90,9 +90,9 @@ extension RPCEndpoint {
                                              id: transfer.id, length: transfer.payload.count)
         do {
             try writeControlPacket(header, headerCount: 7)
-            activeTransfers.append(transfer)
+            outgoing.active.append(transfer)
         } catch {
-            unsentTransferBytes -= transfer.payload.count - transfer.sent // closing: the close path reports it
+            outgoing.unsentBytes -= transfer.payload.count - transfer.sent // closing: the close path reports it
             discard(transfer)
         }
     }
@@ -100,35 +100,35 @@ extension RPCEndpoint {
     /// Writes chunks, one per transfer in turn, while fewer than
     /// ``chunkWindow`` chunk bytes are on their way.
     func pumpChunks() {
-        guard !activeTransfers.isEmpty else { return }
+        guard !outgoing.active.isEmpty else { return }
         let window = chunkWindow
         // While reading is paused (backpressure), the peer's CHUNK_ACKs are not
         // read either: chunks then go as the connection drains (what the
         // window would let pass, minus the acknowledgements), or neither side moves.
-        while !activeTransfers.isEmpty, !closing,
-              chunkBytesUnacknowledged + Self.chunkPayloadSize <= window
+        while !outgoing.active.isEmpty, !closing,
+              outgoing.unacknowledgedBytes + Self.chunkPayloadSize <= window
                 || (pausedForBackpressure && connection.pendingWriteBytes < Self.latencyWindow) {
-            if transferCursor >= activeTransfers.count { transferCursor = 0 }
-            let i = transferCursor
-            let (id, isResponse, sent) = (activeTransfers[i].id, activeTransfers[i].isResponse, activeTransfers[i].sent)
-            let n = min(Self.chunkPayloadSize, activeTransfers[i].payload.count - sent)
+            if outgoing.cursor >= outgoing.active.count { outgoing.cursor = 0 }
+            let i = outgoing.cursor
+            let (id, isResponse, sent) = (outgoing.active[i].id, outgoing.active[i].isResponse, outgoing.active[i].sent)
+            let n = min(Self.chunkPayloadSize, outgoing.active[i].payload.count - sent)
             let header = PacketWriter.shortHeader(isResponse ? .responseChunk : .messageChunk, id: id, length: n)
-            let written = activeTransfers[i].payload.withUnsafeBytes { all in
+            let written = outgoing.active[i].payload.withUnsafeBytes { all in
                 Result { () throws(ConnectionError) in
                     try connection.write(header: header, headerCount: 5,
                                          payload: UnsafeRawBufferPointer(rebasing: all[sent..<(sent + n)]))
                 }
             }
             guard case .success = written else { return } // closing: the close path ends the transfers
-            activeTransfers[i].sent += n
-            unsentTransferBytes -= n
-            if chunkBytesUnacknowledged == 0 { (lastChunkProgressAt, ackProgressAt) = (eventLoop.now, eventLoop.now) }
-            chunkBytesUnacknowledged += n
-            if sent + n == activeTransfers[i].payload.count {
-                discard(activeTransfers.remove(at: i))
+            outgoing.active[i].sent += n
+            outgoing.unsentBytes -= n
+            if outgoing.unacknowledgedBytes == 0 { (outgoing.lastProgressAt, outgoing.ackProgressAt) = (eventLoop.now, eventLoop.now) }
+            outgoing.unacknowledgedBytes += n
+            if sent + n == outgoing.active[i].payload.count {
+                discard(outgoing.active.remove(at: i))
                 transferEnded(isResponse: isResponse)
             } else {
-                transferCursor = i + 1
+                outgoing.cursor = i + 1
             }
         }
     }
@@ -141,15 +141,15 @@ extension RPCEndpoint {
     }
 
     package func receivedChunkAcknowledgement(bytes: Int) -> Bool {
-        guard bytes <= chunkBytesUnacknowledged else {
-            protocolViolated(.excessChunkAcknowledgement(acknowledged: bytes, outstanding: chunkBytesUnacknowledged))
+        guard bytes <= outgoing.unacknowledgedBytes else {
+            protocolViolated(.excessChunkAcknowledgement(acknowledged: bytes, outstanding: outgoing.unacknowledgedBytes))
             return false
         }
-        chunkBytesUnacknowledged -= bytes
-        lastChunkProgressAt = eventLoop.now
-        ackedSinceProgress += bytes
-        if ackedSinceProgress >= PacketParser.progressQuantum || chunkBytesUnacknowledged == 0 {
-            (ackProgressAt, ackedSinceProgress) = (lastChunkProgressAt, 0)
+        outgoing.unacknowledgedBytes -= bytes
+        outgoing.lastProgressAt = eventLoop.now
+        outgoing.ackedSinceProgress += bytes
+        if outgoing.ackedSinceProgress >= PacketParser.progressQuantum || outgoing.unacknowledgedBytes == 0 {
+            (outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (outgoing.lastProgressAt, 0)
         }
         pumpChunks()
         return countPacket()
@@ -161,44 +161,44 @@ extension RPCEndpoint {
     /// connection's own write timeout never sees a write wait), and is cut
     /// off the same way. Checked with the liveness checks.
     func checkChunkAcknowledgements(now: UInt64) {
-        guard chunkBytesUnacknowledged > 0, !pausedForBackpressure else { return }
+        guard outgoing.unacknowledgedBytes > 0, !pausedForBackpressure else { return }
         // A trickle of acknowledgements (less than 64 KiB per progress timeout) holds our chunks as long.
         let progressTimeout = configuration.payloadProgressTimeout
-        if now &- ackProgressAt >= progressTimeout.roundedUpMilliseconds {
+        if now &- outgoing.ackProgressAt >= progressTimeout.roundedUpMilliseconds {
             logger.info("the peer acknowledged less than 64 KiB of chunks within the progress timeout; closing", metadata: [
                 "rpc.peer": "\(peerDescription)",
-                "rpc.unacknowledged": "\(chunkBytesUnacknowledged)", "rpc.unsent": "\(unsentTransferBytes)",
+                "rpc.unacknowledged": "\(outgoing.unacknowledgedBytes)", "rpc.unsent": "\(outgoing.unsentBytes)",
             ])
             return close(reason: .payloadStalled(progressTimeout))
         }
-        guard let timeout = connection.options.writeTimeout, now &- lastChunkProgressAt >= timeout.roundedUpMilliseconds else { return }
+        guard let timeout = connection.options.writeTimeout, now &- outgoing.lastProgressAt >= timeout.roundedUpMilliseconds else { return }
         logger.info("the peer acknowledged no chunk for the write timeout; closing", metadata: [
             "rpc.peer": "\(peerDescription)",
-            "rpc.unacknowledged": "\(chunkBytesUnacknowledged)",
+            "rpc.unacknowledged": "\(outgoing.unacknowledgedBytes)",
         ])
         close(reason: .connectionFailed(.writeTimedOut(connection: connection.label,
-                                                       pendingBytes: chunkBytesUnacknowledged + unsentTransferBytes,
+                                                       pendingBytes: outgoing.unacknowledgedBytes + outgoing.unsentBytes,
                                                        timeout: timeout)))
     }
 
     /// Tops the window up on the next loop iteration (after its reads).
     func schedulePump() {
-        guard !activeTransfers.isEmpty, !closing, pumpTimer?.isActive != true else { return }
-        if pumpTimer == nil { pumpTimer = eventLoop.makeTimer { [unowned self] in self.pumpChunks() } }
-        pumpTimer!.start(after: .zero)
+        guard !outgoing.active.isEmpty, !closing, outgoing.pumpTimer?.isActive != true else { return }
+        if outgoing.pumpTimer == nil { outgoing.pumpTimer = eventLoop.makeTimer { [unowned self] in self.pumpChunks() } }
+        outgoing.pumpTimer!.start(after: .zero)
     }
 
     /// Drops the transfer of message (or response) `id`, started or waiting,
     /// if there is one: its call was cancelled.
     func dropTransfer(isResponse: Bool, id: UInt16) {
-        if let i = activeTransfers.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
-            let transfer = activeTransfers.remove(at: i)
-            unsentTransferBytes -= transfer.payload.count - transfer.sent
+        if let i = outgoing.active.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
+            let transfer = outgoing.active.remove(at: i)
+            outgoing.unsentBytes -= transfer.payload.count - transfer.sent
             discard(transfer)
             transferEnded(isResponse: isResponse)
-        } else if let i = waitingTransfers.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
-            let transfer = waitingTransfers.remove(at: i)
-            unsentTransferBytes -= transfer.payload.count
+        } else if let i = outgoing.waiting.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
+            let transfer = outgoing.waiting.remove(at: i)
+            outgoing.unsentBytes -= transfer.payload.count
             discard(transfer)
         }
     }
@@ -206,10 +206,10 @@ extension RPCEndpoint {
     /// After a transfer of that kind ended: starts the next waiting one, and
     /// lets held-back work go on once the transfers' bytes are low again.
     private func transferEnded(isResponse: Bool) {
-        if let next = waitingTransfers.firstIndex(where: { $0.isResponse == isResponse }) {
-            activate(waitingTransfers.remove(at: next))
+        if let next = outgoing.waiting.firstIndex(where: { $0.isResponse == isResponse }) {
+            activate(outgoing.waiting.remove(at: next))
         }
-        if activeTransfers.isEmpty { connection.wantsWriteProgress = false }
+        if outgoing.active.isEmpty { connection.wantsWriteProgress = false }
         if pausedForBackpressure && !readingBackpressured { resumeReadingAfterBackpressure() }
         closeIfDrained()
     }
@@ -223,13 +223,13 @@ extension RPCEndpoint {
 
     /// Forgets every transfer (the endpoint is closing).
     func dropAllTransfers() {
-        for transfer in activeTransfers + waitingTransfers { discard(transfer) }
-        activeTransfers.removeAll()
-        waitingTransfers.removeAll()
-        unsentTransferBytes = 0
-        chunkBytesUnacknowledged = 0
+        for transfer in outgoing.active + outgoing.waiting { discard(transfer) }
+        outgoing.active.removeAll()
+        outgoing.waiting.removeAll()
+        outgoing.unsentBytes = 0
+        outgoing.unacknowledgedBytes = 0
         connection.wantsWriteProgress = false
-        pumpTimer?.close()
-        pumpTimer = nil
+        outgoing.pumpTimer?.close()
+        outgoing.pumpTimer = nil
     }
 }

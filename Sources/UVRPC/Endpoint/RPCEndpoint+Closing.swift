@@ -12,7 +12,7 @@ extension RPCEndpoint {
         // payloads and acknowledgements could not be read meanwhile, so their clocks start again.
         if now &- lastLivenessCheck > 2 &* livenessPeriod {
             parser.restartProgressClocks(now: now)
-            (ackProgressAt, ackedSinceProgress) = (now, 0)
+            (outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (now, 0)
             lastReceived = now // and what the peer sent meanwhile is still unread: its keepalive clock too
         }
         lastLivenessCheck = now
@@ -22,7 +22,7 @@ extension RPCEndpoint {
             parser.releaseSpareBuffer()
         }
         if !unanswered.isEmpty { reportOverdueRequests(now: now) }
-        if chunkBytesUnacknowledged > 0 { checkChunkAcknowledgements(now: now) }
+        if outgoing.unacknowledgedBytes > 0 { checkChunkAcknowledgements(now: now) }
         if !closing && !pausedForBackpressure { checkPayloadProgress(now: now) }
         if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
             logger.info("no handshake from the peer in time; closing")

@@ -68,7 +68,7 @@ extension RPCEndpoint {
         guard agreed.contains(.errorAnswers) else { return }
         var owed = Set(unanswered.keys.filter { cancelledRequests[$0] == nil }) // a cancelled call wants nothing
         for (id, running) in runningRequests where !running.cancelled { owed.insert(id) }
-        for job in asyncQueue[asyncQueueHead...] { owed.insert(job.id) }
+        for job in workers.queue[workers.head...] { owed.insert(job.id) }
         for message in waitingMessages { owed.insert(message.id) }
         let reason = "the server stopped after draining for \(gracePeriod)"
         for id in owed.sorted() { sendErrorAnswer(to: id, code: .unavailable, reason: reason) }
@@ -80,8 +80,8 @@ extension RPCEndpoint {
     var hasNothingInFlight: Bool {
         calls.activeCount == 0 && deferredSends.isEmpty && blockedSendsHead == blockedSends.count
             && unanswered.isEmpty && currentToken == 0 && waitingMessages.isEmpty
-            && asyncQueueHead == asyncQueue.count && runningAsyncHandlers == 0
-            && activeTransfers.isEmpty && waitingTransfers.isEmpty && !parser.hasPartialMessage
+            && workers.head == workers.queue.count && workers.running == 0
+            && outgoing.active.isEmpty && outgoing.waiting.isEmpty && !parser.hasPartialMessage
     }
 
     /// Closes with ``RPCCloseReason/drained`` if draining and idle; called

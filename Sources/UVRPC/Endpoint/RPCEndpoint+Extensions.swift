@@ -101,10 +101,10 @@ extension RPCEndpoint {
         var found = droppedPartialMessage ? "a message still arriving" : "nothing (already answered)"
         if let running = runningRequests[id], !running.cancelled {
             runningRequests[id]!.cancelled = true
-            workerTasks[running.worker]?.cancel()
+            workers.tasks[running.worker]?.cancel()
             found = "a running async handler"
-        } else if let queued = asyncQueue[asyncQueueHead...].firstIndex(where: { $0.id == id }) {
-            asyncQueue.remove(at: queued)
+        } else if let queued = workers.queue[workers.head...].firstIndex(where: { $0.id == id }) {
+            workers.queue.remove(at: queued)
             found = "a queued message"
         } else if let waiting = waitingMessages.firstIndex(where: { $0.id == id }) {
             waitingMessages.remove(at: waiting)
@@ -168,7 +168,7 @@ extension RPCEndpoint {
     /// Ids held by cancelled calls until the peer's CANCEL_ACK (for tests). Loop-bound.
     package var reservedCallIDCount: Int { calls.reservedCount }
     /// Async handler calls running now (for tests). Loop-bound.
-    package var runningAsyncHandlerCount: Int { runningAsyncHandlers }
+    package var runningAsyncHandlerCount: Int { workers.running }
     /// Bytes of payload buffers the parser holds (for tests). Loop-bound.
     package var heldPayloadBytes: Int { parser.memory.held }
     /// Payloads in parts being received or skipped (for tests). Loop-bound.

@@ -174,7 +174,7 @@ extension RPCEndpoint {
         if case .async = completion {} else {
             // Chunked transfers wait apart from the connection's bytes: a small
             // call is held back by neither the other's bytes.
-            let pending = sendsChunked(payload.count) ? unsentTransferBytes : connection.pendingWriteBytes
+            let pending = sendsChunked(payload.count) ? outgoing.unsentBytes : connection.pendingWriteBytes
             let limit = configuration.maximumPendingWriteBytes
             if pending > 0 && pending + PacketWriter.frameSize(payloadCount: payload.count) > limit {
                 return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
@@ -245,7 +245,7 @@ extension RPCEndpoint {
     /// the connection, or as chunked transfers waiting to be written).
     @inline(__always)
     var readingBackpressured: Bool {
-        !connection.isWritable || unsentTransferBytes > configuration.maximumPendingWriteBytes
+        !connection.isWritable || outgoing.unsentBytes > configuration.maximumPendingWriteBytes
     }
 
     func resumeReadingAfterBackpressure() {
@@ -254,7 +254,7 @@ extension RPCEndpoint {
         // its payloads and acknowledgements that could not move meanwhile.
         lastReceived = eventLoop.now
         parser.restartProgressClocks(now: lastReceived)
-        (lastChunkProgressAt, ackProgressAt, ackedSinceProgress) = (lastReceived, lastReceived, 0)
+        (outgoing.lastProgressAt, outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (lastReceived, lastReceived, 0)
         connection.resumeReading()
     }
 

@@ -170,19 +170,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var cancelledRequests: [UInt16: UInt64] = [:]
 
     // Async handlers (see RPCEndpoint+AsyncHandlers.swift).
-    /// Requests waiting for a worker, oldest first from `asyncQueueHead`.
-    @exclusivity(unchecked) var asyncQueue: [(id: UInt16, payload: [UInt8])] = []
-    @exclusivity(unchecked) var asyncQueueHead = 0
-    /// Parked workers; resumed with true to work, false to end.
-    @exclusivity(unchecked) var idleWorkers: [UnsafeContinuation<Bool, Never>] = []
-    /// Workers woken or started whose job has not run yet.
-    @exclusivity(unchecked) var scheduledWorkers = 0
-    /// Every worker task, cancelled when the endpoint closes.
-    @exclusivity(unchecked) var workerTasks: [UInt64: Task<Void, Never>] = [:]
-    @exclusivity(unchecked) var nextWorkerKey: UInt64 = 0
-
-    /// Async handler calls running now (suspended or not).
-    @exclusivity(unchecked) var runningAsyncHandlers = 0
+    /// The async handler's queue and worker tasks.
+    @exclusivity(unchecked) var workers = AsyncWorkers()
     /// Set by ``close(gracePeriod:)`` (through ``phase``): close once nothing is in flight.
     var draining: Bool {
         if case .draining = phase { return true }
@@ -199,27 +188,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var agreed: RPCExtensions = []
     /// Async handlers running, by message id (for the peer's CANCEL).
     @exclusivity(unchecked) var runningRequests: [UInt16: RunningRequest] = [:]
-    /// Chunked transfers being sent, and those waiting for a turn.
-    @exclusivity(unchecked) var activeTransfers: [OutgoingTransfer] = []
-    @exclusivity(unchecked) var waitingTransfers: [OutgoingTransfer] = []
-    @exclusivity(unchecked) var transferCursor = 0
-    /// Payload bytes of transfers not yet written to the connection.
-    @exclusivity(unchecked) var unsentTransferBytes = 0
-    /// Runs ``pumpChunks()`` on the next loop iteration, after its reads.
-    @exclusivity(unchecked) var pumpTimer: LoopTimer?
-    /// CHUNK payload bytes written and not yet acknowledged by the peer (kept under ``chunkWindow``).
-    @exclusivity(unchecked) var chunkBytesUnacknowledged = 0
-    /// When the peer last acknowledged chunk bytes, or chunk bytes went out
-    /// with none unacknowledged (loop milliseconds): for the acknowledgement timeout.
-    @exclusivity(unchecked) var lastChunkProgressAt: UInt64 = 0
-    /// When the peer's acknowledgements last moved 64 KiB (or cleared every
-    /// chunk byte), and the bytes acknowledged since: for ``Configuration/payloadProgressTimeout``.
-    @exclusivity(unchecked) var ackProgressAt: UInt64 = 0
-    @exclusivity(unchecked) var ackedSinceProgress = 0
-    /// The loop's count of MESSAGE / RESPONSE packets written, when chunks were last written.
-    @exclusivity(unchecked) var smallPacketsAtLastPump = 0
-    /// When a small packet was last seen written (loop milliseconds).
-    @exclusivity(unchecked) var lastSmallPacketAt: UInt64 = 0
+    /// The chunked transfers this side sends and their flow control.
+    @exclusivity(unchecked) var outgoing = OutgoingTransfers()
     @exclusivity(unchecked) var goAwaySent = false
     @exclusivity(unchecked) var _peerIsGoingAway = false
     /// Lets an owner (``RPCClientPool``) stop using the endpoint when the peer sends GOAWAY.
@@ -435,4 +405,49 @@ enum EndpointPhase {
         case .closing, .closed: return true
         }
     }
+}
+
+/// The chunked transfers an endpoint sends (extension `chunk`) and their
+/// flow control: what ``RPCEndpoint+Chunking.swift`` works on.
+struct OutgoingTransfers {
+    /// Transfers being sent, and those waiting for a turn (at most
+    /// ``Wire/maximumTransfers`` of each kind are active).
+    var active: [RPCEndpoint.OutgoingTransfer] = []
+    var waiting: [RPCEndpoint.OutgoingTransfer] = []
+    /// The active transfer whose chunk goes next (round robin).
+    var cursor = 0
+    /// Payload bytes of transfers not yet written to the connection.
+    var unsentBytes = 0
+    /// Runs `pumpChunks()` on the next loop iteration, after its reads.
+    var pumpTimer: LoopTimer?
+    /// CHUNK payload bytes written and not yet acknowledged by the peer (kept under the chunk window).
+    var unacknowledgedBytes = 0
+    /// When the peer last acknowledged chunk bytes, or chunk bytes went out
+    /// with none unacknowledged (loop milliseconds): for the acknowledgement timeout.
+    var lastProgressAt: UInt64 = 0
+    /// When the peer's acknowledgements last moved 64 KiB (or cleared every
+    /// chunk byte), and the bytes acknowledged since: for the payload progress timeout.
+    var ackProgressAt: UInt64 = 0
+    var ackedSinceProgress = 0
+    /// The loop's count of MESSAGE / RESPONSE packets written, when chunks were last written.
+    var smallPacketsAtLastPump = 0
+    /// When a small packet was last seen written (loop milliseconds).
+    var lastSmallPacketAt: UInt64 = 0
+}
+
+/// An endpoint's async handler machinery: the requests waiting for a
+/// worker and the worker tasks (``RPCEndpoint+AsyncHandlers.swift``).
+struct AsyncWorkers {
+    /// Requests waiting for a worker, oldest first from `head`.
+    var queue: [(id: UInt16, payload: [UInt8])] = []
+    var head = 0
+    /// Parked workers; resumed with true to work, false to end.
+    var idle: [UnsafeContinuation<Bool, Never>] = []
+    /// Workers woken or started whose job has not run yet.
+    var scheduled = 0
+    /// Every worker task, cancelled when the endpoint closes.
+    var tasks: [UInt64: Task<Void, Never>] = [:]
+    var nextKey: UInt64 = 0
+    /// Handler calls running now (suspended or not).
+    var running = 0
 }
