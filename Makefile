@@ -58,6 +58,7 @@ bench: bootstrap
 bench-docs: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench --repeat 3 --json Docs/benchmarks.json --svg Docs/benchmarks.svg | tee Docs/benchmarks.txt
+	python3 scripts/docs-figures.py Docs/benchmarks.json "make bench-docs"
 
 # Allocation regression check: fails when mallocs per round trip exceed the recorded figures.
 bench-check: bootstrap
