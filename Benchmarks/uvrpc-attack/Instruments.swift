@@ -92,7 +92,7 @@ final class Probe: @unchecked Sendable { // `samples` and `failures` are locked;
         group = try EventLoopGroup(name: "probe", loopCount: 1)
         let loop = group.loops[0]
         let connected = DispatchSemaphore(value: 0)
-        let configuration = { var c = RPCEndpoint.Configuration(); c.connectionOptions.tls = tls; return c }()
+        let configuration = { var c = RPCEndpoint.Configuration(); c.tls = tls; return c }()
         loop.execute { [self] in
             RPCClient.connect(to: address, on: loop, configuration: configuration) { [self] result in
                 defer { connected.signal() }

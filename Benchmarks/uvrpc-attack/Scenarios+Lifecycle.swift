@@ -163,7 +163,7 @@ extension Attacks {
         defer { group.syncShutdown() }
         var ok = 0, failed = 0
         var configuration = RPCEndpoint.Configuration()
-        configuration.connectionOptions.tls = client
+        configuration.tls = client
         while now() < stopAt {
             let outcome = LockedValue<Bool?>(nil)
             let ended = DispatchSemaphore(value: 0)

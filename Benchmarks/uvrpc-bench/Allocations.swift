@@ -30,9 +30,9 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int, tls: Bool = 
     var serverConfiguration = RPCEndpoint.Configuration(), clientConfiguration = RPCEndpoint.Configuration()
     if tls {
         let files = try benchTLSFiles.get()
-        serverConfiguration.connectionOptions.tls = try TLSContext(.server(certificateChain: .file(files.certificate),
+        serverConfiguration.tls = try TLSContext(.server(certificateChain: .file(files.certificate),
                                                                            privateKey: .file(files.key)))
-        clientConfiguration.connectionOptions.tls = try TLSContext(.client(trustRoots: .certificates(.file(files.ca))))
+        clientConfiguration.tls = try TLSContext(.client(trustRoots: .certificates(.file(files.ca))))
     }
     let (serverSettings, clientSettings) = (serverConfiguration, clientConfiguration)
     let serverGroup = try EventLoopGroup(name: "alloc-server", loopCount: loops)

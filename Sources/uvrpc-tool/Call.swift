@@ -84,7 +84,7 @@ struct Call: ParsableCommand {
             var configuration = RPCClientPool.Configuration()
             configuration.connectionsPerAddress = connections
             configuration.endpoint = endpoint.configuration
-            configuration.endpoint.connectionOptions.tls = tlsContext
+            configuration.endpoint.tls = tlsContext
             // A lost connection fails the run; it is not made again behind the checks' back.
             configuration.reconnectDelay = .seconds(3600)
             configuration.maximumReconnectDelay = .seconds(3600)

@@ -110,7 +110,7 @@ struct Serve: ParsableCommand {
         }()
         var configuration = endpoint.configuration
         do {
-            configuration.connectionOptions.tls = try tls.context()
+            configuration.tls = try tls.context()
             configuration.tlsHandshakesPerPeer = tls.handshakeLimit
         } catch {
             printError("uvrpc serve: \(error)")

@@ -62,7 +62,7 @@ struct EndpointOptions: ParsableArguments {
         c.keepaliveInterval = .milliseconds(Int64(keepaliveInterval * 1000))
         c.keepaliveTimeout = .milliseconds(Int64(keepaliveTimeout * 1000))
         c.handshakeTimeout = .milliseconds(Int64(handshakeTimeout * 1000))
-        c.connectionOptions.writeTimeout = writeTimeout > 0 ? .milliseconds(Int64(writeTimeout * 1000)) : nil
+        c.writeTimeout = writeTimeout > 0 ? .milliseconds(Int64(writeTimeout * 1000)) : nil
         c.maximumPayloadSize = maxPayload
         if noExtensions { c.extensions = [] }
         return c

@@ -74,7 +74,7 @@ final class BackpressureTests: XCTestCase {
         let silent = testConfiguration { $0.connectionOptions.autoRead = false }
         let configuration = testConfiguration {
             $0.maximumPendingWriteBytes = 8 << 20
-            $0.connectionOptions.writeTimeout = .milliseconds(300)
+            $0.writeTimeout = .milliseconds(300)
         }
         let closed = Promise<RPCCloseReason>()
         let handshake = Promise<Void>()
@@ -159,7 +159,7 @@ final class BackpressureTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
-        let configuration = testConfiguration { $0.connectionOptions.writeTimeout = .milliseconds(500) }
+        let configuration = testConfiguration { $0.writeTimeout = .milliseconds(500) }
         let hostileClosed = Promise<RPCCloseReason>()
         let hostileConnection = Promise<LoopBound<Connection>>()
         let first = LoopBoundBox.sendingValue(true, loop: loop)

@@ -237,7 +237,7 @@ extension HostilePeerTests {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let server = try startServer(harness, configuration: testConfiguration {
-            $0.connectionOptions.writeTimeout = .milliseconds(500)
+            $0.writeTimeout = .milliseconds(500)
         })
         let peer = try RawPeer(harness: harness, address: server.address)
         let big = [UInt8](repeating: 7, count: 3 << 20)

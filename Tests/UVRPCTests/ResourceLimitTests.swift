@@ -224,8 +224,8 @@ final class ResourceLimitTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let count = 300_000
         let configuration = testConfiguration {
-            $0.connectionOptions.writeHighWaterMark = 64 << 10
-            $0.connectionOptions.writeLowWaterMark = 16 << 10
+            $0.writeHighWaterMark = 64 << 10
+            $0.writeLowWaterMark = 16 << 10
         }
         let (connection, peerFD) = try harness.sync { () -> (LoopBound<Connection>, Int32) in
             let (connection, peer) = try Connection.overSocketPair(on: harness.loop, options: configuration.connectionOptions)
@@ -322,8 +322,8 @@ final class ResourceLimitTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let configuration = testConfiguration {
-            $0.connectionOptions.gracefulCloseTimeout = .seconds(60)
-            $0.connectionOptions.writeTimeout = nil // only the drain may end it
+            $0.gracefulCloseTimeout = .seconds(60)
+            $0.writeTimeout = nil // only the drain may end it
         }
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: harness.loop, handler: .callback { $0.onMessage = reversing }).start()
         // An efro.rpc peer (no chunking): an 8 MiB MESSAGE_BIG, and it never reads the answer.
@@ -352,8 +352,8 @@ final class ResourceLimitTests: XCTestCase {
         let context = try certificates.serverContext()
         func configuration(handshakeTimeout: Duration) -> RPCEndpoint.Configuration {
             testConfiguration {
-                $0.connectionOptions.tls = context
-                $0.connectionOptions.gracefulCloseTimeout = .seconds(60)
+                $0.tls = context
+                $0.gracefulCloseTimeout = .seconds(60)
                 $0.handshakeTimeout = handshakeTimeout
             }
         }
@@ -382,11 +382,11 @@ final class HandshakeRateTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let serverContext = try certificates.serverContext(), clientContext = try certificates.clientContext()
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration {
-                                                  $0.connectionOptions.tls = serverContext
+                                                  $0.tls = serverContext
                                                   // Two at once, then one every 1000 s: none more within the test.
                                                   $0.tlsHandshakesPerPeer = RPCRateLimit(perSecond: 0.001, burst: 2)
                                               }), on: harness.loop, handler: .async { request in request.payload }).start()
-        let clientConfiguration = testConfiguration { $0.connectionOptions.tls = clientContext }
+        let clientConfiguration = testConfiguration { $0.tls = clientContext }
         var outcomes: [String] = []
         var clients: [RPCAsyncEndpoint] = []
         for i in 0..<4 {

@@ -10,7 +10,7 @@ final class TLSBehaviourTests: XCTestCase {
     private func tlsConfiguration(_ tls: TLSContext, _ modify: (inout RPCEndpoint.Configuration) -> Void = { _ in })
         -> RPCEndpoint.Configuration {
         var c = testConfiguration()
-        c.connectionOptions.tls = tls
+        c.tls = tls
         modify(&c)
         return c
     }
@@ -134,7 +134,7 @@ final class TLSBehaviourTests: XCTestCase {
         try allEnded.wait("every corpus connection to end", seconds: 300)
         try waitUntil("the server to close every connection") { closes.withLock { $0 } == inputs.count }
         var c = testConfiguration()
-        c.connectionOptions.tls = try certificates.clientContext()
+        c.tls = try certificates.clientContext()
         let client = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: c)
         let answer = try await withTimeout("a good call afterwards") { try await client.send([4, 2]) }
         XCTAssertEqual(answer, [4, 2])

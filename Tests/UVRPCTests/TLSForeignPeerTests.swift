@@ -29,7 +29,7 @@ final class TLSForeignPeerTests: XCTestCase {
     private func reversingServer(_ harness: LoopHarness, _ certificates: TestCertificates,
                                  closed: LockedValue<[String]>) async throws -> RunningServer {
         var c = testConfiguration()
-        c.connectionOptions.tls = try certificates.serverContext()
+        c.tls = try certificates.serverContext()
         return try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in closed.withLock { $0.append("\(reason)") } }
             endpoint.asyncEndpoint.onMessage { request in Array(request.payload.reversed()) }
@@ -72,7 +72,7 @@ final class TLSForeignPeerTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         var c = testConfiguration()
-        c.connectionOptions.tls = try naming(certificates.clientContext(), "localhost")
+        c.tls = try naming(certificates.clientContext(), "localhost")
         let client = try await RPCClient.connect(to: peer.address, on: harness.loop, configuration: c)
         for (i, size) in [3, 70_000, 5 << 20].enumerated() {
             let payload = pseudoRandomBytes(count: size, seed: UInt64(i + 40))

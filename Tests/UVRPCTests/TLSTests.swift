@@ -8,7 +8,7 @@ import XCTest
 final class TLSTests: XCTestCase {
     private func configuration(_ tls: TLSContext, serverName: String? = nil) throws -> RPCEndpoint.Configuration {
         var c = testConfiguration()
-        c.connectionOptions.tls = try naming(tls, serverName)
+        c.tls = try naming(tls, serverName)
         return c
     }
 
@@ -56,7 +56,7 @@ final class TLSFailureTests: XCTestCase {
 
     private func server(_ harness: LoopHarness, tls: TLSContext) async throws -> Server {
         var c = testConfiguration()
-        c.connectionOptions.tls = tls
+        c.tls = tls
         let reasons = LockedValue([String]())
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in reasons.withLock { $0.append("\(reason)") } }
@@ -69,7 +69,7 @@ final class TLSFailureTests: XCTestCase {
     private func call(_ address: SocketAddress, _ harness: LoopHarness, tls: TLSContext?,
                       serverName: String? = nil) async throws -> Result<[UInt8], any Error> {
         var c = testConfiguration()
-        c.connectionOptions.tls = try naming(tls, serverName)
+        c.tls = try naming(tls, serverName)
         let client = try await RPCClient.connect(to: address, on: harness.loop, configuration: c)
         let result: Result<[UInt8], any Error>
         do {
@@ -158,7 +158,7 @@ final class TLSFailureTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         var c = testConfiguration()
-        c.connectionOptions.tls = try certificates.serverContext(requireClientCertificates: true)
+        c.tls = try certificates.serverContext(requireClientCertificates: true)
         let reasons = LockedValue([String]())
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in reasons.withLock { $0.append("\(reason)") } }
@@ -184,7 +184,7 @@ final class TLSFailureTests: XCTestCase {
         var configuration = TLSConfiguration.client(trustRoots: .certificates(.file(certificates.otherCAFile)))
         configuration.verifiesPeer = false
         var c = testConfiguration()
-        c.connectionOptions.tls = try TLSContext(configuration)
+        c.tls = try TLSContext(configuration)
         let log = LogRecorder()
         let client = try await RPCClient.connect(to: server.server.address, on: harness.loop, configuration: c, logger: log.logger)
         let answer = try await withTimeout("a call to an unchecked server") { try await client.send([7]) }

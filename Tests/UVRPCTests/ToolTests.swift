@@ -11,11 +11,14 @@ func runTool(_ arguments: [String], seconds: Double = 60) throws -> (status: Int
 
 /// Runs `executable` to completion (at most `seconds`, else it is terminated
 /// and this throws); returns its status and its output (stdout and stderr).
-func runToCompletion(_ executable: URL, _ arguments: [String],
-                     seconds: Double = 60) throws -> (status: Int32, output: String) {
+func runToCompletion(_ executable: URL, _ arguments: [String], seconds: Double = 60,
+                     environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
+    if !environment.isEmpty {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe

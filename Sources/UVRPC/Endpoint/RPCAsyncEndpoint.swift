@@ -56,7 +56,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// than its high-water mark), the call waits before it is written, in
     /// order with other waiting async sends; the payload is not copied while
     /// it waits. Its timeout starts when it is written. A peer that stops
-    /// reading altogether is cut off by `ConnectionOptions/writeTimeout`,
+    /// reading altogether is cut off by ``RPCEndpoint/Configuration/writeTimeout``,
     /// which fails the waiting calls.
     ///
     /// - Throws: an ``RPCError`` (timed out, closed, peer too old, every id

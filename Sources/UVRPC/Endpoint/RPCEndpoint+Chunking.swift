@@ -156,7 +156,7 @@ extension RPCEndpoint {
     }
 
     /// The write timeout, for chunks: a peer that acknowledges none of the
-    /// chunk bytes it was sent for ``ConnectionOptions/writeTimeout`` reads
+    /// chunk bytes it was sent for ``Configuration/writeTimeout`` reads
     /// nothing (its kernel buffers can hold the whole window, so the
     /// connection's own write timeout never sees a write wait), and is cut
     /// off the same way. Checked with the liveness checks.

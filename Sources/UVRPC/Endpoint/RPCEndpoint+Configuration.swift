@@ -21,7 +21,7 @@ extension RPCEndpoint {
         /// bytes are skipped as they arrive, a message is answered with an
         /// error (to a peer that takes error answers; an efro.rpc peer's call
         /// times out), a response fails its call with
-        /// ``RPCError/responseRefused(endpoint:messageID:payloadSize:reason:)``,
+        /// an ``RPCError`` of code ``RPCError/Code/resourceExhausted``,
         /// and it is logged and counted (`uvrpc_payloads_refused_total`).
         /// Default 256 MiB (four payloads of the default maximum size).
         public var maximumPayloadMemory = 256 << 20
@@ -51,17 +51,73 @@ extension RPCEndpoint {
         /// (a run of KEEPALIVEs counts once): past it, reading stops until
         /// the loop's next turn, so that a peer flooding small packets delays
         /// the loop's other connections by at most this many handler calls
-        /// per turn (`ConnectionOptions/maximumReadBytesPerTurn` bounds the
+        /// per turn (``maximumReadBytesPerTurn`` bounds the
         /// bytes). Default 4096.
         public var maximumPacketsPerTurn = 4096
         /// Send keepalives (turn off only to test the peer's keepalive timeout).
         public var sendsKeepalives = true
-        /// Options for connections made by ``RPCServer`` and ``RPCClient``
-        /// (buffer sizes, write water marks, the write timeout).
-        public var connectionOptions = ConnectionOptions()
+        /// The connection's own settings, made from the ones below (and, for
+        /// tests, `autoRead`).
+        package var connectionOptions = ConnectionOptions()
+
+        // The connection settings an endpoint's user sets, flat (each one is
+        // the same-named `ConnectionOptions` setting of its connection).
+
+        /// Speak TLS with this context (a server's for accepted connections,
+        /// a client's, with the server's name, for connects). Nil (the
+        /// default): plaintext.
+        public var tls: TLSContext? {
+            get { connectionOptions.tls }
+            set { connectionOptions.tls = newValue }
+        }
+        /// How long a write may wait without the socket taking a byte (the
+        /// peer reads nothing) before the connection fails; nil waits
+        /// forever. Default 30 s.
+        public var writeTimeout: Duration? {
+            get { connectionOptions.writeTimeout }
+            set { connectionOptions.writeTimeout = newValue }
+        }
+        /// How long a graceful close may take to flush what is owed before
+        /// the connection is aborted. Default 10 s.
+        public var gracefulCloseTimeout: Duration {
+            get { connectionOptions.gracefulCloseTimeout }
+            set { connectionOptions.gracefulCloseTimeout = newValue }
+        }
+        /// How long a graceful close waits for the peer to end its side once
+        /// everything is sent (closing earlier can make the kernel reset the
+        /// connection and destroy the last answers). Default 2 s.
+        public var lingerTimeout: Duration {
+            get { connectionOptions.lingerTimeout }
+            set { connectionOptions.lingerTimeout = newValue }
+        }
+        /// Unsent bytes above which the endpoint is not writable (async sends
+        /// wait, ``RPCEndpoint/isWritable`` turns false). Default 1 MiB.
+        public var writeHighWaterMark: Int {
+            get { connectionOptions.writeHighWaterMark }
+            set { connectionOptions.writeHighWaterMark = newValue }
+        }
+        /// Unsent bytes below which it is writable again. Default 256 KiB.
+        public var writeLowWaterMark: Int {
+            get { connectionOptions.writeLowWaterMark }
+            set { connectionOptions.writeLowWaterMark = newValue }
+        }
+        /// Most unconsumed bytes the connection's read buffer may hold
+        /// (a partial frame it waits for): past it the connection closes.
+        /// Default 4 MiB.
+        public var maximumReadBufferCapacity: Int {
+            get { connectionOptions.maximumReadBufferCapacity }
+            set { connectionOptions.maximumReadBufferCapacity = newValue }
+        }
+        /// Most bytes read from one connection in a turn of its loop: a
+        /// peer sending as fast as it can delays the loop's other
+        /// connections by at most this much work per turn. Default 256 KiB.
+        public var maximumReadBytesPerTurn: Int {
+            get { connectionOptions.maximumReadBytesPerTurn }
+            set { connectionOptions.maximumReadBytesPerTurn = newValue }
+        }
         /// Most unsent bytes the callback `send` variants may pile up: a
         /// call that would take the connection's pending bytes over this
-        /// fails at once with ``RPCError/sendBufferFull(endpoint:pendingBytes:limit:)``
+        /// fails at once with an ``RPCError`` of code ``RPCError/Code/resourceExhausted`` (retryable)
         /// (a single call on an empty buffer always goes). Async sends wait
         /// for ``RPCEndpoint/isWritable`` instead. Default 64 MiB.
         public var maximumPendingWriteBytes = 64 << 20

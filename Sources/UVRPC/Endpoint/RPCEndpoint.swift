@@ -26,7 +26,7 @@ import UVLoop
 ///   nothing at all arrived for ``Configuration/keepaliveTimeout`` the
 ///   endpoint closes.
 /// - ``close()`` is idempotent: every in-flight call fails with
-///   ``RPCError/closed(endpoint:messageID:reason:)``, later answers are
+///   an ``RPCError`` carrying the close reason, later answers are
 ///   refused, the connection closes after flushing, and ``onClose`` reports
 ///   the reason once.
 ///
@@ -196,7 +196,7 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var didReceiveGoAwayForOwner: (() -> Void)?
 
     /// True once the peer said it is draining (extension `goaway`): sends on
-    /// this endpoint then fail at once with ``RPCError/peerGoingAway(endpoint:)``
+    /// this endpoint then fail at once with an ``RPCError`` of code ``RPCError/Code/unavailable`` (not sent, retryable)
     /// (calls already written still get their answers). Loop-bound.
     public var peerIsGoingAway: Bool {
         checkLoop("RPCEndpoint.peerIsGoingAway")
@@ -261,7 +261,7 @@ public final class RPCEndpoint {
     }
 
     /// False while the connection holds more unsent bytes than its high-water
-    /// mark (`ConnectionOptions/writeHighWaterMark`), true again below the
+    /// mark (``Configuration/writeHighWaterMark``), true again below the
     /// low-water mark. Callback senders should stop sending while it is
     /// false and resume on ``onWritabilityChanged``; async sends wait by
     /// themselves. While it is false the endpoint also stops taking new

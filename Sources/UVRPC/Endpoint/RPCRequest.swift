@@ -6,7 +6,7 @@ import UVLoop
 /// Answer exactly once, now (in the handler) or later (keep the request, e.g.
 /// in a timer's closure or another call's completion, and call
 /// ``respond(_:)-(UnsafeRawBufferPointer)`` on the loop thread). Answering
-/// twice throws ``RPCResponseError/alreadyAnswered(endpoint:messageID:)``.
+/// twice throws an ``RPCResponseError`` (already answered).
 /// A request left unanswered is not lost silently: the endpoint keeps it in
 /// its table of unanswered requests (``RPCEndpoint/unansweredRequestCount``),
 /// logs it once it has waited longer than
@@ -58,7 +58,7 @@ public struct RPCRequest {
     public var isAnswered: Bool { endpoint.isAnswered(token: token) }
     /// True once the peer cancelled its call (extension `cancel`): a request
     /// kept for a later answer should stop its work; answering it throws
-    /// ``RPCResponseError/cancelled(endpoint:messageID:)``. (A cancel is read
+    /// an ``RPCResponseError`` (cancelled). (A cancel is read
     /// between handler calls, so it is always false during the handler call.)
     public var isCancelled: Bool { endpoint.isCancelled(token: token) }
 

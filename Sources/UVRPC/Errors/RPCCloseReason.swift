@@ -23,7 +23,7 @@ public struct RPCCloseReason: Equatable, Sendable, CustomStringConvertible {
         /// closes the whole endpoint.
         case callFailed(RPCError)
         /// A graceful close (``RPCEndpoint/close(gracePeriod:)``, a server's
-        /// ``RPCServer/shutdown(gracePeriod:)``) finished: nothing was left in flight.
+        /// ``RPCServer/close(gracePeriod:)``) finished: nothing was left in flight.
         case drained
         /// A graceful close ran out of time: what was still in flight was failed.
         case drainTimedOut(Duration)

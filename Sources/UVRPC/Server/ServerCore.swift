@@ -37,7 +37,7 @@ final class ServerCore: Sendable {
         self.logger = logger
         self.handshake = configuration.handshakeBytes
         self.payloadBudget = MemoryBudget(limit: configuration.maximumServerPayloadMemory)
-        self.handshakeLimiter = configuration.connectionOptions.tls == nil ? nil
+        self.handshakeLimiter = configuration.tls == nil ? nil
             : configuration.tlsHandshakesPerPeer.map(PeerRateLimiter.init)
         self.continuation = continuation
         self.onEndpoint = onEndpoint

@@ -154,7 +154,7 @@ public struct PeerInfo: Equatable, Sendable, CustomStringConvertible {
     /// order, whitespace, unknown keys ignored, `k` as an integer or a float.
     /// `x` is read as a list of extension names; names this library does not
     /// know, and an `x` that is not a list of strings, are ignored.
-    /// - Throws: ``ProtocolViolation/malformedHandshake(_:)`` saying what is wrong.
+    /// - Throws: a ``ProtocolViolation`` (malformed handshake) saying what is wrong.
     package init(json bytes: UnsafeRawBufferPointer) throws(ProtocolViolation) {
         var parser = JSONScanner(bytes)
         let (p, k, x, m) = try parser.parseHandshakeObject()
