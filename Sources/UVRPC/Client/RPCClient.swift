@@ -24,7 +24,7 @@ public enum RPCClient {
     /// Incoming messages (a server may call its clients too) wait for a
     /// handler (``RPCAsyncEndpoint/onMessage(_:)``), or are handled at once
     /// by `handler` when one is given.
-    /// - Throws: ``ConnectError``: `timedOut` after `timeout`, a refused or
+    /// - Throws: `ConnectError` (UVLoop): timed out after `timeout`, a refused or
     ///   failed connect naming the address, or the loop shut down.
     public static func connect(to address: SocketAddress, on loops: some EventLoopProvider, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),

@@ -2,7 +2,7 @@
 ///
 /// A stream starts with a handshake (`u32` big-endian length + UTF-8 JSON
 /// `{"p":2,"k":10.73}`), then carries packets, each starting with a one-byte
-/// ``PacketType``. All integers are unsigned big-endian.
+/// `PacketType`. All integers are unsigned big-endian.
 public enum Wire {
     /// The protocol version this library speaks and announces.
     public static let protocolVersion = 2
