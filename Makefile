@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 
-.PHONY: bootstrap build test test-tsan test-asan fuzz soak attack bench bench-docs bench-check docs clean
+.PHONY: bootstrap build test test-tsan test-asan fuzz soak attack bench bench-docs bench-docs-split bench-check docs clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -12,11 +12,13 @@ build: bootstrap
 	$(SWIFT) build
 
 # Every test of every module, in debug mode, serially (each test bounds its own time),
-# then the compile-fail checks (Tests/CompileFail: thread misuse must not compile).
+# then the compile-fail checks (Tests/CompileFail: thread misuse must not compile),
+# then every figure the docs quote checked against the recorded bench JSON.
 test: bootstrap
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
 	bash scripts/compile-fail.sh .build/debug
+	python3 scripts/docs-figures.py --check Docs/benchmarks.json Docs/benchmarks-split.json
 
 # Every test again under ThreadSanitizer (its own build folder; CI runs it too).
 test-tsan: bootstrap
@@ -54,11 +56,18 @@ bench: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench
 
-# The run behind Docs/BENCHMARKS.md: the table, its JSON and the chart.
+# The run behind Docs/BENCHMARKS.md: the table, its JSON and the chart; then
+# every figure the docs quote from it is filled in (scripts/docs-figures.py).
 bench-docs: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench --repeat 3 --json Docs/benchmarks.json --svg Docs/benchmarks.svg | tee Docs/benchmarks.txt
-	python3 scripts/docs-figures.py Docs/benchmarks.json "make bench-docs"
+	python3 scripts/docs-figures.py --command "make bench-docs" Docs/benchmarks.json Docs/benchmarks-split.json
+
+# The same with the server and the load on different CPUs (Docs/benchmarks-split.*).
+bench-docs-split: bootstrap
+	$(SWIFT) build -c release
+	.build/release/uvrpc-bench --pin split --repeat 3 --scenario small,latency,medium,bulk,fanin --json Docs/benchmarks-split.json | tee Docs/benchmarks-split.txt
+	python3 scripts/docs-figures.py Docs/benchmarks.json Docs/benchmarks-split.json
 
 # Allocation regression check: fails when mallocs per round trip exceed the recorded figures.
 bench-check: bootstrap
@@ -66,7 +75,8 @@ bench-check: bootstrap
 	.build/release/uvrpc-bench --scenario allocs --json .build/allocs.json
 	python3 scripts/bench-check.py .build/allocs.json
 
-# The DocC documentation of UVLoop and UVRPC (swift-docc-plugin), into .build/docs.
+# The DocC documentation of UVLoop and UVRPC (swift-docc-plugin), into .build/docs;
+# first, every figure in the docs checked against the recorded bench JSON.
 docs: bootstrap
 	bash scripts/docs.sh
 

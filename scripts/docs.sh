@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# make docs: the DocC archives of UVLoop and UVRPC in .build/docs/, with
+# make docs: the figures in the docs checked against the bench's JSON, then
+# the DocC archives of UVLoop and UVRPC in .build/docs/, with
 # Docs/GETTING_STARTED.md, COMMON_TASKS.md and ARCHITECTURE.md as UVRPC's
 # articles (copied into the catalog at build time: Docs/ stays the one source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Every figure the docs quote from a recorded bench run must still be what its
+# JSON says (scripts/docs-figures.py fills them; this only compares).
+python3 scripts/docs-figures.py --check Docs/benchmarks.json Docs/benchmarks-split.json
 catalog=Sources/UVRPC/UVRPC.docc
 cp Docs/GETTING_STARTED.md "$catalog/GettingStarted.md"
 cp Docs/COMMON_TASKS.md "$catalog/CommonTasks.md"
