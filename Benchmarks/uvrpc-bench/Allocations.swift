@@ -41,9 +41,9 @@ func measureAllocations(api: AllocationAPI, calls: Int, loops: Int, tls: Bool = 
         clientGroup.syncShutdown()
         serverGroup.syncShutdown()
     }
-    let handler: RPCServer.Handler = switch api {
+    let handler: RPCHandler = switch api {
     case .callback: .callback { endpoint in endpoint.onMessage = { request in try request.respond(request.payload) } }
-    case .async: .async { request in request.payload }
+    case .async: .async { request, _ in request.payload }
     }
     let server = try RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: serverSettings),
                                on: serverGroup, handler: handler).startAndWait()

@@ -15,7 +15,7 @@ struct EchoServer {
         let loop = try EventLoop(name: "echo-server")
         loop.start()                                          // the loop runs on its own thread
         let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: port)), on: loop,
-                               handler: .async { request in
+                               handler: .async { request, context in
             request.payload                                   // the answer; handlers run in tasks on the loop
         })
         try await withThrowingDiscardingTaskGroup { tasks in

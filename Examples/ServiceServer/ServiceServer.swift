@@ -21,8 +21,8 @@ struct ServiceServer {
         let logger = Logger(label: "service-server")
         let loops = try EventLoopGroup(name: "rpc", loopCount: 1)
         var configuration = RPCServer.Configuration(address: .ipv4(host: "127.0.0.1", port: port))
-        configuration.endpoint.shutdownGracePeriod = .seconds(10)
-        let server = RPCServer(configuration: configuration, on: loops, logger: logger, handler: .async { request in
+        configuration.shutdownGracePeriod = .seconds(10)
+        let server = RPCServer(configuration: configuration, on: loops, logger: logger, handler: .async { request, _ in
             if delay > .zero { try? await Task.sleep(for: delay) } // a slow handler, to see the drain wait for it
             return request.payload
         })

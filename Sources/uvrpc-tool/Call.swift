@@ -81,17 +81,16 @@ struct Call: ParsableCommand {
         let group = try ProcessLimits.startLoops(command: "uvrpc call", name: "uvrpc-call", loops: loops, sockets: connections)
         let summary = LockedValue(Summary())
         let configuration = {
-            var configuration = RPCClientPool.Configuration()
+            var configuration = RPCClientPool.Configuration(endpoint: endpoint.configuration)
             configuration.connectionsPerAddress = connections
-            configuration.endpoint = endpoint.configuration
-            configuration.endpoint.tls = tlsContext
+            configuration.tls = tlsContext
             // A lost connection fails the run; it is not made again behind the checks' back.
             configuration.reconnectDelay = .seconds(3600)
             configuration.maximumReconnectDelay = .seconds(3600)
             return configuration
         }()
         let pool = try runBlocking {
-            await RPCClientPool.connect(to: [address], on: group, configuration: configuration) { endpoint in
+            await RPCClientPool.connect(to: [address], on: group, configuration: configuration, handler: .callback { endpoint in
                 endpoint.onMessage = { request in
                     summary.withLock { $0.echoed += 1 }
                     try request.respond(request.payload)
@@ -99,7 +98,7 @@ struct Call: ParsableCommand {
                 endpoint.onClose = { reason in
                     if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
                 }
-            }
+            })
         }
         guard pool.connectionStates.allSatisfy(\.isOpen) else {
             printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(address)")")

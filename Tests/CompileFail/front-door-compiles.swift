@@ -9,10 +9,17 @@ struct NotFound: RPCPublicError {
     var publicDescription: String { "no such key" }
 }
 
+struct CallerKey: RPCConnectionKey { typealias Value = String }
+
 func service(on group: EventLoopGroup) async throws {
-    let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: group,
-                           handler: .async { request in
+    var configuration = RPCServer.Configuration(address: .ipv4(host: "127.0.0.1", port: 0))
+    configuration.keepaliveTimeout = .seconds(10) // endpoint settings, flat
+    configuration.shutdownGracePeriod = .seconds(5)
+    let server = RPCServer(configuration: configuration, on: group,
+                           admit: { peer in peer == nil ? .refuse : .accept([CallerKey.self: "\(peer!)"]) },
+                           handler: .async { request, context in
         if request.payload.isEmpty { throw NotFound() }
+        _ = context.connectionValues[CallerKey.self]
         return request.payload
     })
     try await withThrowingDiscardingTaskGroup { tasks in

@@ -18,18 +18,18 @@ func withTimeout<T: Sendable>(_ what: String, seconds: Double = 60,
     }
 }
 
-private let reversingAsync: @Sendable (RPCAsyncRequest) async throws -> [UInt8] = { Array($0.payload.reversed()) }
+private let reversingAsync: @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8] = { request, _ in Array(request.payload.reversed()) }
 
 /// A server made with the async API and a client connected to it.
 private func asyncPair(_ loop: EventLoop,
                        server serverConfiguration: RPCEndpoint.Configuration = testConfiguration(),
                        client clientConfiguration: RPCEndpoint.Configuration = testConfiguration(),
-                       serverHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync,
-                       clientHandler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8] = reversingAsync)
+                       serverHandler: @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8] = reversingAsync,
+                       clientHandler: @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8] = reversingAsync)
     async throws -> (server: RunningServer, serverEndpoint: RPCAsyncEndpoint, client: RPCAsyncEndpoint) {
     let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: serverConfiguration), on: loop, handler: .async(serverHandler)).start()
     let client = try await RPCClient.connect(to: server.address, on: loop, configuration: clientConfiguration,
-                                             handler: clientHandler)
+                                             handler: .async(clientHandler))
     var iterator = server.endpoints.makeAsyncIterator()
     guard let serverEndpoint = await iterator.next() else { throw TestTimeout(what: "the accepted endpoint") }
     return (server, serverEndpoint, client)
@@ -41,7 +41,7 @@ final class AsyncAPITests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let loop = harness.loop
         let handlerOnLoop = LockedValue([Bool]())
-        let (_, _, client) = try await asyncPair(loop, serverHandler: { request in
+        let (_, _, client) = try await asyncPair(loop, serverHandler: { request, _ in
             handlerOnLoop.withLock { $0.append(loop.inEventLoop) }
             try await Task.sleep(for: .milliseconds(1)) // resumes on the loop too
             handlerOnLoop.withLock { $0.append(loop.inEventLoop) }
@@ -79,7 +79,7 @@ final class AsyncAPITests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let waiting = LockedValue<(arrived: Int, parked: [CheckedContinuation<Void, Never>])>((0, []))
-        let slow: @Sendable (RPCAsyncRequest) async throws -> [UInt8] = { request in
+        let slow: @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8] = { request, _ in
             await withCheckedContinuation { continuation in
                 let all = waiting.withLock { state -> [CheckedContinuation<Void, Never>] in
                     state.arrived += 1
@@ -108,7 +108,7 @@ final class AsyncAPITests: XCTestCase {
     func testTimeoutWithCloseOnErrorFalseThenTrue() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let (_, serverEndpoint, client) = try await asyncPair(harness.loop, serverHandler: { request in
+        let (_, serverEndpoint, client) = try await asyncPair(harness.loop, serverHandler: { request, _ in
             if request.payload == [0] { try await Task.sleep(for: .seconds(30)) }
             return request.payload
         })
@@ -304,7 +304,7 @@ final class AsyncAPITests: XCTestCase {
         // Not synchronisation: the answer must come whichever arrives first; the
         // pause only makes it likely that the message waits for the handler.
         try await Task.sleep(for: .milliseconds(50))
-        serverEndpoint.onMessage(reversingAsync as @Sendable (RPCAsyncRequest) async throws -> [UInt8])
+        serverEndpoint.onMessage(reversingAsync as @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8])
         let answer = try await withTimeout("the waiting message") { try await pending.value }
         XCTAssertEqual(answer, [6, 5, 4])
     }

@@ -72,9 +72,8 @@ private final class ThreeServers: Sendable {
 
 final class ClientPoolTests: XCTestCase {
     private func poolConfiguration() -> RPCClientPool.Configuration {
-        var configuration = RPCClientPool.Configuration()
+        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration())
         configuration.connectionsPerAddress = 2
-        configuration.endpoint = testConfiguration()
         configuration.reconnectDelay = .milliseconds(20)
         configuration.maximumReconnectDelay = .milliseconds(200)
         return configuration

@@ -198,7 +198,7 @@ final class EndpointTests: XCTestCase {
             client.close() // idempotent
         }
         let result = try outcome.wait("local close")
-        XCTAssertTrue(result.pending.contains("message 65530") && result.pending.contains("closed locally"), result.pending)
+        XCTAssertTrue(result.pending.contains("(wire id 65530)") && result.pending.contains("closed locally"), result.pending)
         XCTAssertTrue(result.after.contains("closed"), result.after)
         XCTAssertEqual(result.inFlight, 0)
         XCTAssertEqual(try pair.clientClosed.wait("client close"), .local)

@@ -173,7 +173,7 @@ final class ExtensionTests: XCTestCase {
     func testAFailingAsyncHandlerFailsTheCallAtOnce() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request, _ in
             if request.payload == [0] { throw Refused() }
             return request.payload
         }).start()
@@ -241,7 +241,7 @@ final class ExtensionTests: XCTestCase {
         defer { harness.shutdownCleanly() }
         let started = Promise<Void>()
         let sawCancellation = Promise<Bool>()
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request, _ in
             guard request.payload == [0] else { return request.payload }
             started.fulfill(())
             // Waits for its cancellation (bounded: the test fails, not hangs, without it).
@@ -406,8 +406,7 @@ final class ExtensionTests: XCTestCase {
             }).start()
         }
         let a = try await server(1), b = try await server(2)
-        var poolConfiguration = RPCClientPool.Configuration()
-        poolConfiguration.endpoint = testConfiguration()
+        let poolConfiguration = RPCClientPool.Configuration(endpoint: testConfiguration())
         let pool = await RPCClientPool.connect(to: [a.address, b.address], on: group, configuration: poolConfiguration)
         // Hold a call on server 1, then drain it.
         let held = Task { try await pool.send([0], timeout: .seconds(60)) }
@@ -440,8 +439,7 @@ final class ExtensionTests: XCTestCase {
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, handler: .callback { endpoint in
             endpoint.onMessage = { request in kept.withLock { $0 = LoopBound(request, loop: loop) } }
         }).start()
-        var poolConfiguration = RPCClientPool.Configuration()
-        poolConfiguration.endpoint = testConfiguration()
+        let poolConfiguration = RPCClientPool.Configuration(endpoint: testConfiguration())
         let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: poolConfiguration)
         let ended = LockedValue<String?>(nil)
         let held = Task {

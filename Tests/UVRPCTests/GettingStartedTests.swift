@@ -60,8 +60,8 @@ final class GettingStartedTests: XCTestCase {
                                admit: { address in
             guard let address, case .ipv4(let host, _) = address, host == "127.0.0.1" else { return .refuse }
             return .accept([SessionKey.self: Session(peer: "\(address)")])
-        }, handler: .async { request in
-            let session = request.connectionValues[SessionKey.self]!      // set for every admitted connection
+        }, handler: .async { request, context in
+            let session = context.connectionValues[SessionKey.self]!      // set for every admitted connection
             session.calls += 1
             return Array("\(session.peer) call \(session.calls)".utf8)
         })
@@ -92,7 +92,7 @@ final class GettingStartedTests: XCTestCase {
         let loop = try EventLoop(name: "rpc")
         loop.start()
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
-                                         handler: .async { request in
+                                         handler: .async { request, _ in
             throw NoSuchKey(key: String(decoding: request.payload, as: UTF8.self))
         }).start()
         let client = try await RPCClient.connect(to: server.address, on: loop)
@@ -168,7 +168,7 @@ final class GettingStartedTests: XCTestCase {
         let loop = try EventLoop(name: "echo-server")
         loop.start()
         let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loop,
-                               handler: .async { request in
+                               handler: .async { request, _ in
             request.payload                                   // the answer; handlers run in tasks on the loop
         })
         try await withThrowingDiscardingTaskGroup { tasks in
@@ -190,7 +190,7 @@ final class GettingStartedTests: XCTestCase {
     func testTheMultiCoreServerAndClientPoolOfTheDocs() async throws {
         let serverLoops = try EventLoopGroup(name: "rpc")
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), spread: .roundRobin),
-                                         on: serverLoops, handler: .async { request in request.payload }).start()
+                                         on: serverLoops, handler: .async { request, _ in request.payload }).start()
         XCTAssertEqual(server.server.loops.count, EventLoopGroup.availableCPUCount)
         let clientLoops = try EventLoopGroup(name: "client", loopCount: 2)
         var configuration = RPCClientPool.Configuration()

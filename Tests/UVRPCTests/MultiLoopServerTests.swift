@@ -71,7 +71,7 @@ final class MultiLoopServerTests: XCTestCase {
 
     func testAsyncHandlersOfAGroupServerRunOnTheirEndpointsLoop() async throws {
         let group = try EventLoopGroup(name: "async", loopCount: 2)
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: group, handler: .async { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: group, handler: .async { request, _ in
             // The loop the task runs on, appended to the request.
             request.payload + Array((EventLoop.current?.name ?? "none").utf8)
         }).start()

@@ -218,10 +218,10 @@ final class RequestContextTests: XCTestCase {
     func testAsyncHandlersSeeTheSameContext() async throws {
         let loop = try EventLoop(name: "async-context")
         loop.start()
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, admit: { _ in .accept([Number.self: 42]) }, handler: .async { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: loop, admit: { _ in .accept([Number.self: 42]) }, handler: .async { request, context in
             XCTAssertTrue(loop.inEventLoop, "async handlers run on the endpoint's loop")
-            let text = "\(request.connectionValues[Number.self] ?? -1)|\(request.peerAddress.map { "\($0)" } ?? "none")"
-                + "|\(request.peerInfo.keepaliveInterval)|\(request.messageID)|\(request.payload.count)"
+            let text = "\(context.connectionValues[Number.self] ?? -1)|\(context.peerAddress.map { "\($0)" } ?? "none")"
+                + "|\(context.peerInfo.keepaliveInterval)|\(context.messageID)|\(request.payload.count)"
             return Array(text.utf8)
         }).start()
         let client = try await RPCClient.connect(to: server.address, on: loop,

@@ -113,7 +113,7 @@ final class ResourceLimitTests: XCTestCase {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
         let configuration = testConfiguration { $0.maximumServerPayloadMemory = 1 << 20 }
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: harness.loop, handler: .async { request in Array(request.payload.reversed()) }).start()
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration), on: harness.loop, handler: .async { request, _ in Array(request.payload.reversed()) }).start()
         let first = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         let second = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
         // Held halfway: each client's upload starts, then waits behind a peer that reads nothing more.
@@ -199,7 +199,7 @@ final class ResourceLimitTests: XCTestCase {
             clientHarness.shutdownCleanly()
             serverHarness.shutdownCleanly()
         }
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: serverHarness.loop, handler: .async { request in request.payload }).start()
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: serverHarness.loop, handler: .async { request, _ in request.payload }).start()
         let client = try await RPCClient.connect(to: server.address, on: clientHarness.loop,
                                                  configuration: testConfiguration { $0.payloadProgressTimeout = .milliseconds(300) })
         _ = try await client.send([1]) // the handshakes are done: the big call goes in chunks at once
@@ -385,7 +385,7 @@ final class HandshakeRateTests: XCTestCase {
                                                   $0.tls = serverContext
                                                   // Two at once, then one every 1000 s: none more within the test.
                                                   $0.tlsHandshakesPerPeer = RPCRateLimit(perSecond: 0.001, burst: 2)
-                                              }), on: harness.loop, handler: .async { request in request.payload }).start()
+                                              }), on: harness.loop, handler: .async { request, _ in request.payload }).start()
         let clientConfiguration = testConfiguration { $0.tls = clientContext }
         var outcomes: [String] = []
         var clients: [RPCAsyncEndpoint] = []

@@ -15,8 +15,8 @@ final class ServiceTests: XCTestCase {
         loop.start()
         let received = Promise<Void>()
         var configuration = RPCServer.Configuration(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration())
-        configuration.endpoint.shutdownGracePeriod = .seconds(30)
-        let server = RPCServer(configuration: configuration, on: loop, handler: .async { request in
+        configuration.shutdownGracePeriod = .seconds(30)
+        let server = RPCServer(configuration: configuration, on: loop, handler: .async { request, _ in
             received.fulfill(())
             try await Task.sleep(for: .milliseconds(100)) // still running when the shutdown starts
             return request.payload
@@ -27,8 +27,8 @@ final class ServiceTests: XCTestCase {
         let listening = await server.listeningAddress
         let address = try XCTUnwrap(listening)
         let clientLoops = try EventLoopGroup(name: "service-client", loopCount: 1)
-        var poolConfiguration = RPCClientPool.Configuration()
-        poolConfiguration.endpoint = configuration.endpoint
+        var poolConfiguration = RPCClientPool.Configuration(endpoint: testConfiguration())
+        poolConfiguration.shutdownGracePeriod = configuration.shutdownGracePeriod
         let pool = await RPCClientPool.connect(to: [address], on: clientLoops, configuration: poolConfiguration)
         let clientGroup = ServiceGroup(configuration: .init(services: [pool], gracefulShutdownSignals: [],
                                                             logger: Logger(label: "test")))
@@ -54,7 +54,7 @@ final class ServiceTests: XCTestCase {
         loop.start()
         let received = Promise<Void>()
         let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
-                               on: loop, handler: .async { request in
+                               on: loop, handler: .async { request, _ in
             received.fulfill(())
             try? await Task.sleep(for: .seconds(3600)) // never answers by itself
             return request.payload
@@ -94,7 +94,7 @@ final class ServiceTests: XCTestCase {
         let address = probe.address
         await probe.stop()
         let server = RPCServer(configuration: .init(address: address, endpoint: testConfiguration()), on: loop,
-                               handler: .async { $0.payload })
+                               handler: .async { request, _ in request.payload })
         do {
             _ = try await RPCClient.connect(to: address, on: loop, timeout: .seconds(5))
             XCTFail("something listens on \(address) before run()")

@@ -40,7 +40,7 @@ final class TLSBehaviourTests: XCTestCase {
             clientHarness.shutdownCleanly()
             serverHarness.shutdownCleanly()
         }
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: tlsConfiguration(try certificates.serverContext())), on: serverHarness.loop, handler: .async { request in
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: tlsConfiguration(try certificates.serverContext())), on: serverHarness.loop, handler: .async { request, _ in
             [UInt8(truncatingIfNeeded: request.payload.count >> 20)]
         }).start()
         // Whole MESSAGE_BIG packets (no chunking), which wait in the outgoing buffer.
@@ -91,7 +91,7 @@ final class TLSBehaviourTests: XCTestCase {
             $0.tlsHandshakesPerPeer = nil // 1 200 connections from one address, on purpose
         }), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { _ in closes.withLock { $0 += 1 } }
-            endpoint.asyncEndpoint.onMessage { request in request.payload }
+            endpoint.asyncEndpoint.onMessage { request, _ in request.payload }
         }).start()
         let options = try { () throws -> ConnectionOptions in
             var options = ConnectionOptions()

@@ -32,7 +32,7 @@ final class TLSForeignPeerTests: XCTestCase {
         c.tls = try certificates.serverContext()
         return try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in closed.withLock { $0.append("\(reason)") } }
-            endpoint.asyncEndpoint.onMessage { request in Array(request.payload.reversed()) }
+            endpoint.asyncEndpoint.onMessage { request, _ in Array(request.payload.reversed()) }
         }).start()
     }
 

@@ -13,7 +13,7 @@ final class TLSTests: XCTestCase {
     }
 
     private func echoServer(_ harness: LoopHarness, tls: TLSContext) async throws -> RunningServer {
-        try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration(tls)), on: harness.loop, handler: .async { request in
+        try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: configuration(tls)), on: harness.loop, handler: .async { request, _ in
             Array(request.payload.reversed())
         }).start()
     }
@@ -25,7 +25,7 @@ final class TLSTests: XCTestCase {
         let server = try await echoServer(harness, tls: try certificates.serverContext())
         let client = try await RPCClient.connect(to: server.address, on: harness.loop,
                                                  configuration: configuration(try certificates.clientContext()),
-                                                 handler: { request in Array(request.payload.reversed()) })
+                                                 handler: .async { request, _ in Array(request.payload.reversed()) })
         let serverEndpoint = try await withTimeout("the accepted endpoint") { () -> RPCAsyncEndpoint? in
             var iterator = server.endpoints.makeAsyncIterator()
             return await iterator.next()
@@ -60,7 +60,7 @@ final class TLSFailureTests: XCTestCase {
         let reasons = LockedValue([String]())
         let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: c), on: harness.loop, handler: .callback { endpoint in
             endpoint.onClose = { reason in reasons.withLock { $0.append("\(reason)") } }
-            endpoint.asyncEndpoint.onMessage { request in request.payload }
+            endpoint.asyncEndpoint.onMessage { request, _ in request.payload }
         }).start()
         return Server(server: server, closeReasons: reasons)
     }
@@ -147,7 +147,7 @@ final class TLSFailureTests: XCTestCase {
         try await assertGoodClientServed(server, harness, certificates)
         await server.server.stop()
         // A TLS client against a plaintext server: the client names it.
-        let plain = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request in request.payload }).start()
+        let plain = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()), on: harness.loop, handler: .async { request, _ in request.payload }).start()
         let result = try await call(plain.address, harness, tls: try certificates.clientContext())
         assertFailed(result, containing: "TLS failed: handshake failed")
         await plain.stop()

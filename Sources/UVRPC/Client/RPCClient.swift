@@ -21,21 +21,21 @@ public enum RPCClient {
     /// and returns the endpoint's `Sendable` handle: the way for most
     /// clients. With a group, the connection goes to its next loop (round
     /// robin) and lives there for its whole life.
-    /// Incoming messages (a server may call its clients too) wait for a
-    /// handler (``RPCAsyncEndpoint/onMessage(_:)``), or are handled at once
-    /// by `handler` when one is given.
+    /// Incoming messages (a server may call its clients too) are answered by
+    /// `handler`, as a server's are; without one, they wait (up to 1024)
+    /// and are never answered.
     /// - Throws: `ConnectError` (UVLoop): timed out after `timeout`, a refused or
     ///   failed connect naming the address, or the loop shut down.
     public static func connect(to address: SocketAddress, on loops: some EventLoopProvider, timeout: Duration = .seconds(10),
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
-                               handler: (@Sendable (RPCAsyncRequest) async throws -> [UInt8])? = nil)
+                               handler: RPCHandler? = nil)
         async throws(ConnectError) -> RPCAsyncEndpoint {
         let loop = loops.next()
         let result: Result<RPCAsyncEndpoint, ConnectError> = await withCheckedContinuation { continuation in
             let start: @Sendable () -> Void = {
                 connect(to: address, on: loop, timeout: timeout, configuration: configuration, logger: logger) { result in
-                    if case .success(let endpoint) = result, let handler { endpoint.installAsyncHandler(handler) }
+                    if case .success(let endpoint) = result, let handler { handler.install(endpoint) }
                     continuation.resume(returning: result.map(\.asyncEndpoint))
                 }
             }

@@ -27,11 +27,17 @@ import UVLoop
 /// ```
 public final class RPCClientPool: Sendable {
     /// Settings of a pool.
+    ///
+    /// Every setting of ``RPCEndpoint/Configuration`` is a setting of this
+    /// one too, by the same name, for every connection of the pool
+    /// (`configuration.tls`, `configuration.messageTimeout`...).
+    @dynamicMemberLookup
     public struct Configuration: Sendable {
         /// Connections kept to each address. Default 1.
         public var connectionsPerAddress = 1
-        /// Settings of every connection's endpoint.
-        public var endpoint = RPCEndpoint.Configuration()
+        /// Settings of every connection's endpoint (set each through this
+        /// configuration, by its name).
+        package var endpoint: RPCEndpoint.Configuration
         /// How long one connect attempt may take. Default 10 s.
         public var connectTimeout: Duration = .seconds(10)
         /// Wait before the first attempt to replace a lost connection (or
@@ -41,8 +47,18 @@ public final class RPCClientPool: Sendable {
         /// Longest wait between two attempts. Default 10 s.
         public var maximumReconnectDelay: Duration = .seconds(10)
 
-        /// The defaults.
-        public init() {}
+        /// A setting of every connection's endpoint (``RPCEndpoint/Configuration``), by its name.
+        public subscript<Value>(dynamicMember setting: WritableKeyPath<RPCEndpoint.Configuration, Value>) -> Value {
+            get { endpoint[keyPath: setting] }
+            set { endpoint[keyPath: setting] = newValue }
+        }
+
+        /// The defaults; every connection's endpoint starts from the settings
+        /// `endpoint` (the same value a single client's `connect` takes),
+        /// which this configuration's own properties then change.
+        public init(endpoint: RPCEndpoint.Configuration = RPCEndpoint.Configuration()) {
+            self.endpoint = endpoint
+        }
     }
 
     /// One connection of the pool, as it is now.
@@ -84,12 +100,12 @@ public final class RPCClientPool: Sendable {
     ///   - group: the loops the connections are spread over.
     ///   - configuration: connections per address, endpoint settings, reconnect delays.
     ///   - logger: where the pool and its endpoints log; nothing by default.
-    ///   - onEndpoint: called on its loop with every connection's
-    ///     endpoint each time one is made, before any byte is read: set
-    ///     handlers for the messages the servers send here.
+    ///   - handler: answers the messages the servers send here, on every
+    ///     connection, each time one is made (before any byte is read);
+    ///     without one, they wait (up to 1024 per connection) and are never answered.
     public static func connect(to addresses: [SocketAddress], on group: EventLoopGroup,
                                configuration: Configuration = Configuration(), logger: Logger? = nil,
-                               onEndpoint: (@Sendable (RPCEndpoint) -> Void)? = nil) async -> RPCClientPool {
+                               handler: RPCHandler? = nil) async -> RPCClientPool {
         precondition(!addresses.isEmpty, "RPCClientPool: no address to connect to")
         precondition(configuration.connectionsPerAddress > 0,
                      "RPCClientPool: connectionsPerAddress must be at least 1, not \(configuration.connectionsPerAddress)")
@@ -101,7 +117,7 @@ public final class RPCClientPool: Sendable {
             for _ in 0..<configuration.connectionsPerAddress {
                 let loop = group.loops[connections.count % group.loops.count]
                 connections.append(PooledConnection(address: address, loop: loop, configuration: configuration,
-                                                    logger: logger, onEndpoint: onEndpoint,
+                                                    logger: logger, onEndpoint: handler?.install,
                                                     firstAttempts: firstAttempts) { error in
                     lastError.withLock { $0 = error }
                 })

@@ -8,7 +8,7 @@ import UVLoop
 /// hops onto the endpoint's loop before it touches the endpoint (without a
 /// hop when the caller is on that loop already). Get one from
 /// ``RPCEndpoint/asyncEndpoint``, ``RPCClient/connect(to:on:timeout:configuration:logger:handler:)``,
-/// ``RPCServer/endpoints`` or ``RPCAsyncRequest/endpoint``. Two handles of
+/// ``RPCServer/endpoints`` or ``RPCHandlerContext/endpoint``. Two handles of
 /// the same endpoint are equal.
 ///
 /// ```swift
@@ -94,16 +94,12 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
         }
     }
 
-    /// Handles every incoming message with `handler`, given an
-    /// ``RPCAsyncRequest``; its return value is the answer. Throwing is
-    /// logged and answers with the error's description to a UVRPC peer
-    /// (extension `error`); to an efro.rpc peer it sends nothing. When the
-    /// peer cancels the call, the handler's task is cancelled and its
-    /// return value is not sent. Handlers run in worker tasks on the
-    /// endpoint's loop, concurrently: one that awaits holds up no other.
-    /// Messages that arrived before it was set are handed to it. Replaces a
-    /// callback ``RPCEndpoint/onMessage`` handler.
-    public func onMessage(_ handler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) {
+    /// Handles every incoming message with `handler`, as
+    /// ``RPCHandler/async(_:)`` does; messages that arrived before it
+    /// was set are handed to it. Replaces a callback ``RPCEndpoint/onMessage``
+    /// handler. (Public code gives its handler when it makes the server or
+    /// connects; tests switch handlers with this.)
+    package func onMessage(_ handler: @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) {
         onLoop { $0.installAsyncHandler(handler) }
     }
 

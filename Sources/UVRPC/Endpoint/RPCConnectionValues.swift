@@ -16,7 +16,7 @@ public protocol RPCConnectionKey {
 /// set by ``RPCServer``'s admit hook when it accepts the connection, or on
 /// the endpoint later (``RPCEndpoint/connectionValues``), and seen by every
 /// handler call on that connection (``RPCRequest/connectionValues``,
-/// ``RPCAsyncRequest/connectionValues``). Typed: no casts.
+/// ``RPCHandlerContext/connectionValues``). Typed: no casts.
 public struct RPCConnectionValues: Sendable, ExpressibleByDictionaryLiteral {
     private var storage: [ObjectIdentifier: any Sendable] = [:]
 

@@ -23,7 +23,7 @@ extension RPCEndpoint {
     static let maximumIdleWorkers = 16
 
     /// Installs an async handler (on the loop) and hands it any waiting messages.
-    func installAsyncHandler(_ handle: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) {
+    func installAsyncHandler(_ handle: @escaping AsyncHandlerBody) {
         setHandler(.async(handle))
         deliverWaitingMessages()
     }
@@ -68,10 +68,11 @@ extension RPCEndpoint {
                 }
                 // Should this handler suspend, another worker goes on with the queue.
                 if workers.head < workers.queue.count && workers.scheduled == 0 { scheduleWorker() }
-                let request = RPCAsyncRequest(messageID: id, payload: payload, peerAddress: connection.remoteAddress,
-                                              peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
-                                              peerCertificateSubject: connection.peerCertificateSubject,
-                                              connectionValues: _connectionValues, endpoint: asyncEndpoint)
+                let request = RPCAsyncRequest(payload: payload)
+                let context = RPCHandlerContext(messageID: id, peerAddress: connection.remoteAddress,
+                                                peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
+                                                peerCertificateSubject: connection.peerCertificateSubject,
+                                                connectionValues: _connectionValues, endpoint: asyncEndpoint)
                 workers.running += 1
                 let sequence = nextSequence
                 nextSequence &+= 1
@@ -81,7 +82,7 @@ extension RPCEndpoint {
                     closeIfDrained()
                 }
                 let outcome: Result<[UInt8], any Error>
-                do { outcome = .success(try await handle(request)) } catch { outcome = .failure(error) }
+                do { outcome = .success(try await handle(request, context)) } catch { outcome = .failure(error) }
                 // Answer only if the peer did not cancel the call (nor reuse its id since).
                 let entry = runningRequests[id]
                 let current = entry?.sequence == sequence

@@ -11,7 +11,7 @@ import UVLoop
 ///
 /// Semantics follow the reference `efro.rpc` (see Docs/PROTOCOL.md):
 /// - Incoming messages go to ``onMessage`` as an ``RPCRequest`` (or to an
-///   async handler as an ``RPCAsyncRequest``), answered now or later,
+///   async handler as an ``RPCAsyncRequest`` with its ``RPCHandlerContext``), answered now or later,
 ///   exactly once. Handlers do not block each other. A handler that throws,
 ///   or leaves its request unanswered, sends no response to an efro.rpc
 ///   peer (the peer's call then times out), and it is logged; a UVRPC peer
@@ -33,7 +33,7 @@ import UVLoop
 /// Threads: the endpoint is loop-bound and not `Sendable`: the compiler
 /// refuses to hand it to another thread or task, and its members check at
 /// run time that they are called on the loop (where callbacks, handlers and
-/// ``RPCServer``'s `onEndpoint` run). Its `Sendable` handle,
+/// a server's `.callback` set-up run). Its `Sendable` handle,
 /// ``asyncEndpoint`` (an ``RPCAsyncEndpoint``), is the async API that
 /// works from anywhere.
 public final class RPCEndpoint {
@@ -91,7 +91,7 @@ public final class RPCEndpoint {
     /// sends nothing). Loop-bound. Messages that
     /// arrive while no handler is set wait (up to 1024) for one.
     ///
-    /// For an async handler, see ``RPCAsyncEndpoint/onMessage(_:)``; setting one replaces the other.
+    /// For async handlers, see ``RPCHandler/async(_:)``.
     public var onMessage: ((RPCRequest) throws -> Void)? {
         get {
             checkLoop("RPCEndpoint.onMessage")
@@ -116,7 +116,7 @@ public final class RPCEndpoint {
     /// The owner's values for this connection (a session, an authenticated
     /// user, a per-peer counter...), each under its ``RPCConnectionKey``,
     /// seen by every handler call as ``RPCRequest/connectionValues`` and
-    /// ``RPCAsyncRequest/connectionValues``. ``RPCServer``'s admit hook sets
+    /// ``RPCHandlerContext/connectionValues``. ``RPCServer``'s admit hook sets
     /// them for each connection it accepts. Loop-bound.
     public var connectionValues: RPCConnectionValues {
         get { checkLoop("RPCEndpoint.connectionValues"); return _connectionValues }
@@ -127,7 +127,7 @@ public final class RPCEndpoint {
     /// What handles incoming messages.
     enum MessageHandler {
         case callback(CallbackHandler)
-        case async(@Sendable (RPCAsyncRequest) async throws -> [UInt8])
+        case async(AsyncHandlerBody)
     }
 
     /// A callback handler in a box, so that the per-message call can borrow it

@@ -91,22 +91,31 @@ public struct RPCRequest {
     }
 }
 
-/// One incoming message as an async handler sees it: what came in and from
-/// whom. The handler's return value is the answer.
-///
-/// The same context as ``RPCRequest``, in the form a task can own: the payload
-/// is owned bytes, and the value is `Sendable`.
+/// One incoming message as an async handler sees it: what came in. The
+/// handler's return value is the answer; where the message came from is in
+/// the handler's ``RPCHandlerContext``.
 ///
 /// ```swift
-/// let server = try await RPCServer.bind(on: loop, address: address) { request in
+/// let server = RPCServer(configuration: .init(address: address), on: loop,
+///                        handler: .async { request, context in
 ///     request.payload                                 // echo
-/// }
+/// })
 /// ```
 public struct RPCAsyncRequest: Sendable {
-    /// The message's id, as the peer numbered it.
-    public let messageID: UInt16
     /// The message's bytes.
     public let payload: [UInt8]
+
+    package init(payload: [UInt8]) { self.payload = payload }
+}
+
+/// Where an incoming message came from, as an async handler sees it beside
+/// its ``RPCAsyncRequest``: the peer, its handshake, the connection's values
+/// and the endpoint (to call the peer back). The same facts as a callback
+/// handler's ``RPCRequest``, in a form a task can own (a `Sendable` value).
+public struct RPCHandlerContext: Sendable {
+    /// The message's id on the wire, as the peer numbered it (its logs show
+    /// it as `rpc.id`).
+    public let messageID: UInt16
     /// The peer's address (nil for a Unix-socket peer without a bound name).
     public let peerAddress: SocketAddress?
     /// The peer's handshake.
@@ -118,3 +127,6 @@ public struct RPCAsyncRequest: Sendable {
     /// The endpoint the message came in on (its `Sendable` handle).
     public let endpoint: RPCAsyncEndpoint
 }
+
+/// The body of an async handler (``RPCHandler/async(_:)``, ``RPCClient``'s `handler`).
+typealias AsyncHandlerBody = @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]

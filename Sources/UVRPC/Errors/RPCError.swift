@@ -178,10 +178,10 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
     public var message: String {
         switch reason {
         case .timedOut(let e, let id, let t):
-            return "message \(id) on \(e) got no response within \(t)"
+            return "a call on \(e) (wire id \(id)) got no response within \(t)"
         case .closed(let e, let id, let reason):
-            let what = id.map { "message \($0)" } ?? "send"
-            return "\(what) on \(e) failed: the endpoint is closed (\(reason))"
+            let what = id.map { "a call on \(e) (wire id \($0)) failed" } ?? "cannot send on \(e)"
+            return "\(what): the endpoint is closed (\(reason))"
         case .peerTooOld(let e, let n, let p):
             return "cannot send \(n) bytes to \(e): its peer speaks protocol \(p), which takes at most 65535"
         case .tooManyInFlight(let e):
@@ -193,11 +193,11 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case .sendBufferFull(let e, let pending, let limit):
             return "cannot send on \(e): \(pending) bytes are already waiting for the peer to read them and the limit is \(limit) (wait for isWritable)"
         case .peerFailed(let e, let id, _, let reason):
-            return "message \(id) on \(e) failed in the peer: \(reason)"
+            return "a call on \(e) (wire id \(id)) failed in the peer: \(reason)"
         case .peerGoingAway(let e):
             return "cannot send on \(e): the peer is draining (it sent go-away); send on another connection"
         case .responseRefused(let e, let id, let n, let reason):
-            return "message \(id) on \(e) failed: its response of \(n) bytes was refused: \(reason)"
+            return "a call on \(e) (wire id \(id)) failed: its response of \(n) bytes was refused: \(reason)"
         case .noConnection(let addresses, let last):
             return "cannot send: no connection to \(addresses.joined(separator: ", ")) is open"
                 + (last.map { " (last error: \($0))" } ?? "")

@@ -27,14 +27,14 @@ public struct RPCResponseError: Error, Equatable, Sendable, CustomStringConverti
     public var description: String {
         switch kind {
         case .alreadyAnswered(let e, let id):
-            return "message \(id) on \(e) was already answered, or can no longer be (its handler threw, or the peer reused its id)"
-        case .closed(let e, let id): return "cannot answer message \(id) on \(e): the endpoint is closed"
+            return "a request on \(e) (wire id \(id)) was already answered, or can no longer be (its handler threw, or the peer reused its id)"
+        case .closed(let e, let id): return "cannot answer a request on \(e) (wire id \(id)): the endpoint is closed"
         case .peerTooOld(let e, let id, let n, let p):
-            return "cannot answer message \(id) on \(e) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"
+            return "cannot answer a request on \(e) (wire id \(id)) with \(n) bytes: its peer speaks protocol \(p), which takes at most 65535"
         case .cancelled(let e, let id):
-            return "message \(id) on \(e) was cancelled by the peer, which wants no answer"
+            return "a request on \(e) (wire id \(id)) was cancelled by the peer, which wants no answer"
         case .overPeerLimit(let e, let id, let n, let limit):
-            return "cannot answer message \(id) on \(e) with \(n) bytes: the peer takes at most \(limit) (it was answered with an error saying so)"
+            return "cannot answer a request on \(e) (wire id \(id)) with \(n) bytes: the peer takes at most \(limit) (it was answered with an error saying so)"
         }
     }
 }

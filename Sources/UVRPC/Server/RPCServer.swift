@@ -26,6 +26,16 @@ import UVLoop
 /// (``Configuration/spread`` says how connections are spread over the loops).
 public final class RPCServer: Sendable {
     /// Where and how a server listens, and the settings of its endpoints.
+    ///
+    /// Every setting of ``RPCEndpoint/Configuration`` is a setting of this
+    /// one too, by the same name, for every endpoint the server makes:
+    ///
+    /// ```swift
+    /// var configuration = RPCServer.Configuration(address: .ipv4(host: "0.0.0.0", port: 7000))
+    /// configuration.tls = try TLSContext(.server(certificateChain: .file("server.pem"), privateKey: .file("server.key")))
+    /// configuration.keepaliveTimeout = .seconds(10)
+    /// ```
+    @dynamicMemberLookup
     public struct Configuration: Sendable {
         /// TCP (port 0 picks a free one; see ``RPCServer/listeningAddress``) or a Unix socket path.
         public var address: SocketAddress
@@ -33,10 +43,19 @@ public final class RPCServer: Sendable {
         public var spread: ConnectionSpread = .roundRobin
         /// The kernel's queue of connections not yet accepted (per socket). Default 511.
         public var backlog: Int32 = 511
-        /// Settings of every endpoint: timeouts, limits, TLS, extensions.
-        public var endpoint: RPCEndpoint.Configuration
+        /// Settings of every endpoint: timeouts, limits, TLS, extensions
+        /// (set each through this configuration, by its name).
+        package var endpoint: RPCEndpoint.Configuration
 
-        /// Listens on `address`; every endpoint gets `endpoint`.
+        /// A setting of every endpoint (``RPCEndpoint/Configuration``), by its name.
+        public subscript<Value>(dynamicMember setting: WritableKeyPath<RPCEndpoint.Configuration, Value>) -> Value {
+            get { endpoint[keyPath: setting] }
+            set { endpoint[keyPath: setting] = newValue }
+        }
+
+        /// Listens on `address`; every endpoint starts from the settings
+        /// `endpoint` (the same value a client's `connect` takes), which this
+        /// configuration's own properties then change.
         public init(address: SocketAddress, spread: ConnectionSpread = .roundRobin, backlog: Int32 = 511,
                     endpoint: RPCEndpoint.Configuration = RPCEndpoint.Configuration()) {
             self.address = address
@@ -46,31 +65,22 @@ public final class RPCServer: Sendable {
         }
     }
 
-    /// How a server answers the messages of its endpoints.
-    public struct Handler: Sendable {
-        let install: @Sendable (RPCEndpoint) -> Void
-
-        /// Answers every message with `handler`'s return value, in worker
-        /// tasks on the endpoint's loop (see ``RPCAsyncEndpoint/onMessage(_:)``).
-        /// The way for most servers.
-        public static func async(_ handler: @escaping @Sendable (RPCAsyncRequest) async throws -> [UInt8]) -> Handler {
-            Handler { $0.installAsyncHandler(handler) }
+    /// What the `admit` hook decides for a new connection: ``accept(_:)``
+    /// it (with its connection values) or ``refuse`` it.
+    public struct Admission: Sendable {
+        /// The decision, for the server.
+        package enum Decision: Sendable {
+            case accept(RPCConnectionValues)
+            case refuse
         }
+        package let decision: Decision
 
-        /// The advanced, zero-copy layer: `setUp` runs on each new endpoint's
-        /// loop, before any byte is read, and sets its callback handlers
-        /// (``RPCEndpoint/onMessage``, ``RPCEndpoint/onClose``...).
-        public static func callback(_ setUp: @escaping @Sendable (RPCEndpoint) -> Void) -> Handler {
-            Handler(install: setUp)
-        }
-    }
-
-    /// What the `admit` hook decides for a new connection.
-    public enum Admission: Sendable {
         /// Serve the connection; `values` become its endpoint's ``RPCEndpoint/connectionValues``.
-        case accept(_ values: RPCConnectionValues = RPCConnectionValues())
+        public static func accept(_ values: RPCConnectionValues = RPCConnectionValues()) -> Admission {
+            Admission(decision: .accept(values))
+        }
         /// Close it at once, before any byte is read or written.
-        case refuse
+        public static let refuse = Admission(decision: .refuse)
     }
 
     /// The server's configuration.
@@ -97,7 +107,7 @@ public final class RPCServer: Sendable {
     ///     connection values. Every connection is accepted without a value when nil.
     ///   - handler: how messages are answered.
     public init(configuration: Configuration, on loops: some EventLoopProvider, logger: Logger? = nil,
-                admit: (@Sendable (SocketAddress?) -> Admission)? = nil, handler: Handler) {
+                admit: (@Sendable (SocketAddress?) -> Admission)? = nil, handler: RPCHandler) {
         self.configuration = configuration
         self.loops = loops.loops
         let install = handler.install

@@ -66,7 +66,7 @@ final class ServerCore: Sendable {
         }
         var values = RPCConnectionValues()
         if let admit {
-            switch admit(connection.remoteAddress) {
+            switch admit(connection.remoteAddress).decision {
             case .accept(let value):
                 values = value
             case .refuse:
