@@ -18,7 +18,7 @@
  *       Load generator. Keeps C calls in flight on each of N connections for
  *       S seconds (after a 0.2 s warm-up that starts once all are connected), checks each response's length,
  *       and prints one JSON line: calls, seconds, calls_per_s, mb_per_s,
- *       total_calls (warm-up included) and, with --latency, p50_us / p99_us /
+ *       total_calls (warm-up included), cpu_s (its own CPU while measuring) and, with --latency, p50_us / p99_us /
  *       p999_us. With --hold it then keeps its connections open until stdin
  *       closes. Past 2 000 connections to a 127.x address, connection i is
  *       bound to source address 127.0.0.(2 + i / 2000): the kernel's search
@@ -661,16 +661,27 @@ static double percentile_us(double q) {
 
 static int churn_mode;
 
+/* CPU seconds (user + system) this process used so far. */
+static double process_cpu_s(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return (double)usage.ru_utime.tv_sec + (double)usage.ru_utime.tv_usec / 1e6
+         + (double)usage.ru_stime.tv_sec + (double)usage.ru_stime.tv_usec / 1e6;
+}
+static double measure_start_cpu_s, measure_end_cpu_s;
+
 static void on_phase(uv_timer_t *t) {
     if (phase == 0) { /* warm-up over: start measuring */
         measuring = 1;
         measure_start_ns = now_ns();
+        measure_start_cpu_s = process_cpu_s();
         phase = 1;
         uv_timer_start(t, on_phase, (uint64_t)(duration_s * 1000), 0);
         return;
     }
     measuring = 0;
     measure_end_ns = now_ns();
+    measure_end_cpu_s = process_cpu_s();
     churn_stopping = 1;
     uv_stop(loop);
 }
@@ -781,9 +792,10 @@ int main(int argc, char **argv) {
     uv_run(loop, UV_RUN_DEFAULT);
     double seconds = (double)(measure_end_ns - measure_start_ns) / 1e9;
     if (record_latency && latencies_len) qsort(latencies, latencies_len, sizeof *latencies, cmp_u64);
-    printf("{\"calls\":%llu,\"seconds\":%.6f,\"calls_per_s\":%.1f,\"mb_per_s\":%.3f,\"total_calls\":%llu",
+    printf("{\"calls\":%llu,\"seconds\":%.6f,\"calls_per_s\":%.1f,\"mb_per_s\":%.3f,\"total_calls\":%llu,\"cpu_s\":%.4f",
            (unsigned long long)measured_calls, seconds, (double)measured_calls / seconds,
-           (double)measured_calls * (double)size / seconds / 1e6, (unsigned long long)total_calls);
+           (double)measured_calls * (double)size / seconds / 1e6, (unsigned long long)total_calls,
+           measure_end_cpu_s - measure_start_cpu_s);
     if (record_latency)
         printf(",\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f", percentile_us(0.50), percentile_us(0.99), percentile_us(0.999));
     printf("}\n");

@@ -16,7 +16,9 @@ struct Bench: ParsableCommand {
             README's async echo server), latency, medium, bulk, tls (both servers over TLS, and against their own \
             plaintext), fanin, cores, allocs, idle, hol (Swift only: 64 B calls beside 64 MiB echoes, chunked \
             and not, against an idle connection), shared (Swift only: one counter updated from every loop at once, \
-            by a Mutex, an actor or per-loop shards) (default: all). With --pin same (the default) server and load share CPU 0; \
+            by a Mutex, an actor or per-loop shards), client (Swift callers, callback and async, on the loop and \
+            from the global executor, and the pool, against the C server, beside the C load generator against it) \
+            (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
             """
@@ -52,12 +54,28 @@ struct Bench: ParsableCommand {
     @Option(help: "Idle connections for the idle scenario.")
     var idleConnections = 10_000
 
-    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol", "shared"]
+    @Option(help: ArgumentHelp("Be a Swift caller of this kind (callback, async-loop, async-global, pool) against --connect (the client scenario's child).", visibility: .hidden))
+    var call: String?
+
+    @Option(help: ArgumentHelp("With --call: calls in flight.", visibility: .hidden))
+    var concurrency = 1
+
+    @Option(help: ArgumentHelp("With --call: payload bytes.", visibility: .hidden))
+    var size = 64
+
+    @Option(help: ArgumentHelp("With --call pool: loops (one connection each).", visibility: .hidden))
+    var callLoops = 1
+
+    static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol", "shared",
+                               "client"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
         guard duration > 0 else { throw ValidationError("--duration must be positive") }
         guard `repeat` > 0 else { throw ValidationError("--repeat must be positive") }
+        if let call, CallerMode(rawValue: call) == nil || connect == nil {
+            throw ValidationError("--call takes \(CallerMode.allCases.map(\.rawValue).joined(separator: ", ")) and needs --connect")
+        }
         for s in selected where !Self.allScenarios.contains(s) {
             throw ValidationError("unknown scenario '\(s)'; known: \(Self.allScenarios.joined(separator: ", "))")
         }
@@ -78,6 +96,10 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         if serve { return try serveSwift() }
+        if let call, let connect {
+            return try runCallerChild(mode: CallerMode(rawValue: call)!, address: connect, concurrency: concurrency,
+                                      size: size, duration: duration, loops: callLoops)
+        }
         _ = openSSLAllocationsCounted // before any OpenSSL call of this process
         raiseFileLimit()
         let started = Date()
@@ -169,17 +191,22 @@ struct Bench: ParsableCommand {
         }
         if wanted.contains("small") && connect == nil {
             // The README's async echo server (one task-based handler, default
-            // settings) against the C server, 64 calls of 64 B in flight.
-            var m: [Measurement] = []
-            for (impl, r) in try interleavedLoads("small: 64 B, concurrency 64, async echo server",
-                                                   impls: [.swiftAsync, .c], { address in
-                try runLoad(address: address, concurrency: 64, size: 64, duration: duration, latency: false, cpu: loadCPU)
-            }) {
-                m.append(Measurement(scenario: "small", impl: impl, params: "size=64,concurrency=64,server=async-example",
-                                     callsPerSecond: r.calls_per_s))
+            // settings) against the C server, 64 and 256 calls of 64 B in flight.
+            for concurrency in [64, 256] {
+                var m: [Measurement] = []
+                for (impl, r) in try interleavedLoads("small: 64 B, concurrency \(concurrency), async echo server",
+                                                       impls: [.swiftAsync, .c], { address in
+                    try runLoad(address: address, concurrency: concurrency, size: 64, duration: duration, latency: false,
+                                cpu: loadCPU)
+                }) {
+                    m.append(Measurement(scenario: "small", impl: impl,
+                                         params: "size=64,concurrency=\(concurrency),server=async-example",
+                                         callsPerSecond: r.calls_per_s))
+                }
+                measurements += m
+                addRow("small", "64 B, c=\(concurrency), async", "calls/s", m, \.callsPerSecond, higherIsBetter: true,
+                       first: .swiftAsync)
             }
-            measurements += m
-            addRow("small", "64 B, c=64, async", "calls/s", m, \.callsPerSecond, higherIsBetter: true, first: .swiftAsync)
             // uvrpc serve with a Prometheus backend bootstrapped (--metrics), against C.
             for concurrency in [16, 256] {
                 var withMetrics: [Measurement] = []
@@ -378,6 +405,46 @@ struct Bench: ParsableCommand {
                                 swift: nanoseconds, c: nil, higherIsBetter: false))
             }
         }
+        if wanted.contains("client") && connect == nil {
+            // Swift callers against the C server, beside the C load generator against the same server.
+            let server = try Server.start(.c, cpu: serverCPU)
+            defer { server.child.stop() }
+            let callers: [(mode: CallerMode, loops: Int)] = [(.callback, 1), (.asyncOnLoop, 1), (.asyncGlobal, 1),
+                                                             (.pool, 1), (.pool, 2)]
+            for (size, concurrency) in [(64, 1), (64, 64), (64, 256), (4096, 64)] {
+                let shape = (size >= 1024 ? "\(size / 1024) KiB" : "\(size) B") + ", c=\(concurrency)"
+                // The C load generator with as many connections as the caller has (at most one per call in flight).
+                var cRuns: [Int: [LoadResult]] = [:], swiftRuns: [String: [LoadResult]] = [:]
+                for round in 1...`repeat` {
+                    for connections in Set(callers.map { min($0.loops, concurrency) }).sorted() {
+                        progress("client: \(shape), C load generator, \(connections) connection(s), run \(round) of \(`repeat`)")
+                        cRuns[connections, default: []].append(try runLoad(
+                            address: server.address, connections: connections, concurrency: concurrency / connections,
+                            size: size, duration: duration, latency: false, cpu: loadCPU))
+                    }
+                    for caller in callers {
+                        progress("client: \(shape), Swift \(caller.mode.label), \(caller.loops) loop(s), run \(round) of \(`repeat`)")
+                        swiftRuns["\(caller.mode.rawValue)-\(caller.loops)", default: []].append(try runSwiftCaller(
+                            caller.mode, address: server.address, loops: caller.loops, concurrency: concurrency, size: size,
+                            duration: duration, cpu: loadCPU))
+                    }
+                }
+                for caller in callers {
+                    let swift = medianResult(swiftRuns["\(caller.mode.rawValue)-\(caller.loops)"]!)
+                    let c = medianResult(cRuns[min(caller.loops, concurrency)]!)
+                    let params = "caller=\(caller.mode.rawValue),loops=\(caller.loops),size=\(size),concurrency=\(concurrency)"
+                    let m = [Measurement(scenario: "client", impl: .swift, params: params, callsPerSecond: swift.calls_per_s,
+                                         mallocsPerCall: swift.mallocs_per_call, cpuPerMillionCalls: swift.cpuPerMillionCalls),
+                             Measurement(scenario: "client", impl: .c, params: params, callsPerSecond: c.calls_per_s,
+                                         cpuPerMillionCalls: c.cpuPerMillionCalls)]
+                    measurements += m
+                    let label = "\(shape), \(caller.mode.label)" + (caller.mode == .pool ? " over \(caller.loops) loop(s)" : "")
+                    addRow("client", label, "calls/s", m, \.callsPerSecond, higherIsBetter: true)
+                    addRow("client", label, "caller CPU s/M calls", m, \.cpuPerMillionCalls, higherIsBetter: false)
+                    addRow("client", label, "caller mallocs/call", m, \.mallocsPerCall, higherIsBetter: false)
+                }
+            }
+        }
         let names: (String, String?) = connect == nil ? ("Swift", "C") : ("external", nil)
         print("uvrpc-bench: placement \(pin) (server CPU \(serverCPU.map(String.init) ?? "any"), load CPU \(loadCPU.map(String.init) ?? "any")), \(duration) s per measurement, median of \(`repeat`), \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
         print(table(rows, impls: names))
@@ -405,7 +472,8 @@ struct Bench: ParsableCommand {
         return LoadResult(calls: runs.map(\.calls).sorted()[runs.count / 2], seconds: median { $0.seconds }!,
                           calls_per_s: median { $0.calls_per_s }!, mb_per_s: median { $0.mb_per_s }!,
                           total_calls: median { $0.total_calls.map(Double.init) }.map { Int($0) },
-                          p50_us: median { $0.p50_us }, p99_us: median { $0.p99_us }, p999_us: median { $0.p999_us })
+                          p50_us: median { $0.p50_us }, p99_us: median { $0.p99_us }, p999_us: median { $0.p999_us },
+                          cpu_s: median { $0.cpu_s }, mallocs_per_call: median { $0.mallocs_per_call })
     }
 
     /// `--serve`: the Swift echo server, until SIGINT/SIGTERM.

@@ -181,9 +181,10 @@ struct Server {
 /// What the C load generator prints.
 struct LoadResult: Decodable {
     init(calls: Int, seconds: Double, calls_per_s: Double, mb_per_s: Double, total_calls: Int?,
-         p50_us: Double?, p99_us: Double?, p999_us: Double?) {
+         p50_us: Double?, p99_us: Double?, p999_us: Double?, cpu_s: Double? = nil, mallocs_per_call: Double? = nil) {
         (self.calls, self.seconds, self.calls_per_s, self.mb_per_s) = (calls, seconds, calls_per_s, mb_per_s)
         (self.total_calls, self.p50_us, self.p99_us, self.p999_us) = (total_calls, p50_us, p99_us, p999_us)
+        (self.cpu_s, self.mallocs_per_call) = (cpu_s, mallocs_per_call)
     }
 
     let calls: Int
@@ -195,6 +196,13 @@ struct LoadResult: Decodable {
     let p50_us: Double?
     let p99_us: Double?
     let p999_us: Double?
+    /// CPU seconds (user + system) the load's process used while measuring.
+    let cpu_s: Double?
+    /// The Swift caller's mallocs per call while measuring (all its threads).
+    let mallocs_per_call: Double?
+
+    /// The caller's CPU seconds per million calls.
+    var cpuPerMillionCalls: Double? { cpu_s.map { $0 / Double(max(calls, 1)) * 1e6 } }
 }
 
 /// Runs the C load generator against `address` and returns what it measured.
