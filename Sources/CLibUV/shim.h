@@ -18,8 +18,12 @@
 #include <sys/resource.h>
 #include <sys/prctl.h>
 #include <fcntl.h>
+#include <sys/eventfd.h>
 
 /// Byte size of a sockaddr_storage, for Swift callers that allocate one.
+/* A non-blocking, close-on-exec eventfd (the loop's wakeup); -1 with errno on failure. */
+static inline int uvrpc_wakeup_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
 static inline size_t uvrpc_sockaddr_storage_size(void) { return sizeof(struct sockaddr_storage); }
 
 /// Names the calling thread (at most 15 bytes are kept), for debuggers and `top -H`.

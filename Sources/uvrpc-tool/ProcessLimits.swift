@@ -21,8 +21,9 @@ enum ProcessLimits {
     static let dispatchDescriptors = 6
     /// libuv's process-wide signal lock pipe (made with the first loop).
     static let libuvProcessDescriptors = 2
-    /// Per loop: its epoll, its signal pipe (2) and its wakeup eventfd.
-    static let descriptorsPerLoop = 4
+    /// Per loop: its epoll, its signal pipe (2), libuv's eventfd for its
+    /// thread pool, and the loop's own wakeup eventfd (``LoopWakeup``).
+    static let descriptorsPerLoop = 5
 
     /// Exits the command (status 3) with a message naming the open-files
     /// limit when fewer descriptors are free than `loops` event loops and

@@ -34,7 +34,7 @@ extension RPCEndpoint {
     func runCallbackHandler(_ handler: Unmanaged<CallbackHandler>, id: UInt16, payload: UnsafeRawBufferPointer) {
         if !unanswered.isEmpty, let old = unanswered.removeValue(forKey: id) {
             logger.error("message handler never answered; the peer reused the message id, so it can no longer be answered",
-                         metadata: ["rpc.id": "\(id)", "rpc.waited-ms": "\(eventLoop.now - old.since)"])
+                         metadata: ["rpc.id": "\(id)", "rpc.waited-ms": "\(loopNow - old.since)"])
         }
         let token = nextSequence << 16 | UInt64(id)
         nextSequence &+= 1
@@ -53,7 +53,7 @@ extension RPCEndpoint {
             callbackHandlerFailed(id: id, error: error)
         }
         if !currentAnswered && !closing {
-            unanswered[id] = UnansweredRequest(token: token, since: eventLoop.now)
+            unanswered[id] = UnansweredRequest(token: token, since: loopNow)
         }
         currentToken = outerToken
         currentAnswered = outerAnswered

@@ -55,7 +55,7 @@ extension RPCEndpoint {
         // The loop's packet counters: no cost on the small-packet path, and a
         // busy neighbour connection on the loop counts as small traffic too.
         let small = metrics.callsSent &+ metrics.responsesSent
-        let now = eventLoop.now
+        let now = loopNow
         if small != outgoing.smallPacketsAtLastPump {
             outgoing.smallPacketsAtLastPump = small
             outgoing.lastSmallPacketAt = now
@@ -122,7 +122,7 @@ extension RPCEndpoint {
             guard case .success = written else { return } // closing: the close path ends the transfers
             outgoing.active[i].sent += n
             outgoing.unsentBytes -= n
-            if outgoing.unacknowledgedBytes == 0 { (outgoing.lastProgressAt, outgoing.ackProgressAt) = (eventLoop.now, eventLoop.now) }
+            if outgoing.unacknowledgedBytes == 0 { (outgoing.lastProgressAt, outgoing.ackProgressAt) = (loopNow, loopNow) }
             outgoing.unacknowledgedBytes += n
             if sent + n == outgoing.active[i].payload.count {
                 discard(outgoing.active.remove(at: i))
@@ -146,7 +146,7 @@ extension RPCEndpoint {
             return false
         }
         outgoing.unacknowledgedBytes -= bytes
-        outgoing.lastProgressAt = eventLoop.now
+        outgoing.lastProgressAt = loopNow
         outgoing.ackedSinceProgress += bytes
         if outgoing.ackedSinceProgress >= PacketParser.progressQuantum || outgoing.unacknowledgedBytes == 0 {
             (outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (outgoing.lastProgressAt, 0)

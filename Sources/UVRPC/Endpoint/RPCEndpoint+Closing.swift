@@ -6,7 +6,7 @@ extension RPCEndpoint {
     // MARK: Liveness
 
     func checkLiveness() {
-        let now = eventLoop.now
+        let now = loopNow
         // A check long overdue means this loop itself was held up (a handler
         // that blocked it, a long computation on it): the peer's packets,
         // payloads and acknowledgements could not be read meanwhile, so their clocks start again.

@@ -10,7 +10,7 @@ import UVLoop
 /// connection's read callbacks, on the loop.
 extension RPCEndpoint: PacketSink {
     func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
-        lastReceived = eventLoop.now
+        lastReceived = loopNow
         parser.clock = lastReceived
         if closing { return bytes.count }
         // Backpressure: take no new packet that makes output (a message, a

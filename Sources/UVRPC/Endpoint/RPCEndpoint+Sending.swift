@@ -158,6 +158,7 @@ extension RPCEndpoint {
         if payload.count > peerPayloadLimit {
             return completion.fail(on: self, .overPeerLimit(endpoint: label, payloadSize: payload.count, peerLimit: peerPayloadLimit))
         }
+        let timeoutMilliseconds = timeout?.roundedUpMilliseconds ?? messageTimeoutMilliseconds
         let timeout = timeout ?? configuration.messageTimeout
         if payload.count > Wire.maximumShortPayload {
             guard let peer = _peerInfo else {
@@ -180,8 +181,8 @@ extension RPCEndpoint {
                 return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
             }
         }
-        let now = eventLoop.now
-        let deadline = now &+ timeout.roundedUpMilliseconds
+        let now = loopNow
+        let deadline = now &+ timeoutMilliseconds
         guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout, startedAt: metrics.callStartTime), deadline: deadline,
                                     closeOnError: closeOnError) else {
             return completion.fail(on: self, .tooManyInFlight(endpoint: label))
@@ -252,7 +253,7 @@ extension RPCEndpoint {
         pausedForBackpressure = false
         // The peer's silence while we were not reading does not count, nor do
         // its payloads and acknowledgements that could not move meanwhile.
-        lastReceived = eventLoop.now
+        lastReceived = loopNow
         parser.restartProgressClocks(now: lastReceived)
         (outgoing.lastProgressAt, outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (lastReceived, lastReceived, 0)
         connection.resumeReading()
@@ -294,7 +295,7 @@ extension RPCEndpoint {
 
     func expireCalls() {
         armedDeadline = .max
-        let now = eventLoop.now
+        let now = loopNow
         while let id = calls.popExpired(now: now) {
             // A call that keeps the endpoint open tells the peer it gave up (extension `cancel`).
             let closeOnError = calls.closesOnError(id)

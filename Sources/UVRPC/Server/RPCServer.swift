@@ -14,7 +14,7 @@ import UVLoop
 ///
 /// ```swift
 /// let server = RPCServer(configuration: .init(address: .ipv4(host: "0.0.0.0", port: 7000)),
-///                        on: group, handler: .async { request in request.payload })
+///                        on: group, handler: .async { request, context in request.payload })
 /// try await withThrowingDiscardingTaskGroup { tasks in
 ///     tasks.addTask { try await server.run() }
 ///     print("listening on", await server.listeningAddress!)
