@@ -8,7 +8,7 @@ final class CallTableTests: XCTestCase {
         for i in 0..<8 {
             let id = table.insert(i, deadline: 100, closeOnError: true)!
             ids.append(id)
-            XCTAssertEqual(table.remove(id)?.completion, i)
+            XCTAssertEqual(table.remove(id), i)
         }
         XCTAssertEqual(ids, [65530, 65531, 65532, 65533, 65534, 65535, 0, 1])
         XCTAssertEqual(table.count, 0)
@@ -36,17 +36,17 @@ final class CallTableTests: XCTestCase {
         for i in 1...70_000 {
             let id = table.insert(i, deadline: UInt64(i), closeOnError: true)!
             XCTAssertNotEqual(id, slow)
-            XCTAssertEqual(table.remove(id)?.completion, i)
+            XCTAssertEqual(table.remove(id), i)
         }
         XCTAssertTrue(table.isLive(slow))
-        XCTAssertEqual(table.remove(slow)?.completion, 0)
+        XCTAssertEqual(table.remove(slow), 0)
     }
 
     func testUnknownAndRepeatedRemovalsAreIgnored() {
         var table = CallTable<Int>()
         let id = table.insert(5, deadline: 10, closeOnError: true)!
         XCTAssertNil(table.remove(id &+ 1))
-        XCTAssertEqual(table.remove(id)?.completion, 5)
+        XCTAssertEqual(table.remove(id), 5)
         XCTAssertNil(table.remove(id), "a late response for a finished call is unknown")
     }
 

@@ -17,19 +17,22 @@
 ///   (``reserve(_:)`` / ``release(_:)``): only then can no late packet for it
 ///   arrive, so only then is the id handed out again.
 struct CallTable<Completion> {
+    /// A slot's bookkeeping: plain values only, so the per-call checks and the
+    /// deadline list never copy (retain, or switch over) a completion.
     struct Slot {
-        var completion: Completion?
         var deadline: UInt64 = 0
         var id: UInt16 = 0
+        var isLive = false
         var closeOnError = true
         /// Cancelled, waiting for the peer's acknowledgement: the id stays taken.
         var reserved = false
         var prev: Int32 = -1
         var next: Int32 = -1
-        var isLive: Bool { completion != nil }
     }
 
     private var slots: [Slot] = []
+    /// The completion of each live slot (same index), apart from `slots`.
+    private var completions: [Completion?] = []
     private var mask = 0
     private let initialCapacity: Int
     private(set) var nextID: UInt16
@@ -57,17 +60,18 @@ struct CallTable<Completion> {
     @inline(__always) private func index(_ id: Int32) -> Int { Int(id) & mask }
 
     /// Whether `id` is a live call.
+    @inline(__always)
     func isLive(_ id: UInt16) -> Bool {
         guard !slots.isEmpty else { return false }
-        let s = slots[Int(id) & mask]
-        return s.isLive && s.id == id
+        let i = Int(id) & mask
+        return slots[i].isLive && slots[i].id == id
     }
 
     /// Whether `id` is a call waiting for its response (live, not cancelled).
     func isAwaited(_ id: UInt16) -> Bool {
         guard !slots.isEmpty else { return false }
-        let s = slots[Int(id) & mask]
-        return s.isLive && s.id == id && !s.reserved
+        let i = Int(id) & mask
+        return slots[i].isLive && slots[i].id == id && !slots[i].reserved
     }
 
     /// Registers a call and returns its id, or nil when every id is in flight.
@@ -75,6 +79,7 @@ struct CallTable<Completion> {
         guard count < 65536 else { return nil }
         if slots.isEmpty {
             slots = Array(repeating: Slot(), count: initialCapacity)
+            completions = Array(repeating: nil, count: initialCapacity)
             mask = initialCapacity - 1
         }
         var id = nextID
@@ -83,39 +88,36 @@ struct CallTable<Completion> {
         nextID = id &+ 1
         count += 1
         let i = Int(id) & mask
-        slots[i].completion = completion
-        slots[i].deadline = deadline
-        slots[i].id = id
-        slots[i].closeOnError = closeOnError
-        slots[i].reserved = false
+        completions[i] = completion
+        slots[i] = Slot(deadline: deadline, id: id, isLive: true, closeOnError: closeOnError, reserved: false)
         linkSorted(Int32(id))
         return id
     }
 
-    /// Removes a live call and returns its completion and closeOnError, or nil
-    /// when `id` is not live (a late or unknown response).
-    mutating func remove(_ id: UInt16) -> (completion: Completion, closeOnError: Bool)? {
+    /// Removes a live call and returns its completion, or nil when `id` is
+    /// not live (a late or unknown response). (Its closeOnError flag is
+    /// ``closesOnError(_:)`` before.)
+    mutating func remove(_ id: UInt16) -> Completion? {
         guard !slots.isEmpty else { return nil }
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id, !slots[i].reserved else { return nil }
-        let completion = slots[i].completion!
-        let closeOnError = slots[i].closeOnError
         unlink(Int32(id))
-        slots[i].completion = nil
+        slots[i].isLive = false
         count -= 1
-        return (completion, closeOnError)
+        // Moved out, not copied: the table keeps no reference to it.
+        return completions[i].take()
     }
 
     /// Ends live call `id` but keeps its id taken (a cancelled call, until the
     /// peer's acknowledgement); returns what ``remove(_:)`` returns.
-    mutating func reserve(_ id: UInt16) -> (completion: Completion, closeOnError: Bool)? {
+    mutating func reserve(_ id: UInt16) -> Completion? {
         guard !slots.isEmpty else { return nil }
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id, !slots[i].reserved else { return nil }
         unlink(Int32(id))
         slots[i].reserved = true
         reservedCount += 1
-        return (slots[i].completion!, slots[i].closeOnError)
+        return completions[i]
     }
 
     /// Frees reserved id `id`; false if it was not reserved.
@@ -124,6 +126,7 @@ struct CallTable<Completion> {
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id, slots[i].reserved else { return false }
         slots[i] = Slot()
+        completions[i] = nil
         count -= 1
         reservedCount -= 1
         return true
@@ -181,9 +184,15 @@ struct CallTable<Completion> {
         let newCapacity = slots.count * 2
         precondition(newCapacity <= 65536, "CallTable grew past 65536 slots")
         var newSlots = Array(repeating: Slot(), count: newCapacity)
+        var newCompletions = [Completion?](repeating: nil, count: newCapacity)
         let newMask = newCapacity - 1
-        for slot in slots where slot.isLive { newSlots[Int(slot.id) & newMask] = slot }
+        for i in slots.indices where slots[i].isLive {
+            let j = Int(slots[i].id) & newMask
+            newSlots[j] = slots[i]
+            newCompletions[j] = completions[i].take()
+        }
         slots = newSlots
+        completions = newCompletions
         mask = newMask
     }
 }

@@ -83,7 +83,7 @@ extension RPCEndpoint {
         deadlineTimer = nil
         // A drain's timer stays: at its deadline it aborts a connection still flushing.
         for id in calls.liveIDs() {
-            if let (call, _) = removeCall(id) {
+            if let call = removeCall(id) {
                 call.completion.fail(on: self, .closed(endpoint: label, messageID: id, reason: reason))
             }
         }
@@ -131,7 +131,7 @@ extension RPCEndpoint {
         let onClose = _onClose
         _onClose = nil
         setHandler(nil)
-        _onTaggedResponse = nil
+        replaceTaggedHandler(nil)
         _onWritabilityChanged = nil
         _onHandshake = nil
         waitingMessages.removeAll()

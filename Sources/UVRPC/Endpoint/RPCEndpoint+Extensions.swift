@@ -53,7 +53,7 @@ extension RPCEndpoint {
     }
 
     package func receivedError(id: UInt16, code: UInt8, reason: UnsafeRawBufferPointer) -> Bool {
-        if let (call, _) = removeCall(id) {
+        if let call = removeCall(id) {
             // The connection is fine: a failed handler does not close the endpoint, whatever closeOnError says.
             call.completion.fail(on: self, .peerFailed(endpoint: label, messageID: id, code: RPCError.Code(rawValue: code),
                                                       reason: String(decoding: reason, as: UTF8.self)))
@@ -71,8 +71,8 @@ extension RPCEndpoint {
     /// same id 65536 calls on, as with the reference). Returns what the call
     /// table held for it.
     func cancelOutgoingCall(_ id: UInt16) -> PendingCall? {
-        guard agreed.contains(.cancellation) else { return removeCall(id)?.0 }
-        guard let (call, _) = calls.reserve(id) else { return nil }
+        guard agreed.contains(.cancellation) else { return removeCall(id) }
+        guard let call = calls.reserve(id) else { return nil }
         metrics.callEnded(startedAt: call.startedAt)
         dropTransfer(isResponse: false, id: id)
         try? writeControlPacket(PacketWriter.idHeader(.cancel, id: id), headerCount: 3)

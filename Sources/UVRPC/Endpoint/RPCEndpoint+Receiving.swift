@@ -64,7 +64,7 @@ extension RPCEndpoint: PacketSink {
     }
 
     package func receivedResponse(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
-        if let (call, _) = removeCall(id) {
+        if let call = removeCall(id) {
             call.completion.succeed(on: self, payload)
         } else {
             logger.debug("response for an unknown or expired message id; ignored", metadata: ["rpc.id": "\(id)"])
@@ -90,7 +90,7 @@ extension RPCEndpoint: PacketSink {
             ])
         } else {
             // With the extension, the peer is asked to stop sending it (the id stays reserved until it confirms).
-            let call = agreed.contains(.cancellation) ? cancelOutgoingCall(id) : removeCall(id)?.0
+            let call = agreed.contains(.cancellation) ? cancelOutgoingCall(id) : removeCall(id)
             logger.warning("refused a response payload; the call fails", metadata: [
                 "rpc.peer": "\(peer)", "rpc.id": "\(id)", "rpc.size": "\(size)", "rpc.reason": "\(reason)",
             ])

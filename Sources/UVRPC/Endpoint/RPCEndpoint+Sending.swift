@@ -47,9 +47,9 @@ extension RPCEndpoint {
 
     /// Takes call `id` out of the in-flight table, counting its end; nil if it is not in flight.
     @inline(__always)
-    func removeCall(_ id: UInt16) -> (PendingCall, Bool)? {
+    func removeCall(_ id: UInt16) -> PendingCall? {
         guard let removed = calls.remove(id) else { return nil }
-        metrics.callEnded(startedAt: removed.0.startedAt)
+        metrics.callEnded(startedAt: removed.startedAt)
         return removed
     }
 
@@ -104,13 +104,21 @@ extension RPCEndpoint {
     /// or the error. Loop-bound. Set it once; no closure is created per call,
     /// so this path allocates nothing per round trip.
     public var onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)? {
-        get { checkLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse }
-        set { checkLoop("RPCEndpoint.onTaggedResponse"); _onTaggedResponse = newValue }
+        get { checkLoop("RPCEndpoint.onTaggedResponse"); return _onTaggedResponse?.body }
+        set {
+            checkLoop("RPCEndpoint.onTaggedResponse")
+            replaceTaggedHandler(newValue.map(TaggedResponseHandler.init))
+        }
     }
 
     func deliverTagged(_ tag: UInt64, _ result: Result<UnsafeRawBufferPointer, RPCError>) {
-        if let handler = _onTaggedResponse {
-            handler(tag, result)
+        if let handler = _onTaggedResponse.map(Unmanaged.passUnretained) {
+            // Safe: `_onTaggedResponse` holds the box, and a box replaced during
+            // the call waits in `retiredTaggedHandlers` until the call returned.
+            taggedDeliveryDepth += 1
+            handler._withUnsafeGuaranteedRef { $0.body(tag, result) }
+            taggedDeliveryDepth -= 1
+            if taggedDeliveryDepth == 0 && !retiredTaggedHandlers.isEmpty { retiredTaggedHandlers.removeAll() }
         } else {
             logger.warning("a tagged call ended but no onTaggedResponse handler is set", metadata: ["rpc.tag": "\(tag)"])
         }
@@ -299,7 +307,7 @@ extension RPCEndpoint {
         while let id = calls.popExpired(now: now) {
             // A call that keeps the endpoint open tells the peer it gave up (extension `cancel`).
             let closeOnError = calls.closesOnError(id)
-            guard let call = closeOnError ? removeCall(id)?.0 : cancelOutgoingCall(id) else { break }
+            guard let call = closeOnError ? removeCall(id) : cancelOutgoingCall(id) else { break }
             let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])
             call.completion.fail(on: self, error)

@@ -292,7 +292,27 @@ public final class RPCEndpoint {
     }
     @exclusivity(unchecked) var _onWritabilityChanged: ((Bool) -> Void)?
     /// Storage of ``onTaggedResponse``.
-    @exclusivity(unchecked) var _onTaggedResponse: ((UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void)?
+    @exclusivity(unchecked) var _onTaggedResponse: TaggedResponseHandler?
+    /// Tagged-response handlers replaced while one was running: kept alive
+    /// until that call returned (the running one may be among them).
+    @exclusivity(unchecked) var retiredTaggedHandlers: [TaggedResponseHandler] = []
+    /// Tagged-response handler calls running now (they nest when one ends
+    /// other calls, e.g. by closing the endpoint).
+    @exclusivity(unchecked) var taggedDeliveryDepth = 0
+
+    /// Replaces the tagged-response handler; one replaced while a call of it
+    /// runs is kept alive until every such call returned.
+    func replaceTaggedHandler(_ new: TaggedResponseHandler?) {
+        if taggedDeliveryDepth > 0, let old = _onTaggedResponse { retiredTaggedHandlers.append(old) }
+        _onTaggedResponse = new
+    }
+
+    /// ``onTaggedResponse`` in a box, so that each response borrows it
+    /// instead of retaining its closure (a retain and release per call).
+    final class TaggedResponseHandler {
+        let body: (UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void
+        init(_ body: @escaping (UInt64, Result<UnsafeRawBufferPointer, RPCError>) -> Void) { self.body = body }
+    }
 
     @exclusivity(unchecked) var parser: PacketParser
     /// Messages received (or refused) minus CANCELs for them: a CANCEL beyond
