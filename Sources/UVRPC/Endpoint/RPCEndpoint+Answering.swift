@@ -2,61 +2,47 @@ import Logging
 import UVLoop
 
 /// Callback handlers and their answers: the answer state of every
-/// ``RPCRequest`` lives here, in the endpoint, not in an object per message.
+/// ``RPCRequest`` lives in the endpoint's ``OwedAnswers`` (`answers`), not in
+/// an object per message.
 ///
-/// - While a handler runs, its request is the *current* one (`currentToken`);
+/// - While a handler runs, its request is the *current* one;
 ///   answering it is two comparisons and the write. No thread check: an
 ///   ``RPCRequest`` is not `Sendable`, so only the loop thread can hold it
 ///   during the call.
-/// - A handler that returns without answering leaves its request in
-///   `unanswered` (by message id, with its token), where a later answer finds
-///   it; the table holds at most one request per message id.
+/// - A handler that returns without answering leaves its request kept
+///   (by message id, with its token), where a later answer finds
+///   it; at most one request per message id is kept.
 /// - A request left unanswered is logged once it has waited longer than
 ///   ``Configuration/messageTimeout``, when the peer sends a new message with
 ///   its id (the peer's call gave up), and when the endpoint closes.
 extension RPCEndpoint {
-    /// A request whose handler returned without answering it.
-    struct UnansweredRequest {
-        var token: UInt64
-        /// When the message arrived (loop milliseconds).
-        var since: UInt64
-        /// Whether it was already logged as overdue.
-        var reported = false
-    }
-
     /// Requests whose handler returned without answering, still answerable. Loop-bound.
     public var unansweredRequestCount: Int {
         checkLoop("RPCEndpoint.unansweredRequestCount")
-        return unanswered.count
+        return answers.unanswered.count
     }
 
     @inline(__always)
     func runCallbackHandler(_ handler: Unmanaged<CallbackHandler>, id: UInt16, payload: UnsafeRawBufferPointer) {
-        if !unanswered.isEmpty, let old = unanswered.removeValue(forKey: id) {
+        if let old = answers.takeSuperseded(id: id) {
             logger.error("message handler never answered; the peer reused the message id, so it can no longer be answered",
                          metadata: ["rpc.id": "\(id)", "rpc.waited-ms": "\(loopNow - old.since)"])
         }
-        let token = nextSequence << 16 | UInt64(id)
-        nextSequence &+= 1
-        // A handler may (by setting onMessage) run waiting messages within its call.
-        let outerToken = currentToken, outerAnswered = currentAnswered
-        currentToken = token
-        currentAnswered = false
+        // A handler may (by setting onMessage) run waiting messages within its call: `call` knows the outer request.
+        let call = answers.beginHandlerCall(id: id)
         do {
             // Borrowed, not retained (see `callbackHandler` and `retiredHandlers`): a retain and
             // release here cost 34 instructions per call of the echo server (272 against 238,
             // callgrind, `scripts/instructions-per-call.sh 1 1 256 3`).
             try handler._withUnsafeGuaranteedRef {
-                try $0.body(RPCRequest(payload: payload, endpoint: self, token: token))
+                try $0.body(RPCRequest(payload: payload, endpoint: self, token: call.token))
             }
         } catch {
             callbackHandlerFailed(id: id, error: error)
         }
-        if !currentAnswered && !closing {
-            unanswered[id] = UnansweredRequest(token: token, since: loopNow)
+        if answers.endHandlerCall(call) && !closing {
+            answers.keep(call, since: loopNow)
         }
-        currentToken = outerToken
-        currentAnswered = outerAnswered
     }
 
     /// A callback handler threw: answers with an error if it had not
@@ -64,8 +50,7 @@ extension RPCEndpoint {
     /// line, so that the per-message path stays small enough to be inlined.
     @inline(never)
     func callbackHandlerFailed(id: UInt16, error: any Error) {
-        if !currentAnswered {
-            currentAnswered = true // abandoned: a later answer is refused
+        if answers.claimCurrent() { // abandoned: a later answer is refused
             let (code, reason) = publicFailure(of: error)
             let sent = sendErrorAnswer(to: id, code: code, reason: reason)
             logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
@@ -101,10 +86,9 @@ extension RPCEndpoint {
     @inline(__always)
     func claim(token: UInt64, _ api: StaticString) throws(RPCResponseError) -> UInt16 {
         let id = UInt16(truncatingIfNeeded: token)
-        if token == currentToken {
+        if answers.isCurrent(token) {
             // Answered within its handler call, on the loop (see the type's comment).
-            guard !currentAnswered else { throw .alreadyAnswered(endpoint: label, messageID: id) }
-            currentAnswered = true
+            guard answers.claimCurrent() else { throw .alreadyAnswered(endpoint: label, messageID: id) }
         } else {
             try claimKeptRequest(id: id, token: token, api)
         }
@@ -114,20 +98,18 @@ extension RPCEndpoint {
     /// ``claim(token:_:)`` for a request kept past its handler call.
     func claimKeptRequest(id: UInt16, token: UInt64, _ api: StaticString) throws(RPCResponseError) {
         checkLoop(api)
-        guard let entry = unanswered[id], entry.token == token else {
-            if closing { throw .closed(endpoint: label, messageID: id) }
-            if cancelledRequests[id] == token { throw .cancelled(endpoint: label, messageID: id) }
-            throw .alreadyAnswered(endpoint: label, messageID: id)
-        }
-        unanswered[id] = nil
+        let claim = answers.claimKept(token: token)
+        guard claim != .claimed else { return }
+        if closing { throw .closed(endpoint: label, messageID: id) }
+        if claim == .cancelled { throw .cancelled(endpoint: label, messageID: id) }
+        throw .alreadyAnswered(endpoint: label, messageID: id)
     }
 
     /// Whether the request `token` was answered or can no longer be.
     func isAnswered(token: UInt64) -> Bool {
-        let id = UInt16(truncatingIfNeeded: token)
-        if token == currentToken { return currentAnswered }
+        if answers.isCurrent(token) { return answers.currentAnswered }
         checkLoop("RPCRequest.isAnswered")
-        return unanswered[id]?.token != token
+        return !answers.keeps(token: token)
     }
 
     /// Writes the answer to message `id`; `owned`, when given, holds the same
@@ -171,22 +153,20 @@ extension RPCEndpoint {
     /// Logs requests left unanswered for longer than the message timeout
     /// (by then the peer's call has most likely timed out), once each.
     func reportOverdueRequests(now: UInt64) {
-        let limit = configuration.messageTimeout.roundedUpMilliseconds
-        for (id, entry) in unanswered where !entry.reported && now - entry.since > limit {
-            unanswered[id]!.reported = true
+        for (id, waited) in answers.markOverdue(now: now, limit: configuration.messageTimeout.roundedUpMilliseconds) {
             logger.error("message handler has not answered; the peer's call has most likely timed out", metadata: [
-                "rpc.id": "\(id)", "rpc.waited-ms": "\(now - entry.since)",
+                "rpc.id": "\(id)", "rpc.waited-ms": "\(waited)",
             ])
         }
     }
 
     /// Forgets every unanswered request (the endpoint is closing); logs them.
     func dropUnansweredRequests() {
-        guard !unanswered.isEmpty else { return }
+        guard !answers.unanswered.isEmpty else { return }
+        let ids = answers.dropKept()
         logger.warning("closing with requests unanswered", metadata: [
-            "rpc.unanswered": "\(unanswered.count)",
-            "rpc.ids": "\(unanswered.keys.sorted().prefix(16).map(String.init).joined(separator: ","))",
+            "rpc.unanswered": "\(ids.count)",
+            "rpc.ids": "\(ids.prefix(16).map(String.init).joined(separator: ","))",
         ])
-        unanswered.removeAll()
     }
 }

@@ -16,12 +16,12 @@ import UVLoop
 /// worker finds the queue empty and parks again; if it suspends, that worker
 /// carries on with the queue. Workers grow that way to as many handlers as
 /// are suspended at once, plus one; parked workers beyond
-/// ``maximumIdleWorkers`` end. Every worker ends when the endpoint closes
+/// ``AsyncWorkers/maximumIdleWorkers`` end. Every worker ends when the endpoint closes
 /// (handlers still running are cancelled).
+///
+/// The queue and the decisions (schedule, park, end) are ``AsyncWorkers``';
+/// the tasks and handler calls are here.
 extension RPCEndpoint {
-    /// Parked workers kept per endpoint; more end when they run out of work.
-    static let maximumIdleWorkers = 16
-
     /// Installs an async handler (on the loop) and hands it any waiting messages.
     func installAsyncHandler(_ handle: @escaping AsyncHandlerBody) {
         setHandler(.async(handle))
@@ -30,28 +30,30 @@ extension RPCEndpoint {
 
     /// Queues a message for the async handler; makes sure a worker will take it.
     func enqueueAsyncRequest(id: UInt16, payload: [UInt8]) {
-        workers.queue.append((id, payload))
-        if workers.scheduled == 0 { scheduleWorker() }
+        if workers.enqueue(id: id, payload: payload) { scheduleWorker() }
     }
 
     /// Wakes a parked worker, or starts one; it runs after the current job.
+    /// Out of line: not inlined into the parser's per-packet path (the callback path's code stays as small).
+    @inline(never)
     private func scheduleWorker() {
-        workers.scheduled += 1
-        if let parked = workers.idle.popLast() {
+        let key: UInt64
+        switch workers.scheduleWorker() {
+        case .resume(let parked):
             parked.resume(returning: true)
             return
+        case .start(let newKey):
+            key = newKey
         }
-        let key = workers.nextKey
-        workers.nextKey &+= 1
         // The task cannot start before this returns (it is queued on this loop),
         // so it is registered before it can unregister itself.
         // Safe to send: the task runs on this endpoint's loop (its executor preference,
         // and work() never leaves it), the only thread that touches the endpoint.
         let endpoint = UncheckedSendable(self)
-        workers.tasks[key] = Task(executorPreference: eventLoop.taskExecutor) {
+        workers.register(Task(executorPreference: eventLoop.taskExecutor) {
             await endpoint.value.work(key: key)
-            endpoint.value.workers.tasks[key] = nil
-        }
+            endpoint.value.workers.unregister(key: key)
+        }, key: key)
     }
 
     /// A worker's life: drain the queue, park, repeat; returns when it should
@@ -59,7 +61,7 @@ extension RPCEndpoint {
     /// cancelled) ends after that call; another takes the queue.
     private func work(key: UInt64) async {
         while true {
-            workers.scheduled -= 1 // running now
+            workers.workerStarted() // running now
             while let (id, payload) = nextQueuedRequest() {
                 guard case .async(let handle)? = handler else {
                     // The handler changed since the message arrived: the current one takes it.
@@ -67,27 +69,22 @@ extension RPCEndpoint {
                     continue
                 }
                 // Should this handler suspend, another worker goes on with the queue.
-                if workers.head < workers.queue.count && workers.scheduled == 0 { scheduleWorker() }
+                if workers.needsAnotherWorker { scheduleWorker() }
                 let request = RPCAsyncRequest(payload: payload)
                 let context = RPCHandlerContext(messageID: id, peerAddress: connection.remoteAddress,
                                                 peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
                                                 peerCertificateSubject: connection.peerCertificateSubject,
                                                 connectionValues: _connectionValues, endpoint: asyncEndpoint)
-                workers.running += 1
-                let sequence = nextSequence
-                nextSequence &+= 1
-                runningRequests[id] = RunningRequest(sequence: sequence, worker: key)
+                workers.handlerStarted()
+                let sequence = answers.beginAsyncHandler(id: id, worker: key)
                 defer {
-                    workers.running -= 1
+                    workers.handlerEnded()
                     closeIfDrained()
                 }
                 let outcome: Result<[UInt8], any Error>
                 do { outcome = .success(try await handle(request, context)) } catch { outcome = .failure(error) }
                 // Answer only if the peer did not cancel the call (nor reuse its id since).
-                let entry = runningRequests[id]
-                let current = entry?.sequence == sequence
-                if current { runningRequests[id] = nil }
-                if !current || entry!.cancelled {
+                if !answers.endAsyncHandler(id: id, sequence: sequence) {
                     logger.debug("message handler ended after the peer cancelled it; no answer sent", metadata: ["rpc.id": "\(id)"])
                 } else {
                     switch outcome {
@@ -107,35 +104,25 @@ extension RPCEndpoint {
                 }
                 if Task.isCancelled && !closing {
                     // This worker's task was cancelled for that call: it cannot run more handlers.
-                    if workers.head < workers.queue.count && workers.scheduled == 0 { scheduleWorker() }
+                    if workers.needsAnotherWorker { scheduleWorker() }
                     return
                 }
             }
-            if closing || workers.idle.count >= Self.maximumIdleWorkers { return }
-            let woken = await withUnsafeContinuation { workers.idle.append($0) }
+            if closing || !workers.mayPark { return }
+            let woken = await withUnsafeContinuation { workers.park($0) }
             if !woken { return }
         }
     }
 
     private func nextQueuedRequest() -> (id: UInt16, payload: [UInt8])? {
-        guard !closing, workers.head < workers.queue.count else { return nil }
-        let request = workers.queue[workers.head]
-        workers.head += 1
-        if workers.head == workers.queue.count {
-            workers.queue.removeAll(keepingCapacity: workers.queue.count <= 1024)
-            workers.head = 0
-        }
-        return request
+        guard !closing else { return nil }
+        return workers.next()
     }
 
     /// Ends every worker (the endpoint is closing): parked ones at once,
     /// running handlers are cancelled and their workers end after them.
     func stopAsyncWorkers() {
-        workers.queue.removeAll()
-        workers.head = 0
-        let parked = workers.idle
-        workers.idle.removeAll()
-        for worker in parked { worker.resume(returning: false) }
+        for worker in workers.stop() { worker.resume(returning: false) }
         for task in workers.tasks.values { task.cancel() }
     }
 }

@@ -30,15 +30,11 @@ import UVLoop
 /// message, which tells the peer to drop what it reassembled; the peer's
 /// CANCEL for a response we are sending, answered by CANCEL_ACK, which
 /// tells it the same).
+///
+/// The transfers, the window and the acknowledgement clocks are
+/// ``OutgoingTransfers``' (`outgoing`); the writing is here.
 extension RPCEndpoint {
-    /// A payload being sent in chunks.
-    struct OutgoingTransfer {
-        var isResponse: Bool
-        var id: UInt16
-        var payload: [UInt8]
-        /// Bytes of `payload` already written as chunks.
-        var sent = 0
-    }
+    typealias OutgoingTransfer = OutgoingTransfers.Transfer
 
     /// Bytes of payload per CHUNK (the last chunk of a payload may be shorter).
     static let chunkPayloadSize = 8192
@@ -54,13 +50,7 @@ extension RPCEndpoint {
     var chunkWindow: Int {
         // The loop's packet counters: no cost on the small-packet path, and a
         // busy neighbour connection on the loop counts as small traffic too.
-        let small = metrics.callsSent &+ metrics.responsesSent
-        let now = loopNow
-        if small != outgoing.smallPacketsAtLastPump {
-            outgoing.smallPacketsAtLastPump = small
-            outgoing.lastSmallPacketAt = now
-        }
-        return now &- outgoing.lastSmallPacketAt < Self.smallTrafficMemory ? Self.latencyWindow : Self.bulkWindow
+        outgoing.window(smallPacketsWritten: metrics.callsSent &+ metrics.responsesSent, now: loopNow)
     }
 
     /// Whether a payload of `count` bytes goes out as a chunked transfer.
@@ -73,13 +63,8 @@ extension RPCEndpoint {
     /// `owned`, when given, holds the same bytes as `payload` and is kept instead of a copy.
     func startTransfer(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) {
         let transfer = OutgoingTransfer(isResponse: isResponse, id: id, payload: owned ?? Array(payload))
-        outgoing.unsentBytes += payload.count
         payloadBudget?.charge(payload.count) // given back by discard(_:)
-        if outgoing.active.lazy.filter({ $0.isResponse == isResponse }).count < Wire.maximumTransfers {
-            activate(transfer)
-        } else {
-            outgoing.waiting.append(transfer)
-        }
+        if let startsNow = outgoing.add(transfer) { activate(startsNow) }
         connection.wantsWriteProgress = true
         pumpChunks()
     }
@@ -90,9 +75,9 @@ extension RPCEndpoint {
                                              id: transfer.id, length: transfer.payload.count)
         do {
             try writeControlPacket(header, headerCount: 7)
-            outgoing.active.append(transfer)
+            outgoing.activate(transfer)
         } catch {
-            outgoing.unsentBytes -= transfer.payload.count - transfer.sent // closing: the close path reports it
+            outgoing.activationFailed(transfer) // closing: the close path reports it
             discard(transfer)
         }
     }
@@ -105,30 +90,18 @@ extension RPCEndpoint {
         // While reading is paused (backpressure), the peer's CHUNK_ACKs are not
         // read either: chunks then go as the connection drains (what the
         // window would let pass, minus the acknowledgements), or neither side moves.
-        while !outgoing.active.isEmpty, !closing,
-              outgoing.unacknowledgedBytes + Self.chunkPayloadSize <= window
-                || (pausedForBackpressure && connection.pendingWriteBytes < Self.latencyWindow) {
-            if outgoing.cursor >= outgoing.active.count { outgoing.cursor = 0 }
-            let i = outgoing.cursor
-            let (id, isResponse, sent) = (outgoing.active[i].id, outgoing.active[i].isResponse, outgoing.active[i].sent)
-            let n = min(Self.chunkPayloadSize, outgoing.active[i].payload.count - sent)
-            let header = PacketWriter.shortHeader(isResponse ? .responseChunk : .messageChunk, id: id, length: n)
-            let written = outgoing.active[i].payload.withUnsafeBytes { all in
-                Result { () throws(ConnectionError) in
-                    try connection.write(header: header, headerCount: 5,
-                                         payload: UnsafeRawBufferPointer(rebasing: all[sent..<(sent + n)]))
-                }
+        while !closing, outgoing.mayWriteChunk(window: window, readingPaused: pausedForBackpressure,
+                                               pendingWriteBytes: connection.pendingWriteBytes) {
+            let chunk = outgoing.nextChunk()
+            let header = PacketWriter.shortHeader(chunk.isResponse ? .responseChunk : .messageChunk, id: chunk.id,
+                                                  length: chunk.range.count)
+            let written = outgoing.withBytes(of: chunk) { bytes in
+                Result { () throws(ConnectionError) in try connection.write(header: header, headerCount: 5, payload: bytes) }
             }
             guard case .success = written else { return } // closing: the close path ends the transfers
-            outgoing.active[i].sent += n
-            outgoing.unsentBytes -= n
-            if outgoing.unacknowledgedBytes == 0 { (outgoing.lastProgressAt, outgoing.ackProgressAt) = (loopNow, loopNow) }
-            outgoing.unacknowledgedBytes += n
-            if sent + n == outgoing.active[i].payload.count {
-                discard(outgoing.active.remove(at: i))
-                transferEnded(isResponse: isResponse)
-            } else {
-                outgoing.cursor = i + 1
+            if let finished = outgoing.chunkWritten(chunk, now: loopNow) {
+                discard(finished)
+                transferEnded(isResponse: chunk.isResponse)
             }
         }
     }
@@ -141,15 +114,9 @@ extension RPCEndpoint {
     }
 
     package func receivedChunkAcknowledgement(bytes: Int) -> Bool {
-        guard bytes <= outgoing.unacknowledgedBytes else {
+        guard outgoing.acknowledge(bytes, now: loopNow) else {
             protocolViolated(.excessChunkAcknowledgement(acknowledged: bytes, outstanding: outgoing.unacknowledgedBytes))
             return false
-        }
-        outgoing.unacknowledgedBytes -= bytes
-        outgoing.lastProgressAt = loopNow
-        outgoing.ackedSinceProgress += bytes
-        if outgoing.ackedSinceProgress >= PacketParser.progressQuantum || outgoing.unacknowledgedBytes == 0 {
-            (outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (outgoing.lastProgressAt, 0)
         }
         pumpChunks()
         return countPacket()
@@ -161,54 +128,50 @@ extension RPCEndpoint {
     /// connection's own write timeout never sees a write wait), and is cut
     /// off the same way. Checked with the liveness checks.
     func checkChunkAcknowledgements(now: UInt64) {
-        guard outgoing.unacknowledgedBytes > 0, !pausedForBackpressure else { return }
-        // A trickle of acknowledgements (less than 64 KiB per progress timeout) holds our chunks as long.
         let progressTimeout = configuration.payloadProgressTimeout
-        if now &- outgoing.ackProgressAt >= progressTimeout.roundedUpMilliseconds {
+        let writeTimeout = connection.options.writeTimeout
+        switch outgoing.acknowledgementVerdict(now: now, readingPaused: pausedForBackpressure,
+                                               progressTimeout: progressTimeout.roundedUpMilliseconds,
+                                               writeTimeout: writeTimeout?.roundedUpMilliseconds) {
+        case .fine:
+            return
+        case .stalled:
+            // A trickle of acknowledgements (less than 64 KiB per progress timeout) holds our chunks as long.
             logger.info("the peer acknowledged less than 64 KiB of chunks within the progress timeout; closing", metadata: [
                 "rpc.peer": "\(peerDescription)",
                 "rpc.unacknowledged": "\(outgoing.unacknowledgedBytes)", "rpc.unsent": "\(outgoing.unsentBytes)",
             ])
-            return close(reason: .payloadStalled(progressTimeout))
+            close(reason: .payloadStalled(progressTimeout))
+        case .writeTimedOut:
+            logger.info("the peer acknowledged no chunk for the write timeout; closing", metadata: [
+                "rpc.peer": "\(peerDescription)",
+                "rpc.unacknowledged": "\(outgoing.unacknowledgedBytes)",
+            ])
+            close(reason: .connectionFailed(.writeTimedOut(connection: connection.label,
+                                                           pendingBytes: outgoing.unacknowledgedBytes + outgoing.unsentBytes,
+                                                           timeout: writeTimeout!)))
         }
-        guard let timeout = connection.options.writeTimeout, now &- outgoing.lastProgressAt >= timeout.roundedUpMilliseconds else { return }
-        logger.info("the peer acknowledged no chunk for the write timeout; closing", metadata: [
-            "rpc.peer": "\(peerDescription)",
-            "rpc.unacknowledged": "\(outgoing.unacknowledgedBytes)",
-        ])
-        close(reason: .connectionFailed(.writeTimedOut(connection: connection.label,
-                                                       pendingBytes: outgoing.unacknowledgedBytes + outgoing.unsentBytes,
-                                                       timeout: timeout)))
     }
 
     /// Tops the window up on the next loop iteration (after its reads).
     func schedulePump() {
-        guard !outgoing.active.isEmpty, !closing, outgoing.pumpTimer?.isActive != true else { return }
-        if outgoing.pumpTimer == nil { outgoing.pumpTimer = eventLoop.makeTimer { [unowned self] in self.pumpChunks() } }
-        outgoing.pumpTimer!.start(after: .zero)
+        guard !outgoing.active.isEmpty, !closing, pumpTimer?.isActive != true else { return }
+        if pumpTimer == nil { pumpTimer = eventLoop.makeTimer { [unowned self] in self.pumpChunks() } }
+        pumpTimer!.start(after: .zero)
     }
 
     /// Drops the transfer of message (or response) `id`, started or waiting,
     /// if there is one: its call was cancelled.
     func dropTransfer(isResponse: Bool, id: UInt16) {
-        if let i = outgoing.active.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
-            let transfer = outgoing.active.remove(at: i)
-            outgoing.unsentBytes -= transfer.payload.count - transfer.sent
-            discard(transfer)
-            transferEnded(isResponse: isResponse)
-        } else if let i = outgoing.waiting.firstIndex(where: { $0.id == id && $0.isResponse == isResponse }) {
-            let transfer = outgoing.waiting.remove(at: i)
-            outgoing.unsentBytes -= transfer.payload.count
-            discard(transfer)
-        }
+        guard let (transfer, wasActive) = outgoing.remove(isResponse: isResponse, id: id) else { return }
+        discard(transfer)
+        if wasActive { transferEnded(isResponse: isResponse) }
     }
 
     /// After a transfer of that kind ended: starts the next waiting one, and
     /// lets held-back work go on once the transfers' bytes are low again.
     private func transferEnded(isResponse: Bool) {
-        if let next = outgoing.waiting.firstIndex(where: { $0.isResponse == isResponse }) {
-            activate(outgoing.waiting.remove(at: next))
-        }
+        if let next = outgoing.nextWaiting(isResponse: isResponse) { activate(next) }
         if outgoing.active.isEmpty { connection.wantsWriteProgress = false }
         if pausedForBackpressure && !readingBackpressured { resumeReadingAfterBackpressure() }
         closeIfDrained()
@@ -223,13 +186,9 @@ extension RPCEndpoint {
 
     /// Forgets every transfer (the endpoint is closing).
     func dropAllTransfers() {
-        for transfer in outgoing.active + outgoing.waiting { discard(transfer) }
-        outgoing.active.removeAll()
-        outgoing.waiting.removeAll()
-        outgoing.unsentBytes = 0
-        outgoing.unacknowledgedBytes = 0
+        for transfer in outgoing.removeAll() { discard(transfer) }
         connection.wantsWriteProgress = false
-        outgoing.pumpTimer?.close()
-        outgoing.pumpTimer = nil
+        pumpTimer?.close()
+        pumpTimer = nil
     }
 }

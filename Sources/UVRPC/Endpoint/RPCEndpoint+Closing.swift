@@ -5,32 +5,34 @@ import UVLoop
 extension RPCEndpoint {
     // MARK: Liveness
 
+    /// The periodic check (every `liveness.period`): acts on ``Liveness``'s
+    /// verdict, and runs the checks of the other state on the same clock.
     func checkLiveness() {
         let now = loopNow
-        // A check long overdue means this loop itself was held up (a handler
-        // that blocked it, a long computation on it): the peer's packets,
-        // payloads and acknowledgements could not be read meanwhile, so their clocks start again.
-        if now &- lastLivenessCheck > 2 &* livenessPeriod {
+        // (While reading is paused for backpressure the write timeout watches the peer, not the keepalive timeout.)
+        let verdict = liveness.check(now: now, handshakeReceived: _peerInfo != nil, readingPaused: pausedForBackpressure)
+        if verdict.loopWasHeldUp {
+            // This loop itself was held up (a handler that blocked it, a long computation on it):
+            // the peer's payloads and acknowledgements could not be read meanwhile, so their clocks start again.
             parser.restartProgressClocks(now: now)
-            (outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (now, 0)
-            lastReceived = now // and what the peer sent meanwhile is still unread: its keepalive clock too
+            outgoing.restartProgressClock(now: now)
         }
-        lastLivenessCheck = now
         // Nothing arrived for a whole period: give the connection's buffers back.
-        if now - lastReceived >= livenessPeriod {
+        if verdict.peerIdle {
             connection.releaseIdleBuffers()
             parser.releaseSpareBuffer()
         }
-        if !unanswered.isEmpty { reportOverdueRequests(now: now) }
+        if !answers.unanswered.isEmpty { reportOverdueRequests(now: now) }
         if outgoing.unacknowledgedBytes > 0 { checkChunkAcknowledgements(now: now) }
         if !closing && !pausedForBackpressure { checkPayloadProgress(now: now) }
-        if _peerInfo == nil, now - openedAt > configuration.handshakeTimeout.roundedUpMilliseconds {
+        switch verdict.timeout {
+        case nil:
+            break
+        case .handshake?:
             logger.info("no handshake from the peer in time; closing")
             close(reason: .handshakeTimeout(configuration.handshakeTimeout))
-        } else if !pausedForBackpressure, now - lastReceived > configuration.keepaliveTimeout.roundedUpMilliseconds {
-            // (While reading is paused for backpressure the write timeout watches the peer.)
-            logger.info("keepalive timeout; closing",
-                        metadata: ["rpc.silent-ms": "\(now - lastReceived)"])
+        case .keepalive(let silent)?:
+            logger.info("keepalive timeout; closing", metadata: ["rpc.silent-ms": "\(silent)"])
             close(reason: .keepaliveTimeout(configuration.keepaliveTimeout))
         }
     }
@@ -61,8 +63,7 @@ extension RPCEndpoint {
     /// soon as what is owed is flushed, without reading what the peer still
     /// sends (a server whose task was cancelled must end promptly).
     func close(reason: RPCCloseReason, lingering: Bool = true) {
-        guard !closing else { return }
-        phase = .closing(reason)
+        guard phase.beginClosing(reason) else { return }
         metrics.connectionClosed(reason)
         switch reason.kind {
         case .local, .protocolViolation, .handshakeTimeout, .keepaliveTimeout, .drainTimedOut, .payloadStalled:
@@ -90,15 +91,10 @@ extension RPCEndpoint {
         // Closing stops handling: running async handlers are cancelled (their
         // answers would be refused anyway), kept requests can no longer be answered.
         stopAsyncWorkers()
-        runningRequests.removeAll()
-        cancelledRequests.removeAll()
+        answers.dropHandlersAndCancellations()
         dropAllTransfers()
         dropUnansweredRequests()
-        let waiting = deferredSends + blockedSends[blockedSendsHead...]
-        deferredSends.removeAll()
-        blockedSends.removeAll()
-        blockedSendsHead = 0
-        for send in waiting { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
+        for send in calls.takeUnsent() { send.completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: reason)) }
         switch reason.kind {
         case .handshakeTimeout, .payloadStalled:
             // Nothing to finish with a peer that never spoke, or that stalls on purpose.
@@ -125,7 +121,7 @@ extension RPCEndpoint {
             }
             close(reason: reason)
         }
-        phase = .closed(_closeReason ?? .local)
+        phase.finishClosing()
         // A closed endpoint may be kept (e.g. in RPCServer.endpoints): hold no big buffer.
         parser.discardPartialPacket()
         let onClose = _onClose
@@ -134,7 +130,7 @@ extension RPCEndpoint {
         replaceTaggedHandler(nil)
         _onWritabilityChanged = nil
         _onHandshake = nil
-        waitingMessages.removeAll()
+        _ = answers.takeWaitingMessages()
         let owner = didCloseForOwner
         didCloseForOwner = nil
         let reason = _closeReason ?? .local

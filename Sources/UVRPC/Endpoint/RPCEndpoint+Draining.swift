@@ -29,8 +29,7 @@ extension RPCEndpoint {
 
     /// ``close(gracePeriod:)`` on the loop (without the thread check).
     func beginDrain(gracePeriod: Duration) {
-        guard case .serving = phase else { return } // already draining, or closing
-        phase = .draining
+        guard phase.beginDraining() else { return } // already draining, or closing
         sendGoAwayIfAgreed()
         // Cancelled when the connection has closed (the endpoint lives until then).
         drainTimer = eventLoop.scheduleTimer(after: gracePeriod) { [unowned self] in
@@ -49,7 +48,7 @@ extension RPCEndpoint {
     private func drainDeadlinePassed(_ gracePeriod: Duration) {
         if !closing {
             logger.info("drain ran out of time; closing", metadata: [
-                "rpc.in-flight": "\(calls.activeCount)", "rpc.unanswered": "\(unanswered.count)",
+                "rpc.in-flight": "\(calls.activeCount)", "rpc.unanswered": "\(answers.unanswered.count)",
             ])
             answerOwedRequestsAsStopped(after: gracePeriod)
             close(reason: .drainTimedOut(gracePeriod))
@@ -66,22 +65,15 @@ extension RPCEndpoint {
     /// stopped, not that the connection broke.
     private func answerOwedRequestsAsStopped(after gracePeriod: Duration) {
         guard agreed.contains(.errorAnswers) else { return }
-        var owed = Set(unanswered.keys.filter { cancelledRequests[$0] == nil }) // a cancelled call wants nothing
-        for (id, running) in runningRequests where !running.cancelled { owed.insert(id) }
-        for job in workers.queue[workers.head...] { owed.insert(job.id) }
-        for message in waitingMessages { owed.insert(message.id) }
         let reason = "the server stopped after draining for \(gracePeriod)"
-        for id in owed.sorted() { sendErrorAnswer(to: id, code: .unavailable, reason: reason) }
+        for id in answers.owedMessageIDs(queued: workers.queuedIDs) { sendErrorAnswer(to: id, code: .unavailable, reason: reason) }
     }
 
     /// True when nothing is in flight in either direction: no call, no
     /// message unanswered, and no payload still arriving or leaving in parts
     /// (a message being received, an answer or a call being sent in chunks).
     var hasNothingInFlight: Bool {
-        calls.activeCount == 0 && deferredSends.isEmpty && blockedSendsHead == blockedSends.count
-            && unanswered.isEmpty && currentToken == 0 && waitingMessages.isEmpty
-            && workers.head == workers.queue.count && workers.running == 0
-            && outgoing.active.isEmpty && outgoing.waiting.isEmpty && !parser.hasPartialMessage
+        calls.isIdle && answers.owesNothing && workers.isIdle && outgoing.isIdle && !parser.hasPartialMessage
     }
 
     /// Closes with ``RPCCloseReason/drained`` if draining and idle; called

@@ -14,15 +14,6 @@ import UVLoop
 /// crossing the cancel, chunks of a response) arrives before the CANCEL_ACK
 /// and is ignored; only at the CANCEL_ACK is `id` free for a new call.
 extension RPCEndpoint {
-    /// An async handler running, by message id: what a CANCEL for it must reach.
-    struct RunningRequest {
-        /// Tells this request from a newer one with the same id.
-        var sequence: UInt64
-        /// The worker task running its handler.
-        var worker: UInt64
-        var cancelled = false
-    }
-
     /// Writes a packet that is only a header (CANCEL, CANCEL_ACK, GOAWAY, a
     /// START, CHUNK_ACK): the first `headerCount` bytes of `header`, memory order.
     func writeControlPacket(_ header: UInt64, headerCount: Int) throws(ConnectionError) {
@@ -91,27 +82,15 @@ extension RPCEndpoint {
 
     package func receivedCancel(id: UInt16, droppedPartialMessage: Bool) -> Bool {
         // Each message may be cancelled once: no more CANCELs (and so CANCEL_ACKs) than messages.
-        if !droppedPartialMessage {
-            guard cancelCredits > 0 else {
-                protocolViolated(.unexpectedCancel(id: id))
-                return false
-            }
-            cancelCredits -= 1
-        }
-        var found = droppedPartialMessage ? "a message still arriving" : "nothing (already answered)"
-        if let running = runningRequests[id], !running.cancelled {
-            runningRequests[id]!.cancelled = true
-            workers.tasks[running.worker]?.cancel()
-            found = "a running async handler"
-        } else if let queued = workers.queue[workers.head...].firstIndex(where: { $0.id == id }) {
-            workers.queue.remove(at: queued)
-            found = "a queued message"
-        } else if let waiting = waitingMessages.firstIndex(where: { $0.id == id }) {
-            waitingMessages.remove(at: waiting)
-            found = "a message waiting for a handler"
-        } else if let kept = unanswered.removeValue(forKey: id) {
-            cancelledRequests[id] = kept.token
-            found = "a request kept unanswered"
+        let found = answers.peerCancelled(id: id, droppedPartialMessage: droppedPartialMessage, queue: &workers)
+        switch found {
+        case .unexpected:
+            protocolViolated(.unexpectedCancel(id: id))
+            return false
+        case .runningHandler(let worker):
+            workers.tasks[worker]?.cancel()
+        case .queuedMessage, .waitingMessage, .keptRequest, .messageStillArriving, .nothing:
+            break
         }
         dropTransfer(isResponse: true, id: id)
         logger.debug("the peer cancelled a message", metadata: ["rpc.id": "\(id)", "rpc.cancelled": "\(found)"])
@@ -123,10 +102,9 @@ extension RPCEndpoint {
 
     /// Whether callback request `token` was cancelled by the peer.
     func isCancelled(token: UInt64) -> Bool {
-        let id = UInt16(truncatingIfNeeded: token)
-        if token == currentToken { return false } // a CANCEL cannot arrive while its handler runs
+        if answers.isCurrent(token) { return false } // a CANCEL cannot arrive while its handler runs
         checkLoop("RPCRequest.isCancelled")
-        return cancelledRequests[id] == token
+        return answers.wasCancelled(token: token)
     }
 
     // MARK: Go-away
@@ -144,11 +122,7 @@ extension RPCEndpoint {
         logger.info("the peer is draining (go-away): no new calls on this connection",
                     metadata: ["rpc.in-flight": "\(calls.activeCount)"])
         // Sends not written yet never reached the peer: they fail now, and may be sent elsewhere.
-        let waiting = deferredSends + blockedSends[blockedSendsHead...]
-        deferredSends.removeAll()
-        blockedSends.removeAll()
-        blockedSendsHead = 0
-        for send in waiting { send.completion.fail(on: self, .peerGoingAway(endpoint: label)) }
+        for send in calls.takeUnsent() { send.completion.fail(on: self, .peerGoingAway(endpoint: label)) }
         didReceiveGoAwayForOwner?()
         closeIfDrained()
         return countPacket()

@@ -10,8 +10,9 @@ import UVLoop
 /// connection's read callbacks, on the loop.
 extension RPCEndpoint: PacketSink {
     func handleReadable(_ bytes: UnsafeRawBufferPointer) -> Int {
-        lastReceived = loopNow
-        parser.clock = lastReceived
+        let now = loopNow
+        liveness.received(at: now)
+        parser.clock = now
         if closing { return bytes.count }
         // Backpressure: take no new packet that makes output (a message, a
         // cancel) while output piles up unsent; the peer's bytes wait in the
@@ -24,13 +25,12 @@ extension RPCEndpoint: PacketSink {
             return 0
         }
         parser.inlinePayloadLimit = connection.contiguousReadCapacity - Wire.bigHeaderSize
-        let turn = eventLoop.turn
-        if turn != packetTurn { (packetTurn, packetsLeftThisTurn) = (turn, configuration.maximumPacketsPerTurn) }
+        liveness.enterTurn(eventLoop.turn)
         defer {
             if !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
             if parser.chunkBytesToAcknowledge > 0 { acknowledgeChunks() }
             // This connection had its share of the turn: the loop's others go first.
-            if packetsLeftThisTurn <= 0 && !closing { connection.yieldForThisTurn() }
+            if liveness.usedTurnShare && !closing { connection.yieldForThisTurn() }
             closeIfDrained()
         }
         do {
@@ -52,8 +52,7 @@ extension RPCEndpoint: PacketSink {
     /// Counts a packet handled against this turn's share; whether parsing may go on.
     @inline(__always)
     func countPacket() -> Bool {
-        packetsLeftThisTurn &-= 1
-        return packetsLeftThisTurn > 0 && !closing
+        liveness.countPacket() && !closing
     }
 
     @inline(__always)
@@ -83,7 +82,7 @@ extension RPCEndpoint: PacketSink {
         metrics.payloadsRefused[reason.metricName, default: 0] &+= 1
         let peer = peerDescription
         if isMessage {
-            cancelCredits &+= 1 // the peer may cancel it
+            answers.messageArrived() // the peer may cancel it
             let sent = sendErrorAnswer(to: id, code: .resourceExhausted, reason: "message of \(size) bytes refused: \(reason)")
             logger.warning("refused a message payload; \(sent ? "answered with an error" : "no response sent")", metadata: [
                 "rpc.peer": "\(peer)", "rpc.id": "\(id)", "rpc.size": "\(size)", "rpc.reason": "\(reason)",
@@ -114,7 +113,7 @@ extension RPCEndpoint: PacketSink {
     @inline(__always)
     func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
         metrics.messagesReceived &+= 1
-        cancelCredits &+= 1
+        answers.messageArrived()
         if let callbackHandler {
             runCallbackHandler(callbackHandler, id: id, payload: payload)
             return
@@ -133,9 +132,7 @@ extension RPCEndpoint: PacketSink {
     /// Out of line: the per-message path stays small enough to be inlined.
     @inline(never)
     func holdUntilAHandlerIsSet(id: UInt16, payload: UnsafeRawBufferPointer) {
-        if waitingMessages.count < Self.maximumWaitingMessages {
-            waitingMessages.append((id, Array(payload)))
-        } else {
+        if !answers.hold(id: id, payload: payload) {
             let sent = sendErrorAnswer(to: id, code: .resourceExhausted, reason: "no message handler is set on \(label) and 1024 messages wait for one")
             logger.warning("message received but no onMessage handler is set and 1024 are waiting; \(sent ? "answered with an error" : "no response sent")",
                            metadata: ["rpc.id": "\(id)"])
@@ -143,9 +140,8 @@ extension RPCEndpoint: PacketSink {
     }
 
     func deliverWaitingMessages() {
-        guard handler != nil, !waitingMessages.isEmpty else { return }
-        let waiting = waitingMessages
-        waitingMessages.removeAll()
+        guard handler != nil, !answers.waitingMessages.isEmpty else { return }
+        let waiting = answers.takeWaitingMessages()
         for message in waiting where !closing {
             message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
         }
@@ -153,10 +149,8 @@ extension RPCEndpoint: PacketSink {
     }
 
     func sendDeferred() {
-        guard !deferredSends.isEmpty else { return }
-        let pending = deferredSends
-        deferredSends.removeAll()
-        for send in pending {
+        guard !calls.deferred.isEmpty else { return }
+        for send in calls.takeDeferred() {
             // An async send waits for writability here too, as it would have when made after the handshake.
             if case .async(let call) = send.completion {
                 startAsyncCall(send.payload, timeout: send.timeout, closeOnError: send.closeOnError, call: call)
@@ -179,7 +173,7 @@ extension RPCEndpoint: PacketSink {
     func cancelCall(_ call: AsyncCall) {
         guard !call.isFinished else { return }
         if let id = call.id { _ = cancelOutgoingCall(id) }
-        deferredSends.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
+        calls.dropDeferred(call)
         metrics.callCancelled()
         call.finish(.failure(CancellationError()))
         closeIfDrained()

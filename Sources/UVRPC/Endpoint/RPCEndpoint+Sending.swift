@@ -171,8 +171,8 @@ extension RPCEndpoint {
         if payload.count > Wire.maximumShortPayload {
             guard let peer = _peerInfo else {
                 // Whether the peer takes *_BIG packets is known only from its handshake.
-                deferredSends.append(QueuedSend(payload: Array(payload), timeout: timeout,
-                                                  closeOnError: closeOnError, completion: completion))
+                calls.deferUntilHandshake(QueuedSend(payload: Array(payload), timeout: timeout,
+                                                     closeOnError: closeOnError, completion: completion))
                 return
             }
             if !peer.acceptsBigPayloads {
@@ -206,7 +206,7 @@ extension RPCEndpoint {
             _ = calls.remove(id) // never written: not counted as sent, nor as ended
             return completion.fail(on: self, .closed(endpoint: label, messageID: nil, reason: _closeReason ?? .connectionFailed(error)))
         } }
-        if deadline < armedDeadline { armDeadlineTimer(now: now) }
+        if calls.needsEarlierTimer(for: deadline) { armDeadlineTimer(now: now) }
     }
 
     /// Starts an async call, or queues it while the connection is not
@@ -215,9 +215,8 @@ extension RPCEndpoint {
     func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
         checkLoop("RPCEndpoint.send")
         if call.isFinished { return }
-        if !closing && (!connection.isWritable || blockedSendsHead < blockedSends.count) {
-            blockedSends.append(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError,
-                                           completion: .async(call)))
+        if !closing && (!connection.isWritable || calls.hasBlockedSends) {
+            calls.block(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, completion: .async(call)))
             return
         }
         payload.withUnsafeBytes {
@@ -227,18 +226,11 @@ extension RPCEndpoint {
 
     /// Starts waiting async sends while the connection stays writable.
     func startBlockedSends() {
-        while blockedSendsHead < blockedSends.count, connection.isWritable, !closing {
-            let send = blockedSends[blockedSendsHead]
-            blockedSends[blockedSendsHead].payload = [] // hold the caller's bytes no longer than needed
-            blockedSendsHead += 1
+        while calls.hasBlockedSends, connection.isWritable, !closing, let send = calls.takeBlocked() {
             send.payload.withUnsafeBytes {
                 startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
                           owned: send.payload)
             }
-        }
-        if blockedSendsHead == blockedSends.count {
-            blockedSends.removeAll(keepingCapacity: blockedSends.count <= 64)
-            blockedSendsHead = 0
         }
     }
 
@@ -261,9 +253,10 @@ extension RPCEndpoint {
         pausedForBackpressure = false
         // The peer's silence while we were not reading does not count, nor do
         // its payloads and acknowledgements that could not move meanwhile.
-        lastReceived = loopNow
-        parser.restartProgressClocks(now: lastReceived)
-        (outgoing.lastProgressAt, outgoing.ackProgressAt, outgoing.ackedSinceProgress) = (lastReceived, lastReceived, 0)
+        let now = loopNow
+        liveness.received(at: now)
+        parser.restartProgressClocks(now: now)
+        outgoing.restartClocks(now: now)
         connection.resumeReading()
     }
 
@@ -294,19 +287,18 @@ extension RPCEndpoint {
         }
     }
 
+    /// Arms the deadline timer for the earliest deadline of `calls`, if any.
     func armDeadlineTimer(now: UInt64) {
-        guard let earliest = calls.earliestDeadline else { return }
+        guard let delay = calls.armEarliest(now: now) else { return }
         if deadlineTimer == nil { deadlineTimer = eventLoop.makeTimer { [unowned self] in self.expireCalls() } }
-        armedDeadline = earliest
-        deadlineTimer!.start(after: .milliseconds(Int64(earliest > now ? earliest - now : 0)))
+        deadlineTimer!.start(after: .milliseconds(Int64(delay)))
     }
 
     func expireCalls() {
-        armedDeadline = .max
+        calls.deadlineTimerFired()
         let now = loopNow
-        while let id = calls.popExpired(now: now) {
+        while let (id, closeOnError) = calls.nextExpired(now: now) {
             // A call that keeps the endpoint open tells the peer it gave up (extension `cancel`).
-            let closeOnError = calls.closesOnError(id)
             guard let call = closeOnError ? removeCall(id) : cancelOutgoingCall(id) else { break }
             let error = RPCError.timedOut(endpoint: label, messageID: id, timeout: call.timeout)
             logger.debug("message timed out", metadata: ["rpc.id": "\(id)"])

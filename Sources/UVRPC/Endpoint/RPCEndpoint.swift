@@ -160,7 +160,7 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var retiredHandlers: [MessageHandler] = []
 
     func setHandler(_ new: MessageHandler?) {
-        if currentToken != 0, let old = handler {
+        if answers.isHandling, let old = handler {
             retiredHandlers.append(old)
         } else if !retiredHandlers.isEmpty {
             retiredHandlers.removeAll()
@@ -169,40 +169,30 @@ public final class RPCEndpoint {
         if case .callback(let box)? = new { callbackHandler = Unmanaged.passUnretained(box) } else { callbackHandler = nil }
     }
 
-    // Answer state of callback requests (see RPCEndpoint+Answering.swift).
-    /// Token of the request whose handler is running now (0: none).
-    @exclusivity(unchecked) var currentToken: UInt64 = 0
-    /// Whether the request of `currentToken` was answered (or abandoned).
-    @exclusivity(unchecked) var currentAnswered = true
-    /// The sequence number of the next request's token (counts up from 1;
-    /// 48 bits never wrap).
-    @exclusivity(unchecked) var nextSequence: UInt64 = 1
-    /// Requests whose handler returned without answering, by message id.
-    @exclusivity(unchecked) var unanswered: [UInt16: UnansweredRequest] = [:]
-    /// Tokens of kept requests the peer cancelled, by message id (extension `cancel`).
-    @exclusivity(unchecked) var cancelledRequests: [UInt16: UInt64] = [:]
-
-    // Async handlers (see RPCEndpoint+AsyncHandlers.swift).
-    /// The async handler's queue and worker tasks.
+    // The endpoint's state, in owned types (Endpoint/State/), each with the
+    // decisions on it; the endpoint does the I/O. Each is mutated in place
+    // (a struct holding a table, copied out and back, would copy it).
+    /// The answers owed to the peer: current, kept, cancelled and waiting
+    /// requests, running async handlers, cancel credits (RPCEndpoint+Answering.swift).
+    @exclusivity(unchecked) var answers = OwedAnswers()
+    /// The async handler's queue and worker tasks (RPCEndpoint+AsyncHandlers.swift).
     @exclusivity(unchecked) var workers = AsyncWorkers()
-    /// Set by ``close(gracePeriod:)`` (through ``phase``): close once nothing is in flight.
-    var draining: Bool {
-        if case .draining = phase { return true }
-        return false
-    }
-    @exclusivity(unchecked) var drainTimer: LoopTimer?
+    /// The outgoing calls: in flight, waiting to be written, the armed deadline (RPCEndpoint+Sending.swift).
+    @exclusivity(unchecked) var calls = OutgoingCalls()
+    /// The chunked transfers this side sends and their flow control (RPCEndpoint+Chunking.swift).
+    @exclusivity(unchecked) var outgoing = OutgoingTransfers()
+    /// The peer's liveness clocks and this connection's share of a loop turn (RPCEndpoint+Closing.swift).
+    @exclusivity(unchecked) var liveness: Liveness
 
-    /// Messages that arrived before any handler was set.
-    @exclusivity(unchecked) var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
-    static let maximumWaitingMessages = 1024
+    /// Set by ``close(gracePeriod:)`` (through ``phase``): close once nothing is in flight.
+    var draining: Bool { phase.isDraining }
+    @exclusivity(unchecked) var drainTimer: LoopTimer?
 
     // Extensions (see RPCEndpoint+Extensions.swift and RPCEndpoint+Chunking.swift).
     /// The extensions both handshakes announced; empty until the peer's arrived.
     @exclusivity(unchecked) var agreed: RPCExtensions = []
-    /// Async handlers running, by message id (for the peer's CANCEL).
-    @exclusivity(unchecked) var runningRequests: [UInt16: RunningRequest] = [:]
-    /// The chunked transfers this side sends and their flow control.
-    @exclusivity(unchecked) var outgoing = OutgoingTransfers()
+    /// Runs `pumpChunks()` on the next loop iteration, after its reads.
+    @exclusivity(unchecked) var pumpTimer: LoopTimer?
     @exclusivity(unchecked) var goAwaySent = false
     @exclusivity(unchecked) var _peerIsGoingAway = false
     /// Lets an owner (``RPCClientPool``) stop using the endpoint when the peer sends GOAWAY.
@@ -246,12 +236,7 @@ public final class RPCEndpoint {
         didSet { closing = phase.isClosing }
     }
     /// Why it is closing or closed (from ``phase``).
-    var _closeReason: RPCCloseReason? {
-        switch phase {
-        case .serving, .draining: return nil
-        case .closing(let reason), .closed(let reason): return reason
-        }
-    }
+    var _closeReason: RPCCloseReason? { phase.closeReason }
     /// ``phase`` is closing or closed, as a plain flag for the per-message
     /// checks (matching the enum costs a copy of its payload); set only by
     /// ``phase``'s observer.
@@ -263,14 +248,11 @@ public final class RPCEndpoint {
         checkLoop("RPCEndpoint.isClosed")
         return _isClosed
     }
-    var _isClosed: Bool {
-        if case .closed = phase { return true }
-        return false
-    }
+    var _isClosed: Bool { phase.isClosed }
     /// Outgoing calls waiting for their response. Loop-bound.
     public var inFlightCount: Int {
         checkLoop("RPCEndpoint.inFlightCount")
-        return calls.activeCount + deferredSends.count + (blockedSends.count - blockedSendsHead)
+        return calls.inFlightCount
     }
 
     /// False while the connection holds more unsent bytes than its high-water
@@ -315,29 +297,13 @@ public final class RPCEndpoint {
     }
 
     @exclusivity(unchecked) var parser: PacketParser
-    /// Messages received (or refused) minus CANCELs for them: a CANCEL beyond
-    /// this is a violation (each makes an acknowledgement).
-    @exclusivity(unchecked) var cancelCredits = 0
-    /// Packets this endpoint may still handle in the loop turn `packetTurn`
-    /// (``Configuration/maximumPacketsPerTurn``).
-    @exclusivity(unchecked) var packetsLeftThisTurn = 0
-    @exclusivity(unchecked) var packetTurn: UInt64 = 0
-    @exclusivity(unchecked) var calls = CallTable<PendingCall>()
-    @exclusivity(unchecked) var deferredSends: [QueuedSend] = []
-    /// Async sends waiting for writability, oldest first, from `blockedSendsHead`.
-    @exclusivity(unchecked) var blockedSends: [QueuedSend] = []
-    @exclusivity(unchecked) var blockedSendsHead = 0
     /// True while reading is paused because answers are piling up unsent.
     @exclusivity(unchecked) var pausedForBackpressure = false
+    /// Fires at the earliest deadline of `calls` (which says which that is).
     @exclusivity(unchecked) var deadlineTimer: LoopTimer?
-    @exclusivity(unchecked) var armedDeadline = UInt64.max
     @exclusivity(unchecked) var keepaliveTimer: LoopTimer?
+    /// Runs the checks of `liveness` every `liveness.period`.
     @exclusivity(unchecked) var livenessTimer: LoopTimer?
-    @exclusivity(unchecked) var lastReceived: UInt64
-    /// Milliseconds between liveness checks, and when the last one ran.
-    @exclusivity(unchecked) var livenessPeriod: UInt64 = 0
-    @exclusivity(unchecked) var lastLivenessCheck: UInt64 = 0
-    let openedAt: UInt64
 
     /// Starts speaking efro.rpc over `connection`: writes the handshake at
     /// once and starts reading (the connection's `Connection/onRead` and
@@ -373,10 +339,13 @@ public final class RPCEndpoint {
         self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize,
                                    extensions: configuration.extensions,
                                    memory: PayloadMemory(limit: configuration.maximumPayloadMemory, shared: payloadBudget))
-        let now = connection.loop.now
-        lastReceived = now
-        lastLivenessCheck = now
-        openedAt = now
+        let livenessPeriod = Liveness.checkPeriod(keepaliveTimeout: configuration.keepaliveTimeout,
+                                                  handshakeTimeout: configuration.handshakeTimeout,
+                                                  payloadProgressTimeout: configuration.payloadProgressTimeout)
+        self.liveness = Liveness(now: connection.loop.now, period: livenessPeriod.roundedUpMilliseconds,
+                                 handshakeTimeout: configuration.handshakeTimeout.roundedUpMilliseconds,
+                                 keepaliveTimeout: configuration.keepaliveTimeout.roundedUpMilliseconds,
+                                 packetsPerTurn: configuration.maximumPacketsPerTurn)
 
         connection.onRead = { bytes in self.handleReadable(bytes) }
         connection.onClose = { error in self.connectionDidClose(error) }
@@ -384,8 +353,9 @@ public final class RPCEndpoint {
         // The rest of a big payload is read straight into its final buffer.
         connection.directReadBuffer = { !self.closing ? self.parser.bigPayloadRemainder : nil }
         connection.onDirectRead = { count in
-            self.lastReceived = self.loopNow
-            self.parser.clock = self.lastReceived
+            let now = self.loopNow
+            self.liveness.received(at: now)
+            self.parser.clock = now
             self.parser.didFillBigPayload(count, into: self)
             self.closeIfDrained()
         }
@@ -402,11 +372,7 @@ public final class RPCEndpoint {
                 PacketWriter.keepalive.withUnsafeBytes { try? self.connection.write($0) }
             }
         }
-        let period = min(configuration.keepaliveTimeout, configuration.handshakeTimeout,
-                         configuration.payloadProgressTimeout) / 4
-        let clamped = max(period, .milliseconds(5))
-        livenessPeriod = clamped.roundedUpMilliseconds
-        livenessTimer = eventLoop.scheduleTimer(after: clamped, repeating: clamped) { [unowned self] in
+        livenessTimer = eventLoop.scheduleTimer(after: livenessPeriod, repeating: livenessPeriod) { [unowned self] in
             self.checkLiveness()
         }
     }
@@ -418,71 +384,4 @@ extension Duration {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }
-}
-
-/// Where an endpoint is in its life; it only moves down this list.
-enum EndpointPhase {
-    /// Calls and messages flow.
-    case serving
-    /// Still serving, and closes once nothing is in flight (or at the grace
-    /// period): ``RPCEndpoint/close(gracePeriod:)``.
-    case draining
-    /// Closing for this reason: in-flight calls failed, nothing new is
-    /// taken, the connection flushes what is owed.
-    case closing(RPCCloseReason)
-    /// The connection closed; the endpoint holds no buffer.
-    case closed(RPCCloseReason)
-
-    /// Closing or closed.
-    var isClosing: Bool {
-        switch self {
-        case .serving, .draining: return false
-        case .closing, .closed: return true
-        }
-    }
-}
-
-/// The chunked transfers an endpoint sends (extension `chunk`) and their
-/// flow control: what ``RPCEndpoint+Chunking.swift`` works on.
-struct OutgoingTransfers {
-    /// Transfers being sent, and those waiting for a turn (at most
-    /// ``Wire/maximumTransfers`` of each kind are active).
-    var active: [RPCEndpoint.OutgoingTransfer] = []
-    var waiting: [RPCEndpoint.OutgoingTransfer] = []
-    /// The active transfer whose chunk goes next (round robin).
-    var cursor = 0
-    /// Payload bytes of transfers not yet written to the connection.
-    var unsentBytes = 0
-    /// Runs `pumpChunks()` on the next loop iteration, after its reads.
-    var pumpTimer: LoopTimer?
-    /// CHUNK payload bytes written and not yet acknowledged by the peer (kept under the chunk window).
-    var unacknowledgedBytes = 0
-    /// When the peer last acknowledged chunk bytes, or chunk bytes went out
-    /// with none unacknowledged (loop milliseconds): for the acknowledgement timeout.
-    var lastProgressAt: UInt64 = 0
-    /// When the peer's acknowledgements last moved 64 KiB (or cleared every
-    /// chunk byte), and the bytes acknowledged since: for the payload progress timeout.
-    var ackProgressAt: UInt64 = 0
-    var ackedSinceProgress = 0
-    /// The loop's count of MESSAGE / RESPONSE packets written, when chunks were last written.
-    var smallPacketsAtLastPump = 0
-    /// When a small packet was last seen written (loop milliseconds).
-    var lastSmallPacketAt: UInt64 = 0
-}
-
-/// An endpoint's async handler machinery: the requests waiting for a
-/// worker and the worker tasks (``RPCEndpoint+AsyncHandlers.swift``).
-struct AsyncWorkers {
-    /// Requests waiting for a worker, oldest first from `head`.
-    var queue: [(id: UInt16, payload: [UInt8])] = []
-    var head = 0
-    /// Parked workers; resumed with true to work, false to end.
-    var idle: [UnsafeContinuation<Bool, Never>] = []
-    /// Workers woken or started whose job has not run yet.
-    var scheduled = 0
-    /// Every worker task, cancelled when the endpoint closes.
-    var tasks: [UInt64: Task<Void, Never>] = [:]
-    var nextKey: UInt64 = 0
-    /// Handler calls running now (suspended or not).
-    var running = 0
 }
