@@ -99,7 +99,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// was set are handed to it. Replaces a callback ``RPCEndpoint/onMessage``
     /// handler. (Public code gives its handler when it makes the server or
     /// connects; tests switch handlers with this.)
-    package func onMessage(_ handler: @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) {
+    package func onMessage(_ handler: nonisolated(nonsending) @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) {
         onLoop { $0.installAsyncHandler(handler) }
     }
 

@@ -71,10 +71,7 @@ extension RPCEndpoint {
                 // Should this handler suspend, another worker goes on with the queue.
                 if workers.needsAnotherWorker { scheduleWorker() }
                 let request = RPCAsyncRequest(payload: payload)
-                let context = RPCHandlerContext(messageID: id, peerAddress: connection.remoteAddress,
-                                                peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
-                                                peerCertificateSubject: connection.peerCertificateSubject,
-                                                connectionValues: _connectionValues, endpoint: asyncEndpoint)
+                let context = RPCHandlerContext(messageID: id, facts: connectionFacts)
                 workers.handlerStarted()
                 let sequence = answers.beginAsyncHandler(id: id, worker: key)
                 defer {

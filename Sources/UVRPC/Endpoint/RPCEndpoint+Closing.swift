@@ -127,6 +127,7 @@ extension RPCEndpoint {
         let onClose = _onClose
         _onClose = nil
         setHandler(nil)
+        cachedFacts = nil // it references the endpoint (its handle): no cycle outlives the close
         replaceTaggedHandler(nil)
         _onWritabilityChanged = nil
         _onHandshake = nil

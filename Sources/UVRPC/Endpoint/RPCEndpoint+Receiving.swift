@@ -101,6 +101,7 @@ extension RPCEndpoint: PacketSink {
 
     package func receivedHandshake(_ info: PeerInfo) -> Bool {
         _peerInfo = info
+        cachedFacts = nil
         peerPayloadLimit = info.maximumPayloadSize ?? Int.max
         agreed = configuration.extensions.intersection(info.extensions)
         logger.debug("peer handshake", metadata: ["rpc.peer-info": "\(info)"])
@@ -118,12 +119,9 @@ extension RPCEndpoint: PacketSink {
             runCallbackHandler(callbackHandler, id: id, payload: payload)
             return
         }
-        switch handler {
-        case .callback?:
-            break // handled above
-        case .async?:
+        if hasAsyncHandler {
             enqueueAsyncRequest(id: id, payload: Array(payload))
-        case nil:
+        } else {
             holdUntilAHandlerIsSet(id: id, payload: payload)
         }
     }

@@ -135,7 +135,22 @@ public final class RPCEndpoint {
         get { checkLoop("RPCEndpoint.connectionValues"); return _connectionValues }
         set { checkLoop("RPCEndpoint.connectionValues"); _connectionValues = newValue }
     }
-    @exclusivity(unchecked) var _connectionValues = RPCConnectionValues()
+    @exclusivity(unchecked) var _connectionValues = RPCConnectionValues() {
+        didSet { cachedFacts = nil }
+    }
+    /// What async handlers' contexts share (``RPCHandlerContext``), made at
+    /// the first message and again after the values or the handshake changed.
+    @exclusivity(unchecked) var cachedFacts: ConnectionFacts?
+
+    /// The connection's facts for a handler context.
+    var connectionFacts: ConnectionFacts {
+        if let cachedFacts { return cachedFacts }
+        let facts = ConnectionFacts(peerAddress: connection.remoteAddress, peerInfo: _peerInfo ?? PeerInfo(keepaliveInterval: 0),
+                                    peerCertificateSubject: connection.peerCertificateSubject,
+                                    connectionValues: _connectionValues, endpoint: asyncEndpoint)
+        cachedFacts = facts
+        return facts
+    }
 
     /// What handles incoming messages.
     enum MessageHandler {
@@ -151,6 +166,9 @@ public final class RPCEndpoint {
     }
 
     @exclusivity(unchecked) var handler: MessageHandler?
+    /// `handler` is `.async`, as a plain flag for the per-message check
+    /// (matching the enum copies, so retains, its closure).
+    @exclusivity(unchecked) var hasAsyncHandler = false
     /// The callback handler of `handler`, unretained, for the per-message call.
     /// Invariant: `handler` (or `retiredHandlers`, while a message is being
     /// handled) holds it strongly whenever this is non-nil.
@@ -167,6 +185,7 @@ public final class RPCEndpoint {
         }
         handler = new
         if case .callback(let box)? = new { callbackHandler = Unmanaged.passUnretained(box) } else { callbackHandler = nil }
+        if case .async? = new { hasAsyncHandler = true } else { hasAsyncHandler = false }
     }
 
     // The endpoint's state, in owned types (Endpoint/State/), each with the

@@ -22,7 +22,7 @@ public struct RPCHandler: Sendable {
     /// ("the handler failed", code ``RPCError/Code/handlerFailed``,
     /// unless the error is an ``RPCPublicError``: then its own code and
     /// text), an efro.rpc peer nothing, as the reference does.
-    public static func async(_ handler: @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) -> RPCHandler {
+    public static func async(_ handler: nonisolated(nonsending) @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) -> RPCHandler {
         RPCHandler { $0.installAsyncHandler(handler) }
     }
 

@@ -116,17 +116,40 @@ public struct RPCHandlerContext: Sendable {
     /// The message's id on the wire, as the peer numbered it (its logs show
     /// it as `rpc.id`).
     public let messageID: UInt16
+    /// What the connection's messages share, made once per connection (and
+    /// again when its values change), so that a context costs one reference.
+    let facts: ConnectionFacts
+
     /// The peer's address (nil for a Unix-socket peer without a bound name).
-    public let peerAddress: SocketAddress?
+    public var peerAddress: SocketAddress? { facts.peerAddress }
     /// The peer's handshake.
-    public let peerInfo: PeerInfo
+    public var peerInfo: PeerInfo { facts.peerInfo }
     /// Over TLS, the subject of the certificate the peer showed (see ``RPCRequest/peerCertificateSubject``).
-    public let peerCertificateSubject: String?
+    public var peerCertificateSubject: String? { facts.peerCertificateSubject }
     /// The connection's values (``RPCEndpoint/connectionValues``) when the message arrived.
-    public let connectionValues: RPCConnectionValues
+    public var connectionValues: RPCConnectionValues { facts.connectionValues }
     /// The endpoint the message came in on (its `Sendable` handle).
-    public let endpoint: RPCAsyncEndpoint
+    public var endpoint: RPCAsyncEndpoint { facts.endpoint }
+}
+
+/// The facts an ``RPCHandlerContext`` reports about its connection: one
+/// immutable object per connection, replaced when its values or handshake change.
+final class ConnectionFacts: Sendable {
+    let peerAddress: SocketAddress?
+    let peerInfo: PeerInfo
+    let peerCertificateSubject: String?
+    let connectionValues: RPCConnectionValues
+    let endpoint: RPCAsyncEndpoint
+
+    init(peerAddress: SocketAddress?, peerInfo: PeerInfo, peerCertificateSubject: String?,
+         connectionValues: RPCConnectionValues, endpoint: RPCAsyncEndpoint) {
+        self.peerAddress = peerAddress
+        self.peerInfo = peerInfo
+        self.peerCertificateSubject = peerCertificateSubject
+        self.connectionValues = connectionValues
+        self.endpoint = endpoint
+    }
 }
 
 /// The body of an async handler (``RPCHandler/async(_:)``, ``RPCClient``'s `handler`).
-typealias AsyncHandlerBody = @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]
+typealias AsyncHandlerBody = nonisolated(nonsending) @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]
