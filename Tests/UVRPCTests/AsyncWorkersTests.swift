@@ -62,6 +62,7 @@ final class AsyncWorkersTests: XCTestCase {
 
     func testAParkedWorkerIsWokenBeforeANewOneStarts() async {
         var workers = AsyncWorkers()
+        // Resumed exactly once: through the wake below (or at once if the test fails).
         let woken: Bool = await withUnsafeContinuation { continuation in
             workers.park(continuation)
             XCTAssertEqual(workers.idle.count, 1)
@@ -82,6 +83,7 @@ final class AsyncWorkersTests: XCTestCase {
         await withTaskGroup(of: Bool.self) { group in
             for _ in 0..<AsyncWorkers.maximumIdleWorkers {
                 group.addTask {
+                    // Resumed exactly once: by the loop over stop()'s result below.
                     await withUnsafeContinuation { continuation in
                         workers.state.withLock { XCTAssertTrue($0.mayPark); $0.park(continuation) }
                         signal.yield()
@@ -128,6 +130,7 @@ final class AsyncWorkersTests: XCTestCase {
         _ = workers.enqueue(id: 1, payload: [])
         _ = workers.enqueue(id: 2, payload: [])
         _ = workers.next()
+        // Resumed exactly once: stop() hands it back and it is resumed with false.
         let woken: Bool = await withUnsafeContinuation { continuation in
             workers.park(continuation)
             let parked = workers.stop()

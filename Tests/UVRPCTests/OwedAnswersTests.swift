@@ -153,7 +153,7 @@ final class OwedAnswersTests: XCTestCase {
         for _ in 0..<4 { answers.messageArrived() }
         let sequence = answers.beginAsyncHandler(id: 5, worker: 42)
         _ = workers.enqueue(id: 5, payload: [1])
-        XCTAssertTrue(answers.hold(id: 5, payload: UnsafeRawBufferPointer(start: nil, count: 0)))
+        XCTAssertTrue(answers.hold(id: 5, payload: UnsafeRawBufferPointer(start: nil, count: 0))) // empty view: nothing behind it
 
         XCTAssertEqual(answers.peerCancelled(id: 5, droppedPartialMessage: false, queue: &workers), .runningHandler(worker: 42))
         XCTAssertEqual(answers.peerCancelled(id: 5, droppedPartialMessage: false, queue: &workers), .queuedMessage,
@@ -193,7 +193,7 @@ final class OwedAnswersTests: XCTestCase {
     func testWaitingMessagesAreBoundedAndTakenInOrder() {
         var answers = OwedAnswers()
         let payload: [UInt8] = [1, 2, 3]
-        payload.withUnsafeBytes { raw in
+        payload.withUnsafeBytes { raw in // valid during this closure only; hold(...) copies it
             for id in 0..<OwedAnswers.maximumWaitingMessages {
                 XCTAssertTrue(answers.hold(id: UInt16(id), payload: raw))
             }
@@ -224,7 +224,7 @@ final class OwedAnswersTests: XCTestCase {
         _ = answers.beginAsyncHandler(id: 21, worker: 1)
         _ = workers.enqueue(id: 30, payload: [])
         _ = workers.enqueue(id: 31, payload: [])
-        XCTAssertTrue(answers.hold(id: 10, payload: UnsafeRawBufferPointer(start: nil, count: 0)))
+        XCTAssertTrue(answers.hold(id: 10, payload: UnsafeRawBufferPointer(start: nil, count: 0))) // empty view: nothing behind it
         XCTAssertEqual(answers.peerCancelled(id: 41, droppedPartialMessage: false, queue: &workers), .keptRequest)
         XCTAssertEqual(answers.peerCancelled(id: 21, droppedPartialMessage: false, queue: &workers), .runningHandler(worker: 1))
         XCTAssertEqual(answers.peerCancelled(id: 31, droppedPartialMessage: false, queue: &workers), .queuedMessage)

@@ -137,6 +137,7 @@ struct OutgoingTransfers {
 
     /// Calls `body` with the bytes of `chunk`, borrowed from its transfer.
     func withBytes<R>(of chunk: Chunk, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        // Valid only during `body`: a view into the transfer's array, within its bounds (`range` came from `nextChunk()`).
         try active[chunk.index].payload.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[chunk.range])) }
     }
 

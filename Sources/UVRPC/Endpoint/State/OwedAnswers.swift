@@ -229,7 +229,7 @@ struct OwedAnswers {
     /// ``maximumWaitingMessages`` already wait (the message is refused).
     mutating func hold(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
         guard waitingMessages.count < Self.maximumWaitingMessages else { return false }
-        waitingMessages.append((id, Array(payload)))
+        waitingMessages.append((id, Array(payload))) // copied: the view is valid only during the caller's read
         return true
     }
 
