@@ -66,7 +66,7 @@ bench-docs: bootstrap
 # The same with the server and the load on different CPUs (Docs/benchmarks-split.*).
 bench-docs-split: bootstrap
 	$(SWIFT) build -c release
-	.build/release/uvrpc-bench --pin split --repeat 3 --scenario small,latency,medium,bulk,fanin --json Docs/benchmarks-split.json | tee Docs/benchmarks-split.txt
+	.build/release/uvrpc-bench --pin split --repeat 3 --scenario small,latency,medium,bulk,fanin,client --json Docs/benchmarks-split.json | tee Docs/benchmarks-split.txt
 	python3 scripts/docs-figures.py Docs/benchmarks.json Docs/benchmarks-split.json
 
 # Allocation regression check: fails when mallocs per round trip exceed the recorded figures.

@@ -16,7 +16,9 @@ struct Call: ParsableCommand {
         discussion: """
             Calls go over --connections connections spread over --loops event loops (each call on the \
             connection with the fewest calls in flight). Messages the peer sends are echoed back. \
-            Prints a summary; exits non-zero on any mismatch, error or timeout.
+            Prints a summary; exits non-zero on any mismatch, error or timeout. A checker, not a load \
+            generator: it makes random bytes and takes a lock per call; to measure speed, use \
+            `uvrpc-bench --scenario client` (Swift callers) or `uvrpc-bench --connect HOST:PORT` (the C load generator).
             """
     )
 

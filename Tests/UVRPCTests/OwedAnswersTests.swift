@@ -231,6 +231,27 @@ final class OwedAnswersTests: XCTestCase {
         XCTAssertEqual(answers.owedMessageIDs(queued: workers.queuedIDs), [10, 20, 30, 40])
     }
 
+    /// A request kept under the id of an older, cancelled one is still owed
+    /// its answer (the cancel was for the older request's token).
+    func testARequestKeptUnderACancelledRequestsIdIsStillOwed() {
+        var answers = OwedAnswers()
+        var workers = AsyncWorkers()
+        answers.messageArrived()
+        let old = answers.beginHandlerCall(id: 7)
+        _ = answers.endHandlerCall(old)
+        answers.keep(old, since: 0)
+        XCTAssertEqual(answers.peerCancelled(id: 7, droppedPartialMessage: false, queue: &workers), .keptRequest)
+        XCTAssertEqual(answers.owedMessageIDs(queued: workers.queuedIDs), [], "the cancelled request is owed nothing")
+        answers.messageArrived()
+        _ = answers.takeSuperseded(id: 7)
+        let newer = answers.beginHandlerCall(id: 7)
+        _ = answers.endHandlerCall(newer)
+        answers.keep(newer, since: 1)
+        XCTAssertTrue(answers.keeps(token: newer.token))
+        XCTAssertFalse(answers.wasCancelled(token: newer.token))
+        XCTAssertEqual(answers.owedMessageIDs(queued: workers.queuedIDs), [7], "the newer request is owed its answer")
+    }
+
     func testOwesNothingOnlyWhenNothingIsKeptRunningOrWaiting() {
         var answers = OwedAnswers()
         XCTAssertTrue(answers.owesNothing)

@@ -16,7 +16,9 @@ public struct RPCHandler: Sendable {
     /// where it came from (``RPCHandlerContext``).
     ///
     /// Handlers run in worker tasks on the endpoint's loop, concurrently:
-    /// one that awaits holds up no other. When the peer cancels the call,
+    /// one that awaits holds up no other. The closure is
+    /// `nonisolated(nonsending)`: it runs on its caller's executor, the
+    /// loop, with no executor switch per message. When the peer cancels the call,
     /// the handler's task is cancelled and its return value is not sent.
     /// A handler that throws is logged; a UVRPC peer gets an error answer
     /// ("the handler failed", code ``RPCError/Code/handlerFailed``,

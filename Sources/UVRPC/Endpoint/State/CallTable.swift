@@ -30,9 +30,16 @@ struct CallTable<Completion> {
         var next: Int32 = -1
     }
 
-    private var slots: [Slot] = []
-    /// The completion of each live slot (same index), apart from `slots`.
-    private var completions: [Completion?] = []
+    /// The slots and the completions, in memory this table alone writes: no
+    /// copy-on-write check per access, no value witness per move. Kept
+    /// alive (and freed) by `storage`; the pointers are its, cached here.
+    // Safe: `slots` and `completions` point into `storage`'s buffers, which
+    // live as long as `storage` does, and only this table (one value, kept in
+    // place by its owner, never copied and then mutated twice) touches them.
+    private var storage: Storage?
+    private var slots: UnsafeMutablePointer<Slot>
+    private var completions: UnsafeMutablePointer<Completion>
+    private var capacity = 0
     private var mask = 0
     private let initialCapacity: Int
     private(set) var nextID: UInt16
@@ -46,9 +53,34 @@ struct CallTable<Completion> {
     private(set) var head: Int32 = -1
     private var tail: Int32 = -1
 
+    /// The buffers: `capacity` slots, and a completion initialised for each live one.
+    final class Storage {
+        let capacity: Int
+        let slots: UnsafeMutablePointer<Slot>
+        let completions: UnsafeMutablePointer<Completion>
+
+        init(capacity: Int) {
+            self.capacity = capacity
+            slots = .allocate(capacity: capacity)
+            slots.initialize(repeating: Slot(), count: capacity)
+            completions = .allocate(capacity: capacity)
+        }
+
+        deinit {
+            for i in 0..<capacity where slots[i].isLive { (completions + i).deinitialize(count: 1) }
+            completions.deallocate()
+            slots.deinitialize(count: capacity)
+            slots.deallocate()
+        }
+    }
+
     init(firstID: UInt16 = 65530, initialCapacity: Int = 64) {
         self.initialCapacity = initialCapacity
         nextID = firstID
+        // No memory until the first call (an endpoint that only answers owns none);
+        // `capacity` 0 keeps every access from these placeholders.
+        slots = UnsafeMutablePointer(bitPattern: MemoryLayout<Slot>.alignment)!
+        completions = UnsafeMutablePointer(bitPattern: max(MemoryLayout<Completion>.alignment, 1))!
     }
 
     /// True when all 65536 ids are in flight.
@@ -62,33 +94,29 @@ struct CallTable<Completion> {
     /// Whether `id` is a live call.
     @inline(__always)
     func isLive(_ id: UInt16) -> Bool {
-        guard !slots.isEmpty else { return false }
-        let i = Int(id) & mask
-        return slots[i].isLive && slots[i].id == id
+        guard capacity > 0 else { return false }
+        let slot = slots + (Int(id) & mask)
+        return slot.pointee.isLive && slot.pointee.id == id
     }
 
     /// Whether `id` is a call waiting for its response (live, not cancelled).
     func isAwaited(_ id: UInt16) -> Bool {
-        guard !slots.isEmpty else { return false }
-        let i = Int(id) & mask
-        return slots[i].isLive && slots[i].id == id && !slots[i].reserved
+        guard capacity > 0 else { return false }
+        let slot = slots + (Int(id) & mask)
+        return slot.pointee.isLive && slot.pointee.id == id && !slot.pointee.reserved
     }
 
     /// Registers a call and returns its id, or nil when every id is in flight.
     mutating func insert(_ completion: Completion, deadline: UInt64, closeOnError: Bool) -> UInt16? {
         guard count < 65536 else { return nil }
-        if slots.isEmpty {
-            slots = Array(repeating: Slot(), count: initialCapacity)
-            completions = Array(repeating: nil, count: initialCapacity)
-            mask = initialCapacity - 1
-        }
+        if capacity == 0 { adopt(Storage(capacity: initialCapacity)) }
         var id = nextID
         while isLive(id) { id &+= 1 } // never reuse a live id (bounded: count < 65536)
         while slots[Int(id) & mask].isLive { grow() }
         nextID = id &+ 1
         count += 1
         let i = Int(id) & mask
-        completions[i] = completion
+        (completions + i).initialize(to: completion)
         slots[i] = Slot(deadline: deadline, id: id, isLive: true, closeOnError: closeOnError, reserved: false)
         linkSorted(Int32(id))
         return id
@@ -98,20 +126,20 @@ struct CallTable<Completion> {
     /// not live (a late or unknown response). (Its closeOnError flag is
     /// ``closesOnError(_:)`` before.)
     mutating func remove(_ id: UInt16) -> Completion? {
-        guard !slots.isEmpty else { return nil }
+        guard capacity > 0 else { return nil }
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id, !slots[i].reserved else { return nil }
         unlink(Int32(id))
         slots[i].isLive = false
         count -= 1
         // Moved out, not copied: the table keeps no reference to it.
-        return completions[i].take()
+        return (completions + i).move()
     }
 
     /// Ends live call `id` but keeps its id taken (a cancelled call, until the
     /// peer's acknowledgement); returns what ``remove(_:)`` returns.
     mutating func reserve(_ id: UInt16) -> Completion? {
-        guard !slots.isEmpty else { return nil }
+        guard capacity > 0 else { return nil }
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id, !slots[i].reserved else { return nil }
         unlink(Int32(id))
@@ -122,11 +150,11 @@ struct CallTable<Completion> {
 
     /// Frees reserved id `id`; false if it was not reserved.
     mutating func release(_ id: UInt16) -> Bool {
-        guard !slots.isEmpty else { return false }
+        guard capacity > 0 else { return false }
         let i = Int(id) & mask
         guard slots[i].isLive, slots[i].id == id, slots[i].reserved else { return false }
         slots[i] = Slot()
-        completions[i] = nil
+        (completions + i).deinitialize(count: 1)
         count -= 1
         reservedCount -= 1
         return true
@@ -180,19 +208,26 @@ struct CallTable<Completion> {
         slots[i].next = -1
     }
 
+    /// Takes `new` as the table's memory.
+    private mutating func adopt(_ new: Storage) {
+        storage = new
+        slots = new.slots
+        completions = new.completions
+        capacity = new.capacity
+        mask = new.capacity - 1
+    }
+
     private mutating func grow() {
-        let newCapacity = slots.count * 2
+        let newCapacity = capacity * 2
         precondition(newCapacity <= 65536, "CallTable grew past 65536 slots")
-        var newSlots = Array(repeating: Slot(), count: newCapacity)
-        var newCompletions = [Completion?](repeating: nil, count: newCapacity)
+        let new = Storage(capacity: newCapacity)
         let newMask = newCapacity - 1
-        for i in slots.indices where slots[i].isLive {
+        for i in 0..<capacity where slots[i].isLive {
             let j = Int(slots[i].id) & newMask
-            newSlots[j] = slots[i]
-            newCompletions[j] = completions[i].take()
+            new.slots[j] = slots[i]
+            (new.completions + j).moveInitialize(from: completions + i, count: 1)
+            slots[i].isLive = false // moved: the old storage's deinit must not deinitialise it
         }
-        slots = newSlots
-        completions = newCompletions
-        mask = newMask
+        adopt(new)
     }
 }

@@ -285,7 +285,8 @@ struct OwedAnswers {
     /// the peer did not cancel, running async handlers it did not cancel,
     /// `queued` (the async workers' queue) and messages waiting for a handler.
     func owedMessageIDs(queued: some Sequence<UInt16>) -> [UInt16] {
-        var owed = Set(unanswered.keys.filter { cancelledRequests[$0] == nil }) // a cancelled call wants nothing
+        // A cancelled call wants nothing; a newer request kept under a cancelled one's id does.
+        var owed = Set(unanswered.compactMap { id, kept in cancelledRequests[id] == kept.token ? nil : id })
         for (id, running) in runningRequests where !running.cancelled { owed.insert(id) }
         owed.formUnion(queued)
         for message in waitingMessages { owed.insert(message.id) }
