@@ -67,7 +67,7 @@ bench-docs: bootstrap
 bench-docs-split: bootstrap
 	$(SWIFT) build -c release
 	.build/release/uvrpc-bench --pin split --repeat 3 --scenario small,latency,medium,bulk,fanin,client --json Docs/benchmarks-split.json | tee Docs/benchmarks-split.txt
-	python3 scripts/docs-figures.py Docs/benchmarks.json Docs/benchmarks-split.json
+	python3 scripts/docs-figures.py --command "make bench-docs" Docs/benchmarks.json Docs/benchmarks-split.json
 
 # Allocation regression check: fails when mallocs per round trip exceed the recorded figures.
 bench-check: bootstrap
