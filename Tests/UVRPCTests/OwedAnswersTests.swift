@@ -66,9 +66,7 @@ final class OwedAnswersTests: XCTestCase {
     func testANewMessageWithTheSameIDSupersedesAKeptRequest() {
         var answers = OwedAnswers()
         XCTAssertNil(answers.takeSuperseded(id: 4), "nothing kept")
-        let old = answers.beginHandlerCall(id: 4)
-        _ = answers.endHandlerCall(old)
-        answers.keep(old, since: 50)
+        let old = answers.keepUnanswered(id: 4, since: 50)
         XCTAssertNil(answers.takeSuperseded(id: 5), "another id")
         XCTAssertEqual(answers.takeSuperseded(id: 4), OwedAnswers.KeptRequest(token: old.token, since: 50))
         XCTAssertEqual(answers.claimKept(token: old.token), .notKept, "a superseded request can no longer be answered")
@@ -76,9 +74,7 @@ final class OwedAnswersTests: XCTestCase {
 
     func testAKeptRequestIsNotClaimedWithAnotherToken() {
         var answers = OwedAnswers()
-        let call = answers.beginHandlerCall(id: 6)
-        _ = answers.endHandlerCall(call)
-        answers.keep(call, since: 0)
+        let call = answers.keepUnanswered(id: 6, since: 0)
         let stale = 99 << 16 | UInt64(6)
         XCTAssertEqual(answers.claimKept(token: stale), .notKept)
         XCTAssertTrue(answers.keeps(token: call.token), "the kept request is untouched")
@@ -87,9 +83,7 @@ final class OwedAnswersTests: XCTestCase {
     func testOverdueRequestsAreReportedOnceEach() {
         var answers = OwedAnswers()
         for (id, since) in [(UInt16(1), UInt64(0)), (2, 500), (3, 900)] {
-            let call = answers.beginHandlerCall(id: id)
-            _ = answers.endHandlerCall(call)
-            answers.keep(call, since: since)
+            _ = answers.keepUnanswered(id: id, since: since)
         }
         let first = answers.markOverdue(now: 1000, limit: 400)
         XCTAssertEqual(first.map(\.id).sorted(), [1, 2])
@@ -104,9 +98,7 @@ final class OwedAnswersTests: XCTestCase {
     func testDroppingKeptRequestsReturnsTheirIDsSorted() {
         var answers = OwedAnswers()
         for id: UInt16 in [30, 10, 20] {
-            let call = answers.beginHandlerCall(id: id)
-            _ = answers.endHandlerCall(call)
-            answers.keep(call, since: 0)
+            _ = answers.keepUnanswered(id: id, since: 0)
         }
         XCTAssertEqual(answers.dropKept(), [10, 20, 30])
         XCTAssertTrue(answers.unanswered.isEmpty)
@@ -137,9 +129,7 @@ final class OwedAnswersTests: XCTestCase {
         var answers = OwedAnswers()
         var workers = AsyncWorkers()
         answers.messageArrived()
-        let call = answers.beginHandlerCall(id: 8)
-        _ = answers.endHandlerCall(call)
-        answers.keep(call, since: 0)
+        let call = answers.keepUnanswered(id: 8, since: 0)
         XCTAssertEqual(answers.peerCancelled(id: 8, droppedPartialMessage: false, queue: &workers), .keptRequest)
         XCTAssertTrue(answers.wasCancelled(token: call.token))
         XCTAssertFalse(answers.keeps(token: call.token))
@@ -216,9 +206,7 @@ final class OwedAnswersTests: XCTestCase {
         var workers = AsyncWorkers()
         for _ in 0..<8 { answers.messageArrived() }
         for id: UInt16 in [40, 41] {
-            let call = answers.beginHandlerCall(id: id)
-            _ = answers.endHandlerCall(call)
-            answers.keep(call, since: 0)
+            _ = answers.keepUnanswered(id: id, since: 0)
         }
         _ = answers.beginAsyncHandler(id: 20, worker: 0)
         _ = answers.beginAsyncHandler(id: 21, worker: 1)
@@ -237,16 +225,12 @@ final class OwedAnswersTests: XCTestCase {
         var answers = OwedAnswers()
         var workers = AsyncWorkers()
         answers.messageArrived()
-        let old = answers.beginHandlerCall(id: 7)
-        _ = answers.endHandlerCall(old)
-        answers.keep(old, since: 0)
+        _ = answers.keepUnanswered(id: 7, since: 0)
         XCTAssertEqual(answers.peerCancelled(id: 7, droppedPartialMessage: false, queue: &workers), .keptRequest)
         XCTAssertEqual(answers.owedMessageIDs(queued: workers.queuedIDs), [], "the cancelled request is owed nothing")
         answers.messageArrived()
         _ = answers.takeSuperseded(id: 7)
-        let newer = answers.beginHandlerCall(id: 7)
-        _ = answers.endHandlerCall(newer)
-        answers.keep(newer, since: 1)
+        let newer = answers.keepUnanswered(id: 7, since: 1)
         XCTAssertTrue(answers.keeps(token: newer.token))
         XCTAssertFalse(answers.wasCancelled(token: newer.token))
         XCTAssertEqual(answers.owedMessageIDs(queued: workers.queuedIDs), [7], "the newer request is owed its answer")
@@ -265,5 +249,15 @@ final class OwedAnswersTests: XCTestCase {
         XCTAssertFalse(answers.owesNothing, "kept requests are dropped separately (and logged)")
         _ = answers.dropKept()
         XCTAssertTrue(answers.owesNothing)
+    }
+}
+
+private extension OwedAnswers {
+    /// A request whose handler returned without answering it: now kept.
+    mutating func keepUnanswered(id: UInt16, since: UInt64) -> HandlerCall {
+        let call = beginHandlerCall(id: id)
+        _ = endHandlerCall(call)
+        keep(call, since: since)
+        return call
     }
 }
