@@ -20,10 +20,11 @@ test: bootstrap
 	bash scripts/compile-fail.sh .build/debug
 	python3 scripts/docs-figures.py --check Docs/benchmarks.json Docs/benchmarks-split.json
 
-# Every test again under ThreadSanitizer (its own build folder; CI runs it too).
+# Every test again under ThreadSanitizer (its own build folder; CI runs it too),
+# with the one suppression Tests/tsan-suppressions.txt explains.
 test-tsan: bootstrap
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	UVRPC_SANITIZER=thread \
+	UVRPC_SANITIZER=thread TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/tsan-suppressions.txt \
 	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=thread --scratch-path .build-tsan
 
 # Every test under AddressSanitizer. LeakSanitizer is off for the test process:
