@@ -150,6 +150,9 @@ public final class RPCClientPool: Sendable {
     ///   connection stays open whatever the call's fate).
     /// A call that meets a connection whose server just said it is draining
     /// (the call was not sent) is sent again on another connection.
+    /// It runs on the caller's executor (`nonisolated(nonsending)`), as
+    /// ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` does.
+    nonisolated(nonsending)
     public func send(_ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
         var attempts = 0
         while true {

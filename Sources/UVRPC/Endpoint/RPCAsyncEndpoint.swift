@@ -69,6 +69,12 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     ///   efro.rpc peer the id is freed at once and a late answer is ignored.
     ///   A UVRPC peer's failed handler makes this throw
     ///   an ``RPCError`` of code ``RPCError/Code/handlerFailed`` at once.
+    ///
+    /// It runs on the caller's executor (`nonisolated(nonsending)`): a task
+    /// on the endpoint's loop calls straight into the endpoint, with no
+    /// executor switch (each switch looked up the task's executor preference
+    /// under a lock: a third of an async caller's CPU).
+    nonisolated(nonsending)
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
         // One allocation (the call) plus the response's Array; the hop to the
         // loop costs a closure only when the caller is not on the loop already.
