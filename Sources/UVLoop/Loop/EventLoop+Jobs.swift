@@ -64,7 +64,10 @@ final class LoopWakeup: HandleOwner {
 
     init(loop: EventLoop) throws(UVError) {
         let descriptor = uvrpc_wakeup_eventfd()
-        guard descriptor >= 0 else { throw UVError(code: -errno, operation: "eventfd", target: "event loop \(loop.name)") }
+        guard descriptor >= 0 else {
+            let code = -errno
+            throw UVError(code: code, operation: "eventfd", target: EventLoop.target(loop.name, code))
+        }
         self.descriptor = descriptor
         super.init(loop: loop, type: UV_POLL, retainsLoop: false) // owned by the loop itself
         let handle = UnsafeMutablePointer<uv_poll_t>(OpaquePointer(self.handle))

@@ -161,7 +161,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     private static let libuvReady = Atomic<Bool>(false)
 
     /// The loop's name in errors, with the open-files limit when that is what failed.
-    private static func target(_ name: String, _ rc: Int32) -> String {
+    static func target(_ name: String, _ rc: Int32) -> String {
         rc == UV_EMFILE.rawValue || rc == UV_ENFILE.rawValue ? "event loop \(name) (limit: \(openFilesLimit()))" : "event loop \(name)"
     }
 
