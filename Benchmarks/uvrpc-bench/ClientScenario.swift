@@ -59,8 +59,8 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
     let payload = [UInt8](repeating: 0x42, count: size)
 
     // Connect and start calling; the calls run until stopCalling is set.
-    let finished = try runBlocking { () -> [Task<Void, Never>] in
-        var tasks: [Task<Void, Never>] = []
+    // Returns what ends the run: it waits for the callers, then closes.
+    let finish = try runBlocking { () -> @Sendable () async -> Void in
         @Sendable func check(_ answer: [UInt8]) {
             if answer.count == size { answeredCalls.add(1, ordering: .relaxed) } else { failedCalls.add(1, ordering: .relaxed) }
         }
@@ -78,10 +78,7 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
                 }
                 for _ in 0..<concurrency { payload.withUnsafeBytes { endpoint.send($0, tag: 0) } }
             }
-            tasks.append(Task.detached {
-                while !stopCalling.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(10)) }
-                await endpoint.close(gracePeriod: .seconds(5))
-            })
+            return { await endpoint.close(gracePeriod: .seconds(5)) } // the last answers end the calls
         case .asyncOnLoop, .asyncGlobal:
             let endpoint = try await RPCClient.connect(to: target, on: group.loops[0])
             var callers: [Task<Void, Never>] = []
@@ -94,10 +91,10 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
                 callers.append(mode == .asyncOnLoop ? Task(executorPreference: group.loops[0].taskExecutor, operation: body)
                                                     : Task.detached(operation: body))
             }
-            tasks.append(Task.detached { [callers] in
+            return { [callers] in
                 for caller in callers { await caller.value }
                 await endpoint.close()
-            })
+            }
         case .pool:
             var configuration = RPCClientPool.Configuration()
             configuration.connectionsPerAddress = loops
@@ -110,12 +107,11 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
                     }
                 })
             }
-            tasks.append(Task.detached { [callers] in
+            return { [callers] in
                 for caller in callers { await caller.value }
                 await pool.close()
-            })
+            }
         }
-        return tasks
     }
 
     usleep(200_000) // the warm-up: connections made, buffers and tables at their steady size
@@ -125,7 +121,7 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
     let endCalls = answeredCalls.load(ordering: .relaxed), endCPU = processCPUSeconds()
     let endMallocs = uvrpc_total_allocations(), seconds = Date().timeIntervalSince(start)
     stopCalling.store(true, ordering: .relaxed)
-    try runBlocking { for task in finished { await task.value } }
+    try runBlocking { await finish() }
 
     let calls = endCalls - startCalls
     guard failedCalls.load(ordering: .relaxed) == 0 else {

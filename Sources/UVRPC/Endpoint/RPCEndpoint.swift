@@ -53,17 +53,16 @@ public final class RPCEndpoint {
     public var peerAddress: SocketAddress? { connection.remoteAddress }
     /// This side's address of the connection.
     public var localAddress: SocketAddress? { connection.localAddress }
-    /// The loop, read per message and per call, unretained: a checked
-    /// `unowned` read is an atomic retain and release each time (4-8% of a
-    /// callback caller's CPU in the bench's client scenario).
+    /// The loop, unretained, for the per-message and per-call reads
+    /// (``loopNow``, ``checkLoop(_:)``): a checked `unowned` read is an atomic
+    /// retain and release each time, and even an `unowned(unsafe)` one is
+    /// retained around a method call (4-8% of a callback caller's CPU in the
+    /// bench's client scenario); a guaranteed reference is not.
     // Safe: the connection retains its loop and this endpoint retains the
     // connection, so the loop outlives every use of this reference.
-    unowned(unsafe) let eventLoop: EventLoop
-    /// The same loop for the per-call reads (``loopNow``, ``checkLoop(_:)``):
-    /// even an `unowned(unsafe)` read is retained around a method call, a
-    /// guaranteed reference is not.
-    // Safe: as `eventLoop`, the loop outlives this endpoint.
     let loopReference: Unmanaged<EventLoop>
+    /// The loop, as a strong reference (timers, the task executor: not per call).
+    var eventLoop: EventLoop { loopReference.takeUnretainedValue() }
     /// The loop's clock (``EventLoop/now``), read without a retain.
     @inline(__always)
     var loopNow: UInt64 { loopReference._withUnsafeGuaranteedRef { $0.now } }
@@ -341,7 +340,6 @@ public final class RPCEndpoint {
          payloadBudget: MemoryBudget?) {
         connection.loop.preconditionInEventLoop("RPCEndpoint.init")
         self.connection = connection
-        self.eventLoop = connection.loop
         self.loopReference = Unmanaged.passUnretained(connection.loop)
         self.metrics = LoopMetrics.of(connection.loop)
         metrics.connectionsOpened &+= 1
