@@ -97,7 +97,7 @@ struct OwedAnswers {
     /// Tokens of kept requests the peer cancelled, by message id (extension `cancel`).
     private(set) var cancelledRequests: [UInt16: UInt64] = [:]
     /// Async handlers running, by message id (for the peer's CANCEL).
-    private(set) var runningRequests: [UInt16: RunningHandler] = [:]
+    private(set) var runningRequests = MessageIDMap<RunningHandler>()
     /// Messages received (or refused) minus CANCELs for them.
     private(set) var cancelCredits = 0
     /// Messages that arrived before any handler was set, oldest first.
@@ -287,7 +287,7 @@ struct OwedAnswers {
     func owedMessageIDs(queued: some Sequence<UInt16>) -> [UInt16] {
         // A cancelled call wants nothing; a newer request kept under a cancelled one's id does.
         var owed = Set(unanswered.compactMap { id, kept in cancelledRequests[id] == kept.token ? nil : id })
-        for (id, running) in runningRequests where !running.cancelled { owed.insert(id) }
+        for (id, running) in runningRequests.elements where !running.cancelled { owed.insert(id) }
         owed.formUnion(queued)
         for message in waitingMessages { owed.insert(message.id) }
         return owed.sorted()
