@@ -16,6 +16,13 @@ extension EventLoop {
         submit(.closure(job))
     }
 
+    /// `execute(_:)` for work that is already an object (no
+    /// closure to allocate): runs `job.runOnLoop()` on the loop thread, in
+    /// order with the other jobs; false when the loop no longer takes work.
+    package func execute(_ job: any LoopJob) -> Bool {
+        submit(.object(job))
+    }
+
     func submit(_ work: Work) -> Bool {
         jobs.withLock { queue -> Bool in
             guard queue.accepting else { return false }
@@ -36,6 +43,7 @@ extension EventLoop {
         for work in batch {
             switch work {
             case .closure(let job): job()
+            case .object(let job): job.runOnLoop()
             case .task(let job, let kind):
                 run(job, kind)
             }
@@ -101,4 +109,12 @@ final class LoopWakeup: HandleOwner {
     }
 
     override func handleDidClose() { close(descriptor) }
+}
+
+/// Work handed to the loop's `execute(_:)` as an object the caller
+/// allocated anyway (a call's state), so that submitting it from another
+/// thread allocates nothing more.
+package protocol LoopJob: AnyObject, Sendable {
+    /// Runs on the loop thread.
+    func runOnLoop()
 }

@@ -38,6 +38,7 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// job (enqueued without allocating a closure for it).
     enum Work: Sendable {
         case closure(@Sendable () -> Void)
+        case object(any LoopJob)
         case task(UnownedJob, JobKind)
     }
 

@@ -9,12 +9,14 @@ import UVLoop
 /// ready; ``install(_:)`` stores the continuation and marks it installed.
 /// Whichever of the two comes second resumes the continuation, so it is
 /// resumed exactly once, whatever the threads' order.
-final class AsyncCall: @unchecked Sendable { // fields published through `rendezvous` / `claimed`
+final class AsyncCall: LoopJob, @unchecked Sendable { // fields published through `rendezvous` / `claimed`
     // Sendable invariant: `outcome` is written once, by the single winner of
     // `claimed`, before its releasing exchange on `rendezvous`; `continuation`
     // is written once, by the caller, before its releasing exchange; each is read
     // only by whoever sees the other's flag in an acquiring exchange. `id` is
-    // touched on the loop only.
+    // touched on the loop only. `start` is written by the submitting thread
+    // before the loop's job-queue lock publishes the call, then read and
+    // cleared on the loop only.
     private static let installedFlag: UInt8 = 1
     private static let readyFlag: UInt8 = 2
     private let claimed = Atomic<Bool>(false)
@@ -23,8 +25,19 @@ final class AsyncCall: @unchecked Sendable { // fields published through `rendez
     private var outcome: Result<[UInt8], any Error>?
     /// The message id while the call is in the table (loop only).
     var id: UInt16?
+    /// What to send, for a call started from another thread: the call goes
+    /// to the loop as itself (``runOnLoop()``), not in a closure (written
+    /// before the call is submitted, read on the loop after the queue's lock).
+    private var start: (endpoint: RPCEndpoint, payload: [UInt8], timeout: Duration?, closeOnError: Bool)?
 
     init() {}
+
+    /// Submits the call to `endpoint`'s loop from another thread; false when
+    /// the loop no longer takes work.
+    func submit(to endpoint: RPCEndpoint, _ payload: [UInt8], timeout: Duration?, closeOnError: Bool) -> Bool {
+        start = (endpoint, payload, timeout, closeOnError)
+        return endpoint.eventLoop.execute(self)
+    }
 
     /// True once an outcome was claimed (answered, failed or cancelled).
     var isFinished: Bool { claimed.load(ordering: .acquiring) }
@@ -42,5 +55,12 @@ final class AsyncCall: @unchecked Sendable { // fields published through `rendez
         outcome = result
         let before = rendezvous.bitwiseOr(Self.readyFlag, ordering: .acquiringAndReleasing).oldValue
         if before & Self.installedFlag != 0 { continuation!.resume(with: result) }
+    }
+
+    /// Starts the submitted call on the loop (``submit(to:_:timeout:closeOnError:)``).
+    func runOnLoop() {
+        guard let (endpoint, payload, timeout, closeOnError) = start else { return }
+        start = nil // the payload is the call table's from here
+        endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: self)
     }
 }

@@ -76,8 +76,8 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// under a lock: a third of an async caller's CPU).
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
-        // One allocation (the call) plus the response's Array; the hop to the
-        // loop costs a closure only when the caller is not on the loop already.
+        // One allocation (the call) plus the response's Array; a caller off the
+        // loop hands the call itself to the loop's job queue (no closure).
         let call = AsyncCall()
         let endpoint = self
         return try await withTaskCancellationHandler {
@@ -87,9 +87,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
                     call.finish(.failure(CancellationError()))
                 } else if endpoint.loop.inEventLoop { // no closure: the common case of a task on the loop
                     endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
-                } else if !endpoint.loop.execute({
-                    endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
-                }) {
+                } else if !call.submit(to: endpoint.endpoint, payload, timeout: timeout, closeOnError: closeOnError) {
                     call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
                 }
             }
