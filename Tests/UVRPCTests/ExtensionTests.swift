@@ -1,6 +1,6 @@
 import Foundation
 import UVLoop
-import UVRPC
+@testable import UVRPC
 import UVTestSupport
 import XCTest
 
@@ -295,6 +295,26 @@ final class ExtensionTests: XCTestCase {
     }
 
     // MARK: Chunking
+
+    func testBigCallsAloneKeepTheBulkWindow() throws {
+        // A chunked call or answer is not small traffic: big calls one after
+        // another, with no small packet anywhere on the loop, keep the bulk
+        // window (they once kept the latency window, a third of the throughput).
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let pair = try harness.endpointPair()
+        let payload = pseudoRandomBytes(count: 300_000, seed: 5)
+        for _ in 0..<3 {
+            XCTAssertEqual(try harness.call(pair.client, payload).get(), payload.reversed())
+            try harness.sync {
+                XCTAssertEqual(pair.client.value.chunkWindow, RPCEndpoint.bulkWindow, "the client, after its big calls")
+                XCTAssertEqual(pair.server.value.chunkWindow, RPCEndpoint.bulkWindow, "the server, after its big answers")
+            }
+        }
+        // One small call on the loop brings the latency window back.
+        XCTAssertEqual(try harness.call(pair.client, [1, 2, 3]).get(), [3, 2, 1])
+        try harness.sync { XCTAssertEqual(pair.client.value.chunkWindow, RPCEndpoint.latencyWindow) }
+    }
 
     func testAHundredMebibytesInChunksInterleaveWithTenThousandSmallCalls() throws {
         let size = sanitizerInUse == nil ? 100 << 20 : 16 << 20

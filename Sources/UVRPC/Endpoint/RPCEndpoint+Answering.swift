@@ -126,8 +126,10 @@ extension RPCEndpoint {
                                   peerProtocol: peer.protocolVersion)
             }
             if sendsChunked(payload.count) {
-                startTransfer(isResponse: true, id: id, payload: payload, owned: owned)
+                // Counted before the transfer's first chunks go (chunkWindow tells them from small packets).
                 metrics.responsesSent &+= 1
+                metrics.chunkedTransfersSent &+= 1
+                startTransfer(isResponse: true, id: id, payload: payload, owned: owned)
                 return
             }
         }

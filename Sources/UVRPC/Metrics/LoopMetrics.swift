@@ -32,6 +32,10 @@ final class LoopMetrics {
     @exclusivity(unchecked) var messagesReceived = 0
     @exclusivity(unchecked) var responsesSent = 0
     @exclusivity(unchecked) var callsSent = 0
+    /// Calls and responses among ``callsSent`` and ``responsesSent`` that went
+    /// as chunked transfers (not published: the chunk window tells small
+    /// packets from big ones by it).
+    @exclusivity(unchecked) var chunkedTransfersSent = 0
     /// Calls that left the in-flight table (answered, failed or cancelled).
     @exclusivity(unchecked) var callsEnded = 0
     @exclusivity(unchecked) var callsFailed = [Int](repeating: 0, count: CallFailureKind.allCases.count)
