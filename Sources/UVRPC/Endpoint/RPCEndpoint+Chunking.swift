@@ -39,7 +39,7 @@ extension RPCEndpoint {
     /// Bytes of payload per CHUNK (the last chunk of a payload may be shorter).
     static let chunkPayloadSize = 8192
     /// The window while small packets flow (see the type's comment).
-    static let latencyWindow = 32 << 10
+    static let latencyWindow = 64 << 10
     /// The window while only big transfers flow.
     static let bulkWindow = 1 << 20
     /// Small packets written within this many milliseconds keep the latency window.
