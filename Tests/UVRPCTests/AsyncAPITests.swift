@@ -105,6 +105,22 @@ final class AsyncAPITests: XCTestCase {
         XCTAssertEqual(results, Array(repeating: true, count: 12))
     }
 
+    func testHandlersThatReturnAtOnceShareOneWorker() async throws {
+        // Handlers that never suspend are all run by one worker task: the check
+        // for a second one runs behind the first and finds the queue empty.
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let (_, serverEndpoint, client) = try await asyncPair(harness.loop)
+        let answered = try await withTimeout("500 calls at once") {
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<500 { group.addTask { try await client.send([UInt8(i & 0xff), 1]) == [1, UInt8(i & 0xff)] } }
+                return try await group.reduce(into: 0) { count, right in count += right ? 1 : 0 }
+            }
+        }
+        XCTAssertEqual(answered, 500)
+        XCTAssertEqual(try harness.sync { serverEndpoint.endpoint.asyncWorkerCount }, 1)
+    }
+
     func testTimeoutWithCloseOnErrorFalseThenTrue() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }

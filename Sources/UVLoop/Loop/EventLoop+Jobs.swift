@@ -23,6 +23,16 @@ extension EventLoop {
         submit(.object(job))
     }
 
+    /// Runs one piece of work on the loop thread.
+    @inline(__always)
+    func perform(_ work: Work) {
+        switch work {
+        case .closure(let job): job()
+        case .object(let job): job.runOnLoop()
+        case .task(let job, let kind): run(job, kind)
+        }
+    }
+
     func submit(_ work: Work) -> Bool {
         jobs.withLock { queue -> Bool in
             guard queue.accepting else { return false }
@@ -40,14 +50,7 @@ extension EventLoop {
         var batch: [Work] = []
         swap(&batch, &spareJobs)
         jobs.withLock { swap(&$0.jobs, &batch) }
-        for work in batch {
-            switch work {
-            case .closure(let job): job()
-            case .object(let job): job.runOnLoop()
-            case .task(let job, let kind):
-                run(job, kind)
-            }
-        }
+        for work in batch { perform(work) }
         batch.removeAll(keepingCapacity: true)
         spareJobs = batch
     }

@@ -8,7 +8,16 @@ extension EventLoop {
     /// will run it (not once shutdown began); false otherwise.
     func enqueueLocally(_ job: UnownedJob, _ kind: JobKind) -> Bool {
         guard !shutdownStarted, inEventLoop else { return false }
-        localJobs.append((job, kind))
+        localJobs.append(.task(job, kind))
+        return true
+    }
+
+    /// Runs `job` after the jobs already queued on this loop, in this turn's
+    /// work: on the loop thread, with no lock and no wake-up. False (and
+    /// `job` dropped) when called off the loop or once shutdown began.
+    package func runAfterQueuedJobs(_ job: any LoopJob) -> Bool {
+        guard !shutdownStarted, inEventLoop else { return false }
+        localJobs.append(.object(job))
         return true
     }
 
@@ -19,7 +28,7 @@ extension EventLoop {
             while !localJobs.isEmpty {
                 var batch = spareLocalJobs
                 swap(&batch, &localJobs)
-                for (job, kind) in batch { run(job, kind) }
+                for work in batch { perform(work) }
                 batch.removeAll(keepingCapacity: true)
                 spareLocalJobs = batch
             }

@@ -78,8 +78,8 @@ public final class EventLoop: @unchecked Sendable { // loop state on its thread 
     /// Task jobs enqueued on the loop thread itself (a task resumed by loop
     /// code): run by the per-turn hooks, without the lock and the wakeup
     /// syscall that jobs from other threads need.
-    @exclusivity(unchecked) var localJobs: [(UnownedJob, JobKind)] = []
-    @exclusivity(unchecked) var spareLocalJobs: [(UnownedJob, JobKind)] = []
+    @exclusivity(unchecked) var localJobs: [Work] = []
+    @exclusivity(unchecked) var spareLocalJobs: [Work] = []
     @exclusivity(unchecked) var shutdownStarted = false
     /// Connections with bytes to flush at the end of this loop turn.
     @exclusivity(unchecked) var pendingFlush: [Connection] = []

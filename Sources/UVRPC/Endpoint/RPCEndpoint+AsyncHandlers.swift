@@ -56,6 +56,33 @@ extension RPCEndpoint {
         }, key: key)
     }
 
+    /// Makes sure a worker takes the queue should the running one suspend:
+    /// a check queued behind the running worker's job (``AsyncWorkerStandby``),
+    /// which finds the queue empty when the handlers returned without
+    /// suspending (the common case: then no second worker was woken and
+    /// parked again, as one was for every read before).
+    private func postStandby() {
+        guard workerStandby.endpoint == nil else { return } // one is on its way
+        workerStandby.endpoint = self
+        if !eventLoop.runAfterQueuedJobs(workerStandby) {
+            workerStandby.endpoint = nil
+            scheduleWorker()
+        }
+    }
+
+    /// The endpoint's standby check, made with its first use.
+    private var workerStandby: AsyncWorkerStandby {
+        if let standby = workerStandbyStorage { return standby }
+        let standby = AsyncWorkerStandby()
+        workerStandbyStorage = standby
+        return standby
+    }
+
+    /// The standby check runs: the running worker suspended (or parked) since it was posted.
+    func standbyCheck() {
+        if !closing && workers.needsAnotherWorker { scheduleWorker() }
+    }
+
     /// A worker's life: drain the queue, park, repeat; returns when it should
     /// end. A worker whose handler call was cancelled by the peer (its task
     /// cancelled) ends after that call; another takes the queue.
@@ -69,7 +96,7 @@ extension RPCEndpoint {
                     continue
                 }
                 // Should this handler suspend, another worker goes on with the queue.
-                if workers.needsAnotherWorker { scheduleWorker() }
+                if workers.needsAnotherWorker { postStandby() }
                 let request = RPCAsyncRequest(payload: payload)
                 let context = RPCHandlerContext(messageID: id, facts: connectionFacts)
                 workers.handlerStarted()
@@ -123,5 +150,20 @@ extension RPCEndpoint {
     func stopAsyncWorkers() {
         for worker in workers.stop() { worker.resume(returning: false) }
         for task in workers.tasks.values { task.cancel() }
+    }
+}
+
+/// The check a running worker queues behind its own job (``RPCEndpoint/standbyCheck()``):
+/// by the time it runs, that worker has suspended or parked, and a worker is
+/// scheduled if requests still wait. One per endpoint, reused; it holds its
+/// endpoint only while queued.
+final class AsyncWorkerStandby: LoopJob, @unchecked Sendable { // touched on its endpoint's loop only
+    /// The endpoint to check, while the check is queued (nil otherwise).
+    var endpoint: RPCEndpoint?
+
+    func runOnLoop() {
+        guard let endpoint else { return }
+        self.endpoint = nil
+        endpoint.standbyCheck()
     }
 }

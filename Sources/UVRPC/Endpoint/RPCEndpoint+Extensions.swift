@@ -143,6 +143,8 @@ extension RPCEndpoint {
     package var reservedCallIDCount: Int { calls.reservedCount }
     /// Async handler calls running now (for tests). Loop-bound.
     package var runningAsyncHandlerCount: Int { workers.running }
+    /// Async worker tasks alive, parked or running (for tests). Loop-bound.
+    package var asyncWorkerCount: Int { workers.tasks.count }
     /// Bytes of payload buffers the parser holds (for tests). Loop-bound.
     package var heldPayloadBytes: Int { parser.memory.held }
     /// Payloads in parts being received or skipped (for tests). Loop-bound.

@@ -195,6 +195,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var answers = OwedAnswers()
     /// The async handler's queue and worker tasks (RPCEndpoint+AsyncHandlers.swift).
     @exclusivity(unchecked) var workers = AsyncWorkers()
+    /// The check queued behind a running worker (RPCEndpoint+AsyncHandlers.swift).
+    @exclusivity(unchecked) var workerStandbyStorage: AsyncWorkerStandby?
     /// The outgoing calls: in flight, waiting to be written, the armed deadline (RPCEndpoint+Sending.swift).
     @exclusivity(unchecked) var calls = OutgoingCalls()
     /// The chunked transfers this side sends and their flow control (RPCEndpoint+Chunking.swift).
