@@ -105,6 +105,40 @@ final class AsyncAPITests: XCTestCase {
         XCTAssertEqual(results, Array(repeating: true, count: 12))
     }
 
+    func testCallersOnTheLoopReuseTheirCallsAndOthersDoNot() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let loop = harness.loop
+        let (_, _, client) = try await asyncPair(loop)
+        try await withTimeout("calls from a task on the loop") {
+            try await Task(executorPreference: loop.taskExecutor) {
+                for i in 0..<20 {
+                    let answer = try await client.send([UInt8(i), 7])
+                    XCTAssertEqual(answer, [7, UInt8(i)])
+                }
+            }.value
+        }
+        XCTAssertEqual(try harness.sync { client.endpoint.spareCallCount }, 1, "one call object served 20 calls in turn")
+        // Calls from off the loop (the global executor) allocate their own and keep none.
+        for i in 0..<5 {
+            let answer = try await Task.detached { try await client.send([UInt8(i), 8]) }.value
+            XCTAssertEqual(answer, [8, UInt8(i)])
+        }
+        XCTAssertEqual(try harness.sync { client.endpoint.spareCallCount }, 1)
+        // A cancelled call on the loop still ends with CancellationError, and the next calls work.
+        try await withTimeout("a cancelled call on the loop") {
+            try await Task(executorPreference: loop.taskExecutor) {
+                let cancelled = Task(executorPreference: loop.taskExecutor) { try await client.send([0xff, 0xff], timeout: .seconds(30)) }
+                cancelled.cancel()
+                do { _ = try await cancelled.value; XCTFail("the cancelled call was answered") } catch is CancellationError {}
+                for i in 0..<5 {
+                    let answer = try await client.send([UInt8(i), 9])
+                    XCTAssertEqual(answer, [9, UInt8(i)])
+                }
+            }.value
+        }
+    }
+
     func testHandlersThatReturnAtOnceShareOneWorker() async throws {
         // Handlers that never suspend are all run by one worker task: the check
         // for a second one runs behind the first and finds the queue empty.

@@ -32,6 +32,20 @@ final class AsyncCall: LoopJob, @unchecked Sendable { // fields published throug
 
     init() {}
 
+    /// Makes a finished call, no longer referenced anywhere else, new again
+    /// (the endpoint keeps it for its next caller on the loop).
+    func reset() {
+        // The caller was resumed through `rendezvous`: this acquiring load orders
+        // every write to the call (on whatever thread) before the stores below.
+        _ = rendezvous.load(ordering: .acquiring)
+        claimed.store(false, ordering: .relaxed)
+        rendezvous.store(0, ordering: .relaxed)
+        continuation = nil
+        outcome = nil
+        id = nil
+        start = nil
+    }
+
     /// Submits the call to `endpoint`'s loop from another thread; false when
     /// the loop no longer takes work.
     func submit(to endpoint: RPCEndpoint, _ payload: [UInt8], timeout: Duration?, closeOnError: Bool) -> Bool {

@@ -76,26 +76,35 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// under a lock: a third of an async caller's CPU).
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
-        // One allocation (the call) plus the response's Array; a caller off the
-        // loop hands the call itself to the loop's job queue (no closure).
-        let call = AsyncCall()
+        // A caller on the loop reuses a call its endpoint kept from an earlier
+        // one (the response's Array is then the only allocation); a caller off
+        // the loop allocates one and hands it to the loop's job queue (no closure).
+        let onLoop = loop.inEventLoop
+        let call = onLoop ? endpoint.takeSpareCall() : AsyncCall()
         let endpoint = self
-        return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { continuation in
-                call.install(continuation)
-                if Task.isCancelled {
-                    call.finish(.failure(CancellationError()))
-                } else if endpoint.loop.inEventLoop { // no closure: the common case of a task on the loop
-                    endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
-                } else if !call.submit(to: endpoint.endpoint, payload, timeout: timeout, closeOnError: closeOnError) {
-                    call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
+        let outcome: Result<[UInt8], any Error>
+        do {
+            outcome = .success(try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { continuation in
+                    call.install(continuation)
+                    if Task.isCancelled {
+                        call.finish(.failure(CancellationError()))
+                    } else if endpoint.loop.inEventLoop { // no closure: the common case of a task on the loop
+                        endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
+                    } else if !call.submit(to: endpoint.endpoint, payload, timeout: timeout, closeOnError: closeOnError) {
+                        call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
+                    }
                 }
-            }
-        } onCancel: {
-            guard !call.isFinished else { return }
-            // Always through the queue: the canceller may be inside a loop callback.
-            if !endpoint.loop.execute({ endpoint.endpoint.cancelCall(call) }) { call.finish(.failure(CancellationError())) }
+            } onCancel: {
+                guard !call.isFinished else { return }
+                // Always through the queue: the canceller may be inside a loop callback.
+                if !endpoint.loop.execute({ endpoint.endpoint.cancelCall(call) }) { call.finish(.failure(CancellationError())) }
+            })
+        } catch {
+            outcome = .failure(error)
         }
+        if onLoop && loop.inEventLoop { self.endpoint.keepSpareCall(consume call) }
+        return try outcome.get()
     }
 
     /// Handles every incoming message with `handler`, as

@@ -145,6 +145,8 @@ extension RPCEndpoint {
     package var runningAsyncHandlerCount: Int { workers.running }
     /// Async worker tasks alive, parked or running (for tests). Loop-bound.
     package var asyncWorkerCount: Int { workers.tasks.count }
+    /// Finished async calls kept for the next callers on the loop (for tests). Loop-bound.
+    package var spareCallCount: Int { spareCalls.count }
     /// Bytes of payload buffers the parser holds (for tests). Loop-bound.
     package var heldPayloadBytes: Int { parser.memory.held }
     /// Payloads in parts being received or skipped (for tests). Loop-bound.

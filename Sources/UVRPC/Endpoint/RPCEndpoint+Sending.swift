@@ -214,6 +214,24 @@ extension RPCEndpoint {
     /// Starts an async call, or queues it while the connection is not
     /// writable (or older async sends still wait), so an async sender faster
     /// than its peer is held back instead of growing the outgoing buffer.
+    /// Spare async calls kept at most per endpoint.
+    static let maximumSpareCalls = 256
+
+    /// A call for a caller on the loop: one kept from an earlier call, or a new one. Loop-bound.
+    func takeSpareCall() -> AsyncCall {
+        spareCalls.popLast() ?? AsyncCall()
+    }
+
+    /// Keeps a finished call for the next caller on the loop, when nothing
+    /// else references it any more (a canceller's job may still hold it:
+    /// then it is left to be freed). Loop-bound.
+    func keepSpareCall(_ call: consuming AsyncCall) {
+        var call = call
+        guard spareCalls.count < Self.maximumSpareCalls, isKnownUniquelyReferenced(&call) else { return }
+        call.reset()
+        spareCalls.append(call)
+    }
+
     func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
         checkLoop("RPCEndpoint.send")
         if call.isFinished { return }

@@ -195,6 +195,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var answers = OwedAnswers()
     /// The async handler's queue and worker tasks (RPCEndpoint+AsyncHandlers.swift).
     @exclusivity(unchecked) var workers = AsyncWorkers()
+    /// Finished async calls kept for the next callers on the loop (RPCEndpoint+Sending.swift).
+    @exclusivity(unchecked) var spareCalls: [AsyncCall] = []
     /// The check queued behind a running worker (RPCEndpoint+AsyncHandlers.swift).
     @exclusivity(unchecked) var workerStandbyStorage: AsyncWorkerStandby?
     /// The outgoing calls: in flight, waiting to be written, the armed deadline (RPCEndpoint+Sending.swift).
