@@ -8,14 +8,15 @@ import UVLoop
 /// is woken drains the queue: it calls the handler for one request after
 /// another, in the same job, as long as handlers return without suspending
 /// (an echo, a lookup in loop-owned state). So a burst of messages from one
-/// read costs one or two jobs, not one per message.
+/// read costs one job, not one per message.
 ///
 /// A handler that awaits must not hold up the others: before each handler
-/// call that leaves requests queued, a second worker is scheduled (one job,
-/// queued behind the running one). If the handler returns at once, that
-/// worker finds the queue empty and parks again; if it suspends, that worker
-/// carries on with the queue. Workers grow that way to as many handlers as
-/// are suspended at once, plus one; parked workers beyond
+/// call that leaves requests queued, a standby check is queued behind the
+/// running worker's job (``AsyncWorkerStandby``, a plain loop job). If the
+/// handlers return at once, the check finds the queue empty and does nothing
+/// (one worker task serves the endpoint); if one suspends, the check wakes
+/// or starts another worker for the queue. Workers grow that way to as many
+/// handlers as are suspended at once, plus one; parked workers beyond
 /// ``AsyncWorkers/maximumIdleWorkers`` end. Every worker ends when the endpoint closes
 /// (handlers still running are cancelled).
 ///

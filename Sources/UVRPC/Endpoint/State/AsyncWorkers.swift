@@ -3,8 +3,9 @@
 /// and cancels the tasks (``RPCEndpoint+AsyncHandlers.swift``).
 ///
 /// A woken worker drains the queue; before each handler call that leaves
-/// requests queued, a second worker is scheduled (``needsAnotherWorker``), so
-/// a handler that suspends holds up no other. Workers are woken from the
+/// requests queued, the endpoint queues a check behind the running worker
+/// that schedules another one if the queue still ``needsAnotherWorker``
+/// then (the running one suspended), so a handler that suspends holds up no other. Workers are woken from the
 /// parked ones first (``scheduleWorker()``); at most
 /// ``maximumIdleWorkers`` park (``mayPark``), the others end.
 struct AsyncWorkers {
@@ -70,8 +71,8 @@ struct AsyncWorkers {
     /// A scheduled worker's job runs.
     mutating func workerStarted() { scheduled -= 1 }
 
-    /// Whether another worker should be scheduled before a handler call:
-    /// requests remain queued and none is on its way for them.
+    /// Whether another worker should be scheduled: requests remain queued
+    /// and none is on its way for them.
     var needsAnotherWorker: Bool { head < queue.count && scheduled == 0 }
 
     /// Takes the oldest queued request, if any; the queue's storage is reset
