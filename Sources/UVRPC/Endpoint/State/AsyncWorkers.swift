@@ -20,8 +20,16 @@ struct AsyncWorkers {
         case start(key: UInt64)
     }
 
-    /// Requests waiting for a worker, oldest first from `head`.
-    private(set) var queue: [(id: UInt16, payload: [UInt8])] = []
+    /// A request waiting for a worker. (A struct, not a tuple: an array of
+    /// tuples is destroyed element by element through generic value witnesses.)
+    struct QueuedRequest {
+        var id: UInt16
+        var payload: [UInt8]
+    }
+
+    /// Requests waiting for a worker, oldest first from `head`; those before
+    /// `head` were taken (their payloads moved out).
+    private(set) var queue: [QueuedRequest] = []
     private(set) var head = 0
     /// Parked workers; resumed with true to work, false to end. Each
     /// continuation is resumed exactly once: it leaves this array when it is
@@ -39,7 +47,7 @@ struct AsyncWorkers {
     var queuedCount: Int { queue.count - head }
 
     /// The ids of the queued requests, oldest first.
-    var queuedIDs: LazyMapSequence<ArraySlice<(id: UInt16, payload: [UInt8])>, UInt16> {
+    var queuedIDs: LazyMapSequence<ArraySlice<QueuedRequest>, UInt16> {
         queue[head...].lazy.map(\.id)
     }
 
@@ -49,7 +57,7 @@ struct AsyncWorkers {
     /// Queues a request; returns true when a worker must be scheduled for it
     /// (none is already on its way).
     mutating func enqueue(id: UInt16, payload: [UInt8]) -> Bool {
-        queue.append((id, payload))
+        queue.append(QueuedRequest(id: id, payload: payload))
         return scheduled == 0
     }
 
@@ -79,13 +87,15 @@ struct AsyncWorkers {
     /// once it is drained (and given back when it held more than 1024).
     mutating func next() -> (id: UInt16, payload: [UInt8])? {
         guard head < queue.count else { return nil }
-        let request = queue[head]
+        // Moved out, not copied: no retain here and no release when the queue is emptied.
+        var request = QueuedRequest(id: 0, payload: [])
+        swap(&request, &queue[head])
         head += 1
         if head == queue.count {
             queue.removeAll(keepingCapacity: queue.count <= 1024)
             head = 0
         }
-        return request
+        return (request.id, request.payload)
     }
 
     /// Removes queued request `id` (the peer cancelled it); false if none is queued.
