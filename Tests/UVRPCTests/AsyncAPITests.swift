@@ -139,6 +139,23 @@ final class AsyncAPITests: XCTestCase {
         }
     }
 
+    func testAHandlerThatCancelsItsOwnTaskDoesNotCancelLaterHandlers() async throws {
+        // Found in review: a worker whose task was cancelled by its handler kept
+        // serving, and every later handler saw a cancelled task.
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let (_, _, client) = try await asyncPair(harness.loop, serverHandler: { request, _ in
+            if request.payload.first == 9 { withUnsafeCurrentTask { $0?.cancel() } }
+            try Task.checkCancellation()
+            return request.payload
+        })
+        _ = try? await client.send([9])
+        for i in 0..<5 {
+            let answer = try await client.send([UInt8(i)])
+            XCTAssertEqual(answer, [UInt8(i)])
+        }
+    }
+
     func testHandlersThatReturnAtOnceShareOneWorker() async throws {
         // Handlers that never suspend are all run by one worker task: the check
         // for a second one runs behind the first and finds the queue empty.

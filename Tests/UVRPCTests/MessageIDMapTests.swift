@@ -30,6 +30,21 @@ final class MessageIDMapTests: XCTestCase {
         XCTAssertEqual(Set(map.elements.map(\.id)), [19, 35, 51])
     }
 
+    func testTheTableStaysWithinItsBoundWithEveryIDLive() {
+        // Found in review: many live ids cycling in order doubled the table past its stated bound.
+        var map = MessageIDMap<Int>()
+        for id in 0..<65_536 { map[UInt16(id)] = id }
+        for round in 0..<30_000 { // the oldest ends, its id comes back with a newer message
+            let id = UInt16(round)
+            XCTAssertEqual(map.removeValue(forKey: id), round)
+            map[id] = 65_536 + round
+        }
+        XCTAssertEqual(map.count, 65_536)
+        XCTAssertLessThanOrEqual(map.capacity, MessageIDMap<Int>.maximumCapacity)
+        XCTAssertEqual(map[0], 65_536)
+        XCTAssertEqual(map[65_535], 65_535)
+    }
+
     func testManyOperationsAgreeWithADictionary() {
         var map = MessageIDMap<UInt64>()
         var model: [UInt16: UInt64] = [:]

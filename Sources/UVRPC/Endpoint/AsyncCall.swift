@@ -2,7 +2,8 @@ import Synchronization
 import UVLoop
 
 /// The state of one `send(...) async`, shared by the caller's task, a
-/// canceller and the loop: one allocation per call, no lock.
+/// canceller and the loop: no lock. A caller off the loop allocates one per
+/// call; callers on the loop reuse the ones their endpoint keeps (``reset()``).
 ///
 /// The outcome and the continuation meet through one atomic: ``finish(_:)``
 /// claims the call once (`claimed`), stores the outcome and then marks it
@@ -10,13 +11,15 @@ import UVLoop
 /// Whichever of the two comes second resumes the continuation, so it is
 /// resumed exactly once, whatever the threads' order.
 final class AsyncCall: LoopJob, @unchecked Sendable { // fields published through `rendezvous` / `claimed`
-    // Sendable invariant: `outcome` is written once, by the single winner of
+    // Sendable invariant: per use (between `init` or `reset()` and the caller's
+    // resumption), `outcome` is written once, by the single winner of
     // `claimed`, before its releasing exchange on `rendezvous`; `continuation`
     // is written once, by the caller, before its releasing exchange; each is read
     // only by whoever sees the other's flag in an acquiring exchange. `id` is
     // touched on the loop only. `start` is written by the submitting thread
     // before the loop's job-queue lock publishes the call, then read and
-    // cleared on the loop only.
+    // cleared on the loop only. `reset()` runs on the loop when nothing else
+    // references the call, after an acquiring load of `rendezvous`.
     private static let installedFlag: UInt8 = 1
     private static let readyFlag: UInt8 = 2
     private let claimed = Atomic<Bool>(false)

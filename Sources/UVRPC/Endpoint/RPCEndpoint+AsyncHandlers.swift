@@ -111,13 +111,6 @@ extension RPCEndpoint {
                 // Answer only if the peer did not cancel the call (nor reuse its id since).
                 if !answers.endAsyncHandler(id: id, sequence: sequence) {
                     logger.debug("message handler ended after the peer cancelled it; no answer sent", metadata: ["rpc.id": "\(id)"])
-                    // Only the peer's CANCEL (which made this false) or the close cancels a
-                    // worker's task, so this is the one place to look.
-                    if Task.isCancelled && !closing {
-                        // This worker's task was cancelled for that call: it cannot run more handlers.
-                        if workers.needsAnotherWorker { scheduleWorker() }
-                        return
-                    }
                 } else {
                     switch outcome {
                     case .success(let response):
@@ -133,6 +126,13 @@ extension RPCEndpoint {
                         logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
                                      metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                     }
+                }
+                // A worker whose task was cancelled (by the peer's CANCEL for that call,
+                // or by the handler itself) cannot run more handlers: every one would
+                // see a cancelled task. Another takes the queue.
+                if Task.isCancelled && !closing {
+                    if workers.needsAnotherWorker { scheduleWorker() }
+                    return
                 }
             }
             if closing || !workers.mayPark { return }

@@ -19,7 +19,8 @@ import UVLoop
 /// acknowledges the chunk bytes it has read (CHUNK_ACK, after each read),
 /// and the window bounds the bytes written and not yet acknowledged. It is
 /// ``latencyWindow`` while small packets flow on the loop (a small call
-/// then waits behind about a loopback's 30 µs of chunks), and the larger
+/// then waits behind at most that much: 64 KiB, tens of microseconds on
+/// loopback), and the larger
 /// ``bulkWindow`` while only big transfers do (throughput is the window per
 /// round trip).
 ///

@@ -211,9 +211,6 @@ extension RPCEndpoint {
         if calls.needsEarlierTimer(for: deadline) { armDeadlineTimer(now: now) }
     }
 
-    /// Starts an async call, or queues it while the connection is not
-    /// writable (or older async sends still wait), so an async sender faster
-    /// than its peer is held back instead of growing the outgoing buffer.
     /// Spare async calls kept at most per endpoint.
     static let maximumSpareCalls = 256
 
@@ -232,6 +229,9 @@ extension RPCEndpoint {
         spareCalls.append(call)
     }
 
+    /// Starts an async call, or queues it while the connection is not
+    /// writable (or older async sends still wait), so an async sender faster
+    /// than its peer is held back instead of growing the outgoing buffer.
     func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
         checkLoop("RPCEndpoint.send")
         if call.isFinished { return }
