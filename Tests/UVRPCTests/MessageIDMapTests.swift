@@ -11,23 +11,29 @@ final class MessageIDMapTests: XCTestCase {
         XCTAssertTrue(map.elements.isEmpty)
     }
 
-    func testIDsSharingLowBitsKeepTheirOwnValues() {
+    func testIDsThatStartAtTheSameSlotKeepTheirOwnValues() {
         var map = MessageIDMap<String>()
-        // 16 slots at first: 3, 19, 35 all start at slot 3.
-        map[3] = "a"
-        map[19] = "b"
-        map[35] = "c"
+        map[0] = "first" // sizes the table (16 slots)
+        XCTAssertEqual(map.removeValue(forKey: 0), "first")
+        // Four ids whose first slot is the same, found by the map's own placement.
+        let slot = map.home(3)
+        let ids = Array((0...UInt16.max).lazy.filter { map.home($0) == slot }.prefix(4))
+        XCTAssertEqual(ids.count, 4)
+        let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3])
+        map[a] = "a"
+        map[b] = "b"
+        map[c] = "c"
         XCTAssertEqual(map.count, 3)
-        XCTAssertEqual(map[19], "b")
-        XCTAssertEqual(map.removeValue(forKey: 3), "a", "removing the first of a run")
-        XCTAssertNil(map[3])
-        XCTAssertEqual(map[19], "b", "found past the removed slot")
-        XCTAssertEqual(map[35], "c")
-        map[19] = "B"
-        XCTAssertEqual(map[19], "B", "replaced in place")
+        XCTAssertEqual(map[b], "b")
+        XCTAssertEqual(map.removeValue(forKey: a), "a", "removing the first of a run")
+        XCTAssertNil(map[a])
+        XCTAssertEqual(map[b], "b", "found past the removed slot")
+        XCTAssertEqual(map[c], "c")
+        map[b] = "B"
+        XCTAssertEqual(map[b], "B", "replaced in place")
         XCTAssertEqual(map.count, 2)
-        map[51] = "d"
-        XCTAssertEqual(Set(map.elements.map(\.id)), [19, 35, 51])
+        map[d] = "d"
+        XCTAssertEqual(Set(map.elements.map(\.id)), [b, c, d])
     }
 
     func testTheTableStaysWithinItsBoundWithEveryIDLive() {

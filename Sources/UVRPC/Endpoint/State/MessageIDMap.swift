@@ -85,7 +85,7 @@ struct MessageIDMap<Value> {
     /// slot, live ids in order formed one run that every new id crossing it
     /// scanned to its end).
     @inline(__always)
-    private func home(_ id: UInt16) -> Int {
+    func home(_ id: UInt16) -> Int {
         Int(truncatingIfNeeded: (UInt32(id) &* 0x9E37_79B9) >> shift)
     }
 
