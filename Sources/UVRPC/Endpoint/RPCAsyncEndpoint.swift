@@ -89,7 +89,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
                     call.install(continuation)
                     if Task.isCancelled {
                         call.finish(.failure(CancellationError()))
-                    } else if endpoint.loop.inEventLoop { // no closure: the common case of a task on the loop
+                    } else if onLoop { // no closure: the common case of a task on the loop
                         endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
                     } else if !call.submit(to: endpoint.endpoint, payload, timeout: timeout, closeOnError: closeOnError) {
                         call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))

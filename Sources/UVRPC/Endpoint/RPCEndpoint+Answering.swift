@@ -126,9 +126,6 @@ extension RPCEndpoint {
                                   peerProtocol: peer.protocolVersion)
             }
             if sendsChunked(payload.count) {
-                // Counted before the transfer's first chunks go (chunkWindow tells them from small packets).
-                metrics.responsesSent &+= 1
-                metrics.chunkedTransfersSent &+= 1
                 startTransfer(isResponse: true, id: id, payload: payload, owned: owned)
                 return
             }

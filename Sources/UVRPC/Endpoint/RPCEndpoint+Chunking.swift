@@ -68,6 +68,10 @@ extension RPCEndpoint {
     /// `owned`, when given, holds the same bytes as `payload` and is kept instead of a copy.
     func startTransfer(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil) {
         let transfer = OutgoingTransfer(isResponse: isResponse, id: id, payload: owned ?? Array(payload))
+        // Counted as sent, and as chunked, before its first chunks go: the
+        // chunk window (chunkWindow) tells small packets from big ones by both.
+        if isResponse { metrics.responsesSent &+= 1 } else { metrics.callsSent &+= 1 }
+        metrics.chunkedTransfersSent &+= 1
         payloadBudget?.charge(payload.count) // given back by discard(_:)
         if let startsNow = outgoing.add(transfer) { activate(startsNow) }
         connection.wantsWriteProgress = true

@@ -197,9 +197,6 @@ extension RPCEndpoint {
         }
         if case .async(let call) = completion { call.id = id }
         if sendsChunked(payload.count) {
-            // Counted before the transfer's first chunks go (chunkWindow tells them from small packets).
-            metrics.callsSent &+= 1
-            metrics.chunkedTransfersSent &+= 1
             startTransfer(isResponse: false, id: id, payload: payload, owned: owned)
         } else { do {
             try writeFrame(isResponse: false, id: id, payload: payload)
