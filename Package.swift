@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "UVLoop", targets: ["UVLoop"]),
         .library(name: "UVRPC", targets: ["UVRPC"]),
+        .library(name: "UVRPCMessages", targets: ["UVRPCMessages"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
@@ -48,6 +49,13 @@ let package = Package(
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                            .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
+        // Typed calls on top of UVRPC: Codable messages in efro.message's JSON
+        // (wire-compatible with Python efro.message peers). Uses Date and Data
+        // from FoundationEssentials; UVRPC itself stays free of Foundation.
+        .target(
+            name: "UVRPCMessages",
+            dependencies: ["UVLoop", "UVRPC", .product(name: "Logging", package: "swift-log")]
+        ),
         // The uvrpc command-line tool: `serve` (echo server) and `call` (load and check).
         // Its folder is not `Sources/uvrpc`: that differs from `Sources/UVRPC` only
         // by case, and the tree must check out on case-insensitive file systems.
@@ -86,6 +94,24 @@ let package = Package(
             name: "example-kv-client",
             dependencies: ["UVLoop", "UVRPC"],
             path: "Examples/KeyValueClient"
+        ),
+        // The `scores` demo protocol of MESSAGES.md (types, declaration, the server's board and
+        // handlers), shared by the typed examples, the tests and the benchmark.
+        .target(
+            name: "ExampleScores",
+            dependencies: ["UVRPC", "UVRPCMessages"],
+            path: "Examples/Scores"
+        ),
+        // Typed calls both ways: the scores server and a client making each of its calls.
+        .executableTarget(
+            name: "example-typed-server",
+            dependencies: ["UVLoop", "UVRPC", "UVRPCMessages", "ExampleScores"],
+            path: "Examples/TypedServer"
+        ),
+        .executableTarget(
+            name: "example-typed-client",
+            dependencies: ["UVLoop", "UVRPC", "UVRPCMessages", "ExampleScores"],
+            path: "Examples/TypedClient"
         ),
         // A server run as a Service under a ServiceGroup: SIGTERM drains it.
         .executableTarget(
@@ -156,6 +182,7 @@ let package = Package(
         .testTarget(
             name: "UVRPCTests",
             dependencies: ["UVRPC", "UVLoop", "UVTestSupport", "EndpointFuzzHarness", "ServerChild",
+                           "UVRPCMessages", "ExampleScores",
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "MetricsTestKit", package: "swift-metrics")],

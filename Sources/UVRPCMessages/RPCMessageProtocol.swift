@@ -1,0 +1,196 @@
+/// A typed protocol, declared once: its message types and response types,
+/// each under its id (messages and responses are two id spaces; ids are
+/// small, non-negative and never change once used), and the codec.
+///
+/// ```swift
+/// let scores = try RPCMessageProtocol(
+///     messages: [0: SubmitScore.self, 1: TopScores.self, 2: Ping.self],
+///     responses: [0: SubmitResult.self, 1: TopScoresResult.self])
+/// ```
+///
+/// The declaration is checked when it is made: a duplicate or negative id,
+/// a type registered twice, or a message whose response type is not
+/// registered throws an ``RPCMessageProtocolError`` naming the type.
+public struct RPCMessageProtocol: Sendable {
+    /// How messages become payloads (efro.message JSON by default).
+    public let codec: any RPCMessageCodec
+    private let messageTypes: [Int: any RPCMessage.Type]
+    private let messageIDs: [ObjectIdentifier: Int]
+    private let responseTypes: [Int: any RPCResponseMessage.Type]
+    private let responseIDs: [ObjectIdentifier: Int]
+
+    /// efro's system response ids: an error, and the empty response.
+    static let errorResponseID = -1, emptyResponseID = -2
+
+    /// Declares a protocol.
+    /// - Parameters:
+    ///   - messages: each message type under its id.
+    ///   - responses: each response type under its id; every response type
+    ///     a message declares must be here.
+    ///   - codec: how values become payloads; efro.message JSON (what
+    ///     Python peers speak) by default.
+    /// - Throws: ``RPCMessageProtocolError`` naming the first mistake.
+    public init(messages: KeyValuePairs<Int, any RPCMessage.Type>,
+                responses: KeyValuePairs<Int, any RPCResponseMessage.Type>,
+                codec: any RPCMessageCodec = RPCMessageJSONCodec()) throws(RPCMessageProtocolError) {
+        var messageTypes: [Int: any RPCMessage.Type] = [:], messageIDs: [ObjectIdentifier: Int] = [:]
+        for (id, type) in messages {
+            guard id >= 0 else { throw .init("message type \(type) has id \(id): ids are 0 or more (negative ids are efro's system responses)") }
+            if let other = messageTypes[id] { throw .init("message types \(other) and \(type) both have id \(id)") }
+            if let other = messageIDs[ObjectIdentifier(type)] { throw .init("message type \(type) is registered twice (ids \(other) and \(id))") }
+            messageTypes[id] = type
+            messageIDs[ObjectIdentifier(type)] = id
+        }
+        var responseTypes: [Int: any RPCResponseMessage.Type] = [:], responseIDs: [ObjectIdentifier: Int] = [:]
+        for (id, type) in responses {
+            guard id >= 0 else { throw .init("response type \(type) has id \(id): ids are 0 or more (negative ids are efro's system responses)") }
+            if let other = responseTypes[id] { throw .init("response types \(other) and \(type) both have id \(id)") }
+            if let other = responseIDs[ObjectIdentifier(type)] { throw .init("response type \(type) is registered twice (ids \(other) and \(id))") }
+            responseTypes[id] = type
+            responseIDs[ObjectIdentifier(type)] = id
+        }
+        for (_, type) in messages {
+            for response in type.answerTypes where responseIDs[ObjectIdentifier(response)] == nil {
+                throw .init("message type \(type) is answered with \(response), which is not among the protocol's responses")
+            }
+        }
+        self.codec = codec
+        (self.messageTypes, self.messageIDs) = (messageTypes, messageIDs)
+        (self.responseTypes, self.responseIDs) = (responseTypes, responseIDs)
+    }
+
+    /// The id of message type `type`; nil when it is not in this protocol.
+    public func id(of type: any RPCMessage.Type) -> Int? { messageIDs[ObjectIdentifier(type)] }
+
+    /// The id of response type `type`; nil when it is not in this protocol.
+    public func id(of type: any RPCResponseMessage.Type) -> Int? { responseIDs[ObjectIdentifier(type)] }
+
+    /// Every message type, by id.
+    var messages: [Int: any RPCMessage.Type] { messageTypes }
+
+    // MARK: - The caller's side
+
+    /// The payload of `message`.
+    func encode<Message: RPCMessage>(_ message: Message) throws -> [UInt8] {
+        guard let id = messageIDs[ObjectIdentifier(Message.self)] else {
+            throw RPCMessageError(.notInProtocol, "cannot send \(Message.self): it is not a message type of this protocol")
+        }
+        do {
+            return try codec.encode(message, typeID: id)
+        } catch {
+            throw RPCMessageError(.encodingFailed, "cannot encode \(Message.self): \(describe(error))")
+        }
+    }
+
+    /// The answer a response payload carries for a `Message`, or the error it carries.
+    func decodeAnswer<Message: RPCMessage>(_ payload: [UInt8], to message: Message.Type, from peer: @autoclosure () -> String) throws -> Message.Response {
+        let decoded: (typeID: Int, value: any Decodable)
+        do {
+            decoded = try codec.decode(payload) { id throws -> any Decodable.Type in
+                switch id {
+                case Self.errorResponseID: return ErrorResponse.self
+                case Self.emptyResponseID: return EmptyResponse.self
+                default:
+                    guard let type = responseTypes[id] else { throw UnknownID(id: id) }
+                    return type
+                }
+            }
+        } catch let unknown as UnknownID {
+            throw RPCMessageError(.unexpectedResponse, "\(Message.self) sent to \(peer()) was answered with response id \(unknown.id), which this protocol does not have")
+        } catch {
+            throw RPCMessageError(.undecodable, "the answer to \(Message.self) from \(peer()) does not decode: \(describe(error))")
+        }
+        if let failure = decoded.value as? ErrorResponse {
+            let kind = failure.e >= 0 ? RPCMessageError.Kind(rawValue: failure.e) : .remote
+            throw RPCMessageError(kind, failure.m)
+        }
+        let response = decoded.value as? any RPCResponseMessage
+        guard let answer = Message.Response(response: response) else {
+            let got = response.map { "\(type(of: $0))" } ?? "the empty response"
+            let declared = Message.Response.responseTypes.isEmpty ? "nothing"
+                : Message.Response.responseTypes.map { "\($0)" }.joined(separator: " or ")
+            throw RPCMessageError(.unexpectedResponse, "\(Message.self) sent to \(peer()) was answered with \(got); it declares \(declared)")
+        }
+        return answer
+    }
+
+    // MARK: - The handler's side
+
+    /// The message a payload carries, with its id.
+    func decodeMessage(_ payload: [UInt8]) throws -> (id: Int, message: any RPCMessage) {
+        let decoded = try codec.decode(payload) { id throws -> any Decodable.Type in
+            guard let type = messageTypes[id] else { throw UnknownID(id: id) }
+            return type
+        }
+        // Every type in `messageTypes` is an RPCMessage: the cast cannot fail.
+        return (decoded.typeID, decoded.value as! any RPCMessage)
+    }
+
+    /// The payload of an answer: its response, or the empty response.
+    func encode(answer: some RPCAnswer, to message: String) throws -> [UInt8] {
+        guard let response = answer.response else { return try codec.encode(EmptyResponse(), typeID: Self.emptyResponseID) }
+        guard let id = responseIDs[ObjectIdentifier(type(of: response))] else {
+            throw RPCMessageProtocolError("the handler of \(message) answered with \(type(of: response)), which is not among the protocol's responses")
+        }
+        return try encodeOpened(response, id: id)
+    }
+
+    private func encodeOpened<Response: RPCResponseMessage>(_ response: Response, id: Int) throws -> [UInt8] {
+        try codec.encode(response, typeID: id)
+    }
+
+    /// The payload of an error response.
+    func encodeError(_ kind: RPCMessageError.Kind, _ text: String) -> [UInt8] {
+        // Two plain fields: the JSON codec cannot fail on them; a codec that does sends nothing better than this.
+        (try? codec.encode(ErrorResponse(m: text, e: kind.rawValue), typeID: Self.errorResponseID))
+            ?? Array(#"{"t":-1,"m":{"m":"An internal error has occurred.","e":0}}"#.utf8)
+    }
+
+    /// An id no type of the protocol has.
+    struct UnknownID: Error, CustomStringConvertible {
+        var id: Int
+        var description: String { "no type has id \(id)" }
+    }
+}
+
+/// efro's error response (id -1): its text and kind.
+struct ErrorResponse: Codable {
+    var m: String
+    var e: Int
+}
+
+/// efro's empty response (id -2).
+struct EmptyResponse: Codable {}
+
+extension RPCMessage {
+    /// The response types its answer may be.
+    static var answerTypes: [any RPCResponseMessage.Type] { Response.responseTypes }
+}
+
+/// A decoding error in words: what was expected, and at which field.
+func describe(_ error: any Error) -> String {
+    func path(_ context: DecodingError.Context) -> String {
+        let names = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+        return names.isEmpty ? "" : " at \(names.joined(separator: "."))"
+    }
+    switch error {
+    case DecodingError.keyNotFound(let key, let context): return "missing field \"\(key.stringValue)\"\(path(context))"
+    case DecodingError.typeMismatch(_, let context): return "\(context.debugDescription)\(path(context))"
+    case DecodingError.valueNotFound(_, let context): return "\(context.debugDescription)\(path(context))"
+    case DecodingError.dataCorrupted(let context): return "\(context.debugDescription)\(path(context))"
+    case EncodingError.invalidValue(_, let context): return "\(context.debugDescription)\(path(.init(codingPath: context.codingPath, debugDescription: "")))"
+    default: return "\(error)"
+    }
+}
+
+/// A mistake in a typed protocol's declaration or its handlers, found when
+/// it is made (``RPCMessageProtocol/init(messages:responses:codec:)``,
+/// ``RPCHandler/messages(_:)``); the message names the type.
+public struct RPCMessageProtocolError: Error, CustomStringConvertible, Sendable {
+    /// What is wrong, naming the type.
+    public let message: String
+
+    init(_ message: String) { self.message = message }
+
+    public var description: String { "typed protocol: \(message)" }
+}
