@@ -54,7 +54,7 @@ let package = Package(
         // from FoundationEssentials; UVRPC itself stays free of Foundation.
         .target(
             name: "UVRPCMessages",
-            dependencies: ["UVLoop", "UVRPC", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["UVLoop", "UVRPC"]
         ),
         // The uvrpc command-line tool: `serve` (echo server) and `call` (load and check).
         // Its folder is not `Sources/uvrpc`: that differs from `Sources/UVRPC` only
@@ -105,7 +105,7 @@ let package = Package(
         // Typed calls both ways: the scores server and a client making each of its calls.
         .executableTarget(
             name: "example-typed-server",
-            dependencies: ["UVLoop", "UVRPC", "UVRPCMessages", "ExampleScores"],
+            dependencies: ["UVLoop", "UVRPC", "UVRPCMessages", "ExampleScores", .product(name: "Logging", package: "swift-log")],
             path: "Examples/TypedServer"
         ),
         .executableTarget(

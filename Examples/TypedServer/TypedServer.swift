@@ -8,6 +8,7 @@ import Glibc
 import Darwin
 #endif
 import ExampleScores
+import Logging
 import UVLoop
 import UVRPC
 import UVRPCMessages
@@ -20,6 +21,7 @@ struct TypedServer {
         loop.start()
         let board = ScoreBoard()                              // the state; its handlers() answer each message type
         let server = RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: port)), on: loop,
+                               logger: Logger(label: "example-typed-server"),   // handler failures are logged here
                                handler: try .messages(board.handlers()))
         try await withThrowingDiscardingTaskGroup { tasks in
             tasks.addTask { try await server.run() }

@@ -1,4 +1,3 @@
-import Logging
 import UVRPC
 
 /// The handlers of a typed protocol, one per message type, made into the
@@ -33,12 +32,11 @@ public struct RPCMessageHandlers: Sendable {
     public let messageProtocol: RPCMessageProtocol
     private var entries: [Int: Entry] = [:]
     private var mistakes: [String] = []
-    let logger: Logger
 
-    /// Handlers for `messageProtocol`, none yet; failures are logged to `logger`.
-    public init(protocol messageProtocol: RPCMessageProtocol, logger: Logger = Logger(label: "uvrpc.messages")) {
+    /// Handlers for `messageProtocol`, none yet. Failures are logged where
+    /// the endpoint logs (the server's or client's `logger`).
+    public init(protocol messageProtocol: RPCMessageProtocol) {
         self.messageProtocol = messageProtocol
-        self.logger = logger
     }
 
     /// Answers every `type` message with `handler`'s return value. The
@@ -73,13 +71,14 @@ public struct RPCMessageHandlers: Sendable {
     /// Answers one payload: never throws, as every failure becomes an error response.
     nonisolated(nonsending)
     static func answer(_ payload: [UInt8], context: RPCHandlerContext, entries: [Int: Entry],
-                       messageProtocol: RPCMessageProtocol, logger: Logger) async -> [UInt8] {
+                       messageProtocol: RPCMessageProtocol) async -> [UInt8] {
         let decoded: (id: Int, message: any RPCMessage)
         do {
             decoded = try messageProtocol.decodeMessage(payload)
         } catch {
             let reason = (error as? RPCMessageProtocol.UnknownID).map { "its type id \($0.id) is not in the protocol" } ?? describe(error)
-            logger.warning("a message does not decode; answered with an error", metadata: [
+            // The endpoint's logger is a `let`: readable from the handler's task.
+            context.endpoint.endpoint.logger.warning("a message does not decode; answered with an error", metadata: [
                 "rpc.id": "\(context.messageID)", "rpc.peer": "\(context.peerAddress.map { "\($0)" } ?? "unix")",
                 "error": "\(reason)"])
             return messageProtocol.encodeError(.remote, internalErrorText)
@@ -90,7 +89,7 @@ public struct RPCMessageHandlers: Sendable {
         } catch let error as any RPCPublicError {
             return messageProtocol.encodeError(.remoteClean, error.publicDescription)
         } catch {
-            logger.error("the handler of \(type(of: decoded.message)) failed; answered with an internal error",
+            context.endpoint.endpoint.logger.error("the handler of \(type(of: decoded.message)) failed; answered with an internal error",
                          metadata: ["rpc.id": "\(context.messageID)", "error": "\(error)"])
             return messageProtocol.encodeError(.remote, internalErrorText)
         }
@@ -107,10 +106,9 @@ extension RPCHandler {
     ///   protocol does not have; the message names the type.
     public static func messages(_ handlers: RPCMessageHandlers) throws(RPCMessageProtocolError) -> RPCHandler {
         let entries = try handlers.checked()
-        let (messageProtocol, logger) = (handlers.messageProtocol, handlers.logger)
+        let messageProtocol = handlers.messageProtocol
         return .async { request, context in
-            await RPCMessageHandlers.answer(request.payload, context: context, entries: entries,
-                                            messageProtocol: messageProtocol, logger: logger)
+            await RPCMessageHandlers.answer(request.payload, context: context, entries: entries, messageProtocol: messageProtocol)
         }
     }
 }

@@ -118,8 +118,8 @@ extension EventLoop {
     /// result; nil when the loop refused the job because it is shut down.
     package func submitIfRunning<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
         if inEventLoop { return body() }
-        return await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
-            if !execute({ continuation.resume(returning: body()) }) { continuation.resume(returning: nil) }
+        return await withHandOff { (deliver: @escaping @Sendable (T?) -> Void) in
+            if !execute({ deliver(body()) }) { deliver(nil) }
         }
     }
 }

@@ -32,15 +32,15 @@ public enum RPCClient {
                                handler: RPCHandler? = nil)
         async throws(ConnectError) -> RPCAsyncEndpoint {
         let loop = loops.next()
-        let result: Result<RPCAsyncEndpoint, ConnectError> = await withCheckedContinuation { continuation in
+        let result: Result<RPCAsyncEndpoint, ConnectError> = await withHandOff { deliver in
             let start: @Sendable () -> Void = {
                 connect(to: address, on: loop, timeout: timeout, configuration: configuration, logger: logger) { result in
                     if case .success(let endpoint) = result, let handler { handler.install(endpoint) }
-                    continuation.resume(returning: result.map(\.asyncEndpoint))
+                    deliver(result.map(\.asyncEndpoint))
                 }
             }
             if loop.inEventLoop { start() } else if !loop.execute(start) {
-                continuation.resume(returning: .failure(.loopShutDown(address: "\(address)")))
+                deliver(.failure(.loopShutDown(address: "\(address)")))
             }
         }
         return try result.get()

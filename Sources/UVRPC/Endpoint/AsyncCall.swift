@@ -56,6 +56,13 @@ final class AsyncCall: LoopJob, @unchecked Sendable { // fields published throug
         return endpoint.eventLoop.execute(self)
     }
 
+    /// Called by the caller once resumed: an acquiring load of what
+    /// ``finish(_:)`` released, so that ThreadSanitizer sees the loop's
+    /// writes (the response's bytes) ordered before the caller's reads. The
+    /// runtime orders them already; TSan misses that when the resume comes
+    /// before the task has finished suspending (see `withHandOff` in UVLoop).
+    func settle() { _ = rendezvous.load(ordering: .acquiring) }
+
     /// True once an outcome was claimed (answered, failed or cancelled).
     var isFinished: Bool { claimed.load(ordering: .acquiring) }
 

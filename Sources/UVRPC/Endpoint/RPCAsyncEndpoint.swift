@@ -103,6 +103,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
         } catch {
             outcome = .failure(error)
         }
+        call.settle()
         if onLoop && loop.inEventLoop { self.endpoint.keepSpareCall(consume call) }
         return try outcome.get()
     }
@@ -145,12 +146,12 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
 
     /// Runs `start` on the loop and waits for the close, returning its reason.
     private func closing(_ start: @escaping @Sendable (RPCEndpoint) -> Void) async -> RPCCloseReason {
-        await withCheckedContinuation { continuation in
+        await withHandOff { deliver in
             let queued = onLoop { endpoint in
-                endpoint.addCloseWaiter { continuation.resume(returning: $0) }
+                endpoint.addCloseWaiter { deliver($0) }
                 start(endpoint)
             }
-            if !queued { continuation.resume(returning: .local) }
+            if !queued { deliver(.local) }
         }
     }
 

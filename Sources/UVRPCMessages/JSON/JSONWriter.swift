@@ -138,7 +138,8 @@ struct UTCDate: Equatable {
 
     init(_ date: Date) {
         // Rounded to the nearest microsecond from the reference date: a Double
-        // of 2001-relative seconds holds microseconds exactly for millennia.
+        // of 2001-relative seconds keeps every microsecond within 285 years of
+        // 2001 (2^53 microseconds); farther out, dates keep a few microseconds.
         let micros = Int64((date.timeIntervalSinceReferenceDate * 1_000_000).rounded())
             + Self.referenceOffset * 1_000_000
         let (days, rest) = micros.floorDivided(by: 86_400_000_000)

@@ -1,0 +1,204 @@
+import ExampleScores
+import Foundation
+@testable import UVRPCMessages
+import XCTest
+
+/// The efro.message JSON codec against the reference's own JSON
+/// (`../shared/fixtures/messages/scores.jsonl`) and MESSAGES.md's rules.
+final class MessageCodecTests: XCTestCase {
+    private let codec = RPCMessageJSONCodec()
+
+    /// JSON text as a comparable value (key order aside).
+    private func jsonValue(_ bytes: [UInt8], file: StaticString = #filePath, line: UInt = #line) throws -> NSObject {
+        try XCTUnwrap(JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]) as? NSObject,
+                      file: file, line: line)
+    }
+
+    private func encode(_ value: some Encodable, typeID: Int = 0) throws -> String {
+        String(decoding: try codec.encode(value, typeID: typeID), as: UTF8.self)
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ text: String) throws -> T {
+        let decoded = try codec.decode(Array(text.utf8)) { _ in T.self }
+        return try XCTUnwrap(decoded.value as? T)
+    }
+
+    private static let at = Date(timeIntervalSince1970: 1_796_581_805.123456) // 2026-12-06T18:30:05.123456Z
+
+    /// Each fixture line's value, in the file's order: a message or response to
+    /// encode and decode, or a system response.
+    private enum Expected {
+        case message(any RPCMessage & Equatable)
+        case response(any RPCResponseMessage)
+        case empty
+        case error(RPCMessageError.Kind, String)
+    }
+
+    private let expected: [Expected] = [
+        .message(SubmitScore(player: "alice", score: 20, mode: .classic, at: at)),
+        .message(SubmitScore(player: "bob", score: 30, mode: .blitz, at: at, replay: Data([1, 2, 3]))),
+        .message(SubmitScore(player: "zoë \"q\"", score: -5, mode: .classic, at: Date(timeIntervalSince1970: 915_246_245))),
+        .message(TopScores()),
+        .message(TopScores(count: 2)),
+        .message(Ping()),
+        .message(Fail(reason: "nope", clean: true)),
+        .message(Fail(reason: "boom", clean: false)),
+        .message(Echo(data: Data([0x00, 0xFF, 0x68, 0x69]), note: nil)),
+        .message(Echo(data: Data(), note: "x")),
+        .response(SubmitResult(rank: 1, best: 20)),
+        .response(TopScoresResult(entries: [ScoreEntry(player: "bob", score: 30), ScoreEntry(player: "alice", score: 20)])),
+        .response(TopScoresResult(entries: [])),
+        .response(EchoResult(data: Data("ab".utf8), note: "n")),
+        .empty,
+        .error(.remoteClean, "nope"),
+        .error(.remote, "An internal error has occurred."),
+    ]
+
+    private func fixtureLines() throws -> [[String: String]] {
+        let shared = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/fixtures/messages/scores.jsonl")
+        guard FileManager.default.fileExists(atPath: shared.path) else { throw XCTSkip("no ../shared/fixtures/messages beside this clone") }
+        return try String(contentsOf: shared, encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String])
+        }
+    }
+
+    /// Decodes `json` as the protocol does, as a message or as an answer to `message`.
+    private func roundTrip<M: RPCMessage & Equatable>(_ value: M, fixture json: String, desc: String) throws {
+        let (id, decoded) = try scoresProtocol.decodeMessage(Array(json.utf8))
+        XCTAssertEqual(id, scoresProtocol.id(of: M.self), desc)
+        XCTAssertEqual(decoded as? M, value, desc)
+        XCTAssertEqual(try jsonValue(scoresProtocol.encode(value)), try jsonValue(Array(json.utf8)), desc)
+    }
+
+    private func roundTrip<R: RPCResponseMessage & Equatable>(_ value: R, fixture json: String, desc: String) throws {
+        let answer: R = try decodeAnswer(json, as: R.self)
+        XCTAssertEqual(answer, value, desc)
+        XCTAssertEqual(try jsonValue(scoresProtocol.encode(answer: value, to: "test")), try jsonValue(Array(json.utf8)), desc)
+    }
+
+    /// Decodes a response payload as the answer of the message answered with `R`.
+    private func decodeAnswer<R: RPCResponseMessage>(_ json: String, as type: R.Type) throws -> R {
+        switch type {
+        case is SubmitResult.Type: return try scoresProtocol.decodeAnswer(Array(json.utf8), to: SubmitScore.self, from: "peer") as! R
+        case is TopScoresResult.Type: return try scoresProtocol.decodeAnswer(Array(json.utf8), to: TopScores.self, from: "peer") as! R
+        default: return try scoresProtocol.decodeAnswer(Array(json.utf8), to: Echo.self, from: "peer") as! R
+        }
+    }
+
+    func testEveryFixtureLineDecodesToItsValueAndEncodesBackToTheSameJSON() throws {
+        let lines = try fixtureLines()
+        XCTAssertEqual(lines.count, expected.count, "one expected value per fixture line")
+        for (line, value) in zip(lines, expected) {
+            let json = try XCTUnwrap(line["json"]), desc = line["desc"] ?? json
+            switch value {
+            case .message(let message):
+                XCTAssertEqual(line["kind"], "message", desc)
+                try roundTrip(message, fixture: json, desc: desc)
+            case .response(let response):
+                XCTAssertEqual(line["kind"], "response", desc)
+                switch response {
+                case let value as SubmitResult: try roundTrip(value, fixture: json, desc: desc)
+                case let value as TopScoresResult: try roundTrip(value, fixture: json, desc: desc)
+                case let value as EchoResult: try roundTrip(value, fixture: json, desc: desc)
+                default: XCTFail("no round trip for \(response)")
+                }
+            case .empty:
+                XCTAssertEqual(try scoresProtocol.decodeAnswer(Array(json.utf8), to: Ping.self, from: "peer"), RPCNoResponse(), desc)
+                XCTAssertEqual(try jsonValue(scoresProtocol.encode(answer: RPCNoResponse(), to: "Ping")), try jsonValue(Array(json.utf8)), desc)
+            case .error(let kind, let text):
+                XCTAssertThrowsError(try scoresProtocol.decodeAnswer(Array(json.utf8), to: Fail.self, from: "peer"), desc) { error in
+                    XCTAssertEqual(error as? RPCMessageError, RPCMessageError(kind, text), desc)
+                }
+                XCTAssertEqual(try jsonValue(scoresProtocol.encodeError(kind, text)), try jsonValue(Array(json.utf8)), desc)
+            }
+        }
+    }
+
+    func testTheEncoderWritesCompactJSONInTheReferencesForms() throws {
+        XCTAssertEqual(try encode(SubmitScore(player: "a\"b\\c\n\u{1}é", score: -5, mode: .blitz,
+                                              at: Date(timeIntervalSince1970: 0.000_001), replay: Data([0xFB, 0xFF]))),
+                       #"{"t":0,"m":{"p":"a\"b\\c\n\u0001é","s":-5,"m":"blitz","t":[1970,1,1,0,0,0,1],"r":"+/8="}}"#)
+        XCTAssertEqual(try encode(Ping(), typeID: 2), #"{"t":2,"m":{}}"#)
+        XCTAssertEqual(try encode(Echo(data: Data(), note: nil), typeID: 4), #"{"t":4,"m":{"d":"","n":null}}"#)
+        struct Numbers: Codable { var a: Double; var b: Double; var c: [Int8]; var d: UInt64; var e: Int64; var f: Duration }
+        XCTAssertEqual(try encode(Numbers(a: 3, b: 0.1, c: [-128, 0, 127], d: .max, e: .min, f: .milliseconds(-1500))),
+                       #"{"t":0,"m":{"a":3.0,"b":0.1,"c":[-128,0,127],"d":18446744073709551615,"e":-9223372036854775808,"f":[-1,86398,500000]}}"#)
+        struct NotANumber: Codable { var x: Double }
+        XCTAssertThrowsError(try encode(NotANumber(x: .nan))) { error in
+            XCTAssertTrue(describe(error).contains("x"), describe(error))
+        }
+    }
+
+    func testNestedContainersCloseWhereTheyEnd() throws {
+        struct Inner: Codable, Equatable { var a: [[Int]]; var b: [String: Int]; var c: [Inner]? }
+        struct Outer: Codable, Equatable { var inner: Inner; var list: [Inner]; var last: Bool }
+        let value = Outer(inner: Inner(a: [[1, 2], [], [3]], b: ["k": 1], c: [Inner(a: [], b: [:], c: nil)]),
+                          list: [Inner(a: [[0]], b: [:], c: [])], last: true)
+        let text = try encode(value)
+        XCTAssertEqual(text, #"{"t":0,"m":{"inner":{"a":[[1,2],[],[3]],"b":{"k":1},"c":[{"a":[],"b":{}}]},"list":[{"a":[[0]],"b":{},"c":[]}],"last":true}}"#)
+        XCTAssertEqual(try decode(Outer.self, text), value)
+    }
+
+    func testDatesKeepTheirMicrosecondsAcrossCalendarEdges() throws {
+        struct When: Codable, Equatable { var t: Date }
+        for (fields, seconds) in [([2000, 2, 29, 23, 59, 59, 999_999], 951_868_799.999999), ([1969, 12, 31, 23, 59, 59, 500_000], -0.5),
+                                  ([1900, 3, 1, 0, 0, 0, 0], -2_203_891_200.0), ([2096, 2, 29, 12, 0, 0, 1], 3_981_355_200.000001)] {
+            let text = #"{"t":0,"m":{"t":\#(fields)}}"#.replacingOccurrences(of: " ", with: "")
+            let decoded = try decode(When.self, text)
+            XCTAssertEqual(decoded.t.timeIntervalSince1970, seconds, accuracy: 0.000_001, text)
+            XCTAssertEqual(try encode(decoded), text)
+        }
+        for bad in ["[2001,2,29,0,0,0,0]", "[2026,13,1,0,0,0,0]", "[2026,1,1,24,0,0,0]", "[2026,1,1,0,0,0,1000000]", "[2026,1,1]", #""2026""#] {
+            XCTAssertThrowsError(try decode(When.self, #"{"t":0,"m":{"t":\#(bad)}}"#), bad)
+        }
+    }
+
+    func testReadersTakeAnyValidJSONAndIgnoreKeysTheyDoNotKnow() throws {
+        XCTAssertEqual(try decode(TopScores.self, " { \"m\" : { \"n\" : 3 , \"zz\" : [ { } , null ] } , \"t\" : 1 } "), TopScores(count: 3))
+        XCTAssertEqual(try decode(TopScores.self, #"{"t":1}"#), TopScores(), "a missing m reads as {}")
+        XCTAssertEqual(try decode(Fail.self, #"{"t":3,"m":{"r":"\u00e9\ud83d\ude00\/\t","r2":1}}"#), Fail(reason: "é😀/\t"))
+        XCTAssertEqual(try decode(Fail.self, #"{"t":3,"m":{"r":"a","r":"b"}}"#).reason, "b", "the last of a repeated key, as Python reads it")
+        XCTAssertEqual(try decode(Echo.self, #"{"t":4,"m":{"d":"AQI"}}"#), Echo(data: Data([1, 2])), "base64 without its padding")
+    }
+
+    func testWhatDoesNotDecodeSaysWhatAndWhere() throws {
+        let cases: [(String, String)] = [
+            ("not json", "not valid JSON at byte 0"),
+            (#"{"t":0,"m":{"p":"x"}}"#, #"missing field "s""#),
+            (#"{"t":4,"m":{"d":5,"n":null}}"#, "expected bytes as base64 text, found a number at m.d"),
+            (#"{"t":4,"m":{"d":"!!!!","n":null}}"#, "not base64 text at m.d"),
+            (#"{"t":1,"m":{"n":1.5}}"#, "1.5 is not an integer that fits Int at m.n"),
+            (#"{"t":1,"m":{"n":99999999999999999999}}"#, "is not an integer that fits Int"),
+            (#"{"t":1,"m":{"n":1}"#, "the text ends inside a container"),
+            (#"{"t":1,"m":{"n":01}}"#, "leading zero"),
+            (#"{"t":3,"m":{"r":"\x"}}"#, "an unknown escape"),
+            (#"{"m":{}}"#, #"missing field "t""#),
+            (#"[1]"#, "not a JSON object"),
+            (String(repeating: "[", count: 200) + String(repeating: "]", count: 200), "nested deeper than 128"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertThrowsError(try scoresProtocol.decodeMessage(Array(text.utf8)), text) { error in
+                XCTAssertTrue(describe(error).contains(expected), "\(text): \(describe(error))")
+            }
+        }
+        XCTAssertThrowsError(try scoresProtocol.decodeMessage(Array(#"{"t":99,"m":{}}"#.utf8))) { error in
+            XCTAssertEqual((error as? RPCMessageProtocol.UnknownID)?.id, 99)
+        }
+        XCTAssertThrowsError(try scoresProtocol.decodeMessage([0x22, 0xFF, 0x22])) // a string that is not UTF-8, and not an object
+        XCTAssertThrowsError(try decode(Fail.self, "{\"t\":3,\"m\":{\"r\":\"\u{1}\"}}"), "a raw control character in a string")
+    }
+
+    func testEveryByteOfBase64RoundTrips() throws {
+        for count in 0..<70 {
+            let bytes = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ count) }
+            var text: [UInt8] = []
+            Base64.encode(bytes, into: &text)
+            XCTAssertEqual(String(decoding: text, as: UTF8.self), Data(bytes).base64EncodedString())
+            XCTAssertEqual(text.withUnsafeBytes { Base64.decode($0) }, bytes)
+        }
+        for bad in ["A", "A===", "AB=C", "ab$d", "AAAAA"] {
+            XCTAssertNil(Array(bad.utf8).withUnsafeBytes { Base64.decode($0) }, bad)
+        }
+    }
+}
