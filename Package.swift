@@ -137,7 +137,7 @@ let package = Package(
         // The benchmark: Swift and C servers under the same load, figures as ratios.
         .executableTarget(
             name: "uvrpc-bench",
-            dependencies: ["UVLoop", "UVRPC", "MallocCounter", "ServerChild",
+            dependencies: ["UVLoop", "UVRPC", "UVRPCMessages", "ExampleScores", "MallocCounter", "ServerChild",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "Prometheus", package: "swift-prometheus")],

@@ -17,7 +17,8 @@ struct Bench: ParsableCommand {
             plaintext), fanin, cores, allocs, idle, hol (Swift only: 64 B calls beside 64 MiB echoes, chunked \
             and not, against an idle connection), shared (Swift only: one counter updated from every loop at once, \
             by a Mutex, an actor or per-loop shards), client (Swift callers, callback and async, on the loop and \
-            from the global executor, and the pool, against the C server, beside the C load generator against it) \
+            from the global executor, and the pool, against the C server, beside the C load generator against it), \
+            typed (Swift only: typed calls of the scores protocol, Echo and SubmitScore, against the raw async path) \
             (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
@@ -67,7 +68,7 @@ struct Bench: ParsableCommand {
     var callLoops = 1
 
     static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol", "shared",
-                               "client"]
+                               "client", "typed"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -443,6 +444,49 @@ struct Bench: ParsableCommand {
                     addRow("client", label, "caller CPU s/M calls", m, \.cpuPerMillionCalls, higherIsBetter: false)
                     addRow("client", label, "caller mallocs/call", m, \.mallocsPerCall, higherIsBetter: false)
                 }
+            }
+        }
+        if wanted.contains("typed") && connect == nil {
+            // Typed calls (the scores protocol) between a typed server and typed callers, beside the raw async
+            // path (the async echo server and async callers) in the same run: what the typed layer costs.
+            let raw = try Server.start(.swiftAsync, cpu: serverCPU)
+            defer { raw.child.stop() }
+            let typed = try Server.start(.swiftTyped, cpu: serverCPU)
+            defer { typed.child.stop() }
+            let runs: [(key: String, label: String, mode: CallerMode, address: String)] = [
+                ("raw", "raw async: async echo server, async callers on the loop", .asyncOnLoop, raw.address),
+                ("echo", "typed Echo: typed server, typed callers on the loop", .typedEcho, typed.address),
+                ("submit", "typed SubmitScore: typed server, typed callers on the loop", .typedSubmit, typed.address),
+            ]
+            var results: [String: [LoadResult]] = [:]
+            for round in 1...`repeat` {
+                for run in runs {
+                    progress("typed: 64 B, c=64, \(run.key), run \(round) of \(`repeat`)")
+                    results[run.key, default: []].append(try runSwiftCaller(run.mode, address: run.address, loops: 1, concurrency: 64,
+                                                                           size: 64, duration: duration, cpu: loadCPU))
+                }
+            }
+            let medians = results.mapValues(medianResult)
+            for run in runs {
+                let result = medians[run.key]!
+                measurements.append(Measurement(scenario: "typed", impl: run.key == "raw" ? .swiftAsync : .swiftTyped,
+                                                params: "call=\(run.key),size=64,concurrency=64", callsPerSecond: result.calls_per_s,
+                                                mallocsPerCall: result.mallocs_per_call, cpuPerMillionCalls: result.cpuPerMillionCalls))
+                rows.append(Row(scenario: "typed", params: "64 B, c=64, \(run.label)", metric: "calls/s",
+                                swift: result.calls_per_s, c: nil, higherIsBetter: true))
+                rows.append(Row(scenario: "typed", params: "64 B, c=64, \(run.label)", metric: "caller mallocs/call",
+                                swift: result.mallocs_per_call, c: nil, higherIsBetter: false))
+            }
+            for (label, nanoseconds, mallocs) in try measureTypedCodec(size: 64) {
+                measurements.append(Measurement(scenario: "typed", impl: .swiftTyped, params: "codec=\(label),size=64",
+                                                mallocsPerCall: mallocs, nanosecondsPerOperation: nanoseconds))
+                rows.append(Row(scenario: "typed", params: "64 B: \(label)", metric: "ns", swift: nanoseconds, c: nil, higherIsBetter: false))
+                rows.append(Row(scenario: "typed", params: "64 B: \(label)", metric: "mallocs", swift: mallocs, c: nil, higherIsBetter: false))
+            }
+            for key in ["echo", "submit"] {
+                let ratio = medians[key]!.calls_per_s / medians["raw"]!.calls_per_s
+                rows.append(Row(scenario: "typed", params: "\(key == "echo" ? "Echo" : "SubmitScore") typed / raw async"
+                                + (key == "echo" ? " (target >= 0.5)" : ""), metric: "ratio", swift: ratio, c: nil, higherIsBetter: true))
             }
         }
         let names: (String, String?) = connect == nil ? ("Swift", "C") : ("external", nil)

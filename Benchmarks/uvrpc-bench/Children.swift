@@ -148,6 +148,7 @@ struct Server {
             child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
                                                      "--spread", spread], cpu: cpu)
         case .swiftAsync: child = try Child(try sibling("example-async-echo-server"), ["0"], cpu: cpu)
+        case .swiftTyped: child = try Child(try sibling("example-typed-server"), ["0"], cpu: cpu)
         case .swiftMetrics:
             child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
                                                      "--spread", spread, "--metrics", "127.0.0.1:0"], cpu: cpu)

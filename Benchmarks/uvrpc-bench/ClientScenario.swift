@@ -1,8 +1,10 @@
+import ExampleScores
 import Foundation
 import MallocCounter
 import Synchronization
 import UVLoop
 import UVRPC
+import UVRPCMessages
 
 /// The ways a Swift program calls a server, as the client scenario measures
 /// them (each in a child process, against the C server, beside the C load
@@ -17,6 +19,10 @@ enum CallerMode: String, CaseIterable {
     case asyncGlobal = "async-global"
     /// An `RPCClientPool` with one connection per loop; tasks with no preference awaiting `pool.send`.
     case pool
+    /// Typed calls (`RPCMessageClient`, the scores protocol's Echo of `size` bytes) from tasks on the loop.
+    case typedEcho = "typed-echo"
+    /// Typed calls of the scores protocol's SubmitScore from tasks on the loop.
+    case typedSubmit = "typed-submit"
 
     /// How a table row names it.
     var label: String {
@@ -25,6 +31,8 @@ enum CallerMode: String, CaseIterable {
         case .asyncOnLoop: return "async caller, tasks on the loop"
         case .asyncGlobal: return "async caller, global executor"
         case .pool: return "pool"
+        case .typedEcho: return "typed Echo caller, tasks on the loop"
+        case .typedSubmit: return "typed SubmitScore caller, tasks on the loop"
         }
     }
 }
@@ -90,6 +98,36 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
                 }
                 callers.append(mode == .asyncOnLoop ? Task(executorPreference: group.loops[0].taskExecutor, operation: body)
                                                     : Task.detached(operation: body))
+            }
+            return { [callers] in
+                for caller in callers { await caller.value }
+                await endpoint.close()
+            }
+        case .typedEcho, .typedSubmit:
+            let endpoint = try await RPCClient.connect(to: target, on: group.loops[0])
+            let client = RPCMessageClient(endpoint, protocol: scoresProtocol)
+            let data = Data(payload)
+            let at = Date()
+            var callers: [Task<Void, Never>] = []
+            for index in 0..<concurrency {
+                let player = "player-\(index % 100)"
+                callers.append(Task(executorPreference: group.loops[0].taskExecutor) {
+                    var score = 0
+                    while !stopCalling.load(ordering: .relaxed) {
+                        do {
+                            let answered: Bool
+                            if mode == .typedEcho {
+                                answered = try await client.send(Echo(data: data, note: nil)).data.count == size
+                            } else {
+                                score += 1
+                                answered = try await client.send(SubmitScore(player: player, score: score, mode: .classic, at: at)).best == score
+                            }
+                            if answered { answeredCalls.add(1, ordering: .relaxed) } else { failedCalls.add(1, ordering: .relaxed) }
+                        } catch {
+                            failedCalls.add(1, ordering: .relaxed)
+                        }
+                    }
+                })
             }
             return { [callers] in
                 for caller in callers { await caller.value }

@@ -4,7 +4,7 @@ import Foundation
 /// echo server (`example-async-echo-server`), `uvrpc serve --metrics` (a
 /// Prometheus backend bootstrapped), the C baseline, or another's.
 enum Impl: String, Codable {
-    case swift, swiftAsync = "swift-async", swiftMetrics = "swift-metrics", swiftTLS = "swift-tls", c, cTLS = "c-tls", external
+    case swift, swiftAsync = "swift-async", swiftTyped = "swift-typed", swiftMetrics = "swift-metrics", swiftTLS = "swift-tls", c, cTLS = "c-tls", external
 }
 
 /// One measured figure set, as written to --json.

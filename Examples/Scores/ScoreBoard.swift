@@ -14,7 +14,8 @@ public final class ScoreBoard: Sendable {
         best.withLock { best in
             let mine = max(best[player] ?? score, score)
             best[player] = mine
-            let ahead = best.filter { $0.value > mine || ($0.value == mine && $0.key < player) }.count
+            var ahead = 0
+            for (other, score) in best where score > mine || (score == mine && other < player) { ahead += 1 }
             return SubmitResult(rank: ahead + 1, best: mine)
         }
     }

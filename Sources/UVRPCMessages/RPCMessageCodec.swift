@@ -7,9 +7,17 @@ public protocol RPCMessageCodec: Sendable {
     /// The payload that carries `value` as the type registered under `typeID`.
     func encode<Value: Encodable>(_ value: Value, typeID: Int) throws -> [UInt8]
 
-    /// Reads a payload: its type id, then the value as the type
-    /// `typeForID` names for that id (which throws for an id it does not know).
-    func decode(_ payload: [UInt8], typeForID: (Int) throws -> any Decodable.Type) throws -> (typeID: Int, value: any Decodable)
+    /// Reads `payload` as far as its type id; the value is decoded when the
+    /// reader is asked for it as the type that id names.
+    func reader(for payload: [UInt8]) throws -> any RPCMessageReader
+}
+
+/// One payload, read as far as its type id (``RPCMessageCodec/reader(for:)``).
+public protocol RPCMessageReader {
+    /// The payload's type id.
+    var typeID: Int { get }
+    /// The payload's value as `type`.
+    func decode<Value: Decodable>(_ type: Value.Type) throws -> Value
 }
 
 /// efro.message's JSON (see Docs/TYPED_CALLS.md and MESSAGES.md): a payload is
@@ -26,7 +34,7 @@ public struct RPCMessageJSONCodec: RPCMessageCodec {
     public init() {}
 
     public func encode<Value: Encodable>(_ value: Value, typeID: Int) throws -> [UInt8] {
-        let encoder = StreamingEncoder(capacity: 128)
+        let encoder = StreamingEncoder(capacity: 256)
         encoder.writer.bytes.append(contentsOf: #"{"t":"#.utf8)
         encoder.writer.integer(typeID)
         encoder.writer.bytes.append(contentsOf: #","m":"#.utf8)
@@ -35,30 +43,28 @@ public struct RPCMessageJSONCodec: RPCMessageCodec {
         return encoder.writer.bytes
     }
 
-    public func decode(_ payload: [UInt8], typeForID: (Int) throws -> any Decodable.Type) throws -> (typeID: Int, value: any Decodable) {
-        var tape = try payload.withUnsafeBytes { raw throws(JSONTape.SyntaxError) in try JSONTape(raw) }
+    public func reader(for payload: [UInt8]) throws -> any RPCMessageReader {
+        let tape = try payload.withUnsafeBytes { raw throws(JSONTape.SyntaxError) in try JSONTape(raw) }
         guard tape.nodes[0].kind == .object else {
             throw DecodingError.typeMismatch(Any.self, .init(codingPath: [], debugDescription: "the payload is not a JSON object"))
         }
         // The envelope's two keys, read straight off the root's members.
-        let probe = TapeDecoder(payload: payload, tape: tape, root: 0)
+        let reader = TapeDecoder(payload: payload, tape: tape, root: 0, typeID: 0)
         var typeNode: Int?, valueNode: Int?
         var index = 1
         for _ in 0..<tape.nodes[0].count {
-            if probe.string(at: index, equals: "t") { typeNode = index + 1 }
-            if probe.string(at: index, equals: "m") { valueNode = index + 1 }
+            if reader.string(at: index, equals: "t") { typeNode = index + 1 }
+            if reader.string(at: index, equals: "m") { valueNode = index + 1 }
             index = Int(tape.nodes[index + 1].next)
         }
         guard let typeNode else {
             throw DecodingError.keyNotFound(EnvelopeKey.t, .init(codingPath: [], debugDescription: "no type id (\"t\")"))
         }
-        let typeID = try probe.integer(Int.self, at: typeNode)
-        let type = try typeForID(typeID)
-        let root = valueNode ?? tape.appendEmptyObject()
-        let decoder = valueNode == nil ? TapeDecoder(payload: payload, tape: tape, root: root) : probe
-        decoder.codingPath = [EnvelopeKey.m]
-        return (typeID, try decoder.decode(type, at: root, key: nil))
+        reader.typeID = try reader.integer(Int.self, at: typeNode)
+        reader.root = valueNode ?? reader.tape.appendEmptyObject()
+        reader.current = reader.root
+        return reader
     }
 
-    private enum EnvelopeKey: String, CodingKey { case t, m }
+    private enum EnvelopeKey: String, CodingKey { case t }
 }

@@ -25,8 +25,9 @@ import UVRPC
 ///   the same REMOTE error response, and the reason logged; the connection
 ///   keeps serving.
 public struct RPCMessageHandlers: Sendable {
-    /// A registered handler: takes the decoded message, returns the answer's payload.
-    typealias Entry = nonisolated(nonsending) @Sendable (any RPCMessage, RPCHandlerContext) async throws -> [UInt8]
+    /// A registered handler: decodes its message type from the reader,
+    /// runs the user's handler and returns the answer's payload.
+    typealias Entry = nonisolated(nonsending) @Sendable (any RPCMessageReader, RPCHandlerContext) async throws -> [UInt8]
 
     /// The protocol the handlers serve.
     public let messageProtocol: RPCMessageProtocol
@@ -51,12 +52,17 @@ public struct RPCMessageHandlers: Sendable {
             return mistakes.append("a handler is given for \(type), which is not a message type of the protocol")
         }
         guard entries[id] == nil else { return mistakes.append("\(type) is given two handlers") }
-        let messageProtocol = messageProtocol
-        entries[id] = { message, context in
-            // The protocol decoded the payload as the type registered under `id`: `Message`.
-            let answer = try await handler(message as! Message, context)
-            return try messageProtocol.encode(answer: answer, to: "\(Message.self)")
+        let encode = messageProtocol.answerEncoder(for: Message.self)
+        entries[id] = { reader, context in
+            let message: Message
+            do { message = try reader.decode(Message.self) } catch { throw Undecodable(reason: describe(error)) }
+            return try encode(try await handler(message, context))
         }
+    }
+
+    /// A message that did not decode as its id's type.
+    struct Undecodable: Error {
+        var reason: String
     }
 
     /// Every message type's handler, by id, once each is given; else the first mistake.
@@ -72,24 +78,26 @@ public struct RPCMessageHandlers: Sendable {
     nonisolated(nonsending)
     static func answer(_ payload: [UInt8], context: RPCHandlerContext, entries: [Int: Entry],
                        messageProtocol: RPCMessageProtocol) async -> [UInt8] {
-        let decoded: (id: Int, message: any RPCMessage)
-        do {
-            decoded = try messageProtocol.decodeMessage(payload)
-        } catch {
-            let reason = (error as? RPCMessageProtocol.UnknownID).map { "its type id \($0.id) is not in the protocol" } ?? describe(error)
-            // The endpoint's logger is a `let`: readable from the handler's task.
+        // The endpoint's logger is a `let`: readable from the handler's task
+        // (fetched on failures only: a Logger copy costs retains).
+        func undecodable(_ reason: String) -> [UInt8] {
             context.endpoint.endpoint.logger.warning("a message does not decode; answered with an error", metadata: [
                 "rpc.id": "\(context.messageID)", "rpc.peer": "\(context.peerAddress.map { "\($0)" } ?? "unix")",
                 "error": "\(reason)"])
             return messageProtocol.encodeError(.remote, internalErrorText)
         }
+        let reader: any RPCMessageReader
+        do { reader = try messageProtocol.codec.reader(for: payload) } catch { return undecodable(describe(error)) }
+        guard let entry = entries[reader.typeID] else { return undecodable("its type id \(reader.typeID) is not in the protocol") }
         do {
-            // `checked()` found a handler for every id the protocol decodes.
-            return try await entries[decoded.id]!(decoded.message, context)
+            return try await entry(reader, context)
+        } catch let error as Undecodable {
+            return undecodable(error.reason)
         } catch let error as any RPCPublicError {
             return messageProtocol.encodeError(.remoteClean, error.publicDescription)
         } catch {
-            context.endpoint.endpoint.logger.error("the handler of \(type(of: decoded.message)) failed; answered with an internal error",
+            let type = messageProtocol.messages[reader.typeID].map { "\($0)" } ?? "a message"
+            context.endpoint.endpoint.logger.error("the handler of \(type) failed; answered with an internal error",
                          metadata: ["rpc.id": "\(context.messageID)", "error": "\(error)"])
             return messageProtocol.encodeError(.remote, internalErrorText)
         }

@@ -83,60 +83,71 @@ public struct RPCMessageProtocol: Sendable {
     }
 
     /// The answer a response payload carries for a `Message`, or the error it carries.
-    func decodeAnswer<Message: RPCMessage>(_ payload: [UInt8], to message: Message.Type, from peer: @autoclosure () -> String) throws -> Message.Response {
-        let decoded: (typeID: Int, value: any Decodable)
-        do {
-            decoded = try codec.decode(payload) { id throws -> any Decodable.Type in
-                switch id {
-                case Self.errorResponseID: return ErrorResponse.self
-                case Self.emptyResponseID: return EmptyResponse.self
-                default:
-                    guard let type = responseTypes[id] else { throw UnknownID(id: id) }
-                    return type
-                }
-            }
-        } catch let unknown as UnknownID {
-            throw RPCMessageError(.unexpectedResponse, "\(Message.self) sent to \(peer()) was answered with response id \(unknown.id), which this protocol does not have")
-        } catch {
-            throw RPCMessageError(.undecodable, "the answer to \(Message.self) from \(peer()) does not decode: \(describe(error))")
+    func decodeAnswer<Message: RPCMessage>(_ payload: [UInt8], to message: Message.Type,
+                                           from peer: @autoclosure () -> String) throws -> Message.Response {
+        func undecodable(_ error: any Error) -> RPCMessageError {
+            RPCMessageError(.undecodable, "the answer to \(Message.self) from \(peer()) does not decode: \(describe(error))")
         }
-        if let failure = decoded.value as? ErrorResponse {
-            let kind = failure.e >= 0 ? RPCMessageError.Kind(rawValue: failure.e) : .remote
-            throw RPCMessageError(kind, failure.m)
+        let reader: any RPCMessageReader
+        do { reader = try codec.reader(for: payload) } catch { throw undecodable(error) }
+        let id = reader.typeID
+        if id == Self.errorResponseID {
+            let failure: ErrorResponse
+            do { failure = try reader.decode(ErrorResponse.self) } catch { throw undecodable(error) }
+            throw RPCMessageError(failure.e >= 0 ? RPCMessageError.Kind(rawValue: failure.e) : .remote, failure.m)
         }
-        let response = decoded.value as? any RPCResponseMessage
-        guard let answer = Message.Response(response: response) else {
-            let got = response.map { "\(type(of: $0))" } ?? "the empty response"
-            let declared = Message.Response.responseTypes.isEmpty ? "nothing"
-                : Message.Response.responseTypes.map { "\($0)" }.joined(separator: " or ")
-            throw RPCMessageError(.unexpectedResponse, "\(Message.self) sent to \(peer()) was answered with \(got); it declares \(declared)")
+        if id == Self.emptyResponseID, let answer = Message.Response(response: nil) { return answer }
+        guard let type = responseTypes[id] else {
+            if id == Self.emptyResponseID { throw unexpected(Message.self, got: "the empty response", from: peer()) }
+            throw RPCMessageError(.unexpectedResponse, "\(Message.self) sent to \(peer()) was answered with response id \(id), which this protocol does not have")
         }
-        return answer
+        /// Decodes the response as its own type `R`: the answer itself when
+        /// the message declares just `R` (no existential box), else through
+        /// the answer's `init?(response:)`.
+        func answer<R: RPCResponseMessage>(_ type: R.Type) throws -> Message.Response {
+            let response: R
+            do { response = try reader.decode(R.self) } catch { throw undecodable(error) }
+            if R.self == Message.Response.self { return _identityCast(response, to: Message.Response.self) }
+            guard let answer = Message.Response(response: response) else { throw unexpected(Message.self, got: "\(R.self)", from: peer()) }
+            return answer
+        }
+        return try answer(type)
+    }
+
+    private func unexpected<Message: RPCMessage>(_ message: Message.Type, got: String, from peer: String) -> RPCMessageError {
+        let declared = Message.Response.responseTypes.isEmpty ? "nothing"
+            : Message.Response.responseTypes.map { "\($0)" }.joined(separator: " or ")
+        return RPCMessageError(.unexpectedResponse, "\(Message.self) sent to \(peer) was answered with \(got); it declares \(declared)")
     }
 
     // MARK: - The handler's side
 
-    /// The message a payload carries, with its id.
-    func decodeMessage(_ payload: [UInt8]) throws -> (id: Int, message: any RPCMessage) {
-        let decoded = try codec.decode(payload) { id throws -> any Decodable.Type in
-            guard let type = messageTypes[id] else { throw UnknownID(id: id) }
-            return type
+    /// How answers of `Message` become payloads, worked out once per
+    /// message type: an answer that is its one response type is encoded as
+    /// that type directly (no existential box, no cast per call); others
+    /// through their ``RPCAnswer/response``.
+    func answerEncoder<Message: RPCMessage>(for message: Message.Type) -> @Sendable (Message.Response) throws -> [UInt8] {
+        let codec = codec, responseIDs = responseIDs
+        func direct<R: RPCResponseMessage>(_ type: R.Type) -> @Sendable (Message.Response) throws -> [UInt8] {
+            let id = responseIDs[ObjectIdentifier(R.self)]
+            return { answer in
+                guard let id else {
+                    throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which is not among the protocol's responses")
+                }
+                return try codec.encode(_identityCast(answer, to: R.self), typeID: id)
+            }
         }
-        // Every type in `messageTypes` is an RPCMessage: the cast cannot fail.
-        return (decoded.typeID, decoded.value as! any RPCMessage)
-    }
-
-    /// The payload of an answer: its response, or the empty response.
-    func encode(answer: some RPCAnswer, to message: String) throws -> [UInt8] {
-        guard let response = answer.response else { return try codec.encode(EmptyResponse(), typeID: Self.emptyResponseID) }
-        guard let id = responseIDs[ObjectIdentifier(type(of: response))] else {
-            throw RPCMessageProtocolError("the handler of \(message) answered with \(type(of: response)), which is not among the protocol's responses")
+        if let single = Message.Response.self as? any RPCResponseMessage.Type { return direct(single) }
+        return { answer in
+            guard let response = answer.response else { return try codec.encode(EmptyResponse(), typeID: Self.emptyResponseID) }
+            func encode<R: RPCResponseMessage>(_ response: R) throws -> [UInt8] {
+                guard let id = responseIDs[ObjectIdentifier(R.self)] else {
+                    throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which is not among the protocol's responses")
+                }
+                return try codec.encode(response, typeID: id)
+            }
+            return try encode(response)
         }
-        return try encodeOpened(response, id: id)
-    }
-
-    private func encodeOpened<Response: RPCResponseMessage>(_ response: Response, id: Int) throws -> [UInt8] {
-        try codec.encode(response, typeID: id)
     }
 
     /// The payload of an error response.

@@ -19,8 +19,15 @@ final class MessageCodecTests: XCTestCase {
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ text: String) throws -> T {
-        let decoded = try codec.decode(Array(text.utf8)) { _ in T.self }
-        return try XCTUnwrap(decoded.value as? T)
+        try codec.reader(for: Array(text.utf8)).decode(T.self)
+    }
+
+    /// Decodes a message payload as the protocol's type for its id.
+    private func decodeMessage(_ payload: [UInt8]) throws -> (id: Int, message: any RPCMessage) {
+        let reader = try scoresProtocol.codec.reader(for: payload)
+        guard let type = scoresProtocol.messages[reader.typeID] else { throw RPCMessageProtocol.UnknownID(id: reader.typeID) }
+        func open<M: RPCMessage>(_ type: M.Type) throws -> any RPCMessage { try reader.decode(M.self) }
+        return (reader.typeID, try open(type))
     }
 
     private static let at = Date(timeIntervalSince1970: 1_796_581_805.123456) // 2026-12-06T18:30:05.123456Z
@@ -65,25 +72,17 @@ final class MessageCodecTests: XCTestCase {
 
     /// Decodes `json` as the protocol does, as a message or as an answer to `message`.
     private func roundTrip<M: RPCMessage & Equatable>(_ value: M, fixture json: String, desc: String) throws {
-        let (id, decoded) = try scoresProtocol.decodeMessage(Array(json.utf8))
+        let (id, decoded) = try decodeMessage(Array(json.utf8))
         XCTAssertEqual(id, scoresProtocol.id(of: M.self), desc)
         XCTAssertEqual(decoded as? M, value, desc)
         XCTAssertEqual(try jsonValue(scoresProtocol.encode(value)), try jsonValue(Array(json.utf8)), desc)
     }
 
-    private func roundTrip<R: RPCResponseMessage & Equatable>(_ value: R, fixture json: String, desc: String) throws {
-        let answer: R = try decodeAnswer(json, as: R.self)
-        XCTAssertEqual(answer, value, desc)
-        XCTAssertEqual(try jsonValue(scoresProtocol.encode(answer: value, to: "test")), try jsonValue(Array(json.utf8)), desc)
-    }
-
-    /// Decodes a response payload as the answer of the message answered with `R`.
-    private func decodeAnswer<R: RPCResponseMessage>(_ json: String, as type: R.Type) throws -> R {
-        switch type {
-        case is SubmitResult.Type: return try scoresProtocol.decodeAnswer(Array(json.utf8), to: SubmitScore.self, from: "peer") as! R
-        case is TopScoresResult.Type: return try scoresProtocol.decodeAnswer(Array(json.utf8), to: TopScores.self, from: "peer") as! R
-        default: return try scoresProtocol.decodeAnswer(Array(json.utf8), to: Echo.self, from: "peer") as! R
-        }
+    /// Decodes `json` as the answer to an `M`, and encodes `value` back as the handler of an `M` would.
+    private func roundTrip<M: RPCMessage>(_ value: M.Response, of message: M.Type, fixture json: String, desc: String) throws
+        where M.Response: Equatable {
+        XCTAssertEqual(try scoresProtocol.decodeAnswer(Array(json.utf8), to: M.self, from: "peer"), value, desc)
+        XCTAssertEqual(try jsonValue(scoresProtocol.answerEncoder(for: M.self)(value)), try jsonValue(Array(json.utf8)), desc)
     }
 
     func testEveryFixtureLineDecodesToItsValueAndEncodesBackToTheSameJSON() throws {
@@ -98,14 +97,14 @@ final class MessageCodecTests: XCTestCase {
             case .response(let response):
                 XCTAssertEqual(line["kind"], "response", desc)
                 switch response {
-                case let value as SubmitResult: try roundTrip(value, fixture: json, desc: desc)
-                case let value as TopScoresResult: try roundTrip(value, fixture: json, desc: desc)
-                case let value as EchoResult: try roundTrip(value, fixture: json, desc: desc)
+                case let value as SubmitResult: try roundTrip(value, of: SubmitScore.self, fixture: json, desc: desc)
+                case let value as TopScoresResult: try roundTrip(value, of: TopScores.self, fixture: json, desc: desc)
+                case let value as EchoResult: try roundTrip(value, of: Echo.self, fixture: json, desc: desc)
                 default: XCTFail("no round trip for \(response)")
                 }
             case .empty:
                 XCTAssertEqual(try scoresProtocol.decodeAnswer(Array(json.utf8), to: Ping.self, from: "peer"), RPCNoResponse(), desc)
-                XCTAssertEqual(try jsonValue(scoresProtocol.encode(answer: RPCNoResponse(), to: "Ping")), try jsonValue(Array(json.utf8)), desc)
+                XCTAssertEqual(try jsonValue(scoresProtocol.answerEncoder(for: Ping.self)(RPCNoResponse())), try jsonValue(Array(json.utf8)), desc)
             case .error(let kind, let text):
                 XCTAssertThrowsError(try scoresProtocol.decodeAnswer(Array(json.utf8), to: Fail.self, from: "peer"), desc) { error in
                     XCTAssertEqual(error as? RPCMessageError, RPCMessageError(kind, text), desc)
@@ -178,14 +177,14 @@ final class MessageCodecTests: XCTestCase {
             (String(repeating: "[", count: 200) + String(repeating: "]", count: 200), "nested deeper than 128"),
         ]
         for (text, expected) in cases {
-            XCTAssertThrowsError(try scoresProtocol.decodeMessage(Array(text.utf8)), text) { error in
+            XCTAssertThrowsError(try decodeMessage(Array(text.utf8)), text) { error in
                 XCTAssertTrue(describe(error).contains(expected), "\(text): \(describe(error))")
             }
         }
-        XCTAssertThrowsError(try scoresProtocol.decodeMessage(Array(#"{"t":99,"m":{}}"#.utf8))) { error in
+        XCTAssertThrowsError(try decodeMessage(Array(#"{"t":99,"m":{}}"#.utf8))) { error in
             XCTAssertEqual((error as? RPCMessageProtocol.UnknownID)?.id, 99)
         }
-        XCTAssertThrowsError(try scoresProtocol.decodeMessage([0x22, 0xFF, 0x22])) // a string that is not UTF-8, and not an object
+        XCTAssertThrowsError(try decodeMessage([0x22, 0xFF, 0x22])) // a string that is not UTF-8, and not an object
         XCTAssertThrowsError(try decode(Fail.self, "{\"t\":3,\"m\":{\"r\":\"\u{1}\"}}"), "a raw control character in a string")
     }
 
@@ -193,7 +192,7 @@ final class MessageCodecTests: XCTestCase {
         for count in 0..<70 {
             let bytes = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ count) }
             var text: [UInt8] = []
-            Base64.encode(bytes, into: &text)
+            bytes.withUnsafeBytes { Base64.encode($0, into: &text) }
             XCTAssertEqual(String(decoding: text, as: UTF8.self), Data(bytes).base64EncodedString())
             XCTAssertEqual(text.withUnsafeBytes { Base64.decode($0) }, bytes)
         }

@@ -18,6 +18,8 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     private let log = LockedValue("")
     private let outLog = LockedValue("")
     private let exited = Promise<Int32>()
+    /// Its stdin: a pipe held open while it runs (a Python test peer ends at stdin's EOF).
+    private let input = Pipe()
 
     /// Starts `uvrpc serve --port 0` with `arguments` and waits for its listening line.
     convenience init(tool: URL, _ arguments: [String]) throws {
@@ -32,6 +34,7 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
+        process.standardInput = input
         let exited = self.exited
         process.terminationHandler = { exited.fulfill($0.terminationStatus) }
         try process.run()

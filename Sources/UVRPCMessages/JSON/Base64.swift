@@ -11,18 +11,71 @@ enum Base64 {
     }()
 
     /// Appends the base64 text of `data` to `output`.
-    static func encode<Bytes: Collection>(_ data: Bytes, into output: inout [UInt8]) where Bytes.Element == UInt8 {
-        output.reserveCapacity(output.count + (data.count + 2) / 3 * 4)
+    static func encode(_ data: UnsafeRawBufferPointer, into output: inout [UInt8]) {
+        let length = (data.count + 2) / 3 * 4
+        guard length > 0 else { return }
+        let start = output.count
+        output.append(contentsOf: repeatElement(0, count: length))
         alphabet.withUnsafeBufferPointer { alphabet in
-            var iterator = data.makeIterator()
-            while let first = iterator.next() {
-                let second = iterator.next(), third = iterator.next()
-                let bits = UInt32(first) << 16 | UInt32(second ?? 0) << 8 | UInt32(third ?? 0)
-                output.append(alphabet[Int(bits >> 18 & 63)])
-                output.append(alphabet[Int(bits >> 12 & 63)])
-                output.append(second == nil ? 0x3D : alphabet[Int(bits >> 6 & 63)])
-                output.append(third == nil ? 0x3D : alphabet[Int(bits & 63)])
+            output.withUnsafeMutableBufferPointer { all in
+                // Safe: `length` bytes were just appended at `start`, and 4 are written per 3 read.
+                var out = start, index = 0
+                func emit(_ bits: UInt32, _ count: Int) {
+                    all[out] = alphabet[Int(bits >> 18 & 63)]
+                    all[out + 1] = alphabet[Int(bits >> 12 & 63)]
+                    all[out + 2] = count > 1 ? alphabet[Int(bits >> 6 & 63)] : 0x3D
+                    all[out + 3] = count > 2 ? alphabet[Int(bits & 63)] : 0x3D
+                    out += 4
+                }
+                while index + 3 <= data.count {
+                    emit(UInt32(data[index]) << 16 | UInt32(data[index + 1]) << 8 | UInt32(data[index + 2]), 3)
+                    index += 3
+                }
+                switch data.count - index {
+                case 1: emit(UInt32(data[index]) << 16, 1)
+                case 2: emit(UInt32(data[index]) << 16 | UInt32(data[index + 1]) << 8, 2)
+                default: break
+                }
             }
+        }
+    }
+
+    /// How many bytes `text` decodes to, or nil when no padding explains its length.
+    static func decodedCount(_ text: UnsafeRawBufferPointer) -> Int? {
+        var end = text.count
+        var padding = 0
+        while end > 0, text[end - 1] == 0x3D, padding < 2 { end -= 1; padding += 1 }
+        if padding > 0, text.count % 4 != 0 { return nil }
+        if end % 4 == 1 { return nil }
+        return end / 4 * 3 + max(end % 4 - 1, 0)
+    }
+
+    /// Decodes `text` into `output` (exactly ``decodedCount(_:)`` bytes); false
+    /// when a byte is outside the alphabet.
+    static func decode(_ text: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Bool {
+        var end = text.count, padding = 0
+        while end > 0, text[end - 1] == 0x3D, padding < 2 { end -= 1; padding += 1 } // as decodedCount counts
+        return values.withUnsafeBufferPointer { values in
+            var bits: UInt32 = 0, held = 0, out = 0
+            for index in 0..<end {
+                let value = values[Int(text[index])]
+                if value == 0xFF { return false }
+                bits = bits << 6 | UInt32(value)
+                held += 1
+                if held == 4 {
+                    output[out] = UInt8(truncatingIfNeeded: bits >> 16)
+                    output[out + 1] = UInt8(truncatingIfNeeded: bits >> 8)
+                    output[out + 2] = UInt8(truncatingIfNeeded: bits)
+                    out += 3
+                    bits = 0; held = 0
+                }
+            }
+            if held == 2 { output[out] = UInt8(truncatingIfNeeded: bits >> 4) }
+            if held == 3 {
+                output[out] = UInt8(truncatingIfNeeded: bits >> 10)
+                output[out + 1] = UInt8(truncatingIfNeeded: bits >> 2)
+            }
+            return true
         }
     }
 
@@ -30,35 +83,12 @@ enum Base64 {
     /// the alphabet, padding anywhere but the end, a length that no padding
     /// explains). Missing padding is accepted.
     static func decode(_ text: UnsafeRawBufferPointer) -> [UInt8]? {
-        var end = text.count
-        var padding = 0
-        while end > 0, text[end - 1] == 0x3D, padding < 2 { end -= 1; padding += 1 }
-        if padding > 0, text.count % 4 != 0 { return nil }
-        if end % 4 == 1 { return nil }
-        var output = [UInt8]()
-        output.reserveCapacity(end / 4 * 3 + 2)
-        let ok: Bool = values.withUnsafeBufferPointer { values in
-            var bits: UInt32 = 0
-            var held = 0
-            for index in 0..<end {
-                let value = values[Int(text[index])]
-                if value == 0xFF { return false }
-                bits = bits << 6 | UInt32(value)
-                held += 1
-                if held == 4 {
-                    output.append(UInt8(truncatingIfNeeded: bits >> 16))
-                    output.append(UInt8(truncatingIfNeeded: bits >> 8))
-                    output.append(UInt8(truncatingIfNeeded: bits))
-                    bits = 0; held = 0
-                }
-            }
-            if held == 2 { output.append(UInt8(truncatingIfNeeded: bits >> 4)) }
-            if held == 3 {
-                output.append(UInt8(truncatingIfNeeded: bits >> 10))
-                output.append(UInt8(truncatingIfNeeded: bits >> 2))
-            }
-            return true
+        guard let count = decodedCount(text) else { return nil }
+        var ok = false
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            ok = decode(text, into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = ok ? count : 0
         }
-        return ok ? output : nil
+        return ok ? bytes : nil
     }
 }

@@ -119,6 +119,19 @@ struct JSONTape {
             position += 1
             let start = position
             var escaped = false
+            // Eight bytes at a time while none of them is a quote, a backslash
+            // or a control character (the common case: plain text, base64).
+            if let base = text.baseAddress {
+                while position + 8 <= text.count {
+                    let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: position, as: UInt64.self))
+                    let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+                    func hasZero(_ x: UInt64) -> Bool { (x &- ones) & ~x & highs != 0 }
+                    let special = hasZero(word ^ (ones &* 0x22)) || hasZero(word ^ (ones &* 0x5C))
+                        || (word &- ones &* 0x20) & ~word & highs != 0
+                    if special { break }
+                    position += 8
+                }
+            }
             while true {
                 guard position < text.count else { throw failure("the text ends inside a string") }
                 let byte = text[position]

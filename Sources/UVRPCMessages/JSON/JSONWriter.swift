@@ -41,9 +41,9 @@ struct JSONWriter {
 
     /// A number as Python's `repr` writes a float (the shortest text that
     /// reads back as the same value; Swift's description is the same form).
-    mutating func double(_ value: Double, at path: [any CodingKey]) throws {
+    mutating func double(_ value: Double, key: (any CodingKey)?) throws {
         guard value.isFinite else {
-            throw EncodingError.invalidValue(value, .init(codingPath: path, debugDescription: "\(value) is not a JSON number"))
+            throw EncodingError.invalidValue(value, .init(codingPath: key.map { [$0] } ?? [], debugDescription: "\(value) is not a JSON number"))
         }
         if value == value.rounded(.towardZero), abs(value) < 1e16 {
             integer(Int64(value)); bytes.append(contentsOf: [0x2E, 0x30]) // "N.0", as Python writes 3.0
@@ -81,7 +81,7 @@ struct JSONWriter {
     }
 
     /// Bytes as standard base64 with padding, in quotes.
-    mutating func base64<Bytes: Collection>(_ data: Bytes) where Bytes.Element == UInt8 {
+    mutating func base64(_ data: UnsafeRawBufferPointer) {
         bytes.append(0x22)
         Base64.encode(data, into: &bytes)
         bytes.append(0x22)

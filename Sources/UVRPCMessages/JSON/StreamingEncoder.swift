@@ -12,66 +12,98 @@ import Foundation
 /// writes into two sibling containers alternately, or asks for a
 /// `superEncoder`, gets an `EncodingError`.
 final class StreamingEncoder: Encoder {
-    var writer: JSONWriter
-    var codingPath: [any CodingKey] = []
+    // Stored properties are touched only by this encoder's own synchronous
+    // calls, never across an access to another: no dynamic exclusivity
+    // checks (they were 5% of a typed call).
+    @exclusivity(unchecked) var writer: JSONWriter
+    /// Always empty while encoding: keeping a path per nested value cost an
+    /// allocation per message. An error's path is built as it unwinds
+    /// instead (``nested(_:key:)``).
+    var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
-    /// The containers open, innermost last: each one's closing byte, and
+    /// The containers open, as bit stacks (no allocation): bit `level - 1`
+    /// of `arrays` says whether that container is an array, of `members`
     /// whether it has a member yet (the next one needs a comma).
-    private var open: [(closer: UInt8, hasMember: Bool)] = []
+    @exclusivity(unchecked) private var depth = 0
+    @exclusivity(unchecked) private var arrays: UInt64 = 0
+    @exclusivity(unchecked) private var members: UInt64 = 0
+    /// The deepest nesting written (the bit stacks' width).
+    static let maximumDepth = 64
     /// How many containers were open when the value being written started.
-    private var valueLevel = 0
+    @exclusivity(unchecked) private var valueLevel = 0
     /// Whether the value being written has written anything (a container or a single value).
-    private var valueWritten = false
+    @exclusivity(unchecked) private var valueWritten = false
     /// The first misuse met, thrown when the value ends.
-    private var failure: EncodingError?
+    @exclusivity(unchecked) private var failure: EncodingError?
 
     init(capacity: Int) { writer = JSONWriter(capacity: capacity) }
 
-    /// Writes `value` at the current position.
+    /// Writes `value` at the current position: efro's forms for dates,
+    /// durations and bytes, else whatever the value's `encode(to:)` writes.
+    /// (Metatype comparisons, not casts: a dynamic cast per value cost more
+    /// than writing it.)
     func encodeValue<T: Encodable>(_ value: T) throws {
-        if let date = value as? Date {
-            writer.date(date)
-        } else if let data = value as? Data {
-            writer.base64(data)
-        } else if let duration = value as? Duration {
-            writer.duration(duration)
+        if T.self == Data.self {
+            _identityCast(value, to: Data.self).withUnsafeBytes { writer.base64($0) }
+        } else if T.self == Date.self {
+            writer.date(_identityCast(value, to: Date.self))
+        } else if T.self == Duration.self {
+            writer.duration(_identityCast(value, to: Duration.self))
         } else {
-            let level = open.count
-            let outer = (valueLevel, valueWritten)
+            let level = depth
+            let outer = valueLevel
             (valueLevel, valueWritten) = (level, false)
             try value.encode(to: self)
             if let failure { throw failure }
             if !valueWritten { writer.byte(0x7B); writer.byte(0x7D) } // a type that wrote nothing: an empty object
             close(downTo: level)
-            valueLevel = outer.0
+            valueLevel = outer
         }
         valueWritten = true
     }
+
+    /// Whether `T` is written in one of efro's forms (no `encode(to:)`, no error, no coding path).
+    static func isLeaf<T>(_ type: T.Type) -> Bool { T.self == Data.self || T.self == Date.self || T.self == Duration.self }
 
     /// Closes the containers opened past `level`.
     fileprivate func close(downTo level: Int) {
-        while open.count > level { writer.byte(open.removeLast().closer) }
+        while depth > level {
+            depth -= 1
+            writer.byte(arrays & (1 << depth) != 0 ? 0x5D : 0x7D)
+        }
     }
 
-    /// Opens a container (`opener`, `closer`) for the value being written
-    /// and returns its level; the open one when the value asks again for
-    /// the same kind (as a class and its superclass do).
-    private func openContainer(_ opener: UInt8, _ closer: UInt8) -> Int {
-        if valueWritten {
-            if open.count == valueLevel + 1, open[valueLevel].closer == closer { return open.count }
-            fail("asked for a second container for one value")
-            return open.count
+    /// Opens a container (an array or an object) and returns its level.
+    private func push(array: Bool) -> Int {
+        guard depth < Self.maximumDepth else {
+            fail("nested deeper than \(Self.maximumDepth)")
+            return depth
         }
-        writer.byte(opener)
-        open.append((closer, false))
+        writer.byte(array ? 0x5B : 0x7B)
+        let bit: UInt64 = 1 << depth
+        if array { arrays |= bit } else { arrays &= ~bit }
+        members &= ~bit
+        depth += 1
+        return depth
+    }
+
+    /// Opens a container for the value being written and returns its
+    /// level; the open one when the value asks again for the same kind (as
+    /// a class and its superclass do).
+    private func openContainer(array: Bool) -> Int {
+        if valueWritten {
+            if depth == valueLevel + 1, (arrays & (1 << valueLevel) != 0) == array { return depth }
+            fail("asked for a second container for one value")
+            return depth
+        }
         valueWritten = true
-        return open.count
+        return push(array: array)
     }
 
     fileprivate func fail(_ what: String) {
         if failure == nil {
-            failure = .invalidValue((), .init(codingPath: codingPath, debugDescription: "efro.message JSON: \(what)"))
+            failure = .invalidValue((), .init(codingPath: [], debugDescription: "efro.message JSON: \(what)"))
         }
     }
 
@@ -79,8 +111,9 @@ final class StreamingEncoder: Encoder {
     /// container still open and writes the comma when one is due.
     fileprivate func startMember(at level: Int) {
         close(downTo: level)
-        guard level > 0, level <= open.count else { return fail("wrote into a container after it ended") }
-        if open[level - 1].hasMember { writer.byte(0x2C) } else { open[level - 1].hasMember = true }
+        guard level > 0, level == depth else { return fail("wrote into a container after it ended") }
+        let bit: UInt64 = 1 << (level - 1)
+        if members & bit != 0 { writer.byte(0x2C) } else { members |= bit }
     }
 
     fileprivate func startMember(at level: Int, key: some CodingKey) {
@@ -89,18 +122,25 @@ final class StreamingEncoder: Encoder {
         writer.byte(0x3A)
     }
 
+    /// Writes a member's value; an error from inside it gets the member's
+    /// key in front of its path on the way out.
     fileprivate func nested<T: Encodable>(_ value: T, key: (any CodingKey)?) throws {
-        if let key { codingPath.append(key) }
-        defer { if key != nil { codingPath.removeLast() } }
-        try encodeValue(value)
+        do {
+            try encodeValue(value)
+        } catch EncodingError.invalidValue(let invalid, let context) {
+            let step = key ?? PathKey(string: "[]")
+            throw EncodingError.invalidValue(invalid, .init(codingPath: [step] + context.codingPath,
+                                                            debugDescription: context.debugDescription,
+                                                            underlyingError: context.underlyingError))
+        }
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        KeyedEncodingContainer(KeyedWriter<Key>(encoder: self, level: openContainer(0x7B, 0x7D)))
+        KeyedEncodingContainer(KeyedWriter<Key>(encoder: self, level: openContainer(array: false)))
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
-        UnkeyedWriter(encoder: self, level: openContainer(0x5B, 0x5D))
+        UnkeyedWriter(encoder: self, level: openContainer(array: true))
     }
 
     func singleValueContainer() -> any SingleValueEncodingContainer { SingleValueWriter(encoder: self) }
@@ -119,15 +159,11 @@ final class StreamingEncoder: Encoder {
     }
 
     fileprivate func nestedContainer<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        writer.byte(0x7B)
-        open.append((0x7D, false))
-        return KeyedEncodingContainer(KeyedWriter<Key>(encoder: self, level: open.count))
+        KeyedEncodingContainer(KeyedWriter<Key>(encoder: self, level: push(array: false)))
     }
 
     fileprivate func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
-        writer.byte(0x5B)
-        open.append((0x5D, false))
-        return UnkeyedWriter(encoder: self, level: open.count)
+        UnkeyedWriter(encoder: self, level: push(array: true))
     }
 }
 
@@ -145,10 +181,10 @@ private struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encode(_ value: Bool, forKey key: Key) throws { member(key) { $0.bool(value) } }
     mutating func encode(_ value: String, forKey key: Key) throws { member(key) { $0.string(value) } }
     mutating func encode(_ value: Double, forKey key: Key) throws {
-        try member(key) { try $0.double(value, at: encoder.codingPath + [key]) }
+        try member(key) { try $0.double(value, key: key) }
     }
     mutating func encode(_ value: Float, forKey key: Key) throws {
-        try member(key) { try $0.double(Double(value), at: encoder.codingPath + [key]) }
+        try member(key) { try $0.double(Double(value), key: key) }
     }
     mutating func encode(_ value: Int, forKey key: Key) throws { member(key) { $0.integer(value) } }
     mutating func encode(_ value: Int8, forKey key: Key) throws { member(key) { $0.integer(value) } }
@@ -203,8 +239,8 @@ private struct UnkeyedWriter: UnkeyedEncodingContainer {
     mutating func encodeNil() throws { element { $0.null() } }
     mutating func encode(_ value: Bool) throws { element { $0.bool(value) } }
     mutating func encode(_ value: String) throws { element { $0.string(value) } }
-    mutating func encode(_ value: Double) throws { let path = codingPath; try element { try $0.double(value, at: path) } }
-    mutating func encode(_ value: Float) throws { let path = codingPath; try element { try $0.double(Double(value), at: path) } }
+    mutating func encode(_ value: Double) throws { try element { try $0.double(value, key: nil) } }
+    mutating func encode(_ value: Float) throws { try element { try $0.double(Double(value), key: nil) } }
     mutating func encode(_ value: Int) throws { element { $0.integer(value) } }
     mutating func encode(_ value: Int8) throws { element { $0.integer(value) } }
     mutating func encode(_ value: Int16) throws { element { $0.integer(value) } }
@@ -246,8 +282,8 @@ private struct SingleValueWriter: SingleValueEncodingContainer {
     mutating func encodeNil() throws { encoder.scalar { $0.null() } }
     mutating func encode(_ value: Bool) throws { encoder.scalar { $0.bool(value) } }
     mutating func encode(_ value: String) throws { encoder.scalar { $0.string(value) } }
-    mutating func encode(_ value: Double) throws { try encoder.scalar { try $0.double(value, at: encoder.codingPath) } }
-    mutating func encode(_ value: Float) throws { try encoder.scalar { try $0.double(Double(value), at: encoder.codingPath) } }
+    mutating func encode(_ value: Double) throws { try encoder.scalar { try $0.double(value, key: nil) } }
+    mutating func encode(_ value: Float) throws { try encoder.scalar { try $0.double(Double(value), key: nil) } }
     mutating func encode(_ value: Int) throws { encoder.scalar { $0.integer(value) } }
     mutating func encode(_ value: Int8) throws { encoder.scalar { $0.integer(value) } }
     mutating func encode(_ value: Int16) throws { encoder.scalar { $0.integer(value) } }

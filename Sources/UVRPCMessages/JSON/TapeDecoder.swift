@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -8,29 +11,65 @@ import Foundation
 /// and values are read from the payload's bytes when asked for. A keyed
 /// container finds a key by walking its object's members (messages have
 /// few); keys it does not know are never looked at, so they are ignored.
-final class TapeDecoder: Decoder {
+final class TapeDecoder: Decoder, RPCMessageReader {
     let payload: [UInt8]
-    let tape: JSONTape
-    /// The node of the value being decoded.
-    var current: Int
-    var codingPath: [any CodingKey] = []
+    var tape: JSONTape
+    /// The node of the value being decoded (touched only by this decoder's
+    /// synchronous calls: no dynamic exclusivity checks).
+    @exclusivity(unchecked) var current: Int
+    /// The node of the envelope's `"m"`: where decoding starts (set once, by the codec).
+    var root: Int
+    /// The envelope's type id (set once, by the codec).
+    var typeID: Int
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
-    init(payload: [UInt8], tape: JSONTape, root: Int) {
+    init(payload: [UInt8], tape: JSONTape, root: Int, typeID: Int) {
         self.payload = payload
         self.tape = tape
         self.current = root
+        self.root = root
+        self.typeID = typeID
     }
+
+    func decode<Value: Decodable>(_ type: Value.Type) throws -> Value { try decode(type, at: root) }
+
+    /// The path of `index` from the envelope (`m`, then the keys and
+    /// positions down to it): worked out from the tape when an error needs
+    /// it, so that decoding keeps no path as it goes.
+    func path(to index: Int) -> [any CodingKey] {
+        var path: [any CodingKey] = [PathKey(string: "m")]
+        var container = root
+        while container != index {
+            let node = node(container)
+            guard node.kind == .object || node.kind == .array else { break }
+            var member = container + 1, found = false
+            for position in 0..<Int(node.count) {
+                let value = node.kind == .object ? member + 1 : member
+                let next = Int(self.node(value).next)
+                if index >= value && index < next {
+                    path.append(node.kind == .object ? PathKey(string: (try? string(at: member)) ?? "?") : PathKey(int: position))
+                    container = value
+                    found = true
+                    break
+                }
+                member = next
+            }
+            if !found { break }
+        }
+        return path
+    }
+
+    var codingPath: [any CodingKey] { path(to: current) }
 
     func node(_ index: Int) -> JSONTape.Node { tape.nodes[index] }
 
-    /// Decodes `type` from the node at `index`.
-    func decode<T: Decodable>(_ type: T.Type, at index: Int, key: (any CodingKey)?) throws -> T {
-        if let key { codingPath.append(key) }
-        defer { if key != nil { codingPath.removeLast() } }
-        if T.self == Date.self { return try date(at: index) as! T }
-        if T.self == Data.self { return Data(try bytes(at: index)) as! T }
-        if T.self == Duration.self { return try duration(at: index) as! T }
+    /// Decodes `type` from the node at `index`: efro's forms for dates,
+    /// durations and bytes (metatype comparisons, not casts), else the
+    /// type's own `init(from:)`.
+    func decode<T: Decodable>(_ type: T.Type, at index: Int) throws -> T {
+        if T.self == Data.self { return _identityCast(try data(at: index), to: T.self) }
+        if T.self == Date.self { return _identityCast(try date(at: index), to: T.self) }
+        if T.self == Duration.self { return _identityCast(try duration(at: index), to: T.self) }
         let outer = current
         current = index
         defer { current = outer }
@@ -47,7 +86,7 @@ final class TapeDecoder: Decoder {
         case .true, .false: found = "a bool"
         case .null: found = "null"
         }
-        return .typeMismatch(Any.self, .init(codingPath: codingPath, debugDescription: "expected \(expected), found \(found)"))
+        return .typeMismatch(Any.self, .init(codingPath: path(to: index), debugDescription: "expected \(expected), found \(found)"))
     }
 
     /// The raw bytes of a scalar node.
@@ -65,7 +104,7 @@ final class TapeDecoder: Decoder {
                 : String(validating: raw, as: UTF8.self)
         }
         guard let text else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "a string that is not valid UTF-8"))
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "a string that is not valid UTF-8"))
         }
         return text
     }
@@ -110,7 +149,7 @@ final class TapeDecoder: Decoder {
             return value
         }
         guard let value else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath,
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index),
                                                     debugDescription: "\(withBytes(of: index) { String(decoding: $0, as: UTF8.self) }) is not an integer that fits \(T.self)"))
         }
         return value
@@ -120,18 +159,28 @@ final class TapeDecoder: Decoder {
         guard node(index).kind == .number else { throw mismatch("a number", at: index) }
         let text = withBytes(of: index) { String(decoding: $0, as: UTF8.self) }
         guard let value = Double(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "\(text) is not a number"))
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "\(text) is not a number"))
         }
         return value
     }
 
-    /// Bytes stored as base64 text.
-    func bytes(at index: Int) throws -> [UInt8] {
+    /// Bytes stored as base64 text, decoded straight into the `Data`.
+    func data(at index: Int) throws -> Data {
         guard node(index).kind == .string, !node(index).escaped else { throw mismatch("bytes as base64 text", at: index) }
-        guard let bytes = withBytes(of: index, { Base64.decode($0) }) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "not base64 text"))
+        let data: Data? = withBytes(of: index) { text in
+            guard let count = Base64.decodedCount(text) else { return nil }
+            guard count > 0, let buffer = malloc(count) else { return count == 0 ? Data() : nil }
+            guard Base64.decode(text, into: UnsafeMutableRawBufferPointer(start: buffer, count: count)) else {
+                free(buffer)
+                return nil
+            }
+            // The Data owns the buffer from here (frees it with `free`): no zero-fill, no copy.
+            return Data(bytesNoCopy: buffer, count: count, deallocator: .free)
         }
-        return bytes
+        guard let data else {
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "not base64 text"))
+        }
+        return data
     }
 
     /// The integers of an array node, exactly `count` of them.
@@ -146,7 +195,7 @@ final class TapeDecoder: Decoder {
         let parts = UTCDate(year: fields[0], month: fields[1], day: fields[2], hour: fields[3], minute: fields[4],
                             second: fields[5], microsecond: fields[6])
         guard let date = parts.date else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "\(fields) is not \(what)"))
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "\(fields) is not \(what)"))
         }
         return date
     }
@@ -156,36 +205,41 @@ final class TapeDecoder: Decoder {
         let (days, o1) = fields[0].multipliedReportingOverflow(by: 86_400)
         let (seconds, o2) = days.addingReportingOverflow(fields[1])
         guard !o1, !o2, abs(fields[2]) < 1_000_000_000 else {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: "\(fields) is out of range for a duration"))
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "\(fields) is out of range for a duration"))
         }
         return .seconds(seconds) + .microseconds(fields[2])
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         guard node(current).kind == .object else { throw mismatch("an object", at: current) }
-        return KeyedDecodingContainer(KeyedReader<Key>(decoder: self, object: current, codingPath: codingPath))
+        return KeyedDecodingContainer(KeyedReader<Key>(decoder: self, object: current))
     }
 
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
         guard node(current).kind == .array else { throw mismatch("an array", at: current) }
-        return UnkeyedReader(decoder: self, array: current, codingPath: codingPath)
+        return UnkeyedReader(decoder: self, array: current)
     }
 
     func singleValueContainer() throws -> any SingleValueDecodingContainer {
-        SingleValueReader(decoder: self, index: current, codingPath: codingPath)
+        SingleValueReader(decoder: self, index: current)
     }
+}
+
+/// A key of an error's coding path, made from the tape.
+struct PathKey: CodingKey {
+    var stringValue: String
+    var intValue: Int?
+    init(string: String) { stringValue = string }
+    init(int: Int) { stringValue = "[\(int)]"; intValue = int }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { self.init(int: intValue) }
 }
 
 private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: TapeDecoder
     let object: Int
-    let codingPath: [any CodingKey]
 
-    init(decoder: TapeDecoder, object: Int, codingPath: [any CodingKey]) {
-        self.decoder = decoder
-        self.object = object
-        self.codingPath = codingPath
-    }
+    var codingPath: [any CodingKey] { decoder.path(to: object) }
 
     /// The value node of `key`'s member (the last one, when a key repeats, as Python's json reads it).
     private func find(_ key: Key) -> Int? {
@@ -206,14 +260,6 @@ private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return index
     }
 
-    /// Runs `read` with the key on the decoder's path, so that its errors name the field.
-    private func read<T>(_ key: Key, _ read: (Int) throws -> T) throws -> T {
-        let index = try value(key)
-        decoder.codingPath.append(key)
-        defer { decoder.codingPath.removeLast() }
-        return try read(index)
-    }
-
     var allKeys: [Key] {
         var keys: [Key] = []
         var index = object + 1
@@ -227,36 +273,65 @@ private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func contains(_ key: Key) -> Bool { find(key) != nil }
 
     func decodeNil(forKey key: Key) throws -> Bool { decoder.node(try value(key)).kind == .null }
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try read(key) { try decoder.bool(at: $0) } }
-    func decode(_ type: String.Type, forKey key: Key) throws -> String { try read(key) { try decoder.string(at: $0) } }
-    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try read(key) { try decoder.double(at: $0) } }
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try read(key) { Float(try decoder.double(at: $0)) } }
-    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try read(key) { try decoder.integer(type, at: $0) } }
-    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        try decoder.decode(type, at: try value(key), key: key)
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try decoder.bool(at: value(key)) }
+    func decode(_ type: String.Type, forKey key: Key) throws -> String { try decoder.string(at: value(key)) }
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try decoder.double(at: value(key)) }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(try decoder.double(at: value(key))) }
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try decoder.integer(type, at: value(key)) }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try decoder.integer(type, at: value(key)) }
+    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T { try decoder.decode(type, at: value(key)) }
+
+    // decodeIfPresent, once per field: the protocol's default looks the key
+    // up three times (contains, decodeNil, decode).
+
+    /// The value node of `key`, or nil when the key is missing or its value is null.
+    private func present(_ key: Key) -> Int? {
+        guard let index = find(key), decoder.node(index).kind != .null else { return nil }
+        return index
     }
 
+    func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Int8.Type, forKey key: Key) throws -> Int8? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Int16.Type, forKey key: Key) throws -> Int16? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: UInt8.Type, forKey key: Key) throws -> UInt8? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: UInt16.Type, forKey key: Key) throws -> UInt16? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: UInt32.Type, forKey key: Key) throws -> UInt32? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? { try present(key).map { try decode(type, forKey: key, at: $0) } }
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        try present(key).map { try decoder.decode(type, at: $0) }
+    }
+
+    private func decode(_ type: Bool.Type, forKey key: Key, at index: Int) throws -> Bool { try decoder.bool(at: index) }
+    private func decode(_ type: String.Type, forKey key: Key, at index: Int) throws -> String { try decoder.string(at: index) }
+    private func decode(_ type: Double.Type, forKey key: Key, at index: Int) throws -> Double { try decoder.double(at: index) }
+    private func decode(_ type: Float.Type, forKey key: Key, at index: Int) throws -> Float { Float(try decoder.double(at: index)) }
+    private func decode<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key, at index: Int) throws -> T { try decoder.integer(type, at: index) }
+
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
-        try read(key) { index in
-            guard decoder.node(index).kind == .object else { throw decoder.mismatch("an object", at: index) }
-            return KeyedDecodingContainer(KeyedReader<NestedKey>(decoder: decoder, object: index, codingPath: codingPath + [key]))
-        }
+        let index = try value(key)
+        guard decoder.node(index).kind == .object else { throw decoder.mismatch("an object", at: index) }
+        return KeyedDecodingContainer(KeyedReader<NestedKey>(decoder: decoder, object: index))
     }
 
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        try read(key) { index in
-            guard decoder.node(index).kind == .array else { throw decoder.mismatch("an array", at: index) }
-            return UnkeyedReader(decoder: decoder, array: index, codingPath: codingPath + [key])
-        }
+        let index = try value(key)
+        guard decoder.node(index).kind == .array else { throw decoder.mismatch("an array", at: index) }
+        return UnkeyedReader(decoder: decoder, array: index)
     }
 
     func superDecoder() throws -> any Decoder {
@@ -269,36 +344,28 @@ private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
 /// An array's elements, read in order.
 private struct UnkeyedReader: UnkeyedDecodingContainer {
     let decoder: TapeDecoder
-    let codingPath: [any CodingKey]
+    let array: Int
     let count: Int?
     private(set) var currentIndex = 0
     /// The node of the next element.
     private var cursor: Int
 
-    init(decoder: TapeDecoder, array: Int, codingPath: [any CodingKey]) {
+    init(decoder: TapeDecoder, array: Int) {
         self.decoder = decoder
-        self.codingPath = codingPath
+        self.array = array
         self.count = Int(decoder.node(array).count)
         self.cursor = array + 1
     }
 
-    var isAtEnd: Bool { currentIndex >= count! }
+    var codingPath: [any CodingKey] { decoder.path(to: array) }
 
-    private struct Index: CodingKey {
-        var intValue: Int?
-        var stringValue: String { "\(intValue!)" }
-        init(_ value: Int) { intValue = value }
-        init?(stringValue: String) { nil }
-        init?(intValue: Int) { self.intValue = intValue }
-    }
+    var isAtEnd: Bool { currentIndex >= count! }
 
     /// Reads the next element with `read` and moves past it.
     private mutating func next<T>(_ read: (TapeDecoder, Int) throws -> T) throws -> T {
         guard !isAtEnd else {
             throw DecodingError.valueNotFound(T.self, .init(codingPath: codingPath, debugDescription: "the array has only \(count!) elements"))
         }
-        decoder.codingPath.append(Index(currentIndex))
-        defer { decoder.codingPath.removeLast() }
         let value = try read(decoder, cursor)
         cursor = Int(decoder.node(cursor).next)
         currentIndex += 1
@@ -326,23 +393,19 @@ private struct UnkeyedReader: UnkeyedDecodingContainer {
     mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try next { try $0.integer(type, at: $1) } }
     mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try next { try $0.integer(type, at: $1) } }
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try next { try $0.integer(type, at: $1) } }
-    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try next { try $0.decode(type, at: $1, key: nil) }
-    }
+    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T { try next { try $0.decode(type, at: $1) } }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
-        let path = codingPath + [Index(currentIndex)]
-        return try next { decoder, index in
+        try next { decoder, index in
             guard decoder.node(index).kind == .object else { throw decoder.mismatch("an object", at: index) }
-            return KeyedDecodingContainer(KeyedReader<NestedKey>(decoder: decoder, object: index, codingPath: path))
+            return KeyedDecodingContainer(KeyedReader<NestedKey>(decoder: decoder, object: index))
         }
     }
 
     mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer {
-        let path = codingPath + [Index(currentIndex)]
-        return try next { decoder, index in
+        try next { decoder, index in
             guard decoder.node(index).kind == .array else { throw decoder.mismatch("an array", at: index) }
-            return UnkeyedReader(decoder: decoder, array: index, codingPath: path)
+            return UnkeyedReader(decoder: decoder, array: index)
         }
     }
 
@@ -354,7 +417,8 @@ private struct UnkeyedReader: UnkeyedDecodingContainer {
 private struct SingleValueReader: SingleValueDecodingContainer {
     let decoder: TapeDecoder
     let index: Int
-    let codingPath: [any CodingKey]
+
+    var codingPath: [any CodingKey] { decoder.path(to: index) }
 
     func decodeNil() -> Bool { decoder.node(index).kind == .null }
     func decode(_ type: Bool.Type) throws -> Bool { try decoder.bool(at: index) }
@@ -371,5 +435,5 @@ private struct SingleValueReader: SingleValueDecodingContainer {
     func decode(_ type: UInt16.Type) throws -> UInt16 { try decoder.integer(type, at: index) }
     func decode(_ type: UInt32.Type) throws -> UInt32 { try decoder.integer(type, at: index) }
     func decode(_ type: UInt64.Type) throws -> UInt64 { try decoder.integer(type, at: index) }
-    func decode<T: Decodable>(_ type: T.Type) throws -> T { try decoder.decode(type, at: index, key: nil) }
+    func decode<T: Decodable>(_ type: T.Type) throws -> T { try decoder.decode(type, at: index) }
 }
