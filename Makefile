@@ -76,7 +76,7 @@ bench-check: bootstrap
 	.build/release/uvrpc-bench --scenario allocs --json .build/allocs.json
 	python3 scripts/bench-check.py .build/allocs.json
 
-# The DocC documentation of UVLoop and UVRPC (swift-docc-plugin), into .build/docs;
+# The DocC documentation of UVLoop, UVRPC and UVRPCMessages (swift-docc-plugin), into .build/docs;
 # first, every figure in the docs checked against the recorded bench JSON.
 docs: bootstrap
 	bash scripts/docs.sh

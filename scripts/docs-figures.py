@@ -13,8 +13,9 @@ Docs/*.md and README.md, so the figures in the docs are never typed by hand.
 
 Blocks: `<!-- figures: NAME [FILE] -->` ... `<!-- /figures -->` is replaced
 by the table NAME (`shared`: the shared scenario's table, with CMD, or the
-bench's default command, under it; `recorded-run`: the table the bench
-printed with that JSON, the .txt file beside it). With FILE, only that JSON
+bench's default command, under it; `typed`: the typed scenario's calls
+and codec halves, likewise; `recorded-run`: the table the bench printed
+with that JSON, the .txt file beside it). With FILE, only that JSON
 fills it; without, the first given JSON that has the results. A block whose
 results no given JSON has is left as it is (and not checked).
 
@@ -104,7 +105,36 @@ def recorded_run(results, path):
     return "```\n" + text + "\n```"
 
 
-TABLES = {"shared": shared, "recorded-run": recorded_run}
+def typed(results, path):
+    """The typed scenario: calls per second against the raw async path, and each codec half."""
+    rows = [r for r in results if r["scenario"] == "typed"]
+    if not rows:
+        return None
+    def params(r):
+        return dict(p.split("=", 1) for p in r["params"].split(","))
+    calls = {params(r)["call"]: r for r in rows if "call" in params(r)}
+    codec = {params(r)["codec"]: r for r in rows if "codec" in params(r)}
+    if "raw" not in calls:
+        return None
+    raw = calls["raw"]["calls_per_s"]
+    what = {"raw": "raw async (async echo server, async callers on the loop)",
+            "echo": "typed Echo, 64 B of data", "submit": "typed SubmitScore"}
+    lines = ["| 64 B, 64 in flight | calls/s | / raw async | caller mallocs per call |", "|---|---|---|---|"]
+    for key in ["raw", "echo", "submit"]:
+        if key in calls:
+            r = calls[key]
+            lines.append(f"| {what[key]} | {r['calls_per_s']:,.0f} | {r['calls_per_s'] / raw:.2f} | {r['mallocs_per_call']:.0f} |"
+                         .replace(",", " "))
+    halves = {"encode-message": "encode the Echo message (caller)", "decode-message": "decode it (server)",
+              "encode-response": "encode the EchoResult (server)", "decode-response": "decode it (caller)"}
+    lines += ["", "| the codec alone, 64 B Echo | ns | mallocs |", "|---|---|---|"]
+    for key, label in halves.items():
+        if key in codec:
+            lines.append(f"| {label} | {codec[key]['ns_per_op']:.0f} | {codec[key]['mallocs_per_call']:.0f} |")
+    return "\n".join(lines)
+
+
+TABLES = {"shared": shared, "recorded-run": recorded_run, "typed": typed}
 
 
 # ---------------------------------------------------------------- keys

@@ -14,9 +14,9 @@ cp Docs/COMMON_TASKS.md "$catalog/CommonTasks.md"
 cp Docs/ARCHITECTURE.md "$catalog/Architecture.md"
 trap 'rm -f "$catalog/GettingStarted.md" "$catalog/CommonTasks.md" "$catalog/Architecture.md"' EXIT
 mkdir -p .build/docs
-for target in UVLoop UVRPC; do
+for target in UVLoop UVRPC UVRPCMessages; do
     swift package --allow-writing-to-directory .build/docs \
         generate-documentation --target "$target" --output-path ".build/docs/$target.doccarchive" \
         --warnings-as-errors
 done
-echo "docs: .build/docs/UVLoop.doccarchive and .build/docs/UVRPC.doccarchive"
+echo "docs: .build/docs/UVLoop.doccarchive, UVRPC.doccarchive and UVRPCMessages.doccarchive"

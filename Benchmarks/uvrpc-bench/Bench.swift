@@ -477,8 +477,8 @@ struct Bench: ParsableCommand {
                 rows.append(Row(scenario: "typed", params: "64 B, c=64, \(run.label)", metric: "caller mallocs/call",
                                 swift: result.mallocs_per_call, c: nil, higherIsBetter: false))
             }
-            for (label, nanoseconds, mallocs) in try measureTypedCodec(size: 64) {
-                measurements.append(Measurement(scenario: "typed", impl: .swiftTyped, params: "codec=\(label),size=64",
+            for (key, label, nanoseconds, mallocs) in try measureTypedCodec(size: 64) {
+                measurements.append(Measurement(scenario: "typed", impl: .swiftTyped, params: "codec=\(key),size=64",
                                                 mallocsPerCall: mallocs, nanosecondsPerOperation: nanoseconds))
                 rows.append(Row(scenario: "typed", params: "64 B: \(label)", metric: "ns", swift: nanoseconds, c: nil, higherIsBetter: false))
                 rows.append(Row(scenario: "typed", params: "64 B: \(label)", metric: "mallocs", swift: mallocs, c: nil, higherIsBetter: false))

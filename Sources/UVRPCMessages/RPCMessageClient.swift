@@ -37,12 +37,12 @@ public struct RPCMessageClient: Sendable {
     /// answer of several (``RPCAnswer``), or ``RPCNoResponse``.
     ///
     /// It runs on the caller's executor (`nonisolated(nonsending)`), as the
-    /// raw ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` does.
+    /// raw `RPCAsyncEndpoint/send(_:timeout:closeOnError:)` does.
     /// - Throws: ``RPCMessageError`` when the peer answered with an error
     ///   (``RPCMessageError/Kind/remoteClean`` with its handler's text, or
     ///   ``RPCMessageError/Kind/remote``) or with something the message does
     ///   not declare, or when the message is not in the protocol;
-    ///   ``RPCError`` when the call itself failed (timed out, closed, no
+    ///   `RPCError` when the call itself failed (timed out, closed, no
     ///   connection), as a raw call does; `CancellationError`.
     @discardableResult
     nonisolated(nonsending)

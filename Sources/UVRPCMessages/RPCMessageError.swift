@@ -1,7 +1,7 @@
 /// Why a typed call failed in the message layer: the peer answered with an
 /// error (its kind and text, efro's error response), or the answer did not
 /// fit the message. Failures of the call itself (timed out, no connection,
-/// closed) are ``RPCError``s, as for raw calls.
+/// closed) are `RPCError`s, as for raw calls.
 ///
 /// ```swift
 /// do {
@@ -24,7 +24,7 @@ public struct RPCMessageError: Error, CustomStringConvertible, Sendable, Equatab
         /// has occurred." (the details stay in the peer's log). efro's REMOTE.
         public static let remote = Kind(rawValue: 0)
         /// The peer's handler failed with an error meant for the caller (an
-        /// ``RPCPublicError`` in Swift, a CleanError in Python): the text is
+        /// `RPCPublicError` in Swift, a CleanError in Python): the text is
         /// that error's. efro's REMOTE_CLEAN.
         public static let remoteClean = Kind(rawValue: 1)
         /// efro's LOCAL (a Python peer's own).

@@ -1,7 +1,7 @@
 import UVRPC
 
 /// The handlers of a typed protocol, one per message type, made into the
-/// ``RPCHandler`` a server (or a client that takes calls) is given.
+/// `RPCHandler` a server (or a client that takes calls) is given.
 ///
 /// ```swift
 /// var handlers = RPCMessageHandlers(protocol: scores)
@@ -15,7 +15,7 @@ import UVRPC
 ///
 /// What goes back (efro.message's semantics, which Python peers expect):
 /// - the handler's answer, encoded as its response type (or efro's empty response);
-/// - an error the handler throws that is an ``RPCPublicError``: an error
+/// - an error the handler throws that is an `RPCPublicError`: an error
 ///   response of kind REMOTE_CLEAN with its `publicDescription` (the caller
 ///   throws ``RPCMessageError`` of kind ``RPCMessageError/Kind/remoteClean``);
 /// - any other error: an error response of kind REMOTE with the text "An
@@ -41,9 +41,9 @@ public struct RPCMessageHandlers: Sendable {
     }
 
     /// Answers every `type` message with `handler`'s return value. The
-    /// handler runs on the endpoint's loop (as ``RPCHandler/async(_:)``'s
+    /// handler runs on the endpoint's loop (as `RPCHandler/async(_:)`'s
     /// do), concurrently with the connection's other calls; it gets the
-    /// message and where it came from (``RPCHandlerContext``).
+    /// message and where it came from (`RPCHandlerContext`).
     public mutating func on<Message: RPCMessage>(
         _ type: Message.Type,
         _ handler: nonisolated(nonsending) @escaping @Sendable (Message, RPCHandlerContext) async throws -> Message.Response

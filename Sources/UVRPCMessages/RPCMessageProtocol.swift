@@ -196,7 +196,7 @@ func describe(_ error: any Error) -> String {
 
 /// A mistake in a typed protocol's declaration or its handlers, found when
 /// it is made (``RPCMessageProtocol/init(messages:responses:codec:)``,
-/// ``RPCHandler/messages(_:)``); the message names the type.
+/// `RPCHandler/messages(_:)`); the message names the type.
 public struct RPCMessageProtocolError: Error, CustomStringConvertible, Sendable {
     /// What is wrong, naming the type.
     public let message: String
