@@ -1,5 +1,6 @@
 import UVLoop
 import UVRPC
+import UVRPCMessages
 import UVTestSupport
 import XCTest
 
@@ -186,6 +187,24 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertEqual(status, 0)
     }
 
+    /// The typed calls of Docs/GETTING_STARTED.md (port 0, one loop).
+    func testTheTypedCallsOfTheDocs() async throws {
+        let loops = try EventLoopGroup(name: "typed", loopCount: 1)
+        let greetings = try RPCMessageProtocol(messages: [0: Greet.self], responses: [0: Greeting.self])
+        var handlers = RPCMessageHandlers(protocol: greetings)
+        handlers.on(Greet.self) { message, context in Greeting(text: "hello, \(message.name)") }
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0)), on: loops,
+                                         handler: try .messages(handlers)).start()
+        let endpoint = try await RPCClient.connect(to: server.address, on: loops)
+        let client = RPCMessageClient(endpoint, protocol: greetings)
+        let greeting = try await client.send(Greet(name: "alice"))
+        XCTAssertEqual(greeting.text, "hello, alice")
+        await endpoint.close()
+        await server.stop()
+        let status = await loops.shutdown()
+        XCTAssertEqual(status, 0)
+    }
+
     /// The multi-core server and client pool of Docs/GETTING_STARTED.md (port 0).
     func testTheMultiCoreServerAndClientPoolOfTheDocs() async throws {
         let serverLoops = try EventLoopGroup(name: "rpc")
@@ -217,3 +236,10 @@ final class Session: @unchecked Sendable { // touched on its connection's loop o
 
 /// Where each connection of the docs' example keeps its session.
 enum SessionKey: RPCConnectionKey { typealias Value = Session }
+
+/// The typed message of the docs' example, and its answer.
+struct Greet: RPCMessage {
+    typealias Response = Greeting
+    var name: String
+}
+struct Greeting: RPCResponseMessage { var text: String }

@@ -13,14 +13,14 @@ import Foundation
 /// few); keys it does not know are never looked at, so they are ignored.
 final class TapeDecoder: Decoder, RPCMessageReader {
     let payload: [UInt8]
-    var tape: JSONTape
+    @exclusivity(unchecked) var tape: JSONTape
     /// The node of the value being decoded (touched only by this decoder's
     /// synchronous calls: no dynamic exclusivity checks).
     @exclusivity(unchecked) var current: Int
     /// The node of the envelope's `"m"`: where decoding starts (set once, by the codec).
-    var root: Int
+    @exclusivity(unchecked) var root: Int
     /// The envelope's type id (set once, by the codec).
-    var typeID: Int
+    @exclusivity(unchecked) var typeID: Int
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
     init(payload: [UInt8], tape: JSONTape, root: Int, typeID: Int) {
