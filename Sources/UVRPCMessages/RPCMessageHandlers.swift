@@ -95,6 +95,9 @@ public struct RPCMessageHandlers: Sendable {
             return undecodable(error.reason)
         } catch let error as any RPCPublicError {
             return messageProtocol.encodeError(.remoteClean, error.publicDescription)
+        } catch is CancellationError {
+            // The peer cancelled the call (or the endpoint is closing): nothing will be sent; not a failure to log.
+            return messageProtocol.encodeError(.remote, internalErrorText)
         } catch {
             let type = messageProtocol.messages[reader.typeID].map { "\($0)" } ?? "a message"
             context.endpoint.endpoint.logger.error("the handler of \(type) failed; answered with an internal error",

@@ -31,7 +31,7 @@ public struct RPCMessageProtocol: Sendable {
     ///     Python peers speak) by default.
     /// - Throws: ``RPCMessageProtocolError`` naming the first mistake.
     public init(messages: KeyValuePairs<Int, any RPCMessage.Type>,
-                responses: KeyValuePairs<Int, any RPCResponseMessage.Type>,
+                responses: KeyValuePairs<Int, any RPCResponseMessage.Type> = [:],
                 codec: any RPCMessageCodec = RPCMessageJSONCodec()) throws(RPCMessageProtocolError) {
         var messageTypes: [Int: any RPCMessage.Type] = [:], messageIDs: [ObjectIdentifier: Int] = [:]
         for (id, type) in messages {
@@ -105,6 +105,11 @@ public struct RPCMessageProtocol: Sendable {
         /// the message declares just `R` (no existential box), else through
         /// the answer's `init?(response:)`.
         func answer<R: RPCResponseMessage>(_ type: R.Type) throws -> Message.Response {
+            // A type the message does not declare is refused before it is decoded.
+            guard R.self == Message.Response.self
+                || Message.Response.responseTypes.contains(where: { ObjectIdentifier($0) == ObjectIdentifier(R.self) }) else {
+                throw unexpected(Message.self, got: "\(R.self)", from: peer())
+            }
             let response: R
             do { response = try reader.decode(R.self) } catch { throw undecodable(error) }
             if R.self == Message.Response.self { return _identityCast(response, to: Message.Response.self) }

@@ -174,7 +174,7 @@ final class MessageCodecTests: XCTestCase {
             (#"{"t":3,"m":{"r":"\x"}}"#, "an unknown escape"),
             (#"{"m":{}}"#, #"missing field "t""#),
             (#"[1]"#, "not a JSON object"),
-            (String(repeating: "[", count: 200) + String(repeating: "]", count: 200), "nested deeper than 128"),
+            (String(repeating: "[", count: 200) + String(repeating: "]", count: 200), "nested deeper than 64"),
         ]
         for (text, expected) in cases {
             XCTAssertThrowsError(try decodeMessage(Array(text.utf8)), text) { error in
@@ -199,5 +199,84 @@ final class MessageCodecTests: XCTestCase {
         for bad in ["A", "A===", "AB=C", "ab$d", "AAAAA"] {
             XCTAssertNil(Array(bad.utf8).withUnsafeBytes { Base64.decode($0) }, bad)
         }
+    }
+
+    // MARK: What an outside review found (each failed, or trapped, before its fix)
+
+    func testHostileDurationsAndDatesAreErrorsNotTraps() throws {
+        struct Span: Codable, Equatable { var d: Duration }
+        XCTAssertThrowsError(try decode(Span.self, #"{"t":0,"m":{"d":[0,0,-9223372036854775808]}}"#), "abs(Int64.min) trapped")
+        XCTAssertThrowsError(try decode(Span.self, #"{"t":0,"m":{"d":[1000000000,0,0]}}"#), "over timedelta's 999 999 999 days")
+        XCTAssertEqual(try decode(Span.self, #"{"t":0,"m":{"d":[999999999,86399,999999]}}"#).d,
+                       .seconds(999_999_999 * 86_400 + 86_399) + .microseconds(999_999), "timedelta.max reads")
+        XCTAssertEqual(try encode(Span(d: .seconds(999_999_999 * 86_400 + 86_399) + .microseconds(999_999))),
+                       #"{"t":0,"m":{"d":[999999999,86399,999999]}}"#, "and writes back")
+        XCTAssertThrowsError(try encode(Span(d: .seconds(Int64.max))), "a Duration over 292 years trapped in the encoder")
+        struct When: Codable { var t: Date }
+        for far in [Date(timeIntervalSince1970: 1e13), Date(timeIntervalSince1970: -1e12), Date(timeIntervalSinceReferenceDate: .nan),
+                    Date(timeIntervalSinceReferenceDate: .infinity), Date(timeIntervalSince1970: 400_000_000_000)] {
+            XCTAssertThrowsError(try encode(When(t: far)), "\(far): trapped, or was written as a year no reader takes")
+        }
+        XCTAssertEqual(try encode(When(t: Date(timeIntervalSince1970: -62_135_596_800))), #"{"t":0,"m":{"t":[1,1,1,0,0,0,0]}}"#)
+    }
+
+    func testNegativeZeroKeepsItsSignAsPythonWritesIt() throws {
+        struct Number: Codable { var x: Double }
+        XCTAssertEqual(try encode(Number(x: -0.0)), #"{"t":0,"m":{"x":-0.0}}"#)
+        XCTAssertEqual(try decode(Number.self, #"{"t":0,"m":{"x":-0.0}}"#).x.sign, .minus)
+    }
+
+    func testBigObjectsAreReadThroughAKeyIndexWithTheLastRepeatedKeyWinning() throws {
+        struct Table: Codable, Equatable { var e: [String: Int] }
+        let keys = (0..<5000).map { "key\($0)" }
+        let text = #"{"t":0,"m":{"e":{"# + keys.enumerated().map { #""\#($1)":\#($0)"# }.joined(separator: ",") + #","key7":-7}}}"#
+        let table = try decode(Table.self, text)
+        XCTAssertEqual(table.e.count, 5000)
+        XCTAssertEqual(table.e["key4999"], 4999)
+        XCTAssertEqual(table.e["key7"], -7, "the last of a repeated key, in an indexed object too")
+        struct Wide: Codable { var k20: Int }
+        let wide = #"{"t":0,"m":{"# + (0..<30).map { #""k\#($0)":\#($0)"# }.joined(separator: ",") + "}}"
+        XCTAssertEqual(try decode(Wide.self, wide).k20, 20)
+    }
+
+    func testKeysMatchByteForByteEscapedOrNot() throws {
+        struct Accent: Codable { var é: Int? }
+        XCTAssertEqual(try decode(Accent.self, #"{"t":0,"m":{"\u00e9":1}}"#).é, 1, "an escaped key is the same key")
+        XCTAssertNil(try decode(Accent.self, #"{"t":0,"m":{"e\u0301":1}}"#).é, "e + combining acute is another key, as in Python")
+    }
+
+    func testBase64WithAnEscapedSlashReads() throws {
+        XCTAssertEqual(try decode(Echo.self, #"{"t":4,"m":{"d":"\/w==","n":null}}"#).data, Data([0xFF]))
+    }
+
+    func testANumberOnlyADoubleHoldsIsNotAFloat() throws {
+        struct Small: Codable { var f: Float }
+        XCTAssertThrowsError(try decode(Small.self, #"{"t":0,"m":{"f":1e39}}"#))
+        XCTAssertEqual(try decode(Small.self, #"{"t":0,"m":{"f":1.5}}"#).f, 1.5)
+    }
+
+    func testWhatIsReadCanBeWrittenBackAndTheIndexIsBounded() throws {
+        let limit = StreamingEncoder.maximumDepth
+        XCTAssertEqual(JSONTape.maximumDepth, limit, "the reader takes no deeper nesting than the writer writes")
+        let nested = String(repeating: "[", count: limit) + String(repeating: "]", count: limit)
+        XCTAssertThrowsError(try codec.reader(for: Array(#"{"t":0,"m":{"v":\#(nested)}}"#.utf8)))
+        XCTAssertThrowsError(try codec.reader(for: Array(("[" + String(repeating: "0,", count: JSONTape.maximumNodes) + "0]").utf8)),
+                             "more values than the index holds")
+    }
+
+    func testASuperclassMayWriteIntoItsSubclassesContainerAfterANestedOne() throws {
+        class Base: Codable { var a = 1 }
+        final class Derived: Base {
+            var i = 2
+            enum Keys: String, CodingKey { case n }
+            enum Inner: String, CodingKey { case i }
+            override func encode(to encoder: any Encoder) throws {
+                var container = encoder.container(keyedBy: Keys.self)
+                var nested = container.nestedContainer(keyedBy: Inner.self, forKey: .n)
+                try nested.encode(i, forKey: .i)
+                try super.encode(to: encoder)
+            }
+        }
+        XCTAssertEqual(try encode(Derived()), #"{"t":0,"m":{"n":{"i":2},"a":1}}"#)
     }
 }

@@ -26,8 +26,12 @@ struct JSONTape {
         var description: String { "not valid JSON at byte \(offset): \(what)" }
     }
 
-    /// The deepest nesting read: deeper texts are refused rather than risk the stack.
-    static let maximumDepth = 128
+    /// The deepest nesting read: deeper texts are refused rather than risk the
+    /// stack (the encoder's limit too, so what is read can be written back).
+    static let maximumDepth = StreamingEncoder.maximumDepth
+    /// The most values one text may hold: the index takes 20 bytes per value,
+    /// so a payload of small values cannot make it grow past 20 MiB.
+    static let maximumNodes = 1 << 20
 
     private(set) var nodes: [Node] = []
 
@@ -67,6 +71,7 @@ struct JSONTape {
 
         mutating func value(into nodes: inout [Node], depth: Int) throws(SyntaxError) {
             guard position < text.count else { throw failure("the text ends where a value should be") }
+            guard nodes.count < JSONTape.maximumNodes else { throw failure("more than \(JSONTape.maximumNodes) values") }
             switch text[position] {
             case 0x7B: try container(into: &nodes, depth: depth, object: true)
             case 0x5B: try container(into: &nodes, depth: depth, object: false)

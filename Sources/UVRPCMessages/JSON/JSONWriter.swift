@@ -45,7 +45,7 @@ struct JSONWriter {
         guard value.isFinite else {
             throw EncodingError.invalidValue(value, .init(codingPath: key.map { [$0] } ?? [], debugDescription: "\(value) is not a JSON number"))
         }
-        if value == value.rounded(.towardZero), abs(value) < 1e16 {
+        if value == value.rounded(.towardZero), abs(value) < 1e16, !(value == 0 && value.sign == .minus) {
             integer(Int64(value)); bytes.append(contentsOf: [0x2E, 0x30]) // "N.0", as Python writes 3.0
         } else {
             bytes.append(contentsOf: value.description.utf8)
@@ -87,9 +87,13 @@ struct JSONWriter {
         bytes.append(0x22)
     }
 
-    /// A UTC date as `[year, month, day, hour, minute, second, microsecond]`.
-    mutating func date(_ date: Date) {
-        let parts = UTCDate(date)
+    /// A UTC date as `[year, month, day, hour, minute, second, microsecond]`;
+    /// an error for a date Python's datetime cannot hold (years 1-9999).
+    mutating func date(_ date: Date) throws {
+        guard let parts = UTCDate(date) else {
+            // (Not `\(date)`: describing a date that is not finite traps.)
+            throw EncodingError.invalidValue(date, .init(codingPath: [], debugDescription: "a date \(date.timeIntervalSinceReferenceDate) s from 2001 is outside the years 1-9999 that efro's datetime holds"))
+        }
         bytes.append(0x5B)
         integer(parts.year); bytes.append(0x2C)
         integer(parts.month); bytes.append(0x2C)
@@ -103,9 +107,16 @@ struct JSONWriter {
 
     /// A duration as Python's timedelta: `[days, seconds, microseconds]`,
     /// with 0 <= seconds < 86400 and 0 <= microseconds < 1000000.
-    mutating func duration(_ duration: Duration) {
-        let micros = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
-        let (days, rest) = micros.floorDivided(by: 86_400_000_000)
+    /// An error for one Python's timedelta cannot hold (more than 999 999 999 days).
+    mutating func duration(_ duration: Duration) throws {
+        // In 128 bits: timedelta.max alone is 8.6e19 microseconds, over Int64.
+        let micros = Int128(duration.components.seconds) * 1_000_000 + Int128(duration.components.attoseconds / 1_000_000_000_000)
+        var (wideDays, wideRest) = micros.quotientAndRemainder(dividingBy: 86_400_000_000)
+        if wideRest < 0 { wideDays -= 1; wideRest += 86_400_000_000 }
+        guard (-999_999_999...999_999_999).contains(wideDays) else {
+            throw EncodingError.invalidValue(duration, .init(codingPath: [], debugDescription: "\(duration) is longer than efro's timedelta holds (999 999 999 days)"))
+        }
+        let (days, rest) = (Int64(wideDays), Int64(wideRest))
         bytes.append(0x5B)
         integer(days); bytes.append(0x2C)
         integer(rest / 1_000_000); bytes.append(0x2C)
@@ -136,18 +147,22 @@ struct UTCDate: Equatable {
         (self.hour, self.minute, self.second, self.microsecond) = (hour, minute, second, microsecond)
     }
 
-    init(_ date: Date) {
+    /// The fields of `date`; nil outside the years 1-9999 (or for a date that is not finite).
+    init?(_ date: Date) {
         // Rounded to the nearest microsecond from the reference date: a Double
         // of 2001-relative seconds keeps every microsecond within 285 years of
         // 2001 (2^53 microseconds); farther out, dates keep a few microseconds.
-        let micros = Int64((date.timeIntervalSinceReferenceDate * 1_000_000).rounded())
-            + Self.referenceOffset * 1_000_000
+        // Years 1-9999 are within ±2.6e11 s of 2001: the product fits an Int64.
+        let interval = date.timeIntervalSinceReferenceDate
+        guard interval.isFinite, abs(interval) < 3e11 else { return nil }
+        let micros = Int64((interval * 1_000_000).rounded()) + Self.referenceOffset * 1_000_000
         let (days, rest) = micros.floorDivided(by: 86_400_000_000)
         (year, month, day) = Self.civil(fromDays: days)
         hour = rest / 3_600_000_000
         minute = rest / 60_000_000 % 60
         second = rest / 1_000_000 % 60
         microsecond = rest % 1_000_000
+        guard (1...9999).contains(year) else { return nil }
     }
 
     /// The date, or nil when a field is out of its range.

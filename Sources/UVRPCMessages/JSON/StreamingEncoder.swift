@@ -47,9 +47,9 @@ final class StreamingEncoder: Encoder {
         if T.self == Data.self {
             _identityCast(value, to: Data.self).withUnsafeBytes { writer.base64($0) }
         } else if T.self == Date.self {
-            writer.date(_identityCast(value, to: Date.self))
+            try writer.date(_identityCast(value, to: Date.self))
         } else if T.self == Duration.self {
-            writer.duration(_identityCast(value, to: Duration.self))
+            try writer.duration(_identityCast(value, to: Duration.self))
         } else {
             let level = depth
             let outer = valueLevel
@@ -93,7 +93,12 @@ final class StreamingEncoder: Encoder {
     /// a class and its superclass do).
     private func openContainer(array: Bool) -> Int {
         if valueWritten {
-            if depth == valueLevel + 1, (arrays & (1 << valueLevel) != 0) == array { return depth }
+            // The same kind again (a superclass writing into its subclass's
+            // container, even after the subclass opened nested ones): the open one.
+            if depth > valueLevel, (arrays & (1 << valueLevel) != 0) == array {
+                close(downTo: valueLevel + 1)
+                return depth
+            }
             fail("asked for a second container for one value")
             return depth
         }

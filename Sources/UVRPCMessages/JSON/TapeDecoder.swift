@@ -110,16 +110,39 @@ final class TapeDecoder: Decoder, RPCMessageReader {
     }
 
     /// Whether the string node at `index` spells `key`.
+    /// Whether the string node at `index` spells `key`, byte for byte (as
+    /// Python compares keys: no Unicode equivalence), escapes resolved.
     func string(at index: Int, equals key: String) -> Bool {
         var key = key
-        if node(index).escaped { return (try? string(at: index)) == key }
         return withBytes(of: index) { raw in
             key.withUTF8 { utf8 in
+                if node(index).escaped { return JSONTape.unescape(raw).elementsEqual(utf8) }
                 guard utf8.count == raw.count else { return false }
                 for index in 0..<raw.count where utf8[index] != raw[index] { return false }
                 return true
             }
         }
+    }
+
+    /// The value node of each key of the object at `object` (the last, when a
+    /// key repeats), made once per large object: looking keys up by walking
+    /// the members made a dictionary field quadratic (a 40 KB message held a
+    /// loop for seconds).
+    @exclusivity(unchecked) private var keyIndexes: [Int: [String: Int]] = [:]
+
+    /// The objects with more members than this get a key index.
+    static let indexedObjectSize = 16
+
+    func keyIndex(of object: Int) -> [String: Int] {
+        if let made = keyIndexes[object] { return made }
+        var made: [String: Int] = [:]
+        var index = object + 1
+        for _ in 0..<node(object).count {
+            if let name = try? string(at: index) { made[name] = index + 1 }
+            index = Int(node(index + 1).next)
+        }
+        keyIndexes[object] = made
+        return made
     }
 
     func bool(at index: Int) throws -> Bool {
@@ -164,23 +187,39 @@ final class TapeDecoder: Decoder, RPCMessageReader {
         return value
     }
 
+    /// A number that fits a Float (one that only a Double holds is an error, as JSONDecoder has it).
+    func float(at index: Int) throws -> Float {
+        let value = try double(at: index)
+        guard Float(value).isFinite || !value.isFinite else {
+            throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "\(value) does not fit a Float"))
+        }
+        return Float(value)
+    }
+
     /// Bytes stored as base64 text, decoded straight into the `Data`.
     func data(at index: Int) throws -> Data {
-        guard node(index).kind == .string, !node(index).escaped else { throw mismatch("bytes as base64 text", at: index) }
-        let data: Data? = withBytes(of: index) { text in
-            guard let count = Base64.decodedCount(text) else { return nil }
-            guard count > 0, let buffer = malloc(count) else { return count == 0 ? Data() : nil }
-            guard Base64.decode(text, into: UnsafeMutableRawBufferPointer(start: buffer, count: count)) else {
-                free(buffer)
-                return nil
-            }
-            // The Data owns the buffer from here (frees it with `free`): no zero-fill, no copy.
-            return Data(bytesNoCopy: buffer, count: count, deallocator: .free)
+        guard node(index).kind == .string else { throw mismatch("bytes as base64 text", at: index) }
+        let data: Data? = withBytes(of: index) { raw in
+            // An escape (`\/`) is rare but valid JSON for the same text.
+            if node(index).escaped { return JSONTape.unescape(raw).withUnsafeBytes { Self.base64Data($0) } }
+            return Self.base64Data(raw)
         }
         guard let data else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "not base64 text"))
         }
         return data
+    }
+
+    /// The bytes base64 `text` holds, decoded straight into a `Data`'s buffer; nil when it is not base64.
+    private static func base64Data(_ text: UnsafeRawBufferPointer) -> Data? {
+        guard let count = Base64.decodedCount(text) else { return nil }
+        guard count > 0, let buffer = malloc(count) else { return count == 0 ? Data() : nil }
+        guard Base64.decode(text, into: UnsafeMutableRawBufferPointer(start: buffer, count: count)) else {
+            free(buffer)
+            return nil
+        }
+        // The Data owns the buffer from here (frees it with `free`): no zero-fill, no copy.
+        return Data(bytesNoCopy: buffer, count: count, deallocator: .free)
     }
 
     /// The integers of an array node, exactly `count` of them.
@@ -202,12 +241,13 @@ final class TapeDecoder: Decoder, RPCMessageReader {
 
     func duration(at index: Int) throws -> Duration {
         let fields = try integers(at: index, count: 3, what: "a duration as [days, seconds, microseconds]")
-        let (days, o1) = fields[0].multipliedReportingOverflow(by: 86_400)
-        let (seconds, o2) = days.addingReportingOverflow(fields[1])
-        guard !o1, !o2, abs(fields[2]) < 1_000_000_000 else {
+        // Python's timedelta: |days| <= 999 999 999; the other two fields are
+        // normalized by Python but may be anything in a peer's text: bounded here.
+        guard (-999_999_999...999_999_999).contains(fields[0]), (-999_999_999...999_999_999).contains(fields[1]),
+              (-999_999_999...999_999_999).contains(fields[2]) else {
             throw DecodingError.dataCorrupted(.init(codingPath: path(to: index), debugDescription: "\(fields) is out of range for a duration"))
         }
-        return .seconds(seconds) + .microseconds(fields[2])
+        return .seconds(fields[0] * 86_400 + fields[1]) + .microseconds(fields[2])
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
@@ -244,6 +284,7 @@ private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
     /// The value node of `key`'s member (the last one, when a key repeats, as Python's json reads it).
     private func find(_ key: Key) -> Int? {
         let name = key.stringValue
+        if decoder.node(object).count > TapeDecoder.indexedObjectSize { return decoder.keyIndex(of: object)[name] }
         var index = object + 1
         var found: Int?
         for _ in 0..<decoder.node(object).count {
@@ -276,7 +317,7 @@ private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try decoder.bool(at: value(key)) }
     func decode(_ type: String.Type, forKey key: Key) throws -> String { try decoder.string(at: value(key)) }
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try decoder.double(at: value(key)) }
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(try decoder.double(at: value(key))) }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try decoder.float(at: value(key)) }
     func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try decoder.integer(type, at: value(key)) }
     func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try decoder.integer(type, at: value(key)) }
     func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try decoder.integer(type, at: value(key)) }
@@ -319,7 +360,7 @@ private struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
     private func decode(_ type: Bool.Type, forKey key: Key, at index: Int) throws -> Bool { try decoder.bool(at: index) }
     private func decode(_ type: String.Type, forKey key: Key, at index: Int) throws -> String { try decoder.string(at: index) }
     private func decode(_ type: Double.Type, forKey key: Key, at index: Int) throws -> Double { try decoder.double(at: index) }
-    private func decode(_ type: Float.Type, forKey key: Key, at index: Int) throws -> Float { Float(try decoder.double(at: index)) }
+    private func decode(_ type: Float.Type, forKey key: Key, at index: Int) throws -> Float { try decoder.float(at: index) }
     private func decode<T: FixedWidthInteger>(_ type: T.Type, forKey key: Key, at index: Int) throws -> T { try decoder.integer(type, at: index) }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
@@ -382,7 +423,7 @@ private struct UnkeyedReader: UnkeyedDecodingContainer {
     mutating func decode(_ type: Bool.Type) throws -> Bool { try next { try $0.bool(at: $1) } }
     mutating func decode(_ type: String.Type) throws -> String { try next { try $0.string(at: $1) } }
     mutating func decode(_ type: Double.Type) throws -> Double { try next { try $0.double(at: $1) } }
-    mutating func decode(_ type: Float.Type) throws -> Float { try next { Float(try $0.double(at: $1)) } }
+    mutating func decode(_ type: Float.Type) throws -> Float { try next { try $0.float(at: $1) } }
     mutating func decode(_ type: Int.Type) throws -> Int { try next { try $0.integer(type, at: $1) } }
     mutating func decode(_ type: Int8.Type) throws -> Int8 { try next { try $0.integer(type, at: $1) } }
     mutating func decode(_ type: Int16.Type) throws -> Int16 { try next { try $0.integer(type, at: $1) } }
@@ -424,7 +465,7 @@ private struct SingleValueReader: SingleValueDecodingContainer {
     func decode(_ type: Bool.Type) throws -> Bool { try decoder.bool(at: index) }
     func decode(_ type: String.Type) throws -> String { try decoder.string(at: index) }
     func decode(_ type: Double.Type) throws -> Double { try decoder.double(at: index) }
-    func decode(_ type: Float.Type) throws -> Float { Float(try decoder.double(at: index)) }
+    func decode(_ type: Float.Type) throws -> Float { try decoder.float(at: index) }
     func decode(_ type: Int.Type) throws -> Int { try decoder.integer(type, at: index) }
     func decode(_ type: Int8.Type) throws -> Int8 { try decoder.integer(type, at: index) }
     func decode(_ type: Int16.Type) throws -> Int16 { try decoder.integer(type, at: index) }
