@@ -123,8 +123,8 @@ def typed(results, path):
     for key in ["raw", "echo", "submit"]:
         if key in calls:
             r = calls[key]
-            lines.append(f"| {what[key]} | {r['calls_per_s']:,.0f} | {r['calls_per_s'] / raw:.2f} | {r['mallocs_per_call']:.0f} |"
-                         .replace(",", " "))
+            calls = f"{r['calls_per_s']:,.0f}".replace(",", " ")
+            lines.append(f"| {what[key]} | {calls} | {r['calls_per_s'] / raw:.2f} | {r['mallocs_per_call']:.0f} |")
     halves = {"encode-message": "encode the Echo message (caller)", "decode-message": "decode it (server)",
               "encode-response": "encode the EchoResult (server)", "decode-response": "decode it (caller)"}
     lines += ["", "| the codec alone, 64 B Echo | ns | mallocs |", "|---|---|---|"]

@@ -110,7 +110,8 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
             let at = Date()
             var callers: [Task<Void, Never>] = []
             for index in 0..<concurrency {
-                let player = "player-\(index % 100)"
+                // One player per caller and process: the server keeps its board between runs.
+                let player = "player-\(getpid())-\(index)"
                 callers.append(Task(executorPreference: group.loops[0].taskExecutor) {
                     var score = 0
                     while !stopCalling.load(ordering: .relaxed) {

@@ -41,7 +41,7 @@ public struct RPCMessageHandlers: Sendable {
     }
 
     /// Answers every `type` message with `handler`'s return value. The
-    /// handler runs on the endpoint's loop (as `RPCHandler/async(_:)`'s
+    /// handler runs on the endpoint's loop (as `RPCHandler.async(_:)`'s
     /// do), concurrently with the connection's other calls; it gets the
     /// message and where it came from (`RPCHandlerContext`).
     public mutating func on<Message: RPCMessage>(

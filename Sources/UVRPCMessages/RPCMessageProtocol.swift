@@ -33,22 +33,8 @@ public struct RPCMessageProtocol: Sendable {
     public init(messages: KeyValuePairs<Int, any RPCMessage.Type>,
                 responses: KeyValuePairs<Int, any RPCResponseMessage.Type> = [:],
                 codec: any RPCMessageCodec = RPCMessageJSONCodec()) throws(RPCMessageProtocolError) {
-        var messageTypes: [Int: any RPCMessage.Type] = [:], messageIDs: [ObjectIdentifier: Int] = [:]
-        for (id, type) in messages {
-            guard id >= 0 else { throw .init("message type \(type) has id \(id): ids are 0 or more (negative ids are efro's system responses)") }
-            if let other = messageTypes[id] { throw .init("message types \(other) and \(type) both have id \(id)") }
-            if let other = messageIDs[ObjectIdentifier(type)] { throw .init("message type \(type) is registered twice (ids \(other) and \(id))") }
-            messageTypes[id] = type
-            messageIDs[ObjectIdentifier(type)] = id
-        }
-        var responseTypes: [Int: any RPCResponseMessage.Type] = [:], responseIDs: [ObjectIdentifier: Int] = [:]
-        for (id, type) in responses {
-            guard id >= 0 else { throw .init("response type \(type) has id \(id): ids are 0 or more (negative ids are efro's system responses)") }
-            if let other = responseTypes[id] { throw .init("response types \(other) and \(type) both have id \(id)") }
-            if let other = responseIDs[ObjectIdentifier(type)] { throw .init("response type \(type) is registered twice (ids \(other) and \(id))") }
-            responseTypes[id] = type
-            responseIDs[ObjectIdentifier(type)] = id
-        }
+        let (messageTypes, messageIDs) = try Self.table(messages, of: "message") { $0 as any Any.Type }
+        let (responseTypes, responseIDs) = try Self.table(responses, of: "response") { $0 as any Any.Type }
         for (_, type) in messages {
             for response in type.answerTypes where responseIDs[ObjectIdentifier(response)] == nil {
                 throw .init("message type \(type) is answered with \(response), which is not among the protocol's responses")
@@ -57,6 +43,21 @@ public struct RPCMessageProtocol: Sendable {
         self.codec = codec
         (self.messageTypes, self.messageIDs) = (messageTypes, messageIDs)
         (self.responseTypes, self.responseIDs) = (responseTypes, responseIDs)
+    }
+
+    /// One id table (`kind`: "message" or "response"), checked: ids 0 or
+    /// more, one type per id, one id per type.
+    private static func table<Entry>(_ pairs: KeyValuePairs<Int, Entry>, of kind: String, _ metatype: (Entry) -> any Any.Type)
+        throws(RPCMessageProtocolError) -> ([Int: Entry], [ObjectIdentifier: Int]) {
+        var types: [Int: Entry] = [:], ids: [ObjectIdentifier: Int] = [:]
+        for (id, type) in pairs {
+            guard id >= 0 else { throw .init("\(kind) type \(type) has id \(id): ids are 0 or more (negative ids are efro's system responses)") }
+            if let other = types[id] { throw .init("\(kind) types \(other) and \(type) both have id \(id)") }
+            if let other = ids[ObjectIdentifier(metatype(type))] { throw .init("\(kind) type \(type) is registered twice (ids \(other) and \(id))") }
+            types[id] = type
+            ids[ObjectIdentifier(metatype(type))] = id
+        }
+        return (types, ids)
     }
 
     /// The id of message type `type`; nil when it is not in this protocol.
@@ -201,7 +202,7 @@ func describe(_ error: any Error) -> String {
 
 /// A mistake in a typed protocol's declaration or its handlers, found when
 /// it is made (``RPCMessageProtocol/init(messages:responses:codec:)``,
-/// `RPCHandler/messages(_:)`); the message names the type.
+/// `RPCHandler.messages(_:)`); the message names the type.
 public struct RPCMessageProtocolError: Error, CustomStringConvertible, Sendable {
     /// What is wrong, naming the type.
     public let message: String

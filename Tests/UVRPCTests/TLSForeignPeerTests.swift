@@ -13,12 +13,7 @@ final class TLSForeignPeerTests: XCTestCase {
             .appendingPathComponent("Peers/efro_tls_peer.py").path
     }
 
-    private func python() throws -> URL {
-        for path in ["/usr/bin/python3", "/usr/local/bin/python3"] where FileManager.default.isExecutableFile(atPath: path) {
-            return URL(fileURLWithPath: path)
-        }
-        throw XCTSkip("python3 is not installed")
-    }
+    private func python() throws -> URL { try python3() }
 
     /// Runs the peer script to completion (at most 60 s); returns its status and output.
     private func runPeer(_ arguments: [String]) throws -> (status: Int32, output: String) {
@@ -108,4 +103,12 @@ final class TLSForeignPeerTests: XCTestCase {
         XCTAssertEqual(badFlags.status, 64, badFlags.output)
         XCTAssertEqual(try server.stop(), 0)
     }
+}
+
+/// The python3 that runs the test peers of `Tests/Peers`; skips the test when there is none.
+func python3() throws -> URL {
+    for path in ["/usr/bin/python3", "/usr/local/bin/python3"] where FileManager.default.isExecutableFile(atPath: path) {
+        return URL(fileURLWithPath: path)
+    }
+    throw XCTSkip("python3 is not installed")
 }

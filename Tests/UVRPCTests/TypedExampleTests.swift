@@ -26,12 +26,7 @@ final class TypedExampleTests: XCTestCase {
             .appendingPathComponent("Peers/efro_message_peer.py").path
     }
 
-    private func python() throws -> URL {
-        for path in ["/usr/bin/python3", "/usr/local/bin/python3"] where FileManager.default.isExecutableFile(atPath: path) {
-            return URL(fileURLWithPath: path)
-        }
-        throw XCTSkip("python3 is not installed")
-    }
+    private func python() throws -> URL { try python3() }
 
     private func lines(_ output: String) -> [String] {
         output.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
