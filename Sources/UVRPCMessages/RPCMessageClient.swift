@@ -44,13 +44,19 @@ public struct RPCMessageClient: Sendable {
     ///   not declare, or when the message is not in the protocol;
     ///   `RPCError` when the call itself failed (timed out, closed, no
     ///   connection), as a raw call does; `CancellationError`.
+    ///
+    /// `timeout` and `closeOnError` are the raw send's: as in efro.rpc, a
+    /// call on an endpoint that times out (or otherwise fails) closes the
+    /// endpoint unless `closeOnError` is false; a pool's calls never close
+    /// their connection (`closeOnError` is not used).
     @discardableResult
     nonisolated(nonsending)
-    public func send<Message: RPCMessage>(_ message: Message, timeout: Duration? = nil) async throws -> Message.Response {
+    public func send<Message: RPCMessage>(_ message: Message, timeout: Duration? = nil,
+                                          closeOnError: Bool = true) async throws -> Message.Response {
         let payload = try messageProtocol.encode(message)
         switch transport {
         case .endpoint(let endpoint):
-            let answer = try await endpoint.send(payload, timeout: timeout)
+            let answer = try await endpoint.send(payload, timeout: timeout, closeOnError: closeOnError)
             return try messageProtocol.decodeAnswer(answer, to: Message.self, from: endpoint.label)
         case .pool(let pool):
             let answer = try await pool.send(payload, timeout: timeout)

@@ -60,17 +60,34 @@ public struct RPCMessageHandlers: Sendable {
         }
     }
 
+    /// Handles every `type` message, a message answered with nothing
+    /// (``RPCNoResponse``), with `handler`: the empty response goes back once
+    /// it returns. (Disfavoured: a closure that returns `RPCNoResponse()`
+    /// itself picks the other `on`.)
+    @_disfavoredOverload
+    public mutating func on<Message: RPCMessage>(
+        _ type: Message.Type,
+        _ handler: nonisolated(nonsending) @escaping @Sendable (Message, RPCHandlerContext) async throws -> Void
+    ) where Message.Response == RPCNoResponse {
+        on(type) { (message: Message, context: RPCHandlerContext) async throws -> RPCNoResponse in
+            try await handler(message, context)
+            return RPCNoResponse()
+        }
+    }
+
     /// A message that did not decode as its id's type.
     struct Undecodable: Error {
         var reason: String
     }
 
-    /// Every message type's handler, by id, once each is given; else the first mistake.
+    /// Every message type's handler, by id, once each is given; else every
+    /// mistake at once (a handler missing, given twice, or for a foreign type).
     func checked() throws(RPCMessageProtocolError) -> [Int: Entry] {
-        if let mistake = mistakes.first { throw RPCMessageProtocolError(mistake) }
+        var all = mistakes
         for (id, type) in messageProtocol.messages.sorted(by: { $0.key < $1.key }) where entries[id] == nil {
-            throw RPCMessageProtocolError("message type \(type) (id \(id)) has no handler")
+            all.append("message type \(type) (id \(id)) has no handler")
         }
+        if !all.isEmpty { throw RPCMessageProtocolError(all.joined(separator: "; ")) }
         return entries
     }
 

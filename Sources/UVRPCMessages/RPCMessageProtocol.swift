@@ -144,9 +144,14 @@ public struct RPCMessageProtocol: Sendable {
             }
         }
         if let single = Message.Response.self as? any RPCResponseMessage.Type { return direct(single) }
+        let declared = Set(Message.Response.responseTypes.map { ObjectIdentifier($0) })
         return { answer in
             guard let response = answer.response else { return try codec.encode(EmptyResponse(), typeID: Self.emptyResponseID) }
             func encode<R: RPCResponseMessage>(_ response: R) throws -> [UInt8] {
+                // Refused here, where it is a bug, rather than by the caller.
+                guard declared.contains(ObjectIdentifier(R.self)) else {
+                    throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which \(Message.self) does not declare")
+                }
                 guard let id = responseIDs[ObjectIdentifier(R.self)] else {
                     throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which is not among the protocol's responses")
                 }

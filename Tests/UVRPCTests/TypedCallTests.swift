@@ -31,6 +31,27 @@ private struct Either: RPCMessage {
 }
 
 private struct Unregistered: RPCMessage { typealias Response = RPCNoResponse }
+
+/// An answer that claims one response type but may hold another (a bug the server refuses to send).
+private struct Sneaky: RPCMessage {
+    var honest: Bool
+    enum Answer: RPCAnswer {
+        case declared(SubmitResult)
+        case undeclared(TopScoresResult)
+        static let responseTypes: [any RPCResponseMessage.Type] = [SubmitResult.self, EchoResult.self]
+        init?(response: (any RPCResponseMessage)?) {
+            guard let value = response as? SubmitResult else { return nil }
+            self = .declared(value)
+        }
+        var response: (any RPCResponseMessage)? {
+            switch self {
+            case .declared(let value): value
+            case .undeclared(let value): value
+            }
+        }
+    }
+    typealias Response = Answer
+}
 private struct NotAResponseOfTheProtocol: RPCResponseMessage {}
 private struct AnsweredWithTheUnknown: RPCMessage { typealias Response = NotAResponseOfTheProtocol }
 
@@ -225,10 +246,62 @@ final class TypedCallTests: XCTestCase {
         XCTAssertEqual(mistake { try RPCHandler.messages(handlers) }, "typed protocol: Ping is given two handlers")
         var missing = RPCMessageHandlers(protocol: scoresProtocol)
         missing.on(Ping.self) { _, _ in RPCNoResponse() }
-        XCTAssertEqual(mistake { try RPCHandler.messages(missing) }, "typed protocol: message type SubmitScore (id 0) has no handler")
+        XCTAssertEqual(mistake { try RPCHandler.messages(missing) },
+                       "typed protocol: message type SubmitScore (id 0) has no handler; message type TopScores (id 1) has no handler; "
+                       + "message type Fail (id 3) has no handler; message type Echo (id 4) has no handler", "every mistake at once")
         var stranger = ScoreBoard().handlers()
         stranger.on(Unregistered.self) { _, _ in RPCNoResponse() }
         XCTAssertEqual(mistake { try RPCHandler.messages(stranger) },
                        "typed protocol: a handler is given for Unregistered, which is not a message type of the protocol")
+    }
+
+    func testAHandlerAnsweringNothingMayReturnNothingAndAnUndeclaredAnswerIsNotSent() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let sneakyProtocol = try RPCMessageProtocol(messages: [0: Sneaky.self, 1: Ping.self],
+                                                    responses: [0: SubmitResult.self, 1: EchoResult.self, 2: TopScoresResult.self])
+        let pinged = LockedValue(0)
+        var handlers = RPCMessageHandlers(protocol: sneakyProtocol)
+        handlers.on(Ping.self) { _, _ in pinged.withLock { $0 += 1 } }          // a Void handler: the empty response
+        handlers.on(Sneaky.self) { message, _ in
+            message.honest ? .declared(SubmitResult(rank: 1, best: 1)) : .undeclared(TopScoresResult(entries: []))
+        }
+        let (_, endpoint, _) = try await scoresPair(harness.loop, handler: try .messages(handlers))
+        let client = RPCMessageClient(endpoint, protocol: sneakyProtocol)
+        try await withTimeout("the calls") {
+            let pong = try await client.send(Ping())
+            XCTAssertEqual(pong, RPCNoResponse())
+            XCTAssertEqual(pinged.withLock { $0 }, 1)
+            guard case .declared = try await client.send(Sneaky(honest: true)) else { return XCTFail("not the declared answer") }
+            do {
+                _ = try await client.send(Sneaky(honest: false))
+                XCTFail("an undeclared answer was sent and taken")
+            } catch let error as RPCMessageError {
+                XCTAssertEqual(error, RPCMessageError(.remote, "An internal error has occurred."), "refused by the server, not sent")
+            }
+        }
+        await endpoint.close()
+    }
+
+    func testATimedOutCallClosesTheEndpointUnlessToldNotTo() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        var handlers = RPCMessageHandlers(protocol: try RPCMessageProtocol(messages: [0: Ping.self]))
+        handlers.on(Ping.self) { _, _ in try await Task.sleep(for: .seconds(30)) }   // never answers in time
+        let (_, endpoint, _) = try await scoresPair(harness.loop, handler: try .messages(handlers))
+        let client = RPCMessageClient(endpoint, protocol: try RPCMessageProtocol(messages: [0: Ping.self]))
+        try await withTimeout("the timed-out calls") {
+            for closeOnError in [false, true] {
+                do {
+                    try await client.send(Ping(), timeout: .milliseconds(50), closeOnError: closeOnError)
+                    XCTFail("answered")
+                } catch let error as RPCError {
+                    XCTAssertEqual(error.code, .deadlineExceeded)
+                }
+                let closed = try await endpoint.withEndpoint { $0.isClosing }
+                XCTAssertEqual(closed, closeOnError, "closeOnError: \(closeOnError)")
+            }
+        }
+        await endpoint.close()
     }
 }
