@@ -1,6 +1,6 @@
 /// A message type of a typed protocol: a `Codable` value a caller sends
-/// (``RPCMessageClient/send(_:timeout:)``) and a handler answers
-/// (``RPCMessageHandlers/on(_:_:)``), with the answer type it declares.
+/// (``RPCMessageClient/send(_:timeout:closeOnError:)``) and a handler answers
+/// (``RPCMessageHandlers``), with the answer type it declares.
 ///
 /// ```swift
 /// struct SubmitScore: RPCMessage {
