@@ -53,10 +53,21 @@ public struct RPCMessageHandlers: Sendable {
         }
         guard entries[id] == nil else { return mistakes.append("\(type) is given two handlers") }
         let encode = messageProtocol.answerEncoder(for: Message.self)
+        let typeName = "\(Message.self)" // the metric's `type`, made once
         entries[id] = { reader, context in
             let message: Message
             do { message = try reader.decode(Message.self) } catch { throw Undecodable(reason: describe(error)) }
-            return try encode(try await handler(message, context))
+            // Timed (with a metrics backend) from the decoded message to the handler's return or throw.
+            let startedAt = context.handlerStartTime
+            let answer: Message.Response
+            do {
+                answer = try await handler(message, context)
+            } catch {
+                context.typedHandlerEnded(type: typeName, startedAt: startedAt)
+                throw error
+            }
+            context.typedHandlerEnded(type: typeName, startedAt: startedAt)
+            return try encode(answer)
         }
     }
 

@@ -1,7 +1,9 @@
 import CoreMetrics
+import ExampleScores
 import MetricsTestKit
 import UVLoop
 import UVRPC
+import UVRPCMessages
 import UVTestSupport
 import XCTest
 
@@ -43,6 +45,28 @@ final class MetricsTests: XCTestCase {
                 inFlight: (try? testMetrics.expectMeter("uvrpc_calls_in_flight"))?.lastValue ?? 0,
                 open: (try? testMetrics.expectMeter("uvrpc_connections_open"))?.lastValue ?? 0)
         }
+    }
+
+    func testHandlersAreTimedOverallAndTypedOnesByMessageType() async throws {
+        _ = testMetrics
+        func count(_ label: String, _ dimensions: [(String, String)] = []) -> Int {
+            (try? testMetrics.expectTimer(label, dimensions))?.values.count ?? 0
+        }
+        let overall = count("uvrpc_handler_duration_seconds")
+        let pings = count("uvrpc_message_handler_duration_seconds", [("type", "Ping")])
+        let fails = count("uvrpc_message_handler_duration_seconds", [("type", "Fail")])
+        let harness = try LoopHarness("metrics-typed")
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                         on: harness.loop, handler: try .messages(ScoreBoard().handlers())).start()
+        let endpoint = try await RPCClient.connect(to: server.address, on: harness.loop, configuration: testConfiguration())
+        let client = RPCMessageClient(endpoint, protocol: scoresProtocol)
+        for _ in 0..<5 { try await client.send(Ping()) }
+        for clean in [true, false] { _ = try? await client.send(Fail(reason: "x", clean: clean)) } // a handler that throws is timed too
+        await endpoint.close()
+        harness.shutdownCleanly() // the loop publishes what is left as it closes
+        XCTAssertEqual(count("uvrpc_message_handler_duration_seconds", [("type", "Ping")]) - pings, 5)
+        XCTAssertEqual(count("uvrpc_message_handler_duration_seconds", [("type", "Fail")]) - fails, 2)
+        XCTAssertEqual(count("uvrpc_handler_duration_seconds") - overall, 7, "every async handler call, typed or not")
     }
 
     func testCountersEqualTheCallsMade() throws {

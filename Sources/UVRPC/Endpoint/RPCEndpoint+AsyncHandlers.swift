@@ -107,7 +107,9 @@ extension RPCEndpoint {
                     closeIfDrained()
                 }
                 let outcome: Result<[UInt8], any Error>
+                let startedAt = metrics.callStartTime // 0 (not timed) without a metrics backend
                 do { outcome = .success(try await handle(request, context)) } catch { outcome = .failure(error) }
+                metrics.handlerEnded(startedAt: startedAt)
                 // Answer only if the peer did not cancel the call (nor reuse its id since).
                 if !answers.endAsyncHandler(id: id, sequence: sequence) {
                     logger.debug("message handler ended after the peer cancelled it; no answer sent", metadata: ["rpc.id": "\(id)"])

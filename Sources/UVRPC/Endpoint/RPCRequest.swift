@@ -132,6 +132,17 @@ public struct RPCHandlerContext: Sendable {
     public var endpoint: RPCAsyncEndpoint { facts.endpoint }
 }
 
+extension RPCHandlerContext {
+    /// For the typed layer's metrics: a clock reading to time a handler from
+    /// (0: not timed, no metrics backend), and the record of one that ended,
+    /// by message type. Call both on the endpoint's loop (a handler's task there).
+    package var handlerStartTime: UInt64 { facts.endpoint.endpoint.metrics.callStartTime }
+    package func typedHandlerEnded(type: String, startedAt: UInt64) {
+        guard startedAt != 0 else { return }
+        facts.endpoint.endpoint.metrics.typedHandlerEnded(type: type, startedAt: startedAt)
+    }
+}
+
 /// The facts an ``RPCHandlerContext`` reports about its connection: one
 /// immutable object per connection, replaced when its values or handshake change.
 final class ConnectionFacts: Sendable {

@@ -20,6 +20,8 @@ import UVLoop
 /// - `uvrpc_messages_received_total`, `uvrpc_responses_sent_total`;
 /// - `uvrpc_calls_sent_total`, `uvrpc_calls_failed_total{error}`,
 ///   `uvrpc_calls_in_flight`, `uvrpc_call_duration_seconds` (outgoing calls);
+/// - `uvrpc_handler_duration_seconds` (async handlers, from start to return),
+///   `uvrpc_message_handler_duration_seconds{type}` (typed handlers, by message type);
 /// - `uvrpc_bytes_received_total`, `uvrpc_bytes_sent_total`;
 /// - `uvrpc_protocol_violations_total{violation}`, `uvrpc_accept_errors_total{error}`;
 /// - `uvrpc_payloads_refused_total{reason}` (payloads in parts over a memory budget),
@@ -47,6 +49,9 @@ final class LoopMetrics {
     @exclusivity(unchecked) var connectionsRefused: [String: Int] = [:]
     /// Durations of ended calls, in nanoseconds, waiting to be published.
     @exclusivity(unchecked) private var durations: [Int64] = []
+    /// Durations of async handler calls, and of typed ones with their message type, waiting to be published.
+    @exclusivity(unchecked) private var handlerDurations: [Int64] = []
+    @exclusivity(unchecked) private var typedHandlerDurations: [(type: String, nanoseconds: Int64)] = []
     /// True when a backend is bootstrapped: calls are timed and counts published.
     let isPublishing: Bool
 
@@ -74,6 +79,8 @@ final class LoopMetrics {
     private let bytesOut: Counter
     private let violationCounters: [Counter]
     private let duration: CoreMetrics.Timer
+    private let handlerDuration: CoreMetrics.Timer
+    private var typedHandlerTimers: [String: CoreMetrics.Timer] = [:]
     private var acceptErrorCounters: [String: Counter] = [:]
     private var refusalCounters: [String: Counter] = [:]
     private var connectionRefusalCounters: [String: Counter] = [:]
@@ -101,6 +108,7 @@ final class LoopMetrics {
             Counter(label: "uvrpc_protocol_violations_total", dimensions: [("violation", $0.rawValue)])
         }
         duration = CoreMetrics.Timer(label: "uvrpc_call_duration_seconds", preferredDisplayUnit: .seconds)
+        handlerDuration = CoreMetrics.Timer(label: "uvrpc_handler_duration_seconds", preferredDisplayUnit: .seconds)
         if isPublishing { durations.reserveCapacity(Self.durationBatch) }
     }
 
@@ -123,6 +131,21 @@ final class LoopMetrics {
         guard startedAt != 0 else { return }
         durations.append(Int64(truncatingIfNeeded: EventLoop.monotonicNanoseconds &- startedAt))
         if durations.count >= Self.durationBatch { publishDurations() }
+    }
+
+    /// Counts an async handler call that returned (or threw), timed from `startedAt` (``callStartTime``).
+    @inline(__always)
+    func handlerEnded(startedAt: UInt64) {
+        guard startedAt != 0 else { return }
+        handlerDurations.append(Int64(truncatingIfNeeded: EventLoop.monotonicNanoseconds &- startedAt))
+        if handlerDurations.count >= Self.durationBatch { publishHandlerDurations() }
+    }
+
+    /// Counts a typed handler call of message type `type`, timed from `startedAt` (``callStartTime``).
+    func typedHandlerEnded(type: String, startedAt: UInt64) {
+        guard startedAt != 0 else { return }
+        typedHandlerDurations.append((type, Int64(truncatingIfNeeded: EventLoop.monotonicNanoseconds &- startedAt)))
+        if typedHandlerDurations.count >= Self.durationBatch { publishHandlerDurations() }
     }
 
     func callFailed(_ error: RPCError) { callsFailed[CallFailureKind(error).index] &+= 1 }
@@ -168,6 +191,7 @@ final class LoopMetrics {
             published.bytesWritten = traffic.bytesWritten
         }
         if !durations.isEmpty { publishDurations() }
+        if !handlerDurations.isEmpty || !typedHandlerDurations.isEmpty { publishHandlerDurations() }
         if !acceptErrors.isEmpty && acceptErrors != published.acceptErrors { publishAcceptErrors() }
         if !payloadsRefused.isEmpty && payloadsRefused != published.payloadsRefused {
             publishCounts(payloadsRefused, &published.payloadsRefused, &refusalCounters,
@@ -182,6 +206,21 @@ final class LoopMetrics {
     private func publishDurations() {
         for nanoseconds in durations { duration.recordNanoseconds(nanoseconds) }
         durations.removeAll(keepingCapacity: true)
+    }
+
+    private func publishHandlerDurations() {
+        for nanoseconds in handlerDurations { handlerDuration.recordNanoseconds(nanoseconds) }
+        handlerDurations.removeAll(keepingCapacity: true)
+        for (type, nanoseconds) in typedHandlerDurations {
+            let timer = typedHandlerTimers[type] ?? {
+                let made = CoreMetrics.Timer(label: "uvrpc_message_handler_duration_seconds", dimensions: [("type", type)],
+                                             preferredDisplayUnit: .seconds)
+                typedHandlerTimers[type] = made
+                return made
+            }()
+            timer.recordNanoseconds(nanoseconds)
+        }
+        typedHandlerDurations.removeAll(keepingCapacity: true)
     }
 
     private func publishAcceptErrors() {
