@@ -11,6 +11,8 @@ private final class LimitedChild: @unchecked Sendable { // `process` is used by 
     let process = Process()
     private let errorLog = LockedValue("")
     private let ended = Promise<Void>()
+    /// Fulfilled at the end of its stderr: what it wrote is all read (it raced the exit before).
+    private let errorEnded = Promise<Void>()
     let firstLine = Promise<String>()
 
     init(limits: [String], _ arguments: [String]) throws {
@@ -22,12 +24,13 @@ private final class LimitedChild: @unchecked Sendable { // `process` is used by 
         let ended = self.ended
         process.terminationHandler = { _ in ended.fulfill(()) }
         try process.run()
-        let errorLog = self.errorLog, firstLine = self.firstLine
+        let errorLog = self.errorLog, firstLine = self.firstLine, errorEnded = self.errorEnded
         let errHandle = err.fileHandleForReading, outHandle = out.fileHandleForReading
         DispatchQueue.global().async {
             while case let chunk = errHandle.availableData, !chunk.isEmpty {
                 errorLog.withLock { $0 += String(decoding: chunk, as: UTF8.self) }
             }
+            errorEnded.fulfill(())
         }
         DispatchQueue.global().async {
             var bytes: [UInt8] = []
@@ -46,6 +49,7 @@ private final class LimitedChild: @unchecked Sendable { // `process` is used by 
             kill(process.processIdentifier, SIGKILL)
             throw error
         }
+        try errorEnded.wait("the end of uvrpc serve's stderr", seconds: seconds)
         defer { process.terminationHandler = nil }
         return (process.terminationReason == .exit, process.terminationStatus)
     }
