@@ -18,6 +18,8 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     private let log = LockedValue("")
     private let outLog = LockedValue("")
     private let exited = Promise<Int32>()
+    /// Fulfilled at the end of its stderr (``stop()`` waits for it, so that what it logged is all read).
+    private let errorEnded = Promise<Void>()
     /// Its stdin: a pipe held open while it runs (a Python test peer ends at stdin's EOF).
     private let input = Pipe()
 
@@ -38,12 +40,13 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
         let exited = self.exited
         process.terminationHandler = { exited.fulfill($0.terminationStatus) }
         try process.run()
-        let log = self.log
+        let log = self.log, errorEnded = self.errorEnded
         let errHandle = err.fileHandleForReading
         DispatchQueue.global().async {
             while case let chunk = errHandle.availableData, !chunk.isEmpty { // returns what is there (read(upToCount:) waits for all)
                 log.withLock { $0 += String(decoding: chunk, as: UTF8.self) }
             }
+            errorEnded.fulfill(())
         }
         let firstLine = Promise<String>()
         let outHandle = out.fileHandleForReading
@@ -97,7 +100,9 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     func stop() throws -> Int32 {
         if process.isRunning { process.terminate() }
         defer { process.terminationHandler = nil }
-        return try exited.wait("uvrpc serve to exit")
+        let status = try exited.wait("uvrpc serve to exit")
+        try errorEnded.wait("the end of its stderr") // what it logged last is read before the test looks
+        return status
     }
 }
 
