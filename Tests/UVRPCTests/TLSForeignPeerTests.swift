@@ -98,7 +98,9 @@ final class TLSForeignPeerTests: XCTestCase {
         XCTAssertTrue([1, 3].contains(untrusted.status), untrusted.output)
         XCTAssertTrue(untrusted.output.contains("TLS failed: handshake failed: certificate verification failed"), untrusted.output)
         let noCertificate = try runTool(["call", "--connect", "\(server.address)", "--count", "1", "--tls-ca", certificates.caFile])
-        XCTAssertEqual(noCertificate.status, 1, noCertificate.output)
+        // The server refuses it after the TLS handshake: seen as either, as above (a fresh-clone run saw 3).
+        XCTAssertTrue([1, 3].contains(noCertificate.status), noCertificate.output)
+        XCTAssertTrue(noCertificate.output.contains("TLS failed"), noCertificate.output)
         let badFlags = try runTool(["call", "--connect", "\(server.address)", "--tls-cert", certificates.clientChain])
         XCTAssertEqual(badFlags.status, 64, badFlags.output)
         XCTAssertEqual(try server.stop(), 0)
