@@ -61,12 +61,9 @@ public struct RPCMessageHandlers: Sendable {
             let startedAt = context.handlerStartTime
             let answer: Message.Response
             do {
+                defer { context.typedHandlerEnded(type: typeName, startedAt: startedAt) }
                 answer = try await handler(message, context)
-            } catch {
-                context.typedHandlerEnded(type: typeName, startedAt: startedAt)
-                throw error
             }
-            context.typedHandlerEnded(type: typeName, startedAt: startedAt)
             return try encode(answer)
         }
     }

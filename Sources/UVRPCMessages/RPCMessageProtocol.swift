@@ -133,27 +133,23 @@ public struct RPCMessageProtocol: Sendable {
     /// that type directly (no existential box, no cast per call); others
     /// through their ``RPCAnswer/response``.
     func answerEncoder<Message: RPCMessage>(for message: Message.Type) -> @Sendable (Message.Response) throws -> [UInt8] {
-        let codec = codec, responseIDs = responseIDs
+        // `Message` is in this protocol, whose declaration checked that every
+        // response type a message declares is registered: each has an id here.
+        let codec = codec
+        let declared = Dictionary(uniqueKeysWithValues: Message.Response.responseTypes.map {
+            (ObjectIdentifier($0), responseIDs[ObjectIdentifier($0)]!)
+        })
         func direct<R: RPCResponseMessage>(_ type: R.Type) -> @Sendable (Message.Response) throws -> [UInt8] {
-            let id = responseIDs[ObjectIdentifier(R.self)]
-            return { answer in
-                guard let id else {
-                    throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which is not among the protocol's responses")
-                }
-                return try codec.encode(_identityCast(answer, to: R.self), typeID: id)
-            }
+            let id = declared[ObjectIdentifier(R.self)]!
+            return { answer in try codec.encode(_identityCast(answer, to: R.self), typeID: id) }
         }
         if let single = Message.Response.self as? any RPCResponseMessage.Type { return direct(single) }
-        let declared = Set(Message.Response.responseTypes.map { ObjectIdentifier($0) })
         return { answer in
             guard let response = answer.response else { return try codec.encode(EmptyResponse(), typeID: Self.emptyResponseID) }
             func encode<R: RPCResponseMessage>(_ response: R) throws -> [UInt8] {
                 // Refused here, where it is a bug, rather than by the caller.
-                guard declared.contains(ObjectIdentifier(R.self)) else {
+                guard let id = declared[ObjectIdentifier(R.self)] else {
                     throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which \(Message.self) does not declare")
-                }
-                guard let id = responseIDs[ObjectIdentifier(R.self)] else {
-                    throw RPCMessageProtocolError("the handler of \(Message.self) answered with \(R.self), which is not among the protocol's responses")
                 }
                 return try codec.encode(response, typeID: id)
             }
@@ -166,12 +162,6 @@ public struct RPCMessageProtocol: Sendable {
         // Two plain fields: the JSON codec cannot fail on them; a codec that does sends nothing better than this.
         (try? codec.encode(ErrorResponse(m: text, e: kind.rawValue), typeID: Self.errorResponseID))
             ?? Array(#"{"t":-1,"m":{"m":"An internal error has occurred.","e":0}}"#.utf8)
-    }
-
-    /// An id no type of the protocol has.
-    struct UnknownID: Error, CustomStringConvertible {
-        var id: Int
-        var description: String { "no type has id \(id)" }
     }
 }
 
@@ -191,16 +181,15 @@ extension RPCMessage {
 
 /// A decoding error in words: what was expected, and at which field.
 func describe(_ error: any Error) -> String {
-    func path(_ context: DecodingError.Context) -> String {
-        let names = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+    func path(_ codingPath: [any CodingKey]) -> String {
+        let names = codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
         return names.isEmpty ? "" : " at \(names.joined(separator: "."))"
     }
     switch error {
-    case DecodingError.keyNotFound(let key, let context): return "missing field \"\(key.stringValue)\"\(path(context))"
-    case DecodingError.typeMismatch(_, let context): return "\(context.debugDescription)\(path(context))"
-    case DecodingError.valueNotFound(_, let context): return "\(context.debugDescription)\(path(context))"
-    case DecodingError.dataCorrupted(let context): return "\(context.debugDescription)\(path(context))"
-    case EncodingError.invalidValue(_, let context): return "\(context.debugDescription)\(path(.init(codingPath: context.codingPath, debugDescription: "")))"
+    case DecodingError.keyNotFound(let key, let context): return "missing field \"\(key.stringValue)\"\(path(context.codingPath))"
+    case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context), DecodingError.dataCorrupted(let context):
+        return "\(context.debugDescription)\(path(context.codingPath))"
+    case EncodingError.invalidValue(_, let context): return "\(context.debugDescription)\(path(context.codingPath))"
     default: return "\(error)"
     }
 }

@@ -138,7 +138,6 @@ extension RPCHandlerContext {
     /// by message type. Call both on the endpoint's loop (a handler's task there).
     package var handlerStartTime: UInt64 { facts.endpoint.endpoint.metrics.callStartTime }
     package func typedHandlerEnded(type: String, startedAt: UInt64) {
-        guard startedAt != 0 else { return }
         facts.endpoint.endpoint.metrics.typedHandlerEnded(type: type, startedAt: startedAt)
     }
 }

@@ -78,17 +78,4 @@ enum Base64 {
             return true
         }
     }
-
-    /// The bytes `text` encodes, or nil when it is not base64 (a byte outside
-    /// the alphabet, padding anywhere but the end, a length that no padding
-    /// explains). Missing padding is accepted.
-    static func decode(_ text: UnsafeRawBufferPointer) -> [UInt8]? {
-        guard let count = decodedCount(text) else { return nil }
-        var ok = false
-        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            ok = decode(text, into: UnsafeMutableRawBufferPointer(buffer))
-            initialized = ok ? count : 0
-        }
-        return ok ? bytes : nil
-    }
 }

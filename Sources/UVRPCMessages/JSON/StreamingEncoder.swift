@@ -63,9 +63,6 @@ final class StreamingEncoder: Encoder {
         valueWritten = true
     }
 
-    /// Whether `T` is written in one of efro's forms (no `encode(to:)`, no error, no coding path).
-    static func isLeaf<T>(_ type: T.Type) -> Bool { T.self == Data.self || T.self == Date.self || T.self == Duration.self }
-
     /// Closes the containers opened past `level`.
     fileprivate func close(downTo level: Int) {
         while depth > level {
