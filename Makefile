@@ -21,20 +21,15 @@ test: bootstrap
 	python3 scripts/docs-figures.py --check Docs/benchmarks.json Docs/benchmarks-split.json
 
 # Every test again under ThreadSanitizer (its own build folder; CI runs it too),
-# with the one suppression Tests/tsan-suppressions.txt explains.
+# with the one suppression Tests/tsan-suppressions.txt explains; every report
+# is printed again at the end (scripts/test-sanitized.sh).
 test-tsan: bootstrap
-	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	UVRPC_SANITIZER=thread TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/tsan-suppressions.txt \
-	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=thread --scratch-path .build-tsan
+	bash scripts/test-sanitized.sh thread
 
-# Every test under AddressSanitizer. LeakSanitizer is off for the test process:
-# XCTest's own async machinery leaks, and every allocation of a test hangs below
-# XCTest frames, so no suppression can tell them apart. Leaks of loops and
-# handles are checked by tests with weak references instead.
+# Every test under AddressSanitizer (LeakSanitizer off for the test process;
+# scripts/test-sanitized.sh says why).
 test-asan: bootstrap
-	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	ASAN_OPTIONS=detect_leaks=0 UVRPC_SANITIZER=address \
-	    $(SWIFT) test --skip-build --disable-swift-testing --sanitize=address --scratch-path .build-asan
+	bash scripts/test-sanitized.sh address
 
 # Fuzz an endpoint's whole receive path through an in-memory transport (libFuzzer + ASan); FUZZ_SECONDS=600 by default.
 fuzz:
