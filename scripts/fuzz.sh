@@ -51,7 +51,7 @@ seeds = {
  "protocol1": handshake(b'{"k":5.0,"p":1}') + bytes([5,0,2,0,0,0,1,0x21]),
 }
 # The extensions (Docs/PROTOCOL.md): announced, then each packet type.
-ext = handshake(b'{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}')
+ext = handshake(b'{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway","meta"]}')
 def chunks(kind, id, payload, size=30000):
     out = b""
     for i in range(0, len(payload), size):
@@ -67,6 +67,13 @@ seeds["ext-cancel-transfer"] = (ext + bytes([9,0,5]) + struct.pack(">I", 90000) 
     + bytes([7,0,5]) + bytes([9,0,5]) + struct.pack(">I", 10) + chunks(11, 5, bytes([4]) * 10))
 seeds["ext-bad-ack"] = ext + bytes([8,0xff,0xfa])
 seeds["ext-chunk-not-started"] = ext + bytes([12,0,3,0,2,1,2])
+def metadata(id, entries):
+    body = b"".join(bytes([len(k)]) + k + struct.pack(">H", len(v)) + v for k, v in entries)
+    return bytes([15]) + struct.pack(">HH", id, len(body)) + body
+seeds["ext-metadata"] = (ext + metadata(1, [(b"tenant", b"7"), (b"deadline", b"1500000")]) + bytes([2,0,1,0,1,1])
+    + metadata(5, [(b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
+    + bytes([9,0,5]) + struct.pack(">I", 70000) + chunks(11, 5, bytes(70000), 20000)
+    + metadata(6, [(b"deadline", b"x")]))
 for name, data in seeds.items():
     with open(os.path.join("Fuzz/corpus", "seed-" + name), "wb") as f:
         f.write(data)

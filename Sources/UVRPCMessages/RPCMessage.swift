@@ -1,5 +1,5 @@
 /// A message type of a typed protocol: a `Codable` value a caller sends
-/// (``RPCMessageClient/send(_:timeout:closeOnError:)``) and a handler answers
+/// (``RPCMessageClient/send(_:metadata:timeout:closeOnError:)``) and a handler answers
 /// (``RPCMessageHandlers``), with the answer type it declares.
 ///
 /// ```swift

@@ -37,7 +37,7 @@ public struct RPCMessageClient: Sendable {
     /// answer of several (``RPCAnswer``), or ``RPCNoResponse``.
     ///
     /// It runs on the caller's executor (`nonisolated(nonsending)`), as the
-    /// raw `RPCAsyncEndpoint/send(_:timeout:closeOnError:)` does.
+    /// raw `RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)` does.
     /// - Throws: ``RPCMessageError`` when the peer answered with an error
     ///   (``RPCMessageError/Kind/remoteClean`` with its handler's text, or
     ///   ``RPCMessageError/Kind/remote``) or with something the message does
@@ -45,21 +45,25 @@ public struct RPCMessageClient: Sendable {
     ///   `RPCError` when the call itself failed (timed out, closed, no
     ///   connection), as a raw call does; `CancellationError`.
     ///
-    /// `timeout` and `closeOnError` are the raw send's: as in efro.rpc, a
+    /// `metadata`, `timeout` and `closeOnError` are the raw send's: the
+    /// metadata and the call's deadline travel to a UVRPC peer (its
+    /// handler's `RPCHandlerContext`), a deadline inherited from the handler
+    /// the caller runs in included; as in efro.rpc, a
     /// call on an endpoint that times out (or otherwise fails) closes the
     /// endpoint unless `closeOnError` is false; a pool's calls never close
     /// their connection (`closeOnError` is not used).
     @discardableResult
     nonisolated(nonsending)
-    public func send<Message: RPCMessage>(_ message: Message, timeout: Duration? = nil,
+    public func send<Message: RPCMessage>(_ message: Message, metadata: RPCMetadata = RPCMetadata(),
+                                          timeout: Duration? = nil,
                                           closeOnError: Bool = true) async throws -> Message.Response {
         let payload = try messageProtocol.encode(message)
         switch transport {
         case .endpoint(let endpoint):
-            let answer = try await endpoint.send(payload, timeout: timeout, closeOnError: closeOnError)
+            let answer = try await endpoint.send(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
             return try messageProtocol.decodeAnswer(answer, to: Message.self, from: endpoint.label)
         case .pool(let pool):
-            let answer = try await pool.send(payload, timeout: timeout)
+            let answer = try await pool.send(payload, metadata: metadata, timeout: timeout)
             return try messageProtocol.decodeAnswer(answer, to: Message.self,
                                                     from: pool.addresses.map { "\($0)" }.joined(separator: ", "))
         }

@@ -20,7 +20,7 @@ final class ExtensionTests: XCTestCase {
     func testTheHandshakeAnnouncesExtensionsAndIsTheReferencesWithoutThem() {
         var configuration = RPCEndpoint.Configuration()
         XCTAssertEqual(String(decoding: PeerInfo(keepaliveInterval: 10.73, extensions: configuration.extensions).handshakeBytes.dropFirst(4), as: UTF8.self),
-                       #"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}"#)
+                       #"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway","meta"]}"#)
         configuration.extensions = []
         // Byte for byte the reference's handshake (shared PROTOCOL.md).
         XCTAssertEqual(configuration.keepaliveInterval, .milliseconds(10_730))
@@ -35,12 +35,12 @@ final class ExtensionTests: XCTestCase {
             PacketWriter.extensionPacket(type, id: id, total: total, payload: payload)
         }
         XCTAssertEqual(PeerInfo(keepaliveInterval: 10.73, extensions: .all).handshakeBytes,
-                       [0x00, 0x00, 0x00, 0x39] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"]}"#.utf8))
+                       [0x00, 0x00, 0x00, 0x40] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway","meta"]}"#.utf8))
         XCTAssertEqual(x(.error, id: 7, payload: Array("no".utf8)), [0x06, 0x00, 0x07, 0x05, 0x00, 0x02, 0x6e, 0x6f])
         XCTAssertEqual(PacketWriter.extensionPacket(.error, id: 7, code: RPCError.Code.unavailable.rawValue, payload: Array("no".utf8)),
                        [0x06, 0x00, 0x07, 0x03, 0x00, 0x02, 0x6e, 0x6f])
         XCTAssertEqual(PeerInfo(keepaliveInterval: 10.73, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes,
-                       [0x00, 0x00, 0x00, 0x46] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway"],"m":67108864}"#.utf8))
+                       [0x00, 0x00, 0x00, 0x4d] + Array(#"{"p":2,"k":10.73,"x":["error","cancel","chunk","goaway","meta"],"m":67108864}"#.utf8))
         XCTAssertEqual(x(.cancel, id: 7), [0x07, 0x00, 0x07])
         XCTAssertEqual(x(.cancelAcknowledged, id: 7), [0x08, 0x00, 0x07])
         XCTAssertEqual(x(.messageStart, id: 1, total: 70000), [0x09, 0x00, 0x01, 0x00, 0x01, 0x11, 0x70])

@@ -55,7 +55,7 @@ final class FixtureTests: XCTestCase {
                 XCTAssertEqual(id, entry.id, "\(what) at \(entry.offset)")
                 XCTAssertEqual(payload.count, entry.length, "\(what) at \(entry.offset)")
                 XCTAssertEqual(payload.withUnsafeBytes { sha256Hex($0) }, entry.sha256, "\(what) at \(entry.offset)")
-            case .error, .cancel, .cancelAcknowledged, .goAway, .chunkAcknowledged:
+            case .error, .cancel, .cancelAcknowledged, .goAway, .chunkAcknowledged, .metadata:
                 XCTFail("\(what) at \(entry.offset): \(event) in a reference session")
             }
         }

@@ -108,6 +108,9 @@ final class PacketParserTests: XCTestCase {
         }
         stream += x(.error, id: 7, payload: Array("no such key".utf8)) + x(.chunkAcknowledged, total: 123_456) + x(.goAway)
         events += [.error(id: 7, reason: "no such key"), .chunkAcknowledged(bytes: 123_456), .goAway]
+        let entries: [UInt8] = [6] + Array("tenant".utf8) + [0, 1, 0x37]
+        stream += x(.metadata, id: 8, payload: entries) + PacketWriter.frame(isResponse: false, id: 8, payload: [8])
+        events += [.metadata(id: 8, entries: entries), .message(id: 8, payload: [8])]
         return (stream, events)
     }
 

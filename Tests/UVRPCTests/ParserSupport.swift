@@ -11,6 +11,7 @@ enum Event: Equatable, CustomStringConvertible {
     case cancelAcknowledged(id: UInt16)
     case goAway
     case chunkAcknowledged(bytes: Int)
+    case metadata(id: UInt16, entries: [UInt8])
 
     var description: String {
         switch self {
@@ -23,6 +24,7 @@ enum Event: Equatable, CustomStringConvertible {
         case .cancelAcknowledged(let id): return "cancelAcknowledged(\(id))"
         case .goAway: return "goAway"
         case .chunkAcknowledged(let n): return "chunkAcknowledged(\(n))"
+        case .metadata(let id, let entries): return "metadata(\(id), \(entries.count) bytes)"
         }
     }
 }
@@ -52,6 +54,7 @@ final class EventRecorder: PacketSink {
     func receivedCancelAcknowledgement(id: UInt16) -> Bool { record(.cancelAcknowledged(id: id)) }
     func receivedGoAway() -> Bool { record(.goAway) }
     func receivedChunkAcknowledgement(bytes: Int) -> Bool { record(.chunkAcknowledged(bytes: bytes)) }
+    func receivedMetadata(id: UInt16, entries: UnsafeRawBufferPointer) -> Bool { record(.metadata(id: id, entries: Array(entries))) }
     private func record(_ event: Event) -> Bool {
         events.append(event)
         return events.count < limit

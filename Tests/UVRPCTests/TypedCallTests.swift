@@ -192,6 +192,28 @@ final class TypedCallTests: XCTestCase {
         await endpoint.close()
     }
 
+    func testATypedHandlerSeesTheCallsMetadataAndDeadline() async throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        var handlers = RPCMessageHandlers(protocol: scoresProtocol)
+        handlers.on(SubmitScore.self) { _, _ in SubmitResult(rank: 1, best: 1) }
+        handlers.on(TopScores.self) { _, _ in TopScoresResult(entries: []) }
+        handlers.on(Ping.self) { _, _ in RPCNoResponse() }
+        handlers.on(Fail.self) { _, _ in RPCNoResponse() }
+        handlers.on(Echo.self) { message, context in
+            let left = context.deadline.map { ContinuousClock.now.duration(to: $0) }
+            return EchoResult(data: message.data, note: "\(context.metadata)|\(left.map { $0 > .zero && $0 <= .seconds(30) } ?? false)")
+        }
+        let (_, endpoint, client) = try await scoresPair(harness.loop, handler: try .messages(handlers))
+        try await withTimeout("the echoes") {
+            let tagged = try await client.send(Echo(data: Data([1])), metadata: ["tenant": "7"], timeout: .seconds(30))
+            XCTAssertEqual(tagged.note, "[tenant: 7]|true")
+            let plain = try await client.send(Echo(data: Data([1])))
+            XCTAssertEqual(plain.note, "[]|false")
+        }
+        await endpoint.close()
+    }
+
     func testTypedCallsGoOverAPool() async throws {
         // The server on one loop (its board's Mutex is one ThreadSanitizer cannot see), the pool over two.
         let harness = try LoopHarness()

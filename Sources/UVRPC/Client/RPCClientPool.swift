@@ -143,23 +143,25 @@ public final class RPCClientPool: Sendable {
     }
 
     /// Sends `payload` on the open connection with the fewest calls in
-    /// flight and returns the response. Callable from any thread or task.
+    /// flight and returns the response, with `metadata` and the call's
+    /// deadline as ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)``
+    /// sends them. Callable from any thread or task.
     /// - Throws: an ``RPCError``: code ``RPCError/Code/unavailable`` at
     ///   once when no connection is open; otherwise what
-    ///   ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` throws (the
+    ///   ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)`` throws (the
     ///   connection stays open whatever the call's fate).
     /// A call that meets a connection whose server just said it is draining
     /// (the call was not sent) is sent again on another connection.
     /// It runs on the caller's executor (`nonisolated(nonsending)`), as
-    /// ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)`` does.
+    /// ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)`` does.
     nonisolated(nonsending)
-    public func send(_ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
+    public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil) async throws -> [UInt8] {
         var attempts = 0
         while true {
             guard let (connection, endpoint) = pick() else { throw noConnection }
             defer { connection.callEnded() }
             do {
-                return try await endpoint.send(payload, timeout: timeout, closeOnError: false)
+                return try await endpoint.send(payload, metadata: metadata, timeout: timeout, closeOnError: false)
             } catch let error as RPCError {
                 guard case .peerGoingAway = error.reason else { throw error }
                 attempts += 1

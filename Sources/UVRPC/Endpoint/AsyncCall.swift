@@ -31,7 +31,8 @@ final class AsyncCall: LoopJob, @unchecked Sendable { // fields published throug
     /// What to send, for a call started from another thread: the call goes
     /// to the loop as itself (``runOnLoop()``), not in a closure (written
     /// before the call is submitted, read on the loop after the queue's lock).
-    private var start: (endpoint: RPCEndpoint, payload: [UInt8], timeout: Duration?, closeOnError: Bool)?
+    private var start: (endpoint: RPCEndpoint, payload: [UInt8], timeout: Duration?, closeOnError: Bool,
+                        metadata: RPCEndpoint.OutgoingMetadata?)?
 
     init() {}
 
@@ -51,8 +52,9 @@ final class AsyncCall: LoopJob, @unchecked Sendable { // fields published throug
 
     /// Submits the call to `endpoint`'s loop from another thread; false when
     /// the loop no longer takes work.
-    func submit(to endpoint: RPCEndpoint, _ payload: [UInt8], timeout: Duration?, closeOnError: Bool) -> Bool {
-        start = (endpoint, payload, timeout, closeOnError)
+    func submit(to endpoint: RPCEndpoint, _ payload: [UInt8], timeout: Duration?, closeOnError: Bool,
+                metadata: RPCEndpoint.OutgoingMetadata?) -> Bool {
+        start = (endpoint, payload, timeout, closeOnError, metadata)
         return endpoint.eventLoop.execute(self)
     }
 
@@ -81,10 +83,10 @@ final class AsyncCall: LoopJob, @unchecked Sendable { // fields published throug
         if before & Self.installedFlag != 0 { continuation!.resume(with: result) }
     }
 
-    /// Starts the submitted call on the loop (``submit(to:_:timeout:closeOnError:)``).
+    /// Starts the submitted call on the loop (``submit(to:_:timeout:closeOnError:metadata:)``).
     func runOnLoop() {
-        guard let (endpoint, payload, timeout, closeOnError) = start else { return }
+        guard let (endpoint, payload, timeout, closeOnError, metadata) = start else { return }
         start = nil // the payload is the call table's from here
-        endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: self)
+        endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: self, metadata: metadata)
     }
 }

@@ -52,6 +52,13 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
 
     /// Sends `payload` and returns the response.
     ///
+    /// Metadata and deadlines (extension `meta`, which every UVRPC peer
+    /// speaks): `metadata` travels with the message (``RPCMetadata``), and
+    /// so does the call's deadline when it has one: `timeout` when given, or
+    /// what is left of the deadline of the handler this task runs in
+    /// (``RPCHandlerContext/deadline``; the call's timeout is then at most
+    /// that). To an efro.rpc peer neither is sent.
+    ///
     /// Backpressure: while the connection is not writable (more unsent bytes
     /// than its high-water mark), the call waits before it is written, in
     /// order with other waiting async sends; the payload is not copied while
@@ -69,13 +76,26 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     ///   efro.rpc peer the id is freed at once and a late answer is ignored.
     ///   A UVRPC peer's failed handler makes this throw
     ///   an ``RPCError`` of code ``RPCError/Code/handlerFailed`` at once.
+    ///   Metadata over its bounds fails with ``RPCError/Code/invalidArgument``
+    ///   before anything is sent; an inherited deadline that passed already
+    ///   with ``RPCError/Code/deadlineExceeded``, not sent.
     ///
     /// It runs on the caller's executor (`nonisolated(nonsending)`): a task
     /// on the endpoint's loop calls straight into the endpoint, with no
     /// executor switch (each switch looked up the task's executor preference
     /// under a lock: a third of an async caller's CPU).
     nonisolated(nonsending)
-    public func send(_ payload: [UInt8], timeout: Duration? = nil, closeOnError: Bool = true) async throws -> [UInt8] {
+    public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
+                     closeOnError: Bool = true) async throws -> [UInt8] {
+        var timeout = timeout
+        var outgoing: RPCEndpoint.OutgoingMetadata?
+        if !metadata.isEmpty || timeout != nil { outgoing = .init(entries: metadata, sendsDeadline: timeout != nil) }
+        if let inherited = InheritedDeadline.current { // only inside a handler whose call has a deadline
+            let left = ContinuousClock.now.duration(to: inherited)
+            guard left > .zero else { throw RPCError.deadlinePassed(endpoint: label) }
+            if timeout.map({ left < $0 }) ?? true { timeout = left }
+            outgoing = .init(entries: metadata, sendsDeadline: true)
+        }
         // A caller on the loop reuses a call its endpoint kept from an earlier
         // one (the response's Array is then the only allocation); a caller off
         // the loop allocates one and hands it to the loop's job queue (no closure).
@@ -90,8 +110,10 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
                     if Task.isCancelled {
                         call.finish(.failure(CancellationError()))
                     } else if onLoop { // no closure: the common case of a task on the loop
-                        endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call)
-                    } else if !call.submit(to: endpoint.endpoint, payload, timeout: timeout, closeOnError: closeOnError) {
+                        endpoint.endpoint.startAsyncCall(payload, timeout: timeout, closeOnError: closeOnError, call: call,
+                                                         metadata: outgoing)
+                    } else if !call.submit(to: endpoint.endpoint, payload, timeout: timeout, closeOnError: closeOnError,
+                                           metadata: outgoing) {
                         call.finish(.failure(RPCError.closed(endpoint: endpoint.label, messageID: nil, reason: .local)))
                     }
                 }

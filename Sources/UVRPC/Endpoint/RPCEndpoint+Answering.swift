@@ -23,13 +23,17 @@ extension RPCEndpoint {
     }
 
     @inline(__always)
-    func runCallbackHandler(_ handler: Unmanaged<CallbackHandler>, id: UInt16, payload: UnsafeRawBufferPointer) {
+    func runCallbackHandler(_ handler: Unmanaged<CallbackHandler>, id: UInt16, payload: UnsafeRawBufferPointer,
+                            call incoming: IncomingCall?) {
         if let old = answers.takeSuperseded(id: id) {
             logger.error("message handler never answered; the peer reused the message id, so it can no longer be answered",
                          metadata: ["rpc.id": "\(id)", "rpc.waited-ms": "\(loopNow - old.since)"])
         }
         // A handler may (by setting onMessage) run waiting messages within its call: `call` knows the outer request.
         let call = answers.beginHandlerCall(id: id)
+        let outerIncoming = currentIncomingCall
+        currentIncomingCall = incoming
+        defer { currentIncomingCall = outerIncoming }
         do {
             // Borrowed, not retained (see `callbackHandler` and `retiredHandlers`): a retain and
             // release here cost 34 instructions per call of the echo server (272 against 238,
@@ -41,7 +45,7 @@ extension RPCEndpoint {
             callbackHandlerFailed(id: id, error: error)
         }
         if answers.endHandlerCall(call) && !closing {
-            answers.keep(call, since: loopNow)
+            answers.keep(call, since: loopNow, incoming: incoming)
         }
     }
 

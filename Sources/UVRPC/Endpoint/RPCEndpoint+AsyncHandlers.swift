@@ -30,8 +30,8 @@ extension RPCEndpoint {
     }
 
     /// Queues a message for the async handler; makes sure a worker will take it.
-    func enqueueAsyncRequest(id: UInt16, payload: [UInt8]) {
-        if workers.enqueue(id: id, payload: payload) { scheduleWorker() }
+    func enqueueAsyncRequest(id: UInt16, payload: [UInt8], call: IncomingCall?) {
+        if workers.enqueue(id: id, payload: payload, call: call) { scheduleWorker() }
     }
 
     /// Wakes a parked worker, or starts one; it runs after the current job.
@@ -90,25 +90,31 @@ extension RPCEndpoint {
     private func work(key: UInt64) async {
         while true {
             workers.workerStarted() // running now
-            while let (id, payload) = nextQueuedRequest() {
+            while let queued = nextQueuedRequest() {
+                let id = queued.id
                 guard case .async(let handle)? = handler else {
                     // The handler changed since the message arrived: the current one takes it.
-                    payload.withUnsafeBytes { handleMessage(id: id, payload: $0) }
+                    queued.payload.withUnsafeBytes { handleMessage(id: id, payload: $0, call: queued.call) }
                     continue
                 }
                 // Should this handler suspend, another worker goes on with the queue.
                 if workers.needsAnotherWorker { postStandby() }
-                let request = RPCAsyncRequest(payload: payload)
-                let context = RPCHandlerContext(messageID: id, facts: connectionFacts)
+                let request = RPCAsyncRequest(payload: queued.payload)
+                let context = RPCHandlerContext(messageID: id, facts: connectionFacts, call: queued.call)
                 workers.handlerStarted()
                 let sequence = answers.beginAsyncHandler(id: id, worker: key)
                 defer {
                     workers.handlerEnded()
                     closeIfDrained()
                 }
-                let outcome: Result<[UInt8], any Error>
+                var outcome: Result<[UInt8], any Error>
                 let startedAt = metrics.callStartTime // 0 (not timed) without a metrics backend
-                do { outcome = .success(try await handle(request, context)) } catch { outcome = .failure(error) }
+                if let call = queued.call, let deadline = call.deadline {
+                    outcome = await runWithDeadline(handle, request, context, deadline: deadline,
+                                                    at: call.loopDeadline!, sequence: sequence, worker: key)
+                } else {
+                    do { outcome = .success(try await handle(request, context)) } catch { outcome = .failure(error) }
+                }
                 metrics.handlerEnded(startedAt: startedAt)
                 // Answer only if the peer did not cancel the call (nor reuse its id since).
                 if !answers.endAsyncHandler(id: id, sequence: sequence) {
@@ -143,7 +149,27 @@ extension RPCEndpoint {
         }
     }
 
-    private func nextQueuedRequest() -> (id: UInt16, payload: [UInt8])? {
+    /// Runs a handler whose call has a deadline: not at all when it passed
+    /// already, else with its task cancelled when it passes and the deadline
+    /// bound for the calls it makes. A handler that fails after its deadline
+    /// passed answers "deadline exceeded".
+    private func runWithDeadline(_ handle: AsyncHandlerBody, _ request: RPCAsyncRequest, _ context: RPCHandlerContext,
+                                 deadline: ContinuousClock.Instant, at: UInt64, sequence: UInt64,
+                                 worker: UInt64) async -> Result<[UInt8], any Error> {
+        let passed = RPCError(code: .deadlineExceeded, message: "the handler passed its caller's deadline")
+        if at <= loopNow { return .failure(passed) }
+        watchHandlerDeadline(sequence: sequence, at: at, worker: worker)
+        var outcome: Result<[UInt8], any Error>
+        do {
+            outcome = .success(try await InheritedDeadline.$current.withValue(deadline) { try await handle(request, context) })
+        } catch {
+            outcome = .failure(error)
+        }
+        if handlerDeadlines.end(sequence: sequence), case .failure = outcome { outcome = .failure(passed) }
+        return outcome
+    }
+
+    private func nextQueuedRequest() -> AsyncWorkers.QueuedRequest? {
         guard !closing else { return nil }
         return workers.next()
     }

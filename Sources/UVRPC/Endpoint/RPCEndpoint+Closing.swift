@@ -79,9 +79,13 @@ extension RPCEndpoint {
         keepaliveTimer?.cancel()
         livenessTimer?.cancel()
         deadlineTimer?.close()
+        handlerDeadlineTimer?.close()
         keepaliveTimer = nil
         livenessTimer = nil
         deadlineTimer = nil
+        handlerDeadlineTimer = nil
+        handlerDeadlines.removeAll()
+        pendingMetadata.removeAll()
         // A drain's timer stays: at its deadline it aborts a connection still flushing.
         for id in calls.liveIDs() {
             if let call = removeCall(id) {

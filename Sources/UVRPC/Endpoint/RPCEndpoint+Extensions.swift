@@ -93,6 +93,7 @@ extension RPCEndpoint {
             break
         }
         dropTransfer(isResponse: true, id: id)
+        if !pendingMetadata.isEmpty { pendingMetadata[id] = nil } // its message is not coming
         logger.debug("the peer cancelled a message", metadata: ["rpc.id": "\(id)", "rpc.cancelled": "\(found)"])
         try? writeControlPacket(PacketWriter.idHeader(.cancelAcknowledged, id: id), headerCount: 3)
         closeIfDrained()

@@ -57,7 +57,8 @@ extension RPCEndpoint: PacketSink {
 
     @inline(__always)
     package func receivedMessage(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
-        handleMessage(id: id, payload: payload)
+        // Metadata waits only for messages of a caller that sent some (extension `meta`).
+        handleMessage(id: id, payload: payload, call: pendingMetadata.isEmpty ? nil : takePendingMetadata(id))
         // Stop after it if its answer made the connection unwritable (or chunked answers pile up).
         return countPacket() && !readingBackpressured
     }
@@ -82,6 +83,7 @@ extension RPCEndpoint: PacketSink {
         metrics.payloadsRefused[reason.metricName, default: 0] &+= 1
         let peer = peerDescription
         if isMessage {
+            if !pendingMetadata.isEmpty { pendingMetadata[id] = nil }
             answers.messageArrived() // the peer may cancel it
             let sent = sendErrorAnswer(to: id, code: .resourceExhausted, reason: "message of \(size) bytes refused: \(reason)")
             logger.warning("refused a message payload; \(sent ? "answered with an error" : "no response sent")", metadata: [
@@ -112,25 +114,25 @@ extension RPCEndpoint: PacketSink {
     }
 
     @inline(__always)
-    func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer) {
+    func handleMessage(id: UInt16, payload: UnsafeRawBufferPointer, call: IncomingCall?) {
         metrics.messagesReceived &+= 1
         answers.messageArrived()
         if let callbackHandler {
-            runCallbackHandler(callbackHandler, id: id, payload: payload)
+            runCallbackHandler(callbackHandler, id: id, payload: payload, call: call)
             return
         }
         if hasAsyncHandler {
-            enqueueAsyncRequest(id: id, payload: Array(payload))
+            enqueueAsyncRequest(id: id, payload: Array(payload), call: call)
         } else {
-            holdUntilAHandlerIsSet(id: id, payload: payload)
+            holdUntilAHandlerIsSet(id: id, payload: payload, call: call)
         }
     }
 
     /// A message that arrived before any handler was set waits (up to 1024).
     /// Out of line: the per-message path stays small enough to be inlined.
     @inline(never)
-    func holdUntilAHandlerIsSet(id: UInt16, payload: UnsafeRawBufferPointer) {
-        if !answers.hold(id: id, payload: payload) {
+    func holdUntilAHandlerIsSet(id: UInt16, payload: UnsafeRawBufferPointer, call: IncomingCall?) {
+        if !answers.hold(id: id, payload: payload, call: call) {
             let sent = sendErrorAnswer(to: id, code: .resourceExhausted, reason: "no message handler is set on \(label) and 1024 messages wait for one")
             logger.warning("message received but no onMessage handler is set and 1024 are waiting; \(sent ? "answered with an error" : "no response sent")",
                            metadata: ["rpc.id": "\(id)"])
@@ -141,7 +143,7 @@ extension RPCEndpoint: PacketSink {
         guard handler != nil, !answers.waitingMessages.isEmpty else { return }
         let waiting = answers.takeWaitingMessages()
         for message in waiting where !closing {
-            message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0) }
+            message.payload.withUnsafeBytes { handleMessage(id: message.id, payload: $0, call: message.call) }
         }
         closeIfDrained()
     }
@@ -151,12 +153,13 @@ extension RPCEndpoint: PacketSink {
         for send in calls.takeDeferred() {
             // An async send waits for writability here too, as it would have when made after the handshake.
             if case .async(let call) = send.completion {
-                startAsyncCall(send.payload, timeout: send.timeout, closeOnError: send.closeOnError, call: call)
+                startAsyncCall(send.payload, timeout: send.timeout, closeOnError: send.closeOnError, call: call,
+                               metadata: send.metadata)
                 continue
             }
             send.payload.withUnsafeBytes {
                 startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
-                          owned: send.payload)
+                          owned: send.payload, metadata: send.metadata)
             }
         }
     }

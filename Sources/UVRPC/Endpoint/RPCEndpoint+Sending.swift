@@ -61,6 +61,7 @@ extension RPCEndpoint {
         var timeout: Duration?
         var closeOnError: Bool
         var completion: Completion
+        var metadata: OutgoingMetadata? = nil
     }
 
     /// Sends `payload` as a message and calls `completion` (on the loop)
@@ -83,7 +84,7 @@ extension RPCEndpoint {
     /// Sends `payload` as a message and calls `completion` once, on the
     /// loop, with the response or the ``RPCError`` that ended the call.
     /// Loop-bound: the callback layer (from a task, use
-    /// ``RPCAsyncEndpoint/send(_:timeout:closeOnError:)``).
+    /// ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)``).
     /// - Parameters:
     ///   - payload: the message.
     ///   - timeout: defaults to ``Configuration/messageTimeout``.
@@ -153,7 +154,7 @@ extension RPCEndpoint {
     /// Starts a call; `owned`, when given, holds the same bytes as `payload`
     /// (a chunked transfer keeps it instead of a copy).
     func startCall(_ payload: UnsafeRawBufferPointer, timeout: Duration?, closeOnError: Bool,
-                   completion: Completion, owned: [UInt8]? = nil) {
+                   completion: Completion, owned: [UInt8]? = nil, metadata: OutgoingMetadata? = nil) {
         checkLoop("RPCEndpoint.send")
         if completion.isAbandoned { return }
         if let reason = _closeReason {
@@ -168,6 +169,11 @@ extension RPCEndpoint {
         }
         let timeoutMilliseconds = timeout?.roundedUpMilliseconds ?? messageTimeoutMilliseconds
         let timeout = timeout ?? configuration.messageTimeout
+        if metadata != nil && _peerInfo == nil {
+            // Whether the peer takes metadata is known only from its handshake.
+            return calls.deferUntilHandshake(QueuedSend(payload: Array(payload), timeout: timeout, closeOnError: closeOnError,
+                                                        completion: completion, metadata: metadata))
+        }
         if payload.count > Wire.maximumShortPayload {
             guard let peer = _peerInfo else {
                 // Whether the peer takes *_BIG packets is known only from its handshake.
@@ -189,6 +195,13 @@ extension RPCEndpoint {
                 return completion.fail(on: self, .sendBufferFull(endpoint: label, pendingBytes: pending, limit: limit))
             }
         }
+        var metadataEntries: [UInt8]?
+        if metadata != nil {
+            switch encodeMetadata(metadata, timeout: timeout) {
+            case .success(let entries): metadataEntries = entries
+            case .failure(let error): return completion.fail(on: self, error)
+            }
+        }
         let now = loopNow
         let deadline = now &+ timeoutMilliseconds
         guard let id = calls.insert(PendingCall(completion: completion, timeout: timeout, startedAt: metrics.callStartTime), deadline: deadline,
@@ -197,8 +210,9 @@ extension RPCEndpoint {
         }
         if case .async(let call) = completion { call.id = id }
         if sendsChunked(payload.count) {
-            startTransfer(isResponse: false, id: id, payload: payload, owned: owned)
+            startTransfer(isResponse: false, id: id, payload: payload, owned: owned, metadata: metadataEntries)
         } else { do {
+            if let metadataEntries { try writeMetadata(id: id, metadataEntries) }
             try writeFrame(isResponse: false, id: id, payload: payload)
         } catch {
             // The connection is closing under us; the close path reports it.
@@ -229,15 +243,18 @@ extension RPCEndpoint {
     /// Starts an async call, or queues it while the connection is not
     /// writable (or older async sends still wait), so an async sender faster
     /// than its peer is held back instead of growing the outgoing buffer.
-    func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall) {
+    func startAsyncCall(_ payload: [UInt8], timeout: Duration?, closeOnError: Bool, call: AsyncCall,
+                        metadata: OutgoingMetadata? = nil) {
         checkLoop("RPCEndpoint.send")
         if call.isFinished { return }
         if !closing && (!connection.isWritable || calls.hasBlockedSends) {
-            calls.block(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, completion: .async(call)))
+            calls.block(QueuedSend(payload: payload, timeout: timeout, closeOnError: closeOnError, completion: .async(call),
+                                   metadata: metadata))
             return
         }
         payload.withUnsafeBytes {
-            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call), owned: payload)
+            startCall($0, timeout: timeout, closeOnError: closeOnError, completion: .async(call), owned: payload,
+                      metadata: metadata)
         }
     }
 
@@ -246,7 +263,7 @@ extension RPCEndpoint {
         while calls.hasBlockedSends, connection.isWritable, !closing, let send = calls.takeBlocked() {
             send.payload.withUnsafeBytes {
                 startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
-                          owned: send.payload)
+                          owned: send.payload, metadata: send.metadata)
             }
         }
     }

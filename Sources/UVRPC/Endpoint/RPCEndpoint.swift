@@ -323,6 +323,14 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var pausedForBackpressure = false
     /// Fires at the earliest deadline of `calls` (which says which that is).
     @exclusivity(unchecked) var deadlineTimer: LoopTimer?
+    // Call metadata (extension `meta`; RPCEndpoint+Metadata.swift).
+    /// METADATA received for messages still arriving, by id.
+    @exclusivity(unchecked) var pendingMetadata: [UInt16: IncomingCall] = [:]
+    /// What came with the message whose callback handler runs now (nil: nothing).
+    @exclusivity(unchecked) var currentIncomingCall: IncomingCall?
+    /// The deadlines of running async handlers, and their timer.
+    @exclusivity(unchecked) var handlerDeadlines = HandlerDeadlines()
+    @exclusivity(unchecked) var handlerDeadlineTimer: LoopTimer?
     @exclusivity(unchecked) var keepaliveTimer: LoopTimer?
     /// Runs the checks of `liveness` every `liveness.period`.
     @exclusivity(unchecked) var livenessTimer: LoopTimer?

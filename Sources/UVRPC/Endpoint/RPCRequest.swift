@@ -61,6 +61,16 @@ public struct RPCRequest {
     /// an ``RPCResponseError`` (cancelled). (A cancel is read
     /// between handler calls, so it is always false during the handler call.)
     public var isCancelled: Bool { endpoint.isCancelled(token: token) }
+    /// The metadata the caller sent with the message (extension `meta`;
+    /// empty when it sent none, and always from an efro.rpc peer).
+    public var metadata: RPCMetadata { endpoint.incomingCall(token: token).metadata }
+    /// When the caller stops waiting for the answer, when its call carried
+    /// a deadline (extension `meta`); else nil. A callback handler is not
+    /// stopped at its deadline: check ``isPastDeadline`` in long work.
+    public var deadline: ContinuousClock.Instant? { endpoint.incomingCall(token: token).deadline }
+    /// True once the caller's deadline passed (false without one): its call
+    /// has timed out there, and an answer would be dropped.
+    public var isPastDeadline: Bool { deadline.map { ContinuousClock.now >= $0 } ?? false }
 
     /// Sends `payload` as the answer.
     /// - Throws: ``RPCResponseError`` when the request was already answered
@@ -92,8 +102,8 @@ public struct RPCRequest {
 }
 
 /// One incoming message as an async handler sees it: what came in. The
-/// handler's return value is the answer; where the message came from is in
-/// the handler's ``RPCHandlerContext``.
+/// handler's return value is the answer; where the message came from, its
+/// metadata and deadline are in the handler's ``RPCHandlerContext``.
 ///
 /// ```swift
 /// let server = RPCServer(configuration: .init(address: address), on: loop,
@@ -109,8 +119,8 @@ public struct RPCAsyncRequest: Sendable {
 }
 
 /// Where an incoming message came from, as an async handler sees it beside
-/// its ``RPCAsyncRequest``: the peer, its handshake, the connection's values
-/// and the endpoint (to call the peer back). The same facts as a callback
+/// its ``RPCAsyncRequest``: the peer, its handshake, the connection's values,
+/// the call's metadata and deadline, and the endpoint (to call the peer back). The same facts as a callback
 /// handler's ``RPCRequest``, in a form a task can own (a `Sendable` value).
 public struct RPCHandlerContext: Sendable {
     /// The message's id on the wire, as the peer numbered it (its logs show
@@ -119,6 +129,25 @@ public struct RPCHandlerContext: Sendable {
     /// What the connection's messages share, made once per connection (and
     /// again when its values change), so that a context costs one reference.
     let facts: ConnectionFacts
+    /// What came with the message (nil: nothing).
+    let call: IncomingCall?
+
+    init(messageID: UInt16, facts: ConnectionFacts, call: IncomingCall? = nil) {
+        self.messageID = messageID
+        self.facts = facts
+        self.call = call
+    }
+
+    /// The metadata the caller sent with the message (extension `meta`;
+    /// empty when it sent none, and always from an efro.rpc peer).
+    public var metadata: RPCMetadata { call?.metadata ?? RPCMetadata() }
+    /// When the caller stops waiting for the answer, when its call carried
+    /// a deadline (extension `meta`: a UVRPC caller's timeout); else nil.
+    /// The handler's task is cancelled when it passes, and calls the handler
+    /// makes with ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)``
+    /// (or the pool's, or typed ones) inherit it: their timeout is at most
+    /// what is left, and it travels on to their peer.
+    public var deadline: ContinuousClock.Instant? { call?.deadline }
 
     /// The peer's address (nil for a Unix-socket peer without a bound name).
     public var peerAddress: SocketAddress? { facts.peerAddress }

@@ -93,6 +93,8 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case noConnection(addresses: [String], lastConnectError: String?)
         case responseRefused(endpoint: String, messageID: UInt16, payloadSize: Int, reason: String)
         case custom(code: Code, message: String)
+        case invalidMetadata(endpoint: String, problem: String)
+        case deadlinePassed(endpoint: String)
     }
 
     /// What happened (for this library's metrics and tests).
@@ -114,6 +116,8 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case .peerFailed(_, _, let code, _): return code
         case .peerGoingAway, .noConnection: return .unavailable
         case .custom(let code, _): return code
+        case .invalidMetadata: return .invalidArgument
+        case .deadlinePassed: return .deadlineExceeded
         }
     }
 
@@ -122,7 +126,8 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         switch reason {
         case .timedOut(let e, _, _), .closed(let e, _, _), .peerTooOld(let e, _, _), .tooManyInFlight(let e),
              .payloadTooLarge(let e, _), .overPeerLimit(let e, _, _), .sendBufferFull(let e, _, _),
-             .peerFailed(let e, _, _, _), .peerGoingAway(let e), .responseRefused(let e, _, _, _):
+             .peerFailed(let e, _, _, _), .peerGoingAway(let e), .responseRefused(let e, _, _, _),
+             .invalidMetadata(let e, _), .deadlinePassed(let e):
             return e
         case .noConnection, .custom: return nil
         }
@@ -203,6 +208,10 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
                 + (last.map { " (last error: \($0))" } ?? "")
         case .custom(_, let message):
             return message
+        case .invalidMetadata(let e, let problem):
+            return "cannot send on \(e): \(problem)"
+        case .deadlinePassed(let e):
+            return "cannot send on \(e): the deadline this call inherited from the handler's caller has passed"
         }
     }
 
@@ -236,6 +245,10 @@ extension RPCError {
         RPCError(.peerFailed(endpoint: endpoint, messageID: messageID, code: code, reason: reason))
     }
     static func peerGoingAway(endpoint: String) -> RPCError { RPCError(.peerGoingAway(endpoint: endpoint)) }
+    static func invalidMetadata(endpoint: String, problem: MetadataProblem) -> RPCError {
+        RPCError(.invalidMetadata(endpoint: endpoint, problem: "\(problem)"))
+    }
+    static func deadlinePassed(endpoint: String) -> RPCError { RPCError(.deadlinePassed(endpoint: endpoint)) }
     static func noConnection(addresses: [String], lastConnectError: String?) -> RPCError {
         RPCError(.noConnection(addresses: addresses, lastConnectError: lastConnectError))
     }

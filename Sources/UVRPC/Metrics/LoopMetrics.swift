@@ -282,7 +282,8 @@ enum CallFailureKind: String, CaseIterable {
     case payloadTooLarge = "payload_too_large", sendBufferFull = "send_buffer_full"
     case noConnection = "no_connection", cancelled
     case peerHandlerFailed = "peer_handler_failed", peerGoingAway = "peer_going_away"
-    case responseRefused = "response_refused", overPeerLimit = "over_peer_limit", other
+    case responseRefused = "response_refused", overPeerLimit = "over_peer_limit"
+    case invalidMetadata = "invalid_metadata", deadlinePassed = "deadline_passed", other
 
     init(_ error: RPCError) {
         switch error.reason {
@@ -298,6 +299,8 @@ enum CallFailureKind: String, CaseIterable {
         case .custom: self = .other
         case .peerGoingAway: self = .peerGoingAway
         case .responseRefused: self = .responseRefused
+        case .invalidMetadata: self = .invalidMetadata
+        case .deadlinePassed: self = .deadlinePassed
         }
     }
 
@@ -310,7 +313,7 @@ enum ViolationKind: String, CaseIterable {
     case malformedHandshake = "malformed_handshake", handshakeTooLarge = "handshake_too_large"
     case payloadTooLarge = "payload_too_large", errorReasonTooLong = "error_reason_too_long"
     case badChunk = "bad_chunk", unexpectedCancelAcknowledgement = "unexpected_acknowledgement"
-    case unexpectedCancel = "unexpected_cancel"
+    case unexpectedCancel = "unexpected_cancel", badMetadata = "bad_metadata"
 
     init(_ violation: ProtocolViolation) {
         switch violation.kind {
@@ -323,6 +326,7 @@ enum ViolationKind: String, CaseIterable {
         case .chunkNotStarted, .chunkPastEnd, .transferAlreadyStarted, .tooManyTransfers: self = .badChunk
         case .unexpectedCancelAcknowledgement, .excessChunkAcknowledgement: self = .unexpectedCancelAcknowledgement
         case .unexpectedCancel: self = .unexpectedCancel
+        case .metadataTooLong, .malformedMetadata, .unexpectedMetadata: self = .badMetadata
         }
     }
 

@@ -1,4 +1,4 @@
-/// The extension packets (types 6-14) and the reassembly of chunked
+/// The extension packets (types 6-15) and the reassembly of chunked
 /// payloads (their buffers: PacketParser+Partials.swift): the part of
 /// ``PacketParser`` that only a peer which announced
 /// the extensions reaches (see Docs/PROTOCOL.md, "Extensions"). Kept out of
@@ -65,11 +65,12 @@ extension PacketParser {
         case 7, 8: return agreedExtensions.contains(.cancellation)
         case 9, 10, 11, 12, 14: return agreedExtensions.contains(.chunking)
         case 13: return agreedExtensions.contains(.goAway)
+        case 15: return agreedExtensions.contains(.metadata)
         default: return false
         }
     }
 
-    /// Parses one extension packet (type 6-14, agreed) at `offset`. Returns
+    /// Parses one extension packet (type 6-15, agreed) at `offset`. Returns
     /// the bytes it consumed (0: wait for more) and whether to go on.
     /// (Not inlined: inside `parse` it made the specialised per-frame path
     /// stop inlining the sink's `receivedMessage`, ~27 instructions per call.)
@@ -85,6 +86,13 @@ extension PacketParser {
         switch type {
         case 13:
             return (1, sink.receivedGoAway())
+        case 15:
+            guard available >= 5 else { return (0, true) }
+            let length = u16(3)
+            if length > Wire.maximumMetadata { throw .metadataTooLong(declared: length, limit: Wire.maximumMetadata) }
+            guard available >= 5 + length else { return (0, true) }
+            let entries = UnsafeRawBufferPointer(rebasing: input[(offset + 5)..<(offset + 5 + length)])
+            return (5 + length, sink.receivedMetadata(id: UInt16(u16(1)), entries: entries))
         case 14:
             guard available >= 5 else { return (0, true) }
             return (5, sink.receivedChunkAcknowledgement(bytes: u16(1) << 16 | u16(3)))

@@ -24,6 +24,9 @@ package protocol PacketSink: AnyObject {
     func receivedGoAway() -> Bool
     /// A CHUNK_ACK packet (extension `chunk`): the peer consumed `bytes` more of our chunks.
     func receivedChunkAcknowledgement(bytes: Int) -> Bool
+    /// A METADATA packet (extension `meta`): the entries of message `id`'s
+    /// metadata, a view valid only during the call.
+    func receivedMetadata(id: UInt16, entries: UnsafeRawBufferPointer) -> Bool
     /// A response is about to arrive in parts (a RESPONSE_BIG too big to
     /// wait for in the read buffer, or a RESPONSE_START): whether a call
     /// waits for it. One no call waits for is skipped as it arrives, never buffered.
@@ -38,6 +41,8 @@ extension PacketSink {
     package func awaitsResponse(id: UInt16) -> Bool { true }
     /// A refused payload is only skipped.
     package func refusedPayload(isMessage: Bool, id: UInt16, size: Int, reason: PayloadRefusal) -> Bool { true }
+    /// Metadata is ignored (a sink that handles no calls).
+    package func receivedMetadata(id: UInt16, entries: UnsafeRawBufferPointer) -> Bool { true }
 }
 
 /// The incremental efro.rpc stream parser: a state machine over bytes.
@@ -57,7 +62,7 @@ extension PacketSink {
 /// payload they cannot hold, and a response no call waits for, is skipped
 /// as it arrives instead (see PacketParser+Partials.swift).
 ///
-/// The packets of an extension (types 6-13) are accepted only when both
+/// The packets of an extension (types 6-15) are accepted only when both
 /// handshakes announced it (``agreedExtensions``); before, they are unknown
 /// packet types like any other. Chunked payloads (extension `chunk`) are
 /// reassembled here: a START allocates the exact-size buffer, each CHUNK is
@@ -315,7 +320,7 @@ package struct PacketParser: ~Copyable {
                     } else {
                         return offset // wait for the rest of the frame
                     }
-                case 6...14:
+                case 6...15:
                     let (used, goOn) = try parseExtensionPacket(type, input, at: offset, into: sink)
                     if used == 0 { return offset }
                     offset += used

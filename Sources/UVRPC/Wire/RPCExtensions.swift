@@ -1,6 +1,6 @@
 /// The protocol extensions UVRPC adds to efro.rpc (see Docs/PROTOCOL.md,
 /// "Extensions"). Each side announces the ones it speaks in its handshake
-/// (`"x":["error","cancel","chunk","goaway"]`); one is used on a connection
+/// (`"x":["error","cancel","chunk","goaway","meta"]`); one is used on a connection
 /// only when both handshakes announced it, so an efro.rpc peer, which
 /// announces none, never receives a packet it does not know.
 ///
@@ -15,6 +15,8 @@
 ///   with other packets, so small calls do not wait behind a big one.
 /// - ``goAway``: an endpoint that starts draining tells the peer, which
 ///   starts no new call on that connection.
+/// - ``metadata``: a call carries a small set of key/value metadata
+///   (``RPCMetadata``): its deadline, a W3C `traceparent`, the caller's keys.
 public struct RPCExtensions: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
@@ -27,12 +29,14 @@ public struct RPCExtensions: OptionSet, Sendable, Hashable, CustomStringConverti
     public static let chunking = RPCExtensions(rawValue: 1 << 2)
     /// GOAWAY before a drain (wire name `goaway`).
     public static let goAway = RPCExtensions(rawValue: 1 << 3)
+    /// Call metadata and deadlines (wire name `meta`).
+    public static let metadata = RPCExtensions(rawValue: 1 << 4)
     /// Every extension this library speaks (the default of ``RPCEndpoint/Configuration/extensions``).
-    public static let all: RPCExtensions = [.errorAnswers, .cancellation, .chunking, .goAway]
+    public static let all: RPCExtensions = [.errorAnswers, .cancellation, .chunking, .goAway, .metadata]
 
     /// Each extension with its name on the wire, in the order they are announced.
     static let wireNames: [(RPCExtensions, String)] = [
-        (.errorAnswers, "error"), (.cancellation, "cancel"), (.chunking, "chunk"), (.goAway, "goaway"),
+        (.errorAnswers, "error"), (.cancellation, "cancel"), (.chunking, "chunk"), (.goAway, "goaway"), (.metadata, "meta"),
     ]
 
     /// The extension a wire name stands for; nil for names this library does not know.

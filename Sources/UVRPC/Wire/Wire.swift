@@ -20,6 +20,10 @@ public enum Wire {
     /// Chunked transfers each side may have in progress at once, per kind
     /// (messages, responses); a sender starts more only as earlier ones end.
     public static let maximumTransfers = 4
+    /// Largest METADATA packet body (its entries), in bytes (extension
+    /// `meta`): a call's metadata must fit, and a longer declared length is a
+    /// protocol violation.
+    public static let maximumMetadata = 4096
 }
 
 /// The first byte of every packet after the handshake.
@@ -58,6 +62,10 @@ package enum PacketType: UInt8, Sendable, CustomStringConvertible {
     /// bytes of CHUNK payloads (flow control: the peer keeps the bytes it
     /// wrote and saw unacknowledged under a window).
     case chunkAcknowledged = 14
+    /// Extension `meta`: u16 id, u16 length, entries (`u8` key length, key,
+    /// `u16` value length, value): the metadata of message `id`, written
+    /// right before its MESSAGE, MESSAGE_BIG or MESSAGE_START.
+    case metadata = 15
 
     package var description: String {
         switch self {
@@ -76,6 +84,7 @@ package enum PacketType: UInt8, Sendable, CustomStringConvertible {
         case .responseChunk: return "RESPONSE_CHUNK"
         case .goAway: return "GOAWAY"
         case .chunkAcknowledged: return "CHUNK_ACK"
+        case .metadata: return "METADATA"
         }
     }
 }
@@ -202,6 +211,13 @@ public struct ProtocolViolation: Error, Equatable, Sendable, CustomStringConvert
         case unexpectedCancel(id: UInt16)
         /// A CHUNK_ACK for more chunk bytes than this side sent and had not seen acknowledged.
         case excessChunkAcknowledgement(acknowledged: Int, outstanding: Int)
+        /// A METADATA packet declares more than ``Wire/maximumMetadata`` bytes.
+        case metadataTooLong(declared: Int, limit: Int)
+        /// A METADATA packet whose entries do not parse (why).
+        case malformedMetadata(id: UInt16, String)
+        /// A METADATA packet for an id whose metadata still waits for its message,
+        /// or while as many wait as messages may be in transfer.
+        case unexpectedMetadata(id: UInt16, waiting: Int)
     }
 
     /// What happened.
@@ -234,6 +250,12 @@ public struct ProtocolViolation: Error, Equatable, Sendable, CustomStringConvert
             return "CANCEL for id \(id) when every message received was cancelled already"
         case .excessChunkAcknowledgement(let n, let outstanding):
             return "CHUNK_ACK for \(n) bytes while \(outstanding) were unacknowledged"
+        case .metadataTooLong(let n, let limit):
+            return "METADATA declares \(n) bytes, over the limit of \(limit)"
+        case .malformedMetadata(let id, let why):
+            return "malformed METADATA for id \(id): \(why)"
+        case .unexpectedMetadata(let id, let waiting):
+            return "METADATA for id \(id) while \(waiting) waited for their messages (one per id, at most \(Wire.maximumTransfers + 1))"
         }
     }
 }
@@ -253,4 +275,7 @@ extension ProtocolViolation {
     package static func unexpectedCancelAcknowledgement(id: UInt16) -> ProtocolViolation { ProtocolViolation(.unexpectedCancelAcknowledgement(id: id)) }
     package static func unexpectedCancel(id: UInt16) -> ProtocolViolation { ProtocolViolation(.unexpectedCancel(id: id)) }
     package static func excessChunkAcknowledgement(acknowledged: Int, outstanding: Int) -> ProtocolViolation { ProtocolViolation(.excessChunkAcknowledgement(acknowledged: acknowledged, outstanding: outstanding)) }
+    package static func metadataTooLong(declared: Int, limit: Int) -> ProtocolViolation { ProtocolViolation(.metadataTooLong(declared: declared, limit: limit)) }
+    package static func malformedMetadata(id: UInt16, _ why: String) -> ProtocolViolation { ProtocolViolation(.malformedMetadata(id: id, why)) }
+    package static func unexpectedMetadata(id: UInt16, waiting: Int) -> ProtocolViolation { ProtocolViolation(.unexpectedMetadata(id: id, waiting: waiting)) }
 }

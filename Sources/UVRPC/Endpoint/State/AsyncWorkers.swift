@@ -25,6 +25,8 @@ struct AsyncWorkers {
     struct QueuedRequest {
         var id: UInt16
         var payload: [UInt8]
+        /// What came with it (extension `meta`), if anything.
+        var call: IncomingCall?
     }
 
     /// Requests waiting for a worker, oldest first from `head`; those before
@@ -56,8 +58,8 @@ struct AsyncWorkers {
 
     /// Queues a request; returns true when a worker must be scheduled for it
     /// (none is already on its way).
-    mutating func enqueue(id: UInt16, payload: [UInt8]) -> Bool {
-        queue.append(QueuedRequest(id: id, payload: payload))
+    mutating func enqueue(id: UInt16, payload: [UInt8], call: IncomingCall? = nil) -> Bool {
+        queue.append(QueuedRequest(id: id, payload: payload, call: call))
         return scheduled == 0
     }
 
@@ -85,17 +87,17 @@ struct AsyncWorkers {
 
     /// Takes the oldest queued request, if any; the queue's storage is reset
     /// once it is drained (and given back when it held more than 1024).
-    mutating func next() -> (id: UInt16, payload: [UInt8])? {
+    mutating func next() -> QueuedRequest? {
         guard head < queue.count else { return nil }
         // Moved out, not copied: no retain here and no release when the queue is emptied.
-        var request = QueuedRequest(id: 0, payload: [])
+        var request = QueuedRequest(id: 0, payload: [], call: nil)
         swap(&request, &queue[head])
         head += 1
         if head == queue.count {
             queue.removeAll(keepingCapacity: queue.count <= 1024)
             head = 0
         }
-        return (request.id, request.payload)
+        return request
     }
 
     /// Removes queued request `id` (the peer cancelled it); false if none is queued.

@@ -11,6 +11,8 @@ struct OutgoingTransfers {
         var payload: [UInt8]
         /// Bytes of `payload` already written as chunks.
         var sent = 0
+        /// A message's METADATA entries (extension `meta`), written right before its START.
+        var metadata: [UInt8]? = nil
     }
 
     /// The next chunk to write: bytes `range` of the active transfer at `index`.

@@ -26,6 +26,12 @@ struct OwedAnswers {
         var since: UInt64
         /// Whether it was already logged as overdue.
         var reported = false
+        /// What came with the message (extension `meta`), if anything.
+        var call: IncomingCall? = nil
+
+        static func == (a: KeptRequest, b: KeptRequest) -> Bool {
+            a.token == b.token && a.since == b.since && a.reported == b.reported && a.call === b.call
+        }
     }
 
     /// An async handler running, by message id: what a CANCEL for it must reach.
@@ -101,7 +107,7 @@ struct OwedAnswers {
     /// Messages received (or refused) minus CANCELs for them.
     private(set) var cancelCredits = 0
     /// Messages that arrived before any handler was set, oldest first.
-    private(set) var waitingMessages: [(id: UInt16, payload: [UInt8])] = []
+    private(set) var waitingMessages: [(id: UInt16, payload: [UInt8], call: IncomingCall?)] = []
 
     // MARK: Callback handlers
 
@@ -132,8 +138,14 @@ struct OwedAnswers {
     }
 
     /// Keeps `call`'s request, unanswered since `since`, for a later answer.
-    mutating func keep(_ call: HandlerCall, since: UInt64) {
-        unanswered[call.id] = KeptRequest(token: call.token, since: since)
+    mutating func keep(_ call: HandlerCall, since: UInt64, incoming: IncomingCall? = nil) {
+        unanswered[call.id] = KeptRequest(token: call.token, since: since, call: incoming)
+    }
+
+    /// What came with the kept request `token` (extension `meta`), if anything.
+    func keptCall(token: UInt64) -> IncomingCall? {
+        guard let entry = unanswered[UInt16(truncatingIfNeeded: token)], entry.token == token else { return nil }
+        return entry.call
     }
 
     /// A new message with id `id` arrived: a request kept under that id can
@@ -227,14 +239,14 @@ struct OwedAnswers {
 
     /// Holds message `id` until a handler is set; false when
     /// ``maximumWaitingMessages`` already wait (the message is refused).
-    mutating func hold(id: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
+    mutating func hold(id: UInt16, payload: UnsafeRawBufferPointer, call: IncomingCall? = nil) -> Bool {
         guard waitingMessages.count < Self.maximumWaitingMessages else { return false }
-        waitingMessages.append((id, Array(payload))) // copied: the view is valid only during the caller's read
+        waitingMessages.append((id, Array(payload), call)) // copied: the view is valid only during the caller's read
         return true
     }
 
     /// Takes every waiting message, oldest first.
-    mutating func takeWaitingMessages() -> [(id: UInt16, payload: [UInt8])] {
+    mutating func takeWaitingMessages() -> [(id: UInt16, payload: [UInt8], call: IncomingCall?)] {
         let waiting = waitingMessages
         waitingMessages.removeAll()
         return waiting
