@@ -137,13 +137,20 @@ public struct RPCMessageHandlers: Sendable {
 
 extension RPCHandler {
     /// Answers typed messages with `handlers` (see ``RPCMessageHandlers``).
+    /// `interceptors` run around every call, the first outermost, as for
+    /// `RPCHandler.async(interceptors:_:)`: they see the message's bytes
+    /// (its JSON) and its context, metadata included. One that rejects a
+    /// call (throws) answers as a raw handler's failure does: a UVRPC caller
+    /// gets an `RPCError` with the error's code, an efro.rpc peer (Python)
+    /// nothing.
     /// - Throws: ``RPCMessageProtocolError`` when a message type of the
     ///   protocol has no handler, has two, or a handler is for a type the
     ///   protocol does not have; the message names the type.
-    public static func messages(_ handlers: RPCMessageHandlers) throws(RPCMessageProtocolError) -> RPCHandler {
+    public static func messages(_ handlers: RPCMessageHandlers,
+                                interceptors: [any RPCServerInterceptor] = []) throws(RPCMessageProtocolError) -> RPCHandler {
         let entries = try handlers.checked()
         let messageProtocol = handlers.messageProtocol
-        return .async { request, context in
+        return .async(interceptors: interceptors) { request, context in
             await RPCMessageHandlers.answer(request.payload, context: context, entries: entries, messageProtocol: messageProtocol)
         }
     }

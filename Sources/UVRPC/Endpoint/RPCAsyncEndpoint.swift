@@ -87,6 +87,25 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
                      closeOnError: Bool = true) async throws -> [UInt8] {
+        let interceptors = endpoint.configuration.interceptors
+        if interceptors.isEmpty {
+            return try await sendNow(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
+        }
+        let endpoint = self
+        var chain: nonisolated(nonsending) @Sendable (RPCOutgoingCall) async throws -> [UInt8] = { call in
+            try await endpoint.sendNow(call.payload, metadata: call.metadata, timeout: call.timeout, closeOnError: closeOnError)
+        }
+        for interceptor in interceptors.reversed() {
+            let next = chain
+            chain = { call in try await interceptor.intercept(call, next: next) }
+        }
+        return try await chain(RPCOutgoingCall(payload: payload, metadata: metadata, timeout: timeout, endpoint: label))
+    }
+
+    /// ``send(_:metadata:timeout:closeOnError:)`` past the interceptors.
+    nonisolated(nonsending)
+    private func sendNow(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
+                         closeOnError: Bool) async throws -> [UInt8] {
         var timeout = timeout
         var outgoing: RPCEndpoint.OutgoingMetadata?
         if !metadata.isEmpty || timeout != nil { outgoing = .init(entries: metadata, sendsDeadline: timeout != nil) }

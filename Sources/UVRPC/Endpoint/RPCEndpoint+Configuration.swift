@@ -129,6 +129,9 @@ extension RPCEndpoint {
         /// each is used only with a peer that announces it too. Default: all.
         /// With none, the handshake is byte for byte the reference's.
         public var extensions: RPCExtensions = .all
+        /// Run around every async call the endpoint makes, the first
+        /// outermost (see ``RPCClientInterceptor``). Default: none.
+        public var interceptors: [any RPCClientInterceptor] = []
 
         /// The reference's defaults.
         public init() {}

@@ -24,8 +24,15 @@ public struct RPCHandler: Sendable {
     /// ("the handler failed", code ``RPCError/Code/handlerFailed``,
     /// unless the error is an ``RPCPublicError``: then its own code and
     /// text), an efro.rpc peer nothing, as the reference does.
-    public static func async(_ handler: nonisolated(nonsending) @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) -> RPCHandler {
-        RPCHandler { $0.installAsyncHandler(handler) }
+    ///
+    /// `interceptors` run around every call, the first outermost (see
+    /// ``RPCServerInterceptor``).
+    public static func async(
+        interceptors: [any RPCServerInterceptor] = [],
+        _ handler: nonisolated(nonsending) @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]
+    ) -> RPCHandler {
+        let body = interceptors.isEmpty ? handler : intercepted(handler, by: interceptors)
+        return RPCHandler { $0.installAsyncHandler(body) }
     }
 
     /// The advanced, zero-copy layer: `setUp` runs on each new endpoint's

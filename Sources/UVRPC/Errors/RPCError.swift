@@ -58,6 +58,9 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         public static let notFound = Code(rawValue: 11)
         /// For handlers: the caller may not do this.
         public static let permissionDenied = Code(rawValue: 12)
+        /// For handlers and interceptors: the caller did not say who it is
+        /// (no valid credentials in its metadata).
+        public static let unauthenticated = Code(rawValue: 13)
 
         public var description: String {
             switch rawValue {
@@ -73,6 +76,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
             case 10: return "invalid argument"
             case 11: return "not found"
             case 12: return "permission denied"
+            case 13: return "unauthenticated"
             default: return "code \(rawValue)"
             }
         }
