@@ -1,5 +1,5 @@
 @testable import UVRPC
-import Synchronization
+import UVLoop
 import XCTest
 
 /// ``AsyncWorkers`` alone: the queue, when a worker must be scheduled, parked
@@ -155,7 +155,9 @@ final class AsyncWorkersTests: XCTestCase {
     }
 }
 
-/// Workers shared by the tasks of a test, under a lock.
+/// Workers shared by the tasks of a test, under a lock: a pthread mutex
+/// (`LockedValue`), which ThreadSanitizer sees; it does not see
+/// `Synchronization.Mutex` on Linux and reported the tasks' parking as a race.
 private final class SharedWorkers: Sendable {
-    let state = Mutex(AsyncWorkers())
+    let state = LockedValue(AsyncWorkers())
 }
