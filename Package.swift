@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         // Counters, gauges and a timer of what the endpoints do (see LoopMetrics).
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        // Spans per call and per handler when a tracer is bootstrapped, carried in the call's metadata.
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
         // `uvrpc serve --metrics`: renders the metrics in the Prometheus text format (the tool only).
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         // `make docs`: the DocC catalogs of UVLoop and UVRPC (a command plugin; nothing is linked).
@@ -47,7 +49,8 @@ let package = Package(
             name: "UVRPC",
             dependencies: ["UVLoop", .product(name: "Logging", package: "swift-log"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                           .product(name: "CoreMetrics", package: "swift-metrics")]
+                           .product(name: "CoreMetrics", package: "swift-metrics"),
+                           .product(name: "Tracing", package: "swift-distributed-tracing")]
         ),
         // Typed calls on top of UVRPC: Codable messages in efro.message's JSON
         // (wire-compatible with Python efro.message peers). Uses Date and Data
@@ -66,6 +69,12 @@ let package = Package(
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Sources/uvrpc-tool"
+        ),
+        // A traced UVRPC process (a W3C test tracer bootstrapped), for TracingTests: spans across two processes.
+        .executableTarget(
+            name: "uvrpc-trace-peer",
+            dependencies: ["UVLoop", "UVRPC", .product(name: "Tracing", package: "swift-distributed-tracing")],
+            path: "Tests/TracePeer"
         ),
         // Blocking calls made on a loop thread, for LoopMisuseTests (each must stop the process with a message).
         .executableTarget(

@@ -87,6 +87,18 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
                      closeOnError: Bool = true) async throws -> [UInt8] {
+        if let tracer = endpoint.tracer {
+            return try await sendTraced(tracer, metadata: metadata) { metadata in
+                try await self.sendIntercepted(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
+            }
+        }
+        return try await sendIntercepted(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
+    }
+
+    /// ``send(_:metadata:timeout:closeOnError:)`` through the endpoint's interceptors, if any.
+    nonisolated(nonsending)
+    private func sendIntercepted(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
+                                 closeOnError: Bool) async throws -> [UInt8] {
         let interceptors = endpoint.configuration.interceptors
         if interceptors.isEmpty {
             return try await sendNow(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
@@ -150,7 +162,7 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     }
 
     /// Handles every incoming message with `handler`, as
-    /// ``RPCHandler/async(_:)`` does; messages that arrived before it
+    /// ``RPCHandler/async(interceptors:_:)`` does; messages that arrived before it
     /// was set are handed to it. Replaces a callback ``RPCEndpoint/onMessage``
     /// handler. (Public code gives its handler when it makes the server or
     /// connects; tests switch handlers with this.)

@@ -107,13 +107,14 @@ extension RPCEndpoint {
                     workers.handlerEnded()
                     closeIfDrained()
                 }
-                var outcome: Result<[UInt8], any Error>
+                let outcome: Result<[UInt8], any Error>
                 let startedAt = metrics.callStartTime // 0 (not timed) without a metrics backend
-                if let call = queued.call, let deadline = call.deadline {
-                    outcome = await runWithDeadline(handle, request, context, deadline: deadline,
-                                                    at: call.loopDeadline!, sequence: sequence, worker: key)
+                if let tracer {
+                    outcome = await runTraced(tracer, id: id, call: queued.call) {
+                        await runHandler(handle, request, context, call: queued.call, sequence: sequence, worker: key)
+                    }
                 } else {
-                    do { outcome = .success(try await handle(request, context)) } catch { outcome = .failure(error) }
+                    outcome = await runHandler(handle, request, context, call: queued.call, sequence: sequence, worker: key)
                 }
                 metrics.handlerEnded(startedAt: startedAt)
                 // Answer only if the peer did not cancel the call (nor reuse its id since).
@@ -147,6 +148,17 @@ extension RPCEndpoint {
             let woken = await withUnsafeContinuation { workers.park($0) }
             if !woken { return }
         }
+    }
+
+    /// Runs one handler call; its outcome.
+    @inline(__always)
+    private func runHandler(_ handle: AsyncHandlerBody, _ request: RPCAsyncRequest, _ context: RPCHandlerContext,
+                            call: IncomingCall?, sequence: UInt64, worker: UInt64) async -> Result<[UInt8], any Error> {
+        if let call, let deadline = call.deadline {
+            return await runWithDeadline(handle, request, context, deadline: deadline, at: call.loopDeadline!,
+                                         sequence: sequence, worker: worker)
+        }
+        do { return .success(try await handle(request, context)) } catch { return .failure(error) }
     }
 
     /// Runs a handler whose call has a deadline: not at all when it passed

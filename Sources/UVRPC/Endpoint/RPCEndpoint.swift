@@ -1,4 +1,5 @@
 import Logging
+import Tracing
 import UVLoop
 
 /// One efro.rpc endpoint over one connection: the callback API.
@@ -103,7 +104,7 @@ public final class RPCEndpoint {
     /// sends nothing). Loop-bound. Messages that
     /// arrive while no handler is set wait (up to 1024) for one.
     ///
-    /// For async handlers, see ``RPCHandler/async(_:)``.
+    /// For async handlers, see ``RPCHandler/async(interceptors:_:)``.
     public var onMessage: ((RPCRequest) throws -> Void)? {
         get {
             checkLoop("RPCEndpoint.onMessage")
@@ -323,6 +324,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var pausedForBackpressure = false
     /// Fires at the earliest deadline of `calls` (which says which that is).
     @exclusivity(unchecked) var deadlineTimer: LoopTimer?
+    /// The tracer bootstrapped when the endpoint was made (RPCTracing.swift); nil: none, nothing is traced.
+    let tracer: (any Tracer)?
     // Call metadata (extension `meta`; RPCEndpoint+Metadata.swift).
     /// METADATA received for messages still arriving, by id.
     @exclusivity(unchecked) var pendingMetadata: [UInt16: IncomingCall] = [:]
@@ -365,6 +368,7 @@ public final class RPCEndpoint {
             logger.warning("TLS: the server's certificate is not checked (verifiesPeer is off): any server is accepted")
         }
         self.payloadBudget = payloadBudget
+        self.tracer = Self.bootstrappedTracer()
         self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize,
                                    extensions: configuration.extensions,
                                    memory: PayloadMemory(limit: configuration.maximumPayloadMemory, shared: payloadBudget))

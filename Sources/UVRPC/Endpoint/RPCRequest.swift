@@ -190,5 +190,5 @@ final class ConnectionFacts: Sendable {
     }
 }
 
-/// The body of an async handler (``RPCHandler/async(_:)``, ``RPCClient``'s `handler`).
+/// The body of an async handler (``RPCHandler/async(interceptors:_:)``, ``RPCClient``'s `handler`).
 typealias AsyncHandlerBody = nonisolated(nonsending) @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]
