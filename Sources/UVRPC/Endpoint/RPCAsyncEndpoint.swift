@@ -87,6 +87,9 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
                      closeOnError: Bool = true) async throws -> [UInt8] {
+        if endpoint.sendsPlainly { // no tracer, no interceptors: the common case, with no extra async frame
+            return try await sendNow(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
+        }
         if let tracer = endpoint.tracer {
             return try await sendTraced(tracer, metadata: metadata) { metadata in
                 try await self.sendIntercepted(payload, metadata: metadata, timeout: timeout, closeOnError: closeOnError)
@@ -115,18 +118,12 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     }
 
     /// ``send(_:metadata:timeout:closeOnError:)`` past the interceptors.
-    nonisolated(nonsending)
+    @inline(__always) nonisolated(nonsending)
     private func sendNow(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
                          closeOnError: Bool) async throws -> [UInt8] {
-        var timeout = timeout
-        var outgoing: RPCEndpoint.OutgoingMetadata?
-        if !metadata.isEmpty || timeout != nil { outgoing = .init(entries: metadata, sendsDeadline: timeout != nil) }
-        if let inherited = InheritedDeadline.current { // only inside a handler whose call has a deadline
-            let left = ContinuousClock.now.duration(to: inherited)
-            guard left > .zero else { throw RPCError.deadlinePassed(endpoint: label) }
-            if timeout.map({ left < $0 }) ?? true { timeout = left }
-            outgoing = .init(entries: metadata, sendsDeadline: true)
-        }
+        // Constants, not variables: a variable the continuation's closure captures
+        // costs a task allocation per call.
+        let (timeout, outgoing) = try callOptions(metadata: metadata, timeout: timeout)
         // A caller on the loop reuses a call its endpoint kept from an earlier
         // one (the response's Array is then the only allocation); a caller off
         // the loop allocates one and hands it to the loop's job queue (no closure).
@@ -159,6 +156,31 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
         call.settle()
         if onLoop && loop.inEventLoop { self.endpoint.keepSpareCall(consume call) }
         return try outcome.get()
+    }
+
+    /// The call's timeout (capped by a deadline inherited from the handler
+    /// this task runs, if any) and what it carries besides its payload.
+    @inline(__always)
+    private func callOptions(metadata: RPCMetadata, timeout: Duration?) throws(RPCError)
+        -> (Duration?, RPCEndpoint.OutgoingMetadata?) {
+        if InheritedDeadline.everBound.load(ordering: .relaxed) { return try inheritedCallOptions(metadata: metadata, timeout: timeout) }
+        if metadata.isEmpty && timeout == nil { return (nil, nil) }
+        return (timeout, .init(entries: metadata, sendsDeadline: timeout != nil))
+    }
+
+    /// ``callOptions(metadata:timeout:)`` once some handler ran with a deadline
+    /// (out of line: a `ContinuousClock.Instant` is handled through its value
+    /// witnesses, which the common path does without).
+    @inline(never)
+    private func inheritedCallOptions(metadata: RPCMetadata, timeout: Duration?) throws(RPCError)
+        -> (Duration?, RPCEndpoint.OutgoingMetadata?) {
+        guard let inherited = InheritedDeadline.current else { // only inside a handler whose call has a deadline
+            if metadata.isEmpty && timeout == nil { return (nil, nil) }
+            return (timeout, .init(entries: metadata, sendsDeadline: timeout != nil))
+        }
+        let left = ContinuousClock.now.duration(to: inherited)
+        guard left > .zero else { throw .deadlinePassed(endpoint: label) }
+        return (timeout.map { Swift.min($0, left) } ?? left, .init(entries: metadata, sendsDeadline: true))
     }
 
     /// Handles every incoming message with `handler`, as

@@ -171,6 +171,7 @@ extension RPCEndpoint {
         let passed = RPCError(code: .deadlineExceeded, message: "the handler passed its caller's deadline")
         if at <= loopNow { return .failure(passed) }
         watchHandlerDeadline(sequence: sequence, at: at, worker: worker)
+        if !InheritedDeadline.everBound.load(ordering: .relaxed) { InheritedDeadline.everBound.store(true, ordering: .relaxed) }
         var outcome: Result<[UInt8], any Error>
         do {
             outcome = .success(try await InheritedDeadline.$current.withValue(deadline) { try await handle(request, context) })

@@ -326,6 +326,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var deadlineTimer: LoopTimer?
     /// The tracer bootstrapped when the endpoint was made (RPCTracing.swift); nil: none, nothing is traced.
     let tracer: (any Tracer)?
+    /// No tracer and no client interceptors: an async send goes straight to the call.
+    let sendsPlainly: Bool
     // Call metadata (extension `meta`; RPCEndpoint+Metadata.swift).
     /// METADATA received for messages still arriving, by id.
     @exclusivity(unchecked) var pendingMetadata: [UInt16: IncomingCall] = [:]
@@ -369,6 +371,7 @@ public final class RPCEndpoint {
         }
         self.payloadBudget = payloadBudget
         self.tracer = Self.bootstrappedTracer()
+        self.sendsPlainly = tracer == nil && configuration.interceptors.isEmpty
         self.parser = PacketParser(maximumPayloadSize: configuration.maximumPayloadSize,
                                    extensions: configuration.extensions,
                                    memory: PayloadMemory(limit: configuration.maximumPayloadMemory, shared: payloadBudget))

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// What a METADATA packet said about one incoming message (extension
 /// `meta`): its metadata and deadline. Made only for a message that came
 /// with metadata; shared by its request and context.
@@ -24,4 +26,10 @@ final class IncomingCall: Sendable {
 /// (``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)``).
 enum InheritedDeadline {
     @TaskLocal static var current: ContinuousClock.Instant?
+
+    /// Set once any handler of this process ran with a deadline bound: until
+    /// then a send skips the task-local lookup (about 70 instructions per
+    /// call). Relaxed is enough: a task that sees a deadline bound runs
+    /// after the store that preceded binding it.
+    static let everBound = Atomic<Bool>(false)
 }

@@ -34,7 +34,13 @@ public struct RPCMetadata: Sendable, Hashable, ExpressibleByDictionaryLiteral, S
     }
 
     /// The entries, in the order they were added (a key may repeat).
-    public private(set) var entries: [Entry] = []
+    public private(set) var entries: [Entry] {
+        get { storage ?? [] }
+        set { storage = newValue.isEmpty ? nil : newValue }
+    }
+    /// nil when empty: the metadata of a call that has none (every call by
+    /// default) is then one null word, with no reference to count.
+    private var storage: [Entry]?
 
     /// No entries.
     public init() {}
@@ -67,9 +73,9 @@ public struct RPCMetadata: Sendable, Hashable, ExpressibleByDictionaryLiteral, S
     }
 
     /// Whether there are no entries.
-    public var isEmpty: Bool { entries.isEmpty }
+    public var isEmpty: Bool { storage == nil }
     /// How many entries there are.
-    public var count: Int { entries.count }
+    public var count: Int { storage?.count ?? 0 }
 
     public func makeIterator() -> IndexingIterator<[Entry]> { entries.makeIterator() }
 
