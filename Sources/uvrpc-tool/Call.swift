@@ -22,7 +22,7 @@ struct Call: ParsableCommand {
             """
     )
 
-    @Option(help: "HOST:PORT, [IPV6]:PORT or unix:PATH of the server.")
+    @Option(help: "HOST:PORT, [IPV6]:PORT or unix:PATH of the server; HOST may be a name (resolved without blocking; each address it names is tried in turn).")
     var connect: String
 
     @Option(help: "Number of messages to send.")

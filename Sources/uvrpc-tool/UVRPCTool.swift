@@ -46,7 +46,7 @@ struct EndpointOptions: ParsableArguments {
     @Option(help: "Largest payload accepted from a peer, in bytes; a larger one closes that connection.")
     var maxPayload: Int = 64 << 20
 
-    @Flag(help: "Announce no protocol extension (error answers, cancel, chunking, go-away): the handshake is the reference's, byte for byte.")
+    @Flag(help: "Announce no protocol extension (error answers, cancel, chunking, go-away, metadata): the handshake is the reference's, byte for byte.")
     var noExtensions = false
 
     func validate() throws {

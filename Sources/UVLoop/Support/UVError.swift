@@ -159,6 +159,8 @@ public struct ConnectError: Error, Equatable, Sendable, CustomStringConvertible 
         case timedOut(address: String, timeout: Duration)
         /// The event loop shut down before the connect completed.
         case loopShutDown(address: String)
+        /// The host name did not resolve.
+        case resolveFailed(ResolveError)
     }
 
     /// What happened.
@@ -172,6 +174,7 @@ public struct ConnectError: Error, Equatable, Sendable, CustomStringConvertible 
         case .failed(let e): return e.description
         case .timedOut(let a, let t): return "connect to \(a) timed out after \(t)"
         case .loopShutDown(let a): return "connect to \(a) abandoned: the event loop shut down"
+        case .resolveFailed(let e): return e.description
         }
     }
 }
@@ -186,6 +189,8 @@ extension ConnectError {
     public static func timedOut(address: String, timeout: Duration) -> ConnectError { ConnectError(.timedOut(address: address, timeout: timeout)) }
     /// The event loop shut down before the connect completed.
     public static func loopShutDown(address: String) -> ConnectError { ConnectError(.loopShutDown(address: address)) }
+    /// The host name did not resolve.
+    public static func resolveFailed(_ v0: ResolveError) -> ConnectError { ConnectError(.resolveFailed(v0)) }
 }
 
 /// This process's limit of open files (`RLIMIT_NOFILE`'s soft limit), for

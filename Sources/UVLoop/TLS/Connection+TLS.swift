@@ -79,7 +79,7 @@ extension Connection {
     /// Starts TLS on a stream that just connected (client) or was accepted (server).
     func startTLS(_ context: TLSContext) {
         let serverName: String?
-        if let name = context.configuration.serverName {
+        if let name = context.configuration.serverName ?? hostName {
             serverName = name
         } else if case .ipv4(let host, _)? = remoteAddress {
             serverName = host

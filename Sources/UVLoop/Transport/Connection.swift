@@ -29,6 +29,9 @@ public final class Connection: HandleOwner {
     public let isUnixDomain: Bool
     /// The peer's address (for Unix sockets, the path).
     public internal(set) var remoteAddress: SocketAddress?
+    /// The host name this connection's address was resolved from, when it
+    /// was connected by name (the TLS server name unless configured). Loop-bound.
+    var hostName: String?
     /// This end's address (for Unix sockets, the path).
     public internal(set) var localAddress: SocketAddress?
     /// The settings this connection was made with.

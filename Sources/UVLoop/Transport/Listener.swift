@@ -33,7 +33,7 @@ public final class Listener: HandleOwner {
             do throws(UVError) {
                 try UVError.check(uv_pipe_bind(pipe, path), "bind", target)
             } catch { closeHandle(); throw error }
-        case .ipv4, .ipv6:
+        case .ipv4, .ipv6, .name:
             let tcp = UnsafeMutablePointer<uv_tcp_t>(OpaquePointer(handle))
             try UVError.check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init", target)
             adoptHandle()
@@ -131,13 +131,50 @@ extension EventLoop {
     /// the loop thread with the connection or a ``ConnectError`` that names
     /// the address and libuv's error. Reading starts when `completion`
     /// returns (unless ``ConnectionOptions/autoRead`` is false).
+    ///
+    /// A host name (`SocketAddress(parsing: "db.internal:9000")`) is resolved
+    /// first (``resolve(host:port:completion:)``, without blocking the loop),
+    /// and its addresses are tried in the resolver's order, each with
+    /// `timeout`, until one connects; the error is then the last address's.
+    /// Over TLS, the name is the server name checked and sent (SNI) unless
+    /// the configuration gives one.
     public func connect(to address: SocketAddress, timeout: Duration = .seconds(10),
                         options: ConnectionOptions = ConnectionOptions(),
                         completion: @escaping (Result<Connection, ConnectError>) -> Void) {
         preconditionInEventLoop("EventLoop.connect(to:timeout:options:completion:)")
+        guard !address.isNumeric, let host = address.host, let port = address.port else {
+            return connectNumeric(to: address, hostName: nil, timeout: timeout, options: options, completion: completion)
+        }
+        resolve(host: host, port: port) { result in
+            switch result {
+            case .failure(let error):
+                completion(.failure(.resolveFailed(error)))
+            case .success(let addresses):
+                self.connectFirst(of: addresses[...], hostName: host, timeout: timeout, options: options, completion: completion)
+            }
+        }
+    }
+
+    /// Tries `addresses` in order until one connects.
+    private func connectFirst(of addresses: ArraySlice<SocketAddress>, hostName: String, timeout: Duration,
+                              options: ConnectionOptions,
+                              completion: @escaping (Result<Connection, ConnectError>) -> Void) {
+        connectNumeric(to: addresses.first!, hostName: hostName, timeout: timeout, options: options) { result in
+            if case .failure(let error) = result, addresses.count > 1, error.kind != .loopShutDown(address: "\(addresses.first!)") {
+                return self.connectFirst(of: addresses.dropFirst(), hostName: hostName, timeout: timeout, options: options,
+                                         completion: completion)
+            }
+            completion(result)
+        }
+    }
+
+    /// Connects to a numeric address; `hostName` is the name it was resolved from, if any.
+    private func connectNumeric(to address: SocketAddress, hostName: String?, timeout: Duration, options: ConnectionOptions,
+                                completion: @escaping (Result<Connection, ConnectError>) -> Void) {
         let connection: Connection
         do {
             connection = try Connection(loop: self, unixDomain: address.isUnix, options: options, label: "\(address)")
+            connection.hostName = hostName
         } catch {
             completion(.failure(.failed(error)))
             return
@@ -150,7 +187,7 @@ extension EventLoop {
         switch address {
         case .unix(let path):
             uv_pipe_connect(request, UnsafeMutablePointer(OpaquePointer(connection.handle)), path, connectCallback)
-        case .ipv4, .ipv6:
+        case .ipv4, .ipv6, .name:
             let rc: Int32
             do {
                 rc = try address.withSockAddr { addr in

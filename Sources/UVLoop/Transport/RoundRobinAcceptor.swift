@@ -70,7 +70,7 @@ final class RoundRobinAcceptor: HandleOwner {
                 // Safe: a sockaddr_un begins with the sockaddr fields.
                 uvrpc_listen_socket(UnsafePointer(OpaquePointer(p)), length, backlog, 0)
             }
-        case .ipv4, .ipv6:
+        case .ipv4, .ipv6, .name:
             fd = try address.withSockAddr { addr in
                 let length = socklen_t(addr.pointee.sa_family == sa_family_t(AF_INET6)
                                        ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)

@@ -3,22 +3,28 @@ import CLibUV
 import Glibc
 #endif
 
-/// Where to listen or connect: an IPv4 or IPv6 address and port, or a Unix
-/// domain socket path. Hosts are numeric (`127.0.0.1`, `::1`); `localhost`
-/// means `127.0.0.1`. No DNS lookups happen here.
+/// Where to listen or connect: an IPv4 or IPv6 address and port, a host
+/// name and port, or a Unix domain socket path. `localhost` means
+/// `127.0.0.1`. No lookup happens here: a name is resolved when connecting
+/// (``EventLoop/connect(to:timeout:options:completion:)``), never when listening.
 public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// An IPv4 address in dotted form and a port.
     case ipv4(host: String, port: Int)
     /// An IPv6 address (without brackets) and a port.
     case ipv6(host: String, port: Int)
+    /// A host name (`db.internal`) and a port, resolved when connecting.
+    case name(host: String, port: Int)
     /// A Unix domain socket path.
     case unix(path: String)
 
-    /// An IP address from a numeric host (IPv6 when it contains `:`) and a port.
+    /// An IP address from a numeric host (IPv6 when it contains `:`), or a
+    /// host name, and a port.
     public init(host: String, port: Int) {
         let h = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        if h.contains(":") { self = .ipv6(host: h, port: port) }
-        else { self = .ipv4(host: h == "localhost" ? "127.0.0.1" : h, port: port) }
+        if h.contains(":") { self = .ipv6(host: h, port: port); return }
+        if h == "localhost" { self = .ipv4(host: "127.0.0.1", port: port); return }
+        var bytes = in_addr()
+        self = uv_inet_pton(AF_INET, h, &bytes) == 0 ? .ipv4(host: h, port: port) : .name(host: h, port: port)
     }
 
     /// Parses `HOST:PORT`, `[IPV6]:PORT` or `unix:PATH`; nil when malformed.
@@ -36,18 +42,18 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(host: host, port: port)
     }
 
-    /// The host, for IP addresses (nil for a Unix socket).
+    /// The host, for IP addresses and names (nil for a Unix socket).
     public var host: String? {
         switch self {
-        case .ipv4(let h, _), .ipv6(let h, _): return h
+        case .ipv4(let h, _), .ipv6(let h, _), .name(let h, _): return h
         case .unix: return nil
         }
     }
 
-    /// The port, for IP addresses.
+    /// The port, for IP addresses and names.
     public var port: Int? {
         switch self {
-        case .ipv4(_, let p), .ipv6(_, let p): return p
+        case .ipv4(_, let p), .ipv6(_, let p), .name(_, let p): return p
         case .unix: return nil
         }
     }
@@ -55,7 +61,7 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// `127.0.0.1:80`, `[::1]:80` or `unix:/tmp/sock`.
     public var description: String {
         switch self {
-        case .ipv4(let h, let p): return "\(h):\(p)"
+        case .ipv4(let h, let p), .name(let h, let p): return "\(h):\(p)"
         case .ipv6(let h, let p): return "[\(h)]:\(p)"
         case .unix(let path): return "unix:\(path)"
         }
@@ -81,6 +87,9 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
                 try UVError.check(uv_ip6_addr(host, Int32(port), UnsafeMutablePointer(OpaquePointer(p))),
                                   "parse IPv6 address", description)
             }
+        case .name:
+            throw UVError(code: UV_EINVAL.rawValue, operation: "use a host name without resolving it (listening takes a numeric address)",
+                          target: description)
         case .unix:
             throw UVError(code: UV_EINVAL.rawValue, operation: "convert to sockaddr", target: description)
         }
