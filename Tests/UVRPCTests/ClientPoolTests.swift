@@ -188,4 +188,102 @@ final class ClientPoolTests: XCTestCase {
         let status = await group.shutdown()
         XCTAssertEqual(status, 0)
     }
+
+    // MARK: Names and discovery
+
+    /// The servers a test name resolves to, changed by the test; counts its lookups.
+    private final class FakeResolver: RPCResolver {
+        let answer: LockedValue<Result<[SocketAddress], ResolveError>>
+        let lookups = LockedValue(0)
+        init(_ addresses: [SocketAddress]) { answer = LockedValue(.success(addresses)) }
+        func resolve(host: String, port: Int, on loop: EventLoop) async throws -> [SocketAddress] {
+            lookups.withLock { $0 += 1 }
+            return try answer.withLock { $0 }.get()
+        }
+    }
+
+    private func namedPool(_ resolver: FakeResolver, _ group: EventLoopGroup) async -> RPCClientPool {
+        var configuration = poolConfiguration()
+        configuration.connectionsPerAddress = 1
+        configuration.resolver = resolver
+        configuration.resolveInterval = .seconds(3600) // only the test's updates and losses re-resolve
+        return await RPCClientPool.connect(to: [.name(host: "scores.internal", port: 9000)], on: group, configuration: configuration)
+    }
+
+    func testANameIsSpreadOverEveryAddressItResolvesTo() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 2)
+        let resolver = FakeResolver(servers.addresses)
+        let pool = await namedPool(resolver, group)
+        XCTAssertEqual(pool.addresses, [.name(host: "scores.internal", port: 9000)])
+        XCTAssertEqual(pool.connectionStates.map(\.address), servers.addresses)
+        XCTAssertTrue(pool.connectionStates.allSatisfy(\.isOpen))
+        let answered = try await calls(90, on: pool)
+        XCTAssertTrue(answered.allSatisfy { $0 > 0 }, "every address answered: \(answered)")
+        await pool.close()
+        await servers.stopAll()
+        servers.harness.shutdownCleanly()
+        _ = await group.shutdown()
+    }
+
+    func testAddressesThatComeAndGoAreFollowedWithoutFailingCallsInFlight() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 2)
+        let (a, b, c) = (servers.addresses[0], servers.addresses[1], servers.addresses[2])
+        let resolver = FakeResolver([a, b])
+        let pool = await namedPool(resolver, group)
+        XCTAssertEqual(pool.connectionStates.map(\.address), [a, b])
+        // Two calls held by the servers, one on each connection (the fewest in flight).
+        try servers.harness.sync { servers.holding.value = true }
+        let held = Task { try await withThrowingTaskGroup(of: [UInt8].self) { group in
+            for call in 0..<2 { group.addTask { try await pool.send([UInt8(call)], timeout: .seconds(20)) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        } }
+        try waitUntil("both calls to reach the servers") { servers.received.withLock { $0 } == [1, 1, 0] }
+        // b goes away and c comes: the connection to b drains, one to c is made.
+        resolver.answer.withLock { $0 = .success([a, c]) }
+        await pool.update(addresses: [.name(host: "scores.internal", port: 9000)])
+        XCTAssertEqual(pool.connectionStates.map(\.address), [a, c])
+        try servers.releaseHeld()
+        let answers = try await held.value
+        XCTAssertEqual(Set(answers.map { $0.last! }), [0, 1], "the call on b's draining connection was answered too")
+        let after = try await calls(60, on: pool)
+        XCTAssertEqual(after[1], 0, "nothing new went to b: \(after)")
+        XCTAssertGreaterThan(after[2], 0, "c is used: \(after)")
+        // A name that stops resolving keeps its last answer.
+        resolver.answer.withLock { $0 = .failure(ResolveError(host: "scores.internal", reason: "the DNS server is gone", code: -3001)) }
+        await pool.update(addresses: [.name(host: "scores.internal", port: 9000)])
+        XCTAssertEqual(pool.connectionStates.map(\.address), [a, c])
+        XCTAssertEqual(pool.lastConnectError, "cannot resolve host \"scores.internal\": the DNS server is gone")
+        // Numeric addresses replace the name.
+        await pool.update(addresses: [b])
+        XCTAssertEqual(pool.addresses, [b])
+        XCTAssertEqual(pool.connectionStates.map(\.address), [b])
+        let onlyB = try await calls(30, on: pool)
+        XCTAssertEqual(onlyB, [0, 30, 0])
+        await pool.close()
+        await servers.stopAll()
+        servers.harness.shutdownCleanly()
+        _ = await group.shutdown()
+    }
+
+    func testALostConnectionMakesThePoolResolveAgain() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 2)
+        let (a, b) = (servers.addresses[0], servers.addresses[1])
+        let resolver = FakeResolver([a, b])
+        let pool = await namedPool(resolver, group)
+        let lookupsBefore = resolver.lookups.withLock { $0 }
+        // b is gone from the name and its server stops: the loss makes the pool look the name up again.
+        resolver.answer.withLock { $0 = .success([a]) }
+        await servers.stop(1)
+        try waitUntil("the pool to drop b", seconds: 20) { pool.connectionStates.map(\.address) == [a] }
+        XCTAssertGreaterThan(resolver.lookups.withLock { $0 }, lookupsBefore)
+        let answered = try await calls(30, on: pool)
+        XCTAssertEqual(answered, [30, 0, 0])
+        await pool.close()
+        await servers.stopAll()
+        servers.harness.shutdownCleanly()
+        _ = await group.shutdown()
+    }
 }

@@ -10,7 +10,14 @@ import UVLoop
 ///
 /// The pool keeps ``Configuration/connectionsPerAddress`` connections to each
 /// address; connection `k` (counting over every address) lives on loop
-/// `k % loops.count`. Each call goes to the open connection with the fewest
+/// `k % loops.count`. An address may be a host name
+/// (`SocketAddress(parsing: "scores.internal:9000")`): the pool connects to
+/// **every** address it resolves to (a Kubernetes headless service names
+/// one per pod), resolves it again every ``Configuration/resolveInterval``
+/// and whenever one of its connections is lost, makes connections to new
+/// addresses and drains those to addresses that went away, without failing
+/// calls in flight; a name that stops resolving keeps its last answer.
+/// ``update(addresses:)`` replaces the list at run time. Each call goes to the open connection with the fewest
 /// calls in flight (ties taken in turn). A connection that closes is made
 /// again after a capped exponential backoff; its calls in flight fail as any
 /// endpoint's do, and new calls go to the connections still open. With none
@@ -46,6 +53,13 @@ public final class RPCClientPool: Sendable {
         public var reconnectDelay: Duration = .milliseconds(100)
         /// Longest wait between two attempts. Default 10 s.
         public var maximumReconnectDelay: Duration = .seconds(10)
+        /// Resolves the host names among the addresses. Default: the system
+        /// resolver (/etc/hosts, then DNS), off the loops.
+        public var resolver: any RPCResolver = RPCSystemResolver()
+        /// How often host names are resolved again (also whenever a
+        /// connection is lost; while one fails to resolve, as often as
+        /// connects are retried). Default 30 s, as grpc's DNS resolver.
+        public var resolveInterval: Duration = .seconds(30)
 
         /// A setting of every connection's endpoint (``RPCEndpoint/Configuration``), by its name.
         public subscript<Value>(dynamicMember setting: WritableKeyPath<RPCEndpoint.Configuration, Value>) -> Value {
@@ -73,30 +87,29 @@ public final class RPCClientPool: Sendable {
         public var callsInFlight: Int
     }
 
-    /// The servers, in the order given.
-    public let addresses: [SocketAddress]
+    /// The servers, in the order given (names as given, not their addresses):
+    /// those of ``connect(to:on:configuration:logger:handler:)``, or of the last ``update(addresses:)``.
+    public var addresses: [SocketAddress] { membership.publishedTargets.withLock { $0 } }
     /// The pool's settings.
     public let configuration: Configuration
-    private let connections: [PooledConnection]
+    private let membership: PoolMembership
     private let turn = Atomic<Int>(0)
     private let lastError: LockedValue<String?>
     /// Calls that found no open connection: counted here, off any loop (a rare path).
     private let noConnectionFailures = Counter(label: "uvrpc_calls_failed_total",
                                                dimensions: [("error", CallFailureKind.noConnection.rawValue)])
 
-    private init(addresses: [SocketAddress], configuration: Configuration, connections: [PooledConnection],
-                 lastError: LockedValue<String?>) {
-        self.addresses = addresses
+    private init(configuration: Configuration, membership: PoolMembership, lastError: LockedValue<String?>) {
         self.configuration = configuration
-        self.connections = connections
+        self.membership = membership
         self.lastError = lastError
     }
 
-    /// Opens the pool's connections and returns once each has been tried
-    /// once (connected or failed; failed ones keep being retried). Callable
-    /// from any thread or task.
+    /// Resolves the names among `addresses`, opens the pool's connections and
+    /// returns once each has been tried once (connected or failed; failed
+    /// ones keep being retried). Callable from any thread or task.
     /// - Parameters:
-    ///   - addresses: the servers (at least one).
+    ///   - addresses: the servers (at least one), numeric or host names.
     ///   - group: the loops the connections are spread over.
     ///   - configuration: connections per address, endpoint settings, reconnect delays.
     ///   - logger: where the pool and its endpoints log; nothing by default.
@@ -111,24 +124,21 @@ public final class RPCClientPool: Sendable {
                      "RPCClientPool: connectionsPerAddress must be at least 1, not \(configuration.connectionsPerAddress)")
         let logger = logger ?? Logger(label: "uvrpc", factory: { _ in SwiftLogNoOpLogHandler() })
         let lastError = LockedValue<String?>(nil)
-        let firstAttempts = Countdown(addresses.count * configuration.connectionsPerAddress)
-        var connections: [PooledConnection] = []
-        for address in addresses {
-            for _ in 0..<configuration.connectionsPerAddress {
-                let loop = group.loops[connections.count % group.loops.count]
-                connections.append(PooledConnection(address: address, loop: loop, configuration: configuration,
-                                                    logger: logger, onEndpoint: handler?.install,
-                                                    firstAttempts: firstAttempts) { error in
-                    lastError.withLock { $0 = error }
-                })
-            }
-        }
-        for connection in connections {
-            if !connection.loop.execute({ connection.start() }) { firstAttempts.countDown() }
-        }
-        await firstAttempts.wait()
-        return RPCClientPool(addresses: addresses, configuration: configuration, connections: connections,
-                             lastError: lastError)
+        let membership = PoolMembership(targets: addresses, loops: group.loops, configuration: configuration, logger: logger,
+                                        onEndpoint: handler?.install) { error in lastError.withLock { $0 = error } }
+        await membership.refresh()
+        return RPCClientPool(configuration: configuration, membership: membership, lastError: lastError)
+    }
+
+    /// Replaces the servers: resolves the names among `addresses`, makes
+    /// connections to addresses that are new and drains those to addresses
+    /// no longer named (their calls in flight finish); returns once the new
+    /// connections were tried once. For discovery systems that push their
+    /// lists: `for await list in lists { await pool.update(addresses: list) }`.
+    /// Callable from any thread or task.
+    public func update(addresses: [SocketAddress]) async {
+        precondition(!addresses.isEmpty, "RPCClientPool.update(addresses:): no address to connect to")
+        await membership.replaceTargets(addresses)
     }
 
     /// The most recent reason a connection could not be made or was lost, if any.
@@ -136,7 +146,7 @@ public final class RPCClientPool: Sendable {
 
     /// Every connection's state, in the pool's order.
     public var connectionStates: [ConnectionState] {
-        connections.map {
+        membership.live.withLock { $0 }.map {
             ConnectionState(address: $0.address, loop: $0.loop.name, isOpen: $0.isOpen.load(ordering: .acquiring),
                             callsInFlight: $0.inFlight.load(ordering: .relaxed))
         }
@@ -165,7 +175,7 @@ public final class RPCClientPool: Sendable {
             } catch let error as RPCError {
                 guard case .peerGoingAway = error.reason else { throw error }
                 attempts += 1
-                if attempts >= connections.count { throw error }
+                if attempts >= membership.live.withLock({ $0.count }) { throw error }
             }
         }
     }
@@ -217,7 +227,7 @@ public final class RPCClientPool: Sendable {
     private func closeEach(_ close: @escaping @Sendable (RPCAsyncEndpoint) async -> Void) async {
         var endpoints: [RPCAsyncEndpoint] = []
         var connects: [Countdown] = []
-        for connection in connections {
+        for connection in await membership.close() {
             guard let stopped = await connection.loop.submitIfRunning({ connection.stop() }) else { continue }
             endpoints += stopped.endpoints
             if let connect = stopped.connecting { connects.append(connect) }
@@ -254,7 +264,9 @@ public final class RPCClientPool: Sendable {
     /// The open connection with the fewest calls in flight, counted as
     /// carrying one more; ties go in turn. Nil when none is open.
     private func pick() -> (PooledConnection, RPCAsyncEndpoint)? {
+        let connections = membership.live.withLock { $0 }
         let count = connections.count
+        guard count > 0 else { return nil }
         let start = Int(UInt(bitPattern: turn.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(count))
         for _ in 0..<2 { // a second pass if the chosen one closed meanwhile
             var best: PooledConnection?
@@ -276,138 +288,6 @@ public final class RPCClientPool: Sendable {
         noConnectionFailures.increment()
         return .noConnection(addresses: addresses.map(\.description), lastConnectError: lastConnectError)
     }
-}
-
-/// One connection of a pool: made on its loop, made again when it closes.
-private final class PooledConnection: @unchecked Sendable { // loop-only fields below; the rest atomic or locked
-    // Sendable invariant: `attempts`, `retryTimer`, `stopped`, `triedOnce`, `retiring` and
-    // `connecting` are touched only on `loop`'s thread; `endpoint` only under its lock;
-    // `isOpen` and `inFlight` are atomics; the other stored properties are immutable.
-    let address: SocketAddress
-    let loop: EventLoop
-    let isOpen = Atomic<Bool>(false)
-    let inFlight = Atomic<Int>(0)
-    private let configuration: RPCClientPool.Configuration
-    private let logger: Logger
-    private let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?
-    private let report: @Sendable (String) -> Void
-    private let endpoint = LockedValue<RPCAsyncEndpoint?>(nil)
-    /// Counted down once, when the first connect attempt ended.
-    private let firstAttempts: Countdown
-    private var triedOnce = false
-    private var attempts = 0
-    private var retryTimer: LoopTimer?
-    private var stopped = false
-    /// Endpoints whose server went away: no new calls, still finishing theirs (until they close).
-    private var retiring: [RPCEndpoint] = []
-    /// Counted down when the connect under way has ended (with its endpoint closed, if the pool stopped meanwhile).
-    private var connecting: Countdown?
-
-    init(address: SocketAddress, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
-         onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, firstAttempts: Countdown,
-         report: @escaping @Sendable (String) -> Void) {
-        self.firstAttempts = firstAttempts
-        self.address = address
-        self.loop = loop
-        self.configuration = configuration
-        self.logger = logger
-        self.onEndpoint = onEndpoint
-        self.report = report
-    }
-
-    /// Makes the first connection (on the loop).
-    func start() { connect() }
-
-    private func connect() {
-        let attempt = Countdown(1)
-        connecting = attempt
-        RPCClient.connect(to: address, on: loop, timeout: configuration.connectTimeout,
-                          configuration: configuration.endpoint, logger: logger) { [self] result in
-            defer {
-                if !triedOnce { triedOnce = true; firstAttempts.countDown() }
-            }
-            if connecting === attempt { connecting = nil }
-            if case .success(let endpoint) = result, stopped {
-                endpoint.didCloseForOwner = { attempt.countDown() } // close() waits for this one too
-                return endpoint.close()
-            }
-            attempt.countDown()
-            switch result {
-            case .success(let endpoint):
-                attempts = 0
-                endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint, endpoint.closeReason ?? .local) }
-                endpoint.didReceiveGoAwayForOwner = { [self, unowned endpoint] in goingAway(endpoint) }
-                self.endpoint.withLock { $0 = endpoint.asyncEndpoint }
-                isOpen.store(true, ordering: .releasing)
-                onEndpoint?(endpoint)
-            case .failure(let error):
-                report("\(error)")
-                retryLater()
-            }
-        }
-    }
-
-    /// Whether `endpoint` is the one calls are sent on now.
-    private func isCurrent(_ endpoint: RPCEndpoint) -> Bool {
-        self.endpoint.withLock { $0?.endpoint === endpoint }
-    }
-
-    /// The server said it is draining (GOAWAY): calls go elsewhere at once,
-    /// and a new connection is made; the old one finishes its calls and closes.
-    private func goingAway(_ endpoint: RPCEndpoint) {
-        guard isCurrent(endpoint) else { return }
-        isOpen.store(false, ordering: .releasing)
-        self.endpoint.withLock { $0 = nil }
-        retiring.append(endpoint)
-        guard !stopped else { return }
-        logger.info("pooled connection's server is draining; making a new connection", metadata: ["rpc.peer": "\(address)"])
-        connect()
-    }
-
-    private func lost(_ closed: RPCEndpoint, _ reason: RPCCloseReason) {
-        retiring.removeAll { $0 === closed }
-        guard isCurrent(closed) else { return } // one that went away, already replaced
-        isOpen.store(false, ordering: .releasing)
-        endpoint.withLock { $0 = nil }
-        guard !stopped else { return }
-        report("the connection to \(address) ended: \(reason)")
-        logger.info("pooled connection lost; making it again", metadata: [
-            "rpc.peer": "\(address)", "rpc.reason": "\(reason)",
-        ])
-        retryLater()
-    }
-
-    private func retryLater() {
-        guard !stopped else { return }
-        let delay = min(configuration.reconnectDelay * (1 << min(attempts, 30)), configuration.maximumReconnectDelay)
-        attempts += 1
-        retryTimer = loop.scheduleTimer(after: delay) { [self] in
-            retryTimer = nil
-            if !stopped { connect() }
-        }
-    }
-
-    /// Stops reconnecting (on the loop); returns every endpoint still open
-    /// (the one in use and those going away) to close, and the connect under
-    /// way, if any, to wait for.
-    func stop() -> (endpoints: [RPCAsyncEndpoint], connecting: Countdown?) {
-        stopped = true
-        retryTimer?.cancel()
-        retryTimer = nil
-        let current = endpoint.withLock { $0 }
-        return ((current.map { [$0] } ?? []) + retiring.map(\.asyncEndpoint), connecting)
-    }
-
-    /// Counts a call about to be sent and returns the endpoint to send it on,
-    /// or nil if the connection just closed.
-    func callStarting() -> RPCAsyncEndpoint? {
-        inFlight.add(1, ordering: .relaxed)
-        if let endpoint = endpoint.withLock({ $0 }) { return endpoint }
-        inFlight.subtract(1, ordering: .relaxed)
-        return nil
-    }
-
-    func callEnded() { inFlight.subtract(1, ordering: .relaxed) }
 }
 
 /// A pool runs as a `Service` (swift-service-lifecycle): see ``RPCClientPool/run()``.
