@@ -286,4 +286,72 @@ final class ClientPoolTests: XCTestCase {
         servers.harness.shutdownCleanly()
         _ = await group.shutdown()
     }
+
+    // MARK: Riding out a restart
+
+    private func singlePool(_ servers: ThreeServers, _ group: EventLoopGroup, reconnectDelay: Duration,
+                            maximumReconnectDelay: Duration) async -> RPCClientPool {
+        var configuration = poolConfiguration()
+        configuration.connectionsPerAddress = 1
+        configuration.reconnectDelay = reconnectDelay
+        configuration.maximumReconnectDelay = maximumReconnectDelay
+        return await RPCClientPool.connect(to: [servers.addresses[0]], on: group, configuration: configuration)
+    }
+
+    func testTheFirstCallAfterARestartConnectsAtOnceInsteadOfWaitingOutTheBackoff() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        // A backoff of an hour: only a connect made on demand can serve the call below.
+        let pool = await singlePool(servers, group, reconnectDelay: .seconds(3600), maximumReconnectDelay: .seconds(3600))
+        let first = try await pool.send([1], timeout: .seconds(20))
+        XCTAssertEqual(first, [1, 0])
+        await servers.stop(0)
+        try waitUntil("the pool to see the server gone", seconds: 20) { !pool.connectionStates[0].isOpen }
+        try await servers.restart(0)
+        // Fail fast, yet it waits for the one connect it starts (gRPC's CONNECTING), and succeeds.
+        let afterRestart = try await pool.send([2], timeout: .seconds(20))
+        XCTAssertEqual(afterRestart, [2, 0])
+        XCTAssertTrue(pool.connectionStates[0].isOpen)
+        await pool.close()
+        await servers.stopAll()
+        servers.harness.shutdownCleanly()
+        _ = await group.shutdown()
+    }
+
+    func testDuringAnOutageFailFastCallsFailAndWaitForReadyCallsSucceedOnceItIsBack() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        let pool = await singlePool(servers, group, reconnectDelay: .milliseconds(20), maximumReconnectDelay: .milliseconds(200))
+        await servers.stop(0)
+        try waitUntil("the pool to see the server gone", seconds: 20) { !pool.connectionStates[0].isOpen }
+        // Fail fast: the connect it asks for is refused, and it fails, not sent.
+        do {
+            _ = try await pool.send([1], timeout: .seconds(20))
+            XCTFail("a call with the server down was answered")
+        } catch let error as RPCError {
+            XCTAssertEqual(error.code, .unavailable, "\(error)")
+            XCTAssertFalse(error.requestWasSent)
+        }
+        // Wait for ready: it waits through the outage and is answered once the server is back.
+        let waiting = Task { try await pool.send([3], timeout: .seconds(30), waitForReady: true) }
+        try waitUntil("the call to wait for a connection", seconds: 20) { pool.callsWaitingForConnection == 1 }
+        try await servers.restart(0)
+        let answer = try await waiting.value
+        XCTAssertEqual(answer, [3, 0])
+        // A wait for ready that runs out of time says so, not sent.
+        await servers.stop(0)
+        try waitUntil("the pool to see the server gone again", seconds: 20) { !pool.connectionStates[0].isOpen }
+        do {
+            _ = try await pool.send([4], timeout: .milliseconds(100), waitForReady: true)
+            XCTFail("answered with the server down")
+        } catch let error as RPCError {
+            XCTAssertEqual(error.code, .deadlineExceeded, "\(error)")
+            XCTAssertFalse(error.requestWasSent)
+            XCTAssertTrue(error.message.contains("opened within the call's 0.1 seconds"), error.message)
+        }
+        await pool.close()
+        await servers.stopAll()
+        servers.harness.shutdownCleanly()
+        _ = await group.shutdown()
+    }
 }

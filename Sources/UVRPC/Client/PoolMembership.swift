@@ -19,6 +19,8 @@ actor PoolMembership {
     private nonisolated let logger: Logger
     private nonisolated let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?
     private nonisolated let report: @Sendable (String) -> Void
+    /// Signalled whenever one of the connections opens.
+    nonisolated let ready = ReadySignal()
 
     private var targets: [SocketAddress]
     /// Each name target's last answer.
@@ -106,7 +108,8 @@ actor PoolMembership {
                 nextLoop += 1
                 added.append(PooledConnection(address: address, loop: loop, configuration: configuration, logger: logger,
                                               onEndpoint: onEndpoint, firstAttempts: firstAttempts, report: report,
-                                              onLost: { [weak self] in self?.connectionLost() }))
+                                              onLost: { [weak self] in self?.connectionLost() },
+                                              onOpen: { [ready] in ready.signal() }))
             }
         }
         current = current.filter { wanted.contains($0.address) } + added

@@ -11,12 +11,20 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     let loop: EventLoop
     let isOpen = Atomic<Bool>(false)
     let inFlight = Atomic<Int>(0)
+    /// True while a connect attempt is under way (or asked for by ``requestConnect()``).
+    let isConnecting = Atomic<Bool>(false)
     private let configuration: RPCClientPool.Configuration
     private let logger: Logger
     private let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?
     private let report: @Sendable (String) -> Void
     /// Told when an open connection was lost (the pool re-resolves its names).
     private let onLost: @Sendable () -> Void
+    /// Told when a connect attempt ended, opened or not (calls waiting for one look again).
+    private let onOpen: @Sendable () -> Void
+    /// When the last connect attempt failed (monotonic nanoseconds, any
+    /// thread; 0: none failed since the last success): after a failure,
+    /// on-demand connects wait ``RPCClientPool/Configuration/reconnectDelay``.
+    private let lastAttemptEnded = Atomic<UInt64>(0)
     private let endpoint = LockedValue<RPCAsyncEndpoint?>(nil)
     /// Counted down once, when the first connect attempt ended.
     private let firstAttempts: Countdown
@@ -31,8 +39,10 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
 
     init(address: SocketAddress, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
          onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, firstAttempts: Countdown,
-         report: @escaping @Sendable (String) -> Void, onLost: @escaping @Sendable () -> Void = {}) {
+         report: @escaping @Sendable (String) -> Void, onLost: @escaping @Sendable () -> Void = {},
+         onOpen: @escaping @Sendable () -> Void = {}) {
         self.onLost = onLost
+        self.onOpen = onOpen
         self.firstAttempts = firstAttempts
         self.address = address
         self.loop = loop
@@ -45,15 +55,58 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     /// Makes the first connection (on the loop).
     func start() { connect() }
 
+    /// A call found no connection open (any thread): asks for a connect now
+    /// instead of at the end of the backoff. Returns whether an attempt is
+    /// under way (or was just asked for); its end is reported through `onOpen`.
+    func requestConnect() -> Bool {
+        if isOpen.load(ordering: .acquiring) { return false }
+        if isConnecting.load(ordering: .acquiring) { return true }
+        let failedAt = lastAttemptEnded.load(ordering: .relaxed)
+        if failedAt != 0, EventLoop.monotonicNanoseconds &- failedAt < UInt64(configuration.reconnectDelay.roundedUpMilliseconds) * 1_000_000 {
+            return false // it just failed: the next try is the backoff's
+        }
+        guard isConnecting.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+            return true // one is under way
+        }
+        if !loop.execute({ self.connectNow() }) {
+            isConnecting.store(false, ordering: .releasing)
+            return false
+        }
+        return true
+    }
+
+    /// Connects now, when the connection waits out its backoff (a connect
+    /// ``requestConnect()`` asked for); else reports that no attempt is under
+    /// way. The backoff still grows if this attempt fails.
+    private func connectNow() {
+        guard !stopped, connecting == nil, endpoint.withLock({ $0 }) == nil, let timer = retryTimer else {
+            if connecting == nil {
+                isConnecting.store(false, ordering: .releasing)
+                onOpen()
+            }
+            return
+        }
+        timer.cancel()
+        retryTimer = nil
+        connect()
+    }
+
     private func connect() {
         let attempt = Countdown(1)
         connecting = attempt
+        isConnecting.store(true, ordering: .releasing)
         RPCClient.connect(to: address, on: loop, timeout: configuration.connectTimeout,
                           configuration: configuration.endpoint, logger: logger) { [self] result in
             defer {
                 if !triedOnce { triedOnce = true; firstAttempts.countDown() }
             }
             if connecting === attempt { connecting = nil }
+            if case .failure = result {
+                lastAttemptEnded.store(Swift.max(1, EventLoop.monotonicNanoseconds), ordering: .relaxed)
+            } else {
+                lastAttemptEnded.store(0, ordering: .relaxed)
+            }
+            isConnecting.store(false, ordering: .releasing)
             if case .success(let endpoint) = result, stopped {
                 endpoint.didCloseForOwner = { attempt.countDown() } // close() waits for this one too
                 return endpoint.close()
@@ -67,9 +120,11 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
                 self.endpoint.withLock { $0 = endpoint.asyncEndpoint }
                 isOpen.store(true, ordering: .releasing)
                 onEndpoint?(endpoint)
+                onOpen()
             case .failure(let error):
                 report("\(error)")
                 retryLater()
+                onOpen() // the attempt ended: a fail-fast call waiting for it fails now
             }
         }
     }

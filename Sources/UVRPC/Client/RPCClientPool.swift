@@ -17,11 +17,18 @@ import UVLoop
 /// and whenever one of its connections is lost, makes connections to new
 /// addresses and drains those to addresses that went away, without failing
 /// calls in flight; a name that stops resolving keeps its last answer.
-/// ``update(addresses:)`` replaces the list at run time. Each call goes to the open connection with the fewest
+/// ``update(addresses:)`` replaces the list at run time.
+///
+/// A call that finds no connection open makes the closed ones connect at
+/// once instead of waiting out their backoff, and waits for those attempts
+/// (one connect time); it fails (code ``RPCError/Code/unavailable``, not
+/// sent) only when they fail, or, waiting for ready
+/// (``Configuration/waitsForReady``), waits for a connection up to its
+/// timeout. A call that failed before it was written is sent again on
+/// another connection. Each call goes to the open connection with the fewest
 /// calls in flight (ties taken in turn). A connection that closes is made
 /// again after a capped exponential backoff; its calls in flight fail as any
-/// endpoint's do, and new calls go to the connections still open. With none
-/// open, a call fails at once with code ``RPCError/Code/unavailable``.
+/// endpoint's do, and new calls go to the connections still open.
 ///
 /// A failed call never closes its pooled connection (unlike a single
 /// endpoint's `closeOnError` default, the reference's): one slow call must
@@ -60,6 +67,12 @@ public final class RPCClientPool: Sendable {
         /// connection is lost; while one fails to resolve, as often as
         /// connects are retried). Default 30 s, as grpc's DNS resolver.
         public var resolveInterval: Duration = .seconds(30)
+        /// Whether a call that finds no connection open waits for one, up to
+        /// its timeout, instead of failing at once (gRPC's wait-for-ready;
+        /// a call's `waitForReady` overrides it). Either way it makes every
+        /// connection that is waiting out its backoff try again at once.
+        /// Default false (fail fast, as in gRPC).
+        public var waitsForReady = false
 
         /// A setting of every connection's endpoint (``RPCEndpoint/Configuration``), by its name.
         public subscript<Value>(dynamicMember setting: WritableKeyPath<RPCEndpoint.Configuration, Value>) -> Value {
@@ -141,6 +154,9 @@ public final class RPCClientPool: Sendable {
         await membership.replaceTargets(addresses)
     }
 
+    /// Calls waiting for a connection to open (for tests).
+    package var callsWaitingForConnection: Int { membership.ready.waiting }
+
     /// The most recent reason a connection could not be made or was lost, if any.
     public var lastConnectError: String? { lastError.withLock { $0 } }
 
@@ -156,28 +172,79 @@ public final class RPCClientPool: Sendable {
     /// flight and returns the response, with `metadata` and the call's
     /// deadline as ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)``
     /// sends them. Callable from any thread or task.
-    /// - Throws: an ``RPCError``: code ``RPCError/Code/unavailable`` at
-    ///   once when no connection is open; otherwise what
+    ///
+    /// A call that finds no connection open makes every connection waiting
+    /// out its reconnect backoff try at once, then fails at once (code
+    /// ``RPCError/Code/unavailable``), or, with `waitForReady` (default:
+    /// ``Configuration/waitsForReady``), waits for a connection to open, up
+    /// to its timeout (default ``RPCEndpoint/Configuration/messageTimeout``),
+    /// and is sent with the time left. A call that failed before it was
+    /// written (``RPCError/isRetryable``: the server said it is draining,
+    /// the connection closed or was full) is sent again on another
+    /// connection; a call that was written is never sent twice.
+    /// - Throws: an ``RPCError``: ``RPCError/Code/unavailable`` with no
+    ///   connection open (fail fast), ``RPCError/Code/deadlineExceeded`` when
+    ///   none opened in time (wait for ready); otherwise what
     ///   ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)`` throws (the
     ///   connection stays open whatever the call's fate).
-    /// A call that meets a connection whose server just said it is draining
-    /// (the call was not sent) is sent again on another connection.
     /// It runs on the caller's executor (`nonisolated(nonsending)`), as
     /// ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)`` does.
     nonisolated(nonsending)
-    public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil) async throws -> [UInt8] {
+    public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
+                     waitForReady: Bool? = nil) async throws -> [UInt8] {
         var attempts = 0
+        var waiting: Waiting? // once the call found no connection open
         while true {
-            guard let (connection, endpoint) = pick() else { throw noConnection }
+            let generation = membership.ready.generation
+            guard let (connection, endpoint) = pick() else {
+                waiting = try await waitForConnection(since: generation, timeout: timeout,
+                                                      waitForReady: waitForReady ?? configuration.waitsForReady, waiting)
+                continue
+            }
             defer { connection.callEnded() }
+            let left = waiting.map { ContinuousClock.now.duration(to: $0.deadline) } ?? timeout
             do {
-                return try await endpoint.send(payload, metadata: metadata, timeout: timeout, closeOnError: false)
-            } catch let error as RPCError {
-                guard case .peerGoingAway = error.reason else { throw error }
+                return try await endpoint.send(payload, metadata: metadata, timeout: left, closeOnError: false)
+            } catch let error as RPCError where error.isRetryable {
+                // Never written: it can have had no effect. Another connection (or, at the end, none open) takes it.
                 attempts += 1
-                if attempts >= membership.live.withLock({ $0.count }) { throw error }
+                if attempts >= membership.live.withLock({ $0.count }) + 1 { throw error }
             }
         }
+    }
+
+    /// A call that found no connection open: until when it may wait.
+    private struct Waiting {
+        var deadline: ContinuousClock.Instant
+        var waited: Duration
+    }
+
+    /// No connection is open. A call that waits for ready asks the closed
+    /// connections to connect now (each at most every reconnectDelay) and
+    /// waits for one to open, up to its timeout. A fail-fast call asks once,
+    /// waits for the attempts it started to end (one connect time), and
+    /// fails when none is under way any more.
+    private func waitForConnection(since generation: UInt64, timeout: Duration?, waitForReady: Bool,
+                                   _ waiting: Waiting?) async throws -> Waiting {
+        let connections = membership.live.withLock { $0 }
+        var underWay = false
+        for connection in connections where !connection.isOpen.load(ordering: .relaxed) {
+            if waitForReady || waiting == nil {
+                if connection.requestConnect() { underWay = true }
+            } else if connection.isConnecting.load(ordering: .acquiring) {
+                underWay = true
+            }
+        }
+        guard waitForReady || underWay else { throw noConnection }
+        let wait = timeout ?? configuration.endpoint.messageTimeout
+        let current = waiting ?? Waiting(deadline: ContinuousClock.now.advanced(by: wait), waited: wait)
+        if await !membership.ready.wait(after: generation, until: current.deadline) {
+            try Task.checkCancellation()
+            noConnectionFailures.increment()
+            throw RPCError.noConnectionInTime(addresses: addresses.map(\.description), waited: current.waited,
+                                              lastConnectError: lastConnectError)
+        }
+        return current
     }
 
     /// Sends `payload` on the open connection with the fewest calls in
@@ -195,7 +262,10 @@ public final class RPCClientPool: Sendable {
             preconditionFailure("RPCClientPool.send(_:timeout:completion:) must be called on an event loop "
                                 + "(its completion runs there); use the async send(_:timeout:) elsewhere")
         }
-        guard let (connection, endpoint) = pick() else { return completion(.failure(noConnection)) }
+        guard let (connection, endpoint) = pick() else {
+            for connection in membership.live.withLock({ $0 }) { _ = connection.requestConnect() }
+            return completion(.failure(noConnection))
+        }
         if connection.loop === caller {
             return endpoint.endpoint.send(payload, timeout: timeout, closeOnError: false) { result in
                 connection.callEnded()

@@ -98,6 +98,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case responseRefused(endpoint: String, messageID: UInt16, payloadSize: Int, reason: String)
         case custom(code: Code, message: String)
         case invalidMetadata(endpoint: String, problem: String)
+        case noConnectionInTime(addresses: [String], waited: Duration, lastConnectError: String?)
         case deadlinePassed(endpoint: String)
     }
 
@@ -121,6 +122,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case .peerGoingAway, .noConnection: return .unavailable
         case .custom(let code, _): return code
         case .invalidMetadata: return .invalidArgument
+        case .noConnectionInTime: return .deadlineExceeded
         case .deadlinePassed: return .deadlineExceeded
         }
     }
@@ -133,7 +135,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
              .peerFailed(let e, _, _, _), .peerGoingAway(let e), .responseRefused(let e, _, _, _),
              .invalidMetadata(let e, _), .deadlinePassed(let e):
             return e
-        case .noConnection, .custom: return nil
+        case .noConnection, .custom, .noConnectionInTime: return nil
         }
     }
 
@@ -216,6 +218,9 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
             return "cannot send on \(e): \(problem)"
         case .deadlinePassed(let e):
             return "cannot send on \(e): the deadline this call inherited from the handler's caller has passed"
+        case .noConnectionInTime(let addresses, let waited, let last):
+            return "cannot send: no connection to \(addresses.joined(separator: ", ")) opened within the call's \(waited) (it waited for one)"
+                + (last.map { " (last error: \($0))" } ?? "")
         }
     }
 
@@ -253,6 +258,9 @@ extension RPCError {
         RPCError(.invalidMetadata(endpoint: endpoint, problem: "\(problem)"))
     }
     static func deadlinePassed(endpoint: String) -> RPCError { RPCError(.deadlinePassed(endpoint: endpoint)) }
+    static func noConnectionInTime(addresses: [String], waited: Duration, lastConnectError: String?) -> RPCError {
+        RPCError(.noConnectionInTime(addresses: addresses, waited: waited, lastConnectError: lastConnectError))
+    }
     static func noConnection(addresses: [String], lastConnectError: String?) -> RPCError {
         RPCError(.noConnection(addresses: addresses, lastConnectError: lastConnectError))
     }

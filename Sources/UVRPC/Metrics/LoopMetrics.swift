@@ -301,6 +301,7 @@ enum CallFailureKind: String, CaseIterable {
         case .responseRefused: self = .responseRefused
         case .invalidMetadata: self = .invalidMetadata
         case .deadlinePassed: self = .deadlinePassed
+        case .noConnectionInTime: self = .noConnection
         }
     }
 
