@@ -354,4 +354,83 @@ final class ClientPoolTests: XCTestCase {
         servers.harness.shutdownCleanly()
         _ = await group.shutdown()
     }
+
+    // MARK: Retries
+
+    func testRetriesOfIdempotentCallsStopAtTheBudget() async throws {
+        let servers = try await ThreeServers()
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        var configuration = poolConfiguration()
+        configuration.connectionsPerAddress = 1
+        configuration.retryPolicy.initialBackoff = .milliseconds(1)
+        let pool = await RPCClientPool.connect(to: servers.addresses, on: group, configuration: configuration)
+        await servers.stopAll()
+        try waitUntil("every connection to close", seconds: 20) { pool.connectionStates.allSatisfy { !$0.isOpen } }
+        var failures = 0
+        for call in 0..<50 {
+            do {
+                _ = try await pool.send([UInt8(call)], timeout: .seconds(20), idempotent: true)
+            } catch let error as RPCError {
+                XCTAssertEqual(error.code, .unavailable, "\(error)")
+                failures += 1
+            }
+        }
+        XCTAssertEqual(failures, 50)
+        // 10 tokens, one per failure, retries only above 5: the first call is retried twice
+        // (10 -> 9 -> 8 -> 7), the second once (7 -> 6 -> 5), then none.
+        XCTAssertEqual(pool.retriesMade, 3)
+        await pool.close()
+        servers.harness.shutdownCleanly()
+        _ = await group.shutdown()
+    }
+
+    func testAnIdempotentCallIsRetriedAfterItsConnectionWasLostAndOthersAreNot() async throws {
+        let harness = try LoopHarness("servers")
+        defer { harness.shutdownCleanly() }
+        // One server cuts every connection that sends it a message; the other answers.
+        let cutter = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                         on: harness.loop, handler: .callback { endpoint in
+            endpoint.onMessage = { request in request.endpoint.close() }
+        }).start()
+        let echo = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                       on: harness.loop, handler: .async { request, _ in request.payload }).start()
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        var configuration = poolConfiguration()
+        configuration.connectionsPerAddress = 1
+        configuration.retryPolicy.initialBackoff = .milliseconds(1)
+        configuration.reconnectDelay = .seconds(3600) // a cut connection stays down: a retry can only go to the echo
+        configuration.maximumReconnectDelay = .seconds(3600)
+        let pool = await RPCClientPool.connect(to: [cutter.address, echo.address], on: group, configuration: configuration)
+        // Two calls at once: one on each connection (the fewest in flight); the cut one is written, then lost.
+        async let first = pool.send([1], timeout: .seconds(20), idempotent: true)
+        async let second = pool.send([2], timeout: .seconds(20), idempotent: true)
+        let answers = try await [first, second]
+        XCTAssertEqual(Set(answers), [[1], [2]], "both answered, the cut one by a retry")
+        XCTAssertGreaterThanOrEqual(pool.retriesMade, 1)
+        await pool.close()
+        // Not idempotent: a call cut after it was written fails, marked as sent.
+        let plain = await RPCClientPool.connect(to: [cutter.address, echo.address], on: group, configuration: configuration)
+        async let third = Result { try await plain.send([3], timeout: .seconds(20)) }
+        async let fourth = Result { try await plain.send([4], timeout: .seconds(20)) }
+        let outcomes = await [third, fourth]
+        let failed = outcomes.compactMap { outcome -> RPCError? in
+            if case .failure(let error) = outcome { return error as? RPCError }
+            return nil
+        }
+        XCTAssertEqual(failed.count, 1, "\(outcomes)")
+        XCTAssertEqual(failed.first?.code, .unavailable)
+        XCTAssertEqual(failed.first?.requestWasSent, true)
+        XCTAssertEqual(plain.retriesMade, 0)
+        await plain.close()
+        await cutter.stop()
+        await echo.stop()
+        _ = await group.shutdown()
+    }
+}
+
+extension Result where Failure == any Error {
+    /// The outcome of an async throwing body.
+    init(_ body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
 }

@@ -73,6 +73,8 @@ public final class RPCClientPool: Sendable {
         /// connection that is waiting out its backoff try again at once.
         /// Default false (fail fast, as in gRPC).
         public var waitsForReady = false
+        /// How calls marked idempotent are retried after they were written. Default: ``RetryPolicy/init()``.
+        public var retryPolicy = RetryPolicy()
 
         /// A setting of every connection's endpoint (``RPCEndpoint/Configuration``), by its name.
         public subscript<Value>(dynamicMember setting: WritableKeyPath<RPCEndpoint.Configuration, Value>) -> Value {
@@ -106,6 +108,9 @@ public final class RPCClientPool: Sendable {
     /// The pool's settings.
     public let configuration: Configuration
     private let membership: PoolMembership
+    private let budget: RetryBudget
+    private let retries = Atomic<Int>(0)
+    private let retryCounter = Counter(label: "uvrpc_pool_retries_total")
     private let turn = Atomic<Int>(0)
     private let lastError: LockedValue<String?>
     /// Calls that found no open connection: counted here, off any loop (a rare path).
@@ -116,7 +121,11 @@ public final class RPCClientPool: Sendable {
         self.configuration = configuration
         self.membership = membership
         self.lastError = lastError
+        self.budget = RetryBudget(configuration.retryPolicy)
     }
+
+    /// Retries made of calls marked idempotent (for tests; also counted as `uvrpc_pool_retries_total`).
+    package var retriesMade: Int { retries.load(ordering: .relaxed) }
 
     /// Resolves the names among `addresses`, opens the pool's connections and
     /// returns once each has been tried once (connected or failed; failed
@@ -181,7 +190,11 @@ public final class RPCClientPool: Sendable {
     /// and is sent with the time left. A call that failed before it was
     /// written (``RPCError/isRetryable``: the server said it is draining,
     /// the connection closed or was full) is sent again on another
-    /// connection; a call that was written is never sent twice.
+    /// connection. A call that was written is sent twice only when it is
+    /// marked `idempotent` (doing it twice is harmless): then one that failed
+    /// with a code of ``Configuration/retryPolicy`` is retried, after a
+    /// backoff, up to its attempts, while the pool's retry budget lasts, and
+    /// within its timeout (which covers every attempt).
     /// - Throws: an ``RPCError``: ``RPCError/Code/unavailable`` with no
     ///   connection open (fail fast), ``RPCError/Code/deadlineExceeded`` when
     ///   none opened in time (wait for ready); otherwise what
@@ -191,7 +204,36 @@ public final class RPCClientPool: Sendable {
     /// ``RPCAsyncEndpoint/send(_:metadata:timeout:closeOnError:)`` does.
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
-                     waitForReady: Bool? = nil) async throws -> [UInt8] {
+                     waitForReady: Bool? = nil, idempotent: Bool = false) async throws -> [UInt8] {
+        guard idempotent else {
+            return try await sendOnce(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady)
+        }
+        let policy = configuration.retryPolicy
+        let deadline = ContinuousClock.now.advanced(by: timeout ?? configuration.endpoint.messageTimeout)
+        var retry = 0
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            do {
+                let answer = try await sendOnce(payload, metadata: metadata, timeout: left, waitForReady: waitForReady)
+                budget.recordSuccess()
+                return answer
+            } catch let error as RPCError where policy.retryableCodes.contains(error.code) {
+                budget.recordFailure()
+                retry += 1
+                let backoff = policy.backoff(before: retry)
+                guard retry < policy.maximumAttempts, budget.allowsRetry,
+                      ContinuousClock.now.advanced(by: backoff) < deadline else { throw error }
+                retries.add(1, ordering: .relaxed)
+                retryCounter.increment()
+                try await Task.sleep(for: backoff)
+            }
+        }
+    }
+
+    /// One attempt of a call: on a connection open now (or after waiting for one).
+    nonisolated(nonsending)
+    private func sendOnce(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
+                          waitForReady: Bool?) async throws -> [UInt8] {
         var attempts = 0
         var waiting: Waiting? // once the call found no connection open
         while true {
