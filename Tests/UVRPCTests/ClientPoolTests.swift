@@ -428,6 +428,94 @@ final class ClientPoolTests: XCTestCase {
     }
 }
 
+final class PoolBalancingTests: XCTestCase {
+    /// Three servers on `harness`: each answers with its index; `failing` ones answer every call with an error.
+    private func servers(_ harness: LoopHarness, failing: Set<Int> = []) async throws -> [RunningServer] {
+        var servers: [RunningServer] = []
+        for index in 0..<3 {
+            servers.append(try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                               on: harness.loop, handler: .async { _, _ in
+                if failing.contains(index) { throw RPCError(code: .internalError, message: "server \(index) is broken") }
+                return [UInt8(index)]
+            }).start())
+        }
+        return servers
+    }
+
+    /// `count` calls one after another; how many each server answered, and how many failed.
+    private func sequentialCalls(_ count: Int, on pool: RPCClientPool) async -> (answered: [Int], failed: Int) {
+        var answered = [0, 0, 0], failed = 0
+        for _ in 0..<count {
+            do { answered[Int(try await pool.send([0], timeout: .seconds(20))[0])] += 1 } catch { failed += 1 }
+        }
+        return (answered, failed)
+    }
+
+    private func pool(_ servers: [RunningServer], _ group: EventLoopGroup,
+                      _ change: (inout RPCClientPool.Configuration) -> Void) async -> RPCClientPool {
+        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration())
+        change(&configuration)
+        return await RPCClientPool.connect(to: servers.map(\.address), on: group, configuration: configuration)
+    }
+
+    func testRoundRobinSpreadsEvenlyAndPowerOfTwoChoicesReachesEveryServer() async throws {
+        let harness = try LoopHarness("servers")
+        defer { harness.shutdownCleanly() }
+        let servers = try await servers(harness)
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        let roundRobin = await pool(servers, group) { $0.balancing = .roundRobin }
+        let even = await sequentialCalls(30, on: roundRobin)
+        XCTAssertEqual(even.answered, [10, 10, 10])
+        await roundRobin.close()
+        let twoChoices = await pool(servers, group) { $0.balancing = .powerOfTwoChoices }
+        let random = await sequentialCalls(300, on: twoChoices)
+        XCTAssertEqual(random.failed, 0)
+        XCTAssertTrue(random.answered.allSatisfy { $0 > 0 }, "\(random.answered)")
+        await twoChoices.close()
+        for server in servers { await server.stop() }
+        _ = await group.shutdown()
+    }
+
+    func testAServerWhoseCallsKeepFailingIsEjected() async throws {
+        let harness = try LoopHarness("servers")
+        defer { harness.shutdownCleanly() }
+        let servers = try await servers(harness, failing: [1])
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        let pool = await pool(servers, group) {
+            $0.balancing = .roundRobin // every third call to the broken server, until it is ejected
+            var ejection = RPCClientPool.OutlierEjection()
+            ejection.consecutiveFailures = 3
+            ejection.ejectionTime = .seconds(3600)
+            $0.outlierEjection = ejection
+        }
+        let calls = await sequentialCalls(60, on: pool)
+        XCTAssertEqual(calls.failed, 3, "the broken server failed three calls, then got none: \(calls)")
+        XCTAssertEqual(calls.answered[1], 0)
+        XCTAssertEqual(calls.answered[0] + calls.answered[2], 57)
+        await pool.close()
+        for server in servers { await server.stop() }
+        _ = await group.shutdown()
+    }
+
+    func testWhenEveryServerIsEjectedTheyAreUsedAnyway() async throws {
+        let harness = try LoopHarness("servers")
+        defer { harness.shutdownCleanly() }
+        let servers = try await servers(harness, failing: [0, 1, 2])
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        let pool = await pool(servers, group) {
+            var ejection = RPCClientPool.OutlierEjection()
+            ejection.consecutiveFailures = 1
+            ejection.ejectionTime = .seconds(3600)
+            $0.outlierEjection = ejection
+        }
+        let calls = await sequentialCalls(9, on: pool)
+        XCTAssertEqual(calls.failed, 9, "every call still reached a server (and failed there), none failed for want of one")
+        await pool.close()
+        for server in servers { await server.stop() }
+        _ = await group.shutdown()
+    }
+}
+
 extension Result where Failure == any Error {
     /// The outcome of an async throwing body.
     init(_ body: () async throws -> Success) async {

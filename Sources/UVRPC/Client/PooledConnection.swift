@@ -13,6 +13,10 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     let inFlight = Atomic<Int>(0)
     /// True while a connect attempt is under way (or asked for by ``requestConnect()``).
     let isConnecting = Atomic<Bool>(false)
+    /// Calls that failed in a row (outlier ejection), and until when (monotonic
+    /// nanoseconds) the connection gets no new call.
+    let consecutiveFailures = Atomic<Int>(0)
+    let ejectedUntil = Atomic<UInt64>(0)
     private let configuration: RPCClientPool.Configuration
     private let logger: Logger
     private let onEndpoint: (@Sendable (RPCEndpoint) -> Void)?

@@ -75,6 +75,11 @@ public final class RPCClientPool: Sendable {
         public var waitsForReady = false
         /// How calls marked idempotent are retried after they were written. Default: ``RetryPolicy/init()``.
         public var retryPolicy = RetryPolicy()
+        /// How each call's connection is chosen. Default ``Balancing/leastInFlight``.
+        public var balancing = Balancing.leastInFlight
+        /// When a server whose calls keep failing gets no new calls for a
+        /// while; nil: never (the default, as in gRPC).
+        public var outlierEjection: OutlierEjection?
 
         /// A setting of every connection's endpoint (``RPCEndpoint/Configuration``), by its name.
         public subscript<Value>(dynamicMember setting: WritableKeyPath<RPCEndpoint.Configuration, Value>) -> Value {
@@ -107,17 +112,21 @@ public final class RPCClientPool: Sendable {
     public var addresses: [SocketAddress] { membership.publishedTargets.withLock { $0 } }
     /// The pool's settings.
     public let configuration: Configuration
-    private let membership: PoolMembership
+    let membership: PoolMembership
     private let budget: RetryBudget
     private let retries = Atomic<Int>(0)
     private let retryCounter = Counter(label: "uvrpc_pool_retries_total")
-    private let turn = Atomic<Int>(0)
+    private let ejectionCounter = Counter(label: "uvrpc_pool_ejections_total")
+    let turn = Atomic<Int>(0)
     private let lastError: LockedValue<String?>
     /// Calls that found no open connection: counted here, off any loop (a rare path).
     private let noConnectionFailures = Counter(label: "uvrpc_calls_failed_total",
                                                dimensions: [("error", CallFailureKind.noConnection.rawValue)])
 
-    private init(configuration: Configuration, membership: PoolMembership, lastError: LockedValue<String?>) {
+    private let logger: Logger
+
+    private init(configuration: Configuration, membership: PoolMembership, lastError: LockedValue<String?>, logger: Logger) {
+        self.logger = logger
         self.configuration = configuration
         self.membership = membership
         self.lastError = lastError
@@ -149,7 +158,7 @@ public final class RPCClientPool: Sendable {
         let membership = PoolMembership(targets: addresses, loops: group.loops, configuration: configuration, logger: logger,
                                         onEndpoint: handler?.install) { error in lastError.withLock { $0 = error } }
         await membership.refresh()
-        return RPCClientPool(configuration: configuration, membership: membership, lastError: lastError)
+        return RPCClientPool(configuration: configuration, membership: membership, lastError: lastError, logger: logger)
     }
 
     /// Replaces the servers: resolves the names among `addresses`, makes
@@ -246,11 +255,21 @@ public final class RPCClientPool: Sendable {
             defer { connection.callEnded() }
             let left = waiting.map { ContinuousClock.now.duration(to: $0.deadline) } ?? timeout
             do {
-                return try await endpoint.send(payload, metadata: metadata, timeout: left, closeOnError: false)
-            } catch let error as RPCError where error.isRetryable {
+                let answer = try await endpoint.send(payload, metadata: metadata, timeout: left, closeOnError: false)
+                if configuration.outlierEjection != nil { _ = connection.callOutcome(nil, ejection: configuration.outlierEjection) }
+                return answer
+            } catch {
+                if let ejection = configuration.outlierEjection, connection.callOutcome(error, ejection: ejection) {
+                    ejectionCounter.increment()
+                    logger.warning("pool: a server's calls keep failing; it gets no new calls for a while", metadata: [
+                        "rpc.peer": "\(connection.address)", "rpc.ejection-time": "\(ejection.ejectionTime)",
+                        "rpc.error": "\(error)",
+                    ])
+                }
                 // Never written: it can have had no effect. Another connection (or, at the end, none open) takes it.
+                guard let failure = error as? RPCError, failure.isRetryable else { throw error }
                 attempts += 1
-                if attempts >= membership.live.withLock({ $0.count }) + 1 { throw error }
+                if attempts >= membership.live.withLock({ $0.count }) + 1 { throw failure }
             }
         }
     }
@@ -371,28 +390,6 @@ public final class RPCClientPool: Sendable {
     /// Callable from any thread or task.
     public func close(gracePeriod: Duration) async {
         await closeEach { await $0.close(gracePeriod: gracePeriod) }
-    }
-
-    /// The open connection with the fewest calls in flight, counted as
-    /// carrying one more; ties go in turn. Nil when none is open.
-    private func pick() -> (PooledConnection, RPCAsyncEndpoint)? {
-        let connections = membership.live.withLock { $0 }
-        let count = connections.count
-        guard count > 0 else { return nil }
-        let start = Int(UInt(bitPattern: turn.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(count))
-        for _ in 0..<2 { // a second pass if the chosen one closed meanwhile
-            var best: PooledConnection?
-            var fewest = Int.max
-            for offset in 0..<count {
-                let connection = connections[(start + offset) % count]
-                guard connection.isOpen.load(ordering: .acquiring) else { continue }
-                let inFlight = connection.inFlight.load(ordering: .relaxed)
-                if inFlight < fewest { (best, fewest) = (connection, inFlight) }
-            }
-            guard let best else { return nil }
-            if let endpoint = best.callStarting() { return (best, endpoint) }
-        }
-        return nil
     }
 
     /// The error of a call with no connection open, counted (`uvrpc_calls_failed_total{error="no_connection"}`).
