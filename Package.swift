@@ -76,6 +76,12 @@ let package = Package(
             dependencies: ["UVLoop", "UVRPC", .product(name: "Tracing", package: "swift-distributed-tracing")],
             path: "Tests/TracePeer"
         ),
+        // A pool following a host name, driven on stdin, for NameResolutionTests' DNS check.
+        .executableTarget(
+            name: "uvrpc-pool-probe",
+            dependencies: ["UVLoop", "UVRPC"],
+            path: "Tests/PoolProbe"
+        ),
         // Blocking calls made on a loop thread, for LoopMisuseTests (each must stop the process with a message).
         .executableTarget(
             name: "uvloop-misuse",

@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # Makes sure the machine has what the build and the tests need: libuv and
 # OpenSSL (Debian/Ubuntu packages libuv1-dev and libssl-dev) found through
-# pkg-config, and the openssl command (the TLS tests make their certificates
-# with it). Installs what is missing with apt-get (through sudo when not
-# root), or says exactly what to install.
+# pkg-config, the openssl command (the TLS tests make their certificates
+# with it) and ip (iproute2: the name-resolution tests bring up loopback in
+# a private network namespace). Installs what is missing with apt-get
+# (through sudo when not root), or says exactly what to install. Then the
+# Python package dnslib for the DNS test's server (pip; that test skips,
+# saying why, where it cannot be installed).
 set -euo pipefail
 
 ready() {
     command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libuv && pkg-config --exists openssl \
-        && command -v openssl >/dev/null 2>&1
+        && command -v openssl >/dev/null 2>&1 && command -v ip >/dev/null 2>&1
+}
+
+python_ready() {
+    python3 -c "import dnslib" >/dev/null 2>&1 || {
+        echo "bootstrap: installing the Python package dnslib (the DNS test's server)" >&2
+        python3 -m pip install --quiet --root-user-action=ignore dnslib==0.9.26 >&2 \
+            || python3 -m pip install --quiet --root-user-action=ignore --break-system-packages dnslib==0.9.26 >&2 \
+            || echo "bootstrap: could not install dnslib; the DNS test will be skipped" >&2
+    }
 }
 
 if ready; then
+    python_ready
     exit 0
 fi
 
-packages="libuv1-dev libssl-dev openssl pkg-config"
+packages="libuv1-dev libssl-dev openssl pkg-config iproute2"
 echo "bootstrap: libuv, OpenSSL or pkg-config missing; installing $packages" >&2
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
@@ -36,4 +49,5 @@ if ! ready; then
     echo "  (Debian/Ubuntu: apt-get install $packages; Fedora: dnf install libuv-devel openssl-devel openssl pkgconf)" >&2
     exit 1
 fi
+python_ready
 echo "bootstrap: libuv $(pkg-config --modversion libuv), OpenSSL $(pkg-config --modversion openssl) ready" >&2

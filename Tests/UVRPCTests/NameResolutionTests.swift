@@ -51,6 +51,36 @@ final class NameResolutionTests: XCTestCase {
     }
 }
 
+extension NameResolutionTests {
+    /// Tests/Peers/dns_pool_check.py in a private namespace: a real DNS
+    /// server whose answers change, three servers on 127.0.0.2-4, and a pool
+    /// (uvrpc-pool-probe) that spreads over every address of the name,
+    /// follows one added and one removed, and keeps its last answer when the
+    /// DNS server goes away.
+    func testAPoolFollowsANameThroughARealDNSServer() throws {
+        let probe = uvrpcTool.deletingLastPathComponent().appendingPathComponent("uvrpc-pool-probe")
+        guard FileManager.default.isExecutableFile(atPath: uvrpcTool.path), FileManager.default.isExecutableFile(atPath: probe.path) else {
+            throw XCTSkip("uvrpc or uvrpc-pool-probe is not built (make test builds them)")
+        }
+        guard geteuid() == 0, runToCompletionQuietly("/usr/bin/unshare", ["-mn", "true"]) == 0 else {
+            throw XCTSkip("private network and mount namespaces (unshare -mn, as root) are not available here")
+        }
+        guard runToCompletionQuietly("/usr/bin/env", ["python3", "-c", "import dnslib"]) == 0 else {
+            throw XCTSkip("the Python package dnslib is not installed (scripts/bootstrap.sh installs it with pip)")
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Peers/dns_pool_check.py")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("uvrpc-dns-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (status, output) = try runToCompletion(URL(fileURLWithPath: "/usr/bin/unshare"),
+                                                   ["-mn", "python3", script.path, uvrpcTool.path, probe.path, directory.path],
+                                                   seconds: 120)
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("dns check: all ok"), output)
+    }
+}
+
 /// The exit status of `executable` run with `arguments`, its output discarded (-1 when it cannot start).
 private func runToCompletionQuietly(_ executable: String, _ arguments: [String]) -> Int32 {
     let process = Process()
