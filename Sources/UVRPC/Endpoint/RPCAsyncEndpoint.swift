@@ -57,7 +57,10 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// so does the call's deadline when it has one: `timeout` when given, or
     /// what is left of the deadline of the handler this task runs in
     /// (``RPCHandlerContext/deadline``; the call's timeout is then at most
-    /// that). To an efro.rpc peer neither is sent.
+    /// that, and at most its own timeout or the endpoint's messageTimeout).
+    /// A call cut short by an inherited deadline does not close the endpoint
+    /// when that runs out, whatever `closeOnError` says: the handler's caller
+    /// gave up, the peer did not fail. To an efro.rpc peer neither is sent.
     ///
     /// Backpressure: while the connection is not writable (more unsent bytes
     /// than its high-water mark), the call waits before it is written, in
@@ -123,7 +126,10 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
                          closeOnError: Bool) async throws -> [UInt8] {
         // Constants, not variables: a variable the continuation's closure captures
         // costs a task allocation per call.
-        let (timeout, outgoing) = try callOptions(metadata: metadata, timeout: timeout)
+        let (timeout, outgoing, deadlineBound) = try callOptions(metadata: metadata, timeout: timeout)
+        // A call cut short by the deadline it inherited times out because the handler's
+        // caller gave up, not because the peer failed: that never closes the endpoint.
+        let closeOnError = closeOnError && !deadlineBound
         // A caller on the loop reuses a call its endpoint kept from an earlier
         // one (the response's Array is then the only allocation); a caller off
         // the loop allocates one and hands it to the loop's job queue (no closure).
@@ -159,13 +165,14 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     }
 
     /// The call's timeout (capped by a deadline inherited from the handler
-    /// this task runs, if any) and what it carries besides its payload.
+    /// this task runs, if any), what it carries besides its payload, and
+    /// whether the inherited deadline is what bounds it.
     @inline(__always)
     private func callOptions(metadata: RPCMetadata, timeout: Duration?) throws(RPCError)
-        -> (Duration?, RPCEndpoint.OutgoingMetadata?) {
+        -> (Duration?, RPCEndpoint.OutgoingMetadata?, Bool) {
         if InheritedDeadline.everBound.load(ordering: .relaxed) { return try inheritedCallOptions(metadata: metadata, timeout: timeout) }
-        if metadata.isEmpty && timeout == nil { return (nil, nil) }
-        return (timeout, .init(entries: metadata, sendsDeadline: timeout != nil))
+        if metadata.isEmpty && timeout == nil { return (nil, nil, false) }
+        return (timeout, .init(entries: metadata, sendsDeadline: timeout != nil), false)
     }
 
     /// ``callOptions(metadata:timeout:)`` once some handler ran with a deadline
@@ -173,14 +180,18 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// witnesses, which the common path does without).
     @inline(never)
     private func inheritedCallOptions(metadata: RPCMetadata, timeout: Duration?) throws(RPCError)
-        -> (Duration?, RPCEndpoint.OutgoingMetadata?) {
+        -> (Duration?, RPCEndpoint.OutgoingMetadata?, Bool) {
         guard let inherited = InheritedDeadline.current else { // only inside a handler whose call has a deadline
-            if metadata.isEmpty && timeout == nil { return (nil, nil) }
-            return (timeout, .init(entries: metadata, sendsDeadline: timeout != nil))
+            if metadata.isEmpty && timeout == nil { return (nil, nil, false) }
+            return (timeout, .init(entries: metadata, sendsDeadline: timeout != nil), false)
         }
         let left = ContinuousClock.now.duration(to: inherited)
         guard left > .zero else { throw .deadlinePassed(endpoint: label) }
-        return (timeout.map { Swift.min($0, left) } ?? left, .init(entries: metadata, sendsDeadline: true))
+        // At most what is left, and never longer than the call's own timeout
+        // (the endpoint's messageTimeout when it has none).
+        let own = timeout ?? endpoint.configuration.messageTimeout
+        if own <= left { return (own, .init(entries: metadata, sendsDeadline: true), false) }
+        return (left, .init(entries: metadata, sendsDeadline: true), true)
     }
 
     /// Handles every incoming message with `handler`, as
