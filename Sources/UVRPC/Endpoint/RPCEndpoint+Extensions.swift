@@ -65,8 +65,10 @@ extension RPCEndpoint {
         guard agreed.contains(.cancellation) else { return removeCall(id) }
         guard let call = calls.reserve(id) else { return nil }
         metrics.callEnded(startedAt: call.startedAt)
-        dropTransfer(isResponse: false, id: id)
+        // CANCEL first: dropping an active transfer starts a waiting one (its START),
+        // which the peer must see after this one ended there, or it has five in progress.
         try? writeControlPacket(PacketWriter.idHeader(.cancel, id: id), headerCount: 3)
+        dropTransfer(isResponse: false, id: id)
         return call
     }
 
@@ -92,10 +94,12 @@ extension RPCEndpoint {
         case .queuedMessage, .waitingMessage, .keptRequest, .messageStillArriving, .nothing:
             break
         }
-        dropTransfer(isResponse: true, id: id)
         if !pendingMetadata.isEmpty { pendingMetadata[id] = nil } // its message is not coming
         logger.debug("the peer cancelled a message", metadata: ["rpc.id": "\(id)", "rpc.cancelled": "\(found)"])
         try? writeControlPacket(PacketWriter.idHeader(.cancelAcknowledged, id: id), headerCount: 3)
+        // After the CANCEL_ACK (which ends the answer's transfer at the peer): dropping an
+        // active transfer starts a waiting one, whose START must not make a fifth there.
+        dropTransfer(isResponse: true, id: id)
         closeIfDrained()
         // Its acknowledgement is output: stop while output piles up, as after a message.
         return countPacket() && !readingBackpressured
