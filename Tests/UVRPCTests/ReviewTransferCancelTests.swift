@@ -71,4 +71,35 @@ final class ReviewTransferCancelTests: XCTestCase {
             XCTFail("the client closed: \(try pair.clientClosed.wait("the client's close reason"))")
         }
     }
+    /// A chunked call still waiting for a transfer slot is cancelled (it
+    /// times out without closing): nothing of it was written, yet the sender
+    /// writes a CANCEL for it. The peer, which has received no message it
+    /// could cancel (four are still arriving), takes the CANCEL as one too
+    /// many (`unexpectedCancel`) and closes.
+    func testCancellingATransferThatNeverStartedKeepsTheConnection() throws {
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let pair = try harness.endpointPair(serverHandler: { request in try request.respond([UInt8(request.payload.count & 0xff)]) })
+        let size = 12 << 20 // five stay under the 64 MiB send buffer limit
+        let results = LockedValue([Int: Result<[UInt8], RPCError>]())
+        try harness.sync {
+            let endpoint = pair.client.value
+            for i in 0..<5 {
+                let payload = [UInt8](repeating: UInt8(i), count: size)
+                endpoint.send(payload, timeout: i == 4 ? .milliseconds(5) : .seconds(30), closeOnError: false) { result in
+                    results.withLock { $0[i] = result }
+                }
+            }
+            XCTAssertEqual(endpoint.outgoing.waiting.count, 1, "the fifth waits for a slot")
+        }
+        try waitUntil("every call ended", seconds: 30) { results.withLock { $0.count } == 5 }
+        let outcomes = results.withLock { $0 }
+        if case .success = outcomes[4]! { XCTFail("the fifth call was answered before its 5 ms: the test did not test") }
+        for i in 0..<4 {
+            XCTAssertNoThrow(try outcomes[i]!.get(), "call \(i)")
+        }
+        if try harness.sync { pair.server.value.isClosing } {
+            XCTFail("the server closed: \(try pair.serverClosed.wait("the server's close reason"))")
+        }
+    }
 }

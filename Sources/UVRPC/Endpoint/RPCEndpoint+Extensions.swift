@@ -63,6 +63,13 @@ extension RPCEndpoint {
     /// table held for it.
     func cancelOutgoingCall(_ id: UInt16) -> PendingCall? {
         guard agreed.contains(.cancellation) else { return removeCall(id) }
+        if outgoing.waiting.contains(where: { $0.id == id && !$0.isResponse }) {
+            // A chunked message still waiting for a transfer slot: nothing of it was
+            // written, so there is nothing for the peer to cancel (a CANCEL would be
+            // one more than the messages it received) and the id is free at once.
+            dropTransfer(isResponse: false, id: id)
+            return removeCall(id)
+        }
         guard let call = calls.reserve(id) else { return nil }
         metrics.callEnded(startedAt: call.startedAt)
         // CANCEL first: dropping an active transfer starts a waiting one (its START),
