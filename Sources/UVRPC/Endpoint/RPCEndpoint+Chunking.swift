@@ -67,8 +67,9 @@ extension RPCEndpoint {
     /// Starts sending `payload` as message (or response) `id` in chunks.
     /// `owned`, when given, holds the same bytes as `payload` and is kept instead of a copy.
     func startTransfer(isResponse: Bool, id: UInt16, payload: UnsafeRawBufferPointer, owned: [UInt8]? = nil,
-                       metadata: [UInt8]? = nil) {
-        let transfer = OutgoingTransfer(isResponse: isResponse, id: id, payload: owned ?? Array(payload), metadata: metadata)
+                       metadata: [UInt8]? = nil, metadataDeadlineSince: UInt64? = nil) {
+        let transfer = OutgoingTransfer(isResponse: isResponse, id: id, payload: owned ?? Array(payload), metadata: metadata,
+                                        metadataDeadlineSince: metadataDeadlineSince)
         // Counted as sent, and as chunked, before its first chunks go: the
         // chunk window (chunkWindow) tells small packets from big ones by both.
         if isResponse { metrics.responsesSent &+= 1 } else { metrics.callsSent &+= 1 }
@@ -84,7 +85,13 @@ extension RPCEndpoint {
         let header = PacketWriter.wideHeader(transfer.isResponse ? .responseStart : .messageStart,
                                              id: transfer.id, length: transfer.payload.count)
         do {
-            if let metadata = transfer.metadata { try writeMetadata(id: transfer.id, metadata) }
+            if var metadata = transfer.metadata {
+                // The deadline is the time left when it is written: less what the transfer waited for its slot.
+                if let since = transfer.metadataDeadlineSince, loopNow > since {
+                    metadata = RPCMetadata.entries(metadata, deadlineLessBy: loopNow - since)
+                }
+                try writeMetadata(id: transfer.id, metadata)
+            }
             try writeControlPacket(header, headerCount: 7)
             outgoing.activate(transfer)
         } catch {

@@ -210,7 +210,8 @@ extension RPCEndpoint {
         }
         if case .async(let call) = completion { call.id = id }
         if sendsChunked(payload.count) {
-            startTransfer(isResponse: false, id: id, payload: payload, owned: owned, metadata: metadataEntries)
+            startTransfer(isResponse: false, id: id, payload: payload, owned: owned, metadata: metadataEntries,
+                          metadataDeadlineSince: metadataEntries != nil && metadata!.sendsDeadline ? now : nil)
         } else { do {
             if let metadataEntries { try writeMetadata(id: id, metadataEntries) }
             try writeFrame(isResponse: false, id: id, payload: payload)

@@ -116,6 +116,28 @@ extension RPCMetadata {
         return .success(bytes)
     }
 
+    /// Encoded entries (``encoded(deadline:)``) whose last entry is the
+    /// deadline, with `milliseconds` less left (not below 0). The value has
+    /// no more digits than before, so the entries stay within their bound.
+    static func entries(_ bytes: [UInt8], deadlineLessBy milliseconds: UInt64) -> [UInt8] {
+        var last = 0, at = 0
+        while at < bytes.count { // to the last entry
+            last = at
+            let keyCount = Int(bytes[at])
+            at += 3 + keyCount + (Int(bytes[at + 1 + keyCount]) << 8 | Int(bytes[at + 2 + keyCount]))
+        }
+        let key = Array(deadlineKey.utf8)
+        let valueStart = last + 3 + key.count
+        guard bytes.count > valueStart, Int(bytes[last]) == key.count, Array(bytes[(last + 1)..<(last + 1 + key.count)]) == key,
+              let micros = UInt64(String(decoding: bytes[valueStart...], as: UTF8.self)) else { return bytes }
+        let left = Array(String(micros > milliseconds &* 1000 ? micros - milliseconds &* 1000 : 0).utf8)
+        var result = Array(bytes[..<(valueStart - 2)])
+        result.append(UInt8(left.count >> 8))
+        result.append(UInt8(left.count & 0xff))
+        result.append(contentsOf: left)
+        return result
+    }
+
     /// Reads a METADATA packet's entries: the metadata (without the
     /// deadline entry) and the deadline's microseconds, or why they do not parse.
     static func decode(_ bytes: UnsafeRawBufferPointer) -> Result<(RPCMetadata, deadlineMicroseconds: UInt64?), DecodeFailure> {

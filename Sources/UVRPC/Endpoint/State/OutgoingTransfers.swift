@@ -13,6 +13,9 @@ struct OutgoingTransfers {
         var sent = 0
         /// A message's METADATA entries (extension `meta`), written right before its START.
         var metadata: [UInt8]? = nil
+        /// When `metadata` ends with a deadline entry: the loop time it was
+        /// encoded at (a transfer that waits for a slot sends what is left).
+        var metadataDeadlineSince: UInt64? = nil
     }
 
     /// The next chunk to write: bytes `range` of the active transfer at `index`.
