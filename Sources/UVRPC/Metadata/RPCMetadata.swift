@@ -110,7 +110,10 @@ extension RPCMetadata {
         }
         if let deadline {
             let (seconds, attoseconds) = deadline.components
-            let micros = Swift.max(0, seconds) * 1_000_000 + Swift.max(0, attoseconds / 1_000_000_000_000)
+            // Saturated: a timeout past Int64.max microseconds (about 292 000 years) is sent as that.
+            let (whole, overflow) = Swift.max(0, seconds).multipliedReportingOverflow(by: 1_000_000)
+            let (sum, carried) = whole.addingReportingOverflow(Swift.max(0, attoseconds / 1_000_000_000_000))
+            let micros = overflow || carried ? Int64.max : sum
             if let problem = add(Self.deadlineKey, String(micros)) { return .failure(problem) }
         }
         return .success(bytes)
