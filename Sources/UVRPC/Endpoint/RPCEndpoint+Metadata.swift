@@ -62,6 +62,10 @@ extension RPCEndpoint {
         guard let metadata else { return .success(nil) }
         guard agreed.contains(.metadata) else {
             if !metadata.entries.isEmpty {
+                // The same bounds whatever the peer: a call does not fail or not by the connection it meets.
+                if case .failure(let problem) = metadata.entries.encoded(deadline: nil) {
+                    return .failure(.invalidMetadata(endpoint: label, problem: problem))
+                }
                 logger.debug("call metadata not sent: the peer does not take it (extension meta)",
                              metadata: ["rpc.metadata-keys": "\(metadata.entries.map(\.key))"])
             }
