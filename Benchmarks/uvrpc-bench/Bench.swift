@@ -18,7 +18,8 @@ struct Bench: ParsableCommand {
             and not, against an idle connection), shared (Swift only: one counter updated from every loop at once, \
             by a Mutex, an actor or per-loop shards), client (Swift callers, callback and async, on the loop and \
             from the global executor, and the pool, against the C server, beside the C load generator against it), \
-            typed (Swift only: typed calls of the scores protocol, Echo and SubmitScore, against the raw async path) \
+            typed (Swift only: typed calls of the scores protocol, Echo and SubmitScore, against the raw async path), \
+            restart (Swift only: a pool's callers while its server is killed and restarted) \
             (default: all). With --pin same (the default) server and load share CPU 0; \
             split puts them on CPUs 0 and 1; none leaves placement to the kernel. The cores scenario \
             always runs unpinned: its servers run one loop, then one loop per CPU.
@@ -68,7 +69,7 @@ struct Bench: ParsableCommand {
     var callLoops = 1
 
     static let allScenarios = ["small", "latency", "medium", "bulk", "tls", "fanin", "cores", "allocs", "idle", "hol", "shared",
-                               "client", "typed"]
+                               "client", "typed", "restart"]
 
     func validate() throws {
         guard ["same", "split", "none"].contains(pin) else { throw ValidationError("--pin must be same, split or none") }
@@ -312,6 +313,28 @@ struct Bench: ParsableCommand {
             let (m, r) = try measureCores(progress: progress)
             measurements += m
             rows += r
+        }
+        if wanted.contains("restart") && connect == nil {
+            // A pool (default settings) while its server is killed and restarted: Docs/MANY_MACHINES.md.
+            progress("restart: 16 callers through a pool; SIGKILL the server after 0.5 s, restart it 0.5 s later")
+            let r = try measureRestart()
+            let label = "pool, server killed 0.5 s then restarted, 16 callers"
+            rows.append(Row(scenario: "restart", params: label, metric: "ms to first answer after restart",
+                            swift: r.firstSuccessAfterRestartMilliseconds, c: nil, higherIsBetter: false))
+            rows.append(Row(scenario: "restart", params: label, metric: "ms wait-for-ready answered after restart",
+                            swift: r.waitForReadyAnsweredAfterRestartMilliseconds, c: nil, higherIsBetter: false))
+            rows.append(Row(scenario: "restart", params: label + ", plain", metric: "calls lost (written)",
+                            swift: Double(r.plainCallsLost), c: nil, higherIsBetter: false))
+            rows.append(Row(scenario: "restart", params: label + ", plain", metric: "calls failed fast (unsent)",
+                            swift: Double(r.plainCallsFailedUnsent), c: nil, higherIsBetter: false))
+            rows.append(Row(scenario: "restart", params: label + ", plain", metric: "calls answered",
+                            swift: Double(r.plainCallsAnswered), c: nil, higherIsBetter: true))
+            rows.append(Row(scenario: "restart", params: label + ", idempotent", metric: "calls failed",
+                            swift: Double(r.idempotentCallsFailed), c: nil, higherIsBetter: false))
+            rows.append(Row(scenario: "restart", params: label + ", idempotent", metric: "calls answered",
+                            swift: Double(r.idempotentCallsAnswered), c: nil, higherIsBetter: true))
+            rows.append(Row(scenario: "restart", params: label + ", idempotent", metric: "retries",
+                            swift: Double(r.retries), c: nil, higherIsBetter: false))
         }
         if wanted.contains("hol") && connect == nil {
             // Swift client and server in this process; the figure is the ratio to the idle connection.

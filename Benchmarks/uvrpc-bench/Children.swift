@@ -141,11 +141,11 @@ struct Server {
 
     /// Starts a server of `impl` with `loops` event loops (Swift: spread as
     /// `spread` says; C: always a SO_REUSEPORT listener per loop).
-    static func start(_ impl: Impl, cpu: Int?, loops: Int = 1, spread: String = "round-robin") throws -> Server {
+    static func start(_ impl: Impl, cpu: Int?, loops: Int = 1, spread: String = "round-robin", port: String = "0") throws -> Server {
         let child: Child
         switch impl {
         case .swift:
-            child = try Child(try sibling("uvrpc"), ["serve", "--port", "0", "--backlog", "4096", "--loops", "\(loops)",
+            child = try Child(try sibling("uvrpc"), ["serve", "--port", port, "--backlog", "4096", "--loops", "\(loops)",
                                                      "--spread", spread], cpu: cpu)
         case .swiftAsync: child = try Child(try sibling("example-async-echo-server"), ["0"], cpu: cpu)
         case .swiftTyped: child = try Child(try sibling("example-typed-server"), ["0"], cpu: cpu)

@@ -99,10 +99,13 @@ public struct RPCMessageHandlers: Sendable {
         return entries
     }
 
-    /// Answers one payload: never throws, as every failure becomes an error response.
+    /// Answers one payload: every failure becomes an error response, except
+    /// a cancellation (the caller cancelled, its deadline passed, or the
+    /// endpoint is closing), which is thrown on: the raw layer then sends
+    /// nothing, or, at a deadline, an ERROR of code deadline exceeded to a UVRPC caller.
     nonisolated(nonsending)
     static func answer(_ payload: [UInt8], context: RPCHandlerContext, entries: [Int: Entry],
-                       messageProtocol: RPCMessageProtocol) async -> [UInt8] {
+                       messageProtocol: RPCMessageProtocol) async throws(CancellationError) -> [UInt8] {
         // The endpoint's logger is a `let`: readable from the handler's task
         // (fetched on failures only: a Logger copy costs retains).
         func undecodable(_ reason: String) -> [UInt8] {
@@ -121,8 +124,8 @@ public struct RPCMessageHandlers: Sendable {
         } catch let error as any RPCPublicError {
             return messageProtocol.encodeError(.remoteClean, error.publicDescription)
         } catch is CancellationError {
-            // The peer cancelled the call (or the endpoint is closing): nothing will be sent; not a failure to log.
-            return messageProtocol.encodeError(.remote, internalErrorText)
+            // Not a failure of the handler, and not to be logged as one.
+            throw CancellationError()
         } catch {
             let type = messageProtocol.messages[reader.typeID].map { "\($0)" } ?? "a message"
             context.endpoint.endpoint.logger.error("the handler of \(type) failed; answered with an internal error",
@@ -151,7 +154,7 @@ extension RPCHandler {
         let entries = try handlers.checked()
         let messageProtocol = handlers.messageProtocol
         return .async(interceptors: interceptors) { request, context in
-            await RPCMessageHandlers.answer(request.payload, context: context, entries: entries, messageProtocol: messageProtocol)
+            try await RPCMessageHandlers.answer(request.payload, context: context, entries: entries, messageProtocol: messageProtocol)
         }
     }
 }

@@ -53,7 +53,7 @@ extension RPCAsyncEndpoint {
                                        ofKind: .client)
         defer { span.end() }
         span.attributes[RPCEndpoint.systemAttribute] = RPCEndpoint.system
-        span.attributes[RPCEndpoint.peerAttribute] = endpoint.peerDescription
+        span.attributes[RPCEndpoint.peerAttribute] = label // a `let`: this runs off the loop
         var metadata = metadata
         tracer.inject(span.context, into: &metadata, using: MetadataInjector())
         do {
