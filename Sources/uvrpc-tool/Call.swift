@@ -22,8 +22,14 @@ struct Call: ParsableCommand {
             """
     )
 
-    @Option(help: "HOST:PORT, [IPV6]:PORT or unix:PATH of the server; HOST may be a name (resolved without blocking; each address it names is tried in turn).")
+    @Option(help: "HOST:PORT, [IPV6]:PORT or unix:PATH of the server, or several, comma-separated; HOST may be a name (the pool connects to every address it names).")
     var connect: String
+
+    @Flag(help: "A call that finds no connection open waits for one (up to --timeout) instead of failing; lost connections are made again.")
+    var waitForReady = false
+
+    @Flag(help: "Calls are idempotent (an echo is): one that fails after it was written (unavailable) is retried, with backoff, within the pool's retry budget; lost connections are made again.")
+    var retry = false
 
     @Option(help: "Number of messages to send.")
     var count = 1000
@@ -50,9 +56,15 @@ struct Call: ParsableCommand {
 
     @OptionGroup var tls: ClientTLSOptions
 
+    /// The addresses of --connect.
+    private var addresses: [SocketAddress] {
+        connect.split(separator: ",").compactMap { SocketAddress(parsing: String($0)) }
+    }
+
     func validate() throws {
-        guard SocketAddress(parsing: connect) != nil else {
-            throw ValidationError("--connect must be HOST:PORT, [IPV6]:PORT or unix:PATH, not '\(connect)'")
+        let parts = connect.split(separator: ",", omittingEmptySubsequences: false)
+        for part in parts where SocketAddress(parsing: String(part)) == nil {
+            throw ValidationError("--connect takes HOST:PORT, [IPV6]:PORT or unix:PATH, comma-separated; not '\(part)'")
         }
         guard count >= 0 else { throw ValidationError("--count must not be negative") }
         guard size >= 0 && size <= Int(UInt32.max) else { throw ValidationError("--size must be 0...4294967295") }
@@ -72,7 +84,9 @@ struct Call: ParsableCommand {
     }
 
     func run() throws {
-        let address = SocketAddress(parsing: connect)!
+        let addresses = self.addresses
+        // With --wait-for-ready or --retry the calls ride out lost connections; without, a lost one fails the run.
+        let ridesOut = waitForReady || retry
         let tlsContext: TLSContext?
         do {
             tlsContext = try tls.context()
@@ -86,29 +100,33 @@ struct Call: ParsableCommand {
             var configuration = RPCClientPool.Configuration(endpoint: endpoint.configuration)
             configuration.connectionsPerAddress = connections
             configuration.tls = tlsContext
-            // A lost connection fails the run; it is not made again behind the checks' back.
-            configuration.reconnectDelay = .seconds(3600)
-            configuration.maximumReconnectDelay = .seconds(3600)
+            if !ridesOut {
+                // A lost connection fails the run; it is not made again behind the checks' back.
+                configuration.reconnectDelay = .seconds(3600)
+                configuration.maximumReconnectDelay = .seconds(3600)
+            }
+            configuration.waitsForReady = waitForReady
             return configuration
         }()
         let pool = try runBlocking {
-            await RPCClientPool.connect(to: [address], on: group, configuration: configuration, handler: .callback { endpoint in
+            await RPCClientPool.connect(to: addresses, on: group, configuration: configuration, handler: .callback { endpoint in
                 endpoint.onMessage = { request in
                     summary.withLock { $0.echoed += 1 }
                     try request.respond(request.payload)
                 }
                 endpoint.onClose = { reason in
-                    if reason != .local { summary.withLock { $0.closeReason = "\(reason)" } }
+                    if reason != .local && !ridesOut { summary.withLock { $0.closeReason = "\(reason)" } }
                 }
             })
         }
-        guard pool.connectionStates.allSatisfy(\.isOpen) else {
-            printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(address)")")
+        guard waitForReady || pool.connectionStates.allSatisfy(\.isOpen) else {
+            printError("uvrpc call: cannot connect: \(pool.lastConnectError ?? "to \(connect)")")
             try runBlocking { await pool.close() }
             group.syncShutdown()
             throw ToolExit.cannotConnect
         }
-        let seconds = runCalls(on: pool, loops: group.loops, summary: summary)
+        let seconds = ridesOut ? try runAsyncCalls(on: pool, summary: summary)
+                               : runCalls(on: pool, loops: group.loops, summary: summary)
         if hold > 0 { usleep(UInt32(hold * 1_000_000)) } // keepalives flow meanwhile, on the loops
         try runBlocking { await pool.close() }
         group.syncShutdown()
@@ -119,6 +137,34 @@ struct Call: ParsableCommand {
         for line in s.failed where !line.isEmpty { printError(line) }
         if let reason = s.closeReason { printError("uvrpc call: the connection ended: \(reason)") }
         if s.ok != count || s.closeReason != nil { throw ToolExit.callFailed }
+    }
+
+    /// Keeps `concurrency` async calls in flight (tasks), each waiting for a
+    /// connection or retried as the flags say; returns the seconds taken.
+    private func runAsyncCalls(on pool: RPCClientPool, summary: LockedValue<Summary>) throws -> Double {
+        let (count, size, concurrency, idempotent) = (self.count, self.size, self.concurrency, retry)
+        let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
+        let clock = ContinuousClock(), start = clock.now
+        try runBlocking {
+            await withTaskGroup(of: Void.self) { group in
+                for lane in 0..<min(concurrency, count) {
+                    group.addTask {
+                        var generator = SystemRandomNumberGenerator()
+                        for index in stride(from: lane, to: count, by: concurrency) {
+                            let payload = randomBytes(size, using: &generator)
+                            do {
+                                let answer = try await pool.send(payload, timeout: callTimeout, idempotent: idempotent)
+                                summary.withLock { if answer == payload { $0.ok += 1 } else { $0.mismatched += 1 } }
+                            } catch {
+                                summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let elapsed = clock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
 
     /// Keeps `concurrency` calls in flight, lanes spread over the loops (each

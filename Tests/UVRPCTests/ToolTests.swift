@@ -63,6 +63,28 @@ final class ToolTests: XCTestCase {
         XCTAssertEqual(try server.stop(), 0, "serve exits 0 on SIGTERM")
     }
 
+    func testCallTakesSeveralAddressesAndWaitsForAServerStartedLate() throws {
+        try skipUnlessBuilt()
+        let a = try ServeProcess(tool: tool, []), b = try ServeProcess(tool: tool, [])
+        let both = try run(["call", "--connect", "\(a.address),\(b.address)", "--count", "40", "--concurrency", "4"])
+        XCTAssertEqual(both.status, 0, both.output)
+        XCTAssertTrue(both.output.contains("ok: 40, mismatched: 0, failed: 0"), both.output)
+        _ = try a.stop()
+        _ = try b.stop()
+        // Nothing listens on a's port now: a call that waits for ready is answered once a server starts there.
+        let tool = self.tool, address = "\(a.address)"
+        let outcome = Promise<Result<(status: Int32, output: String), any Error>>()
+        DispatchQueue.global().async {
+            outcome.fulfill(Result { try runToCompletion(tool, ["call", "--connect", address, "--count", "20", "--wait-for-ready",
+                                                                 "--retry", "--timeout", "30"], seconds: 60) })
+        }
+        let late = try ServeProcess(executable: tool, arguments: ["serve", "--port", "\(a.address.port!)"])
+        defer { _ = try? late.stop() }
+        let waited = try outcome.wait("the waiting call", seconds: 60).get()
+        XCTAssertEqual(waited.status, 0, waited.output)
+        XCTAssertTrue(waited.output.contains("ok: 20, mismatched: 0, failed: 0"), waited.output)
+    }
+
     /// Two 40 MiB calls at once would take the connection past its 64 MiB of
     /// unsent bytes: the second waits for the first (backpressure) instead of
     /// failing with `sendBufferFull`.
@@ -147,7 +169,7 @@ final class ToolTests: XCTestCase {
         XCTAssertTrue(refused.output.contains("ECONNREFUSED"), refused.output)
         let bad = try run(["call", "--connect", "nowhere"])
         XCTAssertEqual(bad.status, 64, bad.output)
-        XCTAssertTrue(bad.output.contains("--connect must be"), bad.output)
+        XCTAssertTrue(bad.output.contains("--connect takes HOST:PORT"), bad.output)
         let busy = try run(["serve", "--port", "70000"])
         XCTAssertEqual(busy.status, 64, busy.output)
     }

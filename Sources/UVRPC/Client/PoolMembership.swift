@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import UVLoop
 
@@ -21,6 +22,9 @@ actor PoolMembership {
     private nonisolated let report: @Sendable (String) -> Void
     /// Signalled whenever one of the connections opens.
     nonisolated let ready = ReadySignal()
+    private nonisolated let resolutionsOK = Counter(label: "uvrpc_pool_resolutions_total", dimensions: [("outcome", "ok")])
+    private nonisolated let resolutionsFailed = Counter(label: "uvrpc_pool_resolutions_total", dimensions: [("outcome", "failed")])
+    private nonisolated let addressCount = Gauge(label: "uvrpc_pool_addresses")
 
     private var targets: [SocketAddress]
     /// Each name target's last answer.
@@ -66,8 +70,10 @@ actor PoolMembership {
                 let found = try await configuration.resolver.resolve(host: host, port: port, on: loops[0])
                 if found.isEmpty { throw ResolveError(host: host, reason: "no address", code: 0) }
                 answers[target] = found
+                resolutionsOK.increment()
             } catch {
                 failed = true
+                resolutionsFailed.increment()
                 report("\(error)")
                 logger.warning("pool: a name did not resolve; its last answer stays", metadata: [
                     "rpc.target": "\(target)", "rpc.error": "\(error)",
@@ -114,6 +120,7 @@ actor PoolMembership {
         }
         current = current.filter { wanted.contains($0.address) } + added
         live.withLock { $0 = current }
+        addressCount.record(desired.count)
         for connection in added where !connection.loop.execute({ connection.start() }) { firstAttempts.countDown() }
         if !removed.isEmpty {
             logger.info("pool: addresses gone; draining their connections",

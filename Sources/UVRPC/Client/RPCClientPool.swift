@@ -117,6 +117,7 @@ public final class RPCClientPool: Sendable {
     private let retries = Atomic<Int>(0)
     private let retryCounter = Counter(label: "uvrpc_pool_retries_total")
     private let ejectionCounter = Counter(label: "uvrpc_pool_ejections_total")
+    private let waitCounter = Counter(label: "uvrpc_pool_calls_waited_total")
     let turn = Atomic<Int>(0)
     private let lastError: LockedValue<String?>
     /// Calls that found no open connection: counted here, off any loop (a rare path).
@@ -298,6 +299,7 @@ public final class RPCClientPool: Sendable {
         }
         guard waitForReady || underWay else { throw noConnection }
         let wait = timeout ?? configuration.endpoint.messageTimeout
+        if waiting == nil && waitForReady { waitCounter.increment() }
         let current = waiting ?? Waiting(deadline: ContinuousClock.now.advanced(by: wait), waited: wait)
         if await !membership.ready.wait(after: generation, until: current.deadline) {
             try Task.checkCancellation()
