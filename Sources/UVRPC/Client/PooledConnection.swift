@@ -27,7 +27,7 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     private let onOpen: @Sendable () -> Void
     /// When the last connect attempt failed (monotonic nanoseconds, any
     /// thread; 0: none failed since the last success): after a failure,
-    /// on-demand connects wait ``RPCClientPool/Configuration/reconnectDelay``.
+    /// on-demand connects wait ``onDemandSpacing(_:)``.
     private let lastAttemptEnded = Atomic<UInt64>(0)
     private let endpoint = LockedValue<RPCAsyncEndpoint?>(nil)
     /// Counted down once, when the first connect attempt ended.
@@ -59,6 +59,15 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     /// Makes the first connection (on the loop).
     func start() { connect() }
 
+    /// How long after a failed connect a call may make the connection try
+    /// again (nanoseconds): a tenth of ``RPCClientPool/Configuration/reconnectDelay``
+    /// (10 ms by default), so a restarted server is found within about that,
+    /// and callers failing fast through an outage make at most that many
+    /// connects per second per connection, not one per call.
+    static func onDemandSpacing(_ configuration: RPCClientPool.Configuration) -> UInt64 {
+        UInt64(configuration.reconnectDelay.roundedUpMilliseconds) * 100_000
+    }
+
     /// A call found no connection open (any thread): asks for a connect now
     /// instead of at the end of the backoff. Returns whether an attempt is
     /// under way (or was just asked for); its end is reported through `onOpen`.
@@ -66,7 +75,7 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
         if isOpen.load(ordering: .acquiring) { return false }
         if isConnecting.load(ordering: .acquiring) { return true }
         let failedAt = lastAttemptEnded.load(ordering: .relaxed)
-        if failedAt != 0, EventLoop.monotonicNanoseconds &- failedAt < UInt64(configuration.reconnectDelay.roundedUpMilliseconds) * 1_000_000 {
+        if failedAt != 0, EventLoop.monotonicNanoseconds &- failedAt < Self.onDemandSpacing(configuration) {
             return false // it just failed: the next try is the backoff's
         }
         guard isConnecting.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {

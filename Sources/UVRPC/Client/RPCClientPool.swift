@@ -282,7 +282,7 @@ public final class RPCClientPool: Sendable {
     }
 
     /// No connection is open. A call that waits for ready asks the closed
-    /// connections to connect now (each at most every reconnectDelay) and
+    /// connections to connect now (after a failed try, each at most every tenth of reconnectDelay) and
     /// waits for one to open, up to its timeout. A fail-fast call asks once,
     /// waits for the attempts it started to end (one connect time), and
     /// fails when none is under way any more.
