@@ -53,6 +53,9 @@ actor PoolMembership {
         self.report = report
     }
 
+    /// Whether the periodic refresh runs (for tests).
+    var hasRefresher: Bool { refresher != nil }
+
     private var hasNames: Bool { targets.contains { !$0.isNumeric } }
 
     /// Resolves the names, applies the answer and returns once every new

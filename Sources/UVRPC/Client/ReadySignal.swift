@@ -23,6 +23,8 @@ final class ReadySignal: Sendable {
     var generation: UInt64 { state.withLock { $0.generation } }
     /// Calls waiting now (for tests).
     var waiting: Int { state.withLock { $0.waiters.count } }
+    /// Ids remembered as cancelled before they waited (for tests).
+    var cancelledEarlyCount: Int { state.withLock { $0.cancelledEarly.count } }
 
     /// A connection opened: wakes every waiter.
     func signal() {
