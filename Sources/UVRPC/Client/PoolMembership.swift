@@ -88,7 +88,8 @@ actor PoolMembership {
         failedRounds = failed ? failedRounds + 1 : 0
         for (target, found) in answers { self.answers[target] = found }
         await apply(desired: desiredAddresses())?.wait()
-        if refresher == nil && hasNames { startRefresher() }
+        // close() may have come while the new connections were tried: it cancelled no refresher started after it.
+        if refresher == nil && hasNames && !closed { startRefresher() }
     }
 
     /// Every address the targets name now, in order, without repeats.
