@@ -46,6 +46,10 @@ final class ReadySignal: Sendable {
             state.nextID &+= 1
             return state.nextID
         }
+        // A cancel that came when the wait had ended already (or that the wait did not
+        // consume: a signal came first) was remembered for nothing: forget it, the
+        // handler cannot run any more once this returns.
+        defer { state.withLock { _ = $0.cancelledEarly.remove(id) } }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
                 let outcome = state.withLock { state -> Bool? in
