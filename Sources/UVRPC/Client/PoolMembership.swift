@@ -191,6 +191,7 @@ actor PoolMembership {
         closed = true
         refresher?.cancel()
         refresher = nil
+        ready.close() // calls waiting for a connection fail now, not at their deadline
         let current = live.withLock { list -> [PooledConnection] in
             defer { list.removeAll() }
             return list

@@ -303,6 +303,10 @@ public final class RPCClientPool: Sendable {
         let current = waiting ?? Waiting(deadline: ContinuousClock.now.advanced(by: wait), waited: wait)
         if await !membership.ready.wait(after: generation, until: current.deadline) {
             try Task.checkCancellation()
+            if membership.ready.isClosed {
+                noConnectionFailures.increment()
+                throw RPCError.noConnection(addresses: addresses.map(\.description), lastConnectError: "the pool is closed")
+            }
             noConnectionFailures.increment()
             throw RPCError.noConnectionInTime(addresses: addresses.map(\.description), waited: current.waited,
                                               lastConnectError: lastConnectError)
@@ -348,7 +352,9 @@ public final class RPCClientPool: Sendable {
     }
 
     /// Closes every connection (their calls in flight fail) and stops
-    /// making new ones; returns once all are closed. Callable from any thread or task.
+    /// making new ones; calls waiting for a connection (and any made later)
+    /// fail with ``RPCError/Code/unavailable``, not sent. Returns once all
+    /// are closed. Callable from any thread or task.
     public func close() async {
         await closeEach { await $0.close() }
     }

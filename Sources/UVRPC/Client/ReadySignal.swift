@@ -16,6 +16,8 @@ final class ReadySignal: Sendable {
         var waiters: [UInt64: Waiter] = [:]
         /// Waiters whose task was cancelled before they were registered.
         var cancelledEarly: Set<UInt64> = []
+        /// Set by ``close()``: no connection will open any more.
+        var closed = false
     }
     private let state = LockedValue(State())
 
@@ -39,6 +41,22 @@ final class ReadySignal: Sendable {
         }
     }
 
+    /// Whether ``close()`` was called.
+    var isClosed: Bool { state.withLock { $0.closed } }
+
+    /// The pool closed: wakes every waiter with false, and later waits end at once with false.
+    func close() {
+        let woken = state.withLock { state -> [Waiter] in
+            state.closed = true
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        for waiter in woken {
+            waiter.timer?.cancel()
+            waiter.continuation.resume(returning: false)
+        }
+    }
+
     /// Waits for a signal after `generation`: true when one came (at once if
     /// it came already), false at `deadline` or when the task is cancelled.
     func wait(after generation: UInt64, until deadline: ContinuousClock.Instant) async -> Bool {
@@ -54,7 +72,7 @@ final class ReadySignal: Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
                 let outcome = state.withLock { state -> Bool? in
                     if state.generation != generation { return true }
-                    if state.cancelledEarly.remove(id) != nil { return false }
+                    if state.cancelledEarly.remove(id) != nil || state.closed { return false }
                     let timer = Task { [self] in
                         do { try await Task.sleep(until: deadline, clock: .continuous) } catch { return }
                         self.end(id)
