@@ -155,6 +155,19 @@ extension EventLoop {
         }
     }
 
+    /// Connects to `address` (numeric, or a name resolved as
+    /// ``connect(to:timeout:options:completion:)`` does) with `hostName` as the
+    /// name it stands for: over TLS, the server name checked and sent (SNI)
+    /// unless the configuration gives one. For owners that resolved the name
+    /// themselves (a pool connects to each address a name resolves to).
+    package func connect(to address: SocketAddress, hostName: String?, timeout: Duration = .seconds(10),
+                         options: ConnectionOptions = ConnectionOptions(),
+                         completion: @escaping (Result<Connection, ConnectError>) -> Void) {
+        preconditionInEventLoop("EventLoop.connect(to:hostName:timeout:options:completion:)")
+        guard let hostName, address.isNumeric else { return connect(to: address, timeout: timeout, options: options, completion: completion) }
+        connectNumeric(to: address, hostName: hostName, timeout: timeout, options: options, completion: completion)
+    }
+
     /// Tries `addresses` in order until one connects.
     private func connectFirst(of addresses: ArraySlice<SocketAddress>, hostName: String, timeout: Duration,
                               options: ConnectionOptions,

@@ -92,12 +92,15 @@ actor PoolMembership {
         if refresher == nil && hasNames && !closed { startRefresher() }
     }
 
-    /// Every address the targets name now, in order, without repeats.
-    private func desiredAddresses() -> [SocketAddress] {
-        var desired: [SocketAddress] = []
+    /// Every address the targets name now, in order, without repeats, each
+    /// with the name it was resolved from (nil for a numeric target; the
+    /// first name when several resolve to it).
+    private func desiredAddresses() -> [(address: SocketAddress, hostName: String?)] {
+        var desired: [(address: SocketAddress, hostName: String?)] = []
         for target in targets {
-            for address in target.isNumeric ? [target] : answers[target] ?? [] where !desired.contains(address) {
-                desired.append(address)
+            let hostName = target.isNumeric ? nil : target.host
+            for address in target.isNumeric ? [target] : answers[target] ?? [] where !desired.contains(where: { $0.address == address }) {
+                desired.append((address, hostName))
             }
         }
         return desired
@@ -105,18 +108,18 @@ actor PoolMembership {
 
     /// Makes connections to the new addresses and drains those to addresses
     /// gone; returns what counts down when the new ones were tried once.
-    private func apply(desired: [SocketAddress]) -> Countdown? {
-        let wanted = Set(desired)
+    private func apply(desired: [(address: SocketAddress, hostName: String?)]) -> Countdown? {
+        let wanted = Set(desired.map(\.address))
         var current = live.withLock { $0 }
         let present = Set(current.map(\.address))
         let removed = current.filter { !wanted.contains($0.address) }
         var added: [PooledConnection] = []
-        let firstAttempts = Countdown(desired.filter { !present.contains($0) }.count * configuration.connectionsPerAddress)
-        for address in desired where !present.contains(address) {
+        let firstAttempts = Countdown(desired.filter { !present.contains($0.address) }.count * configuration.connectionsPerAddress)
+        for (address, hostName) in desired where !present.contains(address) {
             for _ in 0..<configuration.connectionsPerAddress {
                 let loop = loops[nextLoop % loops.count]
                 nextLoop += 1
-                added.append(PooledConnection(address: address, loop: loop, configuration: configuration, logger: logger,
+                added.append(PooledConnection(address: address, hostName: hostName, loop: loop, configuration: configuration, logger: logger,
                                               onEndpoint: onEndpoint, firstAttempts: firstAttempts, report: report,
                                               onLost: { [weak self] in self?.connectionLost() },
                                               onOpen: { [ready] in ready.signal() }))

@@ -8,6 +8,8 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     // `connecting` are touched only on `loop`'s thread; `endpoint` only under its lock;
     // `isOpen` and `inFlight` are atomics; the other stored properties are immutable.
     let address: SocketAddress
+    /// The name `address` was resolved from, if any: the TLS server name (unless configured).
+    let hostName: String?
     let loop: EventLoop
     let isOpen = Atomic<Bool>(false)
     let inFlight = Atomic<Int>(0)
@@ -41,7 +43,7 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     /// Counted down when the connect under way has ended (with its endpoint closed, if the pool stopped meanwhile).
     private var connecting: Countdown?
 
-    init(address: SocketAddress, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
+    init(address: SocketAddress, hostName: String? = nil, loop: EventLoop, configuration: RPCClientPool.Configuration, logger: Logger,
          onEndpoint: (@Sendable (RPCEndpoint) -> Void)?, firstAttempts: Countdown,
          report: @escaping @Sendable (String) -> Void, onLost: @escaping @Sendable () -> Void = {},
          onOpen: @escaping @Sendable () -> Void = {}) {
@@ -49,6 +51,7 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
         self.onOpen = onOpen
         self.firstAttempts = firstAttempts
         self.address = address
+        self.hostName = hostName
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
@@ -108,7 +111,7 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
         let attempt = Countdown(1)
         connecting = attempt
         isConnecting.store(true, ordering: .releasing)
-        RPCClient.connect(to: address, on: loop, timeout: configuration.connectTimeout,
+        RPCClient.connect(to: address, hostName: hostName, on: loop, timeout: configuration.connectTimeout,
                           configuration: configuration.endpoint, logger: logger) { [self] result in
             defer {
                 if !triedOnce { triedOnce = true; firstAttempts.countDown() }

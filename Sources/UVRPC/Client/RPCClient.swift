@@ -12,7 +12,16 @@ public enum RPCClient {
                                configuration: RPCEndpoint.Configuration = RPCEndpoint.Configuration(),
                                logger: Logger? = nil,
                                completion: @escaping (Result<RPCEndpoint, ConnectError>) -> Void) {
-        loop.connect(to: address, timeout: timeout, options: configuration.connectionOptions) { result in
+        connect(to: address, hostName: nil, on: loop, timeout: timeout, configuration: configuration, logger: logger,
+                completion: completion)
+    }
+
+    /// ``connect(to:on:timeout:configuration:logger:completion:)`` to an
+    /// address resolved from `hostName` (the TLS server name, unless the configuration gives one).
+    static func connect(to address: SocketAddress, hostName: String?, on loop: EventLoop, timeout: Duration,
+                        configuration: RPCEndpoint.Configuration, logger: Logger?,
+                        completion: @escaping (Result<RPCEndpoint, ConnectError>) -> Void) {
+        loop.connect(to: address, hostName: hostName, timeout: timeout, options: configuration.connectionOptions) { result in
             completion(result.map { RPCEndpoint(connection: $0, configuration: configuration, logger: logger) })
         }
     }
