@@ -324,11 +324,14 @@ private final class LoopStart {
 }
 
 extension Duration {
-    /// Whole milliseconds, rounded up, never negative (libuv's timer unit).
+    /// Whole milliseconds, rounded up, never negative (libuv's timer unit),
+    /// and at most 2^62 (146 million years): a longer duration neither traps
+    /// nor overflows the loop time it is added to.
     package var roundedUpMilliseconds: UInt64 {
         let (seconds, atto) = components
         if seconds < 0 { return 0 }
-        let ms = UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000)
-        return ms
+        let limit: UInt64 = 1 << 62
+        if UInt64(seconds) >= limit / 1000 { return limit }
+        return Swift.min(limit, UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000))
     }
 }

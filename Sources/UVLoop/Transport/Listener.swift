@@ -136,6 +136,9 @@ extension EventLoop {
     /// first (``resolve(host:port:completion:)``, without blocking the loop),
     /// and its addresses are tried in the resolver's order, each with
     /// `timeout`, until one connects; the error is then the last address's.
+    /// Resolving is not counted in `timeout`: it takes what the resolver
+    /// takes (resolv.conf's `timeout` times `attempts` for a DNS server that
+    /// does not answer), and a loop shutting down waits for a lookup under way.
     /// Over TLS, the name is the server name checked and sent (SNI) unless
     /// the configuration gives one.
     public func connect(to address: SocketAddress, timeout: Duration = .seconds(10),

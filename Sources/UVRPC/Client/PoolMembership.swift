@@ -128,7 +128,10 @@ actor PoolMembership {
         current = current.filter { wanted.contains($0.address) } + added
         live.withLock { $0 = current }
         addressCount.record(desired.count)
-        for connection in added where !connection.loop.execute({ connection.start() }) { firstAttempts.countDown() }
+        for connection in added where !connection.loop.execute({ connection.start() }) {
+            connection.isConnecting.store(false, ordering: .releasing) // its loop takes no more work: no connect is coming
+            firstAttempts.countDown()
+        }
         if !removed.isEmpty {
             logger.info("pool: addresses gone; draining their connections",
                         metadata: ["rpc.addresses": "\(Set(removed.map(\.address)).map(\.description).sorted())"])

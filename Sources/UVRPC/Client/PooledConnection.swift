@@ -14,7 +14,9 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     let isOpen = Atomic<Bool>(false)
     let inFlight = Atomic<Int>(0)
     /// True while a connect attempt is under way (or asked for by ``requestConnect()``).
-    let isConnecting = Atomic<Bool>(false)
+    /// True from the start: a new connection's first connect is about to be
+    /// made (a call that finds it closed waits for that one instead of failing).
+    let isConnecting = Atomic<Bool>(true)
     /// Calls that failed in a row (outlier ejection), and until when (monotonic
     /// nanoseconds) the connection gets no new call.
     let consecutiveFailures = Atomic<Int>(0)
@@ -68,7 +70,8 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
     /// and callers failing fast through an outage make at most that many
     /// connects per second per connection, not one per call.
     static func onDemandSpacing(_ configuration: RPCClientPool.Configuration) -> UInt64 {
-        UInt64(configuration.reconnectDelay.roundedUpMilliseconds) * 100_000
+        let (spacing, overflow) = configuration.reconnectDelay.roundedUpMilliseconds.multipliedReportingOverflow(by: 100_000)
+        return overflow ? .max : spacing
     }
 
     /// A call found no connection open (any thread): asks for a connect now

@@ -125,7 +125,9 @@ extension PooledConnection {
         let failures = consecutiveFailures.add(1, ordering: .relaxed).newValue
         guard failures >= ejection.consecutiveFailures else { return false }
         consecutiveFailures.store(0, ordering: .relaxed)
-        let until = EventLoop.monotonicNanoseconds &+ UInt64(ejection.ejectionTime.roundedUpMilliseconds) * 1_000_000
+        let (time, overflow) = ejection.ejectionTime.roundedUpMilliseconds.multipliedReportingOverflow(by: 1_000_000)
+        let now = EventLoop.monotonicNanoseconds
+        let until = overflow || time > .max - now ? UInt64.max : now + time
         ejectedUntil.store(until, ordering: .relaxed)
         return true
     }

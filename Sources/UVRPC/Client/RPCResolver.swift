@@ -15,7 +15,9 @@ public protocol RPCResolver: Sendable {
     /// Every address `host` names now, each with `port` (a resolver may
     /// return other ports). `loop` is one of the pool's loops, for a
     /// resolver that does its work there. Throwing, or returning no
-    /// address, leaves the pool with the last answer it had.
+    /// address, leaves the pool with the last answer it had. It should
+    /// return in bounded time: the pool's `connect` and `update(addresses:)`
+    /// wait for it.
     func resolve(host: String, port: Int, on loop: EventLoop) async throws -> [SocketAddress]
 }
 
