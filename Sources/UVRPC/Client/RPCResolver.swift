@@ -22,7 +22,7 @@ public protocol RPCResolver: Sendable {
 }
 
 /// The system resolver (`getaddrinfo`: /etc/hosts, then DNS), run on
-/// libuv's thread pool (``EventLoop/resolve(host:port:)``): the loop never blocks.
+/// libuv's thread pool (`EventLoop.resolve(host:port:)`): the loop never blocks.
 public struct RPCSystemResolver: RPCResolver {
     public init() {}
 
