@@ -4,8 +4,8 @@ import UVLoop
 import UVTestSupport
 import XCTest
 
-/// Review: cancelling one of four chunked calls in progress while a fifth waits for a transfer slot.
-final class ReviewTransferCancelTests: XCTestCase {
+/// Cancelling one of four chunked calls in progress while a fifth waits for a transfer slot.
+final class TransferCancelTests: XCTestCase {
     /// The sender drops the cancelled transfer, which starts the waiting one
     /// (its START, and its METADATA), and only then writes the CANCEL: the
     /// receiver sees a fifth message transfer start while four are in

@@ -4,8 +4,8 @@ import UVLoop
 import UVTestSupport
 import XCTest
 
-/// Review: deadlines inherited by calls made inside a handler.
-final class ReviewDeadlineTests: XCTestCase {
+/// Deadlines inherited by calls made inside a handler.
+final class InheritedDeadlineTests: XCTestCase {
     private let localhost = SocketAddress.ipv4(host: "127.0.0.1", port: 0)
 
     /// A handler whose call had a deadline calls its caller back with the

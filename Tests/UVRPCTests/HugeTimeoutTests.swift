@@ -1,8 +1,8 @@
 @testable import UVRPC
 import XCTest
 
-/// Review: a very long timeout sent as a deadline.
-final class ReviewHugeTimeoutTests: XCTestCase {
+/// A very long timeout sent as a deadline.
+final class HugeTimeoutTests: XCTestCase {
     /// A timeout the call table takes (its milliseconds fit a UInt64) must
     /// encode as a deadline: `seconds * 1_000_000` overflowed Int64 past
     /// about 292 000 years and trapped (a crash, only towards a `meta` peer).

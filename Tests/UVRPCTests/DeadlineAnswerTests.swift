@@ -4,8 +4,8 @@ import UVLoop
 import UVTestSupport
 import XCTest
 
-/// Review: what a handler cancelled at its deadline answers, on the wire.
-final class ReviewDeadlineAnswerTests: XCTestCase {
+/// What a handler cancelled at its deadline answers, on the wire.
+final class DeadlineAnswerTests: XCTestCase {
     func testAHandlerCancelledAtItsDeadlineAnswersDeadlineExceeded() throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }

@@ -4,8 +4,8 @@ import XCTest
 import UVLoop
 import UVTestSupport
 
-/// Review: metadata bounds do not depend on the peer.
-final class ReviewMetadataBoundsTests: XCTestCase {
+/// Metadata bounds do not depend on the peer.
+final class MetadataBoundsTests: XCTestCase {
     /// RPCMetadata and RPCAsyncEndpoint.send say a call whose metadata is over
     /// its bounds (or sets `deadline`) fails before it is sent with
     /// invalidArgument; towards a peer without `meta` it went out (the

@@ -4,8 +4,8 @@ import UVLoop
 import UVTestSupport
 import XCTest
 
-/// Review: the deadline a chunked call waiting for a transfer slot sends.
-final class ReviewQueuedDeadlineTests: XCTestCase {
+/// The deadline a chunked call waiting for a transfer slot sends.
+final class QueuedDeadlineTests: XCTestCase {
     /// PROTOCOL.md: the deadline is "the time left for the call when it was
     /// written", and a waiting chunked call's METADATA is written when its
     /// transfer starts. Its entries were encoded when the call was made, so

@@ -14,8 +14,8 @@ private final class FixedResolver: RPCResolver {
     }
 }
 
-/// Review of the pool's names, closing and ready waits (issue 25).
-final class ReviewPoolTests: XCTestCase {
+/// The pool's names over TLS, closing with calls waiting for a connection, and its refresher (issue 25).
+final class PoolLifecycleTests: XCTestCase {
     /// MANY_MACHINES: "Over TLS the name is the server name the certificate must carry."
     /// A pool over a name connects to the addresses it resolved; the name must still be
     /// the TLS server name (the certificate names `localhost` and 127.0.0.1, the server is on 127.0.0.2).
