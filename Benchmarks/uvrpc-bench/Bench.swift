@@ -319,22 +319,20 @@ struct Bench: ParsableCommand {
             progress("restart: 16 callers through a pool; SIGKILL the server after 0.5 s, restart it 0.5 s later")
             let r = try measureRestart()
             let label = "pool, server killed 0.5 s then restarted, 16 callers"
-            rows.append(Row(scenario: "restart", params: label, metric: "ms to first answer after restart",
-                            swift: r.firstSuccessAfterRestartMilliseconds, c: nil, higherIsBetter: false))
-            rows.append(Row(scenario: "restart", params: label, metric: "ms wait-for-ready answered after restart",
-                            swift: r.waitForReadyAnsweredAfterRestartMilliseconds, c: nil, higherIsBetter: false))
-            rows.append(Row(scenario: "restart", params: label + ", plain", metric: "calls lost (written)",
-                            swift: Double(r.plainCallsLost), c: nil, higherIsBetter: false))
-            rows.append(Row(scenario: "restart", params: label + ", plain", metric: "calls failed fast (unsent)",
-                            swift: Double(r.plainCallsFailedUnsent), c: nil, higherIsBetter: false))
-            rows.append(Row(scenario: "restart", params: label + ", plain", metric: "calls answered",
-                            swift: Double(r.plainCallsAnswered), c: nil, higherIsBetter: true))
-            rows.append(Row(scenario: "restart", params: label + ", idempotent", metric: "calls failed",
-                            swift: Double(r.idempotentCallsFailed), c: nil, higherIsBetter: false))
-            rows.append(Row(scenario: "restart", params: label + ", idempotent", metric: "calls answered",
-                            swift: Double(r.idempotentCallsAnswered), c: nil, higherIsBetter: true))
-            rows.append(Row(scenario: "restart", params: label + ", idempotent", metric: "retries",
-                            swift: Double(r.retries), c: nil, higherIsBetter: false))
+            let figures: [(params: String, metric: String, value: Double, higherIsBetter: Bool)] = [
+                (label, "ms to first answer after restart", r.firstSuccessAfterRestartMilliseconds, false),
+                (label, "ms wait-for-ready answered after restart", r.waitForReadyAnsweredAfterRestartMilliseconds, false),
+                (label + ", plain", "calls lost (written)", Double(r.plainCallsLost), false),
+                (label + ", plain", "calls failed fast (unsent)", Double(r.plainCallsFailedUnsent), false),
+                (label + ", plain", "calls answered", Double(r.plainCallsAnswered), true),
+                (label + ", idempotent", "calls failed", Double(r.idempotentCallsFailed), false),
+                (label + ", idempotent", "calls answered", Double(r.idempotentCallsAnswered), true),
+                (label + ", idempotent", "retries", Double(r.retries), false),
+            ]
+            for figure in figures {
+                rows.append(Row(scenario: "restart", params: figure.params, metric: figure.metric, swift: figure.value, c: nil,
+                                higherIsBetter: figure.higherIsBetter))
+            }
         }
         if wanted.contains("hol") && connect == nil {
             // Swift client and server in this process; the figure is the ratio to the idle connection.

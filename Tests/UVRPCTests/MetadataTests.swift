@@ -176,16 +176,17 @@ final class MetadataTests: XCTestCase {
         await server.stop()
     }
 
-    func testAMessageWhoseDeadlinePassedIsAnsweredWithoutRunningItsHandler() throws {
+    /// Sends message 3 with `deadline` as a raw UVRPC peer to a server with
+    /// `handler`, and waits for its ERROR answer of code deadline exceeded.
+    private func expectDeadlineExceededAnswer(deadline: Duration,
+                                              handler: nonisolated(nonsending) @escaping @Sendable (RPCAsyncRequest, RPCHandlerContext) async throws -> [UInt8]) throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }
-        let ran = LockedValue(0)
         let address = try RPCServer(configuration: .init(address: localhost, endpoint: testConfiguration()), on: harness.loop,
-                                    handler: .async { request, _ in ran.withLock { $0 += 1 }; return request.payload })
-            .startAndWait().address
+                                    handler: .async(handler)).startAndWait().address
         let peer = try RawPeer(harness: harness, address: address)
         let handshake = PeerInfo(keepaliveInterval: 60, extensions: .all).handshakeBytes
-        let entries = try RPCMetadata().encoded(deadline: .zero).get()
+        let entries = try RPCMetadata().encoded(deadline: deadline).get()
         try peer.send(harness, handshake + PacketWriter.extensionPacket(.metadata, id: 3, payload: entries)
                       + PacketWriter.frame(isResponse: false, id: 3, payload: [1]))
         let reason = Array("the handler passed its caller's deadline".utf8)
@@ -193,7 +194,21 @@ final class MetadataTests: XCTestCase {
         let serverHandshake = PeerInfo(keepaliveInterval: 0.1, extensions: .all, maximumPayloadSize: 64 << 20).handshakeBytes
         let after = try peer.waitForFrame(serverHandshake, at: 0, "the handshake")
         _ = try peer.waitForFrame(error, at: after, "the deadline-exceeded answer")
+    }
+
+    func testAMessageWhoseDeadlinePassedIsAnsweredWithoutRunningItsHandler() throws {
+        let ran = LockedValue(0)
+        try expectDeadlineExceededAnswer(deadline: .zero) { request, _ in ran.withLock { $0 += 1 }; return request.payload }
         XCTAssertEqual(ran.withLock { $0 }, 0)
+    }
+
+    /// On the wire: the client's own timeout ends its call either way, so
+    /// only the raw peer sees the handler's answer.
+    func testAHandlerCancelledAtItsDeadlineAnswersDeadlineExceeded() throws {
+        try expectDeadlineExceededAnswer(deadline: .milliseconds(100)) { request, _ in
+            try await Task.sleep(for: .seconds(10)) // throws when cancelled at the deadline
+            return request.payload
+        }
     }
 
     func testACallFromAHandlerInheritsWhatIsLeftOfItsDeadline() async throws {
