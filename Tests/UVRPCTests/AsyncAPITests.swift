@@ -172,6 +172,32 @@ final class AsyncAPITests: XCTestCase {
         XCTAssertEqual(try harness.sync { serverEndpoint.endpoint.asyncWorkerCount }, 1)
     }
 
+    func testPayloadsAHandlerKeepsAreNotReusedForLaterMessages() async throws {
+        // The loop reuses a finished request's array for the next message of the
+        // same size (PayloadSpares); an array the handler kept must keep its bytes.
+        let harness = try LoopHarness()
+        defer { harness.shutdownCleanly() }
+        let kept = LockedValue([[UInt8]]())
+        let (_, _, client) = try await asyncPair(harness.loop, serverHandler: { request, _ in
+            if request.payload[0] % 2 == 0 { kept.withLock { $0.append(request.payload) } } // every other one escapes
+            return request.payload
+        })
+        let sent = (0..<600).map { i in [UInt8(i & 0xff), UInt8(i >> 8)] + [UInt8](repeating: UInt8(i % 251), count: 30) }
+        try await withTimeout("600 calls, 64 in flight") {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for batch in stride(from: 0, to: sent.count, by: 64) {
+                    for payload in sent[batch..<min(batch + 64, sent.count)] {
+                        group.addTask { let answer = try await client.send(payload); XCTAssertEqual(answer, payload) }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+        }
+        let keptNow = kept.withLock { $0 }
+        XCTAssertEqual(keptNow.count, 300)
+        XCTAssertEqual(Set(keptNow), Set(sent.filter { $0[0] % 2 == 0 }), "every kept payload still holds the bytes it arrived with")
+    }
+
     func testTimeoutWithCloseOnErrorFalseThenTrue() async throws {
         let harness = try LoopHarness()
         defer { harness.shutdownCleanly() }

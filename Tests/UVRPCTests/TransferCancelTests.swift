@@ -36,7 +36,8 @@ final class TransferCancelTests: XCTestCase {
             XCTAssertNoThrow(try outcomes[i]!.get(), "call \(i)")
         }
         XCTAssertFalse(try harness.sync { pair.client.value.isClosing }, "the connection serves on")
-        if try harness.sync { pair.server.value.isClosing } {
+        let serverClosing = try harness.sync { pair.server.value.isClosing }
+        if serverClosing {
             XCTFail("the server closed: \(try pair.serverClosed.wait("the server's close reason"))")
         }
     }
@@ -67,7 +68,8 @@ final class TransferCancelTests: XCTestCase {
         for i in 1..<5 {
             XCTAssertEqual(try outcomes[i]!.get(), [UInt8(i), 12], "call \(i)")
         }
-        if try harness.sync { pair.client.value.isClosing } {
+        let clientClosing = try harness.sync { pair.client.value.isClosing }
+        if clientClosing {
             XCTFail("the client closed: \(try pair.clientClosed.wait("the client's close reason"))")
         }
     }
@@ -98,7 +100,8 @@ final class TransferCancelTests: XCTestCase {
         for i in 0..<4 {
             XCTAssertNoThrow(try outcomes[i]!.get(), "call \(i)")
         }
-        if try harness.sync { pair.server.value.isClosing } {
+        let serverClosing = try harness.sync { pair.server.value.isClosing }
+        if serverClosing {
             XCTFail("the server closed: \(try pair.serverClosed.wait("the server's close reason"))")
         }
     }

@@ -152,7 +152,7 @@ actor PoolMembership {
                     if let connecting = stopped.connecting { group.addTask { await connecting.wait() } }
                 }
             }
-            await self.retirementEnded(connection)
+            self.retirementEnded(connection)
         }
     }
 
@@ -175,7 +175,7 @@ actor PoolMembership {
     private func startRefresher() {
         refresher = Task { [configuration] in
             while !Task.isCancelled {
-                let failing = await self.failedRounds
+                let failing = self.failedRounds
                 let backoff = Swift.min(configuration.reconnectDelay * (1 << Swift.min(failing, 30)), configuration.maximumReconnectDelay)
                 do { try await Task.sleep(for: failing > 0 ? backoff : configuration.resolveInterval) } catch { return }
                 await self.refresh()

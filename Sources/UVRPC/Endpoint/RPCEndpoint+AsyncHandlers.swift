@@ -63,10 +63,13 @@ extension RPCEndpoint {
     /// suspending (the common case: then no second worker was woken and
     /// parked again, as one was for every read before).
     private func postStandby() {
-        guard workerStandby.endpoint == nil else { return } // one is on its way
-        workerStandby.endpoint = self
-        if !eventLoop.runAfterQueuedJobs(workerStandby) {
-            workerStandby.endpoint = nil
+        guard !standbyPosted else { return } // one is on its way (checked without touching the object: no retain per message)
+        let standby = workerStandby
+        standby.endpoint = self
+        standbyPosted = true
+        if !eventLoop.runAfterQueuedJobs(standby) {
+            standby.endpoint = nil
+            standbyPosted = false
             scheduleWorker()
         }
     }
@@ -81,6 +84,7 @@ extension RPCEndpoint {
 
     /// The standby check runs: the running worker suspended (or parked) since it was posted.
     func standbyCheck() {
+        standbyPosted = false
         if !closing && workers.needsAnotherWorker { scheduleWorker() }
     }
 
@@ -88,9 +92,12 @@ extension RPCEndpoint {
     /// end. A worker whose handler call was cancelled by the peer (its task
     /// cancelled) ends after that call; another takes the queue.
     private func work(key: UInt64) async {
+        // Its own task, registered before it started (see scheduleWorker): asking
+        // it whether it is cancelled costs no current-task lookup and no retain.
+        let ownTask = workers.tasks[key]
         while true {
             workers.workerStarted() // running now
-            while let queued = nextQueuedRequest() {
+            while var queued = nextQueuedRequest() {
                 let id = queued.id
                 guard case .async(let handle)? = handler else {
                     // The handler changed since the message arrived: the current one takes it.
@@ -99,47 +106,52 @@ extension RPCEndpoint {
                 }
                 // Should this handler suspend, another worker goes on with the queue.
                 if workers.needsAnotherWorker { postStandby() }
-                let request = RPCAsyncRequest(payload: queued.payload)
-                let context = RPCHandlerContext(messageID: id, facts: connectionFacts, call: queued.call)
-                workers.handlerStarted()
-                let sequence = answers.beginAsyncHandler(id: id, worker: key)
-                defer {
-                    workers.handlerEnded()
-                    closeIfDrained()
-                }
-                let outcome: Result<[UInt8], any Error>
-                let startedAt = metrics.callStartTime // 0 (not timed) without a metrics backend
-                if let tracer {
-                    outcome = await runTraced(tracer, id: id, call: queued.call) {
-                        await runHandler(handle, request, context, call: queued.call, sequence: sequence, worker: key)
+                do { // the request, the outcome and the answer end with this block, before the payload is recycled
+                    let request = RPCAsyncRequest(payload: queued.payload)
+                    let context = RPCHandlerContext(messageID: id, facts: connectionFacts, call: queued.call)
+                    workers.handlerStarted()
+                    let sequence = answers.beginAsyncHandler(id: id, worker: key)
+                    defer {
+                        workers.handlerEnded()
+                        closeIfDrained()
                     }
-                } else {
-                    outcome = await runHandler(handle, request, context, call: queued.call, sequence: sequence, worker: key)
-                }
-                metrics.handlerEnded(startedAt: startedAt)
-                // Answer only if the peer did not cancel the call (nor reuse its id since).
-                if !answers.endAsyncHandler(id: id, sequence: sequence) {
-                    logger.debug("message handler ended after the peer cancelled it; no answer sent", metadata: ["rpc.id": "\(id)"])
-                } else {
-                    switch outcome {
-                    case .success(let response):
-                        let sent = response.withUnsafeBytes { raw in
-                            Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw, owned: response) }
+                    let outcome: Result<[UInt8], any Error>
+                    let startedAt = metrics.callStartTime // 0 (not timed) without a metrics backend
+                    if let tracer {
+                        outcome = await runTraced(tracer, id: id, call: queued.call) {
+                            await runHandler(handle, request, context, call: queued.call, sequence: sequence, worker: key)
                         }
-                        if case .failure(let error) = sent {
-                            logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+                    } else {
+                        outcome = await runHandler(handle, request, context, call: queued.call, sequence: sequence, worker: key)
+                    }
+                    metrics.handlerEnded(startedAt: startedAt)
+                    // Answer only if the peer did not cancel the call (nor reuse its id since).
+                    if !answers.endAsyncHandler(id: id, sequence: sequence) {
+                        logger.debug("message handler ended after the peer cancelled it; no answer sent", metadata: ["rpc.id": "\(id)"])
+                    } else {
+                        switch outcome {
+                        case .success(let response):
+                            let sent = response.withUnsafeBytes { raw in
+                                Result { () throws(RPCResponseError) in try self.respond(to: id, with: raw, owned: response) }
+                            }
+                            if case .failure(let error) = sent {
+                                logger.debug("answer not sent", metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
+                            }
+                        case .failure(let error):
+                            let (code, reason) = publicFailure(of: error)
+                            let sent = sendErrorAnswer(to: id, code: code, reason: reason)
+                            logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
+                                         metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                         }
-                    case .failure(let error):
-                        let (code, reason) = publicFailure(of: error)
-                        let sent = sendErrorAnswer(to: id, code: code, reason: reason)
-                        logger.error("message handler failed; \(sent ? "answered with an error" : "no response sent")",
-                                     metadata: ["rpc.id": "\(id)", "rpc.error": "\(error)"])
                     }
                 }
+                // The handler returned and its answer is written: the array goes
+                // back to the loop's spares (a copy stays the handler's if it kept one).
+                metrics.payloadSpares.recycle(&queued.payload)
                 // A worker whose task was cancelled (by the peer's CANCEL for that call,
                 // or by the handler itself) cannot run more handlers: every one would
                 // see a cancelled task. Another takes the queue.
-                if Task.isCancelled && !closing {
+                if ownTask?.isCancelled ?? Task.isCancelled, !closing {
                     if workers.needsAnotherWorker { scheduleWorker() }
                     return
                 }

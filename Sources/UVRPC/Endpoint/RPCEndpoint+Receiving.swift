@@ -122,7 +122,7 @@ extension RPCEndpoint: PacketSink {
             return
         }
         if hasAsyncHandler {
-            enqueueAsyncRequest(id: id, payload: Array(payload), call: call)
+            enqueueAsyncRequest(id: id, payload: metrics.payloadSpares.copy(payload), call: call)
         } else {
             holdUntilAHandlerIsSet(id: id, payload: payload, call: call)
         }

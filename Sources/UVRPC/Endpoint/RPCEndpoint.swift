@@ -200,6 +200,8 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var spareCalls: [AsyncCall] = []
     /// The check queued behind a running worker (RPCEndpoint+AsyncHandlers.swift).
     @exclusivity(unchecked) var workerStandbyStorage: AsyncWorkerStandby?
+    /// Whether the standby check is queued (its `endpoint` is set).
+    @exclusivity(unchecked) var standbyPosted = false
     /// The outgoing calls: in flight, waiting to be written, the armed deadline (RPCEndpoint+Sending.swift).
     @exclusivity(unchecked) var calls = OutgoingCalls()
     /// The chunked transfers this side sends and their flow control (RPCEndpoint+Chunking.swift).

@@ -54,6 +54,9 @@ final class LoopMetrics {
     @exclusivity(unchecked) private var typedHandlerDurations: [(type: String, nanoseconds: Int64)] = []
     /// True when a backend is bootstrapped: calls are timed and counts published.
     let isPublishing: Bool
+    /// Not a metric: the loop's spare payload arrays for async requests
+    /// (``PayloadSpares``), kept here because this is UVRPC's one object per loop.
+    let payloadSpares = PayloadSpares()
 
     private var published: Published
     private struct Published {
