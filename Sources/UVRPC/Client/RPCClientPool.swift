@@ -215,9 +215,17 @@ public final class RPCClientPool: Sendable {
     nonisolated(nonsending)
     public func send(_ payload: [UInt8], metadata: RPCMetadata = RPCMetadata(), timeout: Duration? = nil,
                      waitForReady: Bool? = nil, idempotent: Bool = false) async throws -> [UInt8] {
-        guard idempotent else {
-            return try await sendOnce(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady)
+        if idempotent {
+            return try await sendRetrying(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady)
         }
+        return try await sendOnce(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady)
+    }
+
+    /// An idempotent call: attempts until one succeeds, the retry policy or
+    /// budget says stop, or its timeout passes.
+    @inline(never) nonisolated(nonsending) // its clock values would cost every call task allocations
+    private func sendRetrying(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
+                              waitForReady: Bool?) async throws -> [UInt8] {
         let policy = configuration.retryPolicy
         let deadline = ContinuousClock.now.advanced(by: timeout ?? configuration.endpoint.messageTimeout)
         var retry = 0
@@ -241,38 +249,80 @@ public final class RPCClientPool: Sendable {
     }
 
     /// One attempt of a call: on a connection open now (or after waiting for one).
+    ///
+    /// The common case, a connection open and the call answered, is kept
+    /// apart from the rest: a `ContinuousClock.Instant` (resilient, its size
+    /// unknown to this module) in an async function costs task allocations
+    /// per call just by being among its values.
     nonisolated(nonsending)
     private func sendOnce(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
                           waitForReady: Bool?) async throws -> [UInt8] {
-        var attempts = 0
+        let generation = membership.ready.generation
+        guard let (connection, endpoint) = pick() else {
+            return try await sendAfterWaiting(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady,
+                                              generation: generation, attempts: 0)
+        }
+        do {
+            defer { connection.callEnded() }
+            let answer = try await endpoint.send(payload, metadata: metadata, timeout: timeout, closeOnError: false)
+            attemptSucceeded(on: connection)
+            return answer
+        } catch {
+            try attemptFailed(on: connection, error) // throws unless the call was never written
+        }
+        return try await sendAfterWaiting(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady,
+                                          generation: membership.ready.generation, attempts: 1)
+    }
+
+    /// The rest of an attempt, once no connection was open or the first one
+    /// failed the call before writing it: on another open connection, or
+    /// after waiting for one (up to the timeout with wait for ready).
+    @inline(never) nonisolated(nonsending) // its clock values would cost every call task allocations
+    private func sendAfterWaiting(_ payload: [UInt8], metadata: RPCMetadata, timeout: Duration?,
+                                  waitForReady: Bool?, generation first: UInt64, attempts done: Int) async throws -> [UInt8] {
+        var attempts = done
         var waiting: Waiting? // once the call found no connection open
+        var generation = first
         while true {
-            let generation = membership.ready.generation
             guard let (connection, endpoint) = pick() else {
                 waiting = try await waitForConnection(since: generation, timeout: timeout,
                                                       waitForReady: waitForReady ?? configuration.waitsForReady, waiting)
+                generation = membership.ready.generation
                 continue
             }
             defer { connection.callEnded() }
             let left = waiting.map { ContinuousClock.now.duration(to: $0.deadline) } ?? timeout
             do {
                 let answer = try await endpoint.send(payload, metadata: metadata, timeout: left, closeOnError: false)
-                if configuration.outlierEjection != nil { _ = connection.callOutcome(nil, ejection: configuration.outlierEjection) }
+                attemptSucceeded(on: connection)
                 return answer
             } catch {
-                if let ejection = configuration.outlierEjection, connection.callOutcome(error, ejection: ejection) {
-                    ejectionCounter.increment()
-                    logger.warning("pool: a server's calls keep failing; it gets no new calls for a while", metadata: [
-                        "rpc.peer": "\(connection.address)", "rpc.ejection-time": "\(ejection.ejectionTime)",
-                        "rpc.error": "\(error)",
-                    ])
-                }
-                // Never written: it can have had no effect. Another connection (or, at the end, none open) takes it.
-                guard let failure = error as? RPCError, failure.isRetryable else { throw error }
+                try attemptFailed(on: connection, error)
                 attempts += 1
-                if attempts >= membership.live.withLock({ $0.count }) + 1 { throw failure }
+                if attempts >= membership.live.withLock({ $0.count }) + 1 { throw error }
             }
+            generation = membership.ready.generation
         }
+    }
+
+    /// A call on `connection` was answered (outlier ejection counts it).
+    @inline(__always)
+    private func attemptSucceeded(on connection: PooledConnection) {
+        if configuration.outlierEjection != nil { _ = connection.callOutcome(nil, ejection: configuration.outlierEjection) }
+    }
+
+    /// A call on `connection` failed with `error`: counted for outlier
+    /// ejection; rethrown unless the call was never written (it can have
+    /// had no effect: another connection, or at the end none open, takes it).
+    private func attemptFailed(on connection: PooledConnection, _ error: any Error) throws {
+        if let ejection = configuration.outlierEjection, connection.callOutcome(error, ejection: ejection) {
+            ejectionCounter.increment()
+            logger.warning("pool: a server's calls keep failing; it gets no new calls for a while", metadata: [
+                "rpc.peer": "\(connection.address)", "rpc.ejection-time": "\(ejection.ejectionTime)",
+                "rpc.error": "\(error)",
+            ])
+        }
+        guard let failure = error as? RPCError, failure.isRetryable else { throw error }
     }
 
     /// A call that found no connection open: until when it may wait.
