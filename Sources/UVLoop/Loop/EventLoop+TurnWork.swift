@@ -26,7 +26,10 @@ extension EventLoop {
     func runTurnWork() {
         repeat {
             while !localJobs.isEmpty {
-                var batch = spareLocalJobs
+                // Moved, not copied: `localJobs` gets the spare's buffer as its only
+                // owner, so jobs queued while the batch runs append without a new buffer.
+                var batch: [Work] = []
+                swap(&batch, &spareLocalJobs)
                 swap(&batch, &localJobs)
                 for work in batch { perform(work) }
                 batch.removeAll(keepingCapacity: true)
