@@ -31,9 +31,12 @@ extension RPCEndpoint {
         }
         // A handler may (by setting onMessage) run waiting messages within its call: `call` knows the outer request.
         let call = answers.beginHandlerCall(id: id)
-        let outerIncoming = currentIncomingCall
-        currentIncomingCall = incoming
-        defer { currentIncomingCall = outerIncoming }
+        // Swapped only when either is set: storing nil over nil still cost a
+        // retain and two releases (of nil) per message, ~30 instructions.
+        let swapsIncoming = incoming != nil || currentIncomingCall != nil
+        let outerIncoming = swapsIncoming ? currentIncomingCall : nil
+        if swapsIncoming { currentIncomingCall = incoming }
+        defer { if swapsIncoming { currentIncomingCall = outerIncoming } }
         do {
             // Borrowed, not retained (see `callbackHandler` and `retiredHandlers`): a retain and
             // release here cost 34 instructions per call of the echo server (272 against 238,

@@ -112,7 +112,10 @@ public struct RPCRequest {
 /// })
 /// ```
 public struct RPCAsyncRequest: Sendable {
-    /// The message's bytes.
+    /// The message's bytes, the handler's to keep: an array the loop reuses
+    /// for a later message once the handler has returned, unless the handler
+    /// kept it (copy-on-write), so a handler that does not keep it costs no
+    /// allocation.
     public let payload: [UInt8]
 
     package init(payload: [UInt8]) { self.payload = payload }
