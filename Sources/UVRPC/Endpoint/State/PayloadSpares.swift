@@ -1,4 +1,4 @@
-/// Emptied payload arrays kept by a loop for the next async requests, so
+/// Finished payload arrays kept by a loop for the next async requests, so
 /// that an async handler's request costs no allocation in the steady state.
 ///
 /// An async handler gets its message as an owned `[UInt8]`
@@ -6,14 +6,18 @@
 /// while the handler runs, and may outlive the handler. The loop copies each
 /// message into an array taken from here (``copy(_:)``); when the handler
 /// has returned and its answer is written, the worker gives the array back
-/// (``recycle(_:)``). A handler that let the array escape (stored it, sent it
-/// to another task) still owns its bytes: emptying a shared array gives the
-/// spare a buffer of its own (copy-on-write), the one allocation such a
-/// request costs, as every request did before.
+/// (``recycle(_:)``). A spare carries only a message of its own size,
+/// overwritten in place (emptying and refilling an array cost more than
+/// malloc and free); one of another size is dropped. A handler that let the
+/// array escape (stored it, sent it to another task) keeps its bytes: the
+/// overwrite finds the buffer shared and copies on write, the one
+/// allocation such a request costs, as every request did before (until
+/// then the spare holds a reference to the handler's bytes).
 ///
 /// Bounded per loop: at most ``maximumCount`` arrays, each of at most
-/// ``maximumCapacity`` bytes, so about 512 KiB at worst (bigger payloads are
-/// copied into arrays of their own and freed, as before). Loop thread only.
+/// ``maximumCapacity`` bytes, so about 600 KiB at worst with their headers
+/// (bigger payloads are copied into arrays of their own and freed, as
+/// before). Loop thread only.
 final class PayloadSpares {
     /// Arrays kept at most.
     static let maximumCount = 1024
