@@ -269,6 +269,8 @@ public final class RPCClientPool: Sendable {
             return answer
         } catch {
             try attemptFailed(on: connection, error) // throws unless the call was never written
+            // No connection left to try (the pool closed meanwhile): this error, as the loop below gives.
+            if membership.live.withLock({ $0.isEmpty }) { throw error }
         }
         return try await sendAfterWaiting(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady,
                                           generation: membership.ready.generation, attempts: 1)
