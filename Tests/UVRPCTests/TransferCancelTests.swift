@@ -36,10 +36,7 @@ final class TransferCancelTests: XCTestCase {
             XCTAssertNoThrow(try outcomes[i]!.get(), "call \(i)")
         }
         XCTAssertFalse(try harness.sync { pair.client.value.isClosing }, "the connection serves on")
-        let serverClosing = try harness.sync { pair.server.value.isClosing }
-        if serverClosing {
-            XCTFail("the server closed: \(try pair.serverClosed.wait("the server's close reason"))")
-        }
+        try assertOpen(pair.server, closed: pair.serverClosed, "the server", harness)
     }
 
     /// The same on the answering side: the peer cancels one of four chunked
@@ -68,10 +65,7 @@ final class TransferCancelTests: XCTestCase {
         for i in 1..<5 {
             XCTAssertEqual(try outcomes[i]!.get(), [UInt8(i), 12], "call \(i)")
         }
-        let clientClosing = try harness.sync { pair.client.value.isClosing }
-        if clientClosing {
-            XCTFail("the client closed: \(try pair.clientClosed.wait("the client's close reason"))")
-        }
+        try assertOpen(pair.client, closed: pair.clientClosed, "the client", harness)
     }
     /// A chunked call still waiting for a transfer slot is cancelled (it
     /// times out without closing): nothing of it was written, yet the sender
@@ -100,9 +94,16 @@ final class TransferCancelTests: XCTestCase {
         for i in 0..<4 {
             XCTAssertNoThrow(try outcomes[i]!.get(), "call \(i)")
         }
-        let serverClosing = try harness.sync { pair.server.value.isClosing }
-        if serverClosing {
-            XCTFail("the server closed: \(try pair.serverClosed.wait("the server's close reason"))")
-        }
+        try assertOpen(pair.server, closed: pair.serverClosed, "the server", harness)
+    }
+}
+
+/// Fails, naming the close reason, when `endpoint` closed (the test's
+/// transfers must leave the connection serving).
+private func assertOpen(_ endpoint: LoopBound<RPCEndpoint>, closed: Promise<RPCCloseReason>, _ who: String,
+                        _ harness: LoopHarness, file: StaticString = #filePath, line: UInt = #line) throws {
+    let closing = try harness.sync { endpoint.value.isClosing }
+    if closing {
+        XCTFail("\(who) closed: \(try closed.wait("\(who)'s close reason"))", file: file, line: line)
     }
 }
