@@ -88,7 +88,7 @@ private func runToCompletionQuietly(_ executable: String, _ arguments: [String])
     process.arguments = arguments
     process.standardOutput = FileHandle.nullDevice
     process.standardError = FileHandle.nullDevice
-    guard (try? process.run()) != nil else { return -1 }
+    guard (try? startChild(process)) != nil else { return -1 }
     process.waitUntilExit()
     return process.terminationStatus
 }

@@ -21,7 +21,7 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     /// Fulfilled at the end of its stderr (``stop()`` waits for it, so that what it logged is all read).
     private let errorEnded = Promise<Void>()
     /// Its stdin: a pipe held open while it runs (a Python test peer ends at stdin's EOF).
-    private let input = Pipe()
+    private let input: Pipe
 
     /// Starts `uvrpc serve --port 0` with `arguments` and waits for its listening line.
     convenience init(tool: URL, _ arguments: [String]) throws {
@@ -33,13 +33,16 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     init(executable: URL, arguments: [String]) throws {
         process.executableURL = executable
         process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
         let exited = self.exited
         process.terminationHandler = { exited.fulfill($0.terminationStatus) }
-        try process.run()
+        let (out, err, input) = try startChild(process) { process in
+            let out = Pipe(), err = Pipe(), input = Pipe()
+            process.standardOutput = out
+            process.standardError = err
+            process.standardInput = input
+            return (out, err, input)
+        }
+        self.input = input
         let log = self.log, errorEnded = self.errorEnded
         let errHandle = err.fileHandleForReading
         DispatchQueue.global().async {
@@ -429,7 +432,7 @@ final class ProcessFaultTests: XCTestCase {
         func killedPeer(_ process: Process, _ what: String, ready: () throws -> Void) throws {
             let exited = Promise<Void>()
             process.terminationHandler = { _ in exited.fulfill(()) }
-            try process.run()
+            try startChild(process)
             try ready()
             kill(process.processIdentifier, SIGKILL)
             try exited.wait("\(what) to die")
@@ -441,7 +444,7 @@ final class ProcessFaultTests: XCTestCase {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/bin/bash")
             process.arguments = ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port); printf '\(escaped)' >&3; echo sent; exec sleep 60"]
-            let out = Pipe()
+            let out = Pipe() // made on the test's thread while no other starts a child (see startChild)
             process.standardOutput = out
             return (process, out)
         }

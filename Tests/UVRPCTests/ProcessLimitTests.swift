@@ -18,12 +18,14 @@ private final class LimitedChild: @unchecked Sendable { // `process` is used by 
     init(limits: [String], _ arguments: [String]) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
         process.arguments = limits + [uvrpcTool.path] + arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
         let ended = self.ended
         process.terminationHandler = { _ in ended.fulfill(()) }
-        try process.run()
+        let (out, err) = try startChild(process) { process in
+            let out = Pipe(), err = Pipe()
+            process.standardOutput = out
+            process.standardError = err
+            return (out, err)
+        }
         let errorLog = self.errorLog, firstLine = self.firstLine, errorEnded = self.errorEnded
         let errHandle = err.fileHandleForReading, outHandle = out.fileHandleForReading
         DispatchQueue.global().async {

@@ -43,12 +43,14 @@ final class TestCertificates: Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", script]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
         let done = Promise<Void>()
         process.terminationHandler = { _ in done.fulfill(()) }
-        try process.run()
+        let output = try startChild(process) { process in
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            return output
+        }
         try done.wait("openssl making the test certificates", seconds: 60)
         guard process.terminationStatus == 0 else {
             let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

@@ -4,36 +4,6 @@ import UVRPC
 import UVTestSupport
 import XCTest
 
-/// Runs the `uvrpc` tool to completion (at most `seconds`); returns status and output.
-func runTool(_ arguments: [String], seconds: Double = 60) throws -> (status: Int32, output: String) {
-    try runToCompletion(uvrpcTool, arguments, seconds: seconds)
-}
-
-/// Runs `executable` to completion (at most `seconds`, else it is terminated
-/// and this throws); returns its status and its output (stdout and stderr).
-func runToCompletion(_ executable: URL, _ arguments: [String], seconds: Double = 60,
-                     environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    if !environment.isEmpty {
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-    }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    let finished = Promise<Void>()
-    process.terminationHandler = { _ in finished.fulfill(()) }
-    defer { process.terminationHandler = nil } // Process keeps its handler, and so our promise, alive
-    try process.run()
-    do { try finished.wait("\(executable.lastPathComponent) \(arguments.joined(separator: " "))", seconds: seconds) } catch {
-        process.terminate()
-        throw error
-    }
-    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return (process.terminationStatus, output)
-}
-
 /// The `uvrpc` command-line tool, run as a user would (the debug build next to the tests).
 final class ToolTests: XCTestCase {
     private var tool: URL { uvrpcTool }
