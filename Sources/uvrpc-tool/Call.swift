@@ -16,8 +16,8 @@ struct Call: ParsableCommand {
         discussion: """
             Calls go over --connections connections spread over --loops event loops (each call on the \
             connection with the fewest calls in flight). Messages the peer sends are echoed back. \
-            Prints a summary; exits non-zero on any mismatch, error or timeout. A checker, not a load \
-            generator: it makes random bytes and takes a lock per call; to measure speed, use \
+            Prints a summary; exits non-zero on any mismatch, error or timeout. A checker first: every \
+            call's bytes differ and every answer is compared; to measure speed, use \
             `uvrpc-bench --scenario client` (Swift callers) or `uvrpc-bench --connect HOST:PORT` (the C load generator).
             """
     )
@@ -143,15 +143,15 @@ struct Call: ParsableCommand {
     /// connection or retried as the flags say; returns the seconds taken.
     private func runAsyncCalls(on pool: RPCClientPool, summary: LockedValue<Summary>) throws -> Double {
         let (count, size, concurrency, idempotent) = (self.count, self.size, self.concurrency, retry)
+        let seed = UInt64.random(in: .min ... .max)
         let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
         let clock = ContinuousClock(), start = clock.now
         try runBlocking {
             await withTaskGroup(of: Void.self) { group in
                 for lane in 0..<min(concurrency, count) {
                     group.addTask {
-                        var generator = SystemRandomNumberGenerator()
                         for index in stride(from: lane, to: count, by: concurrency) {
-                            let payload = randomBytes(size, using: &generator)
+                            let payload = randomBytes(size, seed: seed &+ UInt64(index))
                             do {
                                 let answer = try await pool.send(payload, timeout: callTimeout, idempotent: idempotent)
                                 summary.withLock { if answer == payload { $0.ok += 1 } else { $0.mismatched += 1 } }
@@ -172,7 +172,10 @@ struct Call: ParsableCommand {
     private func runCalls(on pool: RPCClientPool, loops: [EventLoop], summary: LockedValue<Summary>) -> Double {
         let (count, size) = (self.count, self.size)
         let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
-        let started = Atomic<Int>(0), finished = Atomic<Int>(0)
+        let seed = UInt64.random(in: .min ... .max)
+        // Answers are counted without the summary's lock (one atomic per call); `finished`
+        // orders every count before the last call's signal.
+        let started = Atomic<Int>(0), finished = Atomic<Int>(0), answered = Atomic<Int>(0)
         let clock = ContinuousClock(), start = clock.now
         let finishedAll = DispatchSemaphore(value: 0)
         do {
@@ -189,24 +192,24 @@ struct Call: ParsableCommand {
                         }
                     }
                     switch result {
-                    case .success(let answer) where answer == payload: summary.withLock { $0.ok += 1 }
+                    case .success(let answer) where answer == payload: answered.wrappingAdd(1, ordering: .relaxed)
                     case .success: summary.withLock { $0.mismatched += 1 }
                     case .failure(let error):
                         summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
                     }
-                    if finished.wrappingAdd(1, ordering: .relaxed).newValue == count { finishedAll.signal() } else { sendNext() }
+                    if finished.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue == count { finishedAll.signal() } else { sendNext() }
                 }
             }
             @Sendable func sendNext() {
                 let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
                 guard index < count else { return }
-                var generator = SystemRandomNumberGenerator()
-                send(index, randomBytes(size, using: &generator))
+                send(index, randomBytes(size, seed: seed &+ UInt64(index)))
             }
             for lane in 0..<min(concurrency, count) { loops[lane % loops.count].execute { sendNext() } }
         }
         finishedAll.wait()
         let elapsed = clock.now - start
+        summary.withLock { $0.ok += answered.load(ordering: .relaxed) } // the last call to end signalled finishedAll
         return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
 }

@@ -81,11 +81,16 @@ func printError(_ text: String) {
     _ = line.withCString { write(2, $0, strlen($0)) }
 }
 
-/// `count` random bytes, a word at a time: from the system's generator
-/// only the seed (a syscall per word made big calls take seconds of the
-/// loop's time), the rest from xorshift64*, which is plenty for checking echoes.
-func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
-    var state = generator.next() | 1
+/// `count` bytes that look random, made from `seed` with xorshift64*
+/// (plenty for checking echoes). No system call: the system's generator
+/// gives a run its seed once (a `getrandom` per call cost `uvrpc call` half
+/// its CPU time, and one per word made big calls take seconds of the loop's time).
+func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    // splitmix64's finalizer: seeds that differ by one give unrelated streams.
+    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    state = (state ^ (state >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    state = (state ^ (state >> 27)) &* 0x94D0_49BB_1331_11EB
+    state = (state ^ (state >> 31)) | 1
     return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
         var i = 0
         while i < count {
