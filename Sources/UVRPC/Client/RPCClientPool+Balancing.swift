@@ -60,13 +60,14 @@ extension RPCClientPool {
         let connections = membership.live.withLock { $0 }
         let count = connections.count
         guard count > 0 else { return nil }
-        let start = Int(UInt(bitPattern: turn.wrappingAdd(1, ordering: .relaxed).oldValue) % UInt(count))
+        let ticket = UInt(bitPattern: turn.wrappingAdd(1, ordering: .relaxed).oldValue)
+        let start = Int(ticket % UInt(count))
         // Ejected connections are passed over, unless every open one is ejected.
         let now = configuration.outlierEjection == nil ? UInt64.max : EventLoop.monotonicNanoseconds
         for pass in 0..<3 { // again if the chosen one closed meanwhile; the last pass takes ejected ones too
             let usable: (PooledConnection) -> Bool = pass < 2 && now != .max
                 ? { $0.isUsable(now: now) } : { $0.isOpen.load(ordering: .acquiring) }
-            guard let best = choose(connections, from: start, usable) else {
+            guard let best = choose(connections, from: start, ticket: UInt64(ticket), usable) else {
                 if pass < 2 && now != .max { continue }
                 return nil
             }
@@ -75,8 +76,9 @@ extension RPCClientPool {
         return nil
     }
 
-    /// The connection the balancing picks among the usable ones, looking from `start`.
-    private func choose(_ connections: [PooledConnection], from start: Int,
+    /// The connection the balancing picks among the usable ones, looking
+    /// from `start`; `ticket` is the call's turn (the two choices come from it).
+    private func choose(_ connections: [PooledConnection], from start: Int, ticket: UInt64,
                         _ usable: (PooledConnection) -> Bool) -> PooledConnection? {
         let count = connections.count
         switch configuration.balancing.kind {
@@ -86,7 +88,8 @@ extension RPCClientPool {
             }
             return nil
         case .powerOfTwoChoices:
-            let first = connections[Int.random(in: 0..<count)], second = connections[Int.random(in: 0..<count)]
+            let (one, other) = Self.twoChoices(seed: choiceSeed, ticket: ticket, count: count)
+            let first = connections[one], second = connections[other]
             switch (usable(first), usable(second)) {
             case (true, true):
                 return first.inFlight.load(ordering: .relaxed) <= second.inFlight.load(ordering: .relaxed) ? first : second
@@ -106,6 +109,21 @@ extension RPCClientPool {
             }
             return best
         }
+    }
+}
+
+extension RPCClientPool {
+    /// The two indices below `count` a power-of-two-choices call looks at:
+    /// its turn (`ticket`) mixed with the pool's seed by splitmix64's
+    /// finalizer, so they spread like random choices. Not `Int.random`: that
+    /// asks the kernel (`getrandom`) on every use, two system calls per call.
+    static func twoChoices(seed: UInt64, ticket: UInt64, count: Int) -> (Int, Int) {
+        var z = seed &+ ticket &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        let span = UInt64(count)
+        return (Int((z & 0xFFFF_FFFF) % span), Int((z >> 32) % span))
     }
 }
 

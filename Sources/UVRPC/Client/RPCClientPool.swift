@@ -119,6 +119,9 @@ public final class RPCClientPool: Sendable {
     private let ejectionCounter = Counter(label: "uvrpc_pool_ejections_total")
     private let waitCounter = Counter(label: "uvrpc_pool_calls_waited_total")
     let turn = Atomic<Int>(0)
+    /// Where this pool's power-of-two choices start (one system random number
+    /// per pool): pools made at once do not choose alike.
+    let choiceSeed = UInt64.random(in: .min ... .max)
     private let lastError: LockedValue<String?>
     /// Calls that found no open connection: counted here, off any loop (a rare path).
     private let noConnectionFailures = Counter(label: "uvrpc_calls_failed_total",
