@@ -77,11 +77,13 @@ func runCallerChild(mode: CallerMode, address: String, concurrency: Int, size: I
             let endpoint = try await RPCClient.connect(to: target, on: group.loops[0])
             try await endpoint.withEndpoint { endpoint in
                 endpoint.onTaggedResponse = { _, result in
-                    if case .success(let answer) = result, answer.count == size {
-                        answeredCalls.add(1, ordering: .relaxed)
-                    } else {
+                    guard case .success(let answer) = result, answer.count == size else {
+                        // Not sent again: a failure can come before send returns (a closed
+                        // endpoint), and sending again from here would recurse without end.
                         failedCalls.add(1, ordering: .relaxed)
+                        return
                     }
+                    answeredCalls.add(1, ordering: .relaxed)
                     if !stopCalling.load(ordering: .relaxed) { payload.withUnsafeBytes { endpoint.send($0, tag: 0) } }
                 }
                 for _ in 0..<concurrency { payload.withUnsafeBytes { endpoint.send($0, tag: 0) } }

@@ -191,13 +191,24 @@ struct Call: ParsableCommand {
                             loop.execute { send(index, payload) }
                         }
                     }
+                    var failed = false
                     switch result {
                     case .success(let answer) where answer == payload: answered.wrappingAdd(1, ordering: .relaxed)
                     case .success: summary.withLock { $0.mismatched += 1 }
                     case .failure(let error):
+                        failed = true
                         summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
                     }
-                    if finished.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue == count { finishedAll.signal() } else { sendNext() }
+                    if finished.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue == count {
+                        finishedAll.signal()
+                    } else if failed, let loop = EventLoop.current {
+                        // A failure can come before pool.send returns (no connection open): the next
+                        // call goes in a later job, not deeper in this stack (the calls left after a
+                        // lost server, a million deep, overflowed it).
+                        loop.execute { sendNext() }
+                    } else {
+                        sendNext()
+                    }
                 }
             }
             @Sendable func sendNext() {

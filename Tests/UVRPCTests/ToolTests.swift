@@ -55,6 +55,30 @@ final class ToolTests: XCTestCase {
         XCTAssertTrue(waited.output.contains("ok: 20, mismatched: 0, failed: 0"), waited.output)
     }
 
+    /// A server lost in the middle of a run: every call left fails (most at
+    /// once: no connection is open), and `call` reports them and exits 1.
+    /// It overflowed its stack before: each of those failures came before
+    /// the pool's `send` returned, and the next call was sent from inside it.
+    func testCallReportsEveryCallLeftWhenItsServerIsLost() throws {
+        try skipUnlessBuilt()
+        let server = try ServeProcess(tool: tool, ["--answer-after", "60"]) // holds every call: none is answered
+        let tool = self.tool, address = "\(server.address)"
+        let outcome = Promise<Result<(status: Int32, output: String), any Error>>()
+        DispatchQueue.global().async {
+            outcome.fulfill(Result { try runToCompletion(tool, ["call", "--connect", address, "--count", "100000",
+                                                                 "--concurrency", "64", "--size", "8"], seconds: 120) })
+        }
+        try waitUntil("the server to hold the first 64 calls") {
+            server.signal(SIGUSR1)
+            return (try? server.waitForOutput("(unanswered requests: 64)", seconds: 0.5)) != nil
+        }
+        try server.kill9()
+        let call = try outcome.wait("uvrpc call", seconds: 120).get()
+        XCTAssertEqual(call.status, 1, call.output)
+        XCTAssertTrue(call.output.contains("calls: 100000, ok: 0, mismatched: 0, failed: 100000"), call.output)
+        XCTAssertTrue(call.output.contains("uvrpc call: the connection ended"), call.output)
+    }
+
     /// Two 40 MiB calls at once would take the connection past its 64 MiB of
     /// unsent bytes: the second waits for the first (backpressure) instead of
     /// failing with `sendBufferFull`.
