@@ -376,7 +376,10 @@ public final class RPCClientPool: Sendable {
     /// meets a connection whose server just went away fails with code
     /// ``RPCError/Code/unavailable`` (it was not sent, so it is retryable; the
     /// async `send` sends it again elsewhere). With no connection open the
-    /// failure is reported before this returns. The connection stays open
+    /// failure is reported before this returns: a completion that sends the
+    /// next call after a failure should do so in a later job
+    /// (`EventLoop.execute`), or it goes one call deeper into its own stack
+    /// for every call while none is open. The connection stays open
     /// whatever the call's fate.
     public func send(_ payload: [UInt8], timeout: Duration? = nil,
                      completion: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) {

@@ -129,7 +129,10 @@ extension RPCEndpoint {
     /// borrowed view, not copied unless it must wait) and delivers the
     /// response or error to ``onTaggedResponse`` with `tag` (any value the
     /// caller chooses, e.g. an index into its own table). No closure is made
-    /// per call. Errors known at once are delivered before this returns.
+    /// per call. Errors known at once are delivered before this returns: a
+    /// response handler that sends again after a failure should do so in a
+    /// later job (`EventLoop.execute`) or stop, or on a closed endpoint it
+    /// recurses once per call.
     public func send(_ payload: UnsafeRawBufferPointer, tag: UInt64, timeout: Duration? = nil,
                      closeOnError: Bool = true) {
         startCall(payload, timeout: timeout, closeOnError: closeOnError, completion: .tagged(tag))
