@@ -71,6 +71,8 @@ struct Call: ParsableCommand {
         guard concurrency > 0 else { throw ValidationError("--concurrency must be positive") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         guard hold >= 0 else { throw ValidationError("--hold must not be negative") }
+        try checkSeconds(timeout, "--timeout")
+        try checkSeconds(hold, "--hold")
         guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
         guard connections >= 1 else { throw ValidationError("--connections must be at least 1, not \(connections)") }
     }
@@ -127,7 +129,12 @@ struct Call: ParsableCommand {
         }
         let seconds = ridesOut ? try runAsyncCalls(on: pool, summary: summary)
                                : runCalls(on: pool, loops: group.loops, summary: summary)
-        if hold > 0 { usleep(UInt32(hold * 1_000_000)) } // keepalives flow meanwhile, on the loops
+        var held = 0.0
+        while held < hold { // keepalives flow meanwhile, on the loops (usleep takes at most 4294 s at a time)
+            let step = min(hold - held, 1000)
+            usleep(UInt32(step * 1_000_000))
+            held += step
+        }
         try runBlocking { await pool.close() }
         group.syncShutdown()
         let s = summary.withLock { $0 }

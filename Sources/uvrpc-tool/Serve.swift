@@ -66,6 +66,8 @@ struct Serve: ParsableCommand {
         guard loops >= 1 else { throw ValidationError("--loops must be at least 1, not \(loops)") }
         guard grace >= 0 else { throw ValidationError("--grace must not be negative, not \(grace)") }
         if let answerAfter, answerAfter < 0 { throw ValidationError("--answer-after must not be negative, not \(answerAfter)") }
+        try checkSeconds(grace, "--grace")
+        if let answerAfter { try checkSeconds(answerAfter, "--answer-after") }
         if let failEvery, failEvery < 1 { throw ValidationError("--fail-every must be at least 1, not \(failEvery)") }
         if let metrics, SocketAddress(parsing: metrics) == nil {
             throw ValidationError("--metrics must be HOST:PORT or [IPV6]:PORT, not \(metrics)")

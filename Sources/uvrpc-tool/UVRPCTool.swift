@@ -54,6 +54,10 @@ struct EndpointOptions: ParsableArguments {
         guard keepaliveTimeout > 0 else { throw ValidationError("--keepalive-timeout must be positive") }
         guard handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be positive") }
         guard writeTimeout >= 0 else { throw ValidationError("--write-timeout must not be negative") }
+        try checkSeconds(keepaliveInterval, "--keepalive-interval")
+        try checkSeconds(keepaliveTimeout, "--keepalive-timeout")
+        try checkSeconds(handshakeTimeout, "--handshake-timeout")
+        try checkSeconds(writeTimeout, "--write-timeout")
         guard maxPayload > 0 else { throw ValidationError("--max-payload must be positive") }
     }
 
@@ -79,6 +83,18 @@ struct ToolHandlerFailure: RPCPublicError, CustomStringConvertible {
 func printError(_ text: String) {
     let line = text + "\n"
     _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
+/// The most seconds a time option takes: about 31 years, past any use, and
+/// still whole in a `Duration` of nanoseconds (options were converted with
+/// `Int64(seconds * 1e9)`, which trapped for `inf` or `1e16`: SIGILL).
+let maximumOptionSeconds: Double = 1e9
+
+/// Checks that time option `name` is finite and at most ``maximumOptionSeconds``.
+func checkSeconds(_ seconds: Double, _ name: String) throws {
+    guard seconds.isFinite, seconds <= maximumOptionSeconds else {
+        throw ValidationError("\(name) must be at most \(Int(maximumOptionSeconds)) seconds, not \(seconds)")
+    }
 }
 
 /// `count` bytes that look random, made from `seed` with xorshift64*

@@ -166,6 +166,14 @@ final class ToolTests: XCTestCase {
         XCTAssertTrue(bad.output.contains("--connect takes HOST:PORT"), bad.output)
         let busy = try run(["serve", "--port", "70000"])
         XCTAssertEqual(busy.status, 64, busy.output)
+        // Times past what a Duration holds are refused by name (they trapped converting: SIGILL).
+        for (command, option, value) in [("call", "--timeout", "inf"), ("call", "--hold", "4e9"),
+                                         ("call", "--keepalive-interval", "1e16"), ("serve", "--grace", "inf")] {
+            let arguments = command == "call" ? ["call", "--connect", "127.0.0.1:1", option, value] : ["serve", option, value]
+            let huge = try run(arguments)
+            XCTAssertEqual(huge.status, 64, huge.output)
+            XCTAssertTrue(huge.output.contains("\(option) must be at most 1000000000 seconds"), huge.output)
+        }
     }
 
     func testServeSpreadsOverLoopsBothWaysReportsConnectionsPerLoopAndCallUsesSeveralConnections() async throws {
