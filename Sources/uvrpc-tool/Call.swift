@@ -179,6 +179,7 @@ struct Call: ParsableCommand {
     private func runCalls(on pool: RPCClientPool, loops: [EventLoop], summary: LockedValue<Summary>) -> Double {
         let (count, size) = (self.count, self.size)
         let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
+        let timeoutNanoseconds = UInt64(timeout * 1e9), timeoutText = "\(timeout)"
         let seed = UInt64.random(in: .min ... .max)
         // Answers are counted without the summary's lock (one atomic per call); `finished`
         // orders every count before the last call's signal.
@@ -187,16 +188,23 @@ struct Call: ParsableCommand {
         let finishedAll = DispatchSemaphore(value: 0)
         do {
             if count == 0 { finishedAll.signal() }
-            @Sendable func send(_ index: Int, _ payload: [UInt8]) {
+            /// `since`: when the call was first tried (monotonic nanoseconds).
+            @Sendable func send(_ index: Int, _ payload: [UInt8], since: UInt64) {
                 pool.send(payload, timeout: callTimeout) { result in
                     // A full send buffer is backpressure, not failure: the call tries again once
                     // the socket had time to take bytes (waiting for another call's end could wait
-                    // forever when none is left in flight).
+                    // forever when none is left in flight), until --timeout has passed since its
+                    // first try (each try's own timeout starts afresh: a peer that never reads
+                    // held the run forever with --write-timeout 0).
+                    var full = false
                     if case .failure(let error) = result, case .sendBufferFull = error.reason {
-                        let loop = loops[index % loops.count] // pool.send is made on a loop
-                        return DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(5)) {
-                            loop.execute { send(index, payload) }
+                        if EventLoop.monotonicNanoseconds &- since < timeoutNanoseconds {
+                            let loop = loops[index % loops.count] // pool.send is made on a loop
+                            return DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(5)) {
+                                loop.execute { send(index, payload, since: since) }
+                            }
                         }
+                        full = true
                     }
                     var failed = false
                     switch result {
@@ -204,7 +212,9 @@ struct Call: ParsableCommand {
                     case .success: summary.withLock { $0.mismatched += 1 }
                     case .failure(let error):
                         failed = true
-                        summary.withLock { $0.failed.append($0.failed.count < 10 ? "call \(index): \(error)" : "") }
+                        let line = full ? "call \(index): no room in the send buffer within --timeout \(timeoutText) s: \(error)"
+                                        : "call \(index): \(error)"
+                        summary.withLock { $0.failed.append($0.failed.count < 10 ? line : "") }
                     }
                     if finished.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue == count {
                         finishedAll.signal()
@@ -221,7 +231,7 @@ struct Call: ParsableCommand {
             @Sendable func sendNext() {
                 let index = started.wrappingAdd(1, ordering: .relaxed).oldValue
                 guard index < count else { return }
-                send(index, randomBytes(size, seed: seed &+ UInt64(index)))
+                send(index, randomBytes(size, seed: seed &+ UInt64(index)), since: EventLoop.monotonicNanoseconds)
             }
             for lane in 0..<min(concurrency, count) { loops[lane % loops.count].execute { sendNext() } }
         }
