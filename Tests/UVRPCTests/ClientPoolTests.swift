@@ -355,6 +355,45 @@ final class ClientPoolTests: XCTestCase {
         _ = await group.shutdown()
     }
 
+    /// A server that drops its first connections as they open (after the
+    /// pool counted them open, before its handshake): calls that wait for
+    /// ready lose their connection unwritten again and again, and each
+    /// waits for the next one instead of failing after one retry (64 calls
+    /// at once; before, dozens failed with "the endpoint is closed").
+    func testWaitForReadyCallsRideOutAServerThatDropsItsFirstConnections() async throws {
+        let harness = try LoopHarness("server")
+        defer { harness.shutdownCleanly() }
+        let dropped = LockedValue(0)
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                         on: harness.loop, admit: { _ in
+            dropped.withLock { count in count += 1; return count <= 6 } ? .refuse : .accept()
+        }, handler: .async { request, _ in request.payload }).start()
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration())
+        configuration.waitsForReady = true
+        configuration.reconnectDelay = .milliseconds(5)
+        configuration.maximumReconnectDelay = .milliseconds(20)
+        let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: configuration)
+        let failures = await withTaskGroup(of: String?.self) { tasks in
+            for index in 0..<64 {
+                tasks.addTask {
+                    do {
+                        let answer = try await pool.send([UInt8(index)], timeout: .seconds(30))
+                        return answer == [UInt8(index)] ? nil : "call \(index): answered \(answer)"
+                    } catch {
+                        return "call \(index): \(error)"
+                    }
+                }
+            }
+            return await tasks.reduce(into: [String]()) { if let failure = $1 { $0.append(failure) } }
+        }
+        XCTAssertEqual(failures, [], "every call waits for a connection that stays")
+        XCTAssertGreaterThan(dropped.withLock { $0 }, 6, "the server dropped its first six connections")
+        await pool.close()
+        await server.stop()
+        _ = await group.shutdown()
+    }
+
     // MARK: Retries
 
     func testRetriesOfIdempotentCallsStopAtTheBudget() async throws {

@@ -203,7 +203,9 @@ public final class RPCClientPool: Sendable {
     /// and is sent with the time left. A call that failed before it was
     /// written (``RPCError/isRetryable``: the server said it is draining,
     /// the connection closed or was full) is sent again on another
-    /// connection. A call that was written is sent twice only when it is
+    /// connection; once every connection lost it so, it fails, or with
+    /// wait for ready it waits for the next connection to open, up to its
+    /// timeout. A call that was written is sent twice only when it is
     /// marked `idempotent` (doing it twice is harmless): then one that failed
     /// with a code of ``Configuration/retryPolicy`` is retried, after a
     /// backoff, up to its attempts, while the pool's retry budget lasts, and
@@ -288,10 +290,10 @@ public final class RPCClientPool: Sendable {
         var attempts = done
         var waiting: Waiting? // once the call found no connection open
         var generation = first
+        let waitsForReady = waitForReady ?? configuration.waitsForReady
         while true {
             guard let (connection, endpoint) = pick() else {
-                waiting = try await waitForConnection(since: generation, timeout: timeout,
-                                                      waitForReady: waitForReady ?? configuration.waitsForReady, waiting)
+                waiting = try await waitForConnection(since: generation, timeout: timeout, waitForReady: waitsForReady, waiting)
                 generation = membership.ready.generation
                 continue
             }
@@ -304,7 +306,14 @@ public final class RPCClientPool: Sendable {
             } catch {
                 try attemptFailed(on: connection, error)
                 attempts += 1
-                if attempts >= membership.live.withLock({ $0.count }) + 1 { throw error }
+                if attempts >= membership.live.withLock({ $0.count }) + 1 {
+                    // Every connection lost it unwritten. Fail fast, or wait for a connection
+                    // that opens after the attempt began (servers that drop new connections a
+                    // few times before they serve would otherwise fail calls that waited for ready).
+                    guard waitsForReady else { throw error }
+                    attempts = 0
+                    waiting = try await waitForConnection(since: generation, timeout: timeout, waitForReady: true, waiting)
+                }
             }
             generation = membership.ready.generation
         }
