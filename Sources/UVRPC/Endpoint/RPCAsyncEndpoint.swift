@@ -69,6 +69,12 @@ public struct RPCAsyncEndpoint: @unchecked Sendable, Hashable { // `endpoint` is
     /// reading altogether is cut off by ``RPCEndpoint/Configuration/writeTimeout``,
     /// which fails the waiting calls.
     ///
+    /// Before the peer's handshake came: a call that carries metadata (any
+    /// call with a timeout does) or more than 65535 bytes waits for it (what
+    /// it may send depends on it), and that wait counts against its
+    /// timeout: at its deadline it fails unsent, code
+    /// ``RPCError/Code/deadlineExceeded``.
+    ///
     /// - Throws: an ``RPCError`` (timed out, closed, peer too old, every id
     ///   in flight), as the callback API reports; or `CancellationError` when
     ///   the task is cancelled first. Cancelling ends the call and, unlike the

@@ -80,9 +80,11 @@ extension RPCEndpoint {
         livenessTimer?.cancel()
         deadlineTimer?.close()
         handlerDeadlineTimer?.close()
+        deferredTimer?.close()
         keepaliveTimer = nil
         livenessTimer = nil
         deadlineTimer = nil
+        deferredTimer = nil
         handlerDeadlineTimer = nil
         handlerDeadlines.removeAll()
         pendingMetadata.removeAll()

@@ -158,22 +158,6 @@ extension RPCEndpoint: PacketSink {
         closeIfDrained()
     }
 
-    func sendDeferred() {
-        guard !calls.deferred.isEmpty else { return }
-        for send in calls.takeDeferred() {
-            // An async send waits for writability here too, as it would have when made after the handshake.
-            if case .async(let call) = send.completion {
-                startAsyncCall(send.payload, timeout: send.timeout, closeOnError: send.closeOnError, call: call,
-                               metadata: send.metadata)
-                continue
-            }
-            send.payload.withUnsafeBytes {
-                startCall($0, timeout: send.timeout, closeOnError: send.closeOnError, completion: send.completion,
-                          owned: send.payload, metadata: send.metadata)
-            }
-        }
-    }
-
     /// Registers a waiter for the end of the endpoint (on the loop).
     func addCloseWaiter(_ waiter: @escaping (RPCCloseReason) -> Void) {
         if _isClosed { waiter(_closeReason ?? .local) } else { closeWaiters.append(waiter) }

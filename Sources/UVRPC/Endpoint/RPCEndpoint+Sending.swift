@@ -62,6 +62,8 @@ extension RPCEndpoint {
         var closeOnError: Bool
         var completion: Completion
         var metadata: OutgoingMetadata? = nil
+        /// Until when (loop milliseconds) a send waiting for the peer's handshake may wait.
+        var deadline: UInt64? = nil
     }
 
     /// Sends `payload` as a message and calls `completion` (on the loop)
@@ -174,14 +176,16 @@ extension RPCEndpoint {
         let timeout = timeout ?? configuration.messageTimeout
         if metadata != nil && _peerInfo == nil {
             // Whether the peer takes metadata is known only from its handshake.
-            return calls.deferUntilHandshake(QueuedSend(payload: Array(payload), timeout: timeout, closeOnError: closeOnError,
-                                                        completion: completion, metadata: metadata))
+            return deferUntilHandshake(QueuedSend(payload: Array(payload), timeout: timeout, closeOnError: closeOnError,
+                                                  completion: completion, metadata: metadata),
+                                       deadline: loopNow &+ timeoutMilliseconds)
         }
         if payload.count > Wire.maximumShortPayload {
             guard let peer = _peerInfo else {
                 // Whether the peer takes *_BIG packets is known only from its handshake.
-                calls.deferUntilHandshake(QueuedSend(payload: Array(payload), timeout: timeout,
-                                                     closeOnError: closeOnError, completion: completion))
+                deferUntilHandshake(QueuedSend(payload: Array(payload), timeout: timeout,
+                                               closeOnError: closeOnError, completion: completion),
+                                    deadline: loopNow &+ timeoutMilliseconds)
                 return
             }
             if !peer.acceptsBigPayloads {

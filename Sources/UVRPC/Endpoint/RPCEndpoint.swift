@@ -326,6 +326,10 @@ public final class RPCEndpoint {
     @exclusivity(unchecked) var pausedForBackpressure = false
     /// Fires at the earliest deadline of `calls` (which says which that is).
     @exclusivity(unchecked) var deadlineTimer: LoopTimer?
+    /// Fires at the earliest deadline of the sends waiting for the peer's
+    /// handshake (RPCEndpoint+Deferred.swift), and that deadline (`.max`: not armed).
+    @exclusivity(unchecked) var deferredTimer: LoopTimer?
+    @exclusivity(unchecked) var deferredTimerDeadline = UInt64.max
     /// The tracer bootstrapped when the endpoint was made (RPCTracing.swift); nil: none, nothing is traced.
     let tracer: (any Tracer)?
     /// No tracer and no client interceptors: an async send goes straight to the call.

@@ -100,6 +100,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case invalidMetadata(endpoint: String, problem: String)
         case noConnectionInTime(addresses: [String], waited: Duration, lastConnectError: String?)
         case deadlinePassed(endpoint: String)
+        case noHandshakeInTime(endpoint: String, timeout: Duration)
     }
 
     /// What happened (for this library's metrics and tests).
@@ -124,6 +125,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidMetadata: return .invalidArgument
         case .noConnectionInTime: return .deadlineExceeded
         case .deadlinePassed: return .deadlineExceeded
+        case .noHandshakeInTime: return .deadlineExceeded
         }
     }
 
@@ -133,7 +135,7 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
         case .timedOut(let e, _, _), .closed(let e, _, _), .peerTooOld(let e, _, _), .tooManyInFlight(let e),
              .payloadTooLarge(let e, _), .overPeerLimit(let e, _, _), .sendBufferFull(let e, _, _),
              .peerFailed(let e, _, _, _), .peerGoingAway(let e), .responseRefused(let e, _, _, _),
-             .invalidMetadata(let e, _), .deadlinePassed(let e):
+             .invalidMetadata(let e, _), .deadlinePassed(let e), .noHandshakeInTime(let e, _):
             return e
         case .noConnection, .custom, .noConnectionInTime: return nil
         }
@@ -218,6 +220,8 @@ public struct RPCError: Error, Equatable, Sendable, CustomStringConvertible {
             return "cannot send on \(e): \(problem)"
         case .deadlinePassed(let e):
             return "cannot send on \(e): the deadline this call inherited from the handler's caller has passed"
+        case .noHandshakeInTime(let e, let t):
+            return "cannot send on \(e): the peer's handshake did not come within the call's \(t) (the call waited for it, not sent)"
         case .noConnectionInTime(let addresses, let waited, let last):
             return "cannot send: no connection to \(addresses.joined(separator: ", ")) opened within the call's \(waited) (it waited for one)"
                 + (last.map { " (last error: \($0))" } ?? "")
@@ -258,6 +262,9 @@ extension RPCError {
         RPCError(.invalidMetadata(endpoint: endpoint, problem: "\(problem)"))
     }
     static func deadlinePassed(endpoint: String) -> RPCError { RPCError(.deadlinePassed(endpoint: endpoint)) }
+    static func noHandshakeInTime(endpoint: String, timeout: Duration) -> RPCError {
+        RPCError(.noHandshakeInTime(endpoint: endpoint, timeout: timeout))
+    }
     static func noConnectionInTime(addresses: [String], waited: Duration, lastConnectError: String?) -> RPCError {
         RPCError(.noConnectionInTime(addresses: addresses, waited: waited, lastConnectError: lastConnectError))
     }

@@ -304,6 +304,7 @@ enum CallFailureKind: String, CaseIterable {
         case .responseRefused: self = .responseRefused
         case .invalidMetadata: self = .invalidMetadata
         case .deadlinePassed: self = .deadlinePassed
+        case .noHandshakeInTime: self = .timedOut
         case .noConnectionInTime: self = .noConnection
         }
     }

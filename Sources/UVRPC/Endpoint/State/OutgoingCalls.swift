@@ -98,6 +98,16 @@ struct OutgoingCalls {
         return sends
     }
 
+    /// Takes the sends that waited for the handshake until `now` or past their deadline.
+    mutating func takeDeferred(expiredBy now: UInt64) -> [Send] {
+        let expired = deferred.filter { ($0.deadline ?? .max) <= now }
+        if !expired.isEmpty { deferred.removeAll { ($0.deadline ?? .max) <= now } }
+        return expired
+    }
+
+    /// The earliest deadline of the sends waiting for the handshake, if any.
+    var earliestDeferredDeadline: UInt64? { deferred.lazy.compactMap(\.deadline).min() }
+
     /// Forgets the deferred send of async `call` (it was cancelled).
     mutating func dropDeferred(_ call: AsyncCall) {
         deferred.removeAll { if case .async(let c) = $0.completion { return c === call } else { return false } }
