@@ -65,6 +65,10 @@ final class WireTests: XCTestCase {
         XCTAssertEqual(try peer(#"{"x":{"y":[1,2,{"z":null}],"w":"a\"b\u00e9"},"p":2,"t":true,"f":false,"k":0.5,"n":-1.5e-3}"#),
                        PeerInfo(protocolVersion: 2, keepaliveInterval: 0.5))
         XCTAssertEqual(try peer(#"{"p":2.0,"k":1}"#).protocolVersion, 2)
+        // Keys and names are compared after their escapes are decoded (any valid JSON is taken).
+        XCTAssertEqual(try peer(#"{"\u0070":2,"\u006B":10.73}"#), PeerInfo(protocolVersion: 2, keepaliveInterval: 10.73))
+        XCTAssertEqual(try peer(#"{"p":2,"k":1,"x":["c\u0061ncel","\ud83d\ude00","meta\/"]}"#).extensions, [.cancellation])
+        XCTAssertEqual(try peer(#"{"p":2,"k":1,"\ud800":5}"#).keepaliveInterval, 1) // a lone surrogate is a key like any other
     }
 
     func testMalformedHandshakesAreRejectedWithAReason() {

@@ -71,45 +71,69 @@ struct JSONScanner {
         }
     }
 
-    /// Parses a string; returns it only when it is short (keys we care about), else "".
+    /// Parses a string; returns it decoded (escapes too: `"\u0070"` is
+    /// `"p"`) when it is short, as the keys and names looked for are, else "".
     private mutating func parseString() throws(ProtocolViolation) -> String {
         guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string") }
         i += 1
-        let start = i
-        var plain = true
+        var decoded: [UInt8] = [] // UTF-8, while at most `longest` bytes
+        let longest = 16
+        var short = true
+        func keep(_ byte: UInt8) {
+            if decoded.count == longest { short = false }
+            if short { decoded.append(byte) }
+        }
         while i < bytes.count {
             let c = bytes[i]
             if c == UInt8(ascii: "\"") {
-                let s = plain && i - start <= 8
-                    ? String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self) : ""
                 i += 1
-                return s
+                return short ? String(decoding: decoded, as: UTF8.self) : ""
             }
             if c < 0x20 { throw fail("control character in string") }
-            if c == UInt8(ascii: "\\") {
-                plain = false
+            guard c == UInt8(ascii: "\\") else {
+                keep(c)
                 i += 1
-                guard i < bytes.count else { break }
-                switch bytes[i] {
-                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"),
-                     UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
-                    i += 1
-                case UInt8(ascii: "u"):
-                    guard i + 4 < bytes.count else { throw fail("short \\u escape") }
-                    for j in 1...4 where !Self.isHex(bytes[i + j]) { throw fail("bad \\u escape") }
-                    i += 5
-                default:
-                    throw fail("bad escape")
-                }
                 continue
             }
             i += 1
+            guard i < bytes.count else { break }
+            switch bytes[i] {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"):
+                keep(bytes[i])
+                i += 1
+            case UInt8(ascii: "b"): keep(0x08); i += 1
+            case UInt8(ascii: "f"): keep(0x0C); i += 1
+            case UInt8(ascii: "n"): keep(0x0A); i += 1
+            case UInt8(ascii: "r"): keep(0x0D); i += 1
+            case UInt8(ascii: "t"): keep(0x09); i += 1
+            case UInt8(ascii: "u"):
+                guard i + 4 < bytes.count else { throw fail("short \\u escape") }
+                var unit: UInt32 = 0
+                for j in 1...4 {
+                    guard let digit = Self.hexValue(bytes[i + j]) else { throw fail("bad \\u escape") }
+                    unit = unit << 4 | digit
+                }
+                i += 5
+                // A surrogate (half of a pair) names nothing looked for: the string is not kept.
+                if let scalar = Unicode.Scalar(unit) {
+                    for byte in String(Character(scalar)).utf8 { keep(byte) }
+                } else {
+                    short = false
+                }
+            default:
+                throw fail("bad escape")
+            }
         }
         throw fail("unterminated string")
     }
 
-    private static func isHex(_ c: UInt8) -> Bool {
-        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66)
+    private static func hexValue(_ c: UInt8) -> UInt32? {
+        switch c {
+        case 0x30...0x39: return UInt32(c - 0x30)
+        case 0x41...0x46: return UInt32(c - 0x41 + 10)
+        case 0x61...0x66: return UInt32(c - 0x61 + 10)
+        default: return nil
+        }
     }
 
     private mutating func parseNumber() throws(ProtocolViolation) -> Double {
