@@ -103,7 +103,8 @@ struct Call: ParsableCommand {
             configuration.connectionsPerAddress = connections
             configuration.tls = tlsContext
             if !ridesOut {
-                // A lost connection fails the run; it is not made again behind the checks' back.
+                // A lost connection fails the run (its reason is printed, exit 1). No reconnect is
+                // scheduled; the calls left may still open one on demand, and count as they go.
                 configuration.reconnectDelay = .seconds(3600)
                 configuration.maximumReconnectDelay = .seconds(3600)
             }
