@@ -79,6 +79,24 @@ final class ToolTests: XCTestCase {
         XCTAssertTrue(call.output.contains("uvrpc call: the connection ended"), call.output)
     }
 
+    /// A peer that takes the handshake and then reads nothing: calls held
+    /// back by the full send buffer fail once --timeout has passed since
+    /// their first try, naming both (each retry's timeout started afresh:
+    /// with --write-timeout 0 the run never ended).
+    func testCallsHeldBackByAPeerThatNeverReadsEndAtTheirTimeout() throws {
+        try skipUnlessBuilt()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Peers/never_reading_peer.py").path
+        let peer = try ServeProcess(executable: try python3(), arguments: [script])
+        defer { _ = try? peer.stop() }
+        // 10 x 12 MiB: past the 64 MiB of unsent bytes a connection holds (and what the sockets take).
+        let call = try run(["call", "--connect", "\(peer.address)", "--count", "10", "--concurrency", "10",
+                            "--size", "\(12 << 20)", "--timeout", "1", "--write-timeout", "0"], seconds: 120)
+        XCTAssertEqual(call.status, 1, call.output)
+        XCTAssertTrue(call.output.contains("calls: 10, ok: 0, mismatched: 0, failed: 10"), call.output)
+        XCTAssertTrue(call.output.contains("no room in the send buffer within --timeout 1.0 s"), call.output)
+    }
+
     /// Two 40 MiB calls at once would take the connection past its 64 MiB of
     /// unsent bytes: the second waits for the first (backpressure) instead of
     /// failing with `sendBufferFull`.
