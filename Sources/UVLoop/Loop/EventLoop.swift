@@ -328,8 +328,9 @@ extension Duration {
     /// and at most 2^62 (146 million years): a longer duration neither traps
     /// nor overflows the loop time it is added to.
     package var roundedUpMilliseconds: UInt64 {
+        // Not `seconds < 0` alone: a negative duration under a second is (0, -atto).
+        if self <= .zero { return 0 }
         let (seconds, atto) = components
-        if seconds < 0 { return 0 }
         let limit: UInt64 = 1 << 62
         if UInt64(seconds) >= limit / 1000 { return limit }
         return Swift.min(limit, UInt64(seconds) * 1000 + UInt64((atto + 999_999_999_999_999) / 1_000_000_000_000_000))

@@ -299,6 +299,11 @@ public final class RPCClientPool: Sendable {
             }
             defer { connection.callEnded() }
             let left = waiting.map { ContinuousClock.now.duration(to: $0.deadline) } ?? timeout
+            if let waited = waiting?.waited, let left, left <= .zero { // a connection opened just as the wait ended
+                noConnectionFailures.increment()
+                throw RPCError.noConnectionInTime(addresses: addresses.map(\.description), waited: waited,
+                                                  lastConnectError: lastConnectError)
+            }
             do {
                 let answer = try await endpoint.send(payload, metadata: metadata, timeout: left, closeOnError: false)
                 attemptSucceeded(on: connection)
