@@ -15,8 +15,19 @@ private let childStarts = NSLock()
 /// until the other child ends too. (ToolTests' late-server test started its
 /// `uvrpc call` on one thread and the server it waits for on another, and
 /// waited out its 60 s in CI.) Every test child starts through here.
+///
+/// The child also gets SIGTERM and SIGINT unblocked: it inherits the signal
+/// mask of the thread that starts it, and Dispatch's threads (where async
+/// tests run) block every signal, so `terminate()` did nothing to a Python
+/// peer started from an async test (its `stop()` waited out 20 s).
 func startChild<Pipes>(_ process: Process, wiring: (Process) -> Pipes) throws -> Pipes {
     try childStarts.withLock {
+        var stops = sigset_t(), previous = sigset_t()
+        sigemptyset(&stops)
+        sigaddset(&stops, SIGTERM)
+        sigaddset(&stops, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &stops, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         let pipes = wiring(process)
         try process.run()
         return pipes

@@ -47,4 +47,36 @@ final class HandshakeWaitTests: XCTestCase {
         }
         await client.close(gracePeriod: .zero)
     }
+
+    /// A pool call whose first connection waited for a handshake and was
+    /// then closed (after 1 s, by the peer) goes to the next connection with
+    /// what is left of its 4 s (at most 3 s), not the whole 4 s again (it
+    /// overran its timeout by up to that much before).
+    func testAPoolCallMovedToAnotherConnectionHasOnlyWhatIsLeftOfItsTimeout() async throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Peers/silent_peer.py").path
+        let peer = try ServeProcess(executable: try python3(), arguments: [script, "--drop-first", "1"])
+        defer { _ = try? peer.stop() }
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration { $0.handshakeTimeout = .seconds(60) })
+        configuration.waitsForReady = true
+        configuration.reconnectDelay = .milliseconds(5)
+        let pool = await RPCClientPool.connect(to: [peer.address], on: group, configuration: configuration)
+        do {
+            _ = try await withTimeout("a pool call to a silent peer", seconds: 30) {
+                try await pool.send([1], timeout: .seconds(4))
+            }
+            XCTFail("answered by a silent peer")
+        } catch let error as RPCError {
+            XCTAssertEqual(error.code, .deadlineExceeded, "\(error)")
+            XCTAssertFalse(error.requestWasSent, "\(error)")
+            // "... did not come within the call's 2.99 seconds ...": the time the second connection had.
+            let given = error.message.components(separatedBy: "within the call's ").dropFirst().first?
+                .components(separatedBy: " seconds").first.flatMap(Double.init)
+            XCTAssertNotNil(given, error.message)
+            XCTAssertLessThan(given ?? 99, 3.5, "the second connection had what was left of 4 s after 1 s: \(error.message)")
+        }
+        await pool.close()
+        _ = await group.shutdown()
+    }
 }

@@ -267,6 +267,7 @@ public final class RPCClientPool: Sendable {
             return try await sendAfterWaiting(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady,
                                               generation: generation, attempts: 0)
         }
+        let started = EventLoop.monotonicNanoseconds // a plain integer: no task allocation (see above)
         do {
             defer { connection.callEnded() }
             let answer = try await endpoint.send(payload, metadata: metadata, timeout: timeout, closeOnError: false)
@@ -277,7 +278,16 @@ public final class RPCClientPool: Sendable {
             // No connection left to try (the pool closed meanwhile): this error, as the loop below gives.
             if membership.live.withLock({ $0.isEmpty }) { throw error }
         }
-        return try await sendAfterWaiting(payload, metadata: metadata, timeout: timeout, waitForReady: waitForReady,
+        // The first attempt's time counts against the call's timeout (it can have waited
+        // for a handshake that never came): the rest has what is left, or this error.
+        let spent = Duration.nanoseconds(Int64(clamping: EventLoop.monotonicNanoseconds &- started))
+        let left = (timeout ?? configuration.endpoint.messageTimeout) - spent
+        guard left > .zero else {
+            noConnectionFailures.increment()
+            throw RPCError.noConnectionInTime(addresses: addresses.map(\.description), waited: spent,
+                                              lastConnectError: lastConnectError)
+        }
+        return try await sendAfterWaiting(payload, metadata: metadata, timeout: left, waitForReady: waitForReady,
                                           generation: membership.ready.generation, attempts: 1)
     }
 
