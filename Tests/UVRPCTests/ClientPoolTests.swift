@@ -394,6 +394,36 @@ final class ClientPoolTests: XCTestCase {
         _ = await group.shutdown()
     }
 
+    /// A server that drops every connection as it opens, before its
+    /// handshake: each drop counts as a failed connect, so the backoff grows
+    /// and a waiting call cannot ask for a connect again at once (a call
+    /// waiting for ready made about 200 connections a second before).
+    func testConnectionsDroppedBeforeTheirHandshakeBackOff() async throws {
+        let harness = try LoopHarness("server")
+        defer { harness.shutdownCleanly() }
+        let accepted = LockedValue(0)
+        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                                         on: harness.loop, admit: { _ in
+            accepted.withLock { $0 += 1 }
+            return .refuse
+        }, handler: .async { request, _ in request.payload }).start()
+        let group = try EventLoopGroup(name: "pool", loopCount: 1)
+        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration()) // reconnect delay 100 ms, growing
+        configuration.waitsForReady = true
+        let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: configuration)
+        do {
+            _ = try await pool.send([1], timeout: .seconds(1))
+            XCTFail("answered by a server that drops every connection")
+        } catch let error as RPCError {
+            XCTAssertEqual(error.code, .deadlineExceeded, "\(error)")
+        }
+        // Within the 1 s: the first connect, then after 0.1, 0.2 and 0.4 s; at most 30 whatever the timing.
+        XCTAssertLessThanOrEqual(accepted.withLock { $0 }, 30, "connections made during the call's 1 s")
+        await pool.close()
+        await server.stop()
+        _ = await group.shutdown()
+    }
+
     // MARK: Retries
 
     func testRetriesOfIdempotentCallsStopAtTheBudget() async throws {

@@ -133,7 +133,7 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
             attempt.countDown()
             switch result {
             case .success(let endpoint):
-                attempts = 0
+                // The backoff starts over once the peer's handshake came (see lost(_:_:)), not at connect.
                 endpoint.didCloseForOwner = { [self, unowned endpoint] in lost(endpoint, endpoint.closeReason ?? .local) }
                 endpoint.didReceiveGoAwayForOwner = { [self, unowned endpoint] in goingAway(endpoint) }
                 self.endpoint.withLock { $0 = endpoint.asyncEndpoint }
@@ -171,6 +171,14 @@ final class PooledConnection: @unchecked Sendable { // loop-only fields below; t
         isOpen.store(false, ordering: .releasing)
         endpoint.withLock { $0 = nil }
         guard !stopped else { return }
+        if closed._peerInfo != nil {
+            attempts = 0 // it served: the next connect comes after the shortest delay
+        } else {
+            // Lost before the peer's handshake (a server that accepts and drops): a failed
+            // attempt, so the backoff grows and calls cannot ask for a connect at once
+            // (a call waiting for ready made about 200 connections a second).
+            lastAttemptEnded.store(Swift.max(1, EventLoop.monotonicNanoseconds), ordering: .relaxed)
+        }
         report("the connection to \(address) ended: \(reason)")
         onLost()
         logger.info("pooled connection lost; making it again", metadata: [
