@@ -355,6 +355,22 @@ final class ClientPoolTests: XCTestCase {
         _ = await group.shutdown()
     }
 
+    /// An echo server on `harness` that drops each new connection before its handshake while `drops()` says so.
+    private func droppingServer(_ harness: LoopHarness, drops: @escaping @Sendable () -> Bool) async throws -> RunningServer {
+        try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
+                            on: harness.loop, admit: { _ in drops() ? .refuse : .accept() },
+                            handler: .async { request, _ in request.payload }).start()
+    }
+
+    /// A pool over `server` whose calls wait for ready, with `change` made to its configuration.
+    private func waitingPool(_ server: RunningServer, _ group: EventLoopGroup,
+                             _ change: (inout RPCClientPool.Configuration) -> Void) async -> RPCClientPool {
+        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration())
+        configuration.waitsForReady = true
+        change(&configuration)
+        return await RPCClientPool.connect(to: [server.address], on: group, configuration: configuration)
+    }
+
     /// A server that drops its first connections as they open (after the
     /// pool counted them open, before its handshake): calls that wait for
     /// ready lose their connection unwritten again and again, and each
@@ -364,16 +380,12 @@ final class ClientPoolTests: XCTestCase {
         let harness = try LoopHarness("server")
         defer { harness.shutdownCleanly() }
         let dropped = LockedValue(0)
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
-                                         on: harness.loop, admit: { _ in
-            dropped.withLock { count in count += 1; return count <= 6 } ? .refuse : .accept()
-        }, handler: .async { request, _ in request.payload }).start()
+        let server = try await droppingServer(harness) { dropped.withLock { count in count += 1; return count <= 6 } }
         let group = try EventLoopGroup(name: "pool", loopCount: 1)
-        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration())
-        configuration.waitsForReady = true
-        configuration.reconnectDelay = .milliseconds(5)
-        configuration.maximumReconnectDelay = .milliseconds(20)
-        let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: configuration)
+        let pool = await waitingPool(server, group) {
+            $0.reconnectDelay = .milliseconds(5)
+            $0.maximumReconnectDelay = .milliseconds(20)
+        }
         let failures = await withTaskGroup(of: String?.self) { tasks in
             for index in 0..<64 {
                 tasks.addTask {
@@ -402,15 +414,9 @@ final class ClientPoolTests: XCTestCase {
         let harness = try LoopHarness("server")
         defer { harness.shutdownCleanly() }
         let accepted = LockedValue(0)
-        let server = try await RPCServer(configuration: .init(address: .ipv4(host: "127.0.0.1", port: 0), endpoint: testConfiguration()),
-                                         on: harness.loop, admit: { _ in
-            accepted.withLock { $0 += 1 }
-            return .refuse
-        }, handler: .async { request, _ in request.payload }).start()
+        let server = try await droppingServer(harness) { accepted.withLock { $0 += 1 }; return true }
         let group = try EventLoopGroup(name: "pool", loopCount: 1)
-        var configuration = RPCClientPool.Configuration(endpoint: testConfiguration()) // reconnect delay 100 ms, growing
-        configuration.waitsForReady = true
-        let pool = await RPCClientPool.connect(to: [server.address], on: group, configuration: configuration)
+        let pool = await waitingPool(server, group) { _ in } // reconnect delay 100 ms, growing
         do {
             _ = try await pool.send([1], timeout: .seconds(1))
             XCTFail("answered by a server that drops every connection")
