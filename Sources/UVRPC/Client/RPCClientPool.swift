@@ -301,17 +301,21 @@ public final class RPCClientPool: Sendable {
         var waiting: Waiting? // once the call found no connection open
         var generation = first
         let waitsForReady = waitForReady ?? configuration.waitsForReady
+        // Every attempt and wait from here shares the call's one deadline.
+        let total = timeout ?? configuration.endpoint.messageTimeout
+        let deadline = ContinuousClock.now.advanced(by: total)
         while true {
             guard let (connection, endpoint) = pick() else {
-                waiting = try await waitForConnection(since: generation, timeout: timeout, waitForReady: waitsForReady, waiting)
+                waiting = try await waitForConnection(since: generation, timeout: ContinuousClock.now.duration(to: deadline),
+                                                      total: total, waitForReady: waitsForReady, waiting)
                 generation = membership.ready.generation
                 continue
             }
             defer { connection.callEnded() }
-            let left = waiting.map { ContinuousClock.now.duration(to: $0.deadline) } ?? timeout
-            if let waited = waiting?.waited, let left, left <= .zero { // a connection opened just as the wait ended
+            let left = ContinuousClock.now.duration(to: deadline)
+            if left <= .zero { // a connection opened just as the time ran out
                 noConnectionFailures.increment()
-                throw RPCError.noConnectionInTime(addresses: addresses.map(\.description), waited: waited,
+                throw RPCError.noConnectionInTime(addresses: addresses.map(\.description), waited: waiting?.waited ?? total,
                                                   lastConnectError: lastConnectError)
             }
             do {
@@ -327,7 +331,8 @@ public final class RPCClientPool: Sendable {
                     // few times before they serve would otherwise fail calls that waited for ready).
                     guard waitsForReady else { throw error }
                     attempts = 0
-                    waiting = try await waitForConnection(since: generation, timeout: timeout, waitForReady: true, waiting)
+                    waiting = try await waitForConnection(since: generation, timeout: ContinuousClock.now.duration(to: deadline),
+                                                          total: total, waitForReady: true, waiting)
                 }
             }
             generation = membership.ready.generation
@@ -365,7 +370,8 @@ public final class RPCClientPool: Sendable {
     /// waits for one to open, up to its timeout. A fail-fast call asks once,
     /// waits for the attempts it started to end (one connect time), and
     /// fails when none is under way any more.
-    private func waitForConnection(since generation: UInt64, timeout: Duration?, waitForReady: Bool,
+    /// `timeout` is what the call has left; `total`, its whole timeout, is what an error names.
+    private func waitForConnection(since generation: UInt64, timeout: Duration, total: Duration, waitForReady: Bool,
                                    _ waiting: Waiting?) async throws -> Waiting {
         let connections = membership.live.withLock { $0 }
         var underWay = false
@@ -377,9 +383,8 @@ public final class RPCClientPool: Sendable {
             }
         }
         guard waitForReady || underWay else { throw noConnection }
-        let wait = timeout ?? configuration.endpoint.messageTimeout
         if waiting == nil && waitForReady { waitCounter.increment() }
-        let current = waiting ?? Waiting(deadline: ContinuousClock.now.advanced(by: wait), waited: wait)
+        let current = waiting ?? Waiting(deadline: ContinuousClock.now.advanced(by: timeout), waited: total)
         if await !membership.ready.wait(after: generation, until: current.deadline) {
             try Task.checkCancellation()
             if membership.ready.isClosed {
