@@ -3,8 +3,10 @@
 /// and which deadline the endpoint's one timer is armed for. The endpoint
 /// writes, completes and runs the timer (``RPCEndpoint+Sending.swift``).
 ///
-/// - Deferred sends: big payloads made before the peer's handshake (whether
-///   it takes *_BIG packets is known only from it); all are started once it arrives.
+/// - Deferred sends: big payloads and sends with metadata made before the
+///   peer's handshake (whether it takes *_BIG packets or metadata is known
+///   only from it); each keeps its deadline, and all still waiting start once
+///   it arrives (``RPCEndpoint+Deferred.swift``).
 /// - Blocked sends: async sends waiting for the connection to become
 ///   writable, oldest first from `blockedHead`, taken one by one.
 /// - Deadlines: the timer is armed for the earliest deadline of the table
