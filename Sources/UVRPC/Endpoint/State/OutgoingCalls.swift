@@ -6,7 +6,7 @@
 /// - Deferred sends: big payloads and sends with metadata made before the
 ///   peer's handshake (whether it takes *_BIG packets or metadata is known
 ///   only from it); each keeps its deadline, and all still waiting start once
-///   it arrives (``RPCEndpoint+Deferred.swift``).
+///   it arrives (`RPCEndpoint+Deferred.swift`).
 /// - Blocked sends: async sends waiting for the connection to become
 ///   writable, oldest first from `blockedHead`, taken one by one.
 /// - Deadlines: the timer is armed for the earliest deadline of the table
