@@ -100,6 +100,14 @@ final class ServeProcess: @unchecked Sendable { // `process` is used only by the
     }
 
     /// Stops it with SIGTERM and returns its exit status.
+    /// Waits for it to exit by itself (no signal); its status, once its stderr is all read.
+    func waitForExit(seconds: Double = 20) throws -> Int32 {
+        defer { process.terminationHandler = nil }
+        let status = try exited.wait("the child to exit by itself", seconds: seconds)
+        try errorEnded.wait("the end of its stderr")
+        return status
+    }
+
     func stop() throws -> Int32 {
         if process.isRunning { process.terminate() }
         defer { process.terminationHandler = nil }
