@@ -102,11 +102,7 @@ func checkSeconds(_ seconds: Double, _ name: String) throws {
 /// gives a run its seed once (a `getrandom` per call cost `uvrpc call` half
 /// its CPU time, and one per word made big calls take seconds of the loop's time).
 func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    // splitmix64's finalizer: seeds that differ by one give unrelated streams.
-    var state = seed &+ 0x9E37_79B9_7F4A_7C15
-    state = (state ^ (state >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    state = (state ^ (state >> 27)) &* 0x94D0_49BB_1331_11EB
-    state = (state ^ (state >> 31)) | 1
+    var state = splitMix64(seed) | 1 // seeds that differ by one give unrelated streams
     return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
         var i = 0
         while i < count {

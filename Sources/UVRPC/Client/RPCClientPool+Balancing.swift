@@ -114,14 +114,11 @@ extension RPCClientPool {
 
 extension RPCClientPool {
     /// The two indices below `count` a power-of-two-choices call looks at:
-    /// its turn (`ticket`) mixed with the pool's seed by splitmix64's
-    /// finalizer, so they spread like random choices. Not `Int.random`: that
-    /// asks the kernel (`getrandom`) on every use, two system calls per call.
+    /// its turn (`ticket`) mixed with the pool's seed (`splitMix64`),
+    /// so they spread like random choices. Not `Int.random`: that asks the
+    /// kernel (`getrandom`) on every use, two system calls per call.
     static func twoChoices(seed: UInt64, ticket: UInt64, count: Int) -> (Int, Int) {
-        var z = seed &+ ticket &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
+        let z = splitMix64(seed &+ ticket)
         let span = UInt64(count)
         return (Int((z & 0xFFFF_FFFF) % span), Int((z >> 32) % span))
     }

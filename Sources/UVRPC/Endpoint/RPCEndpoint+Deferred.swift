@@ -25,10 +25,13 @@ extension RPCEndpoint {
     /// The timer fired: the sends past their deadline fail; it is armed again for the rest.
     private func expireDeferred() {
         deferredTimerDeadline = .max
-        for send in calls.takeDeferred(expiredBy: loopNow) {
-            send.completion.fail(on: self, .noHandshakeInTime(endpoint: label, timeout: send.timeout ?? configuration.messageTimeout))
-        }
+        for send in calls.takeDeferred(expiredBy: loopNow) { failForNoHandshake(send) }
         if let next = calls.earliestDeferredDeadline { armDeferredTimer(for: next) }
+    }
+
+    /// `send` waited for the handshake until its deadline: it fails, not sent.
+    private func failForNoHandshake(_ send: QueuedSend) {
+        send.completion.fail(on: self, .noHandshakeInTime(endpoint: label, timeout: send.timeout ?? configuration.messageTimeout))
     }
 
     /// The peer's handshake came: the waiting sends start, oldest first, each
@@ -41,10 +44,7 @@ extension RPCEndpoint {
         for send in calls.takeDeferred() {
             var timeout = send.timeout
             if let deadline = send.deadline {
-                guard deadline > now else {
-                    send.completion.fail(on: self, .noHandshakeInTime(endpoint: label, timeout: timeout ?? configuration.messageTimeout))
-                    continue
-                }
+                guard deadline > now else { failForNoHandshake(send); continue }
                 timeout = .milliseconds(Int64(clamping: deadline - now))
             }
             // An async send waits for writability here too, as it would have when made after the handshake.
